@@ -1,0 +1,1 @@
+"""Datasets, the synthetic generator and the one preprocessing reference (numpy + Pillow only)."""
