@@ -102,6 +102,88 @@ def check_and_print(root: Path, images: bool = True, merge_val: bool = True):
     return ds
 
 
+def _parse_options(options: list[str]) -> dict:
+    """`--opt keep_ratio=0.7 --opt windows=2` -> {"keep_ratio": 0.7, "windows": 2} (values parsed as JSON when possible)."""
+    import json
+
+    out = {}
+    for item in options:
+        if "=" not in item:
+            raise MobileReIDError(f"--opt {item!r}: expected NAME=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+@app.command("train")
+@user_errors
+def train_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder (Market-1501 layout or MSMT17)."),
+    model: str = typer.Option("sclnet", "--model", "-m", help="Preset: vit_base, vit_small, vit_tiny, vit_test, sclnet, sclnet_small, sclnet_test."),
+    out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Output folder for checkpoints and the summary."),
+    epochs: int = typer.Option(10, help="Epochs."),
+    p: int = typer.Option(8, "-p", help="Identities per batch (P of PK sampling)."),
+    k: int = typer.Option(4, "-k", help="Images per identity per batch (K of PK sampling)."),
+    lr: float = typer.Option(3.5e-4, help="Peak learning rate (Adam), reached after warm-up."),
+    warmup: int = typer.Option(1, help="Warm-up epochs."),
+    seed: int = typer.Option(0, help="Random seed."),
+    threads: int = typer.Option(0, help="Torch CPU threads (0 = default)."),
+    opt: list[str] = typer.Option([], "--opt", help="Model option NAME=VALUE (e.g. keep_ratio=0.7, windows=2, gelu=tanh, img_size=[128,64]); repeatable."),
+    pretrained: Optional[Path] = typer.Option(None, help="Local timm/DeiT/TransReID state dict to start a ViT from."),
+    init: Optional[Path] = typer.Option(None, help="Start from a mobilereid checkpoint (fine-tuning)."),
+    resume: bool = typer.Option(False, help="Continue from OUT/last.pt."),
+):
+    """Train a ReID model (PK sampling, label-smoothed CE + batch-hard triplet, warm-up + cosine LR).
+
+    Multi-process data-parallel: `torchrun --nproc_per_node 2 -m mobilereid.cli train ...`.
+    """
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(model=model, epochs=epochs, p=p, k=k, lr=lr, warmup_epochs=warmup, seed=seed, threads=threads,
+                      model_options=_parse_options(opt), pretrained=str(pretrained) if pretrained else None,
+                      init_checkpoint=str(init) if init else None)
+    train(cfg, data, out, resume=resume)
+    console.print(f"checkpoint: {out / 'model.pt'}")
+
+
+@app.command("info")
+@user_errors
+def info_cmd(
+    model: str = typer.Argument(..., help="A preset name or a checkpoint path."),
+    opt: list[str] = typer.Option([], "--opt", help="Model option NAME=VALUE for presets; repeatable."),
+    depth: int = typer.Option(2, help="Module depth of the per-module table."),
+):
+    """Parameters and executed GMACs per module (attention matrix products included)."""
+    from .flops import count_macs, count_params
+    from .models.checkpoint import load_checkpoint
+    from .models.registry import PRESETS, build_model
+
+    if model in PRESETS:
+        try:
+            net = build_model(model, **_parse_options(opt))
+        except (ValueError, TypeError) as exc:
+            raise MobileReIDError(f"model {model}: {exc}") from None
+    else:
+        net, _ = load_checkpoint(Path(model))
+    total, per = count_macs(net, per_module=True)
+    params = dict(net.named_parameters())
+    rows = []
+    for full, macs in sorted(per.items(), key=lambda kv: [int(t) if t.isdigit() else t for t in kv[0].split(".")]):
+        if "." not in full:
+            continue  # the root module and the 'Global' total
+        name = full.split(".", 1)[1]
+        if name.count(".") + 1 > depth:
+            continue
+        n = sum(p.numel() for k, p in params.items() if k.startswith(name + ".") or k == name)
+        rows.append([name, f"{n / 1e6:.3f}", f"{macs / 1e9:.4f}", f"{100 * macs / max(total, 1):.1f}%"])
+    console.print(table(f"{model}: input {net.cfg.img_size[0]}x{net.cfg.img_size[1]}", ["module", "params (M)", "GMAC", "share"], rows))
+    console.print(f"total: {count_params(net, exclude_classifier=False) / 1e6:.3f} M parameters "
+                  f"({count_params(net) / 1e6:.3f} M without the ID classifier), {total / 1e9:.4f} GMAC executed per image")
+
+
 @app.command("pipeline")
 @user_errors
 def pipeline(

@@ -1,0 +1,98 @@
+"""Checkpoints: a plain state dict plus the config that rebuilds the model (no pickled classes).
+
+Saved with `torch.save` as a dict of tensors and plain Python values, loaded with `torch.load(weights_only=True)`,
+so a checkpoint can never execute code. Written to a temporary file and renamed, so a crash leaves no half file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from .registry import build_from_config, model_family
+
+FORMAT = "mobilereid-checkpoint"
+VERSION = 1
+
+
+def model_config(model: nn.Module) -> dict:
+    return model.cfg.to_dict()
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, extra: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": FORMAT,
+        "version": VERSION,
+        "family": model_family(model),
+        "preset": getattr(model, "preset", None),
+        "config": model_config(model),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "extra": extra or {},
+    }
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a mobilereid checkpoint (no '{FORMAT}' header); import foreign weights with `--pretrained`")
+    return state
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild the model from the stored config and load its weights strictly; returns (model, checkpoint dict)."""
+    path = Path(path)
+    state = read_checkpoint(path)
+    try:
+        model = build_from_config(state["family"], state["config"])
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: stored config does not build a model ({exc})") from None
+    load_state_dict_checked(model, state["state_dict"], path)
+    model.preset = state.get("preset")
+    model.eval()
+    return model, state
+
+
+def load_state_dict_checked(model: nn.Module, sd: dict, path: Path | str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        raise CheckpointError(f"{path}: weights do not match the model: {'; '.join(parts)}")
+    bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if tuple(sd[k].shape) != tuple(v.shape)]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} tensors have the wrong shape (checkpoint vs model), e.g. {bad[0]}")
+    model.load_state_dict(sd)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,57 @@
+"""Presets and the public builder `build_model(name, **options)`.
+
+ViT presets follow the timm/DeiT sizes (ViT-B/16, DeiT-S, DeiT-Ti); ``vit_test`` and ``sclnet_test`` are tiny
+presets for fast export tests (two blocks / quarter width, 64x32 input). ``sclnet_small`` is the
+microcontroller-sized variant (half width, 128x64).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .sclnet import SCLNet, SCLNetConfig
+from .vit import ViTConfig, ViTReID
+
+PRESETS: dict[str, tuple[str, dict]] = {
+    "vit_base": ("vit", dict(embed_dim=768, depth=12, num_heads=12)),
+    "vit_small": ("vit", dict(embed_dim=384, depth=12, num_heads=6)),
+    "vit_tiny": ("vit", dict(embed_dim=192, depth=12, num_heads=3)),
+    "vit_test": ("vit", dict(embed_dim=64, depth=2, num_heads=2, img_size=(64, 32), patch_size=8, stride=8)),
+    "sclnet": ("sclnet", dict()),
+    "sclnet_small": ("sclnet", dict(width=0.5, img_size=(128, 64))),
+    "sclnet_test": ("sclnet", dict(width=0.25, img_size=(64, 32), units=(1, 1, 1))),
+}
+
+_FAMILIES = {"vit": (ViTConfig, ViTReID), "sclnet": (SCLNetConfig, SCLNet)}
+
+
+def model_family(model: nn.Module) -> str:
+    return "vit" if isinstance(model, ViTReID) else "sclnet"
+
+
+def preset_config(name: str, **options) -> tuple[str, dict]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(PRESETS)}")
+    family, base = PRESETS[name]
+    cfg = dict(base)
+    cfg.update({k: v for k, v in options.items() if v is not None})
+    return family, cfg
+
+
+def build_from_config(family: str, config: dict) -> nn.Module:
+    if family not in _FAMILIES:
+        raise ValueError(f"unknown model family {family!r}")
+    cfg_cls, model_cls = _FAMILIES[family]
+    try:
+        cfg = cfg_cls(**config)
+    except TypeError as exc:
+        raise ValueError(f"bad {family} config: {exc}") from None
+    return model_cls(cfg)
+
+
+def build_model(name: str, **options) -> nn.Module:
+    """Build a preset, e.g. ``build_model("vit_small", keep_ratio=0.7, windows=2, num_classes=751)``."""
+    family, cfg = preset_config(name, **options)
+    model = build_from_config(family, cfg)
+    model.preset = name
+    return model

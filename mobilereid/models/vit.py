@@ -1,0 +1,347 @@
+"""TransReID-style ViT for ReID with patch elimination and windowed attention (written here; no timm dependency).
+
+State-dict keys follow timm's ``vision_transformer.py`` (``patch_embed.proj``, ``cls_token``, ``pos_embed``,
+``blocks.i.norm1 / attn.qkv / attn.proj / norm2 / mlp.fc1 / mlp.fc2``, ``norm``) so timm, DeiT and TransReID
+weights load after position-embedding resizing (`mobilereid.models.pretrained`). ReID parts follow TransReID
+(He et al., ICCV 2021): overlapping patch embedding with stride s, an optional learned camera embedding added to
+every token with weight lambda (3.0), a BNNeck after the class token, test feature = BN'd class token.
+
+**Patch elimination** (Wang et al., ROBIO 2023, REFERENCE.md section 1). The paper does not say how patches
+without person information are found. Two choices are implemented, both acting *before the first block* so every
+block runs on fewer tokens (executed FLOPs fall roughly with the keep ratio; the attention products even faster):
+
+* ``scorer="learned"``: a linear scorer on the patch embeddings, trained jointly with the ReID losses through a
+  straight-through gate (kept tokens are multiplied by ``1 + s - s.detach()``, ``s = sigmoid(score)``: the forward
+  value is unchanged, the scorer receives the loss gradient of each kept token). Costs C MACs per patch.
+* ``scorer="contrast"``: parameter-free foreground statistics on the input image: a patch's score is the distance
+  of its mean colour from the mean colour of the left and right border columns (an estimate of the background,
+  since pedestrian crops are centred) plus its colour standard deviation (texture). Cheap and needs no training,
+  but it is fooled by cluttered backgrounds.
+
+Static shapes: a fixed count K = round(keep * N) per image (per window when windows are on), chosen by top-k on
+the score and gathered with ``torch.gather``; position (and camera) embeddings are added *before* the gather, which
+is the same as gathering them with the same indices.
+
+**Windowed attention** (same paper). Patch rows are split into ``windows`` horizontal body stripes. Blocks before
+``window_start`` run globally; from there each window is a separate token sequence with its own class token (the
+global class token plus a learned per-window embedding) and runs its own transformer: ``window_weights="shared"``
+reuses ``blocks.i`` (state dicts stay timm-compatible) and ``"separate"`` gives each window its own copy
+(``window_blocks.w.j``). The window class tokens pass the final LayerNorm and are **averaged** into one embedding
+(the embedding size stays C, so every consumer is unchanged). FLOPs of a block over windows of n_w tokens:
+sum_w [(4+2r)(n_w+1)C^2 + 2(n_w+1)^2 C] versus (4+2r)NC^2 + 2N^2C globally (REFERENCE.md section 5).
+
+**AMG hooks**: each attention layer has a per-layer head count (heads physically removed by
+`mobilereid.compress.heads`) and an optional static ``kv_index``: the layer input is gathered *before* the K/V
+projections, so only the kept key/value tokens are projected (REFERENCE.md section 2).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ViTConfig:
+    img_size: tuple[int, int] = (256, 128)
+    patch_size: int = 16
+    stride: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    gelu: str = "exact"  # "exact" (erf) or "tanh" (TFLite builtins only)
+    num_classes: int = 0
+    camera_num: int = 0
+    camera_lambda: float = 3.0
+    keep_ratio: float = 1.0  # patch elimination: fraction of patch tokens kept
+    scorer: str = "learned"  # "learned" or "contrast"
+    windows: int = 1  # number of horizontal windows (1 = global attention everywhere)
+    window_start: int = 0  # first block that runs per window
+    window_weights: str = "shared"  # "shared" or "separate"
+    heads_per_layer: list[int] | None = None  # after AMG head pruning
+    kv_index: list[list[int] | None] | None = None  # after AMG K/V token pruning, per block (window blocks included)
+    head_dim: int | None = None
+
+    def __post_init__(self):
+        self.img_size = tuple(self.img_size)
+        if not 0.0 < self.keep_ratio <= 1.0:
+            raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
+        if self.gelu not in ("exact", "tanh"):
+            raise ValueError(f"gelu must be 'exact' or 'tanh', got {self.gelu!r}")
+        if self.scorer not in ("learned", "contrast"):
+            raise ValueError(f"scorer must be 'learned' or 'contrast', got {self.scorer!r}")
+        if self.window_weights not in ("shared", "separate"):
+            raise ValueError(f"window_weights must be 'shared' or 'separate', got {self.window_weights!r}")
+        if self.windows < 1 or self.windows > self.grid[0]:
+            raise ValueError(f"windows must be between 1 and the number of patch rows ({self.grid[0]}), got {self.windows}")
+        if not 0 <= self.window_start <= self.depth:
+            raise ValueError(f"window_start must be between 0 and depth ({self.depth}), got {self.window_start}")
+        if self.head_dim is None:
+            self.head_dim = self.embed_dim // self.num_heads
+        if self.heads_per_layer is None:
+            self.heads_per_layer = [self.num_heads] * self.num_blocks
+        if len(self.heads_per_layer) != self.num_blocks or min(self.heads_per_layer) < 1:
+            raise ValueError(f"heads_per_layer needs {self.num_blocks} entries >= 1, got {self.heads_per_layer}")
+        if self.kv_index is None:
+            self.kv_index = [None] * self.num_blocks
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        h, w = self.img_size
+        return (h - self.patch_size) // self.stride + 1, (w - self.patch_size) // self.stride + 1
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_blocks(self) -> int:
+        """Attention blocks with their own weights: depth, plus the extra window copies when weights are separate."""
+        if self.windows > 1 and self.window_weights == "separate":
+            return self.window_start + self.windows * (self.depth - self.window_start)
+        return self.depth
+
+    def window_rows(self) -> list[np.ndarray]:
+        return [r for r in np.array_split(np.arange(self.grid[0]), self.windows)]
+
+    def token_groups(self) -> list[list[int]]:
+        """Patch indices of each window (one group with every patch when windows == 1)."""
+        gw = self.grid[1]
+        return [[int(r) * gw + c for r in rows for c in range(gw)] for rows in self.window_rows()]
+
+    def kept_per_group(self) -> list[int]:
+        return [max(1, int(round(len(g) * self.keep_ratio))) for g in self.token_groups()]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["img_size"] = list(self.img_size)
+        return d
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, head_dim: int, qkv_bias: bool = True, kv_index: list[int] | None = None):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        inner = num_heads * head_dim
+        self.scale = head_dim**-0.5
+        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        self.proj = nn.Linear(inner, dim)
+        self.kv_index: torch.Tensor | None
+        if kv_index is not None:
+            self.register_buffer("kv_index", torch.tensor(kv_index, dtype=torch.long), persistent=False)
+        else:
+            self.kv_index = None
+        self.attn_hook = None  # set by AMG statistics passes: called with (module, attention probabilities)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        H, d = self.num_heads, self.head_dim
+        if self.kv_index is None:
+            q, k, v = self.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)
+        else:
+            inner = H * d
+            bias = self.qkv.bias
+            q = F.linear(x, self.qkv.weight[:inner], None if bias is None else bias[:inner])
+            q = q.reshape(B, N, H, d).transpose(1, 2)
+            xk = x.index_select(1, self.kv_index)  # gather *before* projecting: only kept keys/values cost MACs
+            kv = F.linear(xk, self.qkv.weight[inner:], None if bias is None else bias[inner:])
+            k, v = kv.reshape(B, xk.shape[1], 2, H, d).permute(2, 0, 3, 1, 4)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        if self.attn_hook is not None:
+            self.attn_hook(self, attn)
+        out = (attn @ v).transpose(1, 2).reshape(B, N, H * d)
+        return self.proj(out)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, gelu: str):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh" if gelu == "tanh" else "none")
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ViTConfig, heads: int, kv_index: list[int] | None):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+        self.attn = Attention(cfg.embed_dim, heads, cfg.head_dim, cfg.qkv_bias, kv_index)
+        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+        self.mlp = Mlp(cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio), cfg.gelu)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(3, cfg.embed_dim, cfg.patch_size, cfg.stride)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+def contrast_scores(img: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
+    """Parameter-free person score per patch: colour distance from the side borders + colour std (B, N)."""
+    mean = F.avg_pool2d(img, cfg.patch_size, cfg.stride)  # (B, 3, gh, gw)
+    sq = F.avg_pool2d(img * img, cfg.patch_size, cfg.stride)
+    std = (sq - mean * mean).clamp_min(0).sum(1).sqrt()
+    border = torch.cat([mean[..., :1], mean[..., -1:]], dim=3).mean(dim=(2, 3), keepdim=True)
+    dist = ((mean - border) ** 2).sum(1).sqrt()
+    return (dist + std).flatten(1)
+
+
+class ViTReID(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        C = cfg.embed_dim
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, C))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, C))
+        self.sie_embed = nn.Parameter(torch.zeros(cfg.camera_num, 1, C)) if cfg.camera_num > 0 else None
+        self.scorer = nn.Linear(C, 1) if cfg.keep_ratio < 1.0 and cfg.scorer == "learned" else None
+        windowed = cfg.windows > 1
+        n_global = cfg.window_start if windowed and cfg.window_weights == "separate" else cfg.depth
+        heads, kv = cfg.heads_per_layer, cfg.kv_index
+        self.blocks = nn.ModuleList(Block(cfg, heads[i], kv[i]) for i in range(n_global))
+        self.window_blocks = None
+        if windowed and cfg.window_weights == "separate":
+            per = cfg.depth - cfg.window_start
+            self.window_blocks = nn.ModuleList(
+                nn.ModuleList(Block(cfg, heads[n_global + w * per + j], kv[n_global + w * per + j]) for j in range(per))
+                for w in range(cfg.windows)
+            )
+        self.window_embed = nn.Parameter(torch.zeros(cfg.windows, 1, C)) if windowed else None
+        self.norm = nn.LayerNorm(C, eps=1e-6)
+        self.bottleneck = nn.BatchNorm1d(C)
+        self.bottleneck.bias.requires_grad_(False)  # BNNeck (Luo et al., 2019): no shift before the classifier
+        self.classifier = nn.Linear(C, cfg.num_classes, bias=False) if cfg.num_classes > 0 else None
+        groups = cfg.token_groups()
+        for gi, g in enumerate(groups):
+            self.register_buffer(f"group{gi}", torch.tensor(g, dtype=torch.long), persistent=False)
+        self._init_weights()
+
+    @property
+    def feature_dim(self) -> int:
+        return self.cfg.embed_dim
+
+    def _init_weights(self):
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for extra in (self.sie_embed, self.window_embed):
+            if extra is not None:
+                nn.init.trunc_normal_(extra, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if self.classifier is not None:
+            nn.init.normal_(self.classifier.weight, std=0.001)
+
+    def all_blocks(self) -> list[Block]:
+        """Blocks in config order (the order of heads_per_layer and kv_index)."""
+        out = list(self.blocks)
+        if self.window_blocks is not None:
+            for wb in self.window_blocks:
+                out.extend(wb)
+        return out
+
+    def block_depths(self) -> list[int]:
+        """Depth (0-based layer index in the forward pass) of every block in all_blocks() order."""
+        cfg = self.cfg
+        depths = list(range(len(self.blocks)))
+        if self.window_blocks is not None:
+            for _ in self.window_blocks:
+                depths.extend(range(cfg.window_start, cfg.depth))
+        return depths
+
+    def _select(self, x: torch.Tensor, img: torch.Tensor) -> list[torch.Tensor]:
+        """Split patch tokens into groups (windows) and keep the top-K of each when elimination is on."""
+        cfg = self.cfg
+        groups = [getattr(self, f"group{i}") for i in range(cfg.windows)]
+        if cfg.keep_ratio >= 1.0:
+            return [x] if cfg.windows == 1 else [x.index_select(1, g) for g in groups]
+        if self.scorer is not None:
+            scores = self.scorer(x).squeeze(-1)
+        else:
+            scores = contrast_scores(img, cfg)
+        out = []
+        for g, k in zip(groups, cfg.kept_per_group()):
+            top = scores.index_select(1, g).topk(k, dim=1).indices  # (B, k) positions within the group
+            idx = g[top]
+            tokens = torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+            if self.scorer is not None and self.training:
+                s = torch.sigmoid(torch.gather(scores, 1, idx)).unsqueeze(-1)
+                tokens = tokens * (1.0 + s - s.detach())  # straight-through: value unchanged, scorer gets gradient
+            out.append(tokens)
+        return out
+
+    def forward_features(self, img: torch.Tensor, cam: torch.Tensor | None = None) -> torch.Tensor:
+        cfg = self.cfg
+        x = self.patch_embed(img) + self.pos_embed[:, 1:]
+        cls = self.cls_token.expand(x.shape[0], -1, -1) + self.pos_embed[:, :1]
+        if self.sie_embed is not None and cam is not None:
+            sie = cfg.camera_lambda * self.sie_embed[cam]
+            x, cls = x + sie, cls + sie
+        groups = self._select(x, img)
+        t = torch.cat([cls] + groups, dim=1)
+        if cfg.windows == 1:
+            for blk in self.blocks:
+                t = blk(t)
+            return self.norm(t)[:, 0]
+        for blk in self.blocks[: cfg.window_start]:
+            t = blk(t)
+        cls_g = t[:, :1]
+        feats, start = [], 1
+        for w, grp in enumerate(groups):
+            tw = torch.cat([cls_g + self.window_embed[w], t[:, start : start + grp.shape[1]]], dim=1)
+            start += grp.shape[1]
+            blocks = self.blocks[cfg.window_start :] if self.window_blocks is None else self.window_blocks[w]
+            for blk in blocks:
+                tw = blk(tw)
+            feats.append(self.norm(tw)[:, 0])
+        return torch.stack(feats, 0).mean(0)
+
+    def forward(self, img: torch.Tensor, cam: torch.Tensor | None = None):
+        feat = self.forward_features(img, cam)
+        bn = self.bottleneck(feat)
+        if self.training:
+            logits = [self.classifier(bn)] if self.classifier is not None else []
+            return logits, [feat]
+        return bn
+
+
+def separate_window_weights(model: ViTReID) -> ViTReID:
+    """Copy a shared-weight (or plain) model into one whose windows have their own blocks, as initialisation."""
+    cfg = copy.deepcopy(model.cfg)
+    if cfg.windows == 1:
+        raise ValueError("windows must be > 1 to separate window weights")
+    cfg.window_weights = "separate"
+    cfg.heads_per_layer = cfg.heads_per_layer[: cfg.window_start] + cfg.heads_per_layer[cfg.window_start :] * cfg.windows
+    cfg.kv_index = cfg.kv_index[: cfg.window_start] + cfg.kv_index[cfg.window_start :] * cfg.windows
+    new = ViTReID(cfg)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
+    for i in range(cfg.window_start):
+        state.update({f"blocks.{i}.{k}": v for k, v in model.blocks[i].state_dict().items()})
+    for w in range(cfg.windows):
+        for j, i in enumerate(range(cfg.window_start, cfg.depth)):
+            state.update({f"window_blocks.{w}.{j}.{k}": v for k, v in model.blocks[i].state_dict().items()})
+    new.load_state_dict(state)
+    return new

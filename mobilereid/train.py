@@ -1,0 +1,217 @@
+"""Training and float evaluation of ReID models (single process, or data-parallel under `torchrun`).
+
+Recipe (strong-baseline / TransReID style): PK batches, label-smoothed CE + batch-hard triplet on every head,
+Adam with linear warm-up then cosine decay (per iteration), flip / pad-crop / random-erasing augmentation.
+A checkpoint (weights + config + optimizer state) is written after every epoch, `last.pt` points at the latest,
+`model.pt` is the final model; `resume=True` continues from `last.pt`.
+
+Multi-process: under `torchrun --nproc_per_node N` (env WORLD_SIZE > 1) the model is wrapped in
+DistributedDataParallel on the gloo backend (CPU) or nccl (GPU); every rank takes its own share of the PK
+batches; rank 0 writes checkpoints and evaluates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .console import console, progress
+from .data.datasets import ReIDDataset, load_dataset
+from .data.preprocess import PreprocessSpec
+from .data.torchdata import PKBatches, ReIDImages
+from .errors import CheckpointError, MobileReIDError
+from .losses import reid_loss
+from .metrics import cosine_distance, evaluate_rank
+from .models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from .models.registry import build_model
+
+
+@dataclass
+class TrainConfig:
+    model: str = "sclnet"
+    epochs: int = 10
+    p: int = 8
+    k: int = 4
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
+    margin: float = 0.3
+    seed: int = 0
+    threads: int = 0  # 0 = torch default
+    model_options: dict = field(default_factory=dict)
+    pretrained: str | None = None
+    init_checkpoint: str | None = None  # start from a mobilereid checkpoint (e.g. fine-tuning a compressed model)
+
+
+def preprocess_spec_for(model) -> PreprocessSpec:
+    h, w = model.cfg.img_size
+    return PreprocessSpec(height=h, width=w)
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * t))
+
+
+@torch.no_grad()
+def extract_features(model, samples, spec: PreprocessSpec, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
+    model.eval()
+    loader = DataLoader(ReIDImages(samples, spec, cache=False), batch_size=batch_size, shuffle=False)
+    feats = []
+    with progress(desc or f"embedding {len(samples)} images", len(samples)) as advance:
+        for x, _, cam in loader:
+            feats.append(model(x).float().numpy())
+            advance(len(x))
+    return np.concatenate(feats)
+
+
+def evaluate_model(model, ds: ReIDDataset, spec: PreprocessSpec | None = None) -> dict:
+    """Float evaluation on query/gallery: Rank-1/5/10, mAP, mINP (fractions)."""
+    spec = spec or preprocess_spec_for(model)
+    q = extract_features(model, ds.query, spec, desc=f"embedding {len(ds.query)} query images")
+    g = extract_features(model, ds.gallery, spec, desc=f"embedding {len(ds.gallery)} gallery images")
+    return rank_metrics(q, g, ds)
+
+
+def rank_metrics(q: np.ndarray, g: np.ndarray, ds: ReIDDataset) -> dict:
+    cmc, mAP, mINP = evaluate_rank(
+        cosine_distance(q, g),
+        np.array([s.pid for s in ds.query]), np.array([s.pid for s in ds.gallery]),
+        np.array([s.camid for s in ds.query]), np.array([s.camid for s in ds.gallery]),
+    )
+    return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]), "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": mAP, "mINP": mINP}
+
+
+def _dist_env() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def build_for_training(cfg: TrainConfig, num_classes: int):
+    if cfg.init_checkpoint:
+        model, state = load_checkpoint(cfg.init_checkpoint)
+        if model.cfg.num_classes != num_classes:
+            raise CheckpointError(f"{cfg.init_checkpoint}: trained for {model.cfg.num_classes} identities, this dataset has {num_classes}")
+        return model
+    options = dict(cfg.model_options)
+    options["num_classes"] = num_classes
+    try:
+        model = build_model(cfg.model, **options)
+    except (ValueError, TypeError) as exc:
+        raise MobileReIDError(f"model {cfg.model}: {exc}") from None
+    if cfg.pretrained:
+        from .models.pretrained import load_pretrained_vit
+        from .models.vit import ViTReID
+
+        if not isinstance(model, ViTReID):
+            raise MobileReIDError(f"--pretrained: only ViT presets load timm/DeiT/TransReID weights, not {cfg.model}")
+        info = load_pretrained_vit(model, cfg.pretrained)
+        console.print(f"loaded {info['loaded']} tensors from {cfg.pretrained}; skipped {len(info['skipped'])}, new {len(info['missing'])}")
+    return model
+
+
+def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = False, evaluate: bool = True) -> dict:
+    rank, world = _dist_env()
+    distributed = world > 1
+    if distributed:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(out)
+    ds = load_dataset(data)
+    labels = ds.train_labels()
+    model = build_for_training(cfg, len(labels))
+    spec = preprocess_spec_for(model)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_epoch = 0
+    if resume:
+        last = out / "last.pt"
+        if not last.is_file():
+            raise CheckpointError(f"{last}: nothing to resume from")
+        state = read_checkpoint(last)
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["extra"]["optimizer"])
+        start_epoch = int(state["extra"]["epoch"])
+        if rank == 0:
+            console.print(f"resuming from {last} after epoch {start_epoch}")
+    train_model = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model)
+    sampler = PKBatches(ds.train, cfg.p, cfg.k, cfg.seed, rank, world)
+    images = ReIDImages(ds.train, spec, labels, augment=True)
+    steps_per_epoch = len(sampler)
+    if steps_per_epoch == 0:
+        raise MobileReIDError(f"{data}: too few identities with images for batches of P={cfg.p} x K={cfg.k}")
+    total_steps = cfg.epochs * steps_per_epoch
+    history = []
+    uses_cam = getattr(model.cfg, "camera_num", 0) > 0
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.epoch = epoch
+        train_model.train()
+        t0 = time.perf_counter()
+        sums = {"loss": 0.0, "acc": 0.0}
+        batches = sampler.batches()
+        desc = f"epoch {epoch + 1}/{cfg.epochs}"
+        with progress(desc, len(batches)) if rank == 0 else _null() as advance:
+            for i, batch in enumerate(batches):
+                step = epoch * steps_per_epoch + i
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, total_steps, cfg.warmup_epochs * steps_per_epoch, cfg.lr)
+                items = [images[j] for j in batch]
+                x = torch.stack([it[0] for it in items])
+                y = torch.tensor([it[1] for it in items])
+                cam = torch.tensor([it[2] for it in items]) if uses_cam else None
+                logits, feats = train_model(x, cam)
+                loss, parts = reid_loss(logits, feats, y, cfg.label_smoothing, cfg.margin)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sums["loss"] += float(loss)
+                sums["acc"] += parts["acc"]
+                advance(1)
+        seconds = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "loss": sums["loss"] / len(batches), "train_acc": sums["acc"] / len(batches), "seconds": seconds}
+        history.append(row)
+        if rank == 0:
+            console.print(f"epoch {epoch + 1}: loss {row['loss']:.3f}  id-acc {row['train_acc']:.3f}  {seconds:.1f} s")
+            extra = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "train_config": asdict(cfg), "history": history}
+            save_checkpoint(out / f"epoch_{epoch + 1:03d}.pt", model, extra)
+            save_checkpoint(out / "last.pt", model, extra)
+    result = {"history": history}
+    if rank == 0:
+        save_checkpoint(out / "model.pt", model, {"train_config": asdict(cfg), "history": history})
+        if evaluate:
+            result["metrics"] = evaluate_model(model, ds, spec)
+            console.print(
+                "final: Rank-1 {rank1:.2%}  Rank-5 {rank5:.2%}  Rank-10 {rank10:.2%}  mAP {mAP:.2%}  mINP {mINP:.2%}".format(**result["metrics"])
+            )
+        (out / "train_summary.json").write_text(json.dumps(result, indent=2))
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+class _null:
+    def __enter__(self):
+        return lambda n=1: None
+
+    def __exit__(self, *a):
+        return False
