@@ -181,11 +181,11 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                sums["loss"] += float(loss)
+                sums["loss"] += loss.item()
                 sums["acc"] += parts["acc"]
                 advance(1)
         seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "loss": sums["loss"] / len(batches), "train_acc": sums["acc"] / len(batches), "seconds": seconds}
+        row = {"epoch": epoch + 1, "steps": len(batches), "loss": sums["loss"] / len(batches), "train_acc": sums["acc"] / len(batches), "seconds": seconds}
         history.append(row)
         if rank == 0:
             console.print(f"epoch {epoch + 1}: loss {row['loss']:.3f}  id-acc {row['train_acc']:.3f}  {seconds:.1f} s")

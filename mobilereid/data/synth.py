@@ -64,7 +64,7 @@ class Identity:
     def sample(cls, rng: np.random.Generator) -> "Identity":
         return cls(
             height=rng.uniform(0.70, 0.90),
-            build=rng.uniform(0.8, 1.25),
+            build=rng.uniform(0.85, 1.2),
             skin=_SKIN[rng.integers(len(_SKIN))],
             hair=_HAIR[rng.integers(len(_HAIR))],
             hair_long=bool(rng.random() < 0.35),
@@ -112,15 +112,19 @@ class Camera:
 def _background(rng: np.random.Generator, cam: Camera, h: int, w: int) -> Image.Image:
     horizon = int(h * rng.uniform(0.45, 0.7))
     y = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
-    sky = np.asarray(cam.sky, np.float32) * (1.1 - 0.3 * y)
-    ground = np.asarray(cam.ground, np.float32) * (0.8 + 0.3 * y)
+    # the scene changes from image to image; the camera only biases it (real cameras watch changing scenes)
+    mix = rng.uniform(0.3, 0.8)
+    sky_c = mix * np.asarray(cam.sky, np.float32) + (1 - mix) * np.asarray(_colour(rng, sat=(0.0, 0.5), val=(0.3, 0.95)), np.float32)
+    ground_c = mix * np.asarray(cam.ground, np.float32) + (1 - mix) * np.asarray(_colour(rng, sat=(0.0, 0.4), val=(0.2, 0.8)), np.float32)
+    sky = sky_c * (1.1 - 0.3 * y)
+    ground = ground_c * (0.8 + 0.3 * y)
     arr = np.where(np.arange(h)[:, None, None] < horizon, sky, ground) * np.ones((1, w, 1), np.float32)
     arr += rng.normal(0, 6, size=(h, w, 3)).astype(np.float32)
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     d = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(3, 9))):  # buildings, poles, cars, signs
-        c = cam.clutter[rng.integers(len(cam.clutter))]
-        c = tuple(int(v * rng.uniform(0.8, 1.2)) for v in c)
+        c = cam.clutter[rng.integers(len(cam.clutter))] if rng.random() < 0.5 else _colour(rng, sat=(0.0, 0.8), val=(0.15, 0.95))
+        c = tuple(int(min(255, v * rng.uniform(0.8, 1.2))) for v in c)
         x0 = rng.uniform(-0.2, 1.0) * w
         bw = rng.uniform(0.05, 0.5) * w
         top = rng.uniform(0.0, 0.8) * h
@@ -143,7 +147,7 @@ def _draw_person(d: ImageDraw.ImageDraw, p: Identity, cx: float, top: float, ph:
     """Draw a person of pixel height ph with the head top at `top`, centred on cx."""
     side = view in ("left", "right")
     face_dir = -1 if view == "left" else 1
-    sw = ph * 0.13 * p.build * (0.62 if side else 1.0)  # half shoulder width
+    sw = ph * 0.155 * p.build * (0.62 if side else 1.0)  # half shoulder width
     hip = sw * 0.85
     head_r = ph * 0.065
     y_neck, y_waist, y_knee, y_foot = top + ph * 0.14, top + ph * 0.50, top + ph * 0.72, top + ph * 0.96
