@@ -184,6 +184,51 @@ def info_cmd(
                   f"({count_params(net) / 1e6:.3f} M without the ID classifier), {total / 1e9:.4f} GMAC executed per image")
 
 
+@app.command("export")
+@user_errors
+def export_cmd(
+    checkpoint: Path = typer.Argument(..., help="A mobilereid checkpoint (.pt)."),
+    target: str = typer.Option("all", "--target", "-t", help="onnx, executorch, tflite, edgetpu, a comma list, or all."),
+    calib: Path = typer.Option(..., "--calib", help="Calibration images: a dataset folder (train images calibrate, query images verify) or any image folder."),
+    out: Path = typer.Option(Path("runs/export"), "--out", "-o", help="Output folder for artifacts and their .json sidecars."),
+    int8: bool = typer.Option(False, "--int8", help="Also produce the recipe's quantized variants (INT8, dynamic, int16x8)."),
+    recipe: Optional[Path] = typer.Option(None, help="A quantization recipe TOML (with a single target); default: quant/<target>_<family>.toml."),
+    threads: int = typer.Option(2, help="Runtime threads for verification."),
+):
+    """Export, quantize and verify every artifact in its real runtime (exit 1 when one misses its drift budget)."""
+    from .export import export_checkpoint
+
+    rows = []
+
+    def show(r):
+        v = r["verification"]
+        console.print(f"{r['target']:<10} {r['precision']:<12} {r['artifact']}  cosine mean {v['cosine_mean']:.4f} min {v['cosine_min']:.4f}  "
+                      f"{'ok' if v['passed'] else 'BELOW ' + str(v['threshold'])}")
+        rows.append(r)
+
+    with progress(f"exporting {checkpoint.name} ({target})", None):
+        export_checkpoint(checkpoint, target, calib, out, int8=int8, recipe_path=recipe, threads=threads, on_result=show)
+    console.print(table("artifacts", ["target", "precision", "file", "MB", "cosine mean", "cosine min", "verified"],
+                        [[r["target"], r["precision"], r["artifact"].name, f"{r['artifact'].stat().st_size / 1e6:.2f}",
+                          r["verification"]["cosine_mean"], r["verification"]["cosine_min"],
+                          "yes" if r["verification"]["passed"] else "NO"] for r in rows]))
+    for r in rows:
+        if "edgetpu" in r:
+            console.print(f"Edge TPU: {r['edgetpu']['summary']}")
+            if not r["compiler"].get("ran"):
+                console.print(f"Edge TPU compiler: {r['compiler']['reason']}")
+        if "delegation" in r:
+            nd = r["delegation"]["not_delegated_ops"]
+            console.print(f"ExecuTorch {r['precision']}: {r['delegation']['delegated_subgraphs']} XNNPACK subgraphs; "
+                          f"outside XNNPACK: {', '.join(nd) if nd else 'nothing'}")
+    failed = [r for r in rows if not r["verification"]["passed"]]
+    if failed:
+        err_console.print(f"error: {len(failed)} artifact(s) missed the recipe's drift budget: " +
+                          ", ".join(f"{r['artifact'].name} (cosine {r['verification']['cosine_mean']:.4f} < {r['verification']['threshold']})" for r in failed),
+                          markup=False)
+        raise typer.Exit(1)
+
+
 @app.command("pipeline")
 @user_errors
 def pipeline(

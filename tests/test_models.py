@@ -191,3 +191,15 @@ def test_pretrained_rejects_wrong_width(tmp_path):
     torch.save(build_model("vit_tiny").state_dict(), tmp_path / "tiny.pth")
     with pytest.raises(CheckpointError, match="core ViT weights do not fit"):
         load_pretrained_vit(build_model("vit_test"), tmp_path / "tiny.pth")
+
+
+def test_topk_onehot_matches_torch_topk():
+    from mobilereid.models.vit import topk_onehot
+
+    scores = torch.randn(3, 20)
+    scores[0, 5] = scores[0, 7]  # a tie: the lower index wins
+    sel = topk_onehot(scores, 6)
+    assert (sel.sum(-1) == 1).all()  # one token per row
+    picked = sel.float().argmax(-1)
+    want = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :6]
+    assert torch.equal(picked, want)

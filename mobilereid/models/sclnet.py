@@ -14,6 +14,7 @@ jointly". This is our reading, documented so it can be argued with:
   the other, so every channel group mixes a small and a large receptive field (maps from *different* layers
   reused instead of computing new ones);
 * concat(s_1, s_2, s_3) (3 x mid channels, "richer channels") -> 1x1 conv fuse -> BN, plus a residual
+  (the fuse conv is stored as one 1x1 conv per part and summed: identical maths, export-friendly)
   (identity, or 1x1 projection when channels change), ReLU.
 
 **Redesigned base modules** for export: the stem is a stride-2 3x3 conv followed by a stride-2 3x3 conv instead of
@@ -95,7 +96,8 @@ class SCUnit(nn.Module):
         self.reduce = conv_bn(cin, mid, 1)
         self.chain_a = nn.ModuleList(LightConv(mid, 1) for _ in range(depth))
         self.chain_b = nn.ModuleList(LightConv(mid, 2) for _ in range(depth))
-        self.fuse = conv_bn(depth * mid, cout, 1, relu=False)
+        self.fuse = nn.ModuleList(nn.Conv2d(mid, cout, 1, bias=False) for _ in range(depth))
+        self.fuse_bn = nn.BatchNorm2d(cout)
         self.shortcut = None if cin == cout else conv_bn(cin, cout, 1, relu=False)
         self.act = nn.ReLU(inplace=True)
 
@@ -108,9 +110,17 @@ class SCUnit(nn.Module):
             a.append(ha)
             b.append(hb)
         combined = [a[t] + b[len(b) - 1 - t] for t in range(len(a))]
-        y = self.fuse(torch.cat(combined, dim=1))
+        y = self._fuse(combined)
         identity = x if self.shortcut is None else self.shortcut(x)
         return self.act(y + identity)
+
+
+    def _fuse(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """A 1x1 conv over concat(parts), written as the sum of one 1x1 conv per part: the same function and MACs,
+        but no channel Concat in exported graphs (onnx2tf infers layouts heuristically and mis-places a channel
+        concat when a channel count equals a spatial size) and every conv keeps constant weights (XNNPACK
+        delegates only convs with constant weights)."""
+        return self.fuse_bn(sum(conv(p) for conv, p in zip(self.fuse, parts)))
 
 
 class Transition(nn.Sequential):

@@ -19,7 +19,7 @@ block runs on fewer tokens (executed FLOPs fall roughly with the keep ratio; the
   but it is fooled by cluttered backgrounds.
 
 Static shapes: a fixed count K = round(keep * N) per image (per window when windows are on), chosen by top-k on
-the score and gathered with ``torch.gather``; position (and camera) embeddings are added *before* the gather, which
+the score and gathered with a one-hot matmul (`topk_onehot`, no TopK/Gather ops in exported graphs); position (and camera) embeddings are added *before* the gather, which
 is the same as gathering them with the same indices.
 
 **Windowed attention** (same paper). Patch rows are split into ``windows`` horizontal body stripes. Blocks before
@@ -203,6 +203,23 @@ def contrast_scores(img: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
     return (dist + std).flatten(1)
 
 
+def topk_onehot(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, N) scores -> (B, k, N) one-hot rows selecting the k highest scores (ties: lower index first).
+
+    Written with comparisons and a sum instead of `topk` + `gather`: the rank of token i is the number of tokens
+    that beat it, and row r of the result picks the token of rank r. Static shapes, and only ops that every
+    converter and delegate handles (onnx2tf mis-converts ONNX TopK's 1-D K; the Edge TPU has no TopK/Gather).
+    Costs N^2 comparisons and a k x N x C matmul for the gather (counted in the executed MACs).
+    """
+    n = scores.shape[1]
+    idx = torch.arange(n, device=scores.device)
+    beats = (scores[:, None, :] > scores[:, :, None]) | (
+        (scores[:, None, :] == scores[:, :, None]) & (idx[None, None, :] < idx[None, :, None])
+    )
+    rank = beats.sum(-1)  # (B, N), 0-based
+    return rank[:, None, :] == torch.arange(k, device=scores.device)[None, :, None]
+
+
 class ViTReID(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
@@ -283,12 +300,12 @@ class ViTReID(nn.Module):
         else:
             scores = contrast_scores(img, cfg)
         out = []
+        gate = torch.sigmoid(scores) if self.scorer is not None and self.training else None
         for g, k in zip(groups, cfg.kept_per_group()):
-            top = scores.index_select(1, g).topk(k, dim=1).indices  # (B, k) positions within the group
-            idx = g[top]
-            tokens = torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-            if self.scorer is not None and self.training:
-                s = torch.sigmoid(torch.gather(scores, 1, idx)).unsqueeze(-1)
+            onehot = topk_onehot(scores.index_select(1, g), k).to(x.dtype)  # (B, k, n_group)
+            tokens = onehot @ x.index_select(1, g)
+            if gate is not None:
+                s = onehot @ gate.index_select(1, g).unsqueeze(-1)
                 tokens = tokens * (1.0 + s - s.detach())  # straight-through: value unchanged, scorer gets gradient
             out.append(tokens)
         return out

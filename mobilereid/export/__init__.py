@@ -1,0 +1,74 @@
+"""Export a checkpoint to every target: one module per target behind one function signature
+``export_<target>(job, recipe) -> list of results``; this module only builds the job and dispatches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ExportError
+from ..models.checkpoint import file_sha256, load_checkpoint
+from ..models.registry import model_family
+from ..train import preprocess_spec_for
+from .calibration import calibration_files, load_batch
+from .common import ExportJob
+from .recipes import load_recipe
+
+TARGETS = ("onnx", "executorch", "tflite", "edgetpu")
+
+
+def _dispatch(target: str):
+    if target == "onnx":
+        from .onnx_target import export_onnx as fn
+    elif target == "executorch":
+        from .executorch_target import export_executorch as fn
+    elif target == "tflite":
+        from .tflite_target import export_tflite as fn
+    elif target == "edgetpu":
+        from .edgetpu_target import export_edgetpu as fn
+    else:
+        raise ExportError(f"unknown target {target!r}; choose from {', '.join(TARGETS)} or all")
+    return fn
+
+
+def resolve_targets(target: str) -> list[str]:
+    if target == "all":
+        return list(TARGETS)
+    names = [t.strip() for t in target.split(",") if t.strip()]
+    for t in names:
+        if t not in TARGETS:
+            raise ExportError(f"unknown target {t!r}; choose from {', '.join(TARGETS)} or all")
+    return names
+
+
+def export_checkpoint(checkpoint: str | Path, target: str, calib: str | Path, out_dir: str | Path, int8: bool = False,
+                      recipe_path: str | Path | None = None, threads: int = 2, on_result=None) -> list[dict]:
+    targets = resolve_targets(target)
+    checkpoint = Path(checkpoint)
+    model, state = load_checkpoint(checkpoint)
+    family = model_family(model)
+    spec = preprocess_spec_for(model)
+    recipes = {}
+    for t in targets:
+        r = load_recipe(t, family, recipe_path if len(targets) == 1 else None)
+        if not int8:
+            r["variants"] = [v for v in r["variants"] if v == "fp32"]
+        recipes[t] = r
+    n_calib = max(int(r.get("int8", {}).get("calibration_images", 64)) for r in recipes.values())
+    n_verify = max(int(r["verify"]["images"]) for r in recipes.values())
+    calib_files, verify_files = calibration_files(calib, n_calib, n_verify)
+    job = ExportJob(model=model, family=family, preset=state.get("preset"), checkpoint=checkpoint,
+                    checkpoint_sha256=file_sha256(checkpoint), spec=spec, calib=load_batch(calib_files, spec),
+                    verify=load_batch(verify_files, spec), out_dir=Path(out_dir), threads=threads)
+    results = []
+    for t in targets:
+        recipe = recipes[t]
+        if t in ("edgetpu",) and not int8:
+            raise ExportError("the Edge TPU runs full-integer models only: add --int8")
+        if not recipe["variants"] and t != "edgetpu":
+            continue
+        for r in _dispatch(t)(job, recipe):
+            r["target"] = t
+            results.append(r)
+            if on_result:
+                on_result(r)
+    return results

@@ -1,0 +1,157 @@
+"""What every export target shares: the job description, atomic writes, the metadata sidecar, verification.
+
+The sidecar (``<artifact>.json``) is the single contract with every consumer (eval/, the Android demo, users):
+input size, layout, colour order, scale/mean/std, dtype and quantization of input and output, embedding size,
+source checkpoint hash, recipe, sha256 of the artifact and the verification result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..data.preprocess import PreprocessSpec
+from ..errors import ExportError
+from ..models.checkpoint import file_sha256
+from ..runtimes import open_runner, sidecar_path
+
+
+@dataclass
+class ExportJob:
+    model: torch.nn.Module
+    family: str
+    preset: str | None
+    checkpoint: Path | None
+    checkpoint_sha256: str | None
+    spec: PreprocessSpec
+    calib: np.ndarray  # (N, 3, H, W) float32, preprocessed
+    verify: np.ndarray  # held-out images
+    out_dir: Path
+    threads: int = 2
+    reference: np.ndarray = field(default=None)  # float torch embeddings of `verify`
+
+    def __post_init__(self):
+        self.model.eval()
+        with torch.no_grad():
+            self.reference = self.model(torch.from_numpy(self.verify)).numpy()
+
+    @property
+    def stem(self) -> str:
+        return self.checkpoint.stem if self.checkpoint else (self.preset or self.family)
+
+    def example(self) -> torch.Tensor:
+        return torch.from_numpy(self.calib[:1].copy())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    atomic_write_bytes(dst, Path(src).read_bytes())
+
+
+def tensor_spec(name: str, shape, layout: str | None, dtype: str, quant: tuple[float, int] | None) -> dict:
+    d = {"name": name, "shape": [int(s) for s in shape], "dtype": dtype}
+    if layout:
+        d["layout"] = layout
+    d["quantization"] = {"scale": float(quant[0]), "zero_point": int(quant[1])} if quant else None
+    return d
+
+
+def write_sidecar(job: ExportJob, artifact: Path, *, target: str, runtime: str, precision: str, input_spec: dict,
+                  output_spec: dict, recipe: dict, extra: dict | None = None) -> dict:
+    meta = {
+        "format": "mobilereid-artifact",
+        "format_version": 1,
+        "created_by": f"mobilereid {__version__}",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "artifact": artifact.name,
+        "sha256": file_sha256(artifact),
+        "size_bytes": artifact.stat().st_size,
+        "target": target,
+        "runtime": runtime,
+        "precision": precision,
+        "model": {
+            "family": job.family,
+            "preset": job.preset,
+            "config": job.model.cfg.to_dict(),
+            "source_checkpoint": str(job.checkpoint) if job.checkpoint else None,
+            "source_sha256": job.checkpoint_sha256,
+            "embedding_dim": int(job.reference.shape[1]),
+        },
+        "preprocess": job.spec.to_dict(),
+        "input": input_spec,
+        "output": output_spec,
+        "matching": {"distance": "cosine", "normalize": "l2 before matching"},
+        "recipe": {k: v for k, v in recipe.items() if k != "variants"},
+    }
+    meta.update(extra or {})
+    _write_json(sidecar_path(artifact), meta)
+    return meta
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return (a * b).sum(1)
+
+
+def verify_artifact(job: ExportJob, artifact: Path, meta: dict, min_cosine: float) -> dict:
+    """Run the artifact in its real runtime on held-out images; record cosine to the float model in the sidecar."""
+    runner = open_runner(artifact, meta, threads=job.threads)
+    t0 = time.perf_counter()
+    emb = runner.embed(job.verify)
+    seconds = time.perf_counter() - t0
+    if emb.shape != job.reference.shape:
+        raise ExportError(f"{artifact}: runtime output shape {emb.shape} differs from the float model's {job.reference.shape}")
+    cos = cosine_rows(emb, job.reference)
+    result = {
+        "runtime": meta["runtime"],
+        "threads": job.threads,
+        "images": int(len(cos)),
+        "cosine_mean": float(cos.mean()),
+        "cosine_min": float(cos.min()),
+        "threshold": float(min_cosine),
+        "passed": bool(cos.mean() >= min_cosine),
+        "seconds_per_image": seconds / len(cos),
+    }
+    meta["verification"] = result
+    _write_json(sidecar_path(artifact), meta)
+    return result
+
+
+class Workdir:
+    """A temporary folder beside the output that is removed whatever happens."""
+
+    def __init__(self, out_dir: Path, name: str):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
+
+    def __enter__(self) -> Path:
+        return self.path
+
+    def __exit__(self, *exc):
+        shutil.rmtree(self.path, ignore_errors=True)
+        return False

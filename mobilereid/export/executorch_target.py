@@ -1,0 +1,91 @@
+"""ExecuTorch (.pte) lowered to XNNPACK, fp32 and INT8 (PT2E), as ExecuTorch's own examples do it.
+
+Flow: `torch.export` -> (INT8: `prepare_pt2e` with `XNNPACKQuantizer` (symmetric, per-channel weights; static with
+calibration on the recipe's images through the project's preprocessing, or dynamic activations) -> calibrate ->
+`convert_pt2e` -> `torch.export` again) -> `to_edge_transform_and_lower(..., XnnpackPartitioner())` ->
+`to_executorch()`. The delegation summary (which ops run inside XNNPACK and which stay on the portable CPU
+kernels) is read from the lowered graph and written into the sidecar.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import ExportError
+from .common import ExportJob, atomic_write_bytes, tensor_spec, verify_artifact, write_sidecar
+
+
+def delegation_report(edge_program) -> dict:
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(edge_program.exported_program().graph_module)
+    ops = {}
+    for name, row in info.delegation_by_operator.items():
+        ops[name] = {"delegated": int(row.delegated), "not_delegated": int(row.non_delegated)}
+    return {
+        "delegated_subgraphs": int(info.num_delegated_subgraphs),
+        "delegated_nodes": int(info.num_delegated_nodes),
+        "non_delegated_nodes": int(info.num_non_delegated_nodes),
+        "ops": ops,
+        "not_delegated_ops": sorted(k for k, v in ops.items() if v["not_delegated"] > 0),
+    }
+
+
+def lower(job: ExportJob, int8: bool, qcfg: dict) -> tuple[bytes, dict]:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    example = (job.example(),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(job.model, example)
+        if int8:
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+            dynamic = qcfg.get("mode", "static") == "dynamic"
+            quantizer = XNNPACKQuantizer().set_global(
+                get_symmetric_quantization_config(is_per_channel=bool(qcfg.get("per_channel", True)), is_dynamic=dynamic)
+            )
+            m = prepare_pt2e(ep.module(), quantizer)
+            n = int(qcfg.get("calibration_images", 64))
+            with torch.no_grad():
+                for x in job.calib[:n]:
+                    m(torch.from_numpy(x[None].copy()))
+            m = convert_pt2e(m)
+            ep = torch.export.export(m, example)
+        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+        report = delegation_report(edge)
+        program = edge.to_executorch()
+    return program.buffer, report
+
+
+def export_executorch(job: ExportJob, recipe: dict) -> list[dict]:
+    results = []
+    h, w = job.spec.height, job.spec.width
+    for variant in recipe["variants"]:
+        if variant not in ("fp32", "int8"):
+            raise ExportError(f"{recipe['source']}: unknown ExecuTorch variant {variant!r} (fp32, int8)")
+        int8 = variant == "int8"
+        qcfg = recipe.get("int8", {})
+        try:
+            buffer, report = lower(job, int8, qcfg)
+        except ExportError:
+            raise
+        except Exception as exc:
+            raise ExportError(f"ExecuTorch lowering of {job.stem} ({variant}) failed: {str(exc).splitlines()[0][:300]}") from None
+        precision = "fp32" if not int8 else ("int8_dynamic" if qcfg.get("mode") == "dynamic" else "int8")
+        out = job.out_dir / f"{job.stem}_xnnpack_{variant}.pte"
+        atomic_write_bytes(out, buffer)
+        meta = write_sidecar(
+            job, out, target="executorch", runtime="executorch", precision=precision,
+            input_spec=tensor_spec("x", (1, 3, h, w), "NCHW", "float32", None),
+            output_spec=tensor_spec("embedding", (1, job.reference.shape[1]), None, "float32", None),
+            recipe=recipe, extra={"delegation": report, "backend": "XNNPACK"},
+        )
+        verification = verify_artifact(job, out, meta, recipe["verify"]["min_cosine"])
+        results.append({"artifact": out, "precision": precision, "verification": verification, "delegation": report})
+    return results

@@ -1,0 +1,160 @@
+"""TFLite: ONNX -> onnx2tf (SavedModel) -> TensorFlow's TFLiteConverter, fully offline, builtins only.
+
+Why this split: onnx2tf is used only for what it is good at (ONNX NCHW graph -> NHWC TensorFlow graph); every
+TFLite variant is then made by the official converter from that SavedModel, so the recipe controls quantization
+directly: ``fp32``; ``dynamic`` (int8 weights, float activations); ``int8`` (full integer with int8 or uint8 IO,
+calibrated on the recipe's images through the project's preprocessing; ``float_ops`` keeps named ops in float via
+TensorFlow's QuantizationDebugger deny-list); ``int16x8`` (int16 activations, int8 weights).
+
+Offline: onnx2tf 1.29.24 downloads a sample-image .npy whenever a model has one 4-D, 3-channel input; its module
+global `download_test_image_data` is replaced, for the duration of the call, by a function returning this job's
+calibration images (NHWC), so nothing is fetched. Only TFLITE_BUILTINS are allowed; if the converter still
+produces a Select-TF (Flex) op, export fails and names it (exact GELU becomes FlexErf: use ``gelu=tanh``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ExportError
+from .common import ExportJob, Workdir, atomic_write_bytes, tensor_spec, verify_artifact, write_sidecar
+from .onnx_target import INPUT_NAME, write_onnx
+from .tflite_ops import flex_ops
+
+VARIANTS = ("fp32", "dynamic", "int8", "int16x8")
+
+
+@contextlib.contextmanager
+def quiet():
+    """onnx2tf and TensorFlow print pages of logs; keep them out of the user's terminal."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    buf = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+        warnings.simplefilter("ignore")
+        yield buf
+
+
+def onnx_to_saved_model(job: ExportJob, onnx_path: Path, out_dir: Path) -> Path:
+    import onnx2tf
+    import onnx2tf.onnx2tf as o2t_module
+
+    calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))
+    original = o2t_module.download_test_image_data
+    o2t_module.download_test_image_data = lambda: calib_nhwc  # offline: never fetch sample data
+    try:
+        with quiet() as log:
+            try:
+                onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(out_dir), non_verbose=True,
+                                copy_onnx_input_output_names_to_tflite=True)
+            except SystemExit:
+                raise ExportError(f"onnx2tf could not convert {job.stem}: {log.getvalue().strip().splitlines()[-1:] }") from None
+    finally:
+        o2t_module.download_test_image_data = original
+    if not (out_dir / "saved_model.pb").is_file():
+        raise ExportError(f"onnx2tf produced no SavedModel for {job.stem}")
+    return out_dir
+
+
+def convert_variant(saved_model: Path, variant: str, calib_nhwc: np.ndarray, qcfg: dict) -> bytes:
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if variant == "fp32":
+        return conv.convert()
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "dynamic":
+        return conv.convert()
+    n = int(qcfg.get("calibration_images", 64))
+
+    def representative():
+        for x in calib_nhwc[:n]:
+            yield [x[None].astype(np.float32)]
+
+    conv.representative_dataset = representative
+    conv._experimental_disable_per_channel = not bool(qcfg.get("per_channel", True))
+    float_ops = list(qcfg.get("float_ops", []))
+    if variant == "int16x8":
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        return conv.convert()
+    io_dtype = qcfg.get("io_dtype", "int8")
+    if float_ops:
+        # selective quantization: named ops stay float, so the model keeps float IO around them
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=conv, debug_dataset=representative,
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=float_ops))
+        return debugger.get_nondebug_quantized_model()
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if io_dtype != "float32":
+        conv.inference_input_type = {"int8": tf.int8, "uint8": tf.uint8}[io_dtype]
+        conv.inference_output_type = conv.inference_input_type
+    return conv.convert()
+
+
+def io_specs(model_bytes: bytes) -> tuple[dict, dict]:
+    from ..runtimes import litert_interpreter_class
+
+    interp = litert_interpreter_class()(model_content=model_bytes)
+    i, o = interp.get_input_details()[0], interp.get_output_details()[0]
+
+    def spec(d, layout):
+        scale, zp = d["quantization"]
+        dtype = np.dtype(d["dtype"]).name
+        return tensor_spec(d["name"], d["shape"], layout, dtype, (scale, zp) if dtype in ("int8", "uint8", "int16") and scale else None)
+
+    return spec(i, "NHWC"), spec(o, None)
+
+
+def build_tflite_variants(job: ExportJob, variants: list[str], qcfg: dict, workdir: Path) -> dict[str, bytes]:
+    for v in variants:
+        if v not in VARIANTS:
+            raise ExportError(f"unknown TFLite variant {v!r} (choose from {', '.join(VARIANTS)})")
+    onnx_path = workdir / f"{job.stem}.onnx"
+    write_onnx(job, onnx_path)
+    saved = onnx_to_saved_model(job, onnx_path, workdir / "saved_model")
+    calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))
+    out = {}
+    for v in variants:
+        with quiet():
+            try:
+                data = convert_variant(saved, v, calib_nhwc, qcfg)
+            except Exception as exc:
+                text = " ".join(str(exc).split())
+                needs_tf = sorted(set(re.findall(r"\btf\.(\w+)", text)))
+                if needs_tf:
+                    raise ExportError(f"TFLite {v} conversion of {job.stem} needs Select-TF (Flex) ops {', '.join('Flex' + n for n in needs_tf)}, which builtin LiteRT cannot run"
+                                      + (" (exact GELU: rebuild with --opt gelu=tanh)" if "Erf" in needs_tf else "")) from None
+                raise ExportError(f"TFLite {v} conversion of {job.stem} failed: {text[:400]}") from None
+        flex = flex_ops(data)
+        if flex:
+            raise ExportError(f"TFLite {v} model of {job.stem} needs Select-TF ops {', '.join(flex)}, which builtin LiteRT cannot run"
+                              + (" (exact GELU: rebuild with --opt gelu=tanh)" if "FlexErf" in flex else ""))
+        out[v] = data
+    return out
+
+
+def export_tflite(job: ExportJob, recipe: dict) -> list[dict]:
+    qcfg = recipe.get("int8", {})
+    results = []
+    with Workdir(job.out_dir, "tflite") as tmp:
+        models = build_tflite_variants(job, list(recipe["variants"]), qcfg, tmp)
+    for variant, data in models.items():
+        out = job.out_dir / f"{job.stem}_{variant}.tflite"
+        atomic_write_bytes(out, data)
+        in_spec, out_spec = io_specs(data)
+        meta = write_sidecar(job, out, target="tflite", runtime="litert", precision=variant,
+                             input_spec=in_spec, output_spec=out_spec, recipe=recipe,
+                             extra={"converter": "onnx2tf 1.29.24 -> tf.lite.TFLiteConverter"})
+        verification = verify_artifact(job, out, meta, recipe["verify"]["min_cosine"])
+        results.append({"artifact": out, "precision": variant, "verification": verification})
+    return results

@@ -1,0 +1,141 @@
+"""Export tests: tiny presets through every target, each artifact run in its real runtime."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mobilereid.cli import app
+from mobilereid.errors import CheckpointError, ExportError
+from mobilereid.export import export_checkpoint
+from mobilereid.export.tflite_ops import op_counts
+from mobilereid.models import build_model
+from mobilereid.models.checkpoint import save_checkpoint
+from mobilereid.runtimes import open_runner, read_sidecar
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def sclnet_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "sclnet_test.pt", build_model("sclnet_test", num_classes=6).eval())
+
+
+@pytest.fixture(scope="module")
+def sclnet_all(sclnet_ckpt, tiny_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    results = export_checkpoint(sclnet_ckpt, "all", tiny_dataset, out, int8=True)
+    return out, results
+
+
+@pytest.mark.slow
+def test_every_target_exports_and_verifies(sclnet_all):
+    out, results = sclnet_all
+    got = {(r["target"], r["precision"]) for r in results}
+    assert got == {("onnx", "fp32"), ("executorch", "fp32"), ("executorch", "int8"), ("tflite", "fp32"),
+                   ("tflite", "dynamic"), ("tflite", "int8"), ("edgetpu", "int8")}
+    for r in results:
+        v = r["verification"]
+        assert v["passed"] and v["cosine_mean"] >= 0.99, (r["artifact"], v)
+    # nothing half-written is left behind
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_sidecar_is_the_contract(sclnet_all, sclnet_ckpt, tiny_dataset):
+    out, results = sclnet_all
+    int8 = next(r for r in results if r["target"] == "tflite" and r["precision"] == "int8")
+    meta = read_sidecar(int8["artifact"])
+    assert meta["input"]["dtype"] == "int8" and meta["input"]["layout"] == "NHWC"
+    assert meta["input"]["shape"] == [1, 64, 32, 3]
+    assert meta["input"]["quantization"]["scale"] > 0 and meta["output"]["quantization"] is not None
+    assert meta["preprocess"]["colour_order"] == "RGB" and meta["preprocess"]["mean"] == [0.485, 0.456, 0.406]
+    assert meta["model"]["embedding_dim"] == 128 and meta["model"]["source_sha256"]
+    import hashlib
+    assert meta["sha256"] == hashlib.sha256(int8["artifact"].read_bytes()).hexdigest()
+    assert meta["verification"]["runtime"] == "litert"
+    # the same sidecar drives a fresh runner to the same numbers
+    from mobilereid.export.calibration import calibration_files, load_batch
+    from mobilereid.data.preprocess import PreprocessSpec
+    _, verify = calibration_files(tiny_dataset, 4, 4)
+    x = load_batch(verify, PreprocessSpec.from_dict(meta["preprocess"]))
+    emb = open_runner(int8["artifact"]).embed(x)
+    assert emb.shape == (len(x), 128) and np.isfinite(emb).all()
+    pte = next(r for r in results if r["target"] == "executorch" and r["precision"] == "int8")
+    assert read_sidecar(pte["artifact"])["delegation"]["delegated_subgraphs"] >= 1
+
+
+@pytest.mark.slow
+def test_int8_tflite_is_integer_only_and_small(sclnet_all):
+    out, results = sclnet_all
+    fp32 = next(r["artifact"] for r in results if r["target"] == "tflite" and r["precision"] == "fp32")
+    int8 = next(r["artifact"] for r in results if r["target"] == "tflite" and r["precision"] == "int8")
+    assert int8.stat().st_size < 0.5 * fp32.stat().st_size
+    ops = op_counts(int8)
+    assert "CONV_2D" in ops and "DEPTHWISE_CONV_2D" in ops and not any(o.startswith("Flex") for o in ops)
+
+
+@pytest.mark.slow
+def test_edgetpu_report_without_compiler(sclnet_all):
+    out, results = sclnet_all
+    r = next(r for r in results if r["target"] == "edgetpu")
+    assert r["edgetpu"]["ops_on_cpu"] == 0 and r["edgetpu"]["first_unsupported"] is None
+    assert r["compiler"]["ran"] is False and "not found on PATH" in r["compiler"]["reason"]
+    assert read_sidecar(r["artifact"])["input"]["dtype"] == "uint8"
+    assert json.loads((out / "sclnet_test_edgetpu_report.json").read_text())["mapping"]["ops_total"] > 10
+
+
+@pytest.mark.slow
+def test_vit_tflite_with_tanh_gelu_and_flex_error_for_exact_gelu(tiny_dataset, tmp_path):
+    ok = save_checkpoint(tmp_path / "vit_tanh.pt", build_model("vit_test", gelu="tanh", keep_ratio=0.75).eval())
+    results = export_checkpoint(ok, "tflite", tiny_dataset, tmp_path / "a")
+    assert results[0]["verification"]["cosine_mean"] > 0.999
+    exact = save_checkpoint(tmp_path / "vit_exact.pt", build_model("vit_test", gelu="exact").eval())
+    with pytest.raises(ExportError, match="Erf"):
+        export_checkpoint(exact, "tflite", tiny_dataset, tmp_path / "b")
+    assert not list((tmp_path / "b").glob("*.tflite"))
+
+
+@pytest.mark.slow
+def test_vit_edgetpu_report_says_what_stays_on_cpu(tiny_dataset, tmp_path):
+    ckpt = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test", gelu="tanh").eval())
+    r = export_checkpoint(ckpt, "edgetpu", tiny_dataset, tmp_path / "e", int8=True)[0]
+    assert r["edgetpu"]["first_unsupported"] is not None
+    assert "BATCH_MATMUL" in r["edgetpu"]["unsupported_ops"] and "runs on the CPU" in r["edgetpu"]["summary"]
+
+
+def test_errors(sclnet_ckpt, tiny_dataset, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExportError, match="calibration set holds no images"):
+        export_checkpoint(sclnet_ckpt, "onnx", tmp_path / "empty", tmp_path / "o")
+    with pytest.raises(ExportError, match="calibration folder does not exist"):
+        export_checkpoint(sclnet_ckpt, "onnx", tmp_path / "nope", tmp_path / "o")
+    with pytest.raises(ExportError, match="unknown target 'coreml'"):
+        export_checkpoint(sclnet_ckpt, "coreml", tiny_dataset, tmp_path / "o")
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="bad.pt: not a loadable checkpoint"):
+        export_checkpoint(tmp_path / "bad.pt", "onnx", tiny_dataset, tmp_path / "o")
+    (tmp_path / "unreadable").mkdir()
+    (tmp_path / "unreadable" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    with pytest.raises(ExportError, match="broken.jpg: cannot decode image"):
+        export_checkpoint(sclnet_ckpt, "onnx", tmp_path / "unreadable", tmp_path / "o")
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_cli_export_onnx_and_errors(sclnet_ckpt, tiny_dataset, tmp_path):
+    r = runner.invoke(app, ["export", str(sclnet_ckpt), "--target", "onnx", "--calib", str(tiny_dataset), "-o", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "sclnet_test.onnx").is_file() and (tmp_path / "sclnet_test.onnx.json").is_file()
+    r = runner.invoke(app, ["export", str(sclnet_ckpt), "--target", "tensorrt", "--calib", str(tiny_dataset), "-o", str(tmp_path)])
+    assert r.exit_code == 2 and "unknown target 'tensorrt'" in r.output
+
+
+def test_cli_export_fails_when_below_drift_budget(sclnet_ckpt, tiny_dataset, tmp_path):
+    recipe = tmp_path / "strict.toml"
+    recipe.write_text('target = "onnx"\n[verify]\nmin_cosine = 1.01\n')
+    r = runner.invoke(app, ["export", str(sclnet_ckpt), "--target", "onnx", "--calib", str(tiny_dataset), "--recipe", str(recipe), "-o", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "missed the recipe's drift budget" in r.output
+    assert read_sidecar(tmp_path / "o" / "sclnet_test.onnx")["verification"]["passed"] is False
