@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test clean
+.PHONY: setup run test test-deps clean
 
 setup: $(STAMP)
 
@@ -21,7 +21,12 @@ $(STAMP): requirements.lock pyproject.toml
 run: setup
 	$(BIN)/mobilereid pipeline
 
-test: setup
+# The ssh evaluator test needs a real sshd on localhost (Debian's openssh-server); installed when running as root.
+test-deps:
+	@if [ "$$(id -u)" = 0 ] && [ ! -x /usr/sbin/sshd ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; fi
+
+test: setup test-deps
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -229,6 +229,26 @@ def export_cmd(
         raise typer.Exit(1)
 
 
+@app.command("evaluate")
+@user_errors
+def evaluate_cmd(
+    artifacts: list[Path] = typer.Argument(..., help="Exported artifacts (each with its .json sidecar)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder with query/ and bounding_box_test/."),
+    reference: Optional[Path] = typer.Option(None, help="Float checkpoint: reference metrics, per-image cosine, top-1 agreement."),
+    device: str = typer.Option("local", help="local, ssh://user@host[:port], or adb[:serial] (adb: not verified without a phone)."),
+    threads: int = typer.Option(2, help="Runtime threads on the device."),
+    out: Path = typer.Option(Path("runs/evaluate"), "--out", "-o", help="Report folder (report.json, report.md, PNG plots)."),
+    remote_python: str = typer.Option("python3", help="Python on the ssh device (needs numpy, Pillow and the artifact's runtime)."),
+):
+    """Accuracy drift, latency and size of artifacts, measured by the on-device evaluator."""
+    from .evaluate import evaluate_artifacts
+    from .report import eval_markdown
+
+    report = evaluate_artifacts(artifacts, data, out, reference=reference, device=device, threads=threads, remote_python=remote_python)
+    console.print(eval_markdown(report), markup=False, soft_wrap=True)
+    console.print(f"report: {out / 'report.md'}, {out / 'report.json'}, plots: {', '.join(str(out / p) for p in report['plots'])}")
+
+
 @app.command("pipeline")
 @user_errors
 def pipeline(

@@ -103,8 +103,11 @@ def _read_msmt_list(root: Path, list_file: Path, image_dir: Path, split: str) ->
     return samples, junk
 
 
-def load_dataset(root: str | Path, merge_val: bool = True) -> ReIDDataset:
-    """Read a dataset folder (Market-1501 layout or MSMT17 list layout) without opening any image."""
+def load_dataset(root: str | Path, merge_val: bool = True, need_train: bool = True) -> ReIDDataset:
+    """Read a dataset folder (Market-1501 layout or MSMT17 list layout) without opening any image.
+
+    ``need_train=False`` (evaluation only) accepts a dataset without a train split.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder does not exist")
@@ -129,14 +132,19 @@ def load_dataset(root: str | Path, merge_val: bool = True) -> ReIDDataset:
     else:
         layout = "market1501"
         for split, folder in MARKET_SPLITS.items():
+            if split == "train" and not need_train and not (root / folder).is_dir():
+                continue
             if not (root / folder).is_dir():
                 raise DatasetError(
                     f"{root}: missing split folder '{folder}/' (Market-1501 layout: bounding_box_train/, query/, bounding_box_test/)"
                 )
         for split, folder in MARKET_SPLITS.items():
-            splits[split], skipped[split] = _read_market_split(root / folder, split)
+            if (root / folder).is_dir():
+                splits[split], skipped[split] = _read_market_split(root / folder, split)
+            else:
+                splits[split], skipped[split] = [], 0
     for split, samples in splits.items():
-        if not samples:
+        if not samples and (need_train or split != "train"):
             where = root / MARKET_SPLITS[split] if layout == "market1501" else root / MSMT_LISTS[split]
             raise DatasetError(f"{where}: split '{split}' holds no usable images")
     return ReIDDataset(root, layout, splits["train"], splits["query"], splits["gallery"], skipped)

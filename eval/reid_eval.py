@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""On-device ReID evaluator: embed a query/gallery set with one exported artifact and score it.
+
+Runs with numpy, Pillow and one runtime (ai-edge-litert / tflite-runtime, the ExecuTorch runtime, onnxruntime or
+tflite-micro): no torch (except the ExecuTorch binding's own need), no tensorflow, no mobilereid install. It
+imports the *same* numpy modules the host uses (mobilereid.metrics, mobilereid.data.preprocess,
+mobilereid.runtimes, mobilereid.data.datasets) from the folder above this file, which `mobilereid evaluate`
+copies to the device together with this script.
+
+    python eval/reid_eval.py --model model_int8.tflite --data DATASET_DIR --out results/ --threads 4
+
+Writes ``results/<artifact>.npz`` (embeddings, labels, per-image latency) and ``results/<artifact>.summary.json``
+(Rank-1/5/10, mAP, mINP, latency p50/p90/p99, throughput, runtime, threads, artifact sha256).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from mobilereid.data.datasets import load_dataset  # noqa: E402
+from mobilereid.data.preprocess import PreprocessSpec, preprocess_file  # noqa: E402
+from mobilereid.metrics import cosine_distance, evaluate_rank  # noqa: E402
+from mobilereid.runtimes import open_runner, read_sidecar  # noqa: E402
+
+
+def embed_split(runner, samples, spec: PreprocessSpec, warmup: int, log=None) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (N, D) and per-image inference latency in ms (preprocessing excluded)."""
+    layout = "NCHW"
+    embs, times = [], []
+    for i, s in enumerate(samples):
+        x = runner.prepare(preprocess_file(s.path, spec, layout))
+        if i == 0:
+            for _ in range(warmup):
+                runner.run_prepared(x)
+        t0 = time.perf_counter()
+        y = runner.run_prepared(x)
+        times.append((time.perf_counter() - t0) * 1000.0)
+        embs.append(runner.finish(y)[0])
+        if log and (i + 1) % 200 == 0:
+            log(f"  {i + 1}/{len(samples)}")
+    return np.stack(embs).astype(np.float32), np.asarray(times)
+
+
+def latency_summary(ms: np.ndarray) -> dict:
+    return {
+        "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()), "throughput_per_s": float(1000.0 / ms.mean()), "samples": int(len(ms)),
+    }
+
+
+def rank_summary(q: np.ndarray, g: np.ndarray, ds) -> dict:
+    cmc, mAP, mINP = evaluate_rank(
+        cosine_distance(q, g), np.array([s.pid for s in ds.query]), np.array([s.pid for s in ds.gallery]),
+        np.array([s.camid for s in ds.query]), np.array([s.camid for s in ds.gallery]))
+    return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]), "rank10": float(cmc[min(9, len(cmc) - 1)]),
+            "mAP": float(mAP), "mINP": float(mINP), "cmc": [float(c) for c in cmc[:20]]}
+
+
+def evaluate_artifact(model: Path, data: Path, out: Path, threads: int = 2, warmup: int = 3, log=print) -> dict:
+    meta = read_sidecar(model)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    ds = load_dataset(data, need_train=False)
+    runner = open_runner(model, meta, threads=threads)
+    log(f"{model.name}: {len(ds.query)} query + {len(ds.gallery)} gallery images, runtime {meta['runtime']}, {threads} threads")
+    q, tq = embed_split(runner, ds.query, spec, warmup, log)
+    g, tg = embed_split(runner, ds.gallery, spec, 0, log)
+    summary = {
+        "artifact": model.name,
+        "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+        "size_bytes": model.stat().st_size,
+        "target": meta["target"], "runtime": meta["runtime"], "precision": meta["precision"],
+        "threads": threads, "warmup": warmup,
+        "host": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "metrics": rank_summary(q, g, ds),
+        "latency": latency_summary(np.concatenate([tq, tg])),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / f"{model.name}.npz", query=q, gallery=g, latency_ms=np.concatenate([tq, tg]),
+             q_pids=[s.pid for s in ds.query], g_pids=[s.pid for s in ds.gallery],
+             q_camids=[s.camid for s in ds.query], g_camids=[s.camid for s in ds.gallery])
+    tmp = out / f".{model.name}.summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out / f"{model.name}.summary.json")
+    return summary
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, type=Path, action="append", help="artifact with its .json sidecar (repeatable)")
+    ap.add_argument("--data", required=True, type=Path, help="dataset folder (Market-1501 layout)")
+    ap.add_argument("--out", type=Path, default=Path("eval_results"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=3)
+    args = ap.parse_args(argv)
+    for m in args.model:
+        try:
+            s = evaluate_artifact(m, args.data, args.out, args.threads, args.warmup)
+        except Exception as exc:  # one line, non-zero exit
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{m.name}: Rank-1 {s['metrics']['rank1']:.2%}  mAP {s['metrics']['mAP']:.2%}  p50 {s['latency']['p50_ms']:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""`mobilereid evaluate`: run artifacts through the on-device evaluator (eval/reid_eval.py) locally, over ssh or
+through adb, compare with the float reference, and write one report (JSON, Markdown, CMC and
+accuracy-vs-latency plots).
+
+The device side is always the same plain script with the same numpy modules the host uses, started as a separate
+process (locally too), so what is measured is what a board runs. Reference embeddings come from the float
+checkpoint in torch on the same images; per-image cosine and top-1 agreement say how far each artifact drifted.
+
+Devices:
+* ``local``: a subprocess on this machine.
+* ``ssh://user@host[:port]``: copies eval/, the numpy modules, the artifacts and the query/gallery images to a
+  temporary folder on the host (scp), runs the script there with ``--remote-python``, pulls the results back and
+  removes the folder. Uses the user's ssh configuration and keys (BatchMode, so it never prompts).
+* ``adb[:serial]``: pushes artifacts and images to the phone and starts the Android demo's evaluation mode with
+  ``am start`` extras, then pulls its embeddings/timings. Implemented against the demo's documented contract but
+  **not verified here** (no phone or Android SDK on the build machines).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .console import console, progress
+from .data.datasets import MARKET_SPLITS, load_dataset
+from .errors import MobileReIDError
+from .runtimes import read_sidecar, sidecar_path
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_SCRIPT = REPO / "eval" / "reid_eval.py"
+DEVICE_MODULES = ["mobilereid/__init__.py", "mobilereid/errors.py", "mobilereid/metrics.py", "mobilereid/runtimes.py",
+                  "mobilereid/data/__init__.py", "mobilereid/data/preprocess.py", "mobilereid/data/datasets.py"]
+
+
+class DeviceError(MobileReIDError):
+    """The device could not be reached or the evaluator failed there."""
+
+
+def make_bundle(dest: Path) -> Path:
+    """eval/ plus the numpy-only modules it imports, laid out as in the repo."""
+    (dest / "eval").mkdir(parents=True, exist_ok=True)
+    shutil.copy(EVAL_SCRIPT, dest / "eval" / EVAL_SCRIPT.name)
+    for rel in DEVICE_MODULES:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / rel, dest / rel)
+    return dest
+
+
+def copy_eval_split(data: Path, dest: Path) -> Path:
+    """Only query and gallery travel to a device."""
+    for split in ("query", "gallery"):
+        shutil.copytree(data / MARKET_SPLITS[split], dest / MARKET_SPLITS[split])
+    return dest
+
+
+def _run(cmd: list[str], what: str, timeout: int = 3600) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise DeviceError(f"{what}: '{cmd[0]}' is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise DeviceError(f"{what}: timed out after {timeout} s") from None
+    if proc.returncode != 0:
+        lines = [l for l in (proc.stderr or proc.stdout).strip().splitlines() if l.strip()]
+        errs = [l for l in lines if l.startswith("error:")]
+        raise DeviceError(f"{what}: {(errs or lines or ['exit status ' + str(proc.returncode)])[-1]}")
+    return proc.stdout
+
+
+def run_local(artifacts: list[Path], data: Path, out: Path, threads: int, python: str | None = None) -> None:
+    cmd = [python or sys.executable, str(EVAL_SCRIPT), "--data", str(data), "--out", str(out), "--threads", str(threads)]
+    for a in artifacts:
+        cmd += ["--model", str(a)]
+    _run(cmd, "local evaluator")
+
+
+def parse_ssh(device: str) -> tuple[str, int]:
+    m = re.fullmatch(r"ssh://([^@/:\s]+@)?([^@/:\s]+)(?::(\d+))?/?", device)
+    if not m:
+        raise MobileReIDError(f"--device {device!r}: expected ssh://user@host[:port]")
+    return f"{m.group(1) or ''}{m.group(2)}", int(m.group(3) or 22)
+
+
+def run_ssh(device: str, artifacts: list[Path], data: Path, out: Path, threads: int, python: str, ssh_options: list[str]) -> None:
+    target, port = parse_ssh(device)
+    base = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"] + ssh_options
+    ssh = ["ssh", "-p", str(port)] + base + [target]
+    scp = ["scp", "-q", "-r", "-P", str(port)] + base
+    remote = _run(ssh + ["mktemp -d /tmp/mobilereid-eval.XXXXXX"], f"ssh {target}:{port}").strip()
+    if not remote.startswith("/tmp/mobilereid-eval."):
+        raise DeviceError(f"ssh {target}:{port}: unexpected answer to mktemp: {remote!r}")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            stage = Path(tmp) / "bundle"
+            make_bundle(stage)
+            (stage / "models").mkdir()
+            for a in artifacts:
+                shutil.copy(a, stage / "models" / a.name)
+                shutil.copy(sidecar_path(a), stage / "models" / sidecar_path(a).name)
+            copy_eval_split(data, stage / "data")
+            _run(scp + [str(p) for p in stage.iterdir()] + [f"{target}:{remote}/"], f"scp to {target}")
+        args = [python, f"{remote}/eval/reid_eval.py", "--data", f"{remote}/data", "--out", f"{remote}/results", "--threads", str(threads)]
+        for a in artifacts:
+            args += ["--model", f"{remote}/models/{a.name}"]
+        _run(ssh + [" ".join(shlex.quote(x) for x in args)], f"evaluator on {target}")
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            _run(scp + [f"{target}:{remote}/results", tmp], f"scp from {target}")
+            for f in (Path(tmp) / "results").iterdir():
+                shutil.copy(f, out / f.name)
+    finally:
+        subprocess.run(ssh + [f"rm -rf {shlex.quote(remote)}"], capture_output=True, timeout=60)
+
+
+ANDROID_PACKAGE = "org.mobilereid.demo"
+ANDROID_DIR = "/sdcard/Android/data/org.mobilereid.demo/files/eval"
+
+
+def run_adb(device: str, artifacts: list[Path], data: Path, out: Path, threads: int) -> None:
+    """NOT VERIFIED without a phone: pushes to the demo app's files folder and starts its evaluation mode."""
+    serial = device.split(":", 1)[1] if ":" in device else None
+    adb = ["adb"] + (["-s", serial] if serial else [])
+    _run(adb + ["get-state"], "adb device")
+    _run(adb + ["shell", "rm", "-rf", ANDROID_DIR], "adb")
+    _run(adb + ["shell", "mkdir", "-p", ANDROID_DIR], "adb")
+    with tempfile.TemporaryDirectory() as tmp:
+        copy_eval_split(data, Path(tmp) / "data")
+        _run(adb + ["push", str(Path(tmp) / "data"), f"{ANDROID_DIR}/data"], "adb push data")
+    for a in artifacts:
+        _run(adb + ["push", str(a), f"{ANDROID_DIR}/{a.name}"], "adb push model")
+        _run(adb + ["push", str(sidecar_path(a)), f"{ANDROID_DIR}/{sidecar_path(a).name}"], "adb push sidecar")
+        _run(adb + ["shell", "am", "start", "-W", "-n", f"{ANDROID_PACKAGE}/.EvaluationActivity", "--es", "model", a.name,
+                    "--es", "data", "data", "--ei", "threads", str(threads)], "adb am start")
+        done = f"{ANDROID_DIR}/results/{a.name}.summary.json"
+        for _ in range(3600):
+            if subprocess.run(adb + ["shell", "test", "-f", done], capture_output=True).returncode == 0:
+                break
+            time.sleep(1)
+        else:
+            raise DeviceError(f"adb: the demo app wrote no {done} within an hour")
+    _run(adb + ["pull", f"{ANDROID_DIR}/results", str(out)], "adb pull")
+
+
+def check_artifacts(artifacts: list[Path]) -> list[dict]:
+    metas = []
+    for a in artifacts:
+        if not a.is_file():
+            raise MobileReIDError(f"{a}: artifact not found")
+        try:
+            metas.append(read_sidecar(a))
+        except FileNotFoundError as exc:
+            raise MobileReIDError(str(exc)) from None
+    return metas
+
+
+def reference_embeddings(checkpoint: Path, data: Path, cache: Path) -> tuple[np.ndarray, np.ndarray, dict, int]:
+    from .models.checkpoint import load_checkpoint
+    from .train import extract_features, preprocess_spec_for, rank_metrics
+
+    model, _ = load_checkpoint(checkpoint)
+    ds = load_dataset(data, need_train=False)
+    spec = preprocess_spec_for(model)
+    q = extract_features(model, ds.query, spec, desc="reference: query")
+    g = extract_features(model, ds.gallery, spec, desc="reference: gallery")
+    return q, g, rank_metrics(q, g, ds), model.feature_dim
+
+
+def drift(q: np.ndarray, g: np.ndarray, rq: np.ndarray, rg: np.ndarray) -> dict:
+    from .export.common import cosine_rows
+    from .metrics import cosine_distance
+
+    cos = np.concatenate([cosine_rows(q, rq), cosine_rows(g, rg)])
+    top1 = np.argsort(cosine_distance(q, g), axis=1, kind="stable")[:, 0]
+    ref_top1 = np.argsort(cosine_distance(rq, rg), axis=1, kind="stable")[:, 0]
+    return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "top1_agreement": float((top1 == ref_top1).mean())}
+
+
+def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: Path | None = None, device: str = "local",
+                       threads: int = 2, remote_python: str = "python3", ssh_options: list[str] | None = None) -> dict:
+    from .report import write_eval_report
+
+    data = Path(data)
+    metas = check_artifacts(artifacts)
+    load_dataset(data, need_train=False)  # fail early on a bad dataset
+    ref = None
+    if reference is not None:
+        rq, rg, ref_metrics, dim = reference_embeddings(reference, data, out)
+        for a, m in zip(artifacts, metas):
+            if m["model"]["embedding_dim"] != dim:
+                raise MobileReIDError(f"{a}: embedding size {m['model']['embedding_dim']} does not match the reference {reference} ({dim})")
+        ref = {"checkpoint": str(reference), "metrics": ref_metrics}
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw"
+        with progress(f"evaluating {len(artifacts)} artifact(s) on {device}", None):
+            if device == "local":
+                run_local(artifacts, data, raw, threads)
+            elif device.startswith("ssh://"):
+                run_ssh(device, artifacts, data, raw, threads, remote_python, ssh_options or [])
+            elif device == "adb" or device.startswith("adb:"):
+                run_adb(device, artifacts, data, raw, threads)
+            else:
+                raise MobileReIDError(f"--device {device!r}: expected local, ssh://user@host[:port] or adb[:serial]")
+        rows = []
+        for a, m in zip(artifacts, metas):
+            summary = json.loads((raw / f"{a.name}.summary.json").read_text())
+            row = {"artifact": str(a), "name": a.name, "target": m["target"], "runtime": m["runtime"], "precision": m["precision"],
+                   "size_mb": a.stat().st_size / 1e6, **summary}
+            if ref is not None:
+                npz = np.load(raw / f"{a.name}.npz")
+                row["drift"] = drift(npz["query"], npz["gallery"], rq, rg)
+                row["delta_mAP"] = summary["metrics"]["mAP"] - ref["metrics"]["mAP"]
+                row["delta_rank1"] = summary["metrics"]["rank1"] - ref["metrics"]["rank1"]
+            rows.append(row)
+        report = {"data": str(data), "device": device, "threads": threads, "reference": ref, "artifacts": rows,
+                  "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_eval_report(report, out, raw)
+    return report

@@ -1,0 +1,102 @@
+"""Reports people read: Markdown tables, JSON, and PNG plots (CMC curves, accuracy vs latency).
+
+Every report is staged in a temporary folder and moved into place only when complete, so a failure leaves no
+partial report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def eval_markdown(report: dict) -> str:
+    lines = [f"# Evaluation on `{report['data']}` ({report['device']}, {report['threads']} threads)", ""]
+    ref = report.get("reference")
+    if ref:
+        m = ref["metrics"]
+        lines += [f"Float reference `{ref['checkpoint']}` (torch): Rank-1 {_pct(m['rank1'])}, mAP {_pct(m['mAP'])}, mINP {_pct(m['mINP'])}", ""]
+    head = "| artifact | runtime | precision | MB | Rank-1 | Rank-5 | mAP | mINP | ΔmAP | cosine | top-1 agree | p50 ms | p90 ms | p99 ms | img/s |"
+    lines += [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    for r in report["artifacts"]:
+        m, lat, d = r["metrics"], r["latency"], r.get("drift")
+        lines.append("| " + " | ".join([
+            r["name"], r["runtime"], r["precision"], f"{r['size_mb']:.2f}", _pct(m["rank1"]), _pct(m["rank5"]), _pct(m["mAP"]), _pct(m["mINP"]),
+            f"{100 * r['delta_mAP']:+.2f}" if "delta_mAP" in r else "-",
+            f"{d['cosine_mean']:.4f}" if d else "-", f"{100 * d['top1_agreement']:.1f}%" if d else "-",
+            f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}", f"{lat['p99_ms']:.2f}", f"{lat['throughput_per_s']:.1f}"]) + " |")
+    lines += ["", "Latency: per-image inference in the named runtime after warm-up, preprocessing excluded, batch 1, on the "
+              "device named above (host latency when the device is local). Metrics: Market-1501 protocol (same-pid-same-camera "
+              "gallery items removed, stable tie order).", ""]
+    return "\n".join(lines)
+
+
+def plot_eval(report: dict, folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if report.get("reference"):
+        cmc = report["reference"]["metrics"].get("cmc")
+        if cmc:
+            ax.plot(range(1, len(cmc) + 1), [100 * c for c in cmc], "k--", label="float reference (torch)")
+    for r in report["artifacts"]:
+        cmc = r["metrics"]["cmc"]
+        ax.plot(range(1, len(cmc) + 1), [100 * c for c in cmc], marker=".", label=f"{r['name']} ({r['runtime']})")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("matching rate (%)")
+    ax.set_title("CMC")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "cmc.png", dpi=120)
+    plt.close(fig)
+    files.append("cmc.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in report["artifacts"]:
+        ax.scatter(r["latency"]["p50_ms"], 100 * r["metrics"]["mAP"], s=30 + 20 * r["size_mb"])
+        ax.annotate(r["name"], (r["latency"]["p50_ms"], 100 * r["metrics"]["mAP"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    if report.get("reference"):
+        ax.axhline(100 * report["reference"]["metrics"]["mAP"], color="k", ls="--", lw=1, label="float reference mAP")
+        ax.legend(fontsize=7)
+    ax.set_xlabel(f"median latency (ms, {report['device']}, {report['threads']} threads)")
+    ax.set_ylabel("mAP (%)")
+    ax.set_title("accuracy vs latency (marker size ~ file size)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(folder / "accuracy_latency.png", dpi=120)
+    plt.close(fig)
+    files.append("accuracy_latency.png")
+    return files
+
+
+def write_eval_report(report: dict, out: Path, raw: Path | None = None) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if raw is not None:
+            shutil.copytree(raw, stage / "raw")
+        report["plots"] = plot_eval(report, stage)
+        (stage / "report.json").write_text(json.dumps(report, indent=2))
+        (stage / "report.md").write_text(eval_markdown(report))
+        out.mkdir(parents=True, exist_ok=True)
+        for item in stage.iterdir():
+            dest = out / item.name
+            if dest.is_dir():
+                shutil.rmtree(dest)
+            os.replace(item, dest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out

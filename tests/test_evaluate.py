@@ -1,0 +1,151 @@
+"""The on-device evaluator and `mobilereid evaluate`, with real artifacts in real runtimes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mobilereid.cli import app
+from mobilereid.errors import MobileReIDError
+from mobilereid.evaluate import DEVICE_MODULES, evaluate_artifacts, make_bundle, parse_ssh
+from mobilereid.export import export_checkpoint
+from mobilereid.models import build_model
+from mobilereid.models.checkpoint import save_checkpoint
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_dataset, tmp_path_factory):
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("eval")
+    ckpt = save_checkpoint(root / "sclnet_test.pt", build_model("sclnet_test", num_classes=6).eval())
+    results = export_checkpoint(ckpt, "onnx,executorch", tiny_dataset, root / "export", int8=True)
+    return ckpt, [r["artifact"] for r in results]
+
+
+def test_device_bundle_runs_without_torch_or_tensorflow(tmp_path, artifacts, tiny_dataset):
+    bundle = make_bundle(tmp_path / "bundle")
+    assert all((bundle / rel).is_file() for rel in DEVICE_MODULES)
+    onnx = next(a for a in artifacts[1] if a.suffix == ".onnx")
+    code = (f"import sys; sys.argv=['reid_eval', '--model', {str(onnx)!r}, '--data', {str(tiny_dataset)!r}, '--out', {str(tmp_path / 'r')!r}];"
+            f"sys.path.insert(0, {str(bundle / 'eval')!r}); import reid_eval; rc = reid_eval.main(sys.argv[1:]);"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorflow')]; assert not bad, bad; sys.exit(rc)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    summary = json.loads((tmp_path / "r" / f"{onnx.name}.summary.json").read_text())
+    assert summary["runtime"] == "onnxruntime" and summary["latency"]["samples"] > 0
+
+
+@pytest.mark.slow
+def test_evaluate_local_report(artifacts, tiny_dataset, tmp_path):
+    ckpt, arts = artifacts
+    report = evaluate_artifacts(arts, tiny_dataset, tmp_path / "rep", reference=ckpt)
+    assert {p.name for p in (tmp_path / "rep").iterdir()} >= {"report.json", "report.md", "cmc.png", "accuracy_latency.png", "raw"}
+    fp32 = next(r for r in report["artifacts"] if r["name"].endswith(".onnx"))
+    # the fp32 artifact reproduces the float reference exactly (up to float noise)
+    assert fp32["drift"]["cosine_mean"] > 0.9999 and fp32["drift"]["top1_agreement"] == 1.0
+    assert abs(fp32["delta_mAP"]) < 1e-6
+    for r in report["artifacts"]:
+        assert r["latency"]["p50_ms"] > 0 and r["latency"]["p90_ms"] >= r["latency"]["p50_ms"]
+        assert 0 <= r["metrics"]["mAP"] <= 1
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "ΔmAP" in md and fp32["name"] in md
+
+
+def test_evaluate_errors(artifacts, tiny_dataset, tmp_path):
+    ckpt, arts = artifacts
+    lonely = tmp_path / "lonely.onnx"
+    shutil.copy(arts[0], lonely)
+    with pytest.raises(MobileReIDError, match="lonely.onnx: no metadata sidecar"):
+        evaluate_artifacts([lonely], tiny_dataset, tmp_path / "r")
+    other = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test").eval())
+    with pytest.raises(MobileReIDError, match="embedding size 128 does not match the reference"):
+        evaluate_artifacts(arts[:1], tiny_dataset, tmp_path / "r", reference=other)
+    with pytest.raises(MobileReIDError, match="expected local, ssh"):
+        evaluate_artifacts(arts[:1], tiny_dataset, tmp_path / "r", device="bluetooth")
+    with pytest.raises(MobileReIDError):
+        evaluate_artifacts(arts[:1], tiny_dataset, tmp_path / "r", device="ssh://nobody@127.0.0.1:1")
+    assert not (tmp_path / "r").exists()  # no partial report
+
+
+def test_missing_runtime_is_named(artifacts, tiny_dataset, tmp_path):
+    """A device without the runtime: the evaluator's error names the package to install."""
+    from mobilereid.runtimes import RuntimeMissing, TFLMRunner
+
+    code = ("import sys; sys.modules['onnxruntime'] = None; sys.path.insert(0, '.');"
+            "from mobilereid.runtimes import open_runner; open_runner(sys.argv[1])")
+    proc = subprocess.run([sys.executable, "-c", code, str(artifacts[1][0])], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode != 0 and "pip install onnxruntime" in proc.stderr
+
+
+def test_parse_ssh():
+    assert parse_ssh("ssh://pi@board.local:2222") == ("pi@board.local", 2222)
+    assert parse_ssh("ssh://board") == ("board", 22)
+    with pytest.raises(MobileReIDError):
+        parse_ssh("ssh://a b")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def local_sshd(tmp_path):
+    """A real OpenSSH server on 127.0.0.1 with a throwaway key, for the ssh round trip."""
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(sshd) or os.geteuid() != 0:
+        pytest.skip("openssh-server is not installed (make test installs it as root)")
+    keydir = tmp_path / "ssh"
+    keydir.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keydir / "host")], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keydir / "client")], check=True)
+    (keydir / "authorized_keys").write_text((keydir / "client.pub").read_text())
+    os.chmod(keydir / "authorized_keys", 0o600)
+    port = _free_port()
+    Path("/run/sshd").mkdir(exist_ok=True)
+    cfg = keydir / "sshd_config"
+    cfg.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keydir / 'host'}\nAuthorizedKeysFile {keydir / 'authorized_keys'}\n"
+                   "PasswordAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile none\n"
+                   "Subsystem sftp internal-sftp\n")
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(cfg)], stderr=subprocess.PIPE)
+    options = ["-i", str(keydir / "client"), "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={keydir / 'known'}"]
+    for _ in range(50):
+        if subprocess.run(["ssh", "-p", str(port), "-o", "BatchMode=yes", *options, "root@127.0.0.1", "true"], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.2)
+    yield port, options
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_ssh_round_trip(local_sshd, artifacts, tiny_dataset, tmp_path):
+    port, options = local_sshd
+    ckpt, arts = artifacts
+    onnx = [a for a in arts if a.suffix == ".onnx"]
+    report = evaluate_artifacts(onnx, tiny_dataset, tmp_path / "rep", reference=ckpt, device=f"ssh://root@127.0.0.1:{port}",
+                                remote_python=sys.executable, ssh_options=options)
+    assert report["artifacts"][0]["drift"]["cosine_mean"] > 0.9999
+    assert report["artifacts"][0]["host"]["python"]
+    leftovers = subprocess.run(["ssh", "-p", str(port), *options, "root@127.0.0.1", "ls -d /tmp/mobilereid-eval.* 2>/dev/null | wc -l"],
+                               capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "0"  # the remote folder was removed
+
+
+def test_cli_evaluate(artifacts, tiny_dataset, tmp_path):
+    ckpt, arts = artifacts
+    r = runner.invoke(app, ["evaluate", str(arts[0]), "--data", str(tiny_dataset), "--reference", str(ckpt), "-o", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    assert "report.md" in r.output and (tmp_path / "rep" / "accuracy_latency.png").is_file()
