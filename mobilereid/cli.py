@@ -249,6 +249,37 @@ def evaluate_cmd(
     console.print(f"report: {out / 'report.md'}, {out / 'report.json'}, plots: {', '.join(str(out / p) for p in report['plots'])}")
 
 
+@app.command("compress")
+@user_errors
+def compress_cmd(
+    checkpoint: Path = typer.Argument(..., help="A ViT checkpoint trained by mobilereid (with its ID classifier)."),
+    data: Path = typer.Option(..., "--data", "-d", help="The training dataset (statistics and fine-tuning)."),
+    out: Path = typer.Option(Path("runs/compress"), "--out", "-o", help="Output folder (compressed.pt, compress_report.json)."),
+    keep_ratio: Optional[float] = typer.Option(None, help="Patch elimination: fraction of patch tokens kept (e.g. 0.7)."),
+    scorer: str = typer.Option("learned", help="Patch scorer: learned or contrast."),
+    windows: Optional[int] = typer.Option(None, help="Windowed attention: number of horizontal windows."),
+    window_start: int = typer.Option(0, help="First block that runs per window."),
+    head_ratio: float = typer.Option(0.0, help="AMG: fraction of all attention heads to remove."),
+    token_rate: float = typer.Option(0.0, help="AMG: fraction of key/value token slots to remove."),
+    rounds: int = typer.Option(4, help="Head-pruning rounds (statistics -> prune -> fine-tune)."),
+    epochs_per_round: int = typer.Option(1, help="Fine-tuning epochs after each head-pruning round."),
+    arch_epochs: int = typer.Option(2, help="Fine-tuning epochs after patch elimination / windows."),
+    token_epochs: int = typer.Option(1, help="Fine-tuning epochs after K/V token pruning."),
+    final_epochs: int = typer.Option(2, help="Final fine-tuning epochs."),
+    lr: float = typer.Option(1e-4, help="Fine-tuning learning rate (Adam)."),
+    p: int = typer.Option(8, "-p", help="PK sampling: identities per batch."),
+    k: int = typer.Option(4, "-k", help="PK sampling: images per identity."),
+):
+    """Compress a ViT: patch elimination, windows, AMG head and K/V token pruning (real weight surgery)."""
+    from .compress.pipeline import CompressConfig, compress
+
+    cfg = CompressConfig(keep_ratio=keep_ratio, scorer=scorer, windows=windows, window_start=window_start, head_ratio=head_ratio,
+                         token_rate=token_rate, rounds=rounds, epochs_per_round=epochs_per_round, arch_epochs=arch_epochs,
+                         token_epochs=token_epochs, final_epochs=final_epochs, lr=lr, p=p, k=k)
+    result = compress(checkpoint, data, out, cfg)
+    console.print(f"checkpoint: {result['checkpoint']}")
+
+
 @app.command("pipeline")
 @user_errors
 def pipeline(

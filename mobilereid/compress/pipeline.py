@@ -1,0 +1,204 @@
+"""`mobilereid compress`: patch elimination, windows, AMG head pruning and AMG K/V token pruning, in this order.
+
+Order and why: (1) patch elimination and windows change which tokens exist, so they come first and are
+fine-tuned before any statistics are taken; (2) head pruning in rounds of {attention statistics -> remove
+1/rounds of the target -> fine-tune with distillation from the uncompressed model (CE + triplet + 0.2 KL, T=1)}
+as the official AMG schedule does (24 rounds there; configurable here); (3) K/V token pruning from gradient
+scores on the head-pruned model, then fine-tuning; (4) final fine-tuning epochs. Every step is optional. The
+result is a plain checkpoint (no masks, no hooks) that `load_checkpoint` rebuilds and `torch.export` accepts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..console import console, progress, table
+from ..data.datasets import load_dataset
+from ..data.torchdata import PKBatches, ReIDImages
+from ..errors import MobileReIDError
+from ..flops import count_macs, count_params
+from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.vit import ViTReID
+from ..train import evaluate_model, lr_at, preprocess_spec_for, train_one_epoch
+from .heads import prune_heads_once, schedule, total_heads
+from .tokens import prune_kv_tokens, slots_to_keep, token_scores
+
+
+@dataclass
+class CompressConfig:
+    keep_ratio: float | None = None  # patch elimination
+    scorer: str = "learned"
+    windows: int | None = None
+    window_start: int = 0
+    head_ratio: float = 0.0  # fraction of all heads to remove
+    token_rate: float = 0.0  # fraction of K/V token slots to remove
+    rounds: int = 4
+    epochs_per_round: int = 1
+    arch_epochs: int = 2
+    token_epochs: int = 1
+    final_epochs: int = 2
+    lr: float = 1e-4
+    p: int = 8
+    k: int = 4
+    stat_images: int = 128
+    distill_weight: float = 0.2
+    seed: int = 0
+
+    def validate(self):
+        if self.keep_ratio is not None and not 0.0 < self.keep_ratio <= 1.0:
+            raise MobileReIDError(f"--keep-ratio must be in (0, 1], got {self.keep_ratio}")
+        if not 0.0 <= self.head_ratio < 1.0:
+            raise MobileReIDError(f"--head-ratio must be in [0, 1), got {self.head_ratio}")
+        if not 0.0 <= self.token_rate < 1.0:
+            raise MobileReIDError(f"--token-rate must be in [0, 1), got {self.token_rate}")
+        if self.rounds < 1:
+            raise MobileReIDError(f"--rounds must be >= 1, got {self.rounds}")
+
+
+def with_architecture(model: ViTReID, keep_ratio: float | None, scorer: str, windows: int | None, window_start: int) -> ViTReID:
+    cfg = copy.deepcopy(model.cfg)
+    if keep_ratio is not None:
+        cfg.keep_ratio, cfg.scorer = keep_ratio, scorer
+    if windows is not None:
+        cfg.windows, cfg.window_start = windows, window_start
+    try:
+        new = ViTReID(type(cfg)(**cfg.to_dict()))
+    except ValueError as exc:
+        raise MobileReIDError(str(exc)) from None
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    allowed = ("scorer.", "window_embed")
+    bad = [k for k in list(missing) + list(unexpected) if not k.startswith(allowed)]
+    if bad:
+        raise MobileReIDError(f"cannot change the architecture of this checkpoint (weights differ at {bad[:3]})")
+    new.preset = getattr(model, "preset", None)
+    new.train(model.training)
+    return new
+
+
+def summarize(model: ViTReID, metrics: dict | None) -> dict:
+    cfg = model.cfg
+    tokens = [len(k) if k is not None else None for k in cfg.kv_index]
+    return {"params": count_params(model), "gmacs": count_macs(model) / 1e9, "heads_per_layer": list(cfg.heads_per_layer),
+            "kv_tokens_per_layer": tokens, "patch_tokens_kept": sum(cfg.kept_per_group()), "patch_tokens": cfg.num_patches,
+            "windows": cfg.windows, **(metrics or {})}
+
+
+class Finetuner:
+    def __init__(self, ds, cfg: CompressConfig, teacher: ViTReID):
+        self.ds, self.cfg = ds, cfg
+        self.labels = ds.train_labels()
+        self.spec = preprocess_spec_for(teacher)
+        self.images = ReIDImages(ds.train, self.spec, self.labels, augment=True)
+        teacher = copy.deepcopy(teacher).eval()
+        self.teacher = lambda x, cam: teacher.classifier(teacher.bottleneck(teacher.forward_features(x, cam)))
+        self.epoch = 0
+        plain = ReIDImages(ds.train, self.spec, self.labels, augment=False)
+        idx = np.linspace(0, len(ds.train) - 1, min(cfg.stat_images, len(ds.train))).round().astype(int)
+        self.stat = [plain[int(i)] for i in idx]
+
+    def stat_batches(self, with_labels: bool = False, size: int = 32):
+        for s in range(0, len(self.stat), size):
+            chunk = self.stat[s : s + size]
+            x = torch.stack([c[0] for c in chunk])
+            yield (x, torch.tensor([c[1] for c in chunk])) if with_labels else x
+
+    def run(self, model: ViTReID, epochs: int, what: str) -> None:
+        if epochs <= 0:
+            return
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.cfg.lr, weight_decay=1e-3)
+        sampler = PKBatches(self.ds.train, self.cfg.p, self.cfg.k, self.cfg.seed)
+        for e in range(epochs):
+            sampler.epoch = self.epoch
+            self.epoch += 1
+            batches = sampler.batches()
+            total = epochs * len(batches)
+            with progress(f"fine-tune ({what}) {e + 1}/{epochs}", len(batches)) as advance:
+                out = train_one_epoch(model, self.images, batches, opt, lambda i, e=e: lr_at(e * len(batches) + i, total, 0, self.cfg.lr),
+                                      teacher=self.teacher, distill_weight=self.cfg.distill_weight, on_step=advance)
+            console.print(f"  {what}: loss {out['loss']:.3f}  id-acc {out['acc']:.3f}")
+        model.eval()
+
+
+def compress(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: CompressConfig, evaluate: bool = True) -> dict:
+    try:
+        return _compress(checkpoint, data, out, cfg, evaluate)
+    except ValueError as exc:
+        raise MobileReIDError(str(exc)) from None
+
+
+def _compress(checkpoint, data, out, cfg: CompressConfig, evaluate: bool) -> dict:
+    cfg.validate()
+    torch.manual_seed(cfg.seed)
+    model, state = load_checkpoint(checkpoint)
+    if not isinstance(model, ViTReID):
+        raise MobileReIDError(f"{checkpoint}: compression applies to ViT checkpoints (this is {state['family']})")
+    if model.cfg.num_classes <= 0:
+        raise MobileReIDError(f"{checkpoint}: has no ID classifier; compression fine-tunes with the training losses")
+    ds = load_dataset(data)
+    if len(ds.train_labels()) != model.cfg.num_classes:
+        raise MobileReIDError(f"{checkpoint}: trained for {model.cfg.num_classes} identities, {data} has {len(ds.train_labels())}")
+    n_heads = total_heads(model)
+    n_remove = int(round(n_heads * cfg.head_ratio))
+    if n_remove > n_heads - len(model.all_blocks()):
+        raise MobileReIDError(f"--head-ratio {cfg.head_ratio} removes {n_remove} of {n_heads} heads, but each of the "
+                              f"{len(model.all_blocks())} layers keeps one: at most {n_heads - len(model.all_blocks())} can go")
+    t0 = time.perf_counter()
+    before = summarize(model, evaluate_model(model, ds) if evaluate else None)
+    tuner = Finetuner(ds, cfg, model)
+    steps = []
+    if cfg.keep_ratio is not None or cfg.windows is not None:
+        model = with_architecture(model, cfg.keep_ratio, cfg.scorer, cfg.windows, cfg.window_start)
+        tuner.run(model, cfg.arch_epochs, "patch elimination / windows")
+        steps.append({"step": "architecture", "keep_ratio": model.cfg.keep_ratio, "windows": model.cfg.windows})
+    if n_remove:
+        for r, n in enumerate(schedule(n_remove, cfg.rounds)):
+            if n == 0:
+                continue
+            model, info = prune_heads_once(model, tuner.stat_batches(), n)
+            console.print(f"round {r + 1}/{cfg.rounds}: removed {n} heads -> heads per layer {model.cfg.heads_per_layer}")
+            tuner.run(model, cfg.epochs_per_round, f"heads round {r + 1}")
+            steps.append({"step": "heads", "round": r + 1, "removed": {str(k): v for k, v in info["removed"].items()}})
+    if cfg.token_rate > 0:
+        scores = token_scores(model, tuner.stat_batches(with_labels=True))
+        keep = slots_to_keep(scores, model.block_depths(), cfg.token_rate, current=model.cfg.kv_index)
+        model = prune_kv_tokens(model, keep)
+        console.print(f"K/V tokens kept per layer: {[len(k) for k in keep]}")
+        tuner.run(model, cfg.token_epochs, "K/V tokens")
+        steps.append({"step": "kv_tokens", "kept": [len(k) for k in keep]})
+    tuner.run(model, cfg.final_epochs, "final")
+    model.eval()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "compressed.pt", model, {"compress_config": asdict(cfg), "source": str(checkpoint), "steps": steps})
+    after = summarize(model, evaluate_model(model, ds) if evaluate else None)
+    result = {"before": before, "after": after, "config": asdict(cfg), "steps": steps, "seconds": time.perf_counter() - t0,
+              "checkpoint": str(out / "compressed.pt")}
+    (out / "compress_report.json").write_text(json.dumps(result, indent=2))
+    print_compress_table(result)
+    return result
+
+
+def print_compress_table(result: dict) -> None:
+    b, a = result["before"], result["after"]
+    rows = [["parameters (M)", b["params"] / 1e6, a["params"] / 1e6], ["executed GMAC", b["gmacs"], a["gmacs"]],
+            ["patch tokens kept", f"{b['patch_tokens_kept']}/{b['patch_tokens']}", f"{a['patch_tokens_kept']}/{a['patch_tokens']}"],
+            ["windows", b["windows"], a["windows"]],
+            ["heads per layer", " ".join(map(str, b["heads_per_layer"])), " ".join(map(str, a["heads_per_layer"]))],
+            ["K/V tokens per layer", _tokens(b), _tokens(a)]]
+    for key, label in (("rank1", "Rank-1"), ("mAP", "mAP"), ("mINP", "mINP")):
+        if key in b:
+            rows.append([label, f"{100 * b[key]:.2f}%", f"{100 * a[key]:.2f}%"])
+    console.print(table("compression", ["", "before", "after"], rows))
+    console.print(f"executed GMAC: {100 * (1 - a['gmacs'] / b['gmacs']):.1f}% fewer")
+
+
+def _tokens(s: dict) -> str:
+    t = s["kv_tokens_per_layer"]
+    return "all" if all(v is None for v in t) else " ".join("all" if v is None else str(v) for v in t)

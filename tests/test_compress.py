@@ -1,0 +1,140 @@
+import types
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mobilereid.cli import app
+from mobilereid.compress.heads import head_entropy, heads_to_remove, mean_attention_maps, prune_heads, prune_heads_once, schedule
+from mobilereid.compress.pipeline import CompressConfig, compress
+from mobilereid.compress.tokens import prune_kv_tokens, slots_to_keep, token_scores
+from mobilereid.errors import MobileReIDError
+from mobilereid.flops import count_macs, count_params
+from mobilereid.models import build_model
+from mobilereid.models.checkpoint import load_checkpoint, save_checkpoint
+
+runner = CliRunner()
+
+
+def model_and_input(**options):
+    torch.manual_seed(0)
+    m = build_model("vit_test", num_heads=4, num_classes=5, **options).eval()
+    return m, torch.randn(3, 3, *m.cfg.img_size)
+
+
+def test_entropy_on_hand_built_maps():
+    uniform = torch.full((1, 2, 4), 0.25)
+    onehot = torch.zeros(1, 2, 4)
+    onehot[..., 1] = 1.0
+    assert head_entropy(torch.cat([uniform, onehot])).tolist() == pytest.approx([2.0, 0.0])
+
+
+def test_global_ranking_depth_weighting_and_last_head_rule():
+    ent = [torch.tensor([1.0, 0.5]), torch.tensor([0.99, 0.2, 0.1])]
+    # layer 1 is weighted by 1.02: 0.99 * 1.02 = 1.0098 > 1.0, so it goes first
+    assert heads_to_remove(ent, [0, 1], 1) == {1: [0]}
+    assert heads_to_remove(ent, [0, 1], 2) == {0: [0], 1: [0]}
+    # 3 removable (1 + 2); the third removal skips layer 0's last head
+    assert heads_to_remove(ent, [0, 1], 3) == {0: [0], 1: [0, 1]}
+    with pytest.raises(ValueError, match="only 3 can go"):
+        heads_to_remove(ent, [0, 1], 4)
+    assert schedule(7, 3) == [3, 2, 2]
+
+
+def test_head_surgery_equals_masked_unpruned_model_and_param_formula():
+    model, x = model_and_input()
+    remove = {0: [1, 3], 1: [0]}
+    pruned = prune_heads(model, remove)
+    assert pruned.cfg.heads_per_layer == [2, 3]
+    # masked reference: the unpruned model with the removed heads' output-projection columns zeroed
+    masked = build_model("vit_test", num_heads=4, num_classes=5).eval()
+    masked.load_state_dict(model.state_dict())
+    d = model.cfg.head_dim
+    with torch.no_grad():
+        for bi, heads in remove.items():
+            for h in heads:
+                masked.blocks[bi].attn.proj.weight[:, h * d:(h + 1) * d] = 0
+        torch.testing.assert_close(pruned(x), masked(x), atol=1e-5, rtol=1e-5)
+    C = model.cfg.embed_dim
+    removed = 3
+    assert count_params(model) - count_params(pruned) == removed * (3 * d * C + 3 * d + C * d)
+    assert count_macs(pruned) < count_macs(model)
+
+
+def masked_attention_forward(keep):
+    """Reference attention: all keys projected, removed keys masked with -inf before the softmax."""
+    def forward(self, x):
+        B, N, _ = x.shape
+        H, d = self.num_heads, self.head_dim
+        q, k, v = self.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)
+        logits = (q * self.scale) @ k.transpose(-2, -1)
+        mask = torch.full((N,), float("-inf"))
+        mask[keep] = 0.0
+        attn = (logits + mask).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, H * d))
+    return forward
+
+
+def test_kv_surgery_equals_masked_unpruned_model():
+    model, x = model_and_input()
+    keep = [[0, 2, 5, 7, 30], [0, 1, 3, 4, 8, 9, 20]]
+    pruned = prune_kv_tokens(model, keep)
+    reference = build_model("vit_test", num_heads=4, num_classes=5).eval()
+    reference.load_state_dict(model.state_dict())
+    for blk, k in zip(reference.blocks, keep):
+        blk.attn.forward = types.MethodType(masked_attention_forward(k), blk.attn)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), reference(x), atol=1e-5, rtol=1e-5)
+    assert count_macs(pruned) < count_macs(model)  # K/V projected only for kept tokens
+
+
+def test_token_ranking_on_hand_built_scores():
+    inf = float("inf")
+    scores = [torch.tensor([inf, 3.0, 4.0, 0.0]), torch.tensor([inf, 1.0, 0.0, 0.0])]
+    # layer 0 normalised: [.6, .8, 0]; layer 1 (x 0.97): [.97, 0, 0]; remove int(6 * 0.5) = 3 lowest -> zeros first
+    keep = slots_to_keep(scores, [0, 1], 0.5)
+    assert keep[0][0] == 0 and keep[1][0] == 0  # CLS always kept
+    assert sum(len(k) - 1 for k in keep) == 3
+    assert 3 not in keep[0] and keep[1] == [0, 1]
+    with pytest.raises(ValueError, match="rate"):
+        slots_to_keep(scores, [0, 1], 1.0)
+
+
+def test_token_scores_are_taylor_scores():
+    model, x = model_and_input()
+    y = torch.tensor([0, 1, 2])
+    scores = token_scores(model, [(x, y)])
+    assert len(scores) == 2 and scores[0].shape == (33,) and torch.isinf(scores[0][0])
+    assert (scores[0][1:] >= 0).all() and scores[0][1:].sum() > 0
+
+
+def test_compressed_checkpoint_reloads_and_exports(tmp_path, tiny_dataset):
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test", num_heads=4, num_classes=6).eval())
+    cfg = CompressConfig(keep_ratio=0.75, head_ratio=0.5, token_rate=0.3, rounds=2, epochs_per_round=1, arch_epochs=1,
+                         token_epochs=0, final_epochs=0, p=3, k=2)
+    result = compress(ckpt, tiny_dataset, tmp_path / "out", cfg, evaluate=False)
+    model, _ = load_checkpoint(result["checkpoint"])
+    assert sum(model.cfg.heads_per_layer) == 4 and result["after"]["gmacs"] < 0.7 * result["before"]["gmacs"]
+    x = torch.randn(1, 3, *model.cfg.img_size)
+    ep = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(x), model(x), atol=1e-5, rtol=1e-4)
+    assert not any(k.endswith("mask") for k in model.state_dict())
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    (dict(head_ratio=1.0), "head-ratio must be in"), (dict(head_ratio=-0.1), "head-ratio must be in"),
+    (dict(token_rate=1.5), "token-rate must be in"), (dict(keep_ratio=0.0), "keep-ratio must be in"),
+    (dict(head_ratio=0.9), "each of the 2 layers keeps one"),
+])
+def test_bad_ratios(tmp_path, tiny_dataset, kwargs, msg):
+    ckpt = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test", num_heads=4, num_classes=6).eval())
+    with pytest.raises(MobileReIDError, match=msg):
+        compress(ckpt, tiny_dataset, tmp_path / "out", CompressConfig(**kwargs), evaluate=False)
+
+
+def test_cli_compress_rejects_cnn(tmp_path, tiny_dataset):
+    ckpt = save_checkpoint(tmp_path / "cnn.pt", build_model("sclnet_test", num_classes=6).eval())
+    r = runner.invoke(app, ["compress", str(ckpt), "--data", str(tiny_dataset), "--head-ratio", "0.3", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "compression applies to ViT checkpoints" in r.output
