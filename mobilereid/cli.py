@@ -292,5 +292,30 @@ def pipeline(
     run_pipeline(config, workdir)
 
 
+@app.command("benchmark")
+@user_errors
+def benchmark_cmd(
+    checkpoint: Path = typer.Argument(..., help="A mobilereid checkpoint."),
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder: train images calibrate, query/gallery evaluate."),
+    out: Path = typer.Option(Path("runs/benchmark"), "--out", "-o", help="Output folder (artifacts and report)."),
+    target: str = typer.Option("all", "--target", "-t", help="Targets to export (default: all)."),
+    threads: int = typer.Option(2, help="Runtime threads."),
+):
+    """Export every target (INT8 included) and evaluate every artifact into one table."""
+    from .evaluate import evaluate_artifacts
+    from .export import export_checkpoint
+    from .report import eval_markdown
+
+    results = export_checkpoint(checkpoint, target, data, out / "artifacts", int8=True, threads=threads)
+    report = evaluate_artifacts([r["artifact"] for r in results], data, out / "report", reference=checkpoint, threads=threads)
+    verified = {r["artifact"].name: r["verification"]["passed"] for r in results}
+    rows = [[r["name"], r["runtime"], r["precision"], f"{r['size_mb']:.2f}", f"{100 * r['metrics']['rank1']:.2f}",
+             f"{100 * r['metrics']['mAP']:.2f}", f"{100 * r['delta_mAP']:+.2f}", f"{r['latency']['p50_ms']:.2f}",
+             "yes" if verified[r["name"]] else "NO"] for r in report["artifacts"]]
+    console.print(table(f"benchmark of {checkpoint.name} ({threads} threads, host CPU)",
+                        ["artifact", "runtime", "precision", "MB", "Rank-1", "mAP", "ΔmAP", "p50 ms", "verified"], rows))
+    console.print(f"report: {out / 'report' / 'report.md'}")
+
+
 if __name__ == "__main__":
     app()

@@ -100,3 +100,77 @@ def write_eval_report(report: dict, out: Path, raw: Path | None = None) -> Path:
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+def pipeline_markdown(final: dict) -> str:
+    st = final["stages"]
+    lines = ["# mobilereid pipeline report", "",
+             f"Work folder `{final['workdir']}`; wall time {final['wall_seconds'] / 60:.1f} min for this run "
+             "(stages that were up to date were skipped; their own times are in report.json).", ""]
+    lines += ["## Training (float models, torch)", "", "| model | Rank-1 | Rank-5 | mAP | mINP | train time s |", "|---|---|---|---|---|---|"]
+    for name, s in st.items():
+        if name.startswith("train_") and "metrics" in s:
+            m = s["metrics"]
+            lines.append(f"| {name[6:]} | {_pct(m['rank1'])} | {_pct(m['rank5'])} | {_pct(m['mAP'])} | {_pct(m['mINP'])} | {s['seconds']:.0f} |")
+    if "compress" in st:
+        b, a = st["compress"]["before"], st["compress"]["after"]
+        lines += ["", "## Compression (patch elimination + AMG heads + K/V tokens)", "", "| | before | after |", "|---|---|---|",
+                  f"| parameters (M) | {b['params'] / 1e6:.3f} | {a['params'] / 1e6:.3f} |",
+                  f"| executed GMAC | {b['gmacs']:.4f} | {a['gmacs']:.4f} ({100 * (1 - a['gmacs'] / b['gmacs']):.1f}% fewer) |",
+                  f"| patch tokens | {b['patch_tokens_kept']}/{b['patch_tokens']} | {a['patch_tokens_kept']}/{a['patch_tokens']} |",
+                  f"| heads per layer | {' '.join(map(str, b['heads_per_layer']))} | {' '.join(map(str, a['heads_per_layer']))} |",
+                  f"| K/V tokens per layer | all | {' '.join('all' if t is None else str(t) for t in a['kv_tokens_per_layer'])} |"]
+        for key, label in (("rank1", "Rank-1"), ("mAP", "mAP"), ("mINP", "mINP")):
+            if key in b and key in a:
+                lines.append(f"| {label} | {_pct(b[key])} | {_pct(a[key])} |")
+    for name, rep in final["evaluations"].items():
+        lines += ["", f"## Artifacts of `{name}`", ""]
+        lines += eval_markdown(rep).splitlines()[2:]
+    lines += ["", "Not verified here: real phones, Coral hardware and microcontrollers (latencies are host CPU latencies).", ""]
+    return "\n".join(lines)
+
+
+def plot_pipeline(final: dict, folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, rep in final["evaluations"].items():
+        xs = [r["latency"]["p50_ms"] for r in rep["artifacts"]]
+        ys = [100 * r["metrics"]["mAP"] for r in rep["artifacts"]]
+        ax.scatter(xs, ys, label=name)
+        for r, x, y in zip(rep["artifacts"], xs, ys):
+            ax.annotate(f"{r['runtime']} {r['precision']}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("median latency per image (ms, host CPU)")
+    ax.set_ylabel("mAP (%)")
+    ax.set_title("every artifact: accuracy vs latency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "accuracy_latency_all.png", dpi=120)
+    plt.close(fig)
+    return ["accuracy_latency_all.png"]
+
+
+def write_pipeline_report(final: dict, out: Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        final["plots"] = plot_pipeline(final, stage)
+        for name in final["evaluations"]:
+            src = Path(final["workdir"]) / f"evaluate_{name}"
+            for png in ("cmc.png", "accuracy_latency.png"):
+                if (src / png).is_file():
+                    shutil.copy(src / png, stage / f"{name}_{png}")
+                    final["plots"].append(f"{name}_{png}")
+        (stage / "report.json").write_text(json.dumps(final, indent=2, default=str))
+        (stage / "report.md").write_text(pipeline_markdown(final))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out

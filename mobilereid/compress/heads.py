@@ -106,10 +106,14 @@ def prune_heads(model: ViTReID, remove: dict[int, list[int]]) -> ViTReID:
         H = b_old.attn.num_heads
         C = cfg.embed_dim
         k = torch.tensor(keep)
-        w = state[prefix + "qkv.weight"].reshape(3, H, d, C)[:, k].reshape(3 * len(keep) * d, C)
-        state[prefix + "qkv.weight"] = w
-        if prefix + "qkv.bias" in state:
-            state[prefix + "qkv.bias"] = state[prefix + "qkv.bias"].reshape(3, H, d)[:, k].reshape(-1)
+        # fused (3, H, d, C) qkv, or q (1, H, d, C) and kv (2, H, d, C) after K/V token pruning
+        for name, parts in (("qkv", 3), ("q", 1), ("kv", 2)):
+            if prefix + f"{name}.weight" not in state:
+                continue
+            w = state[prefix + f"{name}.weight"].reshape(parts, H, d, C)[:, k]
+            state[prefix + f"{name}.weight"] = w.reshape(parts * len(keep) * d, C)
+            if prefix + f"{name}.bias" in state:
+                state[prefix + f"{name}.bias"] = state[prefix + f"{name}.bias"].reshape(parts, H, d)[:, k].reshape(-1)
         pw = state[prefix + "proj.weight"].reshape(C, H, d)[:, k].reshape(C, len(keep) * d)
         state[prefix + "proj.weight"] = pw
     new.load_state_dict(state)

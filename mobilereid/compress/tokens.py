@@ -107,7 +107,19 @@ def prune_kv_tokens(model: ViTReID, keep: list[list[int]]) -> ViTReID:
     cfg = copy.deepcopy(model.cfg)
     cfg.kv_index = [list(map(int, k)) for k in keep]
     new = ViTReID(cfg)
-    new.load_state_dict(model.state_dict())
+    state = model.state_dict()
+    names = {id(m): n for n, m in model.named_modules()}
+    for b in model.all_blocks():
+        a = b.attn
+        if a.kv_index is None:  # split the fused qkv projection into q and kv (same numbers)
+            prefix = names[id(a)] + "."
+            inner = a.num_heads * a.head_dim
+            w = state.pop(prefix + "qkv.weight")
+            state[prefix + "q.weight"], state[prefix + "kv.weight"] = w[:inner], w[inner:]
+            if prefix + "qkv.bias" in state:
+                bias = state.pop(prefix + "qkv.bias")
+                state[prefix + "q.bias"], state[prefix + "kv.bias"] = bias[:inner], bias[inner:]
+    new.load_state_dict(state)
     new.preset = getattr(model, "preset", None)
     new.train(model.training)
     return new

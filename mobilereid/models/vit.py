@@ -131,13 +131,17 @@ class Attention(nn.Module):
         self.num_heads, self.head_dim = num_heads, head_dim
         inner = num_heads * head_dim
         self.scale = head_dim**-0.5
-        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
-        self.proj = nn.Linear(inner, dim)
         self.kv_index: torch.Tensor | None
-        if kv_index is not None:
-            self.register_buffer("kv_index", torch.tensor(kv_index, dtype=torch.long), persistent=False)
-        else:
+        if kv_index is None:
+            self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
             self.kv_index = None
+        else:
+            # K/V-pruned layer: separate projections so that each keeps constant weights (delegates such as XNNPACK
+            # only take linears with constant weights; slicing one fused qkv weight at run time defeats them)
+            self.q = nn.Linear(dim, inner, bias=qkv_bias)
+            self.kv = nn.Linear(dim, 2 * inner, bias=qkv_bias)
+            self.register_buffer("kv_index", torch.tensor(kv_index, dtype=torch.long), persistent=False)
+        self.proj = nn.Linear(inner, dim)
         self.attn_hook = None  # set by AMG statistics passes: called with (module, attention probabilities)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,13 +150,9 @@ class Attention(nn.Module):
         if self.kv_index is None:
             q, k, v = self.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)
         else:
-            inner = H * d
-            bias = self.qkv.bias
-            q = F.linear(x, self.qkv.weight[:inner], None if bias is None else bias[:inner])
-            q = q.reshape(B, N, H, d).transpose(1, 2)
+            q = self.q(x).reshape(B, N, H, d).transpose(1, 2)
             xk = x.index_select(1, self.kv_index)  # gather *before* projecting: only kept keys/values cost MACs
-            kv = F.linear(xk, self.qkv.weight[inner:], None if bias is None else bias[inner:])
-            k, v = kv.reshape(B, xk.shape[1], 2, H, d).permute(2, 0, 3, 1, 4)
+            k, v = self.kv(xk).reshape(B, xk.shape[1], 2, H, d).permute(2, 0, 3, 1, 4)
         attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
         if self.attn_hook is not None:
             self.attn_hook(self, attn)

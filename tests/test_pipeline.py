@@ -1,0 +1,78 @@
+"""The main job on a tiny config: every stage runs for real, a re-run skips what did not change."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mobilereid.cli import app
+from mobilereid.pipeline import load_config
+from mobilereid.errors import MobileReIDError
+
+runner = CliRunner()
+
+TINY = """
+[data]
+ids = 10
+cameras = 3
+height = 64
+width = 32
+
+[models.sclnet]
+preset = "sclnet_test"
+epochs = 1
+p = 3
+k = 2
+
+[models.vit]
+preset = "vit_test"
+epochs = 1
+p = 3
+k = 2
+options = { gelu = "tanh", num_heads = 4, img_size = [64, 32] }
+
+[compress]
+keep_ratio = 0.75
+head_ratio = 0.25
+token_rate = 0.2
+rounds = 1
+arch_epochs = 1
+token_epochs = 0
+final_epochs = 0
+
+[export.targets]
+sclnet = ["onnx", "tflite"]
+vit = ["executorch"]
+"""
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_and_skip(tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY)
+    work = tmp_path / "run"
+    r = runner.invoke(app, ["pipeline", str(cfg), "--workdir", str(work)])
+    assert r.exit_code == 0, r.output
+    report = json.loads((work / "report" / "report.json").read_text())
+    assert set(report["evaluations"]) == {"sclnet", "vit_compressed"}
+    names = [a["name"] for a in report["evaluations"]["sclnet"]["artifacts"]]
+    assert "model_int8.tflite" in names and "model.onnx" in names
+    assert report["stages"]["compress"]["after"]["gmacs"] < report["stages"]["compress"]["before"]["gmacs"]
+    md = (work / "report" / "report.md").read_text()
+    assert "## Compression" in md and "ΔmAP" in md
+    assert (work / "report" / "accuracy_latency_all.png").is_file()
+    again = runner.invoke(app, ["pipeline", str(cfg), "--workdir", str(work)])
+    assert again.exit_code == 0, again.output
+    assert again.output.count("up to date, skipped") >= 7
+
+
+def test_bad_config(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[dataa]\nids = 3\n")
+    with pytest.raises(MobileReIDError, match="unknown section"):
+        load_config(bad)
+    bad.write_text("not toml = = 1")
+    with pytest.raises(MobileReIDError, match="not valid TOML"):
+        load_config(bad)
+    r = runner.invoke(app, ["pipeline", str(tmp_path / "missing.toml")])
+    assert r.exit_code == 2 and "pipeline config not found" in r.output
