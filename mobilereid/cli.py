@@ -188,12 +188,13 @@ def info_cmd(
 @user_errors
 def export_cmd(
     checkpoint: Path = typer.Argument(..., help="A mobilereid checkpoint (.pt)."),
-    target: str = typer.Option("all", "--target", "-t", help="onnx, executorch, tflite, edgetpu, a comma list, or all."),
+    target: str = typer.Option("all", "--target", "-t", help="onnx, executorch, tflite, edgetpu, tflm, a comma list, or all (all = the first four)."),
     calib: Path = typer.Option(..., "--calib", help="Calibration images: a dataset folder (train images calibrate, query images verify) or any image folder."),
     out: Path = typer.Option(Path("runs/export"), "--out", "-o", help="Output folder for artifacts and their .json sidecars."),
     int8: bool = typer.Option(False, "--int8", help="Also produce the recipe's quantized variants (INT8, dynamic, int16x8)."),
     recipe: Optional[Path] = typer.Option(None, help="A quantization recipe TOML (with a single target); default: quant/<target>_<family>.toml."),
     threads: int = typer.Option(2, help="Runtime threads for verification."),
+    board: Optional[str] = typer.Option(None, help="tflm: board profile from quant/boards.toml (cortex-m7, esp32-s3, cortex-m4)."),
 ):
     """Export, quantize and verify every artifact in its real runtime (exit 1 when one misses its drift budget)."""
     from .export import export_checkpoint
@@ -207,7 +208,7 @@ def export_cmd(
         rows.append(r)
 
     with progress(f"exporting {checkpoint.name} ({target})", None):
-        export_checkpoint(checkpoint, target, calib, out, int8=int8, recipe_path=recipe, threads=threads, on_result=show)
+        export_checkpoint(checkpoint, target, calib, out, int8=int8, recipe_path=recipe, threads=threads, on_result=show, board=board)
     console.print(table("artifacts", ["target", "precision", "file", "MB", "cosine mean", "cosine min", "verified"],
                         [[r["target"], r["precision"], r["artifact"].name, f"{r['artifact'].stat().st_size / 1e6:.2f}",
                           r["verification"]["cosine_mean"], r["verification"]["cosine_min"],
@@ -217,6 +218,11 @@ def export_cmd(
             console.print(f"Edge TPU: {r['edgetpu']['summary']}")
             if not r["compiler"].get("ran"):
                 console.print(f"Edge TPU compiler: {r['compiler']['reason']}")
+        if "tflm" in r:
+            t = r["tflm"]
+            console.print(f"TFLite Micro ({t['board']['name']}): flash {t['flash_bytes'] / 1024:.0f} KB, arena {t['arena_bytes'] / 1024:.0f} KB, "
+                          f"{t['macs'] / 1e6:.1f} MMAC, max {t['max_output_lsb_vs_litert_reference_kernels']} LSB from LiteRT reference kernels "
+                          f"({t['max_output_lsb_vs_litert']} from XNNPACK), host latency {t['host_latency_ms_median']:.1f} ms (TFLM interpreter on this CPU)")
         if "delegation" in r:
             nd = r["delegation"]["not_delegated_ops"]
             console.print(f"ExecuTorch {r['precision']}: {r['delegation']['delegated_subgraphs']} XNNPACK subgraphs; "

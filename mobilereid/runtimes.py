@@ -149,7 +149,7 @@ class TFLMRunner(Runner):
         self.interp = runtime.Interpreter.from_file(str(self.path), arena_size=arena)
 
     def _run_one(self, x):
-        self.interp.set_input(x, 0)
+        self.interp.set_input(np.ascontiguousarray(x), 0)  # TFLM copies the raw buffer, ignoring strides
         self.interp.invoke()
         return self.interp.get_output(0).copy()
 

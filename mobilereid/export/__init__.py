@@ -13,7 +13,8 @@ from .calibration import calibration_files, load_batch
 from .common import ExportJob
 from .recipes import load_recipe
 
-TARGETS = ("onnx", "executorch", "tflite", "edgetpu")
+TARGETS = ("onnx", "executorch", "tflite", "edgetpu")  # "all"
+EXTRA_TARGETS = ("tflm",)  # on request only: microcontroller models are small CNN variants
 
 
 def _dispatch(target: str):
@@ -25,8 +26,10 @@ def _dispatch(target: str):
         from .tflite_target import export_tflite as fn
     elif target == "edgetpu":
         from .edgetpu_target import export_edgetpu as fn
+    elif target == "tflm":
+        from .tflm_target import export_tflm as fn
     else:
-        raise ExportError(f"unknown target {target!r}; choose from {', '.join(TARGETS)} or all")
+        raise ExportError(f"unknown target {target!r}; choose from {', '.join(TARGETS + EXTRA_TARGETS)} or all")
     return fn
 
 
@@ -35,13 +38,13 @@ def resolve_targets(target: str) -> list[str]:
         return list(TARGETS)
     names = [t.strip() for t in target.split(",") if t.strip()]
     for t in names:
-        if t not in TARGETS:
-            raise ExportError(f"unknown target {t!r}; choose from {', '.join(TARGETS)} or all")
+        if t not in TARGETS + EXTRA_TARGETS:
+            raise ExportError(f"unknown target {t!r}; choose from {', '.join(TARGETS + EXTRA_TARGETS)} or all")
     return names
 
 
 def export_checkpoint(checkpoint: str | Path, target: str, calib: str | Path, out_dir: str | Path, int8: bool = False,
-                      recipe_path: str | Path | None = None, threads: int = 2, on_result=None) -> list[dict]:
+                      recipe_path: str | Path | None = None, threads: int = 2, on_result=None, board: str | None = None) -> list[dict]:
     targets = resolve_targets(target)
     checkpoint = Path(checkpoint)
     model, state = load_checkpoint(checkpoint)
@@ -62,11 +65,12 @@ def export_checkpoint(checkpoint: str | Path, target: str, calib: str | Path, ou
     results = []
     for t in targets:
         recipe = recipes[t]
-        if t in ("edgetpu",) and not int8:
-            raise ExportError("the Edge TPU runs full-integer models only: add --int8")
-        if not recipe["variants"] and t != "edgetpu":
+        if t in ("edgetpu", "tflm") and not int8:
+            raise ExportError(f"{t} runs full-integer models only: add --int8")
+        if not recipe["variants"]:
             continue
-        for r in _dispatch(t)(job, recipe):
+        fn = _dispatch(t)
+        for r in (fn(job, recipe, board) if t == "tflm" else fn(job, recipe)):
             r["target"] = t
             results.append(r)
             if on_result:

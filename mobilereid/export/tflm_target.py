@@ -1,0 +1,232 @@
+"""TFLite Micro: a full-integer model, checked op by op, with a measured arena and C sources for a TFLM project.
+
+* Ops: every operator must be one TFLite Micro registers (table below, TFLM's op resolver list); otherwise export
+  fails naming the op (GELU, for instance, has no TFLM kernel).
+* Arena: found by running the model in the real TFLite Micro interpreter (PyPI ``tflite-micro``) and bisecting
+  the smallest arena, to 1 KB, with which it allocates *and* runs; outputs are compared with LiteRT on the same
+  inputs: with LiteRT's reference kernels they must agree within 1 LSB (TFLM uses the same reference maths);
+  the difference to LiteRT's default XNNPACK kernels (a few LSB: different rounding) is reported.
+* Fit: the board profile (quant/boards.toml) gives flash and RAM minus reserves; export fails when the model or
+  the arena does not fit, saying by how much.
+* C sources: ``<stem>_model_data.h/.cc`` with the model as a 16-byte-aligned byte array, its length, input/output
+  shapes and quantization parameters and the arena size, ready to drop into a TFLM project.
+* Latency is measured in the TFLM interpreter on the host and labelled as host latency (no MCU here).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ExportError
+from .common import ExportJob, Workdir, atomic_write_bytes, verify_artifact, write_sidecar, _write_json
+from .recipes import RECIPE_DIR
+from .tflite_ops import op_names
+from .tflite_target import build_tflite_variants, io_specs
+
+TFLM_OPS = {
+    "ABS", "ADD", "ADD_N", "ARG_MAX", "ARG_MIN", "AVERAGE_POOL_2D", "BATCH_MATMUL", "BATCH_TO_SPACE_ND", "BROADCAST_ARGS",
+    "BROADCAST_TO", "CAST", "CEIL", "CONCATENATION", "CONV_2D", "COS", "CUMSUM", "DEPTH_TO_SPACE", "DEPTHWISE_CONV_2D",
+    "DEQUANTIZE", "DIV", "ELU", "EQUAL", "EXP", "EXPAND_DIMS", "FILL", "FLOOR", "FLOOR_DIV", "FLOOR_MOD", "FULLY_CONNECTED",
+    "GATHER", "GATHER_ND", "GREATER", "GREATER_EQUAL", "HARD_SWISH", "L2_NORMALIZATION", "L2_POOL_2D", "LEAKY_RELU", "LESS",
+    "LESS_EQUAL", "LOG", "LOGICAL_AND", "LOGICAL_NOT", "LOGICAL_OR", "LOGISTIC", "LOG_SOFTMAX", "MAXIMUM", "MAX_POOL_2D",
+    "MEAN", "MINIMUM", "MIRROR_PAD", "MUL", "NEG", "NOT_EQUAL", "PACK", "PAD", "PADV2", "PRELU", "QUANTIZE", "REDUCE_MAX",
+    "RELU", "RELU6", "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "ROUND", "RSQRT", "SELECT_V2", "SHAPE", "SIN",
+    "SLICE", "SOFTMAX", "SPACE_TO_BATCH_ND", "SPACE_TO_DEPTH", "SPLIT", "SPLIT_V", "SQRT", "SQUARE", "SQUARED_DIFFERENCE",
+    "SQUEEZE", "STRIDED_SLICE", "SUB", "SUM", "SVDF", "TANH", "TRANSPOSE", "TRANSPOSE_CONV", "UNPACK", "ZEROS_LIKE",
+}
+
+
+def load_board(name: str) -> dict:
+    """A profile from quant/boards.toml by name, or the first table of a user's TOML file given as a path."""
+    if name.endswith(".toml"):
+        path = Path(name)
+        if not path.is_file():
+            raise ExportError(f"{path}: board profile file not found")
+        boards = tomllib.loads(path.read_text())
+        if not boards:
+            raise ExportError(f"{path}: no board table in the file")
+        name = next(iter(boards))
+    else:
+        path = RECIPE_DIR / "boards.toml"
+        boards = tomllib.loads(path.read_text())
+    if name not in boards:
+        raise ExportError(f"unknown board {name!r}; profiles in {path}: {', '.join(boards)}")
+    b = dict(boards[name])
+    for key in ("flash_kb", "ram_kb"):
+        if not isinstance(b.get(key), (int, float)) or b[key] <= 0:
+            raise ExportError(f"{path}: board {name!r} needs a positive {key}")
+    b.setdefault("reserve_flash_kb", 0)
+    b.setdefault("reserve_ram_kb", 0)
+    b["name"] = name
+    return b
+
+
+def check_ops(model_bytes: bytes, stem: str) -> list[str]:
+    ops = op_names(model_bytes)
+    bad = sorted({o for o in ops if o not in TFLM_OPS})
+    if bad:
+        raise ExportError(f"{stem}: TFLite Micro has no kernel for {', '.join(bad)}; this model cannot run on a microcontroller")
+    return ops
+
+
+_PROBE = """
+import sys
+import numpy as np
+from tflite_micro.python.tflite_micro import runtime
+interp = runtime.Interpreter.from_file(sys.argv[1], arena_size=int(sys.argv[2]))
+d = interp.get_input_details(0)
+interp.set_input(np.zeros(d["shape"], d["dtype"]), 0)
+interp.invoke()
+"""
+
+
+def _runs(path: Path, arena: int, x: np.ndarray | None = None) -> bool:
+    """Does the model allocate and run with this arena? Probed in a child process: the TFLM Python interpreter
+    can crash outright (not just raise) when a tail allocation does not fit."""
+    proc = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(arena)], capture_output=True, timeout=300)
+    return proc.returncode == 0
+
+
+def find_arena(path: Path, x: np.ndarray, start: int = 16 << 10, limit: int = 64 << 20, step: int = 1024) -> int:
+    """Smallest arena (multiple of `step`) with which the TFLM interpreter allocates and runs the model."""
+    hi = start
+    while not _runs(path, hi, x):
+        hi *= 2
+        if hi > limit:
+            raise ExportError(f"{path.name}: the TFLite Micro interpreter could not run it even with a {limit >> 20} MB arena")
+    lo = hi // 2 if hi > start else 0
+    while hi - lo > step:
+        mid = (lo + hi) // 2 // step * step
+        if mid <= lo:
+            break
+        if _runs(path, mid, x):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def c_sources(stem: str, data: bytes, in_spec: dict, out_spec: dict, arena: int) -> tuple[str, str]:
+    ident = "".join(c if c.isalnum() else "_" for c in stem)
+    guard = f"{ident.upper()}_MODEL_DATA_H_"
+
+    def q(spec):
+        qq = spec["quantization"] or {"scale": 1.0, "zero_point": 0}
+        return qq["scale"], qq["zero_point"]
+
+    (isc, izp), (osc, ozp) = q(in_spec), q(out_spec)
+    dims = lambda shape: ", ".join(str(int(s)) for s in shape)
+    header = f"""// Generated by mobilereid: TFLite Micro model {stem} (full-integer int8).
+#ifndef {guard}
+#define {guard}
+
+#include <cstddef>
+#include <cstdint>
+
+extern const unsigned char {ident}_model_data[];
+extern const unsigned int {ident}_model_data_len;
+
+constexpr size_t {ident}_arena_size = {arena};  // measured in the TFLite Micro interpreter (host), bytes
+constexpr int {ident}_input_dims[] = {{{dims(in_spec['shape'])}}};  // NHWC
+constexpr float {ident}_input_scale = {isc!r}f;
+constexpr int {ident}_input_zero_point = {izp};
+constexpr int {ident}_output_dims[] = {{{dims(out_spec['shape'])}}};
+constexpr float {ident}_output_scale = {osc!r}f;
+constexpr int {ident}_output_zero_point = {ozp};
+
+#endif  // {guard}
+"""
+    rows = [", ".join(f"0x{b:02x}" for b in data[i : i + 16]) for i in range(0, len(data), 16)]
+    body = ",\n  ".join(rows)
+    source = f"""// Generated by mobilereid: TFLite Micro model {stem}.
+#include "{stem}_model_data.h"
+
+alignas(16) const unsigned char {ident}_model_data[] = {{
+  {body}
+}};
+const unsigned int {ident}_model_data_len = {len(data)};
+"""
+    return header, source
+
+
+def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> list[dict]:
+    board = load_board(board_name or recipe.get("board", "cortex-m7"))
+    qcfg = dict(recipe.get("int8", {}))
+    if qcfg.get("io_dtype", "int8") != "int8" or qcfg.get("float_ops"):
+        raise ExportError(f"{recipe['source']}: TFLite Micro needs full-integer int8 models with int8 IO")
+    with Workdir(job.out_dir, "tflm") as tmp:
+        data = build_tflite_variants(job, ["int8"], qcfg, tmp)["int8"]
+        ops = check_ops(data, job.stem)
+        probe = tmp / "probe.tflite"
+        probe.write_bytes(data)
+        in_spec, out_spec = io_specs(data)
+        x = np.zeros(in_spec["shape"], np.int8)
+        arena = find_arena(probe, x)
+        # TFLM vs LiteRT on the same quantized inputs
+        from tflite_micro.python.tflite_micro import runtime
+
+        from ..runtimes import litert_interpreter_class
+
+        micro = runtime.Interpreter.from_file(str(probe), arena_size=arena)
+        Interpreter = litert_interpreter_class()
+        lite = Interpreter(model_content=data)  # default kernels (XNNPACK)
+        lite.allocate_tensors()
+        try:  # LiteRT's reference kernels: what TFLM's kernels should reproduce exactly
+            from ai_edge_litert.interpreter import OpResolverType
+
+            ref = Interpreter(model_content=data, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+            ref.allocate_tensors()
+        except ImportError:
+            ref = None
+        max_lsb, max_lsb_ref, times = 0, 0, []
+        from ..data.preprocess import quantize
+
+        for img in job.verify:
+            qx = np.ascontiguousarray(quantize(img.transpose(1, 2, 0)[None], in_spec["quantization"]["scale"], in_spec["quantization"]["zero_point"]))
+            t0 = time.perf_counter()
+            micro.set_input(qx, 0)
+            micro.invoke()
+            times.append((time.perf_counter() - t0) * 1000)
+            a = micro.get_output(0).astype(np.int32)
+            for interp, which in ((lite, "default"), (ref, "ref")):
+                if interp is None:
+                    continue
+                interp.set_tensor(interp.get_input_details()[0]["index"], qx)
+                interp.invoke()
+                b = interp.get_tensor(interp.get_output_details()[0]["index"]).astype(np.int32)
+                if which == "ref":
+                    max_lsb_ref = max(max_lsb_ref, int(np.abs(a - b).max()))
+                else:
+                    max_lsb = max(max_lsb, int(np.abs(a - b).max()))
+    if ref is not None and max_lsb_ref > 1:
+        raise ExportError(f"{job.stem}: TFLite Micro output differs from LiteRT's reference kernels by {max_lsb_ref} LSB (more than 1)")
+    flash_budget = (board["flash_kb"] - board["reserve_flash_kb"]) * 1024
+    ram_budget = (board["ram_kb"] - board["reserve_ram_kb"]) * 1024
+    problems = []
+    if len(data) > flash_budget:
+        problems.append(f"model needs {len(data) / 1024:.0f} KB flash, {board['name']} leaves {flash_budget / 1024:.0f} KB (short by {(len(data) - flash_budget) / 1024:.0f} KB)")
+    if arena > ram_budget:
+        problems.append(f"arena needs {arena / 1024:.0f} KB RAM, {board['name']} leaves {ram_budget / 1024:.0f} KB (short by {(arena - ram_budget) / 1024:.0f} KB)")
+    if problems:
+        raise ExportError(f"{job.stem} does not fit board {board['name']}: " + "; ".join(problems))
+    out = job.out_dir / f"{job.stem}_tflm_int8.tflite"
+    atomic_write_bytes(out, data)
+    header, source = c_sources(job.stem, data, in_spec, out_spec, arena)
+    atomic_write_bytes(job.out_dir / f"{job.stem}_model_data.h", header.encode())
+    atomic_write_bytes(job.out_dir / f"{job.stem}_model_data.cc", source.encode())
+    from ..flops import count_macs
+
+    tflm = {"board": board, "flash_bytes": len(data), "arena_bytes": arena, "macs": int(count_macs(job.model)),
+            "ops": sorted(set(ops)), "max_output_lsb_vs_litert": max_lsb, "max_output_lsb_vs_litert_reference_kernels": max_lsb_ref,
+            "host_latency_ms_median": float(np.median(times)), "latency_note": "TFLite Micro interpreter on the host CPU, not an MCU"}
+    meta = write_sidecar(job, out, target="tflm", runtime="tflite-micro", precision="int8", input_spec=in_spec,
+                         output_spec=out_spec, recipe=recipe, extra={"tflm": tflm})
+    verification = verify_artifact(job, out, meta, recipe["verify"]["min_cosine"])
+    _write_json(job.out_dir / f"{job.stem}_tflm_report.json", {**tflm, "verification": verification})
+    return [{"artifact": out, "precision": "int8", "verification": verification, "tflm": tflm}]
