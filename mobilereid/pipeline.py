@@ -16,11 +16,11 @@ import hashlib
 import json
 import shutil
 import time
-import tomllib
 from pathlib import Path
 
 from .console import console
 from .errors import MobileReIDError
+from .tomlconfig import deep_merge, read_toml
 
 DEFAULT_CONFIG = {
     "data": {"synthetic": True, "ids": 100, "cameras": 6, "seed": 0, "height": 256, "width": 128, "root": ""},
@@ -35,26 +35,14 @@ DEFAULT_CONFIG = {
 }
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_config(path: Path | None) -> dict:
     if path is None:
         return copy.deepcopy(DEFAULT_CONFIG)
-    if not path.is_file():
-        raise MobileReIDError(f"{path}: pipeline config not found")
-    try:
-        user = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise MobileReIDError(f"{path}: not valid TOML ({exc})") from None
+    user = read_toml(path, "pipeline config")
     unknown = set(user) - set(DEFAULT_CONFIG)
     if unknown:
         raise MobileReIDError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(DEFAULT_CONFIG)}")
-    return _merge(DEFAULT_CONFIG, user)
+    return deep_merge(DEFAULT_CONFIG, user)
 
 
 def _digest(obj) -> str:

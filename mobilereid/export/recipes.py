@@ -7,11 +7,11 @@ default; keys missing from a user recipe fall back to the default's.
 
 from __future__ import annotations
 
-import copy
 import tomllib
 from pathlib import Path
 
 from ..errors import ExportError
+from ..tomlconfig import deep_merge, read_toml
 
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "quant"
 
@@ -23,27 +23,15 @@ def default_recipe_path(target: str, family: str) -> Path:
     raise ExportError(f"no default recipe for target {target!r} and model family {family!r} in {RECIPE_DIR}")
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_recipe(target: str, family: str, path: str | Path | None = None) -> dict:
     default_path = default_recipe_path(target, family)
     recipe = tomllib.loads(default_path.read_text())
     recipe["source"] = str(default_path)
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ExportError(f"{path}: recipe file not found")
-        try:
-            user = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ExportError(f"{path}: not valid TOML ({exc})") from None
+        user = read_toml(path, "recipe file", ExportError)
         if user.get("target", target) != target:
             raise ExportError(f"{path}: recipe is for target {user['target']!r}, not {target!r}")
-        recipe = _merge(recipe, user)
+        recipe = deep_merge(recipe, user)
         recipe["source"] = str(path)
     return recipe

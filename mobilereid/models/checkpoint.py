@@ -45,15 +45,21 @@ def save_checkpoint(path: str | Path, model: nn.Module, extra: dict | None = Non
     return path
 
 
-def read_checkpoint(path: str | Path) -> dict:
+def safe_torch_load(path: str | Path, what: str):
+    """`torch.load(weights_only=True)` (tensors and plain values only, never code) with one-line errors."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+        raise CheckpointError(f"{path}: {what} file not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})") from None
+        raise CheckpointError(f"{path}: not a loadable {what} ({reason})") from None
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    state = safe_torch_load(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a mobilereid checkpoint (no '{FORMAT}' header); import foreign weights with `--pretrained`")
     return state

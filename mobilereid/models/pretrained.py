@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError
+from .checkpoint import safe_torch_load
 from .vit import ViTReID
 
 
@@ -41,12 +42,7 @@ def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], src_grid: tuple[i
 def load_pretrained_vit(model: ViTReID, path: str | Path, src_grid: tuple[int, int] | None = None) -> dict:
     """Load a foreign state dict into `model`; returns {'loaded': n, 'skipped': [...], 'missing': [...]}."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: pretrained weights file not found")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a loadable state dict ({str(exc).splitlines()[0][:200]})") from None
+    sd = safe_torch_load(path, "pretrained weights")
     for key in ("model", "state_dict"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]

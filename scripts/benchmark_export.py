@@ -1,0 +1,101 @@
+"""Side-by-side export benchmark: size, latency (median, p90) and cosine to float for every runtime and precision.
+
+    python scripts/benchmark_export.py --data DATA --ckpt runs/default/train_sclnet/model.pt \
+        --ckpt runs/default/compress/compressed.pt --out runs/bench_export [--threads 2] [--runs 100]
+
+For each checkpoint: exports ONNX, ExecuTorch (fp32 + int8) and TFLite (fp32, dynamic, int8) with the default
+recipes, then times torch fp32 and every artifact **in one process, on the same preprocessed image, with the
+same thread count**, one after another (warm-up first). Ratios (INT8 size / fp32 size, INT8 latency / fp32
+latency of the same runtime) are computed from numbers measured side by side in this run. Writes
+``benchmark.json`` and ``benchmark.md``; prints the table. Latency is host-CPU latency, not a phone's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mobilereid.export import export_checkpoint
+from mobilereid.export.calibration import calibration_files, load_batch
+from mobilereid.models.checkpoint import load_checkpoint
+from mobilereid.runtimes import open_runner
+from mobilereid.train import preprocess_spec_for
+
+
+def timed(fn, runs: int, warmup: int = 5) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return np.asarray(out)
+
+
+def bench_checkpoint(ckpt: Path, data: Path, out: Path, threads: int, runs: int) -> list[dict]:
+    results = export_checkpoint(ckpt, "onnx,executorch,tflite", data, out / ckpt.parent.name, int8=True, threads=threads)
+    model, _ = load_checkpoint(ckpt)
+    spec = preprocess_spec_for(model)
+    _, verify = calibration_files(data, 1, 1)
+    x = load_batch(verify[:1], spec)
+    torch.set_num_threads(threads)
+    rows = []
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        ms = timed(lambda: model(xt), runs)
+    fp32_params = sum(p.numel() for n, p in model.state_dict().items() if "classifier" not in n) * 4
+    rows.append({"model": ckpt.parent.name, "runtime": "torch", "precision": "fp32", "size_mb": fp32_params / 1e6,
+                 "p50_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "cosine_mean": 1.0})
+    for r in results:
+        runner = open_runner(r["artifact"], threads=threads)
+        prepared = runner.prepare(x[0])
+        ms = timed(lambda: runner.run_prepared(prepared), runs)
+        rows.append({"model": ckpt.parent.name, "runtime": runner.meta["runtime"], "precision": r["precision"], "artifact": r["artifact"].name,
+                     "size_mb": r["artifact"].stat().st_size / 1e6, "p50_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
+                     "cosine_mean": r["verification"]["cosine_mean"], "cosine_min": r["verification"]["cosine_min"]})
+    by = {(r["runtime"], r["precision"]): r for r in rows}
+    for r in rows:
+        base = by.get((r["runtime"], "fp32"))
+        if base and r["precision"] != "fp32":
+            r["size_vs_fp32"] = r["size_mb"] / base["size_mb"]
+            r["latency_vs_fp32"] = r["p50_ms"] / base["p50_ms"]
+    return rows
+
+
+def markdown(rows: list[dict], threads: int, runs: int) -> str:
+    lines = [f"Host CPU, {threads} threads, batch 1, {runs} timed runs after 5 warm-up runs, same image for all.", "",
+             "| model | runtime | precision | MB | size vs fp32 | p50 ms | p90 ms | latency vs fp32 | cosine mean | cosine min |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['runtime']} | {r['precision']} | {r['size_mb']:.2f} | "
+                     f"{r.get('size_vs_fp32', float('nan')):.2f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+                     f"{r.get('latency_vs_fp32', float('nan')):.2f} | {r['cosine_mean']:.4f} | {r.get('cosine_min', 1.0):.4f} |")
+    return "\n".join(lines).replace("| nan |", "| - |") + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--ckpt", type=Path, action="append", required=True)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_export"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=100)
+    args = ap.parse_args()
+    rows = []
+    for ckpt in args.ckpt:
+        rows += bench_checkpoint(ckpt, args.data, args.out, args.threads, args.runs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmark.json").write_text(json.dumps({"threads": args.threads, "runs": args.runs, "rows": rows}, indent=2))
+    md = markdown(rows, args.threads, args.runs)
+    (args.out / "benchmark.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
