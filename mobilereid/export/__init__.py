@@ -10,7 +10,7 @@ from ..models.checkpoint import file_sha256, load_checkpoint
 from ..models.registry import model_family
 from ..train import preprocess_spec_for
 from .calibration import calibration_files, load_batch
-from .common import ExportJob
+from .common import ExportJob, Workdir
 from .recipes import load_recipe
 
 TARGETS = ("onnx", "executorch", "tflite", "edgetpu")  # "all"
@@ -63,16 +63,22 @@ def export_checkpoint(checkpoint: str | Path, target: str, calib: str | Path, ou
                     checkpoint_sha256=file_sha256(checkpoint), spec=spec, calib=load_batch(calib_files, spec),
                     verify=load_batch(verify_files, spec), out_dir=Path(out_dir), threads=threads)
     results = []
-    for t in targets:
-        recipe = recipes[t]
-        if t in ("edgetpu", "tflm") and not int8:
-            raise ExportError(f"{t} runs full-integer models only: add --int8")
-        if not recipe["variants"]:
-            continue
-        fn = _dispatch(t)
-        for r in (fn(job, recipe, board) if t == "tflm" else fn(job, recipe)):
-            r["target"] = t
-            results.append(r)
-            if on_result:
-                on_result(r)
+    with Workdir(Path(out_dir), "export") as scratch:
+        job.scratch = scratch
+        for t in targets:
+            results.extend(_run_target(job, t, recipes[t], int8, board, on_result))
+    return results
+
+
+def _run_target(job: ExportJob, t: str, recipe: dict, int8: bool, board: str | None, on_result) -> list[dict]:
+    if t in ("edgetpu", "tflm") and not int8:
+        raise ExportError(f"{t} runs full-integer models only: add --int8")
+    if not recipe["variants"]:
+        return []
+    fn = _dispatch(t)
+    results = fn(job, recipe, board) if t == "tflm" else fn(job, recipe)
+    for r in results:
+        r["target"] = t
+        if on_result:
+            on_result(r)
     return results

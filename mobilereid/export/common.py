@@ -38,6 +38,8 @@ class ExportJob:
     out_dir: Path
     threads: int = 2
     reference: np.ndarray = field(default=None)  # float torch embeddings of `verify`
+    scratch: Path | None = None  # temporary folder living as long as the whole export (shared intermediates)
+    saved_model: Path | None = None  # onnx2tf SavedModel, made once per export
 
     def __post_init__(self):
         self.model.eval()

@@ -119,9 +119,13 @@ def build_tflite_variants(job: ExportJob, variants: list[str], qcfg: dict, workd
     for v in variants:
         if v not in VARIANTS:
             raise ExportError(f"unknown TFLite variant {v!r} (choose from {', '.join(VARIANTS)})")
-    onnx_path = workdir / f"{job.stem}.onnx"
-    write_onnx(job, onnx_path)
-    saved = onnx_to_saved_model(job, onnx_path, workdir / "saved_model")
+    saved = job.saved_model
+    if saved is None or not (saved / "saved_model.pb").is_file():
+        onnx_path = workdir / f"{job.stem}.onnx"
+        write_onnx(job, onnx_path)
+        saved = onnx_to_saved_model(job, onnx_path, (job.scratch or workdir) / "saved_model")
+        if job.scratch is not None:
+            job.saved_model = saved  # tflite, edgetpu and tflm targets of one export share the onnx2tf result
     calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))
     out = {}
     for v in variants:
