@@ -149,3 +149,11 @@ def test_cli_evaluate(artifacts, tiny_dataset, tmp_path):
     r = runner.invoke(app, ["evaluate", str(arts[0]), "--data", str(tiny_dataset), "--reference", str(ckpt), "-o", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.output
     assert "report.md" in r.output and (tmp_path / "rep" / "accuracy_latency.png").is_file()
+
+
+def test_cli_benchmark_one_table(artifacts, tiny_dataset, tmp_path):
+    ckpt, _ = artifacts
+    r = runner.invoke(app, ["benchmark", str(ckpt), "--data", str(tiny_dataset), "--target", "onnx", "-o", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert "sclnet_test.onnx" in r.output and "verified" in r.output
+    assert (tmp_path / "b" / "report" / "report.json").is_file()
