@@ -17,7 +17,7 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 def table(title: str, columns: list[str], rows: Iterable[Iterable]) -> Table:
     t = Table(title=title, title_justify="left")
     for c in columns:
-        t.add_column(c, justify="left" if c == columns[0] else "right")
+        t.add_column(c, justify="left" if c == columns[0] else "right", overflow="fold")
     for r in rows:
         t.add_row(*[fmt(v) for v in r])
     return t

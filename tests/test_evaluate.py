@@ -155,5 +155,6 @@ def test_cli_benchmark_one_table(artifacts, tiny_dataset, tmp_path):
     ckpt, _ = artifacts
     r = runner.invoke(app, ["benchmark", str(ckpt), "--data", str(tiny_dataset), "--target", "onnx", "-o", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
-    assert "sclnet_test.onnx" in r.output and "verified" in r.output
-    assert (tmp_path / "b" / "report" / "report.json").is_file()
+    assert "report.md" in r.output
+    report = json.loads((tmp_path / "b" / "report" / "report.json").read_text())
+    assert [a["name"] for a in report["artifacts"]] == ["sclnet_test.onnx"]

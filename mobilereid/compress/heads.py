@@ -18,7 +18,7 @@ import copy
 import numpy as np
 import torch
 
-from ..models.vit import ViTReID
+from ..models.vit import ViTReID, attention_hooks
 
 
 @torch.no_grad()
@@ -38,17 +38,9 @@ def mean_attention_maps(model: ViTReID, batches) -> list[torch.Tensor]:
             counts[i] += attn.shape[0]
         return hook
 
-    was_training = model.training
-    model.eval()
-    for i, b in enumerate(blocks):
-        b.attn.attn_hook = hook_for(i)
-    try:
+    with attention_hooks(model, hook_for):
         for x in batches:
             model(x)
-    finally:
-        for b in blocks:
-            b.attn.attn_hook = None
-        model.train(was_training)
     if counts[0] == 0:
         raise ValueError("no data for the attention statistics pass")
     return [s / c for s, c in zip(sums, counts)]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import batch_hard_triplet
-from ..models.vit import ViTReID
+from ..models.vit import ViTReID, attention_hooks
 
 
 def token_scores(model: ViTReID, batches) -> list[torch.Tensor]:
@@ -35,33 +35,27 @@ def token_scores(model: ViTReID, batches) -> list[torch.Tensor]:
             captured[i].append(attn)  # a shared window block is called once per window
         return hook
 
-    was_training = model.training
-    model.eval()
-    for i, b in enumerate(blocks):
-        b.attn.attn_hook = hook_for(i)
     try:
-        for x, y in batches:
-            model.zero_grad(set_to_none=True)
-            for c in captured:
-                c.clear()
-            feat = model.forward_features(x)
-            if model.classifier is not None:
-                loss = F.cross_entropy(model.classifier(model.bottleneck(feat)), y)
-            else:
-                loss = batch_hard_triplet(feat, y)
-            loss.backward()
-            for i, a in ((i, a) for i, calls in enumerate(captured) for a in calls):
-                B, H, Nq, _ = a.shape
-                s = (a * a.grad).sum(dim=(0, 1, 2)).abs().detach() / (B * H * Nq)
-                if scores[i] is not None and scores[i].shape != s.shape:
-                    raise ValueError("K/V token pruning needs every sequence through a block to have the same length "
-                                     "(windows of unequal size share blocks: use window_weights='separate')")
-                scores[i] = s if scores[i] is None else scores[i] + s
+        with attention_hooks(model, hook_for):
+            for x, y in batches:
+                model.zero_grad(set_to_none=True)
+                for c in captured:
+                    c.clear()
+                feat = model.forward_features(x)
+                if model.classifier is not None:
+                    loss = F.cross_entropy(model.classifier(model.bottleneck(feat)), y)
+                else:
+                    loss = batch_hard_triplet(feat, y)
+                loss.backward()
+                for i, a in ((i, a) for i, calls in enumerate(captured) for a in calls):
+                    B, H, Nq, _ = a.shape
+                    s = (a * a.grad).sum(dim=(0, 1, 2)).abs().detach() / (B * H * Nq)
+                    if scores[i] is not None and scores[i].shape != s.shape:
+                        raise ValueError("K/V token pruning needs every sequence through a block to have the same length "
+                                         "(windows of unequal size share blocks: use window_weights='separate')")
+                    scores[i] = s if scores[i] is None else scores[i] + s
     finally:
-        for b in blocks:
-            b.attn.attn_hook = None
         model.zero_grad(set_to_none=True)
-        model.train(was_training)
     out = []
     for s in scores:
         s = s.clone()

@@ -37,6 +37,7 @@ projections, so only the kept key/value tokens are projected (REFERENCE.md secti
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import asdict, dataclass, field
 
@@ -343,6 +344,23 @@ class ViTReID(nn.Module):
             logits = [self.classifier(bn)] if self.classifier is not None else []
             return logits, [feat]
         return bn
+
+
+@contextlib.contextmanager
+def attention_hooks(model: ViTReID, hook_for):
+    """Install ``hook_for(i)`` on every attention layer (all_blocks order) with the model in eval mode; the hooks
+    are removed and the training mode restored afterwards (used by the AMG statistics passes)."""
+    blocks = model.all_blocks()
+    was_training = model.training
+    model.eval()
+    for i, b in enumerate(blocks):
+        b.attn.attn_hook = hook_for(i)
+    try:
+        yield blocks
+    finally:
+        for b in blocks:
+            b.attn.attn_hook = None
+        model.train(was_training)
 
 
 def separate_window_weights(model: ViTReID) -> ViTReID:
