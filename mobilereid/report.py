@@ -6,6 +6,7 @@ partial report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -38,6 +39,22 @@ def eval_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _save_plot(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: bool) -> str:
+    """Label, grid, legend, save as PNG (120 dpi) and close; returns the file name."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name
+
+
 def plot_eval(report: dict, folder: Path) -> list[str]:
     import matplotlib
 
@@ -53,15 +70,7 @@ def plot_eval(report: dict, folder: Path) -> list[str]:
     for r in report["artifacts"]:
         cmc = r["metrics"]["cmc"]
         ax.plot(range(1, len(cmc) + 1), [100 * c for c in cmc], marker=".", label=f"{r['name']} ({r['runtime']})")
-    ax.set_xlabel("rank")
-    ax.set_ylabel("matching rate (%)")
-    ax.set_title("CMC")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "cmc.png", dpi=120)
-    plt.close(fig)
-    files.append("cmc.png")
+    files.append(_save_plot(fig, ax, folder / "cmc.png", "rank", "matching rate (%)", "CMC", legend=True))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in report["artifacts"]:
@@ -69,28 +78,20 @@ def plot_eval(report: dict, folder: Path) -> list[str]:
         ax.annotate(r["name"], (r["latency"]["p50_ms"], 100 * r["metrics"]["mAP"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     if report.get("reference"):
         ax.axhline(100 * report["reference"]["metrics"]["mAP"], color="k", ls="--", lw=1, label="float reference mAP")
-        ax.legend(fontsize=7)
-    ax.set_xlabel(f"median latency (ms, {report['device']}, {report['threads']} threads)")
-    ax.set_ylabel("mAP (%)")
-    ax.set_title("accuracy vs latency (marker size ~ file size)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(folder / "accuracy_latency.png", dpi=120)
-    plt.close(fig)
-    files.append("accuracy_latency.png")
+        ax.legend(fontsize=7)  # only when there is a labelled line
+    files.append(_save_plot(fig, ax, folder / "accuracy_latency.png", f"median latency (ms, {report['device']}, {report['threads']} threads)",
+                            "mAP (%)", "accuracy vs latency (marker size ~ file size)", legend=False))
     return files
 
 
-def write_eval_report(report: dict, out: Path, raw: Path | None = None) -> Path:
-    out = Path(out)
+@contextlib.contextmanager
+def _staged(out: Path):
+    """A temporary folder beside `out`; when the block succeeds its files replace those in `out`, so a failure
+    leaves no partial report."""
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        if raw is not None:
-            shutil.copytree(raw, stage / "raw")
-        report["plots"] = plot_eval(report, stage)
-        (stage / "report.json").write_text(json.dumps(report, indent=2))
-        (stage / "report.md").write_text(eval_markdown(report))
+        yield stage
         out.mkdir(parents=True, exist_ok=True)
         for item in stage.iterdir():
             dest = out / item.name
@@ -99,6 +100,16 @@ def write_eval_report(report: dict, out: Path, raw: Path | None = None) -> Path:
             os.replace(item, dest)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_eval_report(report: dict, out: Path, raw: Path | None = None) -> Path:
+    out = Path(out)
+    with _staged(out) as stage:
+        if raw is not None:
+            shutil.copytree(raw, stage / "raw")
+        report["plots"] = plot_eval(report, stage)
+        (stage / "report.json").write_text(json.dumps(report, indent=2))
+        (stage / "report.md").write_text(eval_markdown(report))
     return out
 
 
@@ -143,22 +154,13 @@ def plot_pipeline(final: dict, folder: Path) -> list[str]:
         ax.scatter(xs, ys, label=name)
         for r, x, y in zip(rep["artifacts"], xs, ys):
             ax.annotate(f"{r['runtime']} {r['precision']}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("median latency per image (ms, host CPU)")
-    ax.set_ylabel("mAP (%)")
-    ax.set_title("every artifact: accuracy vs latency")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "accuracy_latency_all.png", dpi=120)
-    plt.close(fig)
-    return ["accuracy_latency_all.png"]
+    return [_save_plot(fig, ax, folder / "accuracy_latency_all.png", "median latency per image (ms, host CPU)", "mAP (%)",
+                       "every artifact: accuracy vs latency", legend=True)]
 
 
 def write_pipeline_report(final: dict, out: Path) -> Path:
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with _staged(out) as stage:
         final["plots"] = plot_pipeline(final, stage)
         for name in final["evaluations"]:
             src = Path(final["workdir"]) / f"evaluate_{name}"
@@ -168,9 +170,4 @@ def write_pipeline_report(final: dict, out: Path) -> Path:
                     final["plots"].append(f"{name}_{png}")
         (stage / "report.json").write_text(json.dumps(final, indent=2, default=str))
         (stage / "report.md").write_text(pipeline_markdown(final))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return out
