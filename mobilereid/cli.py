@@ -310,7 +310,6 @@ def benchmark_cmd(
     """Export every target (INT8 included) and evaluate every artifact into one table."""
     from .evaluate import evaluate_artifacts
     from .export import export_checkpoint
-    from .report import eval_markdown
 
     results = export_checkpoint(checkpoint, target, data, out / "artifacts", int8=True, threads=threads)
     report = evaluate_artifacts([r["artifact"] for r in results], data, out / "report", reference=checkpoint, threads=threads)

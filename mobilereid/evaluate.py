@@ -19,7 +19,6 @@ Devices:
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .console import console, progress
+from .console import progress
 from .data.datasets import MARKET_SPLITS, load_dataset
 from .errors import MobileReIDError
 from .runtimes import read_sidecar, sidecar_path

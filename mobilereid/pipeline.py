@@ -179,7 +179,7 @@ def run_pipeline(config: Path | None, workdir: Path) -> dict:
         key = _digest({"artifacts": [_file_digest(a) for a in arts], "ckpt": _file_digest(ckpts[name]), "eval": cfg["evaluate"], "data": data_key})
 
         def do_eval(arts=arts, name=name, stage=stage):
-            report = evaluate_artifacts(arts, data_root, stage.dir, reference=ckpts[name], device=cfg["evaluate"]["device"],
+            evaluate_artifacts(arts, data_root, stage.dir, reference=ckpts[name], device=cfg["evaluate"]["device"],
                                         threads=cfg["evaluate"]["threads"])
             return {"report": str(stage.dir / "report.json")}
 

@@ -10,7 +10,6 @@ kernels) is read from the lowered graph and written into the sidecar.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import torch
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import ExportError
 from .common import ExportJob, Workdir, atomic_write_bytes, tensor_spec, verify_artifact, write_sidecar
-from .onnx_target import INPUT_NAME, write_onnx
+from .onnx_target import write_onnx
 from .tflite_ops import flex_ops
 
 VARIANTS = ("fp32", "dynamic", "int8", "int16x8")
