@@ -10,6 +10,12 @@ Offline: onnx2tf 1.29.24 downloads a sample-image .npy whenever a model has one 
 global `download_test_image_data` is replaced, for the duration of the call, by a function returning this job's
 calibration images (NHWC), so nothing is fetched. Only TFLITE_BUILTINS are allowed; if the converter still
 produces a Select-TF (Flex) op, export fails and names it (exact GELU becomes FlexErf: use ``gelu=tanh``).
+
+Simplification: onnx2tf runs onnx-simplifier as an ``onnxsim`` *subprocess* looked up on PATH, which is missing
+whenever the venv is not activated (``.venv/bin/mobilereid``, ``make test``); it then silently converts the
+unsimplified graph, whose shape subgraphs leave the batch dimension unknown, and its layout heuristics transpose
+the patch-elimination one-hot (ViT export fails). So the project simplifies in-process with onnxsim's Python API
+(the same three passes onnx2tf makes) and tells onnx2tf not to.
 """
 
 from __future__ import annotations
@@ -43,9 +49,27 @@ def quiet():
         yield buf
 
 
+def simplify_onnx(job: ExportJob, onnx_path: Path) -> None:
+    """Constant-fold and simplify the ONNX file in place (static shapes everywhere), as onnx2tf would."""
+    import onnx
+    from onnxsim import simplify
+
+    model = onnx.load(str(onnx_path))
+    for _ in range(3):
+        try:
+            model, ok = simplify(model)
+        except Exception as exc:
+            raise ExportError(f"onnx-simplifier failed on {job.stem}: {str(exc).splitlines()[0]}") from None
+        if not ok:
+            raise ExportError(f"onnx-simplifier changed the outputs of {job.stem}; refusing the simplified graph")
+    onnx.save(model, str(onnx_path))
+
+
 def onnx_to_saved_model(job: ExportJob, onnx_path: Path, out_dir: Path) -> Path:
     import onnx2tf
     import onnx2tf.onnx2tf as o2t_module
+
+    simplify_onnx(job, onnx_path)
 
     calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))
     original = o2t_module.download_test_image_data
@@ -54,7 +78,7 @@ def onnx_to_saved_model(job: ExportJob, onnx_path: Path, out_dir: Path) -> Path:
         with quiet() as log:
             try:
                 onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(out_dir), non_verbose=True,
-                                copy_onnx_input_output_names_to_tflite=True)
+                                not_use_onnxsim=True, copy_onnx_input_output_names_to_tflite=True)
             except SystemExit:
                 raise ExportError(f"onnx2tf could not convert {job.stem}: {log.getvalue().strip().splitlines()[-1:] }") from None
     finally:
