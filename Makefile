@@ -21,10 +21,22 @@ $(STAMP): requirements.lock pyproject.toml
 run: setup
 	$(BIN)/mobilereid pipeline
 
-# The ssh evaluator test needs a real sshd on localhost (Debian's openssh-server); installed when running as root.
-test-deps:
-	@if [ "$$(id -u)" = 0 ] && [ ! -x /usr/sbin/sshd ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; fi
+KOTLINC := android_demo/tools/node_modules/kotlin-compiler/bin/kotlinc
+
+# System tools the tests use, installed when running as root: a real sshd on localhost for the ssh evaluator
+# (Debian's openssh-server), JUnit 5's console launcher (Debian's junit5) and a JDK for the Android demo's Kotlin
+# core; the Kotlin compiler itself comes from npm, pinned by android_demo/tools/package-lock.json.
+test-deps: $(KOTLINC)
+	@missing=""; \
+	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	[ -f /usr/share/java/junit-platform-console-standalone.jar ] || missing="$$missing junit5"; \
+	command -v javac >/dev/null || missing="$$missing default-jdk-headless"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+$(KOTLINC): android_demo/tools/package-lock.json
+	cd android_demo/tools && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 test: setup test-deps
 	$(BIN)/python -m pytest -q

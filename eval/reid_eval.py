@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 
 from mobilereid.data.datasets import load_dataset  # noqa: E402
 from mobilereid.data.preprocess import PreprocessSpec, preprocess_file  # noqa: E402
-from mobilereid.metrics import cosine_distance, evaluate_rank  # noqa: E402
+from mobilereid.metrics import rank_summary  # noqa: E402
 from mobilereid.runtimes import open_runner, read_sidecar  # noqa: E402
 
 
@@ -59,12 +59,9 @@ def latency_summary(ms: np.ndarray) -> dict:
     }
 
 
-def rank_summary(q: np.ndarray, g: np.ndarray, ds) -> dict:
-    cmc, mAP, mINP = evaluate_rank(
-        cosine_distance(q, g), np.array([s.pid for s in ds.query]), np.array([s.pid for s in ds.gallery]),
-        np.array([s.camid for s in ds.query]), np.array([s.camid for s in ds.gallery]))
-    return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]), "rank10": float(cmc[min(9, len(cmc) - 1)]),
-            "mAP": float(mAP), "mINP": float(mINP), "cmc": [float(c) for c in cmc[:20]]}
+def dataset_rank_summary(q: np.ndarray, g: np.ndarray, ds) -> dict:
+    return rank_summary(q, g, [s.pid for s in ds.query], [s.pid for s in ds.gallery],
+                        [s.camid for s in ds.query], [s.camid for s in ds.gallery])
 
 
 def evaluate_artifact(model: Path, data: Path, out: Path, threads: int = 2, warmup: int = 3, log=print) -> dict:
@@ -82,7 +79,7 @@ def evaluate_artifact(model: Path, data: Path, out: Path, threads: int = 2, warm
         "target": meta["target"], "runtime": meta["runtime"], "precision": meta["precision"],
         "threads": threads, "warmup": warmup,
         "host": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(), "cpus": os.cpu_count()},
-        "metrics": rank_summary(q, g, ds),
+        "metrics": dataset_rank_summary(q, g, ds),
         "latency": latency_summary(np.concatenate([tq, tg])),
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .console import progress
-from .data.datasets import MARKET_SPLITS, load_dataset
+from .data.datasets import load_dataset
 from .errors import MobileReIDError
 from .runtimes import read_sidecar, sidecar_path
 
@@ -55,11 +55,50 @@ def make_bundle(dest: Path) -> Path:
     return dest
 
 
-def copy_eval_split(data: Path, dest: Path) -> Path:
-    """Only query and gallery travel to a device."""
-    for split in ("query", "gallery"):
-        shutil.copytree(data / MARKET_SPLITS[split], dest / MARKET_SPLITS[split])
+MANIFEST_FORMAT = "mobilereid-eval-manifest"
+
+
+def copy_eval_split(data: Path, dest: Path, lossless: bool = False) -> Path:
+    """Only query and gallery travel to a device, with ``manifest.json``: every image's relative path, person id
+    and 0-based camera id as the host's reader labels them (the Android app reads this instead of parsing names).
+
+    ``lossless``: images are decoded here (PIL, as the host evaluator decodes them) and stored as PNG, so a phone
+    whose JPEG decoder rounds differently (libjpeg-turbo builds differ in IDCT and chroma upsampling) still sees
+    the very pixels the host preprocesses; used for adb, where the app decodes with Android's BitmapFactory."""
+    from PIL import Image
+
+    from .data.preprocess import load_rgb
+
+    ds = load_dataset(data, need_train=False)
+
+    def entries(samples) -> list[dict]:
+        out = []
+        for s in samples:
+            rel = Path(s.path.resolve().relative_to(data.resolve()))
+            if lossless:
+                rel = rel.with_suffix(".png")
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(load_rgb(s.path)).save(dest / rel)
+            else:
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(s.path, dest / rel)
+            out.append({"file": rel.as_posix(), "pid": int(s.pid), "camid": int(s.camid)})
+        return out
+
+    manifest = {"format": MANIFEST_FORMAT, "format_version": 1, "query": entries(ds.query), "gallery": entries(ds.gallery)}
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return dest
+
+
+def completed_summary(raw: Path, name: str) -> dict:
+    """A device's summary; the Android app leaves Rank-k/mAP to the host, which scores its embeddings here."""
+    summary = json.loads((raw / f"{name}.summary.json").read_text())
+    if "metrics" not in summary:
+        from .metrics import rank_summary
+
+        npz = np.load(raw / f"{name}.npz")
+        summary["metrics"] = rank_summary(npz["query"], npz["gallery"], npz["q_pids"], npz["g_pids"], npz["q_camids"], npz["g_camids"])
+    return summary
 
 
 def _run(cmd: list[str], what: str, timeout: int = 3600) -> str:
@@ -133,7 +172,7 @@ def run_adb(device: str, artifacts: list[Path], data: Path, out: Path, threads: 
     _run(adb + ["shell", "rm", "-rf", ANDROID_DIR], "adb")
     _run(adb + ["shell", "mkdir", "-p", ANDROID_DIR], "adb")
     with tempfile.TemporaryDirectory() as tmp:
-        copy_eval_split(data, Path(tmp) / "data")
+        copy_eval_split(data, Path(tmp) / "data", lossless=True)
         _run(adb + ["push", str(Path(tmp) / "data"), f"{ANDROID_DIR}/data"], "adb push data")
     for a in artifacts:
         _run(adb + ["push", str(a), f"{ANDROID_DIR}/{a.name}"], "adb push model")
@@ -141,13 +180,22 @@ def run_adb(device: str, artifacts: list[Path], data: Path, out: Path, threads: 
         _run(adb + ["shell", "am", "start", "-W", "-n", f"{ANDROID_PACKAGE}/.EvaluationActivity", "--es", "model", a.name,
                     "--es", "data", "data", "--ei", "threads", str(threads)], "adb am start")
         done = f"{ANDROID_DIR}/results/{a.name}.summary.json"
+        failed = f"{ANDROID_DIR}/results/{a.name}.error.txt"  # the app's one-line reason when it cannot evaluate
         for _ in range(3600):
             if subprocess.run(adb + ["shell", "test", "-f", done], capture_output=True).returncode == 0:
                 break
+            if subprocess.run(adb + ["shell", "test", "-f", failed], capture_output=True).returncode == 0:
+                reason = _run(adb + ["shell", "cat", failed], "adb").strip()
+                raise DeviceError(f"adb: the demo app could not evaluate {a.name}: {reason}")
             time.sleep(1)
         else:
             raise DeviceError(f"adb: the demo app wrote no {done} within an hour")
-    _run(adb + ["pull", f"{ANDROID_DIR}/results", str(out)], "adb pull")
+    with tempfile.TemporaryDirectory() as tmp:
+        _run(adb + ["pull", f"{ANDROID_DIR}/results", tmp], "adb pull")
+        pulled = Path(tmp) / "results"  # adb pull DIR into an existing folder creates DIR inside it
+        out.mkdir(parents=True, exist_ok=True)
+        for f in (pulled if pulled.is_dir() else Path(tmp)).iterdir():
+            shutil.move(str(f), out / f.name)
 
 
 def check_artifacts(artifacts: list[Path]) -> list[dict]:
@@ -211,7 +259,7 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
                 raise MobileReIDError(f"--device {device!r}: expected local, ssh://user@host[:port] or adb[:serial]")
         rows = []
         for a, m in zip(artifacts, metas):
-            summary = json.loads((raw / f"{a.name}.summary.json").read_text())
+            summary = completed_summary(raw, a.name)
             row = {"artifact": str(a), "name": a.name, "target": m["target"], "runtime": m["runtime"], "precision": m["precision"],
                    "size_mb": a.stat().st_size / 1e6, **summary}
             if ref is not None:

@@ -105,3 +105,11 @@ def evaluate_rank(
     if num_valid == 0:
         raise ValueError("no query has a correct match in the gallery from another camera; nothing to score")
     return (cmc_sum / num_valid).astype(np.float32), ap_sum / num_valid, inp_sum / num_valid
+
+
+def rank_summary(query: np.ndarray, gallery: np.ndarray, q_pids, g_pids, q_camids, g_camids) -> dict:
+    """Rank-1/5/10, mAP, mINP and the first 20 CMC points of cosine-distance retrieval, as the reports store them."""
+    cmc, mAP, mINP = evaluate_rank(cosine_distance(query, gallery), np.asarray(q_pids), np.asarray(g_pids),
+                                   np.asarray(q_camids), np.asarray(g_camids))
+    return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]), "rank10": float(cmc[min(9, len(cmc) - 1)]),
+            "mAP": float(mAP), "mINP": float(mINP), "cmc": [float(c) for c in cmc[:20]]}

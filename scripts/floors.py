@@ -26,7 +26,7 @@ rows["colour histogram (6 stripes, 8x8x8 RGB)"] = rank_metrics(histogram_feature
 for name in args.models:
     torch.manual_seed(0)
     rows[f"{name} random init"] = evaluate_model(build_model(name).eval(), ds)
-print(f"| method | Rank-1 | Rank-5 | mAP | mINP |\n|---|---|---|---|---|")
+print("| method | Rank-1 | Rank-5 | mAP | mINP |\n|---|---|---|---|---|")
 for k, m in rows.items():
     print(f"| {k} | {m['rank1']:.1%} | {m['rank5']:.1%} | {m['mAP']:.1%} | {m['mINP']:.1%} |")
 if args.out:

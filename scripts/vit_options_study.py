@@ -36,6 +36,6 @@ for name, opts in VARIANTS.items():
     secs = sum(h["seconds"] for h in result["history"]) / len(result["history"])
     rows[name] = {**result["metrics"], "gmacs": count_macs(model) / 1e9, "seconds_per_epoch": secs}
     (args.out / "study.json").write_text(json.dumps(rows, indent=2))
-print(f"| variant | Rank-1 | mAP | mINP | executed GMAC | s/epoch |\n|---|---|---|---|---|---|")
+print("| variant | Rank-1 | mAP | mINP | executed GMAC | s/epoch |\n|---|---|---|---|---|---|")
 for name, r in rows.items():
     print(f"| {name} | {r['rank1']:.1%} | {r['mAP']:.1%} | {r['mINP']:.1%} | {r['gmacs']:.4f} | {r['seconds_per_epoch']:.1f} |")

@@ -5,7 +5,7 @@ import torch
 from typer.testing import CliRunner
 
 from mobilereid.cli import app
-from mobilereid.compress.heads import head_entropy, heads_to_remove, mean_attention_maps, prune_heads, prune_heads_once, schedule
+from mobilereid.compress.heads import head_entropy, heads_to_remove, prune_heads, schedule
 from mobilereid.compress.pipeline import CompressConfig, compress
 from mobilereid.compress.tokens import prune_kv_tokens, slots_to_keep, token_scores
 from mobilereid.errors import MobileReIDError

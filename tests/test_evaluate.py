@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -77,7 +78,6 @@ def test_evaluate_errors(artifacts, tiny_dataset, tmp_path):
 
 def test_missing_runtime_is_named(artifacts, tiny_dataset, tmp_path):
     """A device without the runtime: the evaluator's error names the package to install."""
-    from mobilereid.runtimes import RuntimeMissing, TFLMRunner
 
     code = ("import sys; sys.modules['onnxruntime'] = None; sys.path.insert(0, '.');"
             "from mobilereid.runtimes import open_runner; open_runner(sys.argv[1])")
@@ -158,3 +158,21 @@ def test_cli_benchmark_one_table(artifacts, tiny_dataset, tmp_path):
     assert "report.md" in r.output
     report = json.loads((tmp_path / "b" / "report" / "report.json").read_text())
     assert [a["name"] for a in report["artifacts"]] == ["sclnet_test.onnx"]
+
+
+def test_device_copy_has_manifest_and_lossless_pixels(tiny_dataset, tmp_path):
+    """What adb pushes: PNG re-encodes of exactly the host's decoded pixels, labelled by the host's reader."""
+    from mobilereid.data.datasets import load_dataset
+    from mobilereid.data.preprocess import load_rgb
+    from mobilereid.evaluate import copy_eval_split
+
+    dest = copy_eval_split(tiny_dataset, tmp_path / "push", lossless=True)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    ds = load_dataset(tiny_dataset, need_train=False)
+    assert manifest["format"] == "mobilereid-eval-manifest"
+    assert [(e["pid"], e["camid"]) for e in manifest["query"]] == [(s.pid, s.camid) for s in ds.query]
+    assert len(manifest["gallery"]) == len(ds.gallery)
+    for entry, sample in zip(manifest["query"][:5], ds.query):
+        assert entry["file"].endswith(".png") and np.array_equal(load_rgb(dest / entry["file"]), load_rgb(sample.path))
+    again = load_dataset(dest, need_train=False)  # the ssh evaluator re-reads the copy with the same reader
+    assert len(again.query) == len(ds.query) and len(again.gallery) == len(ds.gallery)

@@ -76,7 +76,7 @@ def test_board_and_target_errors(tiny_dataset, tmp_path):
     ckpt = save_checkpoint(tmp_path / "m.pt", build_model("sclnet_test").eval())
     with pytest.raises(ExportError, match="full-integer models only"):
         export_checkpoint(ckpt, "tflm", tiny_dataset, tmp_path / "o")
-    from mobilereid.export.tflm_target import check_ops, load_board
+    from mobilereid.export.tflm_target import load_board
 
     with pytest.raises(ExportError, match="unknown board 'pdp11'"):
         load_board("pdp11")

@@ -1,0 +1,121 @@
+package org.mobilereid.core
+
+import java.io.File
+
+/** Affine quantization of a tensor: real = (q - zeroPoint) * scale. */
+data class Quantization(val scale: Float, val zeroPoint: Int)
+
+/** One model input or output as the exporter describes it. */
+data class TensorSpec(
+    val name: String,
+    val shape: List<Int>,
+    val dtype: String,
+    val layout: String?,
+    val quantization: Quantization?,
+) {
+    val elementCount: Int get() = shape.fold(1) { a, b -> a * b }
+}
+
+/**
+ * The preprocessing an artifact expects (the `preprocess` block of the sidecar, written by
+ * `mobilereid.data.preprocess.PreprocessSpec`): target size, colour order, normalisation.
+ * Values are narrowed to Float exactly as numpy narrows them (`np.float32(x)`), so results match bit for bit.
+ */
+data class PreprocessSpec(
+    val height: Int,
+    val width: Int,
+    val mean: FloatArray,
+    val std: FloatArray,
+    val scale: Float,
+    val colourOrder: String,
+    val resize: String,
+) {
+    init {
+        require(mean.size == 3 && std.size == 3) { "mean and std need three values" }
+        require(colourOrder == "RGB" || colourOrder == "BGR") { "colour order '$colourOrder' is neither RGB nor BGR" }
+        require(resize == SUPPORTED_RESIZE) { "resize '$resize' is not supported (only $SUPPORTED_RESIZE)" }
+    }
+
+    companion object {
+        const val SUPPORTED_RESIZE = "bilinear_half_pixel_no_antialias"
+
+        fun fromJson(m: Map<String, Any?>) = PreprocessSpec(
+            height = m.int("height"),
+            width = m.int("width"),
+            mean = m.list("mean").map { (it as Number).toFloat() }.toFloatArray(),
+            std = m.list("std").map { (it as Number).toFloat() }.toFloatArray(),
+            scale = m.num("scale").toFloat(),
+            colourOrder = (m["colour_order"] as? String) ?: "RGB",
+            resize = (m["resize"] as? String) ?: SUPPORTED_RESIZE,
+        )
+    }
+}
+
+/**
+ * The metadata sidecar (`<artifact>.json`) that `mobilereid export` writes beside every artifact: which runtime
+ * runs it, its input/output tensors (layout NCHW or NHWC, float or int8/uint8 with scale and zero point), the
+ * preprocessing, and the embedding size. The app never guesses any of these.
+ */
+data class ArtifactMetadata(
+    val artifact: String,
+    val sha256: String,
+    val target: String,
+    val runtime: String,
+    val precision: String,
+    val embeddingDim: Int,
+    val preprocess: PreprocessSpec,
+    val input: TensorSpec,
+    val output: TensorSpec,
+) {
+    val layout: String get() = input.layout ?: "NCHW"
+
+    companion object {
+        const val FORMAT = "mobilereid-artifact"
+
+        fun parse(text: String, source: String = "sidecar"): ArtifactMetadata {
+            val root = try {
+                Json.parse(text) as? Map<*, *> ?: throw IllegalArgumentException("not a JSON object")
+            } catch (e: IllegalArgumentException) {
+                throw IllegalArgumentException("$source: ${e.message}")
+            }
+            @Suppress("UNCHECKED_CAST")
+            val m = root as Map<String, Any?>
+            try {
+                if (m["format"] != FORMAT) throw IllegalArgumentException("format is ${m["format"]}, expected $FORMAT")
+                val input = tensor(m.obj("input"))
+                if (input.layout != null && input.layout != "NCHW" && input.layout != "NHWC") {
+                    throw IllegalArgumentException("input layout '${input.layout}' is neither NCHW nor NHWC")
+                }
+                if (input.dtype !in setOf("float32", "int8", "uint8")) throw IllegalArgumentException("input dtype '${input.dtype}' is not supported")
+                return ArtifactMetadata(
+                    artifact = m.str("artifact"), sha256 = (m["sha256"] as? String) ?: "",
+                    target = m.str("target"), runtime = m.str("runtime"), precision = m.str("precision"),
+                    embeddingDim = m.obj("model").int("embedding_dim"),
+                    preprocess = PreprocessSpec.fromJson(m.obj("preprocess")),
+                    input = input, output = tensor(m.obj("output")),
+                )
+            } catch (e: IllegalArgumentException) {
+                throw IllegalArgumentException("$source: ${e.message}")
+            }
+        }
+
+        fun read(file: File): ArtifactMetadata {
+            if (!file.isFile) throw IllegalArgumentException("$file: metadata sidecar not found")
+            return parse(file.readText(), file.path)
+        }
+
+        /** `model.tflite` -> `model.tflite.json`, the exporter's naming. */
+        fun sidecarFor(artifact: File): File = File(artifact.path + ".json")
+
+        private fun tensor(m: Map<String, Any?>): TensorSpec {
+            val q = m.objOrNull("quantization")
+            return TensorSpec(
+                name = (m["name"] as? String) ?: "",
+                shape = m.list("shape").map { (it as Number).toInt() },
+                dtype = m.str("dtype"),
+                layout = m["layout"] as? String,
+                quantization = q?.let { Quantization(it.num("scale").toFloat(), it.int("zero_point")) },
+            )
+        }
+    }
+}

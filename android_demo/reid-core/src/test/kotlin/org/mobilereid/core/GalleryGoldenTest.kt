@@ -1,0 +1,58 @@
+package org.mobilereid.core
+
+import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertFalse
+import org.junit.jupiter.api.Assertions.assertThrows
+import org.junit.jupiter.api.Assertions.assertTrue
+import org.junit.jupiter.api.Test
+
+class GalleryGoldenTest {
+    private val g = Golden.json("gallery.json")
+
+    private fun enrolled(): Gallery {
+        val gallery = Gallery((g["dim"] as Number).toInt())
+        @Suppress("UNCHECKED_CAST")
+        for ((name, views) in g["views"] as Map<String, Any?>) for (v in views as List<*>) gallery.enrol(name, Golden.floats(v))
+        return gallery
+    }
+
+    @Test
+    fun `match decisions and similarities equal the Python reference`() {
+        val gallery = enrolled()
+        val threshold = (g["threshold"] as Number).toDouble()
+        val probes = Golden.objects(g["probes"])
+        assertTrue(probes.any { it["identity"] == null } && probes.any { it["identity"] != null }, "golden set needs matches and unknowns")
+        for ((i, p) in probes.withIndex()) {
+            val r = gallery.match(Golden.floats(p["probe"]), threshold)
+            assertEquals(p["best"], r.bestIdentity, "probe $i best identity")
+            assertEquals(p["identity"], r.identity, "probe $i decision")
+            assertEquals((p["similarity"] as Number).toDouble(), r.similarity, 1e-6, "probe $i similarity")
+        }
+    }
+
+    @Test
+    fun `forget removes a person and matching falls back to the others`() {
+        val gallery = enrolled()
+        val who = g["forget"] as String
+        assertTrue(gallery.forget(who))
+        assertFalse(gallery.forget(who))
+        assertFalse(who in gallery.identities)
+        val probes = Golden.objects(g["probes"])
+        for ((i, a) in Golden.objects(g["after_forget"]).withIndex()) {
+            val r = gallery.match(Golden.floats(probes[i]["probe"]), 2.0)
+            assertEquals(a["best"], r.bestIdentity, "probe $i after forget")
+            assertEquals((a["similarity"] as Number).toDouble(), r.similarity, 1e-6)
+            assertFalse(r.matched)
+        }
+    }
+
+    @Test
+    fun `bad input is refused with a message`() {
+        val gallery = Gallery(4)
+        assertEquals(null, gallery.match(floatArrayOf(1f, 0f, 0f, 0f), 0.5).bestIdentity)
+        val e = assertThrows(IllegalArgumentException::class.java) { gallery.enrol("a", floatArrayOf(1f, 2f)) }
+        assertTrue(e.message!!.contains("2 values"))
+        assertThrows(IllegalArgumentException::class.java) { gallery.enrol("a", FloatArray(4)) }
+        assertThrows(IllegalArgumentException::class.java) { gallery.enrol(" ", floatArrayOf(1f, 0f, 0f, 0f)) }
+    }
+}
