@@ -32,6 +32,7 @@ DEFAULT_CONFIG = {
                  "arch_epochs": 2, "token_epochs": 1, "final_epochs": 3, "lr": 1e-4},
     "export": {"threads": 2, "targets": {"sclnet": ["onnx", "executorch", "tflite", "edgetpu"], "vit": ["onnx", "executorch", "tflite"]}},
     "evaluate": {"threads": 2, "device": "local"},
+    "pipeline": {"parallel": True},  # model chains side by side, cores split between them
 }
 
 
@@ -83,7 +84,7 @@ class Stage:
 def run_stage(stage: Stage, key: str, outputs: list[Path], fn) -> dict:
     if stage.fresh(key, outputs):
         console.print(f"[{stage.name}] up to date, skipped", markup=False)
-        return stage.info()
+        return {**stage.info(), "skipped": True}
     stage.start(key)
     t0 = time.perf_counter()
     info = fn() or {}
@@ -94,12 +95,8 @@ def run_stage(stage: Stage, key: str, outputs: list[Path], fn) -> dict:
 
 def run_pipeline(config: Path | None, workdir: Path) -> dict:
     from .cli import check_and_print
-    from .compress.pipeline import CompressConfig, compress
     from .data.synth import SynthConfig, generate
-    from .evaluate import evaluate_artifacts
-    from .export import export_checkpoint
     from .report import write_pipeline_report
-    from .train import TrainConfig, train
 
     cfg = load_config(config)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -124,67 +121,16 @@ def run_pipeline(config: Path | None, workdir: Path) -> dict:
         data_key = _digest({"root": str(data_root.resolve())})
     check_and_print(data_root, images=False)
 
-    # 2. train
-    ckpts = {}
-    for name, m in cfg["models"].items():
-        stage = Stage(workdir, f"train_{name}")
-        tcfg = TrainConfig(model=m["preset"], epochs=m["epochs"], lr=m["lr"], p=m["p"], k=m["k"], model_options=m.get("options", {}))
-        key = _digest({"data": data_key, "train": tcfg.__dict__})
-        ckpts[name] = stage.dir / "model.pt"
-        stages[f"train_{name}"] = run_stage(stage, key, [ckpts[name]],
-                                            lambda tcfg=tcfg, stage=stage: {"metrics": train(tcfg, data_root, stage.dir)["metrics"]})
-
-    # 3. compress
-    c = dict(cfg["compress"])
-    target_model = c.pop("model")
-    if target_model:
-        stage = Stage(workdir, "compress")
-        source = ckpts[target_model]
-        key = _digest({"source": _file_digest(source), "data": data_key, "compress": c})
-        out = stage.dir / "compressed.pt"
-
-        def do_compress():
-            result = compress(source, data_root, stage.dir, CompressConfig(**c))
-            return {"before": result["before"], "after": result["after"]}
-
-        stages["compress"] = run_stage(stage, key, [out], do_compress)
-        ckpts[f"{target_model}_compressed"] = out
-        export_targets = dict(cfg["export"]["targets"])
-        export_targets[f"{target_model}_compressed"] = export_targets.pop(target_model)
+    # 2.-5. one chain per model (train -> [compress] -> export -> evaluate); chains are independent
+    names = list(cfg["models"])
+    if cfg["pipeline"]["parallel"] and len(names) > 1:
+        chains = _run_chains_in_parallel(names, cfg, workdir, data_root, data_key)
     else:
-        export_targets = dict(cfg["export"]["targets"])
-
-    # 4. export
-    artifacts: dict[str, list[Path]] = {}
-    for name, targets in export_targets.items():
-        stage = Stage(workdir, f"export_{name}")
-        ckpt = ckpts[name]
-        key = _digest({"ckpt": _file_digest(ckpt), "targets": targets, "data": data_key})
-
-        def do_export(ckpt=ckpt, targets=targets, stage=stage):
-            failures = []
-            results = export_checkpoint(ckpt, ",".join(targets), data_root, stage.dir, int8=True, threads=cfg["export"]["threads"])
-            for r in results:
-                if not r["verification"]["passed"]:
-                    failures.append(r["artifact"].name)
-            return {"artifacts": [r["artifact"].name for r in results], "below_drift_budget": failures}
-
-        stages[f"export_{name}"] = run_stage(stage, key, [stage.dir], do_export)
-        artifacts[name] = [stage.dir / a for a in stages[f"export_{name}"]["artifacts"]]
-
-    # 5. evaluate
+        chains = {n: run_chain(n, cfg, workdir, data_root, data_key) for n in names}
     reports = {}
-    for name, arts in artifacts.items():
-        stage = Stage(workdir, f"evaluate_{name}")
-        key = _digest({"artifacts": [_file_digest(a) for a in arts], "ckpt": _file_digest(ckpts[name]), "eval": cfg["evaluate"], "data": data_key})
-
-        def do_eval(arts=arts, name=name, stage=stage):
-            evaluate_artifacts(arts, data_root, stage.dir, reference=ckpts[name], device=cfg["evaluate"]["device"],
-                                        threads=cfg["evaluate"]["threads"])
-            return {"report": str(stage.dir / "report.json")}
-
-        stages[f"evaluate_{name}"] = run_stage(stage, key, [stage.dir / "report.json"], do_eval)
-        reports[name] = json.loads((stage.dir / "report.json").read_text())
+    for n in names:
+        stages.update(chains[n]["stages"])
+        reports.update(chains[n]["reports"])
 
     # 6. report
     final = {"config": cfg, "workdir": str(workdir), "stages": stages, "evaluations": reports,
@@ -193,3 +139,122 @@ def run_pipeline(config: Path | None, workdir: Path) -> dict:
     console.print((path / "report.md").read_text(), markup=False, soft_wrap=True)
     console.print(f"final report: {path / 'report.md'} (JSON: {path / 'report.json'}; plots in {path})")
     return final
+
+
+def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: str) -> dict:
+    """Train one model, compress it if the config says so, export it and evaluate its artifacts."""
+    from .compress.pipeline import CompressConfig, compress
+    from .evaluate import evaluate_artifacts
+    from .export import export_checkpoint
+    from .train import TrainConfig, train
+
+    stages = {}
+    m = cfg["models"][name]
+    stage = Stage(workdir, f"train_{name}")
+    tcfg = TrainConfig(model=m["preset"], epochs=m["epochs"], lr=m["lr"], p=m["p"], k=m["k"], model_options=m.get("options", {}))
+    ckpt = reference = stage.dir / "model.pt"
+    stages[stage.name] = run_stage(stage, _digest({"data": data_key, "train": tcfg.__dict__}), [ckpt],
+                                   lambda: {"metrics": train(tcfg, data_root, stage.dir)["metrics"]})
+    targets = cfg["export"]["targets"].get(name) or []
+
+    c = dict(cfg["compress"])
+    if c.pop("model") == name:
+        stage = Stage(workdir, "compress")
+        source = ckpt
+        ckpt = reference = stage.dir / "compressed.pt"
+
+        def do_compress():
+            result = compress(source, data_root, stage.dir, CompressConfig(**c))
+            return {"before": result["before"], "after": result["after"]}
+
+        stages[stage.name] = run_stage(stage, _digest({"source": _file_digest(source), "data": data_key, "compress": c}),
+                                       [ckpt], do_compress)
+        name = f"{name}_compressed"
+
+    if not targets:
+        console.print(f"[{name}] no export targets configured: export and evaluation skipped", markup=False)
+        return {"stages": stages, "reports": {}}
+    stage = Stage(workdir, f"export_{name}")
+
+    def do_export():
+        results = export_checkpoint(ckpt, ",".join(targets), data_root, stage.dir, int8=True, threads=cfg["export"]["threads"])
+        return {"artifacts": [r["artifact"].name for r in results],
+                "below_drift_budget": [r["artifact"].name for r in results if not r["verification"]["passed"]]}
+
+    stages[stage.name] = run_stage(stage, _digest({"ckpt": _file_digest(ckpt), "targets": targets, "data": data_key}),
+                                   [stage.dir], do_export)
+    artifacts = [stage.dir / a for a in stages[stage.name]["artifacts"]]
+
+    stage = Stage(workdir, f"evaluate_{name}")
+
+    def do_eval():
+        evaluate_artifacts(artifacts, data_root, stage.dir, reference=reference, device=cfg["evaluate"]["device"],
+                           threads=cfg["evaluate"]["threads"])
+        return {"report": str(stage.dir / "report.json")}
+
+    key = _digest({"artifacts": [_file_digest(a) for a in artifacts], "ckpt": _file_digest(reference), "eval": cfg["evaluate"],
+                   "data": data_key})
+    stages[stage.name] = run_stage(stage, key, [stage.dir / "report.json"], do_eval)
+    return {"stages": stages, "reports": {name: json.loads((stage.dir / "report.json").read_text())}}
+
+
+def _run_chains_in_parallel(names: list[str], cfg: dict, workdir: Path, data_root: Path, data_key: str) -> dict:
+    """One process per chain, the CPU cores split between them.
+
+    Why: a chain alternates multi-threaded stages (training) with stages that are mostly single-threaded Python
+    (onnx2tf, the TF and ExecuTorch converters, verification), so two chains side by side keep both cores busy
+    where one after the other leaves one idle for most of the export time. Each chain logs to
+    ``<workdir>/logs/<model>.log``; the last line of each log is shown here every 20 s.
+    """
+    import multiprocessing
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    logs = workdir / "logs"
+    logs.mkdir(exist_ok=True)
+    threads = max(1, (os.cpu_count() or 2) // len(names))
+    console.print(f"running {len(names)} model chains side by side ({threads} torch thread(s) each); logs in {logs}/", markup=False)
+    results = {}
+    with ProcessPoolExecutor(len(names), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_chain_in_child, n, cfg, workdir, data_root, data_key, logs / f"{n}.log", threads): n for n in names}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=20, return_when=FIRST_COMPLETED)
+            for f in done:
+                n = futures[f]
+                try:
+                    results[n] = f.result()
+                except MobileReIDError as exc:
+                    raise MobileReIDError(f"{n}: {exc} (log: {logs / (n + '.log')})") from None
+                except Exception as exc:
+                    raise MobileReIDError(f"{n} chain failed: {type(exc).__name__}: {exc} (log: {logs / (n + '.log')})") from None
+                for stage_name, info in results[n]["stages"].items():
+                    what = "up to date, skipped" if info.get("skipped") else f"done in {info['seconds']:.0f} s"
+                    console.print(f"[{stage_name}] {what}", markup=False)
+            for f in pending:
+                n = futures[f]
+                console.print(f"[{n}] {_last_line(logs / (n + '.log'))}", markup=False)
+    return results
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [l.strip() for l in path.read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return "starting"
+    return lines[-1][:150] if lines else "starting"
+
+
+def _chain_in_child(name, cfg, workdir, data_root, data_key, log: Path, threads: int) -> dict:
+    """Child-process entry: all output (Python and native) into the chain's log, torch limited to its cores."""
+    import os
+    import sys
+
+    f = open(log, "a", buffering=1)
+    os.dup2(f.fileno(), 1)
+    os.dup2(f.fileno(), 2)
+    sys.stdout = sys.stderr = f
+    import torch
+
+    torch.set_num_threads(threads)
+    return run_chain(name, cfg, workdir, data_root, data_key)
