@@ -235,6 +235,28 @@ def export_cmd(
         raise typer.Exit(1)
 
 
+@app.command("quant-sensitivity")
+@user_errors
+def quant_sensitivity_cmd(
+    checkpoint: Path = typer.Argument(..., help="A mobilereid checkpoint (.pt)."),
+    calib: Path = typer.Option(..., "--calib", help="Calibration images (a dataset folder or any image folder)."),
+    out: Path = typer.Option(Path("runs/sensitivity"), "--out", "-o", help="Folder for sensitivity.{json,md,png} and the chosen recipe_tflite.toml."),
+    min_cosine: Optional[float] = typer.Option(None, help="Drift budget (mean cosine to float); default: the TFLite recipe's."),
+    threads: int = typer.Option(2, help="LiteRT threads for verification and timing."),
+):
+    """Per-layer INT8 error of the TFLite model, then the fastest measured recipe within the drift budget."""
+    from .export.sensitivity import run_sensitivity
+
+    report = run_sensitivity(checkpoint, calib, out, min_cosine=min_cosine, threads=threads)
+    worst = report["layers"][0]
+    console.print(f"worst layer: {worst['op']} {worst['tensor']} (RMSE/scale {worst['rmse_over_scale']:.2f})")
+    if report["chosen"] is None:
+        err_console.print(f"error: no candidate meets mean cosine >= {report['drift_budget']} (see {out / 'sensitivity.md'})", markup=False)
+        raise typer.Exit(1)
+    console.print(f"chosen: {report['chosen']['name']} -> {out / 'recipe_tflite.toml'} "
+                  f"(use: mobilereid export CKPT --target tflite --int8 --recipe {out / 'recipe_tflite.toml'} ...)")
+
+
 @app.command("evaluate")
 @user_errors
 def evaluate_cmd(

@@ -139,3 +139,32 @@ def test_cli_export_fails_when_below_drift_budget(sclnet_ckpt, tiny_dataset, tmp
     r = runner.invoke(app, ["export", str(sclnet_ckpt), "--target", "onnx", "--calib", str(tiny_dataset), "--recipe", str(recipe), "-o", str(tmp_path / "o")])
     assert r.exit_code == 1 and "missed the recipe's drift budget" in r.output
     assert read_sidecar(tmp_path / "o" / "sclnet_test.onnx")["verification"]["passed"] is False
+
+
+@pytest.mark.slow
+def test_quant_sensitivity_ranks_layers_and_its_recipe_exports(sclnet_ckpt, tiny_dataset, tmp_path):
+    """Per-layer errors from the real QuantizationDebugger, measured candidates, and a chosen recipe that export uses;
+    keeping the worst layer in float gives a float-IO model that still verifies."""
+    import tomllib
+
+    from mobilereid.export.sensitivity import run_sensitivity
+
+    report = run_sensitivity(sclnet_ckpt, tiny_dataset, tmp_path / "s", repeats=5, ks=(1,))
+    layers = report["layers"]
+    assert len(layers) > 5 and all(a["rmse_over_scale"] >= b["rmse_over_scale"] for a, b in zip(layers, layers[1:]))
+    names = [c["name"] for c in report["candidates"]]
+    assert names == ["int8", "int8, 1 worst layer(s) float", "dynamic", "fp32"]
+    kept = report["candidates"][1]
+    assert kept["float_nodes"] == [layers[0]["tensor"]] and kept["input_dtype"] == "float32"
+    assert report["candidates"][0]["input_dtype"] == "int8"
+    ok = [c for c in report["candidates"] if c["cosine_mean"] >= report["drift_budget"]]
+    assert report["chosen"] == min(ok, key=lambda c: c["p50_ms"])
+    assert (tmp_path / "s" / "sensitivity.png").stat().st_size > 10_000 and "Worst layers" in (tmp_path / "s" / "sensitivity.md").read_text()
+    chosen = tomllib.loads((tmp_path / "s" / "recipe_tflite.toml").read_text())
+    assert chosen["variants"] == [report["chosen"]["variant"]]
+    # a recipe that keeps the worst layer in float, as the tool writes it, goes through export and verification
+    recipe = tmp_path / "mixed.toml"
+    recipe.write_text((tmp_path / "s" / "recipe_tflite.toml").read_text().replace('variants = ["' + report["chosen"]["variant"] + '"]', 'variants = ["int8"]')
+                      .replace("float_nodes = []", "float_nodes = " + json.dumps([layers[0]["tensor"]])))
+    r = export_checkpoint(sclnet_ckpt, "tflite", tiny_dataset, tmp_path / "e", int8=True, recipe_path=recipe)[0]
+    assert r["verification"]["passed"] and read_sidecar(r["artifact"])["input"]["dtype"] == "float32"

@@ -43,13 +43,22 @@ def resolve_targets(target: str) -> list[str]:
     return names
 
 
+def make_job(checkpoint: Path, model, state: dict, calib: str | Path, out_dir: str | Path, n_calib: int, n_verify: int,
+             threads: int) -> ExportJob:
+    """Calibration and held-out verification images through the project's preprocessing, plus float references."""
+    spec = preprocess_spec_for(model)
+    calib_files, verify_files = calibration_files(calib, n_calib, n_verify)
+    return ExportJob(model=model, family=model_family(model), preset=state.get("preset"), checkpoint=checkpoint,
+                     checkpoint_sha256=file_sha256(checkpoint), spec=spec, calib=load_batch(calib_files, spec),
+                     verify=load_batch(verify_files, spec), out_dir=Path(out_dir), threads=threads)
+
+
 def export_checkpoint(checkpoint: str | Path, target: str, calib: str | Path, out_dir: str | Path, int8: bool = False,
                       recipe_path: str | Path | None = None, threads: int = 2, on_result=None, board: str | None = None) -> list[dict]:
     targets = resolve_targets(target)
     checkpoint = Path(checkpoint)
     model, state = load_checkpoint(checkpoint)
     family = model_family(model)
-    spec = preprocess_spec_for(model)
     recipes = {}
     for t in targets:
         r = load_recipe(t, family, recipe_path if len(targets) == 1 else None)
@@ -58,10 +67,7 @@ def export_checkpoint(checkpoint: str | Path, target: str, calib: str | Path, ou
         recipes[t] = r
     n_calib = max(int(r.get("int8", {}).get("calibration_images", 64)) for r in recipes.values())
     n_verify = max(int(r["verify"]["images"]) for r in recipes.values())
-    calib_files, verify_files = calibration_files(calib, n_calib, n_verify)
-    job = ExportJob(model=model, family=family, preset=state.get("preset"), checkpoint=checkpoint,
-                    checkpoint_sha256=file_sha256(checkpoint), spec=spec, calib=load_batch(calib_files, spec),
-                    verify=load_batch(verify_files, spec), out_dir=Path(out_dir), threads=threads)
+    job = make_job(checkpoint, model, state, calib, out_dir, n_calib, n_verify, threads)
     results = []
     with Workdir(Path(out_dir), "export") as scratch:
         job.scratch = scratch

@@ -107,16 +107,19 @@ def convert_variant(saved_model: Path, variant: str, calib_nhwc: np.ndarray, qcf
     conv.representative_dataset = representative
     conv._experimental_disable_per_channel = not bool(qcfg.get("per_channel", True))
     float_ops = list(qcfg.get("float_ops", []))
+    float_nodes = list(qcfg.get("float_nodes", []))
     if variant == "int16x8":
         conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
         return conv.convert()
     io_dtype = qcfg.get("io_dtype", "int8")
-    if float_ops:
-        # selective quantization: named ops stay float, so the model keeps float IO around them
+    if float_ops or float_nodes:
+        # selective quantization: named op types / layers (tensor names, from `mobilereid quant-sensitivity`)
+        # stay float, so the model keeps float IO around them
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=conv, debug_dataset=representative,
-            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=float_ops))
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=float_ops or None,
+                                                                         denylisted_nodes=float_nodes or None))
         return debugger.get_nondebug_quantized_model()
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     if io_dtype != "float32":

@@ -1,0 +1,191 @@
+"""`mobilereid quant-sensitivity`: which layers make a TFLite INT8 model drift, and which recipe to use instead.
+
+1. **Per-layer sensitivity.** TensorFlow's QuantizationDebugger runs the float and the quantized graph side by side
+   on held-out images and records, for every quantized tensor, the error of its quantized value. The score is the
+   RMSE of that error divided by the tensor's quantization scale (TensorFlow's own recommendation: an error much
+   larger than one quantization step means the range or the op does not suit int8). Layers are ranked by it.
+2. **Candidate recipes, measured.** Full INT8 (int8 IO); INT8 with the k worst layers kept in float (k = 1, 2, 4, 8,
+   via the debugger's deny-list; the model then has float IO around them); dynamic-range (int8 weights, float
+   activations); and fp32. Each candidate is converted, run in the LiteRT interpreter (XNNPACK, the recipe's thread
+   count) on the held-out images and timed (median of repeated single-image runs) side by side in one process,
+   with embedding cosine against the float torch model.
+3. **The choice.** The fastest candidate whose mean cosine meets the drift budget; written as a recipe TOML that
+   `mobilereid export --target tflite --recipe` uses directly (keys ``variants`` and ``int8.float_nodes``).
+
+Why not ExecuTorch as well: its PT2E flow has no per-layer debugger in the pinned stack; the same candidates can be
+expressed there by leaving modules out of the quantizer, which is left for later (said in the report).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..console import console, progress, table
+from ..errors import ExportError
+from ..models.checkpoint import load_checkpoint
+from .common import Workdir, cosine_rows
+from .onnx_target import write_onnx
+from .recipes import load_recipe
+from .tflite_target import convert_variant, io_specs, onnx_to_saved_model, quiet
+
+
+def layer_statistics(saved_model: Path, calib_nhwc: np.ndarray, debug_nhwc: np.ndarray, qcfg: dict) -> list[dict]:
+    """Per quantized tensor: op, tensor name, RMSE/scale and the raw debugger columns, worst first."""
+    import tensorflow as tf
+
+    n = int(qcfg.get("calibration_images", 64))
+
+    def representative():
+        for x in calib_nhwc[:n]:
+            yield [x[None].astype(np.float32)]
+
+    def debug_set():
+        for x in debug_nhwc:
+            yield [x[None].astype(np.float32)]
+
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    conv._experimental_disable_per_channel = not bool(qcfg.get("per_channel", True))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    with quiet():
+        debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=debug_set)
+        debugger.run()
+        buf = io.StringIO()
+        debugger.layer_statistics_dump(buf)
+    rows = []
+    for r in csv.DictReader(io.StringIO(buf.getvalue())):
+        scale = float(r["scale"]) if r.get("scale") else 0.0
+        mse = float(r["mean_squared_error"])
+        rows.append({"op": r["op_name"], "tensor": r["tensor_name"], "scale": scale, "rmse": mse ** 0.5,
+                     "rmse_over_scale": (mse ** 0.5) / scale if scale > 0 else float("inf"),
+                     "max_abs_error": float(r["max_abs_error"]), "num_elements": int(float(r["num_elements"]))})
+    rows.sort(key=lambda r: -r["rmse_over_scale"])
+    return rows
+
+
+def measure(model_bytes: bytes, verify_nchw: np.ndarray, reference: np.ndarray, threads: int, repeats: int) -> dict:
+    """Cosine to the float model on every held-out image and the median/p90 single-image latency, in LiteRT."""
+    from ..runtimes import TFLiteRunner
+
+    in_spec, out_spec = io_specs(model_bytes)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "candidate.tflite"
+        path.write_bytes(model_bytes)
+        runner = TFLiteRunner(path, {"input": in_spec, "output": out_spec}, threads=threads)
+        emb = runner.embed(verify_nchw)
+        x = runner.prepare(verify_nchw[0])
+        for _ in range(3):
+            runner.run_prepared(x)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            runner.run_prepared(x)
+            times.append((time.perf_counter() - t0) * 1000)
+    cos = cosine_rows(emb, reference)
+    return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "p50_ms": float(np.median(times)),
+            "p90_ms": float(np.percentile(times, 90)), "size_bytes": len(model_bytes), "input_dtype": in_spec["dtype"]}
+
+
+def run_sensitivity(checkpoint: str | Path, calib: str | Path, out_dir: str | Path, min_cosine: float | None = None,
+                    threads: int = 2, repeats: int = 30, ks: tuple[int, ...] = (1, 2, 4, 8)) -> dict:
+    from . import make_job
+
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    model, state = load_checkpoint(checkpoint)
+    job = make_job(checkpoint, model, state, calib, out_dir, 64, 32, threads)
+    recipe = load_recipe("tflite", job.family, None)
+    qcfg = dict(recipe.get("int8", {}))
+    budget = float(min_cosine if min_cosine is not None else recipe["verify"]["min_cosine"])
+    calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))
+    debug_nhwc = np.ascontiguousarray(job.verify[:16].transpose(0, 2, 3, 1))
+    with Workdir(out_dir, "sensitivity") as tmp:
+        with progress("ONNX -> onnx2tf SavedModel", None):
+            write_onnx(job, tmp / "model.onnx")
+            saved = onnx_to_saved_model(job, tmp / "model.onnx", tmp / "saved_model")
+        with progress("per-layer quantization error (QuantizationDebugger)", None):
+            layers = layer_statistics(saved, calib_nhwc, debug_nhwc, qcfg)
+        if not layers:
+            raise ExportError(f"{checkpoint}: the quantization debugger found no quantized layers")
+        candidates = [("int8", "int8", [])] + [(f"int8, {k} worst layer(s) float", "int8", [l["tensor"] for l in layers[:k]])
+                                               for k in ks if k <= len(layers)] + [("dynamic", "dynamic", []), ("fp32", "fp32", [])]
+        results = []
+        with progress("convert, verify and time each candidate", len(candidates)) as advance:
+            for name, variant, nodes in candidates:
+                with quiet():
+                    data = convert_variant(saved, variant, calib_nhwc, {**qcfg, "float_nodes": nodes})
+                results.append({"name": name, "variant": variant, "float_nodes": nodes,
+                                **measure(data, job.verify, job.reference, threads, repeats)})
+                advance()
+    ok = [r for r in results if r["cosine_mean"] >= budget]
+    chosen = min(ok, key=lambda r: r["p50_ms"]) if ok else None
+    report = {"checkpoint": str(checkpoint), "family": job.family, "drift_budget": budget, "threads": threads,
+              "layers": layers, "candidates": results, "chosen": chosen,
+              "not_covered": "ExecuTorch (PT2E) candidates are not analysed; TFLite only"}
+    write_outputs(report, out_dir, recipe)
+    return report
+
+
+def write_outputs(report: dict, out_dir: Path, base_recipe: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "sensitivity.json").write_text(json.dumps(report, indent=2))
+    lines = [f"# INT8 sensitivity of {report['checkpoint']} (TFLite, {report['threads']} threads)", "",
+             "## Worst layers (RMSE of the quantization error / quantization scale)", "",
+             "| # | op | tensor | RMSE/scale | max abs error |", "|---|---|---|---|---|"]
+    for i, l in enumerate(report["layers"][:15]):
+        lines.append(f"| {i + 1} | {l['op']} | `{l['tensor']}` | {l['rmse_over_scale']:.2f} | {l['max_abs_error']:.4g} |")
+    lines += ["", f"## Candidates (drift budget: mean cosine >= {report['drift_budget']})", "",
+              "| candidate | size (KB) | p50 ms | p90 ms | cosine mean | cosine min | meets budget |", "|---|---|---|---|---|---|---|"]
+    for c in report["candidates"]:
+        lines.append(f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['cosine_mean']:.4f} | "
+                     f"{c['cosine_min']:.4f} | {'yes' if c['cosine_mean'] >= report['drift_budget'] else 'no'} |")
+    chosen = report["chosen"]
+    lines += ["", f"**Chosen:** {chosen['name']} (fastest candidate within the drift budget)" if chosen
+              else "**No candidate meets the drift budget.**", "", f"Not covered: {report['not_covered']}."]
+    (out_dir / "sensitivity.md").write_text("\n".join(lines) + "\n")
+    console.print(table("INT8 candidates (LiteRT)", ["candidate", "KB", "p50 ms", "cosine", "budget"],
+                        [[c["name"], c["size_bytes"] / 1e3, c["p50_ms"], c["cosine_mean"],
+                          "ok" if c["cosine_mean"] >= report["drift_budget"] else "no"] for c in report["candidates"]]))
+    if chosen:
+        nodes = ", ".join(json.dumps(n) for n in chosen["float_nodes"])
+        (out_dir / "recipe_tflite.toml").write_text(
+            f"# Chosen by mobilereid quant-sensitivity for {report['checkpoint']}: {chosen['name']}\n"
+            f"# cosine {chosen['cosine_mean']:.4f}, p50 {chosen['p50_ms']:.2f} ms on {report['threads']} threads\n"
+            f'target = "tflite"\nfamily = "{report["family"]}"\nvariants = ["{chosen["variant"]}"]\n\n[int8]\n'
+            f"per_channel = {str(bool(base_recipe.get('int8', {}).get('per_channel', True))).lower()}\n"
+            f"calibration_images = {int(base_recipe.get('int8', {}).get('calibration_images', 64))}\n"
+            f'io_dtype = "{base_recipe.get("int8", {}).get("io_dtype", "int8")}"\nfloat_nodes = [{nodes}]\n\n'
+            f"[verify]\nimages = {int(base_recipe['verify']['images'])}\nmin_cosine = {report['drift_budget']}\n")
+    _plot(report, out_dir / "sensitivity.png")
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5))
+    worst = report["layers"][:15][::-1]
+    a1.barh([f"{l['op']} {l['tensor'][-28:]}" for l in worst], [l["rmse_over_scale"] for l in worst], color="#c62828")
+    a1.set_xlabel("RMSE / quantization scale")
+    a1.set_title("worst layers")
+    a1.tick_params(axis="y", labelsize=7)
+    for c in report["candidates"]:
+        a2.scatter(c["p50_ms"], c["cosine_mean"], s=50)
+        a2.annotate(c["name"], (c["p50_ms"], c["cosine_mean"]), textcoords="offset points", xytext=(4, 3), fontsize=8)
+    a2.axhline(report["drift_budget"], color="#2e7d32", ls="--", lw=1)
+    a2.set_xlabel("LiteRT p50 latency (ms)")
+    a2.set_ylabel("mean cosine to float")
+    a2.set_title("candidates")
+    a2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
