@@ -36,6 +36,9 @@ from .recipes import load_recipe
 from .tflite_target import convert_variant, io_specs, onnx_to_saved_model, quiet
 
 
+ROUNDING_FLOOR = 12 ** -0.5  # RMSE of uniform rounding noise, in quantization steps
+
+
 def layer_statistics(saved_model: Path, calib_nhwc: np.ndarray, debug_nhwc: np.ndarray, qcfg: dict) -> list[dict]:
     """Per quantized tensor: op, tensor name, RMSE/scale and the raw debugger columns, worst first."""
     import tensorflow as tf
@@ -141,6 +144,11 @@ def write_outputs(report: dict, out_dir: Path, base_recipe: dict) -> None:
              "| # | op | tensor | RMSE/scale | max abs error |", "|---|---|---|---|---|"]
     for i, l in enumerate(report["layers"][:15]):
         lines.append(f"| {i + 1} | {l['op']} | `{l['tensor']}` | {l['rmse_over_scale']:.2f} | {l['max_abs_error']:.4g} |")
+    worst = report["layers"][0]["rmse_over_scale"]
+    if worst < 2 * ROUNDING_FLOOR:
+        lines += ["", f"Every layer's error is within 2x the rounding floor (1/sqrt(12) = {ROUNDING_FLOOR:.3f} of a quantization step; "
+                      f"worst {worst:.2f}): no layer is badly quantized on its own, so keeping a few layers in float cannot "
+                      "help much; a drift that remains comes from the network amplifying rounding noise layer after layer."]
     lines += ["", f"## Candidates (drift budget: mean cosine >= {report['drift_budget']})", "",
               "| candidate | size (KB) | p50 ms | p90 ms | cosine mean | cosine min | meets budget |", "|---|---|---|---|---|---|---|"]
     for c in report["candidates"]:
@@ -175,6 +183,8 @@ def _plot(report: dict, path: Path) -> None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5))
     worst = report["layers"][:15][::-1]
     a1.barh([f"{l['op']} {l['tensor'][-28:]}" for l in worst], [l["rmse_over_scale"] for l in worst], color="#c62828")
+    a1.axvline(ROUNDING_FLOOR, color="#555", ls=":", lw=1)
+    a1.text(ROUNDING_FLOOR, -0.9, " rounding floor 1/sqrt(12)", fontsize=7, color="#555")
     a1.set_xlabel("RMSE / quantization scale")
     a1.set_title("worst layers")
     a1.tick_params(axis="y", labelsize=7)
