@@ -31,6 +31,9 @@ VARIANTS = {
     "K/V tokens -40%": {"token_rate": 0.4},
     "combined (keep .75, heads .25, K/V .2)": {"keep_ratio": 0.75, "head_ratio": 0.25, "token_rate": 0.2},
     "combined (keep .6, heads .4, K/V .4)": {"keep_ratio": 0.6, "head_ratio": 0.4, "token_rate": 0.4},
+    "AMG only (heads .4, K/V .6)": {"head_ratio": 0.4, "token_rate": 0.6},
+    "patch keep 0.75, contrast scorer": {"keep_ratio": 0.75, "scorer": "contrast"},
+    "combined (keep .75 contrast, heads .4, K/V .6)": {"keep_ratio": 0.75, "scorer": "contrast", "head_ratio": 0.4, "token_rate": 0.6},
 }
 
 
