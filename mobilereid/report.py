@@ -39,7 +39,7 @@ def eval_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _save_plot(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: bool) -> str:
+def save_plot(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: bool) -> str:
     """Label, grid, legend, save as PNG (120 dpi) and close; returns the file name."""
     import matplotlib.pyplot as plt
 
@@ -70,7 +70,7 @@ def plot_eval(report: dict, folder: Path) -> list[str]:
     for r in report["artifacts"]:
         cmc = r["metrics"]["cmc"]
         ax.plot(range(1, len(cmc) + 1), [100 * c for c in cmc], marker=".", label=f"{r['name']} ({r['runtime']})")
-    files.append(_save_plot(fig, ax, folder / "cmc.png", "rank", "matching rate (%)", "CMC", legend=True))
+    files.append(save_plot(fig, ax, folder / "cmc.png", "rank", "matching rate (%)", "CMC", legend=True))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in report["artifacts"]:
@@ -79,13 +79,13 @@ def plot_eval(report: dict, folder: Path) -> list[str]:
     if report.get("reference"):
         ax.axhline(100 * report["reference"]["metrics"]["mAP"], color="k", ls="--", lw=1, label="float reference mAP")
         ax.legend(fontsize=7)  # only when there is a labelled line
-    files.append(_save_plot(fig, ax, folder / "accuracy_latency.png", f"median latency (ms, {report['device']}, {report['threads']} threads)",
+    files.append(save_plot(fig, ax, folder / "accuracy_latency.png", f"median latency (ms, {report['device']}, {report['threads']} threads)",
                             "mAP (%)", "accuracy vs latency (marker size ~ file size)", legend=False))
     return files
 
 
 @contextlib.contextmanager
-def _staged(out: Path):
+def staged_folder(out: Path):
     """A temporary folder beside `out`; when the block succeeds its files replace those in `out`, so a failure
     leaves no partial report."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,7 @@ def _staged(out: Path):
 
 def write_eval_report(report: dict, out: Path, raw: Path | None = None) -> Path:
     out = Path(out)
-    with _staged(out) as stage:
+    with staged_folder(out) as stage:
         if raw is not None:
             shutil.copytree(raw, stage / "raw")
         report["plots"] = plot_eval(report, stage)
@@ -154,13 +154,13 @@ def plot_pipeline(final: dict, folder: Path) -> list[str]:
         ax.scatter(xs, ys, label=name)
         for r, x, y in zip(rep["artifacts"], xs, ys):
             ax.annotate(f"{r['runtime']} {r['precision']}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    return [_save_plot(fig, ax, folder / "accuracy_latency_all.png", "median latency per image (ms, host CPU)", "mAP (%)",
+    return [save_plot(fig, ax, folder / "accuracy_latency_all.png", "median latency per image (ms, host CPU)", "mAP (%)",
                        "every artifact: accuracy vs latency", legend=True)]
 
 
 def write_pipeline_report(final: dict, out: Path) -> Path:
     out = Path(out)
-    with _staged(out) as stage:
+    with staged_folder(out) as stage:
         final["plots"] = plot_pipeline(final, stage)
         for name in final["evaluations"]:
             src = Path(final["workdir"]) / f"evaluate_{name}"

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from mobilereid.compress.pipeline import CompressConfig, compress
-from mobilereid.report import _save_plot
+from mobilereid.report import save_plot
 
 VARIANTS = {
     "fine-tuned baseline": {},
@@ -65,7 +65,7 @@ def plot(rows: dict, path: Path) -> None:
         kind = "o" if name == "fine-tuned baseline" else ("*" if name.startswith("combined") else "s")
         ax.scatter(r["gmacs"], 100 * r["mAP"], marker=kind, s=90 if kind == "*" else 50, zorder=3)
         ax.annotate(name, (r["gmacs"], 100 * r["mAP"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    _save_plot(fig, ax, path, "executed GMAC per image (FlopCounterMode)", "mAP (%)",
+    save_plot(fig, ax, path, "executed GMAC per image (FlopCounterMode)", "mAP (%)",
                "ViT compression: executed GMAC vs mAP (same fine-tuning budget)", legend=False)
 
 

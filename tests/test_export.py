@@ -57,6 +57,14 @@ def test_sidecar_is_the_contract(sclnet_all, sclnet_ckpt, tiny_dataset):
     import hashlib
     assert meta["sha256"] == hashlib.sha256(int8["artifact"].read_bytes()).hexdigest()
     assert meta["verification"]["runtime"] == "litert"
+    # the .tflite carries its own description in the flatbuffer metadata table, equal to the sidecar's
+    from mobilereid.export.tflite_metadata import read_metadata
+    embedded = read_metadata(int8["artifact"])
+    assert meta["embedded_metadata"] == "mobilereid"
+    for key in ("input", "output", "preprocess", "model", "precision"):
+        assert embedded[key] == meta[key], key
+    with pytest.raises(ExportError, match="no embedded 'mobilereid' metadata"):
+        read_metadata(next(r["artifact"] for r in results if r["target"] == "edgetpu"))
     # the same sidecar drives a fresh runner to the same numbers
     from mobilereid.export.calibration import calibration_files, load_batch
     from mobilereid.data.preprocess import PreprocessSpec

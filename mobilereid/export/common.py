@@ -78,16 +78,13 @@ def tensor_spec(name: str, shape, layout: str | None, dtype: str, quant: tuple[f
     return d
 
 
-def write_sidecar(job: ExportJob, artifact: Path, *, target: str, runtime: str, precision: str, input_spec: dict,
-                  output_spec: dict, recipe: dict, extra: dict | None = None) -> dict:
+def describe_artifact(job: ExportJob, *, target: str, runtime: str, precision: str, input_spec: dict,
+                      output_spec: dict, recipe: dict, extra: dict | None = None) -> dict:
+    """What a runtime needs to know about an artifact (model, preprocessing, IO tensors, matching, recipe)."""
     meta = {
         "format": "mobilereid-artifact",
         "format_version": 1,
         "created_by": f"mobilereid {__version__}",
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "artifact": artifact.name,
-        "sha256": file_sha256(artifact),
-        "size_bytes": artifact.stat().st_size,
         "target": target,
         "runtime": runtime,
         "precision": precision,
@@ -106,6 +103,14 @@ def write_sidecar(job: ExportJob, artifact: Path, *, target: str, runtime: str, 
         "recipe": {k: v for k, v in recipe.items() if k != "variants"},
     }
     meta.update(extra or {})
+    return meta
+
+
+def write_sidecar(job: ExportJob, artifact: Path, *, description: dict | None = None, **describe) -> dict:
+    """Write ``<artifact>.json``: the description plus the file's name, hash, size and creation time."""
+    meta = dict(description) if description is not None else describe_artifact(job, **describe)
+    meta.update({"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "artifact": artifact.name,
+                 "sha256": file_sha256(artifact), "size_bytes": artifact.stat().st_size})
     _write_json(sidecar_path(artifact), meta)
     return meta
 

@@ -33,7 +33,7 @@ from ..models.checkpoint import load_checkpoint
 from .common import Workdir, cosine_rows
 from .onnx_target import write_onnx
 from .recipes import load_recipe
-from .tflite_target import convert_variant, io_specs, onnx_to_saved_model, quiet
+from .tflite_target import calibrated_converter, convert_variant, image_dataset, io_specs, onnx_to_saved_model, quiet
 
 
 ROUNDING_FLOOR = 12 ** -0.5  # RMSE of uniform rounding noise, in quantization steps
@@ -43,23 +43,10 @@ def layer_statistics(saved_model: Path, calib_nhwc: np.ndarray, debug_nhwc: np.n
     """Per quantized tensor: op, tensor name, RMSE/scale and the raw debugger columns, worst first."""
     import tensorflow as tf
 
-    n = int(qcfg.get("calibration_images", 64))
-
-    def representative():
-        for x in calib_nhwc[:n]:
-            yield [x[None].astype(np.float32)]
-
-    def debug_set():
-        for x in debug_nhwc:
-            yield [x[None].astype(np.float32)]
-
-    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
-    conv._experimental_disable_per_channel = not bool(qcfg.get("per_channel", True))
+    conv = calibrated_converter(saved_model, calib_nhwc, qcfg)
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     with quiet():
-        debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=debug_set)
+        debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=image_dataset(debug_nhwc))
         debugger.run()
         buf = io.StringIO()
         debugger.layer_statistics_dump(buf)
@@ -137,7 +124,19 @@ def run_sensitivity(checkpoint: str | Path, calib: str | Path, out_dir: str | Pa
 
 
 def write_outputs(report: dict, out_dir: Path, base_recipe: dict) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """sensitivity.{json,md,png} and recipe_tflite.toml, written in a staged folder and moved in together."""
+    from ..report import staged_folder
+
+    with staged_folder(out_dir) as stage:
+        _write_files(report, stage, base_recipe)
+    if report["chosen"] is None:  # a recipe left by an earlier run must not pass for this run's choice
+        (out_dir / "recipe_tflite.toml").unlink(missing_ok=True)
+    console.print(table("INT8 candidates (LiteRT)", ["candidate", "KB", "p50 ms", "cosine", "budget"],
+                        [[c["name"], c["size_bytes"] / 1e3, c["p50_ms"], c["cosine_mean"],
+                          "ok" if c["cosine_mean"] >= report["drift_budget"] else "no"] for c in report["candidates"]]))
+
+
+def _write_files(report: dict, out_dir: Path, base_recipe: dict) -> None:
     (out_dir / "sensitivity.json").write_text(json.dumps(report, indent=2))
     lines = [f"# INT8 sensitivity of {report['checkpoint']} (TFLite, {report['threads']} threads)", "",
              "## Worst layers (RMSE of the quantization error / quantization scale)", "",
@@ -158,9 +157,6 @@ def write_outputs(report: dict, out_dir: Path, base_recipe: dict) -> None:
     lines += ["", f"**Chosen:** {chosen['name']} (fastest candidate within the drift budget)" if chosen
               else "**No candidate meets the drift budget.**", "", f"Not covered: {report['not_covered']}."]
     (out_dir / "sensitivity.md").write_text("\n".join(lines) + "\n")
-    console.print(table("INT8 candidates (LiteRT)", ["candidate", "KB", "p50 ms", "cosine", "budget"],
-                        [[c["name"], c["size_bytes"] / 1e3, c["p50_ms"], c["cosine_mean"],
-                          "ok" if c["cosine_mean"] >= report["drift_budget"] else "no"] for c in report["candidates"]]))
     if chosen:
         nodes = ", ".join(json.dumps(n) for n in chosen["float_nodes"])
         (out_dir / "recipe_tflite.toml").write_text(

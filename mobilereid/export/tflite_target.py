@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExportError
-from .common import ExportJob, Workdir, atomic_write_bytes, tensor_spec, verify_artifact, write_sidecar
+from .common import ExportJob, Workdir, atomic_write_bytes, describe_artifact, tensor_spec, verify_artifact, write_sidecar
 from .onnx_target import write_onnx
+from .tflite_metadata import METADATA_NAME, embed_metadata
 from .tflite_ops import flex_ops
 
 VARIANTS = ("fp32", "dynamic", "int8", "int16x8")
@@ -88,24 +89,36 @@ def onnx_to_saved_model(job: ExportJob, onnx_path: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def convert_variant(saved_model: Path, variant: str, calib_nhwc: np.ndarray, qcfg: dict) -> bytes:
+def image_dataset(images_nhwc: np.ndarray):
+    """A TF converter dataset (callable yielding single-image batches) over NHWC float images."""
+    def gen():
+        for x in images_nhwc:
+            yield [x[None].astype(np.float32)]
+    return gen
+
+
+def calibrated_converter(saved_model: Path, calib_nhwc: np.ndarray, qcfg: dict):
+    """A TFLiteConverter set up for post-training integer quantization with the recipe's calibration images and
+    per-channel choice; the caller picks the op sets / IO types (or hands it to the QuantizationDebugger)."""
     import tensorflow as tf
 
     conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if variant == "fp32":
-        return conv.convert()
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    if variant == "dynamic":
-        return conv.convert()
-    n = int(qcfg.get("calibration_images", 64))
-
-    def representative():
-        for x in calib_nhwc[:n]:
-            yield [x[None].astype(np.float32)]
-
-    conv.representative_dataset = representative
+    conv.representative_dataset = image_dataset(calib_nhwc[: int(qcfg.get("calibration_images", 64))])
     conv._experimental_disable_per_channel = not bool(qcfg.get("per_channel", True))
+    return conv
+
+
+def convert_variant(saved_model: Path, variant: str, calib_nhwc: np.ndarray, qcfg: dict) -> bytes:
+    import tensorflow as tf
+
+    if variant in ("fp32", "dynamic"):
+        conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if variant == "dynamic":
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        return conv.convert()
+    conv = calibrated_converter(saved_model, calib_nhwc, qcfg)
     float_ops = list(qcfg.get("float_ops", []))
     float_nodes = list(qcfg.get("float_nodes", []))
     if variant == "int16x8":
@@ -117,7 +130,7 @@ def convert_variant(saved_model: Path, variant: str, calib_nhwc: np.ndarray, qcf
         # stay float, so the model keeps float IO around them
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
         debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=conv, debug_dataset=representative,
+            converter=conv, debug_dataset=conv.representative_dataset,
             debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=float_ops or None,
                                                                          denylisted_nodes=float_nodes or None))
         return debugger.get_nondebug_quantized_model()
@@ -181,11 +194,13 @@ def export_tflite(job: ExportJob, recipe: dict) -> list[dict]:
         models = build_tflite_variants(job, list(recipe["variants"]), qcfg, tmp)
     for variant, data in models.items():
         out = job.out_dir / f"{job.stem}_{variant}.tflite"
-        atomic_write_bytes(out, data)
         in_spec, out_spec = io_specs(data)
-        meta = write_sidecar(job, out, target="tflite", runtime="litert", precision=variant,
-                             input_spec=in_spec, output_spec=out_spec, recipe=recipe,
-                             extra={"converter": "onnx2tf 1.29.24 -> tf.lite.TFLiteConverter"})
+        description = describe_artifact(job, target="tflite", runtime="litert", precision=variant,
+                                        input_spec=in_spec, output_spec=out_spec, recipe=recipe,
+                                        extra={"converter": "onnx2tf 1.29.24 -> tf.lite.TFLiteConverter",
+                                               "embedded_metadata": METADATA_NAME})
+        atomic_write_bytes(out, embed_metadata(data, description))
+        meta = write_sidecar(job, out, description=description)
         verification = verify_artifact(job, out, meta, recipe["verify"]["min_cosine"])
         results.append({"artifact": out, "precision": variant, "verification": verification})
     return results
