@@ -3,10 +3,12 @@
     python scripts/benchmark_export.py --data DATA --ckpt runs/default/train_sclnet/model.pt \
         --ckpt runs/default/compress/compressed.pt --out runs/bench_export [--threads 2] [--runs 100]
 
-For each checkpoint: exports ONNX, ExecuTorch (fp32 + int8) and TFLite (fp32, dynamic, int8) with the default
-recipes, then times torch fp32 and every artifact **in one process, on the same preprocessed image, with the
-same thread count**, one after another (warm-up first). Ratios (INT8 size / fp32 size, INT8 latency / fp32
-latency of the same runtime) are computed from numbers measured side by side in this run. Writes
+For each checkpoint: exports ONNX, ExecuTorch (fp32 + int8) with the default recipes and TFLite fp32, dynamic
+and full int8 (for every family, with the drift gate off: drift is measured here, not enforced), then times torch
+fp32 and every artifact **in one process, on the same preprocessed image, with the same thread count**, one after
+another (warm-up first). Ratios (INT8 size / fp32 size, INT8 latency / fp32 latency of the same runtime) are
+computed from numbers measured side by side in this run. For LiteRT rows the XNNPACK partitions and the ops left
+outside them are read from the interpreter; for ExecuTorch from the sidecar's delegation report. Writes
 ``benchmark.json`` and ``benchmark.md``; prints the table. Latency is host-CPU latency, not a phone's.
 """
 
@@ -22,6 +24,7 @@ import torch
 
 from mobilereid.export import export_checkpoint
 from mobilereid.export.calibration import calibration_files, load_batch
+from mobilereid.export.litert_delegation import delegation_report
 from mobilereid.models.checkpoint import load_checkpoint
 from mobilereid.runtimes import open_runner
 from mobilereid.train import preprocess_spec_for
@@ -39,7 +42,14 @@ def timed(fn, runs: int, warmup: int = 5) -> np.ndarray:
 
 
 def bench_checkpoint(ckpt: Path, data: Path, out: Path, threads: int, runs: int) -> list[dict]:
-    results = export_checkpoint(ckpt, "onnx,executorch,tflite", data, out / ckpt.parent.name, int8=True, threads=threads)
+    dest = out / ckpt.parent.name
+    results = export_checkpoint(ckpt, "onnx,executorch", data, dest, int8=True, threads=threads)
+    # every LiteRT variant, whatever the family's default recipe ships (a ViT's default leaves full int8 out because
+    # it drifts): the benchmark measures drift, it does not gate on it
+    measure_all = dest / "recipe_tflite_benchmark.toml"
+    measure_all.parent.mkdir(parents=True, exist_ok=True)
+    measure_all.write_text('target = "tflite"\nvariants = ["fp32", "dynamic", "int8"]\n\n[verify]\nmin_cosine = -1.0\n')
+    results += export_checkpoint(ckpt, "tflite", data, dest, int8=True, recipe_path=measure_all, threads=threads)
     model, _ = load_checkpoint(ckpt)
     spec = preprocess_spec_for(model)
     _, verify = calibration_files(data, 1, 1)
@@ -56,9 +66,17 @@ def bench_checkpoint(ckpt: Path, data: Path, out: Path, threads: int, runs: int)
         runner = open_runner(r["artifact"], threads=threads)
         prepared = runner.prepare(x[0])
         ms = timed(lambda: runner.run_prepared(prepared), runs)
-        rows.append({"model": ckpt.parent.name, "runtime": runner.meta["runtime"], "precision": r["precision"], "artifact": r["artifact"].name,
-                     "size_mb": r["artifact"].stat().st_size / 1e6, "p50_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
-                     "cosine_mean": r["verification"]["cosine_mean"], "cosine_min": r["verification"]["cosine_min"]})
+        row = {"model": ckpt.parent.name, "runtime": runner.meta["runtime"], "precision": r["precision"], "artifact": r["artifact"].name,
+               "size_mb": r["artifact"].stat().st_size / 1e6, "p50_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
+               "cosine_mean": r["verification"]["cosine_mean"], "cosine_min": r["verification"]["cosine_min"]}
+        if hasattr(runner, "interp"):  # LiteRT: which ops XNNPACK took, which ran on LiteRT's own kernels
+            d = delegation_report(runner.interp)
+            row.update(partitions=d["partitions"], cpu_ops=dict(d["cpu_ops"]))
+        elif "delegation" in runner.meta:  # ExecuTorch: XNNPACK subgraphs and the ops left on portable kernels
+            deleg = runner.meta["delegation"]
+            row.update(partitions=deleg.get("delegated_subgraphs"),
+                       cpu_ops={k: v["not_delegated"] for k, v in deleg.get("ops", {}).items() if v["not_delegated"]})
+        rows.append(row)
     by = {(r["runtime"], r["precision"]): r for r in rows}
     for r in rows:
         base = by.get((r["runtime"], "fp32"))
@@ -70,12 +88,14 @@ def bench_checkpoint(ckpt: Path, data: Path, out: Path, threads: int, runs: int)
 
 def markdown(rows: list[dict], threads: int, runs: int) -> str:
     lines = [f"Host CPU, {threads} threads, batch 1, {runs} timed runs after 5 warm-up runs, same image for all.", "",
-             "| model | runtime | precision | MB | size vs fp32 | p50 ms | p90 ms | latency vs fp32 | cosine mean | cosine min |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | runtime | precision | MB | size vs fp32 | p50 ms | p90 ms | latency vs fp32 | cosine mean | cosine min | delegate partitions | ops outside the delegate |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        cpu = ", ".join(f"{k} x{v}" for k, v in sorted(r.get("cpu_ops", {}).items(), key=lambda kv: -kv[1])) or "-"
         lines.append(f"| {r['model']} | {r['runtime']} | {r['precision']} | {r['size_mb']:.2f} | "
                      f"{r.get('size_vs_fp32', float('nan')):.2f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
-                     f"{r.get('latency_vs_fp32', float('nan')):.2f} | {r['cosine_mean']:.4f} | {r.get('cosine_min', 1.0):.4f} |")
+                     f"{r.get('latency_vs_fp32', float('nan')):.2f} | {r['cosine_mean']:.4f} | {r.get('cosine_min', 1.0):.4f} | "
+                     f"{r.get('partitions', '-')} | {cpu} |")
     return "\n".join(lines).replace("| nan |", "| - |") + "\n"
 
 

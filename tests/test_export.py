@@ -87,6 +87,24 @@ def test_int8_tflite_is_integer_only_and_small(sclnet_all):
 
 
 @pytest.mark.slow
+def test_litert_delegation_report_accounts_for_every_op(sclnet_all):
+    from mobilereid.export.litert_delegation import delegation_report
+
+    out, results = sclnet_all
+    for r in results:
+        if r["target"] != "tflite":
+            continue
+        runner_ = open_runner(r["artifact"])
+        report = delegation_report(runner_.interp)
+        assert report["total_ops"] == sum(op_counts(r["artifact"]).values())
+        assert report["delegated_ops"] + sum(report["cpu_ops"].values()) == report["total_ops"]
+        assert report["partitions"] >= 1 and report["delegated_ops"] > 0, (r["precision"], report)
+        if r["precision"] in ("fp32", "int8"):
+            # SCL-net is built from ops XNNPACK takes in float and int8: one partition, nothing left outside
+            assert report["partitions"] == 1 and not report["cpu_ops"], (r["precision"], report)
+
+
+@pytest.mark.slow
 def test_edgetpu_report_without_compiler(sclnet_all):
     out, results = sclnet_all
     r = next(r for r in results if r["target"] == "edgetpu")

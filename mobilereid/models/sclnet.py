@@ -19,8 +19,9 @@ jointly". This is our reading, documented so it can be argued with:
 
 **Redesigned base modules** for export: the stem is a stride-2 3x3 conv followed by a stride-2 3x3 conv instead of
 a 7x7 conv + padded max-pool (padded MaxPool is what makes OSNet's INT8 TFLite collapse, REFERENCE.md section 7);
-transitions are 1x1 conv + 2x2 average pooling (no padding); only conv, depthwise conv, add, concat, ReLU, average
-pooling and mean appear, all of which the Edge TPU and TFLite Micro support.
+transitions are 1x1 conv + 2x2 average pooling (no padding, expressed as a fixed depthwise conv so XNNPACK's int8
+path takes it: `AvgPool2x2`); only conv, depthwise conv, add, concat, ReLU and mean appear, all of which the Edge
+TPU, TFLite Micro and XNNPACK (float and int8) support.
 
 **Shallow + deep heads**: the stage-2 output feeds a shallow head (global average pool -> 1x1 -> BNNeck ->
 classifier) trained jointly with the deep head (same losses on both, summed). The test feature is the deep BN
@@ -123,9 +124,26 @@ class SCUnit(nn.Module):
         return self.fuse_bn(sum(conv(p) for conv, p in zip(self.fuse, parts)))
 
 
+class AvgPool2x2(nn.Module):
+    """2x2 average pooling with stride 2, written as a fixed depthwise convolution (every weight 1/4).
+
+    The same numbers as ``nn.AvgPool2d(2, 2)``, but exported graphs then hold DEPTHWISE_CONV_2D instead of
+    AVERAGE_POOL_2D: XNNPACK's int8 path does not take AVERAGE_POOL_2D, and the benchmark measured the int8 SCL-net
+    split into 3 delegate partitions with both transitions on LiteRT's own kernels. 1/4 is exact in int8
+    (per-channel scale 0.25/127, weight 127). The kernel is a non-persistent buffer: state dicts are unchanged.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("kernel", torch.full((channels, 1, 2, 2), 0.25), persistent=False)
+
+    def forward(self, x):
+        return nn.functional.conv2d(x, self.kernel, stride=2, groups=self.kernel.shape[0])
+
+
 class Transition(nn.Sequential):
     def __init__(self, cin: int, cout: int):
-        super().__init__(conv_bn(cin, cout, 1), nn.AvgPool2d(2, 2))
+        super().__init__(conv_bn(cin, cout, 1), AvgPool2x2(cout))
 
 
 class Head(nn.Module):
