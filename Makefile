@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-deps litert-torch-venv clean
+.PHONY: setup run test test-deps clean
 
 setup: $(STAMP)
 
@@ -41,15 +41,5 @@ $(KOTLINC): android_demo/tools/package-lock.json
 test: setup test-deps
 	$(BIN)/python -m pytest -q
 
-# The second TFLite route (litert-torch + ai-edge-quantizer) in its own venv, for scripts/litert_torch_route.py:
-# it pulls jax and transformers (~2.2 GB), which the project's own stack does not need.
-LT_VENV := .venv-litert-torch
-litert-torch-venv: $(LT_VENV)/.installed
-$(LT_VENV)/.installed: requirements-litert-torch.lock pyproject.toml
-	test -x $(LT_VENV)/bin/python || $(PY) -m venv $(LT_VENV)
-	$(LT_VENV)/bin/python -m pip install -q -r requirements-litert-torch.lock
-	$(LT_VENV)/bin/python -m pip install -q --no-deps -e .
-	touch $@
-
 clean:
-	rm -rf $(VENV) $(LT_VENV) runs
+	rm -rf $(VENV) runs

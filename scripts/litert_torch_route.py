@@ -1,9 +1,7 @@
 """Second TFLite route, measured against the default one: litert-torch (PyTorch -> LiteRT, no ONNX, no TensorFlow)
 with ai-edge-quantizer recipes, versus the project's ONNX -> onnx2tf -> TFLiteConverter artifacts.
 
-    # litert-torch pulls jax and transformers (~2 GB); it lives in its own venv, not in the project's stack:
-    make litert-torch-venv
-    .venv-litert-torch/bin/python scripts/litert_torch_route.py --data runs/default/data/synth \\
+    .venv/bin/python scripts/litert_torch_route.py --data runs/default/data/synth \\
         --ckpt runs/default/train_sclnet/model.pt --onnx2tf runs/default/export_sclnet \\
         --ckpt runs/default/compress/compressed.pt --onnx2tf runs/default/export_vit_compressed \\
         --out runs/litert_torch_route
@@ -22,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mobilereid.export.calibration import calibration_files, load_batch  # noqa: E402
 from mobilereid.export.litert_delegation import delegation_report  # noqa: E402
+from mobilereid.export.litert_torch_route import convert_with_litert_torch  # noqa: E402
 from mobilereid.models.checkpoint import load_checkpoint  # noqa: E402
 from mobilereid.train import preprocess_spec_for  # noqa: E402
 
@@ -83,26 +81,6 @@ def measure(name: str, route: str, model_bytes: bytes, verify_nhwc: np.ndarray, 
             "cpu_ops": dict(deleg["cpu_ops"])}
 
 
-def litert_torch_models(model: torch.nn.Module, calib_nhwc: np.ndarray) -> dict[str, bytes]:
-    import litert_torch
-    from ai_edge_quantizer import quantizer, recipe
-
-    channel_last = litert_torch.to_channel_last_io(model, args=[0]).eval()
-    edge = litert_torch.convert(channel_last, (torch.from_numpy(calib_nhwc[:1]),))
-    with tempfile.TemporaryDirectory() as tmp:
-        edge.export(str(Path(tmp) / "fp32.tflite"))
-        fp32 = (Path(tmp) / "fp32.tflite").read_bytes()
-    out = {"fp32": fp32}
-    out["dynamic"] = bytes(quantizer.Quantizer(fp32, recipe.dynamic_wi8_afp32()).quantize().quantized_model)
-    static = quantizer.Quantizer(fp32, recipe.static_wi8_ai8())
-    sig = interpreter(fp32, 1).get_signature_list()
-    key = next(iter(sig))
-    arg = sig[key]["inputs"][0]
-    calib = static.calibrate({key: [{arg: x[None]} for x in calib_nhwc]}, num_threads=2)
-    out["int8 (static a8w8)"] = bytes(static.quantize(calib).quantized_model)
-    return out
-
-
 def bench(ckpt: Path, onnx2tf_dir: Path | None, data: Path, threads: int, runs: int) -> list[dict]:
     model, _ = load_checkpoint(ckpt)
     model.eval()
@@ -115,7 +93,7 @@ def bench(ckpt: Path, onnx2tf_dir: Path | None, data: Path, threads: int, runs: 
     calib_nhwc = np.ascontiguousarray(calib.transpose(0, 2, 3, 1))
     verify_nhwc = np.ascontiguousarray(verify.transpose(0, 2, 3, 1))
     t0 = time.perf_counter()
-    converted = litert_torch_models(model, calib_nhwc)
+    converted = convert_with_litert_torch(model, calib_nhwc, ["fp32", "dynamic", "int8"], threads)
     print(f"[{ckpt}] litert-torch + ai-edge-quantizer: {time.perf_counter() - t0:.0f} s", flush=True)
     rows = [measure(k, "litert-torch", v, verify_nhwc, reference, threads, runs) for k, v in converted.items()]
     if onnx2tf_dir is not None:

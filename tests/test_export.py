@@ -104,6 +104,40 @@ def test_litert_delegation_report_accounts_for_every_op(sclnet_all):
             assert report["partitions"] == 1 and not report["cpu_ops"], (r["precision"], report)
 
 
+def _input_scale(path) -> float:
+    return float(open_runner(path).interp.get_input_details()[0]["quantization"][0])
+
+
+@pytest.mark.slow
+def test_mean_minmax_activation_ranges_are_narrower(sclnet_all, sclnet_ckpt, tiny_dataset, tmp_path):
+    out, results = sclnet_all  # the default SCL-net recipe uses activation_ranges = "mean_minmax"
+    mean_int8 = next(r for r in results if r["target"] == "tflite" and r["precision"] == "int8")
+    assert read_sidecar(mean_int8["artifact"])["recipe"]["int8"]["activation_ranges"] == "mean_minmax"
+    recipe = tmp_path / "default_ranges.toml"
+    recipe.write_text('target = "tflite"\nvariants = ["int8"]\n\n[int8]\nactivation_ranges = "default"\n')
+    (extremes,) = export_checkpoint(sclnet_ckpt, "tflite", tiny_dataset, tmp_path / "o", int8=True, recipe_path=recipe)
+    assert extremes["verification"]["passed"] and read_sidecar(extremes["artifact"])["input"]["dtype"] == "int8"
+    # the input's range: mean of each image's extremes vs extremes over all calibration images (tensor names of
+    # the two conversion paths differ, so the input is the tensor compared)
+    assert 0 < _input_scale(mean_int8["artifact"]) < 0.98 * _input_scale(extremes["artifact"])
+    recipe.write_text('target = "tflite"\nvariants = ["int8"]\n\n[int8]\nactivation_ranges = "p99"\n')
+    with pytest.raises(ExportError, match="unknown int8.activation_ranges 'p99'"):
+        export_checkpoint(sclnet_ckpt, "tflite", tiny_dataset, tmp_path / "bad", int8=True, recipe_path=recipe)
+    assert not (tmp_path / "bad" / "sclnet_test_int8.tflite").exists()
+
+
+def test_executorch_mean_minmax_observer_averages_batch_extremes():
+    from mobilereid.export.activation_ranges import executorch_activation_observer
+
+    assert executorch_activation_observer("default") is None
+    obs = executorch_activation_observer("mean_minmax")(dtype=torch.qint8, qscheme=torch.per_tensor_affine)
+    for lo, hi in ((-1.0, 2.0), (-3.0, 4.0), (0.0, 9.0)):
+        obs(torch.tensor([lo, 0.5, hi]))
+    assert obs.min_val.item() == pytest.approx(-4.0 / 3) and obs.max_val.item() == pytest.approx(5.0)
+    with pytest.raises(ExportError, match="unknown int8.activation_ranges"):
+        executorch_activation_observer("histogram")
+
+
 @pytest.mark.slow
 def test_edgetpu_report_without_compiler(sclnet_all):
     out, results = sclnet_all
@@ -115,14 +149,46 @@ def test_edgetpu_report_without_compiler(sclnet_all):
 
 
 @pytest.mark.slow
-def test_vit_tflite_with_tanh_gelu_and_flex_error_for_exact_gelu(tiny_dataset, tmp_path):
+def test_vit_tflite_onnx2tf_route_with_tanh_gelu_and_flex_error_for_exact_gelu(tiny_dataset, tmp_path):
+    onnx2tf = tmp_path / "onnx2tf.toml"
+    onnx2tf.write_text('target = "tflite"\nconverter = "onnx2tf"\nvariants = ["fp32"]\n')
     ok = save_checkpoint(tmp_path / "vit_tanh.pt", build_model("vit_test", gelu="tanh", keep_ratio=0.75).eval())
-    results = export_checkpoint(ok, "tflite", tiny_dataset, tmp_path / "a")
+    results = export_checkpoint(ok, "tflite", tiny_dataset, tmp_path / "a", recipe_path=onnx2tf)
     assert results[0]["verification"]["cosine_mean"] > 0.999
+    assert read_sidecar(results[0]["artifact"])["converter"].startswith("onnx2tf")
     exact = save_checkpoint(tmp_path / "vit_exact.pt", build_model("vit_test", gelu="exact").eval())
     with pytest.raises(ExportError, match="Erf"):
-        export_checkpoint(exact, "tflite", tiny_dataset, tmp_path / "b")
+        export_checkpoint(exact, "tflite", tiny_dataset, tmp_path / "b", recipe_path=onnx2tf)
     assert not list((tmp_path / "b").glob("*.tflite"))
+
+
+@pytest.mark.slow
+def test_vit_tflite_default_route_is_litert_torch_and_takes_exact_gelu(tiny_dataset, tmp_path):
+    from mobilereid.export.litert_delegation import delegation_report
+
+    # no patch elimination here: its top-k selection (comparisons, casts, a sum) is what XNNPACK leaves outside
+    exact = save_checkpoint(tmp_path / "vit_exact.pt", build_model("vit_test", gelu="exact").eval())
+    results = export_checkpoint(exact, "tflite", tiny_dataset, tmp_path / "lt", int8=True)
+    assert {r["precision"] for r in results} == {"fp32", "dynamic"}  # the ViT recipe's variants
+    for r in results:
+        meta = read_sidecar(r["artifact"])
+        assert meta["converter"].startswith("litert-torch") and meta["input"]["layout"] == "NHWC"
+        assert meta["input"]["shape"] == [1, 64, 32, 3]
+        ops = op_counts(r["artifact"])
+        assert "GELU" in ops and not any(o.startswith("Flex") for o in ops)  # exact GELU stays one builtin op
+        assert r["verification"]["passed"] and r["verification"]["cosine_mean"] > (0.9999 if r["precision"] == "fp32" else 0.99)
+        # fp32 and dynamic: one XNNPACK partition, nothing left on LiteRT's own kernels
+        report = delegation_report(open_runner(r["artifact"]).interp)
+        assert report["partitions"] == 1 and not report["cpu_ops"], report
+    # full int8 on request (ai-edge-quantizer static a8w8, int8 IO) runs and is verified too
+    recipe = tmp_path / "int8.toml"
+    recipe.write_text('target = "tflite"\nvariants = ["int8"]\n\n[verify]\nmin_cosine = 0.5\n')
+    (int8,) = export_checkpoint(exact, "tflite", tiny_dataset, tmp_path / "lt8", int8=True, recipe_path=recipe)
+    assert int8["verification"]["passed"] and read_sidecar(int8["artifact"])["input"]["dtype"] == "int8"
+    assert "FULLY_CONNECTED" in op_counts(int8["artifact"])
+    recipe.write_text('target = "tflite"\nvariants = ["int16x8"]\n')
+    with pytest.raises(ExportError, match="litert-torch route makes fp32, dynamic, int8, not 'int16x8'"):
+        export_checkpoint(exact, "tflite", tiny_dataset, tmp_path / "bad", int8=True, recipe_path=recipe)
 
 
 @pytest.mark.slow

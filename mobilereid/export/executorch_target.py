@@ -9,11 +9,13 @@ kernels) is read from the lowered graph and written into the sidecar.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import torch
 
 from ..errors import ExportError
+from .activation_ranges import executorch_activation_observer
 from .common import ExportJob, atomic_write_bytes, tensor_spec, verify_artifact, write_sidecar
 
 
@@ -46,9 +48,12 @@ def lower(job: ExportJob, int8: bool, qcfg: dict) -> tuple[bytes, dict]:
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
             dynamic = qcfg.get("mode", "static") == "dynamic"
-            quantizer = XNNPACKQuantizer().set_global(
-                get_symmetric_quantization_config(is_per_channel=bool(qcfg.get("per_channel", True)), is_dynamic=dynamic)
-            )
+            config = get_symmetric_quantization_config(is_per_channel=bool(qcfg.get("per_channel", True)), is_dynamic=dynamic)
+            observer = None if dynamic else executorch_activation_observer(qcfg.get("activation_ranges", "default"))
+            if observer is not None:  # same activation range rule as the TFLite route (activation_ranges.py)
+                act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=observer.with_args(eps=2**-12))
+                config = dataclasses.replace(config, input_activation=act, output_activation=act)
+            quantizer = XNNPACKQuantizer().set_global(config)
             m = prepare_pt2e(ep.module(), quantizer)
             n = int(qcfg.get("calibration_images", 64))
             with torch.no_grad():

@@ -4,7 +4,8 @@ Why this split: onnx2tf is used only for what it is good at (ONNX NCHW graph -> 
 TFLite variant is then made by the official converter from that SavedModel, so the recipe controls quantization
 directly: ``fp32``; ``dynamic`` (int8 weights, float activations); ``int8`` (full integer with int8 or uint8 IO,
 calibrated on the recipe's images through the project's preprocessing; ``float_ops`` keeps named ops in float via
-TensorFlow's QuantizationDebugger deny-list); ``int16x8`` (int16 activations, int8 weights).
+TensorFlow's QuantizationDebugger deny-list; ``activation_ranges`` picks how activation ranges are estimated from
+the calibration images, see `activation_ranges`); ``int16x8`` (int16 activations, int8 weights).
 
 Offline: onnx2tf 1.29.24 downloads a sample-image .npy whenever a model has one 4-D, 3-channel input; its module
 global `download_test_image_data` is replaced, for the duration of the call, by a function returning this job's
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExportError
+from .activation_ranges import RULES as RANGE_RULES, apply_range_rule
 from .common import ExportJob, Workdir, atomic_write_bytes, describe_artifact, tensor_spec, verify_artifact, write_sidecar
 from .onnx_target import write_onnx
 from .tflite_metadata import METADATA_NAME, embed_metadata
@@ -125,6 +127,10 @@ def convert_variant(saved_model: Path, variant: str, calib_nhwc: np.ndarray, qcf
         conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
         return conv.convert()
     io_dtype = qcfg.get("io_dtype", "int8")
+    rule = qcfg.get("activation_ranges", "default")
+    if rule != "default":
+        return quantize_with_range_rule(conv, calib_nhwc[: int(qcfg.get("calibration_images", 64))], rule, io_dtype,
+                                        float_ops, float_nodes, bool(qcfg.get("per_channel", True)))
     if float_ops or float_nodes:
         # selective quantization: named op types / layers (tensor names, from `mobilereid quant-sensitivity`)
         # stay float, so the model keeps float IO around them
@@ -141,6 +147,22 @@ def convert_variant(saved_model: Path, variant: str, calib_nhwc: np.ndarray, qcf
     return conv.convert()
 
 
+def quantize_with_range_rule(conv, images_nhwc: np.ndarray, rule: str, io_dtype: str, float_ops: list[str],
+                             float_nodes: list[str], per_channel: bool) -> bytes:
+    """Full-integer model whose activation ranges follow ``rule`` (`activation_ranges`): the converter calibrates
+    only, the ranges are replaced, and TensorFlow's MLIR quantizer (the converter's own next step) quantizes.
+    Named float ops/layers keep float IO around them, as in the converter path."""
+    import tensorflow as tf
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv._experimental_calibrate_only = True
+    calibrated = apply_range_rule(conv.convert(), images_nhwc, rule)
+    io = tf.float32 if float_ops or float_nodes or io_dtype == "float32" else {"int8": tf.int8, "uint8": tf.uint8}[io_dtype]
+    return mlir_quantize(calibrated, disable_per_channel=not per_channel, input_data_type=io, output_data_type=io,
+                         denylisted_ops=float_ops or None, denylisted_nodes=float_nodes or None)
+
+
 def io_specs(model_bytes: bytes) -> tuple[dict, dict]:
     from ..runtimes import litert_interpreter_class
 
@@ -155,10 +177,26 @@ def io_specs(model_bytes: bytes) -> tuple[dict, dict]:
     return spec(i, "NHWC"), spec(o, None)
 
 
-def build_tflite_variants(job: ExportJob, variants: list[str], qcfg: dict, workdir: Path) -> dict[str, bytes]:
+CONVERTERS = ("onnx2tf", "litert-torch")
+
+
+def build_tflite_variants(job: ExportJob, variants: list[str], qcfg: dict, workdir: Path,
+                          converter: str = "onnx2tf") -> dict[str, bytes]:
+    if converter not in CONVERTERS:
+        raise ExportError(f"unknown TFLite converter {converter!r} (choose from {', '.join(CONVERTERS)})")
     for v in variants:
         if v not in VARIANTS:
             raise ExportError(f"unknown TFLite variant {v!r} (choose from {', '.join(VARIANTS)})")
+    if qcfg.get("activation_ranges", "default") not in RANGE_RULES:
+        raise ExportError(f"unknown int8.activation_ranges {qcfg['activation_ranges']!r} (choose from {', '.join(RANGE_RULES)})")
+    if converter == "litert-torch":
+        from .litert_torch_route import build_litert_torch_variants
+
+        with quiet():
+            out = build_litert_torch_variants(job, variants, qcfg)
+        for v, data in out.items():
+            _refuse_flex(job, v, data)
+        return out
     saved = job.saved_model
     if saved is None or not (saved / "saved_model.pb").is_file():
         onnx_path = workdir / f"{job.stem}.onnx"
@@ -179,25 +217,38 @@ def build_tflite_variants(job: ExportJob, variants: list[str], qcfg: dict, workd
                     raise ExportError(f"TFLite {v} conversion of {job.stem} needs Select-TF (Flex) ops {', '.join('Flex' + n for n in needs_tf)}, which builtin LiteRT cannot run"
                                       + (" (exact GELU: rebuild with --opt gelu=tanh)" if "Erf" in needs_tf else "")) from None
                 raise ExportError(f"TFLite {v} conversion of {job.stem} failed: {text[:400]}") from None
-        flex = flex_ops(data)
-        if flex:
-            raise ExportError(f"TFLite {v} model of {job.stem} needs Select-TF ops {', '.join(flex)}, which builtin LiteRT cannot run"
-                              + (" (exact GELU: rebuild with --opt gelu=tanh)" if "FlexErf" in flex else ""))
+        _refuse_flex(job, v, data)
         out[v] = data
     return out
+
+
+def _refuse_flex(job: ExportJob, variant: str, data: bytes) -> None:
+    flex = flex_ops(data)
+    if flex:
+        raise ExportError(f"TFLite {variant} model of {job.stem} needs Select-TF ops {', '.join(flex)}, which builtin LiteRT cannot run"
+                          + (" (exact GELU: rebuild with --opt gelu=tanh)" if "FlexErf" in flex else ""))
+
+
+def converter_description(converter: str) -> str:
+    if converter == "litert-torch":
+        from .litert_torch_route import CONVERTER_NAME
+
+        return CONVERTER_NAME
+    return "onnx2tf 1.29.24 -> tf.lite.TFLiteConverter"
 
 
 def export_tflite(job: ExportJob, recipe: dict) -> list[dict]:
     qcfg = recipe.get("int8", {})
     results = []
+    converter = recipe.get("converter", "onnx2tf")
     with Workdir(job.out_dir, "tflite") as tmp:
-        models = build_tflite_variants(job, list(recipe["variants"]), qcfg, tmp)
+        models = build_tflite_variants(job, list(recipe["variants"]), qcfg, tmp, converter)
     for variant, data in models.items():
         out = job.out_dir / f"{job.stem}_{variant}.tflite"
         in_spec, out_spec = io_specs(data)
         description = describe_artifact(job, target="tflite", runtime="litert", precision=variant,
                                         input_spec=in_spec, output_spec=out_spec, recipe=recipe,
-                                        extra={"converter": "onnx2tf 1.29.24 -> tf.lite.TFLiteConverter",
+                                        extra={"converter": converter_description(converter),
                                                "embedded_metadata": METADATA_NAME})
         atomic_write_bytes(out, embed_metadata(data, description))
         meta = write_sidecar(job, out, description=description)
