@@ -171,3 +171,12 @@ def write_pipeline_report(final: dict, out: Path) -> Path:
         (stage / "report.json").write_text(json.dumps(final, indent=2, default=str))
         (stage / "report.md").write_text(pipeline_markdown(final))
     return out
+
+
+def write_rows_table(out: Path, stem: str, meta: dict, rows: list[dict], markdown: str) -> None:
+    """``<stem>.json`` (meta + rows) and ``<stem>.md``, moved into `out` together, then the table printed (the
+    benchmark scripts' output)."""
+    with staged_folder(out) as stage:
+        (stage / f"{stem}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
+        (stage / f"{stem}.md").write_text(markdown)
+    print(markdown)

@@ -15,7 +15,6 @@ outside them are read from the interpreter; for ExecuTorch from the sidecar's de
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from mobilereid.export import export_checkpoint
 from mobilereid.export.calibration import calibration_files, load_batch
 from mobilereid.export.litert_delegation import delegation_report
 from mobilereid.models.checkpoint import load_checkpoint
+from mobilereid.report import write_rows_table
 from mobilereid.runtimes import open_runner
 from mobilereid.train import preprocess_spec_for
 
@@ -110,11 +110,7 @@ def main():
     rows = []
     for ckpt in args.ckpt:
         rows += bench_checkpoint(ckpt, args.data, args.out, args.threads, args.runs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "benchmark.json").write_text(json.dumps({"threads": args.threads, "runs": args.runs, "rows": rows}, indent=2))
-    md = markdown(rows, args.threads, args.runs)
-    (args.out / "benchmark.md").write_text(md)
-    print(md)
+    write_rows_table(args.out, "benchmark", {"threads": args.threads, "runs": args.runs}, rows, markdown(rows, args.threads, args.runs))
 
 
 if __name__ == "__main__":

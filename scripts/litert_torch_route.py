@@ -18,7 +18,6 @@ latency, delegate partitions, cosine to the float torch model on held-out images
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mobilereid.export.calibration import calibration_files, load_batch  # noqa: E402
 from mobilereid.export.litert_delegation import delegation_report  # noqa: E402
 from mobilereid.export.litert_torch_route import convert_with_litert_torch  # noqa: E402
+from mobilereid.report import write_rows_table  # noqa: E402
 from mobilereid.models.checkpoint import load_checkpoint  # noqa: E402
 from mobilereid.train import preprocess_spec_for  # noqa: E402
 
@@ -129,11 +129,7 @@ def main():
     rows = []
     for i, ckpt in enumerate(args.ckpt):
         rows += bench(ckpt, args.onnx2tf[i] if i < len(args.onnx2tf) else None, args.data, args.threads, args.runs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "route.json").write_text(json.dumps({"threads": args.threads, "runs": args.runs, "rows": rows}, indent=2))
-    md = markdown(rows, args.threads, args.runs)
-    (args.out / "route.md").write_text(md)
-    print(md)
+    write_rows_table(args.out, "route", {"threads": args.threads, "runs": args.runs}, rows, markdown(rows, args.threads, args.runs))
 
 
 if __name__ == "__main__":
