@@ -245,15 +245,16 @@ def test_quant_sensitivity_ranks_layers_and_its_recipe_exports(sclnet_ckpt, tiny
     layers = report["layers"]
     assert len(layers) > 5 and all(a["rmse_over_scale"] >= b["rmse_over_scale"] for a, b in zip(layers, layers[1:]))
     names = [c["name"] for c in report["candidates"]]
-    assert names == ["int8", "int8, 1 worst layer(s) float", "dynamic", "fp32"]
-    kept = report["candidates"][1]
+    assert names == ["int8, default ranges", "int8, mean_minmax ranges", "int8, 1 worst layer(s) float", "dynamic", "fp32"]
+    kept = report["candidates"][2]
     assert kept["float_nodes"] == [layers[0]["tensor"]] and kept["input_dtype"] == "float32"
-    assert report["candidates"][0]["input_dtype"] == "int8"
+    assert report["candidates"][0]["input_dtype"] == report["candidates"][1]["input_dtype"] == "int8"
     ok = [c for c in report["candidates"] if c["cosine_mean"] >= report["drift_budget"]]
     assert report["chosen"] == min(ok, key=lambda c: c["p50_ms"])
     assert (tmp_path / "s" / "sensitivity.png").stat().st_size > 10_000 and "Worst layers" in (tmp_path / "s" / "sensitivity.md").read_text()
     chosen = tomllib.loads((tmp_path / "s" / "recipe_tflite.toml").read_text())
     assert chosen["variants"] == [report["chosen"]["variant"]]
+    assert chosen["int8"]["activation_ranges"] == report["chosen"]["activation_ranges"]
     # a recipe that keeps the worst layer in float, as the tool writes it, goes through export and verification
     recipe = tmp_path / "mixed.toml"
     recipe.write_text((tmp_path / "s" / "recipe_tflite.toml").read_text().replace('variants = ["' + report["chosen"]["variant"] + '"]', 'variants = ["int8"]')

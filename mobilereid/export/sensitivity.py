@@ -4,13 +4,15 @@
    on held-out images and records, for every quantized tensor, the error of its quantized value. The score is the
    RMSE of that error divided by the tensor's quantization scale (TensorFlow's own recommendation: an error much
    larger than one quantization step means the range or the op does not suit int8). Layers are ranked by it.
-2. **Candidate recipes, measured.** Full INT8 (int8 IO); INT8 with the k worst layers kept in float (k = 1, 2, 4, 8,
-   via the debugger's deny-list; the model then has float IO around them); dynamic-range (int8 weights, float
-   activations); and fp32. Each candidate is converted, run in the LiteRT interpreter (XNNPACK, the recipe's thread
-   count) on the held-out images and timed (median of repeated single-image runs) side by side in one process,
-   with embedding cosine against the float torch model.
+2. **Candidate recipes, measured.** Full INT8 (int8 IO) with each activation-range rule (`activation_ranges`:
+   the converter's extremes over all images, or the mean of per-image extremes); INT8 with the k worst layers kept
+   in float (k = 1, 2, 4, 8, via the debugger's deny-list; the model then has float IO around them); dynamic-range
+   (int8 weights, float activations); and fp32. Each candidate is converted, run in the LiteRT interpreter
+   (XNNPACK, the recipe's thread count) on the held-out images and timed (median of repeated single-image runs)
+   side by side in one process, with embedding cosine against the float torch model.
 3. **The choice.** The fastest candidate whose mean cosine meets the drift budget; written as a recipe TOML that
-   `mobilereid export --target tflite --recipe` uses directly (keys ``variants`` and ``int8.float_nodes``).
+   `mobilereid export --target tflite --recipe` uses directly (keys ``variants``, ``int8.float_nodes`` and
+   ``int8.activation_ranges``).
 
 Why not ExecuTorch as well: its PT2E flow has no per-layer debugger in the pinned stack; the same candidates can be
 expressed there by leaving modules out of the quantizer, which is left for later (said in the report).
@@ -32,6 +34,7 @@ from ..errors import ExportError
 from ..models.checkpoint import load_checkpoint
 from .common import Workdir, cosine_rows
 from .onnx_target import write_onnx
+from .activation_ranges import RULES as RANGE_RULES
 from .recipes import load_recipe
 from .tflite_target import calibrated_converter, convert_variant, image_dataset, io_specs, onnx_to_saved_model, quiet
 
@@ -104,14 +107,16 @@ def run_sensitivity(checkpoint: str | Path, calib: str | Path, out_dir: str | Pa
             layers = layer_statistics(saved, calib_nhwc, debug_nhwc, qcfg)
         if not layers:
             raise ExportError(f"{checkpoint}: the quantization debugger found no quantized layers")
-        candidates = [("int8", "int8", [])] + [(f"int8, {k} worst layer(s) float", "int8", [l["tensor"] for l in layers[:k]])
-                                               for k in ks if k <= len(layers)] + [("dynamic", "dynamic", []), ("fp32", "fp32", [])]
+        rule = qcfg.get("activation_ranges", "default")
+        candidates = ([(f"int8, {r} ranges", "int8", [], r) for r in RANGE_RULES]
+                      + [(f"int8, {k} worst layer(s) float", "int8", [l["tensor"] for l in layers[:k]], rule) for k in ks if k <= len(layers)]
+                      + [("dynamic", "dynamic", [], rule), ("fp32", "fp32", [], rule)])
         results = []
         with progress("convert, verify and time each candidate", len(candidates)) as advance:
-            for name, variant, nodes in candidates:
+            for name, variant, nodes, ranges in candidates:
                 with quiet():
-                    data = convert_variant(saved, variant, calib_nhwc, {**qcfg, "float_nodes": nodes})
-                results.append({"name": name, "variant": variant, "float_nodes": nodes,
+                    data = convert_variant(saved, variant, calib_nhwc, {**qcfg, "float_nodes": nodes, "activation_ranges": ranges})
+                results.append({"name": name, "variant": variant, "float_nodes": nodes, "activation_ranges": ranges,
                                 **measure(data, job.verify, job.reference, threads, repeats)})
                 advance()
     ok = [r for r in results if r["cosine_mean"] >= budget]
@@ -165,7 +170,8 @@ def _write_files(report: dict, out_dir: Path, base_recipe: dict) -> None:
             f'target = "tflite"\nfamily = "{report["family"]}"\nvariants = ["{chosen["variant"]}"]\n\n[int8]\n'
             f"per_channel = {str(bool(base_recipe.get('int8', {}).get('per_channel', True))).lower()}\n"
             f"calibration_images = {int(base_recipe.get('int8', {}).get('calibration_images', 64))}\n"
-            f'io_dtype = "{base_recipe.get("int8", {}).get("io_dtype", "int8")}"\nfloat_nodes = [{nodes}]\n\n'
+            f'io_dtype = "{base_recipe.get("int8", {}).get("io_dtype", "int8")}"\nfloat_nodes = [{nodes}]\n'
+            f'activation_ranges = "{chosen["activation_ranges"]}"\n\n'
             f"[verify]\nimages = {int(base_recipe['verify']['images'])}\nmin_cosine = {report['drift_budget']}\n")
     _plot(report, out_dir / "sensitivity.png")
 
