@@ -240,21 +240,27 @@ def export_cmd(
 def quant_sensitivity_cmd(
     checkpoint: Path = typer.Argument(..., help="A mobilereid checkpoint (.pt)."),
     calib: Path = typer.Option(..., "--calib", help="Calibration images (a dataset folder or any image folder)."),
-    out: Path = typer.Option(Path("runs/sensitivity"), "--out", "-o", help="Folder for sensitivity.{json,md,png} and the chosen recipe_tflite.toml."),
+    out: Path = typer.Option(Path("runs/sensitivity"), "--out", "-o", help="Folder for sensitivity.{json,md,png} and the chosen recipe_{tflite,executorch}.toml."),
     min_cosine: Optional[float] = typer.Option(None, help="Drift budget (mean cosine to float); default: the TFLite recipe's."),
-    threads: int = typer.Option(2, help="LiteRT threads for verification and timing."),
+    threads: int = typer.Option(2, help="Runtime threads for verification and timing."),
+    executorch: bool = typer.Option(True, "--executorch/--no-executorch", help="Also measure ExecuTorch candidates."),
 ):
-    """Per-layer INT8 error of the TFLite model, then the fastest measured recipe within the drift budget."""
+    """Per-layer INT8 error of the TFLite model, then the fastest measured recipe within the drift budget, per runtime."""
     from .export.sensitivity import run_sensitivity
 
-    report = run_sensitivity(checkpoint, calib, out, min_cosine=min_cosine, threads=threads)
+    report = run_sensitivity(checkpoint, calib, out, min_cosine=min_cosine, threads=threads, executorch=executorch)
     worst = report["layers"][0]
-    console.print(f"worst layer: {worst['op']} {worst['tensor']} (RMSE/scale {worst['rmse_over_scale']:.2f})")
-    if report["chosen"] is None:
-        err_console.print(f"error: no candidate meets mean cosine >= {report['drift_budget']} (see {out / 'sensitivity.md'})", markup=False)
+    console.print(f"worst layer: {worst['op']} {worst['tensor']} (RMSE/scale {worst['rmse_over_scale']:.2f}); float model under one grey "
+                  f"level of input noise: cosine {report['noise_cosine_1_grey_level']:.4f}")
+    choices = [("tflite", report["chosen"])] + ([("executorch", report["executorch"]["chosen"])] if report["executorch"] else [])
+    for target, chosen in choices:
+        if chosen:
+            console.print(f"{target}: chosen {chosen['name']} -> {out / f'recipe_{target}.toml'} "
+                          f"(use: mobilereid export CKPT --target {target} --int8 --recipe {out / f'recipe_{target}.toml'} ...)")
+        else:
+            err_console.print(f"error: no {target} candidate meets mean cosine >= {report['drift_budget']} (see {out / 'sensitivity.md'})", markup=False)
+    if any(chosen is None for _, chosen in choices):
         raise typer.Exit(1)
-    console.print(f"chosen: {report['chosen']['name']} -> {out / 'recipe_tflite.toml'} "
-                  f"(use: mobilereid export CKPT --target tflite --int8 --recipe {out / 'recipe_tflite.toml'} ...)")
 
 
 @app.command("evaluate")

@@ -63,8 +63,14 @@ def test_sidecar_is_the_contract(sclnet_all, sclnet_ckpt, tiny_dataset):
     assert meta["embedded_metadata"] == "mobilereid"
     for key in ("input", "output", "preprocess", "model", "precision"):
         assert embedded[key] == meta[key], key
+    # so does the Edge TPU model (the TFLite Micro one: tests/test_tflm.py)
+    edgetpu = next(r["artifact"] for r in results if r["target"] == "edgetpu")
+    assert read_metadata(edgetpu)["input"] == read_sidecar(edgetpu)["input"] and read_metadata(edgetpu)["target"] == "edgetpu"
+    from tensorflow.lite.tools import flatbuffer_utils
+    bare = flatbuffer_utils.read_model_from_bytearray(bytearray(int8["artifact"].read_bytes()))
+    bare.metadata = [m for m in bare.metadata if m.name.decode() != "mobilereid"]
     with pytest.raises(ExportError, match="no embedded 'mobilereid' metadata"):
-        read_metadata(next(r["artifact"] for r in results if r["target"] == "edgetpu"))
+        read_metadata(bytes(flatbuffer_utils.convert_object_to_bytearray(bare)))
     # the same sidecar drives a fresh runner to the same numbers
     from mobilereid.export.calibration import calibration_files, load_batch
     from mobilereid.data.preprocess import PreprocessSpec
@@ -109,10 +115,10 @@ def _input_scale(path) -> float:
 
 
 @pytest.mark.slow
-def test_mean_minmax_activation_ranges_are_narrower(sclnet_all, sclnet_ckpt, tiny_dataset, tmp_path):
-    out, results = sclnet_all  # the default SCL-net recipe uses activation_ranges = "mean_minmax"
+def test_per_image_activation_ranges_are_narrower(sclnet_all, sclnet_ckpt, tiny_dataset, tmp_path):
+    out, results = sclnet_all  # the default SCL-net recipe uses activation_ranges = "p90_minmax"
     mean_int8 = next(r for r in results if r["target"] == "tflite" and r["precision"] == "int8")
-    assert read_sidecar(mean_int8["artifact"])["recipe"]["int8"]["activation_ranges"] == "mean_minmax"
+    assert read_sidecar(mean_int8["artifact"])["recipe"]["int8"]["activation_ranges"] == "p90_minmax"
     recipe = tmp_path / "default_ranges.toml"
     recipe.write_text('target = "tflite"\nvariants = ["int8"]\n\n[int8]\nactivation_ranges = "default"\n')
     (extremes,) = export_checkpoint(sclnet_ckpt, "tflite", tiny_dataset, tmp_path / "o", int8=True, recipe_path=recipe)
@@ -126,14 +132,22 @@ def test_mean_minmax_activation_ranges_are_narrower(sclnet_all, sclnet_ckpt, tin
     assert not (tmp_path / "bad" / "sclnet_test_int8.tflite").exists()
 
 
-def test_executorch_mean_minmax_observer_averages_batch_extremes():
-    from mobilereid.export.activation_ranges import executorch_activation_observer
+def test_executorch_observers_combine_batch_extremes_like_the_tflite_route():
+    from mobilereid.export.activation_ranges import combine_extremes, executorch_activation_observer
 
     assert executorch_activation_observer("default") is None
-    obs = executorch_activation_observer("mean_minmax")(dtype=torch.qint8, qscheme=torch.per_tensor_affine)
-    for lo, hi in ((-1.0, 2.0), (-3.0, 4.0), (0.0, 9.0)):
-        obs(torch.tensor([lo, 0.5, hi]))
-    assert obs.min_val.item() == pytest.approx(-4.0 / 3) and obs.max_val.item() == pytest.approx(5.0)
+    batches = ((-1.0, 2.0), (-3.0, 4.0), (0.0, 9.0), (-0.5, 1.0), (-2.0, 3.0))
+    for rule in ("mean_minmax", "p90_minmax"):
+        obs = executorch_activation_observer(rule)(dtype=torch.qint8, qscheme=torch.per_tensor_affine)
+        for lo, hi in batches:
+            obs(torch.tensor([lo, 0.5, hi]))
+        lo, hi = combine_extremes(rule, np.array([[b[0]] for b in batches]), np.array([[b[1]] for b in batches]))
+        assert obs.min_val.item() == pytest.approx(lo[0]) and obs.max_val.item() == pytest.approx(hi[0])
+    lo, hi = combine_extremes("mean_minmax", np.array([[-1.0], [-3.0], [0.0]]), np.array([[2.0], [4.0], [9.0]]))
+    assert lo[0] == pytest.approx(-4.0 / 3) and hi[0] == pytest.approx(5.0)
+    # p90 of the per-image maxima: the one image running far higher no longer sets the range; p10 of the minima
+    lo, hi = combine_extremes("p90_minmax", -np.arange(11.0)[:, None], np.array([1.0] * 10 + [100.0])[:, None])
+    assert hi[0] == pytest.approx(1.0) and lo[0] == pytest.approx(-9.0)
     with pytest.raises(ExportError, match="unknown int8.activation_ranges"):
         executorch_activation_observer("histogram")
 
@@ -245,12 +259,24 @@ def test_quant_sensitivity_ranks_layers_and_its_recipe_exports(sclnet_ckpt, tiny
     layers = report["layers"]
     assert len(layers) > 5 and all(a["rmse_over_scale"] >= b["rmse_over_scale"] for a, b in zip(layers, layers[1:]))
     names = [c["name"] for c in report["candidates"]]
-    assert names == ["int8, default ranges", "int8, mean_minmax ranges", "int8, 1 worst layer(s) float", "dynamic", "fp32"]
-    kept = report["candidates"][2]
+    assert names == ["int8, default ranges", "int8, mean_minmax ranges", "int8, p90_minmax ranges", "int8, 1 worst layer(s) float", "dynamic", "fp32"]
+    kept = report["candidates"][3]
     assert kept["float_nodes"] == [layers[0]["tensor"]] and kept["input_dtype"] == "float32"
-    assert report["candidates"][0]["input_dtype"] == report["candidates"][1]["input_dtype"] == "int8"
+    assert {c["input_dtype"] for c in report["candidates"][:3]} == {"int8"}
     ok = [c for c in report["candidates"] if c["cosine_mean"] >= report["drift_budget"]]
     assert report["chosen"] == min(ok, key=lambda c: c["p50_ms"])
+    # ExecuTorch candidates: lowered, run in the ExecuTorch runtime, chosen by the same rule, written as a recipe
+    et = report["executorch"]
+    assert [c["name"] for c in et["candidates"]] == ["int8, default ranges", "int8, mean_minmax ranges", "int8, p90_minmax ranges", "dynamic int8", "fp32"]
+    fp32 = et["candidates"][-1]
+    assert fp32["cosine_mean"] > 0.999 and fp32["delegated_subgraphs"] >= 1
+    assert all(0 < c["size_bytes"] < fp32["size_bytes"] * 0.6 for c in et["candidates"][:3])  # static int8
+    assert et["chosen"] == min([c for c in et["candidates"] if c["cosine_mean"] >= report["drift_budget"]], key=lambda c: c["p50_ms"])
+    et_recipe = tomllib.loads((tmp_path / "s" / "recipe_executorch.toml").read_text())
+    assert et_recipe["variants"] == [et["chosen"]["variant"]] and et_recipe["int8"]["mode"] == et["chosen"]["mode"]
+    r = export_checkpoint(sclnet_ckpt, "executorch", tiny_dataset, tmp_path / "et", int8=True, recipe_path=tmp_path / "s" / "recipe_executorch.toml")[0]
+    assert r["verification"]["passed"]
+    assert 0.0 < report["noise_cosine_1_grey_level"] <= 1.0 and "one grey level" in (tmp_path / "s" / "sensitivity.md").read_text()
     assert (tmp_path / "s" / "sensitivity.png").stat().st_size > 10_000 and "Worst layers" in (tmp_path / "s" / "sensitivity.md").read_text()
     chosen = tomllib.loads((tmp_path / "s" / "recipe_tflite.toml").read_text())
     assert chosen["variants"] == [report["chosen"]["variant"]]

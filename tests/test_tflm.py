@@ -36,6 +36,11 @@ def test_tflm_runs_in_real_interpreter_and_matches_litert(tflm_export):
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD"} <= set(t["ops"]) <= TFLM_OPS
     meta = read_sidecar(r["artifact"])
     assert meta["tflm"]["arena_bytes"] == t["arena_bytes"] and meta["input"]["dtype"] == "int8"
+    # the model describes itself (flatbuffer metadata, so also inside the generated C array), as the sidecar does
+    from mobilereid.export.tflite_metadata import read_metadata
+
+    embedded = read_metadata(r["artifact"])
+    assert embedded["target"] == "tflm" and embedded["input"] == meta["input"] and embedded["preprocess"] == meta["preprocess"]
 
 
 @pytest.mark.slow

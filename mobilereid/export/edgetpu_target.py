@@ -19,7 +19,8 @@ import subprocess
 from pathlib import Path
 
 from ..errors import ExportError
-from .common import ExportJob, Workdir, atomic_copy, atomic_write_bytes, verify_artifact, write_sidecar, _write_json
+from .common import ExportJob, Workdir, atomic_copy, atomic_write_bytes, describe_artifact, verify_artifact, write_sidecar, _write_json
+from .tflite_metadata import METADATA_NAME, embed_metadata
 from .tflite_ops import op_names
 from .tflite_target import build_tflite_variants, io_specs
 
@@ -82,6 +83,10 @@ def export_edgetpu(job: ExportJob, recipe: dict) -> list[dict]:
         raise ExportError(f"{recipe['source']}: the Edge TPU needs full-integer models (integer IO, no float ops)")
     with Workdir(job.out_dir, "edgetpu") as tmp:
         data = build_tflite_variants(job, ["int8"], qcfg, tmp)["int8"]
+        in_spec, out_spec = io_specs(data)
+        description = describe_artifact(job, target="edgetpu", runtime="litert", precision="int8", input_spec=in_spec,
+                                        output_spec=out_spec, recipe=recipe, extra={"embedded_metadata": METADATA_NAME})
+        data = embed_metadata(data, description)  # LiteRT ignores it; whether edgetpu_compiler copies it into its output is not verified here (no compiler)
         report = mapping_report(data)
         out = job.out_dir / f"{job.stem}_edgetpu_ready_int8.tflite"
         atomic_write_bytes(out, data)
@@ -92,10 +97,8 @@ def export_edgetpu(job: ExportJob, recipe: dict) -> list[dict]:
             if produced.is_file():
                 compiled = job.out_dir / f"{job.stem}_edgetpu.tflite"
                 atomic_copy(produced, compiled)
-    in_spec, out_spec = io_specs(data)
     extra = {"edgetpu": {"mapping": report, "compiler": compiler, "compiled_artifact": compiled.name if compiled else None}}
-    meta = write_sidecar(job, out, target="edgetpu", runtime="litert", precision="int8", input_spec=in_spec,
-                         output_spec=out_spec, recipe=recipe, extra=extra)
+    meta = write_sidecar(job, out, description={**description, **extra})
     verification = verify_artifact(job, out, meta, recipe["verify"]["min_cosine"])
     _write_json(job.out_dir / f"{job.stem}_edgetpu_report.json", extra["edgetpu"])
     return [{"artifact": out, "precision": "int8", "verification": verification, "edgetpu": report, "compiler": compiler}]

@@ -10,12 +10,20 @@
    (int8 weights, float activations); and fp32. Each candidate is converted, run in the LiteRT interpreter
    (XNNPACK, the recipe's thread count) on the held-out images and timed (median of repeated single-image runs)
    side by side in one process, with embedding cosine against the float torch model.
-3. **The choice.** The fastest candidate whose mean cosine meets the drift budget; written as a recipe TOML that
-   `mobilereid export --target tflite --recipe` uses directly (keys ``variants``, ``int8.float_nodes`` and
+3. **ExecuTorch candidates, measured the same way.** Static INT8 (PT2E, XNNPACKQuantizer) with each activation-range
+   rule, dynamic INT8 and fp32, lowered to XNNPACK and run in the ExecuTorch runtime on the same images and threads.
+   (XNNPACKQuantizer's dynamic mode quantizes linear layers only: for a CNN such as SCL-net it stays fp32.)
+4. **The choice, per runtime.** The fastest candidate whose mean cosine meets the drift budget; written as recipe
+   TOMLs that `mobilereid export --target tflite|executorch --recipe` use directly (TFLite keys ``variants``,
+   ``int8.float_nodes``, ``int8.activation_ranges``; ExecuTorch ``variants``, ``int8.mode``,
    ``int8.activation_ranges``).
+5. **The float model's own noise sensitivity.** Mean cosine between the float embeddings of each held-out image and
+   of the same image plus Gaussian noise of one grey level (sigma = 1/255 before normalisation). INT8 adds noise of
+   about that size to every activation, so a model that already moves more than the drift budget under one grey
+   level cannot meet it with static INT8 whatever the recipe; the report says so.
 
-Why not ExecuTorch as well: its PT2E flow has no per-layer debugger in the pinned stack; the same candidates can be
-expressed there by leaving modules out of the quantizer, which is left for later (said in the report).
+Not covered: a per-layer ranking for ExecuTorch (its PT2E flow has no per-layer debugger in the pinned stack), so
+ExecuTorch candidates are whole-model recipes.
 """
 
 from __future__ import annotations
@@ -64,15 +72,20 @@ def layer_statistics(saved_model: Path, calib_nhwc: np.ndarray, debug_nhwc: np.n
     return rows
 
 
-def measure(model_bytes: bytes, verify_nchw: np.ndarray, reference: np.ndarray, threads: int, repeats: int) -> dict:
-    """Cosine to the float model on every held-out image and the median/p90 single-image latency, in LiteRT."""
-    from ..runtimes import TFLiteRunner
+def measure(model_bytes: bytes, verify_nchw: np.ndarray, reference: np.ndarray, threads: int, repeats: int,
+            runtime: str = "litert", io: dict | None = None) -> dict:
+    """Cosine to the float model on every held-out image and the median/p90 single-image latency, in ``runtime``
+    (LiteRT for .tflite bytes, whose IO is read from the model; ExecuTorch for .pte bytes, IO given by ``io``)."""
+    from ..runtimes import RUNNERS
 
-    in_spec, out_spec = io_specs(model_bytes)
+    if runtime == "litert":
+        in_spec, out_spec = io_specs(model_bytes)
+        io = {"input": in_spec, "output": out_spec}
+    suffix = ".tflite" if runtime == "litert" else ".pte"
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "candidate.tflite"
+        path = Path(tmp) / f"candidate{suffix}"
         path.write_bytes(model_bytes)
-        runner = TFLiteRunner(path, {"input": in_spec, "output": out_spec}, threads=threads)
+        runner = RUNNERS[runtime](path, io, threads=threads)
         emb = runner.embed(verify_nchw)
         x = runner.prepare(verify_nchw[0])
         for _ in range(3):
@@ -84,11 +97,53 @@ def measure(model_bytes: bytes, verify_nchw: np.ndarray, reference: np.ndarray, 
             times.append((time.perf_counter() - t0) * 1000)
     cos = cosine_rows(emb, reference)
     return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "p50_ms": float(np.median(times)),
-            "p90_ms": float(np.percentile(times, 90)), "size_bytes": len(model_bytes), "input_dtype": in_spec["dtype"]}
+            "p90_ms": float(np.percentile(times, 90)), "size_bytes": len(model_bytes), "input_dtype": io["input"]["dtype"]}
+
+
+def noise_sensitivity(job, grey_levels: float = 1.0, seed: int = 0) -> float:
+    """Mean cosine between the float embeddings of the held-out images and of the same images plus Gaussian noise
+    of ``grey_levels`` (in 0-255 pixel units, before normalisation)."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    std = np.asarray(job.spec.std, np.float32).reshape(1, 3, 1, 1)
+    noisy = job.verify + rng.normal(0.0, 1.0, job.verify.shape).astype(np.float32) * (grey_levels * job.spec.scale / std)
+    with torch.no_grad():
+        moved = job.model(torch.from_numpy(noisy.astype(np.float32))).numpy()
+    return float(cosine_rows(moved, job.reference).mean())
+
+
+def executorch_candidates(job, qcfg: dict, threads: int, repeats: int, advance) -> list[dict]:
+    """Static INT8 with each activation-range rule, dynamic INT8 and fp32, lowered to XNNPACK and measured in the
+    ExecuTorch runtime."""
+    from .common import tensor_spec
+    from .executorch_target import lower
+
+    h, w = job.spec.height, job.spec.width
+    io = {"input": tensor_spec("x", (1, 3, h, w), "NCHW", "float32", None),
+          "output": tensor_spec("embedding", (1, job.reference.shape[1]), None, "float32", None)}
+    plans = ([(f"int8, {r} ranges", "int8", {"mode": "static", "activation_ranges": r}) for r in RANGE_RULES]
+             + [("dynamic int8", "int8", {"mode": "dynamic"}), ("fp32", "fp32", {})])
+    results = []
+    for name, variant, extra in plans:
+        cfg = {**qcfg, **extra}
+        buffer, delegation = lower(job, variant == "int8", cfg)
+        results.append({"name": name, "variant": variant, "mode": cfg.get("mode", "static"),
+                        "activation_ranges": cfg.get("activation_ranges", "default"),
+                        "delegated_subgraphs": delegation["delegated_subgraphs"],
+                        "not_delegated_ops": delegation["not_delegated_ops"],
+                        **measure(buffer, job.verify, job.reference, threads, repeats, runtime="executorch", io=io)})
+        advance()
+    return results
+
+
+def fastest_within(candidates: list[dict], budget: float) -> dict | None:
+    ok = [c for c in candidates if c["cosine_mean"] >= budget]
+    return min(ok, key=lambda c: c["p50_ms"]) if ok else None
 
 
 def run_sensitivity(checkpoint: str | Path, calib: str | Path, out_dir: str | Path, min_cosine: float | None = None,
-                    threads: int = 2, repeats: int = 30, ks: tuple[int, ...] = (1, 2, 4, 8)) -> dict:
+                    threads: int = 2, repeats: int = 30, ks: tuple[int, ...] = (1, 2, 4, 8), executorch: bool = True) -> dict:
     from . import make_job
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
@@ -119,32 +174,56 @@ def run_sensitivity(checkpoint: str | Path, calib: str | Path, out_dir: str | Pa
                 results.append({"name": name, "variant": variant, "float_nodes": nodes, "activation_ranges": ranges,
                                 **measure(data, job.verify, job.reference, threads, repeats)})
                 advance()
-    ok = [r for r in results if r["cosine_mean"] >= budget]
-    chosen = min(ok, key=lambda r: r["p50_ms"]) if ok else None
+        et_results = []
+        if executorch:
+            et_recipe = load_recipe("executorch", job.family, None)
+            with progress("ExecuTorch candidates: lower, verify and time", len(RANGE_RULES) + 2) as advance:
+                et_results = executorch_candidates(job, dict(et_recipe.get("int8", {})), threads, repeats, advance)
     report = {"checkpoint": str(checkpoint), "family": job.family, "drift_budget": budget, "threads": threads,
-              "layers": layers, "candidates": results, "chosen": chosen,
-              "not_covered": "ExecuTorch (PT2E) candidates are not analysed; TFLite only"}
-    write_outputs(report, out_dir, recipe)
+              "noise_cosine_1_grey_level": noise_sensitivity(job),
+              "layers": layers, "candidates": results, "chosen": fastest_within(results, budget),
+              "executorch": {"candidates": et_results, "chosen": fastest_within(et_results, budget)} if executorch else None,
+              "not_covered": "a per-layer ranking for ExecuTorch (whole-model ExecuTorch recipes only)" if executorch
+              else "ExecuTorch candidates (run without them)"}
+    write_outputs(report, out_dir, {"tflite": recipe, "executorch": et_recipe if executorch else None})
     return report
 
 
-def write_outputs(report: dict, out_dir: Path, base_recipe: dict) -> None:
-    """sensitivity.{json,md,png} and recipe_tflite.toml, written in a staged folder and moved in together."""
+def write_outputs(report: dict, out_dir: Path, base_recipes: dict) -> None:
+    """sensitivity.{json,md,png} and recipe_{tflite,executorch}.toml, written in a staged folder and moved in
+    together."""
     from ..report import staged_folder
 
     with staged_folder(out_dir) as stage:
-        _write_files(report, stage, base_recipe)
-    if report["chosen"] is None:  # a recipe left by an earlier run must not pass for this run's choice
-        (out_dir / "recipe_tflite.toml").unlink(missing_ok=True)
-    console.print(table("INT8 candidates (LiteRT)", ["candidate", "KB", "p50 ms", "cosine", "budget"],
-                        [[c["name"], c["size_bytes"] / 1e3, c["p50_ms"], c["cosine_mean"],
-                          "ok" if c["cosine_mean"] >= report["drift_budget"] else "no"] for c in report["candidates"]]))
+        _write_files(report, stage, base_recipes)
+    et = report.get("executorch") or {}
+    for name, chosen in (("recipe_tflite.toml", report["chosen"]), ("recipe_executorch.toml", et.get("chosen"))):
+        if chosen is None:  # a recipe left by an earlier run must not pass for this run's choice
+            (out_dir / name).unlink(missing_ok=True)
+    for title, cands in (("INT8 candidates (LiteRT)", report["candidates"]), ("INT8 candidates (ExecuTorch)", et.get("candidates", []))):
+        if cands:
+            console.print(table(title, ["candidate", "KB", "p50 ms", "cosine", "budget"],
+                                [[c["name"], c["size_bytes"] / 1e3, c["p50_ms"], c["cosine_mean"],
+                                  "ok" if c["cosine_mean"] >= report["drift_budget"] else "no"] for c in cands]))
 
 
-def _write_files(report: dict, out_dir: Path, base_recipe: dict) -> None:
+def _candidate_rows(cands: list[dict], budget: float) -> list[str]:
+    rows = ["| candidate | size (KB) | p50 ms | p90 ms | cosine mean | cosine min | meets budget |", "|---|---|---|---|---|---|---|"]
+    for c in cands:
+        rows.append(f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['cosine_mean']:.4f} | "
+                    f"{c['cosine_min']:.4f} | {'yes' if c['cosine_mean'] >= budget else 'no'} |")
+    return rows
+
+
+def _verify_section(base: dict, budget: float) -> str:
+    return f"[verify]\nimages = {int(base['verify']['images'])}\nmin_cosine = {budget}\n"
+
+
+def _write_files(report: dict, out_dir: Path, base_recipes: dict) -> None:
     (out_dir / "sensitivity.json").write_text(json.dumps(report, indent=2))
-    lines = [f"# INT8 sensitivity of {report['checkpoint']} (TFLite, {report['threads']} threads)", "",
-             "## Worst layers (RMSE of the quantization error / quantization scale)", "",
+    budget = report["drift_budget"]
+    lines = [f"# INT8 sensitivity of {report['checkpoint']} ({report['threads']} threads)", "",
+             "## Worst layers, TFLite (RMSE of the quantization error / quantization scale)", "",
              "| # | op | tensor | RMSE/scale | max abs error |", "|---|---|---|---|---|"]
     for i, l in enumerate(report["layers"][:15]):
         lines.append(f"| {i + 1} | {l['op']} | `{l['tensor']}` | {l['rmse_over_scale']:.2f} | {l['max_abs_error']:.4g} |")
@@ -153,26 +232,44 @@ def _write_files(report: dict, out_dir: Path, base_recipe: dict) -> None:
         lines += ["", f"Every layer's error is within 2x the rounding floor (1/sqrt(12) = {ROUNDING_FLOOR:.3f} of a quantization step; "
                       f"worst {worst:.2f}): no layer is badly quantized on its own, so keeping a few layers in float cannot "
                       "help much; a drift that remains comes from the network amplifying rounding noise layer after layer."]
-    lines += ["", f"## Candidates (drift budget: mean cosine >= {report['drift_budget']})", "",
-              "| candidate | size (KB) | p50 ms | p90 ms | cosine mean | cosine min | meets budget |", "|---|---|---|---|---|---|---|"]
-    for c in report["candidates"]:
-        lines.append(f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['cosine_mean']:.4f} | "
-                     f"{c['cosine_min']:.4f} | {'yes' if c['cosine_mean'] >= report['drift_budget'] else 'no'} |")
+    noise = report["noise_cosine_1_grey_level"]
+    lines += ["", f"Float model's own sensitivity: its embeddings move to mean cosine {noise:.4f} when one grey level of Gaussian "
+                  "noise is added to the input (no quantization at all)."]
+    if noise < budget:
+        lines += ["That is already below the drift budget: static INT8 adds noise of about that size to every activation, "
+                  "so no static INT8 recipe can be expected to meet the budget for this model; a less noise-sensitive model "
+                  "(training data with sensor noise, noise augmentation, quantization-aware training) is what would."]
+    lines += ["", f"## TFLite candidates, LiteRT (drift budget: mean cosine >= {budget})", ""] + _candidate_rows(report["candidates"], budget)
     chosen = report["chosen"]
     lines += ["", f"**Chosen:** {chosen['name']} (fastest candidate within the drift budget)" if chosen
-              else "**No candidate meets the drift budget.**", "", f"Not covered: {report['not_covered']}."]
+              else "**No candidate meets the drift budget.**"]
+    et = report.get("executorch")
+    if et:
+        lines += ["", "## ExecuTorch candidates, XNNPACK", ""] + _candidate_rows(et["candidates"], budget)
+        lines += ["", f"**Chosen:** {et['chosen']['name']} (fastest candidate within the drift budget)" if et["chosen"]
+                  else "**No candidate meets the drift budget.**"]
+    lines += ["", f"Not covered: {report['not_covered']}."]
     (out_dir / "sensitivity.md").write_text("\n".join(lines) + "\n")
     if chosen:
+        base = base_recipes["tflite"]
         nodes = ", ".join(json.dumps(n) for n in chosen["float_nodes"])
         (out_dir / "recipe_tflite.toml").write_text(
             f"# Chosen by mobilereid quant-sensitivity for {report['checkpoint']}: {chosen['name']}\n"
             f"# cosine {chosen['cosine_mean']:.4f}, p50 {chosen['p50_ms']:.2f} ms on {report['threads']} threads\n"
             f'target = "tflite"\nfamily = "{report["family"]}"\nvariants = ["{chosen["variant"]}"]\n\n[int8]\n'
-            f"per_channel = {str(bool(base_recipe.get('int8', {}).get('per_channel', True))).lower()}\n"
-            f"calibration_images = {int(base_recipe.get('int8', {}).get('calibration_images', 64))}\n"
-            f'io_dtype = "{base_recipe.get("int8", {}).get("io_dtype", "int8")}"\nfloat_nodes = [{nodes}]\n'
-            f'activation_ranges = "{chosen["activation_ranges"]}"\n\n'
-            f"[verify]\nimages = {int(base_recipe['verify']['images'])}\nmin_cosine = {report['drift_budget']}\n")
+            f"per_channel = {str(bool(base.get('int8', {}).get('per_channel', True))).lower()}\n"
+            f"calibration_images = {int(base.get('int8', {}).get('calibration_images', 64))}\n"
+            f'io_dtype = "{base.get("int8", {}).get("io_dtype", "int8")}"\nfloat_nodes = [{nodes}]\n'
+            f'activation_ranges = "{chosen["activation_ranges"]}"\n\n' + _verify_section(base, budget))
+    if et and et["chosen"]:
+        base, c = base_recipes["executorch"], et["chosen"]
+        (out_dir / "recipe_executorch.toml").write_text(
+            f"# Chosen by mobilereid quant-sensitivity for {report['checkpoint']}: {c['name']}\n"
+            f"# cosine {c['cosine_mean']:.4f}, p50 {c['p50_ms']:.2f} ms on {report['threads']} threads\n"
+            f'target = "executorch"\nfamily = "{report["family"]}"\nvariants = ["{c["variant"]}"]\n\n[int8]\n'
+            f'mode = "{c["mode"]}"\nper_channel = {str(bool(base.get("int8", {}).get("per_channel", True))).lower()}\n'
+            f"calibration_images = {int(base.get('int8', {}).get('calibration_images', 64))}\n"
+            f'activation_ranges = "{c["activation_ranges"]}"\n\n' + _verify_section(base, budget))
     _plot(report, out_dir / "sensitivity.png")
 
 
@@ -190,11 +287,12 @@ def _plot(report: dict, path: Path) -> None:
     a1.set_xlabel("RMSE / quantization scale")
     a1.set_title("worst layers")
     a1.tick_params(axis="y", labelsize=7)
-    for c in report["candidates"]:
-        a2.scatter(c["p50_ms"], c["cosine_mean"], s=50)
-        a2.annotate(c["name"], (c["p50_ms"], c["cosine_mean"]), textcoords="offset points", xytext=(4, 3), fontsize=8)
+    for runtime, marker, cands in (("LiteRT", "o", report["candidates"]), ("ExecuTorch", "s", (report.get("executorch") or {}).get("candidates", []))):
+        for c in cands:
+            a2.scatter(c["p50_ms"], c["cosine_mean"], s=50, marker=marker)
+            a2.annotate(f"{runtime}: {c['name']}", (c["p50_ms"], c["cosine_mean"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
     a2.axhline(report["drift_budget"], color="#2e7d32", ls="--", lw=1)
-    a2.set_xlabel("LiteRT p50 latency (ms)")
+    a2.set_xlabel("p50 latency (ms), o LiteRT, s ExecuTorch")
     a2.set_ylabel("mean cosine to float")
     a2.set_title("candidates")
     a2.grid(alpha=0.3)

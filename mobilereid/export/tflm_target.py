@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExportError
-from .common import ExportJob, Workdir, atomic_write_bytes, verify_artifact, write_sidecar, _write_json
+from .common import ExportJob, Workdir, atomic_write_bytes, describe_artifact, verify_artifact, write_sidecar, _write_json
+from .tflite_metadata import METADATA_NAME, embed_metadata
 from .recipes import RECIPE_DIR
 from .tflite_ops import op_names
 from .tflite_target import build_tflite_variants, io_specs
@@ -163,9 +164,13 @@ def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> 
     with Workdir(job.out_dir, "tflm") as tmp:
         data = build_tflite_variants(job, ["int8"], qcfg, tmp)["int8"]
         ops = check_ops(data, job.stem)
+        in_spec, out_spec = io_specs(data)
+        # the description travels inside the flatbuffer (and so inside the C array); it counts in the flash budget
+        description = describe_artifact(job, target="tflm", runtime="tflite-micro", precision="int8", input_spec=in_spec,
+                                        output_spec=out_spec, recipe=recipe, extra={"embedded_metadata": METADATA_NAME})
+        data = embed_metadata(data, description)
         probe = tmp / "probe.tflite"
         probe.write_bytes(data)
-        in_spec, out_spec = io_specs(data)
         x = np.zeros(in_spec["shape"], np.int8)
         arena = find_arena(probe, x)
         # TFLM vs LiteRT on the same quantized inputs
@@ -225,8 +230,7 @@ def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> 
     tflm = {"board": board, "flash_bytes": len(data), "arena_bytes": arena, "macs": int(count_macs(job.model)),
             "ops": sorted(set(ops)), "max_output_lsb_vs_litert": max_lsb, "max_output_lsb_vs_litert_reference_kernels": max_lsb_ref,
             "host_latency_ms_median": float(np.median(times)), "latency_note": "TFLite Micro interpreter on the host CPU, not an MCU"}
-    meta = write_sidecar(job, out, target="tflm", runtime="tflite-micro", precision="int8", input_spec=in_spec,
-                         output_spec=out_spec, recipe=recipe, extra={"tflm": tflm})
+    meta = write_sidecar(job, out, description={**description, "tflm": tflm})
     verification = verify_artifact(job, out, meta, recipe["verify"]["min_cosine"])
     _write_json(job.out_dir / f"{job.stem}_tflm_report.json", {**tflm, "verification": verification})
     return [{"artifact": out, "precision": "int8", "verification": verification, "tflm": tflm}]
