@@ -17,11 +17,11 @@ here taken over images rather than over values, so no single image sets the scal
 Measured on the trained ``sclnet_small`` of ``make run`` (16 held-out images, mean embedding cosine to the float
 model; same graph, same weights, same int8 IO): LiteRT int8 0.51 (default) -> 0.92 (mean_minmax), ExecuTorch int8
 0.63 -> 0.92. On a ViT (full int8, not a default recipe) it does not help: 0.39 -> 0.32, so ViT recipes keep the
-default. ``p90_minmax``, measured on a ``sclnet_small`` trained the same way on the synthetic data with sensor
-noise (mean / worst image cosine, 16 held-out images): LiteRT int8 0.908 / 0.404 (mean_minmax) -> 0.944 / 0.907
-(p90_minmax), ExecuTorch int8 0.912 / 0.435 -> 0.942 / 0.913; a torch simulation of the same int8 graph placed the
-best percentile between 85 and 90 (p85 0.947, p90 0.946, p95 0.940, p98 0.927, max 0.657), so SCL-net recipes use
-``p90_minmax``.
+default. ``p90_minmax``, measured by ``mobilereid quant-sensitivity`` on a newer trained ``sclnet_small`` (32
+held-out images, mean / worst-image cosine, same weights for every rule): LiteRT int8 0.491 / 0.210 (default),
+0.875 / 0.608 (mean_minmax), 0.907 / 0.840 (p90_minmax); ExecuTorch int8 0.649 / 0.458, 0.875 / 0.633,
+0.909 / 0.847. A torch simulation of the same int8 graph placed the best percentile between 85 and 90 (p85 0.947,
+p90 0.946, p95 0.940, p98 0.927, max 0.657 on another trained model), so SCL-net recipes use ``p90_minmax``.
 
 Mechanics: the converter calibrates only (``_experimental_calibrate_only``: a float model whose tensors carry the
 recorded min/max), the per-image extremes of those same tensors are read by running that model in LiteRT with every
