@@ -241,8 +241,8 @@ def _write_files(report: dict, out_dir: Path, base_recipes: dict) -> None:
                   "noise is added to the input (no quantization at all)."]
     if noise < budget:
         lines += ["That is already below the drift budget: static INT8 adds noise of about that size to every activation, "
-                  "so no static INT8 recipe can be expected to meet the budget for this model; a less noise-sensitive model "
-                  "(training data with sensor noise, noise augmentation, quantization-aware training) is what would."]
+                  "so no static INT8 recipe can be expected to meet the budget for this model; a model trained to agree with its INT8 version "
+                  "is what would: for SCL-net, `mobilereid quant-finetune` (quantization-consistency QAT) measured 0.907 -> 0.974."]
     lines += ["", f"## TFLite candidates, LiteRT (drift budget: mean cosine >= {budget})", ""] + _candidate_rows(report["candidates"], budget)
     chosen = report["chosen"]
     lines += ["", f"**Chosen:** {chosen['name']} (fastest candidate within the drift budget)" if chosen
