@@ -41,7 +41,7 @@ from .errors import CheckpointError, MobileReIDError
 from .losses import reid_loss
 from .models.checkpoint import load_checkpoint, save_checkpoint
 from .models.registry import model_family
-from .train import preprocess_spec_for
+from .train import lr_at, preprocess_spec_for
 
 
 @dataclass
@@ -113,7 +113,7 @@ def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cf
         with progress(f"quant-finetune epoch {epoch + 1}/{cfg.epochs}", len(batches)) as advance:
             for i, batch in enumerate(batches):
                 for group in opt.param_groups:
-                    group["lr"] = cfg.lr * 0.5 * (1 + np.cos(np.pi * (epoch * steps + i) / (cfg.epochs * steps)))
+                    group["lr"] = lr_at(epoch * steps + i, cfg.epochs * steps, 0, cfg.lr)
                 items = [images[j] for j in batch]
                 x = torch.stack([it[0] for it in items])
                 y = torch.tensor([it[1] for it in items])

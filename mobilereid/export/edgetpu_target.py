@@ -19,10 +19,9 @@ import subprocess
 from pathlib import Path
 
 from ..errors import ExportError
-from .common import ExportJob, Workdir, atomic_copy, atomic_write_bytes, describe_artifact, verify_artifact, write_sidecar, _write_json
-from .tflite_metadata import METADATA_NAME, embed_metadata
+from .common import ExportJob, Workdir, atomic_copy, atomic_write_bytes, verify_artifact, write_sidecar, _write_json
 from .tflite_ops import op_names
-from .tflite_target import build_tflite_variants, io_specs
+from .tflite_target import build_tflite_variants, self_describing
 
 # Documented Edge TPU operations (coral.ai/docs/edgetpu/models-intro, "Supported operations"), TFLite names.
 EDGETPU_OPS = {
@@ -83,10 +82,8 @@ def export_edgetpu(job: ExportJob, recipe: dict) -> list[dict]:
         raise ExportError(f"{recipe['source']}: the Edge TPU needs full-integer models (integer IO, no float ops)")
     with Workdir(job.out_dir, "edgetpu") as tmp:
         data = build_tflite_variants(job, ["int8"], qcfg, tmp)["int8"]
-        in_spec, out_spec = io_specs(data)
-        description = describe_artifact(job, target="edgetpu", runtime="litert", precision="int8", input_spec=in_spec,
-                                        output_spec=out_spec, recipe=recipe, extra={"embedded_metadata": METADATA_NAME})
-        data = embed_metadata(data, description)  # LiteRT ignores it; whether edgetpu_compiler copies it into its output is not verified here (no compiler)
+        data, description = self_describing(job, data, target="edgetpu", runtime="litert", precision="int8", recipe=recipe)
+        # LiteRT ignores the metadata; whether edgetpu_compiler copies it into its output is not verified here (no compiler)
         report = mapping_report(data)
         out = job.out_dir / f"{job.stem}_edgetpu_ready_int8.tflite"
         atomic_write_bytes(out, data)

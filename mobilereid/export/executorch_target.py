@@ -35,7 +35,23 @@ def delegation_report(edge_program) -> dict:
     }
 
 
-def lower(job: ExportJob, int8: bool, qcfg: dict) -> tuple[bytes, dict]:
+def io_spec(job: ExportJob) -> dict:
+    """Input and output tensors of the lowered program (float NCHW image in, float embedding out)."""
+    return {"input": tensor_spec("x", (1, 3, job.spec.height, job.spec.width), "NCHW", "float32", None),
+            "output": tensor_spec("embedding", (1, job.reference.shape[1]), None, "float32", None)}
+
+
+def lower(job: ExportJob, int8: bool, qcfg: dict, label: str) -> tuple[bytes, dict]:
+    """The XNNPACK-lowered program and its delegation report; a failure is one ExportError naming ``label``."""
+    try:
+        return _lower(job, int8, qcfg)
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"ExecuTorch lowering of {job.stem} ({label}) failed: {str(exc).splitlines()[0][:300]}") from None
+
+
+def _lower(job: ExportJob, int8: bool, qcfg: dict) -> tuple[bytes, dict]:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -69,26 +85,19 @@ def lower(job: ExportJob, int8: bool, qcfg: dict) -> tuple[bytes, dict]:
 
 def export_executorch(job: ExportJob, recipe: dict) -> list[dict]:
     results = []
-    h, w = job.spec.height, job.spec.width
     for variant in recipe["variants"]:
         if variant not in ("fp32", "int8"):
             raise ExportError(f"{recipe['source']}: unknown ExecuTorch variant {variant!r} (fp32, int8)")
         int8 = variant == "int8"
         qcfg = recipe.get("int8", {})
-        try:
-            buffer, report = lower(job, int8, qcfg)
-        except ExportError:
-            raise
-        except Exception as exc:
-            raise ExportError(f"ExecuTorch lowering of {job.stem} ({variant}) failed: {str(exc).splitlines()[0][:300]}") from None
+        buffer, report = lower(job, int8, qcfg, variant)
         precision = "fp32" if not int8 else ("int8_dynamic" if qcfg.get("mode") == "dynamic" else "int8")
         out = job.out_dir / f"{job.stem}_xnnpack_{variant}.pte"
         atomic_write_bytes(out, buffer)
+        io = io_spec(job)
         meta = write_sidecar(
             job, out, target="executorch", runtime="executorch", precision=precision,
-            input_spec=tensor_spec("x", (1, 3, h, w), "NCHW", "float32", None),
-            output_spec=tensor_spec("embedding", (1, job.reference.shape[1]), None, "float32", None),
-            recipe=recipe, extra={"delegation": report, "backend": "XNNPACK"},
+            input_spec=io["input"], output_spec=io["output"], recipe=recipe, extra={"delegation": report, "backend": "XNNPACK"},
         )
         verification = verify_artifact(job, out, meta, recipe["verify"]["min_cosine"])
         results.append({"artifact": out, "precision": precision, "verification": verification, "delegation": report})

@@ -117,21 +117,15 @@ def noise_sensitivity(job, grey_levels: float = 1.0, seed: int = 0) -> float:
 def executorch_candidates(job, qcfg: dict, threads: int, repeats: int, advance) -> list[dict]:
     """Static INT8 with each activation-range rule, dynamic INT8 and fp32, lowered to XNNPACK and measured in the
     ExecuTorch runtime."""
-    from .common import tensor_spec
-    from .executorch_target import lower
+    from .executorch_target import io_spec, lower
 
-    h, w = job.spec.height, job.spec.width
-    io = {"input": tensor_spec("x", (1, 3, h, w), "NCHW", "float32", None),
-          "output": tensor_spec("embedding", (1, job.reference.shape[1]), None, "float32", None)}
+    io = io_spec(job)
     plans = ([(f"int8, {r} ranges", "int8", {"mode": "static", "activation_ranges": r}) for r in RANGE_RULES]
              + [("dynamic int8", "int8", {"mode": "dynamic"}), ("fp32", "fp32", {})])
     results = []
     for name, variant, extra in plans:
         cfg = {**qcfg, **extra}
-        try:
-            buffer, delegation = lower(job, variant == "int8", cfg)
-        except Exception as exc:
-            raise ExportError(f"ExecuTorch candidate '{name}' of {job.stem} failed to lower: {str(exc).splitlines()[0][:300]}") from None
+        buffer, delegation = lower(job, variant == "int8", cfg, f"candidate {name}")
         results.append({"name": name, "variant": variant, "mode": cfg.get("mode", "static"),
                         "activation_ranges": cfg.get("activation_ranges", "default"),
                         "delegated_subgraphs": delegation["delegated_subgraphs"],

@@ -237,6 +237,16 @@ def converter_description(converter: str) -> str:
     return "onnx2tf 1.29.24 -> tf.lite.TFLiteConverter"
 
 
+def self_describing(job: ExportJob, data: bytes, *, target: str, runtime: str, precision: str, recipe: dict,
+                    extra: dict | None = None) -> tuple[bytes, dict]:
+    """The model with its description embedded as flatbuffer metadata (`tflite_metadata`), and that description
+    (IO specs read from the model itself) for the sidecar. Shared by the tflite, edgetpu and tflm targets."""
+    in_spec, out_spec = io_specs(data)
+    description = describe_artifact(job, target=target, runtime=runtime, precision=precision, input_spec=in_spec,
+                                    output_spec=out_spec, recipe=recipe, extra={**(extra or {}), "embedded_metadata": METADATA_NAME})
+    return embed_metadata(data, description), description
+
+
 def export_tflite(job: ExportJob, recipe: dict) -> list[dict]:
     qcfg = recipe.get("int8", {})
     results = []
@@ -245,12 +255,9 @@ def export_tflite(job: ExportJob, recipe: dict) -> list[dict]:
         models = build_tflite_variants(job, list(recipe["variants"]), qcfg, tmp, converter)
     for variant, data in models.items():
         out = job.out_dir / f"{job.stem}_{variant}.tflite"
-        in_spec, out_spec = io_specs(data)
-        description = describe_artifact(job, target="tflite", runtime="litert", precision=variant,
-                                        input_spec=in_spec, output_spec=out_spec, recipe=recipe,
-                                        extra={"converter": converter_description(converter),
-                                               "embedded_metadata": METADATA_NAME})
-        atomic_write_bytes(out, embed_metadata(data, description))
+        data, description = self_describing(job, data, target="tflite", runtime="litert", precision=variant, recipe=recipe,
+                                            extra={"converter": converter_description(converter)})
+        atomic_write_bytes(out, data)
         meta = write_sidecar(job, out, description=description)
         verification = verify_artifact(job, out, meta, recipe["verify"]["min_cosine"])
         results.append({"artifact": out, "precision": variant, "verification": verification})

@@ -24,11 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExportError
-from .common import ExportJob, Workdir, atomic_write_bytes, describe_artifact, verify_artifact, write_sidecar, _write_json
-from .tflite_metadata import METADATA_NAME, embed_metadata
+from .common import ExportJob, Workdir, atomic_write_bytes, verify_artifact, write_sidecar, _write_json
 from .recipes import RECIPE_DIR
 from .tflite_ops import op_names
-from .tflite_target import build_tflite_variants, io_specs
+from .tflite_target import build_tflite_variants, self_describing
 
 TFLM_OPS = {
     "ABS", "ADD", "ADD_N", "ARG_MAX", "ARG_MIN", "AVERAGE_POOL_2D", "BATCH_MATMUL", "BATCH_TO_SPACE_ND", "BROADCAST_ARGS",
@@ -164,11 +163,9 @@ def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> 
     with Workdir(job.out_dir, "tflm") as tmp:
         data = build_tflite_variants(job, ["int8"], qcfg, tmp)["int8"]
         ops = check_ops(data, job.stem)
-        in_spec, out_spec = io_specs(data)
         # the description travels inside the flatbuffer (and so inside the C array); it counts in the flash budget
-        description = describe_artifact(job, target="tflm", runtime="tflite-micro", precision="int8", input_spec=in_spec,
-                                        output_spec=out_spec, recipe=recipe, extra={"embedded_metadata": METADATA_NAME})
-        data = embed_metadata(data, description)
+        data, description = self_describing(job, data, target="tflm", runtime="tflite-micro", precision="int8", recipe=recipe)
+        in_spec, out_spec = description["input"], description["output"]
         probe = tmp / "probe.tflite"
         probe.write_bytes(data)
         x = np.zeros(in_spec["shape"], np.int8)
