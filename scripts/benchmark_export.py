@@ -7,8 +7,10 @@ For each checkpoint: exports ONNX, ExecuTorch (fp32 + int8) with the default rec
 and full int8 (for every family, with the drift gate off: drift is measured here, not enforced), then times torch
 fp32 and every artifact **in one process, on the same preprocessed image, with the same thread count**, one after
 another (warm-up first). Ratios (INT8 size / fp32 size, INT8 latency / fp32 latency of the same runtime) are
-computed from numbers measured side by side in this run. For LiteRT rows the XNNPACK partitions and the ops left
-outside them are read from the interpreter; for ExecuTorch from the sidecar's delegation report. Writes
+computed from numbers measured side by side in this run. For LiteRT rows the file's bytes are broken down by
+role (weights, biases, per-channel quantization parameters, graph; ``mobilereid.export.tflite_size``), and the
+XNNPACK partitions and the ops left outside them are read from the interpreter; for ExecuTorch from the
+sidecar's delegation report. Writes
 ``benchmark.json`` and ``benchmark.md``; prints the table. Latency is host-CPU latency, not a phone's.
 """
 
@@ -24,6 +26,7 @@ import torch
 from mobilereid.export import export_checkpoint
 from mobilereid.export.calibration import calibration_files, load_batch
 from mobilereid.export.litert_delegation import delegation_report
+from mobilereid.export.tflite_size import breakdown_line, size_breakdown
 from mobilereid.models.checkpoint import load_checkpoint
 from mobilereid.report import write_rows_table
 from mobilereid.runtimes import open_runner
@@ -71,7 +74,8 @@ def bench_checkpoint(ckpt: Path, data: Path, out: Path, threads: int, runs: int)
                "cosine_mean": r["verification"]["cosine_mean"], "cosine_min": r["verification"]["cosine_min"]}
         if hasattr(runner, "interp"):  # LiteRT: which ops XNNPACK took, which ran on LiteRT's own kernels
             d = delegation_report(runner.interp)
-            row.update(partitions=d["partitions"], cpu_ops=dict(d["cpu_ops"]))
+            row.update(partitions=d["partitions"], cpu_ops=dict(d["cpu_ops"]),
+                       size_breakdown=size_breakdown(r["artifact"].read_bytes()))
         elif "delegation" in runner.meta:  # ExecuTorch: XNNPACK subgraphs and the ops left on portable kernels
             deleg = runner.meta["delegation"]
             row.update(partitions=deleg.get("delegated_subgraphs"),
@@ -96,6 +100,8 @@ def markdown(rows: list[dict], threads: int, runs: int) -> str:
                      f"{r.get('size_vs_fp32', float('nan')):.2f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
                      f"{r.get('latency_vs_fp32', float('nan')):.2f} | {r['cosine_mean']:.4f} | {r.get('cosine_min', 1.0):.4f} | "
                      f"{r.get('partitions', '-')} | {cpu} |")
+    lines += ["", "Where the bytes of each LiteRT model go (from the flatbuffer):", ""]
+    lines += [f"- {r['model']} {r['precision']}: {breakdown_line(r['size_breakdown'])}" for r in rows if "size_breakdown" in r]
     return "\n".join(lines).replace("| nan |", "| - |") + "\n"
 
 

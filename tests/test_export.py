@@ -92,6 +92,26 @@ def test_int8_tflite_is_integer_only_and_small(sclnet_all):
     assert "CONV_2D" in ops and "DEPTHWISE_CONV_2D" in ops and not any(o.startswith("Flex") for o in ops)
 
 
+def test_size_breakdown_accounts_for_per_channel_quantization(sclnet_all, sclnet_ckpt):
+    from mobilereid.export.tflite_size import breakdown_line, size_breakdown
+    from mobilereid.models.checkpoint import load_checkpoint
+
+    out, results = sclnet_all
+    model, _ = load_checkpoint(sclnet_ckpt)
+    deployed = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and not name.startswith("shallow")]
+    pools = [b for name, b in model.named_buffers() if name.endswith("kernel")]  # AvgPool2x2 as depthwise conv
+    weights = sum(m.weight.numel() for m in deployed) + sum(b.numel() for b in pools)
+    channels = sum(m.out_channels for m in deployed) + sum(b.shape[0] for b in pools)
+    size = {r["precision"]: size_breakdown(r["artifact"].read_bytes()) for r in results if r["target"] == "tflite"}
+    assert size["fp32"]["quantization_parameter_bytes"] == 0 and size["fp32"]["per_channel_entries"] == 0
+    assert abs(size["int8"]["constant_bytes"]["int8"] - weights) < 0.01 * weights  # one byte per conv weight
+    # each conv: per-channel scales + zero points for its weights and for its int32 bias
+    assert size["int8"]["per_channel_entries"] == 2 * channels
+    assert size["int8"]["quantization_parameter_bytes"] >= 12 * size["int8"]["per_channel_entries"]
+    assert 0 < size["int8"]["other_bytes"] < 0.2 * size["int8"]["total_bytes"]
+    assert "quantization parameters" in breakdown_line(size["int8"])
+
+
 @pytest.mark.slow
 def test_litert_delegation_report_accounts_for_every_op(sclnet_all):
     from mobilereid.export.litert_delegation import delegation_report
@@ -231,10 +251,24 @@ def test_errors(sclnet_ckpt, tiny_dataset, tmp_path):
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
 
 
+def test_collapsed_model_is_refused_and_reference_spread_recorded(tiny_dataset, tmp_path):
+    torch.manual_seed(0)
+    model = build_model("sclnet_test", num_classes=6).eval()
+    with torch.no_grad():  # the embedding conv ignores its input: every image gets the same embedding
+        model.head.embed[0].weight.zero_()
+        model.head.embed[1].bias.fill_(1.0)
+    ckpt = save_checkpoint(tmp_path / "collapsed.pt", model)
+    with pytest.raises(ExportError, match="collapsed.pt: the float model gives all .* the same embedding"):
+        export_checkpoint(ckpt, "onnx", tiny_dataset, tmp_path / "o")
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
 def test_cli_export_onnx_and_errors(sclnet_ckpt, tiny_dataset, tmp_path):
     r = runner.invoke(app, ["export", str(sclnet_ckpt), "--target", "onnx", "--calib", str(tiny_dataset), "-o", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "sclnet_test.onnx").is_file() and (tmp_path / "sclnet_test.onnx.json").is_file()
+    spread = read_sidecar(tmp_path / "sclnet_test.onnx")["verification"]["reference_pairwise_cosine_mean"]
+    assert -1.0 <= spread < 0.9999
     r = runner.invoke(app, ["export", str(sclnet_ckpt), "--target", "tensorrt", "--calib", str(tiny_dataset), "-o", str(tmp_path)])
     assert r.exit_code == 2 and "unknown target 'tensorrt'" in r.output
 

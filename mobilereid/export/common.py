@@ -40,11 +40,29 @@ class ExportJob:
     reference: np.ndarray = field(default=None)  # float torch embeddings of `verify`
     scratch: Path | None = None  # temporary folder living as long as the whole export (shared intermediates)
     saved_model: Path | None = None  # onnx2tf SavedModel, made once per export
+    reference_pairwise_cosine: float | None = None  # mean cosine between the float embeddings of different images
 
     def __post_init__(self):
         self.model.eval()
         with torch.no_grad():
             self.reference = self.model(torch.from_numpy(self.verify)).numpy()
+        self.reference_pairwise_cosine = self._check_not_collapsed()
+
+    def _check_not_collapsed(self) -> float | None:
+        """Cosine to the float model only means something if the float model tells images apart. A collapsed model
+        (every image the same embedding, e.g. after a diverged fine-tuning) would pass any cosine threshold, so it
+        is refused; the mean pairwise cosine goes into each verification result as the scale to read cosines on
+        (an untrained SCL-net already sits near 0.97, a trained one near 0.04)."""
+        n = len(self.reference)
+        if n < 2:
+            return None
+        unit = self.reference / np.maximum(np.linalg.norm(self.reference, axis=1, keepdims=True), 1e-12)
+        pairs = (unit @ unit.T)[~np.eye(n, dtype=bool)]
+        if pairs.min() > 0.9999:
+            raise ExportError(f"{self.checkpoint or self.stem}: the float model gives all {n} held-out images the same "
+                              "embedding (pairwise cosine > 0.9999), a collapsed model; verifying against it would be "
+                              "meaningless")
+        return float(pairs.mean())
 
     @property
     def stem(self) -> str:
@@ -142,6 +160,7 @@ def verify_artifact(job: ExportJob, artifact: Path, meta: dict, min_cosine: floa
         "cosine_min": float(cos.min()),
         "threshold": float(min_cosine),
         "passed": bool(cos.mean() >= min_cosine),
+        "reference_pairwise_cosine_mean": job.reference_pairwise_cosine,
         "seconds_per_image": seconds / len(cos),
     }
     meta["verification"] = result
