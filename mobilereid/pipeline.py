@@ -32,6 +32,9 @@ DEFAULT_CONFIG = {
     # elimination, AMG heads -40 %, K/V tokens -60 %
     "compress": {"model": "vit", "keep_ratio": 0.75, "scorer": "contrast", "head_ratio": 0.4, "token_rate": 0.6, "rounds": 2, "epochs_per_round": 2,
                  "arch_epochs": 2, "token_epochs": 1, "final_epochs": 3, "lr": 1e-4},
+    # quantization-consistency fine-tuning before export (mobilereid/quant_finetune.py, README): the SCL-net INT8
+    # artifacts then agree with their float model at cosine ~0.98 instead of ~0.91; "" turns it off
+    "quant_finetune": {"model": "sclnet", "epochs": 24, "lr": 5e-4, "consistency": 100.0},
     "export": {"threads": 2, "targets": {"sclnet": ["onnx", "executorch", "tflite", "edgetpu"], "vit": ["onnx", "executorch", "tflite"]}},
     "evaluate": {"threads": 2, "device": "local"},
     "pipeline": {"parallel": True},  # model chains side by side, cores split between them
@@ -144,10 +147,12 @@ def run_pipeline(config: Path | None, workdir: Path) -> dict:
 
 
 def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: str) -> dict:
-    """Train one model, compress it if the config says so, export it and evaluate its artifacts."""
+    """Train one model, compress it and quantization-fine-tune it if the config says so, export it and evaluate its
+    artifacts (against the float model that was exported)."""
     from .compress.pipeline import CompressConfig, compress
     from .evaluate import evaluate_artifacts
     from .export import export_checkpoint
+    from .quant_finetune import QuantFinetuneConfig, quant_finetune
     from .train import TrainConfig, train
 
     stages = {}
@@ -172,6 +177,20 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
         stages[stage.name] = run_stage(stage, _digest({"source": _file_digest(source), "data": data_key, "compress": c}),
                                        [ckpt], do_compress)
         name = f"{name}_compressed"
+
+    q = dict(cfg["quant_finetune"])
+    if q.pop("model") == name:
+        stage = Stage(workdir, f"quant_finetune_{name}")
+        source = ckpt
+        ckpt = reference = stage.dir / "model.pt"  # same artifact names as without the stage
+
+        def do_quant_finetune():
+            qcfg = QuantFinetuneConfig(**q, p=m["p"], k=m["k"])
+            result = quant_finetune(source, data_root, ckpt, qcfg)
+            return {"before": result["metrics_before"], "after": result["metrics_after"], "history": result["history"]}
+
+        stages[stage.name] = run_stage(stage, _digest({"source": _file_digest(source), "data": data_key, "quant_finetune": q}),
+                                       [ckpt], do_quant_finetune)
 
     if not targets:
         console.print(f"[{name}] no export targets configured: export and evaluation skipped", markup=False)

@@ -41,12 +41,12 @@ from .errors import CheckpointError, MobileReIDError
 from .losses import reid_loss
 from .models.checkpoint import load_checkpoint, save_checkpoint
 from .models.registry import model_family
-from .train import lr_at, preprocess_spec_for
+from .train import evaluate_model, lr_at, preprocess_spec_for
 
 
 @dataclass
 class QuantFinetuneConfig:
-    epochs: int = 8
+    epochs: int = 24
     lr: float = 5e-4
     consistency: float = 100.0  # weight of (1 - cosine) between the fake-quantized and the float embedding features
     p: int = 16
@@ -96,6 +96,7 @@ def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cf
     if model.cfg.num_classes != len(labels):
         raise CheckpointError(f"{checkpoint}: trained for {model.cfg.num_classes} identities, {data} has {len(labels)} "
                               "training identities (fine-tune on the data the model was trained on)")
+    metrics_before = _float_metrics(model, ds)
     images = ReIDImages(ds.train, preprocess_spec_for(model), labels, augment=True)
     sampler = PKBatches(ds.train, cfg.p, cfg.k, cfg.seed)
     steps = len(sampler)
@@ -122,8 +123,8 @@ def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cf
                     _, float_feats = graph(x)
                 _set_quantization(graph, True)
                 logits, feats = graph(x)
-                task, _ = reid_loss(logits, feats, y, cfg.label_smoothing, cfg.margin)
                 disagreement = (1 - torch.nn.functional.cosine_similarity(feats[0], float_feats[0])).mean()
+                task, _ = reid_loss(logits, feats, y, cfg.label_smoothing, cfg.margin)
                 loss = task + cfg.consistency * disagreement
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -141,5 +142,14 @@ def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cf
         raise MobileReIDError(f"{checkpoint}: the QAT graph lost parameters {missing[:3]} (toolchain change?)")
     model.load_state_dict({k: state[k] for k in model.state_dict()})
     model.eval()
-    save_checkpoint(out, model, {"quant_finetune": {**asdict(cfg), "source": str(checkpoint)}, "history": history})
-    return {"checkpoint": str(out), "history": history}
+    metrics_after = _float_metrics(model, ds)
+    save_checkpoint(out, model, {"quant_finetune": {**asdict(cfg), "source": str(checkpoint)}, "history": history,
+                                 "metrics_before": metrics_before, "metrics_after": metrics_after})
+    return {"checkpoint": str(out), "history": history, "metrics_before": metrics_before, "metrics_after": metrics_after}
+
+
+def _float_metrics(model, ds) -> dict | None:
+    """Rank-k / mAP / mINP of the float model on the query/gallery split (what fine-tuning costs in accuracy)."""
+    if not ds.query or not ds.gallery:
+        return None
+    return {k: float(v) for k, v in evaluate_model(model, ds).items()}

@@ -134,6 +134,13 @@ def pipeline_markdown(final: dict) -> str:
         for key, label in (("rank1", "Rank-1"), ("mAP", "mAP"), ("mINP", "mINP")):
             if key in b and key in a:
                 lines.append(f"| {label} | {_pct(b[key])} | {_pct(a[key])} |")
+    for name, s in st.items():
+        if name.startswith("quant_finetune_") and s.get("after") and s.get("before"):
+            b, a, last = s["before"], s["after"], s["history"][-1]
+            lines += ["", f"## Quantization fine-tuning of `{name[15:]}` (consistency between its INT8 and float embeddings)", "",
+                      "| | before | after |", "|---|---|---|"]
+            lines += [f"| float {label} | {_pct(b[key])} | {_pct(a[key])} |" for key, label in (("rank1", "Rank-1"), ("mAP", "mAP"))]
+            lines.append(f"| fake-quant vs float feature cosine (last training epoch) | | {last['feature_cosine']:.4f} |")
     for name, rep in final["evaluations"].items():
         lines += ["", f"## Artifacts of `{name}`", ""]
         lines += eval_markdown(rep).splitlines()[2:]

@@ -40,6 +40,9 @@ arch_epochs = 1
 token_epochs = 0
 final_epochs = 0
 
+[quant_finetune]
+epochs = 1
+
 [export.targets]
 sclnet = ["onnx", "tflite"]
 vit = ["executorch"]
@@ -58,8 +61,10 @@ def test_pipeline_end_to_end_and_skip(tmp_path):
     names = [a["name"] for a in report["evaluations"]["sclnet"]["artifacts"]]
     assert "model_int8.tflite" in names and "model.onnx" in names
     assert report["stages"]["compress"]["after"]["gmacs"] < report["stages"]["compress"]["before"]["gmacs"]
+    qft = report["stages"]["quant_finetune_sclnet"]
+    assert len(qft["history"]) == 1 and 0.0 <= qft["after"]["mAP"] <= 1.0
     md = (work / "report" / "report.md").read_text()
-    assert "## Compression" in md and "ΔmAP" in md
+    assert "## Compression" in md and "ΔmAP" in md and "## Quantization fine-tuning of `sclnet`" in md
     assert (work / "report" / "accuracy_latency_all.png").is_file()
     again = runner.invoke(app, ["pipeline", str(cfg), "--workdir", str(work)])
     assert again.exit_code == 0, again.output

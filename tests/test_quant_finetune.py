@@ -23,6 +23,8 @@ def test_quant_finetune_writes_a_checkpoint_that_exports(tiny_dataset, tmp_path)
     assert all(0.0 < h["feature_cosine"] <= 1.0 for h in result["history"])
     after, state = load_checkpoint(tmp_path / "qft.pt")
     assert state["extra"]["quant_finetune"]["consistency"] == cfg.consistency
+    for key in ("metrics_before", "metrics_after"):  # the float model's accuracy before and after, on query/gallery
+        assert 0.0 <= result[key]["mAP"] <= 1.0 and state["extra"][key] == result[key]
     sd0, sd1 = before.state_dict(), after.state_dict()
     assert sd0.keys() == sd1.keys()
     assert any(not torch.equal(sd0[k], sd1[k]) for k in sd0 if sd0[k].is_floating_point())  # the weights were trained
