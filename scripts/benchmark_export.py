@@ -5,8 +5,9 @@
 
 For each checkpoint: exports ONNX, ExecuTorch (fp32 + int8) with the default recipes and TFLite fp32, dynamic
 and full int8 (for every family, with the drift gate off: drift is measured here, not enforced), then times torch
-fp32 and every artifact **in one process, on the same preprocessed image, with the same thread count**, one after
-another (warm-up first). Ratios (INT8 size / fp32 size, INT8 latency / fp32 latency of the same runtime) are
+fp32 and every artifact **in one process, on the same preprocessed image, with the same thread count**, in
+interleaved blocks (so a load change on a shared machine hits every runtime alike). The CPU model and its int8
+dot-product extensions are recorded: whether int8 beats fp32 on a CPU depends on them. Ratios (INT8 size / fp32 size, INT8 latency / fp32 latency of the same runtime) are
 computed from numbers measured side by side in this run. For LiteRT rows the file's bytes are broken down by
 role (weights, biases, per-channel quantization parameters, graph; ``mobilereid.export.tflite_size``), and the
 XNNPACK partitions and the ops left outside them are read from the interpreter; for ExecuTorch from the
@@ -33,15 +34,42 @@ from mobilereid.runtimes import open_runner
 from mobilereid.train import preprocess_spec_for
 
 
-def timed(fn, runs: int, warmup: int = 5) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1000)
-    return np.asarray(out)
+def timed_interleaved(fns: list, runs: int, warmup: int = 5, rounds: int = 5) -> list[np.ndarray]:
+    """Milliseconds per call of each function, timed in ``rounds`` rounds; in each round every function runs a block
+    of ``runs // rounds`` timed calls after ``warmup`` untimed ones. A change in machine load during the benchmark
+    then hits every runtime alike, while each block still runs warm: timing one call of each in turn was measured
+    2-3x slower for every runtime (each runtime's worker threads and caches were disturbed by the previous one)."""
+    block = max(1, runs // rounds)
+    out = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, times in zip(fns, out):
+            for _ in range(warmup):
+                fn()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1000)
+    return [np.asarray(t) for t in out]
+
+
+def host_cpu() -> str:
+    """CPU model and the instruction-set extensions that decide whether int8 kernels beat fp32 (x86: AVX-512 VNNI /
+    AVX-VNNI dot products; Arm: asimddp/i8mm). Without them XNNPACK's int8 convolutions can be slower than fp32."""
+    import platform
+
+    model, flags = platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Model") and model == platform.machine():
+                model = value.strip()
+            elif key in ("flags", "Features"):
+                flags |= set(value.split())
+    except OSError:
+        pass
+    wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"]
+    return f"{model}; {' '.join(f for f in wanted if f in flags) or 'none of ' + '/'.join(wanted)}"
 
 
 def bench_checkpoint(ckpt: Path, data: Path, out: Path, threads: int, runs: int) -> list[dict]:
@@ -58,17 +86,20 @@ def bench_checkpoint(ckpt: Path, data: Path, out: Path, threads: int, runs: int)
     _, verify = calibration_files(data, 1, 1)
     x = load_batch(verify[:1], spec)
     torch.set_num_threads(threads)
-    rows = []
     xt = torch.from_numpy(x)
-    with torch.no_grad():
-        ms = timed(lambda: model(xt), runs)
+    runners = [open_runner(r["artifact"], threads=threads) for r in results]
+    prepared = [runner.prepare(x[0]) for runner in runners]
+
+    def torch_fp32():
+        with torch.no_grad():
+            model(xt)
+
+    calls = [torch_fp32] + [lambda runner=runner, p=p: runner.run_prepared(p) for runner, p in zip(runners, prepared)]
+    times = timed_interleaved(calls, runs)
     fp32_params = sum(p.numel() for n, p in model.state_dict().items() if "classifier" not in n) * 4
-    rows.append({"model": ckpt.parent.name, "runtime": "torch", "precision": "fp32", "size_mb": fp32_params / 1e6,
-                 "p50_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "cosine_mean": 1.0})
-    for r in results:
-        runner = open_runner(r["artifact"], threads=threads)
-        prepared = runner.prepare(x[0])
-        ms = timed(lambda: runner.run_prepared(prepared), runs)
+    rows = [{"model": ckpt.parent.name, "runtime": "torch", "precision": "fp32", "size_mb": fp32_params / 1e6,
+             "p50_ms": float(np.median(times[0])), "p90_ms": float(np.percentile(times[0], 90)), "cosine_mean": 1.0}]
+    for r, runner, ms in zip(results, runners, times[1:]):
         row = {"model": ckpt.parent.name, "runtime": runner.meta["runtime"], "precision": r["precision"], "artifact": r["artifact"].name,
                "size_mb": r["artifact"].stat().st_size / 1e6, "p50_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
                "cosine_mean": r["verification"]["cosine_mean"], "cosine_min": r["verification"]["cosine_min"]}
@@ -90,8 +121,9 @@ def bench_checkpoint(ckpt: Path, data: Path, out: Path, threads: int, runs: int)
     return rows
 
 
-def markdown(rows: list[dict], threads: int, runs: int) -> str:
-    lines = [f"Host CPU, {threads} threads, batch 1, {runs} timed runs after 5 warm-up runs, same image for all.", "",
+def markdown(rows: list[dict], threads: int, runs: int, cpu: str) -> str:
+    lines = [f"Host CPU ({cpu}), {threads} threads, batch 1, {runs} timed runs per runtime in 5 interleaved blocks "
+             "(5 warm-up runs before each), same image for all.", "",
              "| model | runtime | precision | MB | size vs fp32 | p50 ms | p90 ms | latency vs fp32 | cosine mean | cosine min | delegate partitions | ops outside the delegate |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -116,7 +148,9 @@ def main():
     rows = []
     for ckpt in args.ckpt:
         rows += bench_checkpoint(ckpt, args.data, args.out, args.threads, args.runs)
-    write_rows_table(args.out, "benchmark", {"threads": args.threads, "runs": args.runs}, rows, markdown(rows, args.threads, args.runs))
+    cpu = host_cpu()
+    write_rows_table(args.out, "benchmark", {"threads": args.threads, "runs": args.runs, "cpu": cpu}, rows,
+                     markdown(rows, args.threads, args.runs, cpu))
 
 
 if __name__ == "__main__":
