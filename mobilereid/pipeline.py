@@ -48,6 +48,13 @@ def load_config(path: Path | None) -> dict:
     unknown = set(user) - set(DEFAULT_CONFIG)
     if unknown:
         raise MobileReIDError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(DEFAULT_CONFIG)}")
+    for section, table in user.items():
+        if section == "models" or not isinstance(table, dict):  # model tables take free-form options
+            continue
+        bad = set(table) - set(DEFAULT_CONFIG[section])
+        if bad:
+            raise MobileReIDError(f"{path}: unknown key(s) {', '.join(sorted(bad))} in [{section}]; known: "
+                                  f"{', '.join(DEFAULT_CONFIG[section])}")
     return deep_merge(DEFAULT_CONFIG, user)
 
 

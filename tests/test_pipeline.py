@@ -76,6 +76,9 @@ def test_bad_config(tmp_path):
     bad.write_text("[dataa]\nids = 3\n")
     with pytest.raises(MobileReIDError, match="unknown section"):
         load_config(bad)
+    bad.write_text("[quant_finetune]\nepoch = 3\n")
+    with pytest.raises(MobileReIDError, match=r"unknown key\(s\) epoch in \[quant_finetune\]"):
+        load_config(bad)
     bad.write_text("not toml = = 1")
     with pytest.raises(MobileReIDError, match="not valid TOML"):
         load_config(bad)
