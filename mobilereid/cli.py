@@ -292,7 +292,7 @@ def quant_finetune_cmd(
     epochs: int = typer.Option(24, help="Epochs."),
     lr: float = typer.Option(5e-4, help="Peak learning rate (Adam, cosine decay)."),
     consistency: float = typer.Option(100.0, help="Weight of (1 - cosine) between the fake-quantized and the float "
-                                      "features (higher: closer INT8 agreement, lower float accuracy; README)."),
+                                      "exported embeddings."),
     threads: int = typer.Option(0, help="Torch CPU threads (0 = torch default)."),
 ):
     """Quantization-consistency fine-tuning (PT2E QAT): the INT8 model then agrees with its float model."""
@@ -302,7 +302,7 @@ def quant_finetune_cmd(
     last, before, after = result["history"][-1], result["metrics_before"], result["metrics_after"]
     if before and after:
         console.print(f"float model: Rank-1 {before['rank1']:.2%} -> {after['rank1']:.2%}, mAP {before['mAP']:.2%} -> {after['mAP']:.2%}")
-    console.print(f"wrote {result['checkpoint']} (fake-quant vs float feature cosine {last['feature_cosine']:.4f}); "
+    console.print(f"wrote {result['checkpoint']} (fake-quant vs float embedding cosine {last['embedding_cosine']:.4f}); "
                   f"export it as usual: mobilereid export {result['checkpoint']} --target all --int8 --calib {data} -o ...")
 
 

@@ -140,7 +140,7 @@ def pipeline_markdown(final: dict) -> str:
             lines += ["", f"## Quantization fine-tuning of `{name[15:]}` (consistency between its INT8 and float embeddings)", "",
                       "| | before | after |", "|---|---|---|"]
             lines += [f"| float {label} | {_pct(b[key])} | {_pct(a[key])} |" for key, label in (("rank1", "Rank-1"), ("mAP", "mAP"))]
-            lines.append(f"| fake-quant vs float feature cosine (last training epoch) | | {last['feature_cosine']:.4f} |")
+            lines.append(f"| fake-quant vs float embedding cosine (last training epoch, training batches) | | {last['embedding_cosine']:.4f} |")
     for name, rep in final["evaluations"].items():
         lines += ["", f"## Artifacts of `{name}`", ""]
         lines += eval_markdown(rep).splitlines()[2:]

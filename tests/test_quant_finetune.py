@@ -20,7 +20,7 @@ def test_quant_finetune_writes_a_checkpoint_that_exports(tiny_dataset, tmp_path)
     cfg = QuantFinetuneConfig(epochs=2, p=3, k=2, lr=1e-3)
     result = quant_finetune(source, tiny_dataset, tmp_path / "qft.pt", cfg)
     assert [h["epoch"] for h in result["history"]] == [1, 2]
-    assert all(0.0 < h["feature_cosine"] <= 1.0 for h in result["history"])
+    assert all(0.0 < h["embedding_cosine"] <= 1.0 for h in result["history"])
     after, state = load_checkpoint(tmp_path / "qft.pt")
     assert state["extra"]["quant_finetune"]["consistency"] == cfg.consistency
     for key in ("metrics_before", "metrics_after"):  # the float model's accuracy before and after, on query/gallery
