@@ -89,14 +89,16 @@ def _qat_graph(model, example: torch.Tensor):
     return graph
 
 
-def _deployed_embedding(graph, feat: torch.Tensor) -> torch.Tensor:
-    """The BN-neck as exported (eval mode, running statistics) applied to the pre-neck features of a training pass:
-    the embedding that export verification and retrieval compare. The neck subtracts the features' running mean, so
-    cosine on its output measures agreement of what tells identities apart; on the raw features a large shared
-    component inflates cosine (measured: 0.97-0.98 during training while the exported INT8 reached only 0.98)."""
+def _deployed_neck(graph, eps: float):
+    """The BN-neck as exported (eval mode, running statistics), as a function of the pre-neck features of a training
+    pass: it gives the embedding that export verification and retrieval compare. The neck subtracts the features'
+    running mean, so cosine on its output measures agreement of what tells identities apart; on the raw features a
+    large shared component inflates cosine (measured: 0.97-0.98 during training while the exported INT8 reached only
+    0.98). The graph's tensors are looked up once: training updates them in place."""
     buffers, params = dict(graph.named_buffers()), dict(graph.named_parameters())
     mean, var = buffers["head.bottleneck.running_mean"], buffers["head.bottleneck.running_var"]
-    return (feat - mean) * torch.rsqrt(var + 1e-5) * params["head.bottleneck.weight"] + params["head.bottleneck.bias"]
+    weight, bias = params["head.bottleneck.weight"], params["head.bottleneck.bias"]
+    return lambda feat: (feat - mean) * torch.rsqrt(var + eps) * weight + bias
 
 
 def _set_quantization(graph, on: bool) -> None:
@@ -130,6 +132,7 @@ def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cf
         raise MobileReIDError(f"{data}: too few identities with images for batches of P={cfg.p} x K={cfg.k}")
     first = sampler.batches()[0]
     graph = _qat_graph(model, torch.stack([images[i][0] for i in first]))
+    neck = _deployed_neck(graph, model.head.bottleneck.eps)
     opt = torch.optim.Adam([p for p in graph.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     history = []
     for epoch in range(cfg.epochs):
@@ -149,8 +152,7 @@ def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cf
                     _, float_feats = graph(x)
                 _set_quantization(graph, True)
                 logits, feats = graph(x)
-                disagreement = (1 - torch.nn.functional.cosine_similarity(
-                    _deployed_embedding(graph, feats[0]), _deployed_embedding(graph, float_feats[0]))).mean()
+                disagreement = (1 - torch.nn.functional.cosine_similarity(neck(feats[0]), neck(float_feats[0]))).mean()
                 task, _ = reid_loss(logits, feats, y, cfg.label_smoothing, cfg.margin)
                 loss = task + cfg.consistency * disagreement
                 opt.zero_grad(set_to_none=True)

@@ -137,7 +137,7 @@ def pipeline_markdown(final: dict) -> str:
     for name, s in st.items():
         if name.startswith("quant_finetune_") and s.get("after") and s.get("before"):
             b, a, last = s["before"], s["after"], s["history"][-1]
-            lines += ["", f"## Quantization fine-tuning of `{name[15:]}` (consistency between its INT8 and float embeddings)", "",
+            lines += ["", f"## Quantization fine-tuning of `{name.removeprefix('quant_finetune_')}` (consistency between its INT8 and float embeddings)", "",
                       "| | before | after |", "|---|---|---|"]
             lines += [f"| float {label} | {_pct(b[key])} | {_pct(a[key])} |" for key, label in (("rank1", "Rank-1"), ("mAP", "mAP"))]
             lines.append(f"| fake-quant vs float embedding cosine (last training epoch, training batches) | | {last['embedding_cosine']:.4f} |")

@@ -7,12 +7,12 @@ For each checkpoint: exports ONNX, ExecuTorch (fp32 + int8) with the default rec
 and full int8 (for every family, with the drift gate off: drift is measured here, not enforced), then times torch
 fp32 and every artifact **in one process, on the same preprocessed image, with the same thread count**, in
 interleaved blocks (so a load change on a shared machine hits every runtime alike). The CPU model and its int8
-dot-product extensions are recorded: whether int8 beats fp32 on a CPU depends on them. Ratios (INT8 size / fp32 size, INT8 latency / fp32 latency of the same runtime) are
-computed from numbers measured side by side in this run. For LiteRT rows the file's bytes are broken down by
-role (weights, biases, per-channel quantization parameters, graph; ``mobilereid.export.tflite_size``), and the
-XNNPACK partitions and the ops left outside them are read from the interpreter; for ExecuTorch from the
-sidecar's delegation report. Writes
-``benchmark.json`` and ``benchmark.md``; prints the table. Latency is host-CPU latency, not a phone's.
+dot-product extensions are recorded: whether int8 beats fp32 on a CPU depends on them. Ratios (INT8 size / fp32
+size, INT8 latency / fp32 latency of the same runtime) are computed from numbers measured side by side in this run.
+For LiteRT rows the file's bytes are broken down by role (weights, biases, per-channel quantization parameters,
+graph; ``mobilereid.export.tflite_size``), and the XNNPACK partitions and the ops left outside them are read from
+the interpreter; for ExecuTorch from the sidecar's delegation report. Writes ``benchmark.json`` and
+``benchmark.md``; prints the table. Latency is host-CPU latency, not a phone's.
 """
 
 from __future__ import annotations

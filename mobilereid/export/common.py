@@ -56,7 +56,7 @@ class ExportJob:
         n = len(self.reference)
         if n < 2:
             return None
-        unit = self.reference / np.maximum(np.linalg.norm(self.reference, axis=1, keepdims=True), 1e-12)
+        unit = unit_rows(self.reference)
         pairs = (unit @ unit.T)[~np.eye(n, dtype=bool)]
         if pairs.min() > 0.9999:
             raise ExportError(f"{self.checkpoint or self.stem}: the float model gives all {n} held-out images the same "
@@ -137,10 +137,12 @@ def _write_json(path: Path, obj: dict) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def unit_rows(a: np.ndarray) -> np.ndarray:
+    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return (a * b).sum(1)
+    return (unit_rows(a) * unit_rows(b)).sum(1)
 
 
 def verify_artifact(job: ExportJob, artifact: Path, meta: dict, min_cosine: float) -> dict:
