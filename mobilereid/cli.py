@@ -149,6 +149,67 @@ def train_cmd(
     console.print(f"checkpoint: {out / 'model.pt'}")
 
 
+def _parse_size(text: str, flag: str) -> tuple[int, int]:
+    """'256x128' -> (256, 128)."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise MobileReIDError(f"{flag} {text!r}: expected HEIGHTxWIDTH, e.g. 256x128")
+    return int(parts[0]), int(parts[1])
+
+
+def _parse_triple(text: Optional[str], flag: str) -> Optional[tuple[float, float, float]]:
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3:
+        raise MobileReIDError(f"{flag} {text!r}: expected three comma-separated numbers (R,G,B), e.g. 0.5,0.5,0.5")
+    return vals
+
+
+@app.command("import")
+@user_errors
+def import_cmd(
+    weights: Path = typer.Argument(..., help="A trained foreign state dict (.pth/.pt): TransReID, timm or DeiT."),
+    out: Path = typer.Option(..., "--out", "-o", help="The mobilereid checkpoint to write (refused if it exists, unless --force)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="transreid, timm or deit (default: detected from the keys)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Architecture: vit_base, vit_small (timm ViT-S), vit_small_transreid, deit_small, deit_tiny, ... (default: from the width)."),
+    heads: Optional[int] = typer.Option(None, "--heads", help="Attention heads, for a width no --model name covers."),
+    stride: Optional[int] = typer.Option(None, "--stride", help="Patch stride (default: from the position embedding, else the patch size)."),
+    cameras: Optional[int] = typer.Option(None, "--cameras", help="SIE cameras expected in the weights (checked)."),
+    jpm: Optional[bool] = typer.Option(None, "--jpm/--no-jpm", help="Use TransReID's JPM local branch (default: when the weights have it)."),
+    neck_feat: str = typer.Option("before", "--neck-feat", help="Test feature before or after the BNNeck (TransReID tests with 'before')."),
+    img_size: str = typer.Option("256x128", "--img-size", help="Input HEIGHTxWIDTH the model was trained at."),
+    sie_coefficient: float = typer.Option(3.0, "--sie-coefficient", help="TransReID SIE_COE (camera embedding weight)."),
+    pixel_mean: Optional[str] = typer.Option(None, "--pixel-mean", help="R,G,B mean (default: TransReID/timm 0.5, DeiT ImageNet)."),
+    pixel_std: Optional[str] = typer.Option(None, "--pixel-std", help="R,G,B std (default: TransReID/timm 0.5, DeiT ImageNet)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
+):
+    """Convert a trained TransReID / timm / DeiT state dict into a mobilereid checkpoint (no training), with its
+    preprocessing and test feature, ready for compress, export and evaluate."""
+    from .models.importers import ImportOptions, import_weights
+
+    if out.exists() and not force:
+        raise MobileReIDError(f"{out}: exists; choose another --out or pass --force")
+    if neck_feat not in ("before", "after"):
+        raise MobileReIDError(f"--neck-feat {neck_feat!r}: expected before or after")
+    opts = ImportOptions(format=fmt, model=model, heads=heads, img_size=_parse_size(img_size, "--img-size"), stride=stride,
+                         cameras=cameras, jpm=jpm, neck_feat=neck_feat, sie_coefficient=sie_coefficient,
+                         pixel_mean=_parse_triple(pixel_mean, "--pixel-mean"), pixel_std=_parse_triple(pixel_std, "--pixel-std"))
+    res = import_weights(weights, out, opts)
+    cfg = res.model.cfg
+    console.print(f"{weights}: {res.format} {res.model.preset}, {cfg.img_size[0]}x{cfg.img_size[1]} stride {cfg.stride}, "
+                  f"{cfg.camera_num} SIE cameras, JPM {'on' if cfg.jpm else 'off'}, feature {res.model.feature_dim} ({cfg.neck_feat} BNNeck), "
+                  f"mean {list(cfg.pixel_mean)} std {list(cfg.pixel_std)}")
+    for n in res.notes:
+        console.print(f"note: {n}")
+    if res.unused:
+        console.print(f"not used by the source's own inference: {len(res.unused)} tensors ({', '.join(res.unused[:4])}{', ...' if len(res.unused) > 4 else ''})")
+    console.print(f"checkpoint: {out}")
+
+
 @app.command("info")
 @user_errors
 def info_cmd(
@@ -195,6 +256,7 @@ def export_cmd(
     recipe: Optional[Path] = typer.Option(None, help="A quantization recipe TOML (with a single target); default: quant/<target>_<family>.toml."),
     threads: int = typer.Option(2, help="Runtime threads for verification."),
     board: Optional[str] = typer.Option(None, help="tflm: board profile from quant/boards.toml (cortex-m7, esp32-s3, cortex-m4)."),
+    camera: Optional[int] = typer.Option(None, "--camera", help="Models with an SIE camera embedding (TransReID): the camera whose embedding is baked into the artifacts."),
 ):
     """Export, quantize and verify every artifact in its real runtime (exit 1 when one misses its drift budget)."""
     from .export import export_checkpoint
@@ -208,7 +270,8 @@ def export_cmd(
         rows.append(r)
 
     with progress(f"exporting {checkpoint.name} ({target})", None):
-        export_checkpoint(checkpoint, target, calib, out, int8=int8, recipe_path=recipe, threads=threads, on_result=show, board=board)
+        export_checkpoint(checkpoint, target, calib, out, int8=int8, recipe_path=recipe, threads=threads, on_result=show, board=board,
+                          camera=camera)
     console.print(table("artifacts", ["target", "precision", "file", "MB", "cosine mean", "cosine min", "verified"],
                         [[r["target"], r["precision"], r["artifact"].name, f"{r['artifact'].stat().st_size / 1e6:.2f}",
                           r["verification"]["cosine_mean"], r["verification"]["cosine_min"],

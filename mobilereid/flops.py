@@ -35,7 +35,10 @@ def count_macs(model: nn.Module, input_size: tuple[int, int] | None = None, per_
     x = torch.zeros(1, 3, *input_size)
     counter = FlopCounterMode(display=False, depth=None)
     with counter:
-        model(x)
+        if getattr(model, "uses_camera", False):  # SIE models: any camera, the MACs do not depend on it
+            model(x, torch.zeros(1, dtype=torch.long))
+        else:
+            model(x)
     model.train(was_training)
     total = counter.get_total_flops() // 2
     if not per_module:

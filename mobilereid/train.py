@@ -53,8 +53,11 @@ class TrainConfig:
 
 
 def preprocess_spec_for(model) -> PreprocessSpec:
+    """The input a model's weights expect: its size and the normalisation recorded in its config (ImageNet
+    statistics unless the model was imported with others, e.g. TransReID's mean = std = 0.5)."""
     h, w = model.cfg.img_size
-    return PreprocessSpec(height=h, width=w)
+    kw = {k: tuple(getattr(model.cfg, f"pixel_{k}")) for k in ("mean", "std") if hasattr(model.cfg, f"pixel_{k}")}
+    return PreprocessSpec(height=h, width=w, **kw)
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -71,7 +74,8 @@ def extract_features(model, samples, spec: PreprocessSpec, batch_size: int = 64,
     feats = []
     with progress(desc or f"embedding {len(samples)} images", len(samples)) as advance:
         for x, _, cam in loader:
-            feats.append(model(x).float().numpy())
+            out = model(x, cam) if getattr(model, "uses_camera", False) else model(x)
+            feats.append(out.float().numpy())
             advance(len(x))
     return np.concatenate(feats)
 

@@ -33,14 +33,42 @@ def _dispatch(target: str):
     return fn
 
 
-def resolve_targets(target: str) -> list[str]:
+INTEGER_ONLY = ("edgetpu", "tflm")  # targets that run full-integer models only
+
+
+def resolve_targets(target: str, int8: bool = True) -> list[str]:
+    """The targets of a request, validated before any work: `all` without --int8 means the float targets; an
+    integer-only target named without --int8 is an error."""
     if target == "all":
-        return list(TARGETS)
+        return [t for t in TARGETS if int8 or t not in INTEGER_ONLY]
     names = [t.strip() for t in target.split(",") if t.strip()]
+    if not names:
+        raise ExportError(f"--target {target!r}: no target named")
     for t in names:
         if t not in TARGETS + EXTRA_TARGETS:
             raise ExportError(f"unknown target {t!r}; choose from {', '.join(TARGETS + EXTRA_TARGETS)} or all")
+        if t in INTEGER_ONLY and not int8:
+            raise ExportError(f"{t} runs full-integer models only: add --int8")
     return names
+
+
+def bake_camera(model, checkpoint: Path, camera: int | None) -> None:
+    """Artifacts have one image input and no camera input: a model with an SIE camera embedding gets one camera's
+    embedding baked in as a constant (recorded in the config, hence in every sidecar)."""
+    sie = getattr(model, "sie_embed", None)
+    if sie is None:
+        if camera is not None:
+            raise ExportError(f"{checkpoint}: --camera {camera}: the model has no camera embedding (SIE)")
+        return
+    n = int(sie.shape[0])
+    if camera is None:
+        if model.cfg.sie_camera is None:
+            raise ExportError(f"{checkpoint}: the model has an SIE camera embedding ({n} cameras) and artifacts have no "
+                              f"camera input: choose the camera to bake in with --camera K (0..{n - 1})")
+        return
+    if not 0 <= camera < n:
+        raise ExportError(f"--camera {camera}: the model knows cameras 0..{n - 1}")
+    model.cfg.sie_camera = camera
 
 
 def make_job(checkpoint: Path, model, state: dict, calib: str | Path, out_dir: str | Path, n_calib: int, n_verify: int,
@@ -54,10 +82,12 @@ def make_job(checkpoint: Path, model, state: dict, calib: str | Path, out_dir: s
 
 
 def export_checkpoint(checkpoint: str | Path, target: str, calib: str | Path, out_dir: str | Path, int8: bool = False,
-                      recipe_path: str | Path | None = None, threads: int = 2, on_result=None, board: str | None = None) -> list[dict]:
-    targets = resolve_targets(target)
+                      recipe_path: str | Path | None = None, threads: int = 2, on_result=None, board: str | None = None,
+                      camera: int | None = None) -> list[dict]:
+    targets = resolve_targets(target, int8)
     checkpoint = Path(checkpoint)
     model, state = load_checkpoint(checkpoint)
+    bake_camera(model, checkpoint, camera)
     family = model_family(model)
     recipes = {}
     for t in targets:
@@ -77,8 +107,6 @@ def export_checkpoint(checkpoint: str | Path, target: str, calib: str | Path, ou
 
 
 def _run_target(job: ExportJob, t: str, recipe: dict, int8: bool, board: str | None, on_result) -> list[dict]:
-    if t in ("edgetpu", "tflm") and not int8:
-        raise ExportError(f"{t} runs full-integer models only: add --int8")
     if not recipe["variants"]:
         return []
     fn = _dispatch(t)

@@ -120,6 +120,11 @@ def describe_artifact(job: ExportJob, *, target: str, runtime: str, precision: s
         "matching": {"distance": "cosine", "normalize": "l2 before matching"},
         "recipe": {k: v for k, v in recipe.items() if k != "variants"},
     }
+    cfg = job.model.cfg
+    if getattr(cfg, "camera_num", 0) > 0:
+        meta["camera"] = {"embedding": "sie", "cameras": int(cfg.camera_num), "baked_camera": cfg.sie_camera,
+                          "note": "one camera's SIE embedding is a constant of this artifact; images of other cameras "
+                                  "are embedded as if seen by it"}
     meta.update(extra or {})
     return meta
 

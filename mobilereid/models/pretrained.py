@@ -3,8 +3,10 @@
 Handles: nesting under ``model`` / ``state_dict``; ``module.`` (DDP) and ``base.`` (TransReID) prefixes; timm's
 ImageNet ``head.*`` (dropped: ReID has its own classifier); TransReID's ``bottleneck.*`` / ``classifier.*`` (kept
 when shapes fit); and the position embedding, resized from the source grid (e.g. 14x14 at 224) to the ReID grid
-(e.g. 16x8 at 256x128 stride 16, 21x10 at stride 12) with bicubic interpolation, as TransReID's `resize_pos_embed`
-does. The class-token position is kept as is.
+(e.g. 16x8 at 256x128 stride 16, 21x10 at stride 12) with bilinear interpolation (align_corners=False), as
+TransReID's `resize_pos_embed` does. The class-token position is kept as is. A DeiT distillation token is dropped
+with its position row (TransReID's loader does the same). For exact imports of trained models use
+`mobilereid.models.importers` (`mobilereid import`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from .checkpoint import safe_torch_load
 from .vit import ViTReID
 
 
-def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], src_grid: tuple[int, int] | None = None) -> torch.Tensor:
+def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], src_grid: tuple[int, int] | None = None,
+                     mode: str = "bilinear") -> torch.Tensor:
     """(1, 1+N_src, C) -> (1, 1+gh*gw, C); the source grid is square unless given."""
     cls, patches = pos[:, :1], pos[:, 1:]
     n_src = patches.shape[1]
@@ -35,7 +38,7 @@ def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], src_grid: tuple[i
         return pos
     C = patches.shape[-1]
     img = patches.reshape(1, src_grid[0], src_grid[1], C).permute(0, 3, 1, 2)
-    img = F.interpolate(img, size=grid, mode="bicubic", align_corners=False)
+    img = F.interpolate(img, size=grid, mode=mode, align_corners=False)
     return torch.cat([cls, img.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], C)], dim=1)
 
 
@@ -54,9 +57,11 @@ def load_pretrained_vit(model: ViTReID, path: str | Path, src_grid: tuple[int, i
         for prefix in ("module.", "base."):
             if k.startswith(prefix):
                 k = k[len(prefix):]
-        if k.startswith("head.") or k.startswith("fc.") or k == "head_dist.weight" or k == "dist_token":
+        if k.startswith("head.") or k.startswith("fc.") or k.startswith("head_dist.") or k == "dist_token":
             continue
         clean[k] = v
+    if "dist_token" in sd and "pos_embed" in clean:
+        clean["pos_embed"] = torch.cat([clean["pos_embed"][:, :1], clean["pos_embed"][:, 2:]], dim=1)
     for core in ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight"):
         if core not in clean or tuple(clean[core].shape) != tuple(own[core].shape):
             raise CheckpointError(f"{path}: core ViT weights do not fit the model ({core} missing or of another shape: wrong width, patch size or not a ViT state dict)")

@@ -30,6 +30,18 @@ reuses ``blocks.i`` (state dicts stay timm-compatible) and ``"separate"`` gives 
 (the embedding size stays C, so every consumer is unchanged). FLOPs of a block over windows of n_w tokens:
 sum_w [(4+2r)(n_w+1)C^2 + 2(n_w+1)^2 C] versus (4+2r)NC^2 + 2N^2C globally (REFERENCE.md section 5).
 
+**Imported TransReID models** (`mobilereid.models.importers`). TransReID's inference is reproduced exactly:
+``qk_scale`` (its ``vit_small`` scales attention by 768^-0.5, not head_dim^-0.5); the SIE camera embedding, added
+with its coefficient to every token, taken from the image's camera or, in exported artifacts that have no camera
+input, from one camera baked in as a constant (``sie_camera``); ``neck_feat`` "before" (the feature before the
+BNNeck, TransReID's test setting) or "after"; and the **JPM** branch (``jpm``): the last block and final LayerNorm
+become the global branch, the tokens after block depth-2 are re-arranged by TransReID's shift (``jpm_shift`` tokens)
+and patch shuffle (``jpm_groups`` groups, padded with the second-to-last token when the count does not divide),
+cut into four parts of N // ``jpm_divide`` tokens, and each part with the class token runs through a second copy of
+the last block and LayerNorm (``jpm_block``, ``jpm_norm``); the test feature concatenates the global feature and
+the four local ones divided by 4, each before or after its own BNNeck. The re-arrangement is a static index
+(`jpm_part_indices`), so exported graphs hold gathers with constant indices only.
+
 **AMG hooks**: each attention layer has a per-layer head count (heads physically removed by
 `mobilereid.compress.heads`) and an optional static ``kv_index``: the layer input is gathered *before* the K/V
 projections, so only the kept key/value tokens are projected (REFERENCE.md section 2).
@@ -69,9 +81,31 @@ class ViTConfig:
     heads_per_layer: list[int] | None = None  # after AMG head pruning
     kv_index: list[list[int] | None] | None = None  # after AMG K/V token pruning, per block (window blocks included)
     head_dim: int | None = None
+    qk_scale: float | None = None  # attention scale; None = head_dim ** -0.5 (TransReID's vit_small: 768 ** -0.5)
+    neck_feat: str = "after"  # test feature: "after" the BNNeck or "before" it (TransReID's NECK_FEAT)
+    sie_camera: int | None = None  # camera whose SIE embedding is used when no camera is given (baked into exports)
+    jpm: bool = False  # TransReID's jigsaw patch module (local branch)
+    jpm_shift: int = 5  # TransReID SHIFT_NUM
+    jpm_groups: int = 2  # TransReID SHUFFLE_GROUP
+    jpm_divide: int = 4  # TransReID DEVIDE_LENGTH
+    jpm_rearrange: bool = True  # TransReID RE_ARRANGE
+    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # input normalisation the weights expect
+    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
     def __post_init__(self):
         self.img_size = tuple(self.img_size)
+        self.pixel_mean = tuple(float(v) for v in self.pixel_mean)
+        self.pixel_std = tuple(float(v) for v in self.pixel_std)
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3 or min(self.pixel_std) <= 0:
+            raise ValueError(f"pixel_mean/pixel_std need 3 values each (std > 0), got {self.pixel_mean} / {self.pixel_std}")
+        if self.neck_feat not in ("before", "after"):
+            raise ValueError(f"neck_feat must be 'before' or 'after', got {self.neck_feat!r}")
+        if self.jpm and (self.windows > 1 or self.depth < 2):
+            raise ValueError("jpm needs global attention (windows = 1) and depth >= 2")
+        if self.jpm and not (1 <= self.jpm_groups and 1 <= self.jpm_divide and self.jpm_shift >= 1):
+            raise ValueError("jpm_shift, jpm_groups and jpm_divide must be >= 1")
+        if self.sie_camera is not None and not 0 <= self.sie_camera < max(self.camera_num, 1):
+            raise ValueError(f"sie_camera must be between 0 and camera_num - 1 ({self.camera_num - 1}), got {self.sie_camera}")
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
         if self.gelu not in ("exact", "tanh"):
@@ -123,15 +157,36 @@ class ViTConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["img_size"] = list(self.img_size)
+        d["pixel_mean"], d["pixel_std"] = list(self.pixel_mean), list(self.pixel_std)
         return d
+
+    def jpm_part_indices(self) -> list[list[int]]:
+        """Token indices (into [cls] + N patch tokens after block depth-2) of JPM's four local parts.
+
+        TransReID's shift: tokens shift..N followed by 1..shift-1 (the class token is left out); patch shuffle: the
+        sequence (padded with its second-to-last token when the group count does not divide it) is viewed as
+        (groups, L/groups) and read column by column; part k takes positions [k*p, (k+1)*p), p = N // divide."""
+        n = sum(self.kept_per_group())
+        if self.jpm_rearrange:
+            seq = list(range(self.jpm_shift, n + 1)) + list(range(1, self.jpm_shift))
+            if len(seq) % self.jpm_groups:
+                seq.append(seq[-2])
+            seq = np.array(seq).reshape(self.jpm_groups, -1).T.reshape(-1).tolist()
+        else:
+            seq = list(range(1, n + 1))
+        p = n // self.jpm_divide
+        if p < 1:
+            raise ValueError(f"jpm: {n} patch tokens cannot be divided into parts of N // {self.jpm_divide}")
+        return [seq[k * p:(k + 1) * p] for k in range(4)]
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, head_dim: int, qkv_bias: bool = True, kv_index: list[int] | None = None):
+    def __init__(self, dim: int, num_heads: int, head_dim: int, qkv_bias: bool = True, kv_index: list[int] | None = None,
+                 qk_scale: float | None = None):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, head_dim
         inner = num_heads * head_dim
-        self.scale = head_dim**-0.5
+        self.scale = qk_scale or head_dim**-0.5
         self.kv_index: torch.Tensor | None
         if kv_index is None:
             self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
@@ -176,7 +231,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ViTConfig, heads: int, kv_index: list[int] | None):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
-        self.attn = Attention(cfg.embed_dim, heads, cfg.head_dim, cfg.qkv_bias, kv_index)
+        self.attn = Attention(cfg.embed_dim, heads, cfg.head_dim, cfg.qkv_bias, kv_index, cfg.qk_scale)
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.mlp = Mlp(cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio), cfg.gelu)
 
@@ -247,6 +302,17 @@ class ViTReID(nn.Module):
         self.bottleneck = nn.BatchNorm1d(C)
         self.bottleneck.bias.requires_grad_(False)  # BNNeck (Luo et al., 2019): no shift before the classifier
         self.classifier = nn.Linear(C, cfg.num_classes, bias=False) if cfg.num_classes > 0 else None
+        self.jpm_block = self.jpm_norm = self.jpm_bottlenecks = self.jpm_classifiers = None
+        if cfg.jpm:
+            self.jpm_block = Block(cfg, cfg.num_heads, None)
+            self.jpm_norm = nn.LayerNorm(C, eps=1e-6)
+            self.jpm_bottlenecks = nn.ModuleList(nn.BatchNorm1d(C) for _ in range(4))
+            for bn in self.jpm_bottlenecks:
+                bn.bias.requires_grad_(False)
+            if cfg.num_classes > 0:
+                self.jpm_classifiers = nn.ModuleList(nn.Linear(C, cfg.num_classes, bias=False) for _ in range(4))
+            for k, part in enumerate(cfg.jpm_part_indices()):
+                self.register_buffer(f"jpm_part{k}", torch.tensor(part, dtype=torch.long), persistent=False)
         groups = cfg.token_groups()
         for gi, g in enumerate(groups):
             self.register_buffer(f"group{gi}", torch.tensor(g, dtype=torch.long), persistent=False)
@@ -254,7 +320,12 @@ class ViTReID(nn.Module):
 
     @property
     def feature_dim(self) -> int:
-        return self.cfg.embed_dim
+        return self.cfg.embed_dim * (5 if self.cfg.jpm else 1)
+
+    @property
+    def uses_camera(self) -> bool:
+        """True when the forward pass needs each image's camera (SIE without a baked camera)."""
+        return self.sie_embed is not None and self.cfg.sie_camera is None
 
     def _init_weights(self):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -270,8 +341,9 @@ class ViTReID(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        if self.classifier is not None:
-            nn.init.normal_(self.classifier.weight, std=0.001)
+        for clf in [self.classifier] + list(self.jpm_classifiers or []):
+            if clf is not None:
+                nn.init.normal_(clf.weight, std=0.001)
 
     def all_blocks(self) -> list[Block]:
         """Blocks in config order (the order of heads_per_layer and kv_index)."""
@@ -311,14 +383,44 @@ class ViTReID(nn.Module):
             out.append(tokens)
         return out
 
-    def forward_features(self, img: torch.Tensor, cam: torch.Tensor | None = None) -> torch.Tensor:
-        cfg = self.cfg
+    def _camera_embedding(self, cam: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """SIE term lambda * E[cam] (B, 1, C), or None for a model without SIE."""
+        if self.sie_embed is None:
+            return None
+        if cam is None:
+            if self.cfg.sie_camera is None:
+                raise ValueError("this model has a camera embedding (SIE): pass each image's camera, or bake one "
+                                 "camera in (sie_camera, `mobilereid export --camera K`)")
+            return self.cfg.camera_lambda * self.sie_embed[self.cfg.sie_camera].expand(batch, 1, -1)
+        return self.cfg.camera_lambda * self.sie_embed[cam]
+
+    def _embed_tokens(self, img: torch.Tensor, cam: torch.Tensor | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Class token and the (selected) patch tokens of each group, with position and camera embeddings."""
         x = self.patch_embed(img) + self.pos_embed[:, 1:]
         cls = self.cls_token.expand(x.shape[0], -1, -1) + self.pos_embed[:, :1]
-        if self.sie_embed is not None and cam is not None:
-            sie = cfg.camera_lambda * self.sie_embed[cam]
+        sie = self._camera_embedding(cam, x.shape[0])
+        if sie is not None:
             x, cls = x + sie, cls + sie
-        groups = self._select(x, img)
+        return cls, self._select(x, img)
+
+    def forward_parts(self, img: torch.Tensor, cam: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """JPM: the global feature and the four local features, all before their BNNecks."""
+        cls, groups = self._embed_tokens(img, cam)
+        t = torch.cat([cls] + groups, dim=1)
+        for blk in self.blocks[:-1]:
+            t = blk(t)
+        glob = self.norm(self.blocks[-1](t))[:, 0]
+        token = t[:, :1]
+        local = []
+        for k in range(4):
+            part = t.index_select(1, getattr(self, f"jpm_part{k}"))
+            local.append(self.jpm_norm(self.jpm_block(torch.cat([token, part], dim=1)))[:, 0])
+        return glob, local
+
+    def forward_features(self, img: torch.Tensor, cam: torch.Tensor | None = None) -> torch.Tensor:
+        """The global feature before the BNNeck (the class token after the final LayerNorm)."""
+        cfg = self.cfg
+        cls, groups = self._embed_tokens(img, cam)
         t = torch.cat([cls] + groups, dim=1)
         if cfg.windows == 1:
             for blk in self.blocks:
@@ -338,12 +440,21 @@ class ViTReID(nn.Module):
         return torch.stack(feats, 0).mean(0)
 
     def forward(self, img: torch.Tensor, cam: torch.Tensor | None = None):
-        feat = self.forward_features(img, cam)
+        if self.cfg.jpm:
+            feat, local = self.forward_parts(img, cam)
+        else:
+            feat, local = self.forward_features(img, cam), []
         bn = self.bottleneck(feat)
+        local_bn = [b(f) for b, f in zip(self.jpm_bottlenecks or [], local)]
         if self.training:
             logits = [self.classifier(bn)] if self.classifier is not None else []
-            return logits, [feat]
-        return bn
+            if self.jpm_classifiers is not None:
+                logits += [c(f) for c, f in zip(self.jpm_classifiers, local_bn)]
+            return logits, [feat] + local
+        glob, parts = (bn, local_bn) if self.cfg.neck_feat == "after" else (feat, local)
+        if not parts:
+            return glob
+        return torch.cat([glob] + [p / 4 for p in parts], dim=1)
 
 
 @contextlib.contextmanager
