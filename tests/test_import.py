@@ -133,3 +133,31 @@ def test_cli_import_refuses_existing_output_and_reports(tmp_path):
     assert r.exit_code == 0, r.output
     assert "JPM on" in r.output and "6 SIE cameras" in r.output
     assert read_checkpoint(tmp_path / "n.pt")["config"]["jpm"] is True
+
+
+@pytest.mark.slow
+def test_imported_transreid_compresses_exports_int8_and_verifies(tmp_path, tiny_dataset):
+    """JPM + SIE + stride 12 weights -> import -> compress (patch elimination, heads, K/V) -> INT8 with a baked camera."""
+    from mobilereid.compress.pipeline import CompressConfig, compress
+    from mobilereid.export import export_checkpoint
+    from mobilereid.runtimes import read_sidecar
+
+    sd = random_transreid_state_dict(C=64, depth=3, jpm=True, cameras=3, classes=6, grid=(5, 2))
+    torch.save(sd, tmp_path / "t.pth")
+    import_weights(tmp_path / "t.pth", tmp_path / "imported.pt", ImportOptions(heads=4, img_size=(64, 32), stride=12))
+    cfg = CompressConfig(keep_ratio=0.8, head_ratio=0.25, token_rate=0.3, rounds=1, epochs_per_round=1, arch_epochs=1,
+                         token_epochs=0, final_epochs=0, p=3, k=2)
+    result = compress(tmp_path / "imported.pt", tiny_dataset, tmp_path / "cmp", cfg, evaluate=False)
+    assert result["after"]["gmacs"] < result["before"]["gmacs"]
+    compressed, _ = load_checkpoint(result["checkpoint"])
+    assert compressed.cfg.jpm and compressed.cfg.pixel_mean == (0.5, 0.5, 0.5) and compressed.feature_dim == 5 * 64
+    with pytest.raises(Exception, match="--camera K"):
+        export_checkpoint(result["checkpoint"], "onnx", tiny_dataset, tmp_path / "x")
+    results = export_checkpoint(result["checkpoint"], "executorch,tflite", tiny_dataset, tmp_path / "exp", int8=True, camera=1)
+    assert sorted((r["target"], r["precision"]) for r in results) == [
+        ("executorch", "fp32"), ("executorch", "int8_dynamic"), ("tflite", "dynamic"), ("tflite", "fp32")]
+    for r in results:
+        meta = read_sidecar(r["artifact"])
+        assert meta["camera"]["baked_camera"] == 1 and meta["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+        assert meta["model"]["embedding_dim"] == 5 * 64
+        assert r["verification"]["passed"], (r["artifact"].name, r["verification"])

@@ -40,7 +40,7 @@ def mean_attention_maps(model: ViTReID, batches) -> list[torch.Tensor]:
 
     with attention_hooks(model, hook_for):
         for x in batches:
-            model(x)
+            model(*x) if isinstance(x, tuple) else model(x)  # (images, cameras) for SIE models
     if counts[0] == 0:
         raise ValueError("no data for the attention statistics pass")
     return [s / c for s, c in zip(sums, counts)]

@@ -99,6 +99,7 @@ class Finetuner:
         teacher = copy.deepcopy(teacher).eval()
         self.teacher = lambda x, cam: teacher.classifier(teacher.bottleneck(teacher.forward_features(x, cam)))
         self.epoch = 0
+        self.uses_camera = teacher.uses_camera
         plain = ReIDImages(ds.train, self.spec, self.labels, augment=False)
         idx = np.linspace(0, len(ds.train) - 1, min(cfg.stat_images, len(ds.train))).round().astype(int)
         self.stat = [plain[int(i)] for i in idx]
@@ -107,7 +108,8 @@ class Finetuner:
         for s in range(0, len(self.stat), size):
             chunk = self.stat[s : s + size]
             x = torch.stack([c[0] for c in chunk])
-            yield (x, torch.tensor([c[1] for c in chunk])) if with_labels else x
+            extra = (torch.tensor([c[2] for c in chunk]),) if self.uses_camera else ()  # SIE: each image's camera
+            yield (x, torch.tensor([c[1] for c in chunk]), *extra) if with_labels else ((x, *extra) if extra else x)
 
     def run(self, model: ViTReID, epochs: int, what: str) -> None:
         if epochs <= 0:
@@ -121,7 +123,7 @@ class Finetuner:
             total = epochs * len(batches)
             with progress(f"fine-tune ({what}) {e + 1}/{epochs}", len(batches)) as advance:
                 out = train_one_epoch(model, self.images, batches, opt, lambda i, e=e: lr_at(e * len(batches) + i, total, 0, self.cfg.lr),
-                                      teacher=self.teacher, distill_weight=self.cfg.distill_weight, on_step=advance)
+                                      uses_cam=self.uses_camera, teacher=self.teacher, distill_weight=self.cfg.distill_weight, on_step=advance)
             console.print(f"  {what}: loss {out['loss']:.3f}  id-acc {out['acc']:.3f}")
         model.eval()
 

@@ -37,11 +37,11 @@ def token_scores(model: ViTReID, batches) -> list[torch.Tensor]:
 
     try:
         with attention_hooks(model, hook_for):
-            for x, y in batches:
+            for x, y, *cam in batches:  # (images, labels[, cameras for SIE models])
                 model.zero_grad(set_to_none=True)
                 for c in captured:
                     c.clear()
-                feat = model.forward_features(x)
+                feat = model.forward_features(x, *cam)
                 if model.classifier is not None:
                     loss = F.cross_entropy(model.classifier(model.bottleneck(feat)), y)
                 else:
