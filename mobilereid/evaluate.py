@@ -211,10 +211,10 @@ def check_artifacts(artifacts: list[Path]) -> list[dict]:
 
 
 def reference_embeddings(checkpoint: Path, data: Path, cache: Path) -> tuple[np.ndarray, np.ndarray, dict, int]:
-    from .models.checkpoint import load_checkpoint
+    from .models.checkpoint import load_model
     from .train import extract_features, preprocess_spec_for, rank_metrics
 
-    model, _ = load_checkpoint(checkpoint)
+    model, _ = load_model(checkpoint)
     ds = load_dataset(data, need_train=False)
     spec = preprocess_spec_for(model)
     q = extract_features(model, ds.query, spec, desc="reference: query")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ExportError
-from ..models.checkpoint import file_sha256, load_checkpoint
+from ..models.checkpoint import file_sha256, load_model
 from ..models.registry import model_family
 from ..train import preprocess_spec_for
 from .calibration import calibration_files, load_batch
@@ -86,7 +86,7 @@ def export_checkpoint(checkpoint: str | Path, target: str, calib: str | Path, ou
                       camera: int | None = None) -> list[dict]:
     targets = resolve_targets(target, int8)
     checkpoint = Path(checkpoint)
-    model, state = load_checkpoint(checkpoint)
+    model, state = load_model(checkpoint)
     bake_camera(model, checkpoint, camera)
     family = model_family(model)
     recipes = {}

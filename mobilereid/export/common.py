@@ -72,6 +72,43 @@ class ExportJob:
         return torch.from_numpy(self.calib[:1].copy())
 
 
+def unshare_weights(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Give every user of a shared weight its own copy. A module called twice (OSNet's aggregation gate is shared
+    by its four streams) leaves one weight feeding several quantized ops, and XNNPACK then fails to compile the
+    INT8 program at load time (measured on ExecuTorch: "XNNCompiler::compileModel failed" for a shared gate, fine
+    unshared; LiteRT's XNNPACK delegate fails to prepare the ai-edge-quantizer int8 model the same way)."""
+    for node in list(gm.graph.nodes):
+        if node.op != "get_attr" or len(node.users) < 2:
+            continue
+        value = gm
+        for part in node.target.split("."):
+            value = getattr(value, part)
+        for i, user in enumerate(list(node.users)[1:]):
+            name = f"{node.target.replace('.', '_')}_unshared{i}"
+            gm.register_buffer(name, value.detach().clone()) if not isinstance(value, torch.nn.Parameter) else \
+                gm.register_parameter(name, torch.nn.Parameter(value.detach().clone(), requires_grad=False))
+            with gm.graph.inserting_before(user):
+                user.replace_input_with(node, gm.graph.get_attr(name))
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+class GraphModel(torch.nn.Module):
+    """An exported graph module as a plain module (exported modules refuse .eval()/.train())."""
+
+    def __init__(self, gm):
+        super().__init__()
+        self.gm = gm
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        return self
+
+    def forward(self, x):
+        return self.gm(x)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -152,10 +189,18 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def verify_artifact(job: ExportJob, artifact: Path, meta: dict, min_cosine: float) -> dict:
     """Run the artifact in its real runtime on held-out images; record cosine to the float model in the sidecar."""
-    runner = open_runner(artifact, meta, threads=job.threads)
-    t0 = time.perf_counter()
-    emb = runner.embed(job.verify)
-    seconds = time.perf_counter() - t0
+    try:
+        runner = open_runner(artifact, meta, threads=job.threads)
+        t0 = time.perf_counter()
+        emb = runner.embed(job.verify)
+        seconds = time.perf_counter() - t0
+    except ExportError:
+        raise
+    except Exception as exc:  # the runtime refused the artifact (e.g. a delegate failed to compile it)
+        artifact.unlink(missing_ok=True)
+        sidecar_path(artifact).unlink(missing_ok=True)
+        raise ExportError(f"{artifact}: {meta['runtime']} cannot run the exported artifact ({' '.join(str(exc).split())[:200]}); "
+                          "it was removed") from None
     if emb.shape != job.reference.shape:
         raise ExportError(f"{artifact}: runtime output shape {emb.shape} differs from the float model's {job.reference.shape}")
     cos = cosine_rows(emb, job.reference)

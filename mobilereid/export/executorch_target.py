@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ExportError
 from .activation_ranges import executorch_activation_observer
-from .common import ExportJob, atomic_write_bytes, tensor_spec, verify_artifact, write_sidecar
+from .common import ExportJob, atomic_write_bytes, unshare_weights, tensor_spec, verify_artifact, write_sidecar
 
 
 def delegation_report(edge_program) -> dict:
@@ -70,7 +70,8 @@ def _lower(job: ExportJob, int8: bool, qcfg: dict) -> tuple[bytes, dict]:
                 act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=observer.with_args(eps=2**-12))
                 config = dataclasses.replace(config, input_activation=act, output_activation=act)
             quantizer = XNNPACKQuantizer().set_global(config)
-            m = prepare_pt2e(ep.module(), quantizer)
+            m = torch.export.export(unshare_weights(ep.module()), example).module()  # re-exported: fresh node metadata
+            m = prepare_pt2e(m, quantizer)
             n = int(qcfg.get("calibration_images", 64))
             with torch.no_grad():
                 for x in job.calib[:n]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import ExportError
-from .common import ExportJob
+from .common import ExportJob, GraphModel, unshare_weights
 
 VARIANTS = ("fp32", "dynamic", "int8")
 CONVERTER_NAME = "litert-torch 0.10.0 + ai-edge-quantizer 0.10.0"
@@ -40,7 +40,10 @@ def check_recipe(variants: list[str], qcfg: dict) -> None:
 def build_litert_torch_variants(job: ExportJob, variants: list[str], qcfg: dict) -> dict[str, bytes]:
     check_recipe(variants, qcfg)
     calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))
-    return convert_with_litert_torch(job.model, calib_nhwc[: int(qcfg.get("calibration_images", 64))], variants,
+    model = job.model
+    if "int8" in variants:  # one copy of each weight per op (see unshare_weights)
+        model = GraphModel(unshare_weights(torch.export.export(job.model, (job.example(),)).module()))
+    return convert_with_litert_torch(model, calib_nhwc[: int(qcfg.get("calibration_images", 64))], variants,
                                      job.threads, job.stem)
 
 
@@ -63,10 +66,13 @@ def convert_with_litert_torch(model: torch.nn.Module, calib_nhwc: np.ndarray, va
     if "dynamic" in variants:
         out["dynamic"] = bytes(quantizer.Quantizer(fp32, recipe.dynamic_wi8_afp32()).quantize().quantized_model)
     if "int8" in variants:
-        static = quantizer.Quantizer(fp32, recipe.static_wi8_ai8())
-        signature, arg = _signature_input(fp32)
-        ranges = static.calibrate({signature: [{arg: x[None]} for x in calib_nhwc]}, num_threads=threads)
-        out["int8"] = bytes(static.quantize(ranges).quantized_model)
+        try:
+            static = quantizer.Quantizer(fp32, recipe.static_wi8_ai8())
+            signature, arg = _signature_input(fp32)
+            ranges = static.calibrate({signature: [{arg: x[None]} for x in calib_nhwc]}, num_threads=threads)
+            out["int8"] = bytes(static.quantize(ranges).quantized_model)
+        except Exception as exc:
+            raise ExportError(f"ai-edge-quantizer could not make the int8 model of {name}: {' '.join(str(exc).split())[:300]}") from None
     return {v: out[v] for v in variants}
 
 

@@ -12,16 +12,19 @@ from pathlib import Path
 import torch
 
 from ..errors import ExportError
-from .common import ExportJob, Workdir, atomic_copy, tensor_spec, verify_artifact, write_sidecar
+from .common import ExportJob, GraphModel, Workdir, unshare_weights, atomic_copy, tensor_spec, verify_artifact, write_sidecar
 
 INPUT_NAME, OUTPUT_NAME = "images", "embedding"
 
 
 def write_onnx(job: ExportJob, path: Path) -> None:
+    model = job.model
+    if getattr(model, "family", None) == "external":  # a captured graph: one copy of each weight per op (unshare_weights)
+        model = GraphModel(unshare_weights(torch.export.export(model, (job.example(),)).module()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(job.model, (job.example(),), str(path), dynamo=False, opset_version=17,
+            torch.onnx.export(model, (job.example(),), str(path), dynamo=False, opset_version=17,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True)
         except Exception as exc:
             raise ExportError(f"ONNX export of {job.stem} failed: {str(exc).splitlines()[0]}") from None

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..console import console, progress, table
 from ..errors import ExportError
-from ..models.checkpoint import load_checkpoint
+from ..models.checkpoint import load_model
 from .common import Workdir, cosine_rows
 from .onnx_target import write_onnx
 from .activation_ranges import RULES as RANGE_RULES
@@ -145,7 +145,7 @@ def run_sensitivity(checkpoint: str | Path, calib: str | Path, out_dir: str | Pa
     from . import make_job
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    model, state = load_checkpoint(checkpoint)
+    model, state = load_model(checkpoint)
     job = make_job(checkpoint, model, state, calib, out_dir, 64, 32, threads)
     recipe = load_recipe("tflite", job.family, None)
     qcfg = dict(recipe.get("int8", {}))

@@ -178,7 +178,11 @@ def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> 
         micro = runtime.Interpreter.from_file(str(probe), arena_size=arena)
         Interpreter = litert_interpreter_class()
         lite = Interpreter(model_content=data)  # default kernels (XNNPACK)
-        lite.allocate_tensors()
+        try:
+            lite.allocate_tensors()
+        except RuntimeError as exc:
+            raise ExportError(f"{job.stem}: LiteRT's XNNPACK delegate cannot prepare the full-integer model "
+                              f"({' '.join(str(exc).split())[:160]}); no TFLite Micro artifact written") from None
         try:  # LiteRT's reference kernels: what TFLM's kernels should reproduce exactly
             from ai_edge_litert.interpreter import OpResolverType
 

@@ -48,6 +48,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, extra: dict | None = Non
 def safe_torch_load(path: str | Path, what: str):
     """`torch.load(weights_only=True)` (tensors and plain values only, never code) with one-line errors."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a {what} file")
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} file not found")
     try:
@@ -59,6 +61,9 @@ def safe_torch_load(path: str | Path, what: str):
 
 def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
+    if path.suffix == ".pt2":
+        raise CheckpointError(f"{path}: a torch.export program (.pt2) can be exported and evaluated, but not trained, "
+                              "compressed or fine-tuned here (it has no model code to change)")
     state = safe_torch_load(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a mobilereid checkpoint (no '{FORMAT}' header); import trained foreign weights with `mobilereid import`")
@@ -77,6 +82,16 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     model.preset = state.get("preset")
     model.eval()
     return model, state
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict]:
+    """A mobilereid checkpoint (.pt) or any torch ReID model as a torch.export program (.pt2), for export and
+    evaluation; returns (eval-mode model, checkpoint dict or the program's description)."""
+    if Path(path).suffix == ".pt2":
+        from .external import load_pt2
+
+        return load_pt2(path)
+    return load_checkpoint(path)
 
 
 def load_state_dict_checked(model: nn.Module, sd: dict, path: Path | str) -> None:

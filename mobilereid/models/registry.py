@@ -26,7 +26,9 @@ _FAMILIES = {"vit": (ViTConfig, ViTReID), "sclnet": (SCLNetConfig, SCLNet)}
 
 
 def model_family(model: nn.Module) -> str:
-    return "vit" if isinstance(model, ViTReID) else "sclnet"
+    if isinstance(model, ViTReID):
+        return "vit"
+    return getattr(model, "family", "sclnet")  # "external": a torch.export program (models/external.py)
 
 
 def preset_config(name: str, **options) -> tuple[str, dict]:
