@@ -34,19 +34,24 @@ from mobilereid.metrics import rank_summary  # noqa: E402
 from mobilereid.runtimes import open_runner, read_sidecar  # noqa: E402
 
 
-def embed_split(runner, samples, spec: PreprocessSpec, warmup: int, log=None) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings (N, D) and per-image inference latency in ms (preprocessing excluded)."""
+def embed_split(runner, samples, spec: PreprocessSpec, warmup: int, log=None, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (N, D) and per-image inference latency in ms (preprocessing excluded).
+
+    ``flip``: test-time flip averaging, standard in ReID reports: the embedding is the mean of the image's and its
+    horizontal mirror's embeddings (each as the artifact outputs it); the latency then counts both runs."""
     layout = "NCHW"
     embs, times = [], []
     for i, s in enumerate(samples):
-        x = runner.prepare(preprocess_file(s.path, spec, layout))
+        chw = preprocess_file(s.path, spec, layout)
+        views = [chw, np.ascontiguousarray(chw[:, :, ::-1])] if flip else [chw]
+        xs = [runner.prepare(v) for v in views]
         if i == 0:
             for _ in range(warmup):
-                runner.run_prepared(x)
+                runner.run_prepared(xs[0])
         t0 = time.perf_counter()
-        y = runner.run_prepared(x)
+        ys = [runner.run_prepared(x) for x in xs]
         times.append((time.perf_counter() - t0) * 1000.0)
-        embs.append(runner.finish(y)[0])
+        embs.append(np.mean([runner.finish(y)[0] for y in ys], axis=0))
         if log and (i + 1) % 200 == 0:
             log(f"  {i + 1}/{len(samples)}")
     return np.stack(embs).astype(np.float32), np.asarray(times)
@@ -64,20 +69,20 @@ def dataset_rank_summary(q: np.ndarray, g: np.ndarray, ds) -> dict:
                         [s.camid for s in ds.query], [s.camid for s in ds.gallery])
 
 
-def evaluate_artifact(model: Path, data: Path, out: Path, threads: int = 2, warmup: int = 3, log=print) -> dict:
+def evaluate_artifact(model: Path, data: Path, out: Path, threads: int = 2, warmup: int = 3, log=print, flip: bool = False) -> dict:
     meta = read_sidecar(model)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     ds = load_dataset(data, need_train=False)
     runner = open_runner(model, meta, threads=threads)
     log(f"{model.name}: {len(ds.query)} query + {len(ds.gallery)} gallery images, runtime {meta['runtime']}, {threads} threads")
-    q, tq = embed_split(runner, ds.query, spec, warmup, log)
-    g, tg = embed_split(runner, ds.gallery, spec, 0, log)
+    q, tq = embed_split(runner, ds.query, spec, warmup, log, flip)
+    g, tg = embed_split(runner, ds.gallery, spec, 0, log, flip)
     summary = {
         "artifact": model.name,
         "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
         "size_bytes": model.stat().st_size,
         "target": meta["target"], "runtime": meta["runtime"], "precision": meta["precision"],
-        "threads": threads, "warmup": warmup,
+        "threads": threads, "warmup": warmup, "flip": flip,
         "host": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "metrics": dataset_rank_summary(q, g, ds),
         "latency": latency_summary(np.concatenate([tq, tg])),
@@ -99,12 +104,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("eval_results"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--flip", action="store_true", help="average each image's embedding with its mirror's")
     args = ap.parse_args(argv)
     for m in args.model:
         try:
-            s = evaluate_artifact(m, args.data, args.out, args.threads, args.warmup)
-        except Exception as exc:  # one line, non-zero exit
-            print(f"error: {exc}", file=sys.stderr)
+            s = evaluate_artifact(m, args.data, args.out, args.threads, args.warmup, flip=args.flip)
+        except Exception as exc:  # one line naming the artifact, non-zero exit
+            msg = " ".join(str(exc).split()) or type(exc).__name__
+            print(f"error: {msg if str(m) in msg else f'{m}: {msg}'}", file=sys.stderr)
             return 2
         print(f"{m.name}: Rank-1 {s['metrics']['rank1']:.2%}  mAP {s['metrics']['mAP']:.2%}  p50 {s['latency']['p50_ms']:.2f} ms")
     return 0

@@ -336,12 +336,17 @@ def evaluate_cmd(
     threads: int = typer.Option(2, help="Runtime threads on the device."),
     out: Path = typer.Option(Path("runs/evaluate"), "--out", "-o", help="Report folder (report.json, report.md, PNG plots)."),
     remote_python: str = typer.Option("python3", help="Python on the ssh device (needs numpy, Pillow and the artifact's runtime)."),
+    flip: bool = typer.Option(False, "--flip", help="Test-time flip averaging (image and mirror), for the reference and the artifacts alike."),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Evaluate artifacts whose sha256 or source checkpoint does not match (with a warning)."),
 ):
-    """Accuracy drift, latency and size of artifacts, measured by the on-device evaluator."""
+    """Accuracy drift, latency and size of artifacts, measured by the on-device evaluator.
+
+    --reference takes a mobilereid checkpoint or a torch.export program (.pt2)."""
     from .evaluate import evaluate_artifacts
     from .report import eval_markdown
 
-    report = evaluate_artifacts(artifacts, data, out, reference=reference, device=device, threads=threads, remote_python=remote_python)
+    report = evaluate_artifacts(artifacts, data, out, reference=reference, device=device, threads=threads, remote_python=remote_python,
+                                flip=flip, allow_mismatch=allow_mismatch)
     console.print(eval_markdown(report), markup=False, soft_wrap=True)
     console.print(f"report: {out / 'report.md'}, {out / 'report.json'}, plots: {', '.join(str(out / p) for p in report['plots'])}")
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .console import progress
+from .console import err_console, progress
 from .data.datasets import load_dataset
 from .errors import MobileReIDError
 from .runtimes import read_sidecar, sidecar_path
@@ -115,8 +115,9 @@ def _run(cmd: list[str], what: str, timeout: int = 3600) -> str:
     return proc.stdout
 
 
-def run_local(artifacts: list[Path], data: Path, out: Path, threads: int, python: str | None = None) -> None:
+def run_local(artifacts: list[Path], data: Path, out: Path, threads: int, python: str | None = None, flip: bool = False) -> None:
     cmd = [python or sys.executable, str(EVAL_SCRIPT), "--data", str(data), "--out", str(out), "--threads", str(threads)]
+    cmd += ["--flip"] if flip else []
     for a in artifacts:
         cmd += ["--model", str(a)]
     _run(cmd, "local evaluator")
@@ -126,13 +127,16 @@ def parse_ssh(device: str) -> tuple[str, int]:
     m = re.fullmatch(r"ssh://([^@/:\s]+@)?([^@/:\s]+)(?::(\d+))?/?", device)
     if not m:
         raise MobileReIDError(f"--device {device!r}: expected ssh://user@host[:port]")
+    if (m.group(1) or "").startswith("-") or m.group(2).startswith("-"):
+        raise MobileReIDError(f"--device {device!r}: a user or host name cannot start with '-' (it would reach ssh as an option)")
     return f"{m.group(1) or ''}{m.group(2)}", int(m.group(3) or 22)
 
 
-def run_ssh(device: str, artifacts: list[Path], data: Path, out: Path, threads: int, python: str, ssh_options: list[str]) -> None:
+def run_ssh(device: str, artifacts: list[Path], data: Path, out: Path, threads: int, python: str, ssh_options: list[str],
+            flip: bool = False) -> None:
     target, port = parse_ssh(device)
     base = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"] + ssh_options
-    ssh = ["ssh", "-p", str(port)] + base + [target]
+    ssh = ["ssh", "-p", str(port)] + base + ["--", target]  # '--': the destination is never read as an option
     scp = ["scp", "-q", "-r", "-P", str(port)] + base
     remote = _run(ssh + ["mktemp -d /tmp/mobilereid-eval.XXXXXX"], f"ssh {target}:{port}").strip()
     if not remote.startswith("/tmp/mobilereid-eval."):
@@ -146,14 +150,15 @@ def run_ssh(device: str, artifacts: list[Path], data: Path, out: Path, threads: 
                 shutil.copy(a, stage / "models" / a.name)
                 shutil.copy(sidecar_path(a), stage / "models" / sidecar_path(a).name)
             copy_eval_split(data, stage / "data")
-            _run(scp + [str(p) for p in stage.iterdir()] + [f"{target}:{remote}/"], f"scp to {target}")
+            _run(scp + ["--"] + [str(p) for p in stage.iterdir()] + [f"{target}:{remote}/"], f"scp to {target}")
         args = [python, f"{remote}/eval/reid_eval.py", "--data", f"{remote}/data", "--out", f"{remote}/results", "--threads", str(threads)]
+        args += ["--flip"] if flip else []
         for a in artifacts:
             args += ["--model", f"{remote}/models/{a.name}"]
         _run(ssh + [" ".join(shlex.quote(x) for x in args)], f"evaluator on {target}")
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
-            _run(scp + [f"{target}:{remote}/results", tmp], f"scp from {target}")
+            _run(scp + ["--", f"{target}:{remote}/results", tmp], f"scp from {target}")
             for f in (Path(tmp) / "results").iterdir():
                 shutil.copy(f, out / f.name)
     finally:
@@ -198,27 +203,64 @@ def run_adb(device: str, artifacts: list[Path], data: Path, out: Path, threads: 
             shutil.move(str(f), out / f.name)
 
 
-def check_artifacts(artifacts: list[Path]) -> list[dict]:
+def verification_status(meta: dict) -> str:
+    """'passed', 'FAILED' (below its recipe's drift budget at export) or 'missing' (never verified)."""
+    v = meta.get("verification")
+    if not isinstance(v, dict) or "passed" not in v:
+        return "missing"
+    return "passed" if v["passed"] else "FAILED"
+
+
+def check_artifacts(artifacts: list[Path], reference: Path | None = None, allow_mismatch: bool = False) -> list[dict]:
+    """Each artifact is what its sidecar says: its sha256 matches, and a --reference is its source checkpoint
+    (both errors unless ``allow_mismatch``); an artifact whose export verification failed or is missing is
+    evaluated with a warning and its status goes into the report."""
+    from .models.checkpoint import file_sha256
+
     metas = []
+    ref_sha = file_sha256(reference) if reference is not None and Path(reference).is_file() else None
     for a in artifacts:
+        if a.is_dir():
+            raise MobileReIDError(f"{a}: is a directory, not an artifact")
         if not a.is_file():
             raise MobileReIDError(f"{a}: artifact not found")
         try:
-            metas.append(read_sidecar(a))
+            meta = read_sidecar(a)
         except FileNotFoundError as exc:
             raise MobileReIDError(str(exc)) from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MobileReIDError(f"{sidecar_path(a)}: not a valid JSON sidecar ({' '.join(str(exc).split())[:120]})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict) or "runtime" not in meta:
+            raise MobileReIDError(f"{sidecar_path(a)}: not a mobilereid sidecar (no model/runtime description)")
+        problems = []
+        if meta.get("sha256") != file_sha256(a):
+            problems.append(f"{a}: sha256 differs from its sidecar's (the file was changed after export)")
+        src = meta["model"].get("source_sha256")
+        if ref_sha is not None and src is not None and src != ref_sha:
+            problems.append(f"{a}: was exported from another checkpoint than --reference {reference} (source sha256 differs)")
+        for p in problems:
+            if not allow_mismatch:
+                raise MobileReIDError(p + "; pass --allow-mismatch to evaluate it anyway")
+            err_console.print(f"warning: {p}", markup=False)
+        meta["integrity"] = {"sha256_matches": meta.get("sha256") == file_sha256(a),
+                             "reference_is_source": None if ref_sha is None or src is None else src == ref_sha}
+        status = verification_status(meta)
+        if status != "passed":
+            err_console.print(f"warning: {a}: export verification {status}", markup=False)
+        metas.append(meta)
     return metas
 
 
-def reference_embeddings(checkpoint: Path, data: Path, cache: Path) -> tuple[np.ndarray, np.ndarray, dict, int]:
+def reference_embeddings(checkpoint: Path, data: Path, cache: Path, flip: bool = False) -> tuple[np.ndarray, np.ndarray, dict, int]:
+    """The user's float model on query and gallery (SIE models: with each image's camera, TransReID's protocol)."""
     from .models.checkpoint import load_model
     from .train import extract_features, preprocess_spec_for, rank_metrics
 
     model, _ = load_model(checkpoint)
     ds = load_dataset(data, need_train=False)
     spec = preprocess_spec_for(model)
-    q = extract_features(model, ds.query, spec, desc="reference: query")
-    g = extract_features(model, ds.gallery, spec, desc="reference: gallery")
+    q = extract_features(model, ds.query, spec, desc="reference: query", flip=flip)
+    g = extract_features(model, ds.gallery, spec, desc="reference: gallery", flip=flip)
     return q, g, rank_metrics(q, g, ds), model.feature_dim
 
 
@@ -233,15 +275,18 @@ def drift(q: np.ndarray, g: np.ndarray, rq: np.ndarray, rg: np.ndarray) -> dict:
 
 
 def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: Path | None = None, device: str = "local",
-                       threads: int = 2, remote_python: str = "python3", ssh_options: list[str] | None = None) -> dict:
+                       threads: int = 2, remote_python: str = "python3", ssh_options: list[str] | None = None,
+                       flip: bool = False, allow_mismatch: bool = False) -> dict:
     from .report import write_eval_report
 
     data = Path(data)
-    metas = check_artifacts(artifacts)
+    if flip and (device == "adb" or device.startswith("adb:")):
+        raise MobileReIDError("--flip: the Android demo app's evaluation mode does not average mirrored images")
+    metas = check_artifacts(artifacts, reference, allow_mismatch)
     load_dataset(data, need_train=False)  # fail early on a bad dataset
     ref = None
     if reference is not None:
-        rq, rg, ref_metrics, dim = reference_embeddings(reference, data, out)
+        rq, rg, ref_metrics, dim = reference_embeddings(reference, data, out, flip)
         for a, m in zip(artifacts, metas):
             if m["model"]["embedding_dim"] != dim:
                 raise MobileReIDError(f"{a}: embedding size {m['model']['embedding_dim']} does not match the reference {reference} ({dim})")
@@ -250,9 +295,9 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
         raw = Path(tmp) / "raw"
         with progress(f"evaluating {len(artifacts)} artifact(s) on {device}", None):
             if device == "local":
-                run_local(artifacts, data, raw, threads)
+                run_local(artifacts, data, raw, threads, flip=flip)
             elif device.startswith("ssh://"):
-                run_ssh(device, artifacts, data, raw, threads, remote_python, ssh_options or [])
+                run_ssh(device, artifacts, data, raw, threads, remote_python, ssh_options or [], flip)
             elif device == "adb" or device.startswith("adb:"):
                 run_adb(device, artifacts, data, raw, threads)
             else:
@@ -261,14 +306,15 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
         for a, m in zip(artifacts, metas):
             summary = completed_summary(raw, a.name)
             row = {"artifact": str(a), "name": a.name, "target": m["target"], "runtime": m["runtime"], "precision": m["precision"],
-                   "size_mb": a.stat().st_size / 1e6, **summary}
+                   "size_mb": a.stat().st_size / 1e6, "verification": verification_status(m), "integrity": m["integrity"],
+                   **({"baked_camera": m["camera"]["baked_camera"]} if isinstance(m.get("camera"), dict) else {}), **summary}
             if ref is not None:
                 npz = np.load(raw / f"{a.name}.npz")
                 row["drift"] = drift(npz["query"], npz["gallery"], rq, rg)
                 row["delta_mAP"] = summary["metrics"]["mAP"] - ref["metrics"]["mAP"]
                 row["delta_rank1"] = summary["metrics"]["rank1"] - ref["metrics"]["rank1"]
             rows.append(row)
-        report = {"data": str(data), "device": device, "threads": threads, "reference": ref, "artifacts": rows,
+        report = {"data": str(data), "device": device, "threads": threads, "flip": flip, "reference": ref, "artifacts": rows,
                   "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_eval_report(report, out, raw)
     return report

@@ -19,23 +19,32 @@ def _pct(x: float) -> str:
 
 
 def eval_markdown(report: dict) -> str:
-    lines = [f"# Evaluation on `{report['data']}` ({report['device']}, {report['threads']} threads)", ""]
+    flip = ", flip-averaged (image + mirror)" if report.get("flip") else ""
+    lines = [f"# Evaluation on `{report['data']}` ({report['device']}, {report['threads']} threads{flip})", ""]
     ref = report.get("reference")
     if ref:
         m = ref["metrics"]
         lines += [f"Float reference `{ref['checkpoint']}` (torch): Rank-1 {_pct(m['rank1'])}, mAP {_pct(m['mAP'])}, mINP {_pct(m['mINP'])}", ""]
-    head = "| artifact | runtime | precision | MB | Rank-1 | Rank-5 | mAP | mINP | ΔmAP | cosine | top-1 agree | p50 ms | p90 ms | p99 ms | img/s |"
+    head = "| artifact | runtime | precision | export verification | MB | Rank-1 | Rank-5 | mAP | mINP | ΔmAP | cosine | top-1 agree | p50 ms | p90 ms | p99 ms | img/s |"
     lines += [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in report["artifacts"]:
         m, lat, d = r["metrics"], r["latency"], r.get("drift")
         lines.append("| " + " | ".join([
-            r["name"], r["runtime"], r["precision"], f"{r['size_mb']:.2f}", _pct(m["rank1"]), _pct(m["rank5"]), _pct(m["mAP"]), _pct(m["mINP"]),
+            r["name"], r["runtime"], r["precision"], r.get("verification", "missing"), f"{r['size_mb']:.2f}", _pct(m["rank1"]), _pct(m["rank5"]), _pct(m["mAP"]), _pct(m["mINP"]),
             f"{100 * r['delta_mAP']:+.2f}" if "delta_mAP" in r else "-",
             f"{d['cosine_mean']:.4f}" if d else "-", f"{100 * d['top1_agreement']:.1f}%" if d else "-",
             f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}", f"{lat['p99_ms']:.2f}", f"{lat['throughput_per_s']:.1f}"]) + " |")
     lines += ["", "Latency: per-image inference in the named runtime after warm-up, preprocessing excluded, batch 1, on the "
               "device named above (host latency when the device is local). Metrics: Market-1501 protocol (same-pid-same-camera "
               "gallery items removed, stable tie order).", ""]
+    baked = sorted({r["baked_camera"] for r in report["artifacts"] if r.get("baked_camera") is not None})
+    if baked and ref:
+        lines += [f"Camera: the artifacts have camera {', '.join(map(str, baked))}'s SIE embedding baked in; the float reference "
+                  "uses each image's own camera (TransReID's protocol), so the drift includes what baking one camera costs.", ""]
+    bad = [f"{r['name']} ({'sha256 differs from its sidecar' if not r['integrity']['sha256_matches'] else 'not exported from the reference'})"
+           for r in report["artifacts"] if r.get("integrity") and (not r["integrity"]["sha256_matches"] or r["integrity"]["reference_is_source"] is False)]
+    if bad:
+        lines += ["**Evaluated with --allow-mismatch**: " + "; ".join(bad), ""]
     return "\n".join(lines)
 
 

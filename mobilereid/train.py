@@ -68,13 +68,16 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 
 @torch.no_grad()
-def extract_features(model, samples, spec: PreprocessSpec, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
+def extract_features(model, samples, spec: PreprocessSpec, batch_size: int = 64, desc: str | None = None,
+                     flip: bool = False) -> np.ndarray:
+    """Embeddings of `samples`; with ``flip`` the mean of each image's and its mirror's (as eval/reid_eval.py)."""
     model.eval()
     loader = DataLoader(ReIDImages(samples, spec, cache=False), batch_size=batch_size, shuffle=False)
     feats = []
     with progress(desc or f"embedding {len(samples)} images", len(samples)) as advance:
         for x, _, cam in loader:
-            out = model(x, cam) if getattr(model, "uses_camera", False) else model(x)
+            run = (lambda v: model(v, cam)) if getattr(model, "uses_camera", False) else model
+            out = run(x) if not flip else (run(x) + run(x.flip(3))) / 2
             feats.append(out.float().numpy())
             advance(len(x))
     return np.concatenate(feats)

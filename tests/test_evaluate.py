@@ -67,8 +67,10 @@ def test_evaluate_errors(artifacts, tiny_dataset, tmp_path):
     with pytest.raises(MobileReIDError, match="lonely.onnx: no metadata sidecar"):
         evaluate_artifacts([lonely], tiny_dataset, tmp_path / "r")
     other = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test").eval())
-    with pytest.raises(MobileReIDError, match="embedding size 128 does not match the reference"):
+    with pytest.raises(MobileReIDError, match="exported from another checkpoint than --reference"):
         evaluate_artifacts(arts[:1], tiny_dataset, tmp_path / "r", reference=other)
+    with pytest.raises(MobileReIDError, match="embedding size 128 does not match the reference"):
+        evaluate_artifacts(arts[:1], tiny_dataset, tmp_path / "r", reference=other, allow_mismatch=True)
     with pytest.raises(MobileReIDError, match="expected local, ssh"):
         evaluate_artifacts(arts[:1], tiny_dataset, tmp_path / "r", device="bluetooth")
     with pytest.raises(MobileReIDError):
@@ -91,6 +93,50 @@ def test_parse_ssh():
     assert parse_ssh("ssh://board") == ("board", 22)
     with pytest.raises(MobileReIDError):
         parse_ssh("ssh://a b")
+    for bad in ("ssh://-oProxyCommand=touch${IFS}x", "ssh://-oProxyCommand=x@host", "ssh://pi@-oProxyCommand=x"):
+        with pytest.raises(MobileReIDError, match="cannot start with '-'"):
+            parse_ssh(bad)
+
+
+def test_tampered_artifact_and_broken_sidecars_are_refused(artifacts, tiny_dataset, tmp_path):
+    ckpt, arts = artifacts
+    onnx = next(a for a in arts if a.suffix == ".onnx")
+    work = tmp_path / "t"
+    work.mkdir()
+    copy = work / onnx.name
+    shutil.copy(onnx, copy)
+    shutil.copy(onnx.with_name(onnx.name + ".json"), work / (onnx.name + ".json"))
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 1
+    copy.write_bytes(bytes(data))
+    with pytest.raises(MobileReIDError, match="sha256 differs from its sidecar"):
+        evaluate_artifacts([copy], tiny_dataset, tmp_path / "r")
+    (work / (onnx.name + ".json")).write_text("{not json")
+    with pytest.raises(MobileReIDError, match="not a valid JSON sidecar"):
+        evaluate_artifacts([copy], tiny_dataset, tmp_path / "r")
+    with pytest.raises(MobileReIDError, match="is a directory"):
+        evaluate_artifacts([work], tiny_dataset, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_flip_averaging_and_verification_status(artifacts, tiny_dataset, tmp_path, capsys):
+    ckpt, arts = artifacts
+    onnx = next(a for a in arts if a.suffix == ".onnx")
+    work = tmp_path / "w"
+    work.mkdir()
+    shutil.copy(onnx, work / onnx.name)
+    meta = json.loads(onnx.with_name(onnx.name + ".json").read_text())
+    del meta["verification"]
+    (work / (onnx.name + ".json")).write_text(json.dumps(meta))
+    report = evaluate_artifacts([work / onnx.name], tiny_dataset, tmp_path / "rep", reference=ckpt, flip=True)
+    row = report["artifacts"][0]
+    assert report["flip"] and row["flip"] and row["verification"] == "missing"
+    assert row["drift"]["cosine_mean"] > 0.9999  # the reference is flip-averaged the same way
+    plain = evaluate_artifacts([onnx], tiny_dataset, tmp_path / "rep2", reference=ckpt)
+    assert abs(plain["reference"]["metrics"]["mAP"] - report["reference"]["metrics"]["mAP"]) > 0
+    assert "export verification missing" in capsys.readouterr().err
+    assert "flip-averaged" in (tmp_path / "rep" / "report.md").read_text()
 
 
 def _free_port() -> int:

@@ -103,3 +103,13 @@ def test_pt2_with_a_pickle_payload_is_refused_before_unpickling(tmp_path, osnet_
     with pytest.raises(CheckpointError, match="not plain tensors"):
         load_model(tmp_path / "evil.pt2")
     assert "pwned" not in capsys.readouterr().out
+
+
+def test_pt2_is_a_reference_for_evaluate(osnet_pt2, tiny_dataset, tmp_path):
+    from mobilereid.evaluate import evaluate_artifacts
+
+    (onnx,) = export_checkpoint(osnet_pt2, "onnx", tiny_dataset, tmp_path / "exp")
+    report = evaluate_artifacts([onnx["artifact"]], tiny_dataset, tmp_path / "rep", reference=osnet_pt2)
+    row = report["artifacts"][0]
+    assert row["integrity"] == {"sha256_matches": True, "reference_is_source": True}
+    assert row["drift"]["cosine_mean"] > 0.9999 and abs(row["delta_mAP"]) < 1e-6
