@@ -44,6 +44,23 @@ def _version(value: bool):
 @app.callback()
 def main(version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit.")):
     """mobilereid: train, compress, quantize, export and evaluate person ReID models for edge devices."""
+    _exit_cleanly_on_sigterm()
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C (exit status 143), so every temporary folder and file is removed by the
+    `finally` blocks that remove them on SIGINT."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 @data_app.command("synth")
@@ -78,28 +95,9 @@ def data_check(
     merge_val: bool = typer.Option(True, help="MSMT17: merge list_val.txt into train (as torchreid and TransReID do)."),
 ):
     """Print identities, images and cameras per split, and validate file names and images."""
+    from .data.check import check_and_print
+
     check_and_print(root, images, merge_val)
-
-
-def check_and_print(root: Path, images: bool = True, merge_val: bool = True):
-    from .data.datasets import check_dataset, load_dataset, split_stats, verify_images
-
-    ds = load_dataset(root, merge_val=merge_val)
-    if images:
-        n = sum(len(v) for v in ds.splits().values())
-        with progress("decoding images", n) as advance:
-            for samples in ds.splits().values():
-                verify_images(samples, on_step=advance)
-    warnings = check_dataset(ds)
-    rows = []
-    for split, samples in ds.splits().items():
-        st = split_stats(samples)
-        rows.append([split, st["identities"], st["images"], st["cameras"], st["distractors"], ds.skipped.get(split, 0)])
-    console.print(table(f"{root} ({ds.layout} layout)", ["split", "identities", "images", "cameras", "distractors (pid 0)", "junk skipped (pid -1)"], rows))
-    for w in warnings:
-        console.print(f"warning: {w}")
-    console.print("ok" + (" (images decoded)" if images else " (images not decoded)"))
-    return ds
 
 
 def _parse_options(options: list[str]) -> dict:

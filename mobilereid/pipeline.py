@@ -68,22 +68,43 @@ def _file_digest(path: Path) -> str:
     return file_sha256(path)[:16]
 
 
+OWNER_MARK = ".mobilereid-stage"  # written into every stage folder the pipeline creates
+
+
 class Stage:
-    """A stage folder with a stamp: `fresh(key)` says whether its outputs are up to date for that key."""
+    """A stage folder with a stamp: `fresh(key)` says whether its outputs are up to date for that key.
+
+    The pipeline deletes a stage folder to re-run it only when it made that folder itself (it holds OWNER_MARK); a
+    folder of that name the user made (their dataset under ``W/data``, a ``-w .`` inside a project) is never
+    touched: the run stops with a one-line error instead. An empty folder is taken over."""
 
     def __init__(self, workdir: Path, name: str):
         self.name, self.dir = name, workdir / name
         self.stamp = self.dir / "stamp.json"
 
+    def check_owned(self) -> None:
+        if self.dir.is_symlink() or (self.dir.exists() and not self.dir.is_dir()):
+            raise MobileReIDError(f"{self.dir}: exists and is not a folder the pipeline made; refusing to replace it "
+                                  "(move it away or choose another --workdir)")
+        if self.dir.is_dir() and not (self.dir / OWNER_MARK).is_file() and any(self.dir.iterdir()):
+            raise MobileReIDError(f"{self.dir}: exists and was not made by `mobilereid pipeline`; refusing to delete it "
+                                  "(move it away or choose another --workdir)")
+
     def fresh(self, key: str, outputs: list[Path]) -> bool:
-        if not self.stamp.is_file() or not all(p.exists() for p in outputs):
+        self.check_owned()
+        if not (self.dir / OWNER_MARK).is_file() or not self.stamp.is_file() or not all(p.exists() for p in outputs):
             return False
-        return json.loads(self.stamp.read_text()).get("key") == key
+        try:
+            return json.loads(self.stamp.read_text()).get("key") == key
+        except (ValueError, AttributeError):
+            return False  # a damaged stamp: the stage re-runs
 
     def start(self, key: str) -> None:
+        self.check_owned()
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
+        (self.dir / OWNER_MARK).write_text("made by mobilereid pipeline; the pipeline may delete and rebuild this folder\n")
         console.print(f"[{self.name}] running", markup=False)
 
     def done(self, key: str, info: dict, seconds: float) -> None:
@@ -106,11 +127,13 @@ def run_stage(stage: Stage, key: str, outputs: list[Path], fn) -> dict:
 
 
 def run_pipeline(config: Path | None, workdir: Path) -> dict:
-    from .cli import check_and_print
+    from .data.check import check_and_print
     from .data.synth import SynthConfig, generate
     from .report import write_pipeline_report
 
     cfg = load_config(config)
+    for name in ["data"] + [f"{stage}_{m}" for m in cfg["models"] for stage in ("train", "quant_finetune", "export", "evaluate")] + ["compress"]:
+        Stage(workdir, name).check_owned()  # before any work: never after ten minutes of training
     workdir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     stages = {}

@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .fsmodes import as_created_dir, as_created_file
+
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
@@ -101,6 +103,8 @@ def staged_folder(out: Path):
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield stage
+        for item in stage.rglob("*"):  # files made by mkstemp-based helpers and mkdtemp folders: umask modes
+            as_created_dir(item) if item.is_dir() else as_created_file(item)
         out.mkdir(parents=True, exist_ok=True)
         for item in stage.iterdir():
             dest = out / item.name

@@ -84,3 +84,32 @@ def test_bad_config(tmp_path):
         load_config(bad)
     r = runner.invoke(app, ["pipeline", str(tmp_path / "missing.toml")])
     assert r.exit_code == 2 and "pipeline config not found" in r.output
+
+
+def test_pipeline_never_deletes_a_folder_it_did_not_make(tmp_path):
+    """A user's folder that happens to carry a stage's name (W/data/my_real_dataset) stops the run before any work."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY)
+    work = tmp_path / "w"
+    mine = work / "data" / "my_real_dataset"
+    mine.mkdir(parents=True)
+    (mine / "labels.txt").write_text("precious\n")
+    r = runner.invoke(app, ["pipeline", str(cfg), "--workdir", str(work)])
+    assert r.exit_code == 2 and "was not made by `mobilereid pipeline`; refusing to delete it" in r.output
+    assert (mine / "labels.txt").read_text() == "precious\n"
+    assert sorted(p.name for p in work.iterdir()) == ["data"]  # nothing else was started
+    (work / "export_vit").write_text("a file")
+    r = runner.invoke(app, ["pipeline", str(cfg), "--workdir", str(work)])
+    assert r.exit_code == 2 and (work / "export_vit").read_text() == "a file"
+
+
+def test_stage_folder_it_made_is_rebuilt(tmp_path):
+    from mobilereid.pipeline import OWNER_MARK, Stage
+
+    st = Stage(tmp_path, "train_x")
+    st.start("k1")
+    (st.dir / "old.pt").write_text("x")
+    st.done("k1", {}, 0.0)
+    assert st.fresh("k1", [st.dir / "old.pt"]) and not st.fresh("k2", [st.dir / "old.pt"])
+    st.start("k2")
+    assert not (st.dir / "old.pt").exists() and (st.dir / OWNER_MARK).is_file()

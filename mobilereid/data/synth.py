@@ -345,6 +345,8 @@ def generate(out: str | Path, cfg: SynthConfig, on_step: Callable[[int], None] |
     import shutil
     import tempfile
 
+    from ..fsmodes import as_created_dir
+
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: output folder exists and is not empty")
@@ -363,6 +365,7 @@ def generate(out: str | Path, cfg: SynthConfig, on_step: Callable[[int], None] |
         )
         if out.exists():
             out.rmdir()
+        as_created_dir(tmp)  # mkdtemp makes 0700: the dataset folder gets the mode the user's umask asks for
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

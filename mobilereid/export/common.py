@@ -21,6 +21,7 @@ import torch
 from .. import __version__
 from ..data.preprocess import PreprocessSpec
 from ..errors import ExportError
+from ..fsmodes import as_created_file
 from ..models.checkpoint import file_sha256
 from ..runtimes import open_runner, sidecar_path
 
@@ -115,6 +116,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        as_created_file(tmp)  # mkstemp makes 0600: give the file the mode the user's umask asks for
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
