@@ -51,6 +51,14 @@ data class PreprocessSpec(
     }
 }
 
+/** The `camera` block of a sidecar: SIE cameras of the model and the camera baked into the artifact (null: none). */
+data class CameraSpec(val cameras: Int, val bakedCamera: Int?) {
+    init {
+        require(cameras > 0) { "camera.cameras must be > 0" }
+        require(bakedCamera == null || bakedCamera in 0 until cameras) { "camera.baked_camera $bakedCamera is outside 0..${cameras - 1}" }
+    }
+}
+
 /**
  * The metadata sidecar (`<artifact>.json`) that `mobilereid export` writes beside every artifact: which runtime
  * runs it, its input/output tensors (layout NCHW or NHWC, float or int8/uint8 with scale and zero point), the
@@ -66,6 +74,9 @@ data class ArtifactMetadata(
     val preprocess: PreprocessSpec,
     val input: TensorSpec,
     val output: TensorSpec,
+    /** Models with a camera embedding (TransReID SIE): how many cameras it knows and which one's embedding is baked
+     *  into this artifact (it has no camera input; frames from any camera are embedded as if seen by that one). */
+    val camera: CameraSpec? = null,
 ) {
     val layout: String get() = input.layout ?: "NCHW"
 
@@ -93,6 +104,7 @@ data class ArtifactMetadata(
                     embeddingDim = m.obj("model").int("embedding_dim"),
                     preprocess = PreprocessSpec.fromJson(m.obj("preprocess")),
                     input = input, output = tensor(m.obj("output")),
+                    camera = m.objOrNull("camera")?.let { CameraSpec(it.int("cameras"), (it["baked_camera"] as? Number)?.toInt()) },
                 )
             } catch (e: IllegalArgumentException) {
                 throw IllegalArgumentException("$source: ${e.message}")

@@ -21,6 +21,20 @@ class MetadataAndJsonTest {
     }
 
     @Test
+    fun `camera block of an SIE model is read and checked`() {
+        fun sidecar(camera: String) = """{"format": "mobilereid-artifact", "artifact": "m.tflite", "target": "tflite",
+            "runtime": "litert", "precision": "fp32", "model": {"embedding_dim": 4},
+            "preprocess": {"height": 8, "width": 4, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "scale": 0.00392156862745098},
+            "input": {"shape": [1, 8, 4, 3], "dtype": "float32", "layout": "NHWC"}, "output": {"shape": [1, 4], "dtype": "float32"}$camera}"""
+        assertEquals(CameraSpec(6, 2), ArtifactMetadata.parse(sidecar(""", "camera": {"embedding": "sie", "cameras": 6, "baked_camera": 2}""")).camera)
+        assertEquals(null, ArtifactMetadata.parse(sidecar("")).camera)
+        val e = assertThrows(IllegalArgumentException::class.java) {
+            ArtifactMetadata.parse(sidecar(""", "camera": {"cameras": 6, "baked_camera": 9}"""), "m.json")
+        }
+        assertTrue(e.message!!.startsWith("m.json:") && "baked_camera 9" in e.message!!, e.message)
+    }
+
+    @Test
     fun `json round trip and errors`() {
         val text = """{"a": [1, 2.5, -3e2, true, null, "x\"\u00e9\n"], "b": {}}"""
         val v = Json.parse(text)
