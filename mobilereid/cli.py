@@ -133,6 +133,7 @@ def train_cmd(
     pretrained: Optional[Path] = typer.Option(None, help="Local timm/DeiT/TransReID state dict to start a ViT from."),
     init: Optional[Path] = typer.Option(None, help="Start from a mobilereid checkpoint (fine-tuning)."),
     resume: bool = typer.Option(False, help="Continue from OUT/last.pt."),
+    keep_checkpoints: int = typer.Option(0, "--keep-checkpoints", help="Also keep the last N epochs' checkpoints (weights only); last.pt and model.pt are always written."),
 ):
     """Train a ReID model (PK sampling, label-smoothed CE + batch-hard triplet, warm-up + cosine LR).
 
@@ -142,7 +143,7 @@ def train_cmd(
 
     cfg = TrainConfig(model=model, epochs=epochs, p=p, k=k, lr=lr, warmup_epochs=warmup, seed=seed, threads=threads,
                       model_options=_parse_options(opt), pretrained=str(pretrained) if pretrained else None,
-                      init_checkpoint=str(init) if init else None)
+                      init_checkpoint=str(init) if init else None, keep_checkpoints=keep_checkpoints)
     train(cfg, data, out, resume=resume)
     console.print(f"checkpoint: {out / 'model.pt'}")
 

@@ -2,8 +2,10 @@
 
 Recipe (strong-baseline / TransReID style): PK batches, label-smoothed CE + batch-hard triplet on every head,
 Adam with linear warm-up then cosine decay (per iteration), flip / pad-crop / random-erasing augmentation.
-A checkpoint (weights + config + optimizer state) is written after every epoch, `last.pt` points at the latest,
-`model.pt` is the final model; `resume=True` continues from `last.pt`.
+After every epoch `last.pt` (weights + config + optimizer state) is rewritten; per-epoch copies `epoch_NNN.pt`
+(weights and config only, no optimizer state) are kept for the last `keep_checkpoints` epochs (default 0: a 22 MB
+ViT kept every epoch with its Adam state came to 2.6 GB over 40 epochs); `model.pt` is the final model;
+`resume=True` continues from `last.pt`.
 
 Multi-process: under `torchrun --nproc_per_node N` (env WORLD_SIZE > 1) the model is wrapped in
 DistributedDataParallel on the gloo backend (CPU) or nccl (GPU); every rank takes its own share of the PK
@@ -50,6 +52,17 @@ class TrainConfig:
     model_options: dict = field(default_factory=dict)
     pretrained: str | None = None
     init_checkpoint: str | None = None  # start from a mobilereid checkpoint (e.g. fine-tuning a compressed model)
+    keep_checkpoints: int = 0  # per-epoch copies kept besides last.pt and model.pt
+
+    def validate(self) -> None:
+        """Values that would train nothing or crash later are refused up front, one line each."""
+        checks = [(self.epochs >= 1, f"--epochs {self.epochs}: must be >= 1"), (self.p >= 2, f"-p {self.p}: needs >= 2 identities per batch (triplet loss)"),
+                  (self.k >= 2, f"-k {self.k}: needs >= 2 images per identity (triplet loss)"), (self.lr > 0, f"--lr {self.lr}: must be > 0"),
+                  (self.warmup_epochs >= 0, f"--warmup {self.warmup_epochs}: must be >= 0"), (self.threads >= 0, f"--threads {self.threads}: must be >= 0"),
+                  (self.keep_checkpoints >= 0, f"--keep-checkpoints {self.keep_checkpoints}: must be >= 0")]
+        for ok, msg in checks:
+            if not ok:
+                raise MobileReIDError(msg)
 
 
 def preprocess_spec_for(model) -> PreprocessSpec:
@@ -163,6 +176,7 @@ def build_for_training(cfg: TrainConfig, num_classes: int):
 
 
 def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = False, evaluate: bool = True) -> dict:
+    cfg.validate()
     rank, world = _dist_env()
     distributed = world > 1
     if distributed:
@@ -184,9 +198,15 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
         if not last.is_file():
             raise CheckpointError(f"{last}: nothing to resume from")
         state = read_checkpoint(last)
-        model.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["extra"]["optimizer"])
-        start_epoch = int(state["extra"]["epoch"])
+        extra = state.get("extra") or {}
+        if "optimizer" not in extra or "epoch" not in extra:
+            raise CheckpointError(f"{last}: holds no optimizer state and epoch: not a training checkpoint to resume from")
+        try:
+            model.load_state_dict(state["state_dict"])
+            opt.load_state_dict(extra["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{last}: does not fit this model and optimizer ({str(exc).splitlines()[0][:160]})") from None
+        start_epoch = int(extra["epoch"])
         if rank == 0:
             console.print(f"resuming from {last} after epoch {start_epoch}")
     train_model = model
@@ -217,8 +237,12 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
         if rank == 0:
             console.print(f"epoch {epoch + 1}: loss {row['loss']:.3f}  id-acc {row['train_acc']:.3f}  {seconds:.1f} s")
             extra = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "train_config": asdict(cfg), "history": history}
-            save_checkpoint(out / f"epoch_{epoch + 1:03d}.pt", model, extra)
             save_checkpoint(out / "last.pt", model, extra)
+            if cfg.keep_checkpoints > 0:
+                save_checkpoint(out / f"epoch_{epoch + 1:03d}.pt", model, {k: v for k, v in extra.items() if k != "optimizer"})
+                old = out / f"epoch_{epoch + 1 - cfg.keep_checkpoints:03d}.pt"
+                if epoch + 1 - cfg.keep_checkpoints >= 1:
+                    old.unlink(missing_ok=True)  # one this run wrote: the window moves on
     result = {"history": history}
     if rank == 0:
         save_checkpoint(out / "model.pt", model, {"train_config": asdict(cfg), "history": history})

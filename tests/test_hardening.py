@@ -66,3 +66,36 @@ def test_sigterm_mid_export_leaves_no_temporary_files(tmp_path, tiny_dataset):
     rc = proc.wait(timeout=120)
     assert rc == 143
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("text,msg", [
+    ('target = "onnx"\n[verify]\nmin_cosine = "high"\n', "min_cosine must be a number"),
+    ('target = "onnx"\n[verify]\nmin_cosine = 1.01\n', "min_cosine must be a number between -1 and 1"),
+    ('target = "onnx"\n[verify]\nimages = 0\n', "verify.images must be a whole number >= 1"),
+    ('target = "onnx"\nvariantz = ["fp32"]\n', "unknown key"),
+    ('target = "onnx"\n[int8]\ncalibration_image = 3\n', r"unknown key\(s\) calibration_image in \[int8\]"),
+])
+def test_bad_recipe_values_are_one_line_errors(tmp_path, tiny_dataset, text, msg):
+    ckpt = save_checkpoint(tmp_path / "m.pt", build_model("sclnet_test").eval())
+    (tmp_path / "r.toml").write_text(text)
+    with pytest.raises(ExportError, match=msg):
+        export_checkpoint(ckpt, "onnx", tiny_dataset, tmp_path / "o", recipe_path=tmp_path / "r.toml")
+    assert not (tmp_path / "o").exists()
+
+
+def test_too_few_verification_images_are_said_or_refused(tmp_path, tiny_dataset):
+    import shutil
+
+    ckpt = save_checkpoint(tmp_path / "m.pt", build_model("sclnet_test").eval())
+    imgs = sorted((tiny_dataset / "query").glob("*.jpg"))
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(imgs[0], one)
+    with pytest.raises(ExportError, match=r"1 held-out image\(s\) for verification; at least 2"):
+        export_checkpoint(ckpt, "onnx", one, tmp_path / "o")
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in imgs[:5]:
+        shutil.copy(p, few)
+    (r,) = export_checkpoint(ckpt, "onnx", few, tmp_path / "o2")
+    assert r["verification"]["images"] == 5 and any("recipe asks for 16" in n for n in r["verification"]["notes"])

@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 from mobilereid.cli import app
 from mobilereid.data.datasets import load_dataset
 from mobilereid.data.torchdata import PKBatches
-from mobilereid.errors import CheckpointError
+from mobilereid.errors import CheckpointError, MobileReIDError
+from mobilereid.models import build_model
 from mobilereid.losses import batch_hard_triplet
-from mobilereid.models.checkpoint import load_checkpoint, read_checkpoint
+from mobilereid.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from mobilereid.train import TrainConfig, lr_at, train
 
 runner = CliRunner()
@@ -49,13 +50,30 @@ def test_train_writes_checkpoints_and_resumes(tiny_dataset, tmp_path):
     cfg = TrainConfig(model="sclnet_test", epochs=1, p=3, k=2)
     result = train(cfg, tiny_dataset, tmp_path)
     assert set(result["metrics"]) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
-    assert (tmp_path / "epoch_001.pt").is_file() and (tmp_path / "model.pt").is_file()
+    assert (tmp_path / "last.pt").is_file() and (tmp_path / "model.pt").is_file()
+    assert not list(tmp_path.glob("epoch_*.pt"))  # per-epoch copies only on request
     model, state = load_checkpoint(tmp_path / "model.pt")
     assert state["config"]["num_classes"] == 6
-    cfg.epochs = 2
+    cfg.epochs, cfg.keep_checkpoints = 3, 1
     resumed = train(cfg, tiny_dataset, tmp_path, resume=True, evaluate=False)
-    assert [h["epoch"] for h in resumed["history"]] == [2]
-    assert read_checkpoint(tmp_path / "last.pt")["extra"]["epoch"] == 2
+    assert [h["epoch"] for h in resumed["history"]] == [2, 3]
+    assert read_checkpoint(tmp_path / "last.pt")["extra"]["epoch"] == 3
+    assert [p.name for p in tmp_path.glob("epoch_*.pt")] == ["epoch_003.pt"]
+    assert "optimizer" not in read_checkpoint(tmp_path / "epoch_003.pt")["extra"]
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(epochs=-1), "--epochs -1: must be >= 1"), (dict(p=1), "-p 1"),
+                                    (dict(lr=0.0), "--lr 0.0"), (dict(keep_checkpoints=-2), "--keep-checkpoints")])
+def test_bad_training_values_are_refused(tiny_dataset, tmp_path, kw, msg):
+    with pytest.raises(MobileReIDError, match=msg):
+        train(TrainConfig(model="sclnet_test", **kw), tiny_dataset, tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_resume_from_a_checkpoint_without_optimizer_state(tiny_dataset, tmp_path):
+    save_checkpoint(tmp_path / "last.pt", build_model("sclnet_test", num_classes=6))
+    with pytest.raises(CheckpointError, match="holds no optimizer state"):
+        train(TrainConfig(model="sclnet_test", epochs=2, p=3, k=2), tiny_dataset, tmp_path, resume=True)
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny_dataset, tmp_path):

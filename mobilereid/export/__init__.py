@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..console import err_console
 from ..errors import ExportError
 from ..models.checkpoint import file_sha256, load_model
 from ..models.registry import model_family
@@ -76,7 +77,17 @@ def make_job(checkpoint: Path, model, state: dict, calib: str | Path, out_dir: s
     """Calibration and held-out verification images through the project's preprocessing, plus float references."""
     spec = preprocess_spec_for(model)
     calib_files, verify_files = calibration_files(calib, n_calib, n_verify)
-    return ExportJob(model=model, family=model_family(model), preset=state.get("preset"), checkpoint=checkpoint,
+    if len(verify_files) < 2:
+        raise ExportError(f"{calib}: {len(verify_files)} held-out image(s) for verification; at least 2 are needed "
+                          f"(the recipe asks for {n_verify})")
+    notes = []
+    if len(verify_files) < n_verify:
+        notes.append(f"verified on {len(verify_files)} held-out images, the recipe asks for {n_verify}")
+    if set(verify_files) <= set(calib_files):
+        notes.append("the folder is too small to hold images out: verification images are calibration images")
+    for n in notes:
+        err_console.print(f"warning: {calib}: {n}", markup=False)
+    return ExportJob(verify_notes=notes, model=model, family=model_family(model), preset=state.get("preset"), checkpoint=checkpoint,
                      checkpoint_sha256=file_sha256(checkpoint), spec=spec, calib=load_batch(calib_files, spec),
                      verify=load_batch(verify_files, spec), out_dir=Path(out_dir), threads=threads)
 

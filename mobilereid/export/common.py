@@ -42,6 +42,7 @@ class ExportJob:
     scratch: Path | None = None  # temporary folder living as long as the whole export (shared intermediates)
     saved_model: Path | None = None  # onnx2tf SavedModel, made once per export
     reference_pairwise_cosine: float | None = None  # mean cosine between the float embeddings of different images
+    verify_notes: list = field(default_factory=list)  # e.g. fewer held-out images than the recipe asks for
 
     def __post_init__(self):
         self.model.eval()
@@ -216,6 +217,7 @@ def verify_artifact(job: ExportJob, artifact: Path, meta: dict, min_cosine: floa
         "passed": bool(cos.mean() >= min_cosine),
         "reference_pairwise_cosine_mean": job.reference_pairwise_cosine,
         "seconds_per_image": seconds / len(cos),
+        **({"notes": list(job.verify_notes)} if job.verify_notes else {}),
     }
     meta["verification"] = result
     _write_json(sidecar_path(artifact), meta)

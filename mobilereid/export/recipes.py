@@ -23,6 +23,34 @@ def default_recipe_path(target: str, family: str) -> Path:
     raise ExportError(f"no default recipe for target {target!r} and model family {family!r} in {RECIPE_DIR}")
 
 
+KNOWN = {"": {"target", "family", "converter", "variants", "board", "int8", "verify", "source"},
+         "int8": {"mode", "per_channel", "calibration_images", "activation_ranges", "io_dtype", "float_ops", "float_nodes"},
+         "verify": {"images", "min_cosine"}}
+
+
+def validate_recipe(recipe: dict, where: str) -> None:
+    """Unknown keys and values of the wrong type or range are one-line errors naming the file, not silent defaults."""
+    for section, known in KNOWN.items():
+        table = recipe if not section else recipe.get(section, {})
+        if not isinstance(table, dict):
+            raise ExportError(f"{where}: [{section}] must be a table")
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ExportError(f"{where}: unknown key(s) {', '.join(unknown)} in {f'[{section}]' if section else 'the recipe'} "
+                              f"(known: {', '.join(sorted(known - {'source'}))})")
+    v, q = recipe.get("verify", {}), recipe.get("int8", {})
+    mc = v.get("min_cosine")
+    if not isinstance(mc, (int, float)) or isinstance(mc, bool) or not -1.0 <= mc <= 1.0:
+        raise ExportError(f"{where}: verify.min_cosine must be a number between -1 and 1, got {mc!r}")
+    for key, table in (("verify.images", v.get("images")), ("int8.calibration_images", q.get("calibration_images", 1))):
+        if not isinstance(table, int) or isinstance(table, bool) or table < 1:
+            raise ExportError(f"{where}: {key} must be a whole number >= 1, got {table!r}")
+    if not isinstance(recipe.get("variants"), list) or not all(isinstance(x, str) for x in recipe["variants"]):
+        raise ExportError(f"{where}: variants must be a list of names, got {recipe.get('variants')!r}")
+    if "per_channel" in q and not isinstance(q["per_channel"], bool):
+        raise ExportError(f"{where}: int8.per_channel must be true or false, got {q['per_channel']!r}")
+
+
 def load_recipe(target: str, family: str, path: str | Path | None = None) -> dict:
     default_path = default_recipe_path(target, family)
     recipe = tomllib.loads(default_path.read_text())
@@ -34,4 +62,5 @@ def load_recipe(target: str, family: str, path: str | Path | None = None) -> dic
             raise ExportError(f"{path}: recipe is for target {user['target']!r}, not {target!r}")
         recipe = deep_merge(recipe, user)
         recipe["source"] = str(path)
+    validate_recipe(recipe, recipe["source"])
     return recipe

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -55,7 +56,14 @@ def safe_torch_load(path: str | Path, what: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        text = str(exc)
+        if "Weights only load failed" in text or "weights_only" in text:
+            # torch's message ends by suggesting weights_only=False: never, for a file we did not make
+            m = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+|[\w.]+ was not an allowed global)", text)
+            detail = f": {m.group(1)}" if m else ""
+            raise CheckpointError(f"{path}: not a loadable {what}: it holds objects other than tensors and plain values"
+                                  f"{detail}; refused, since loading it would run code") from None
+        reason = " ".join(text.split())[:200] if text else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable {what} ({reason})") from None
 
 
