@@ -31,6 +31,11 @@ def user_errors(fn):
         except (MobileReIDError, FileExistsError, FileNotFoundError) as exc:
             err_console.print(f"error: {exc}", markup=False)
             raise typer.Exit(2)
+        except OSError as exc:  # a read-only output folder, -o below a regular file, a full disk: name the path
+            if exc.filename is None:
+                raise
+            err_console.print(f"error: {exc.filename}: {exc.strerror or exc}", markup=False)
+            raise typer.Exit(2)
 
     return wrapper
 

@@ -99,3 +99,31 @@ def test_too_few_verification_images_are_said_or_refused(tmp_path, tiny_dataset)
         shutil.copy(p, few)
     (r,) = export_checkpoint(ckpt, "onnx", few, tmp_path / "o2")
     assert r["verification"]["images"] == 5 and any("recipe asks for 16" in n for n in r["verification"]["notes"])
+
+
+def test_corrupt_training_image_is_one_line_naming_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from mobilereid.cli import app
+
+    data = tmp_path / "d"
+    generate(data, SynthConfig(ids=8, cameras=2, seed=3, height=32, width=16))
+    victim = sorted((data / "bounding_box_train").glob("*.jpg"))[3]
+    victim.write_bytes(b"\xff\xd8\xff truncated")
+    r = CliRunner().invoke(app, ["train", "--data", str(data), "--model", "sclnet_test", "--epochs", "1", "-p", "2", "-k", "2",
+                                 "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and victim.name in r.output and "cannot decode image" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_unwritable_outputs_are_one_line_errors(tmp_path, tiny_dataset):
+    from typer.testing import CliRunner
+
+    from mobilereid.cli import app
+
+    ckpt = save_checkpoint(tmp_path / "m.pt", build_model("sclnet_test").eval())
+    (tmp_path / "afile").write_text("x")
+    r = CliRunner().invoke(app, ["export", str(ckpt), "--target", "onnx", "--calib", str(tiny_dataset), "-o", str(tmp_path / "afile" / "out")])
+    assert r.exit_code == 2 and "afile" in r.output and "Traceback" not in r.output, r.output
+    r = CliRunner().invoke(app, ["export", str(tmp_path), "--target", "onnx", "--calib", str(tiny_dataset), "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "is a directory" in r.output

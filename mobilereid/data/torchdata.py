@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import DatasetError
 from .datasets import Sample
 from .preprocess import PreprocessSpec, load_rgb, normalize, resize_bilinear
 
@@ -31,7 +32,11 @@ class ReIDImages(Dataset):
     def resized(self, i: int) -> np.ndarray:
         if self._cache is not None and i in self._cache:
             return self._cache[i]
-        img = resize_bilinear(load_rgb(self.samples[i].path), self.spec.height, self.spec.width)
+        try:
+            rgb = load_rgb(self.samples[i].path)
+        except ValueError as exc:  # a corrupt image found mid-epoch: one line naming it, not a traceback
+            raise DatasetError(f"{exc}; fix or remove it (`mobilereid data check` decodes every image)") from None
+        img = resize_bilinear(rgb, self.spec.height, self.spec.width)
         if self._cache is not None:
             self._cache[i] = img
         return img
