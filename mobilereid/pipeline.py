@@ -55,7 +55,58 @@ def load_config(path: Path | None) -> dict:
         if bad:
             raise MobileReIDError(f"{path}: unknown key(s) {', '.join(sorted(bad))} in [{section}]; known: "
                                   f"{', '.join(DEFAULT_CONFIG[section])}")
-    return deep_merge(DEFAULT_CONFIG, user)
+    cfg = deep_merge(DEFAULT_CONFIG, user)
+    check_values(cfg, path)
+    return cfg
+
+
+MODEL_KEYS = {"preset": str, "epochs": int, "lr": float, "p": int, "k": int, "options": dict}
+MINIMUMS = {("data", "ids"): 4, ("data", "cameras"): 2, ("data", "height"): 16, ("data", "width"): 16,
+            ("compress", "rounds"): 1, ("quant_finetune", "epochs"): 0, ("export", "threads"): 1, ("evaluate", "threads"): 1}
+
+
+def _type_ok(value, kind) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_values(cfg: dict, path: Path) -> None:
+    """Each value has the default's type and a usable range: one line naming the key otherwise."""
+    def fail(where: str, value, want: str):
+        raise MobileReIDError(f"{path}: {where} = {value!r}: expected {want}")
+
+    for section, table in DEFAULT_CONFIG.items():
+        if section == "models":
+            continue
+        for key, default in table.items():
+            value = cfg[section][key]
+            kind = float if isinstance(default, float) else type(default)
+            if isinstance(default, dict) or not _type_ok(value, kind):
+                if not isinstance(default, dict):
+                    fail(f"[{section}] {key}", value, f"a {kind.__name__}")
+                continue
+            low = MINIMUMS.get((section, key))
+            if low is not None and value < low:
+                fail(f"[{section}] {key}", value, f"at least {low}")
+    if not isinstance(cfg["models"], dict) or not cfg["models"]:
+        fail("[models]", cfg["models"], "one or more [models.NAME] tables")
+    for name, table in cfg["models"].items():
+        if not isinstance(table, dict):
+            fail(f"[models.{name}]", table, "a table")
+        unknown = set(table) - set(MODEL_KEYS)
+        if unknown:
+            raise MobileReIDError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} in [models.{name}]; known: {', '.join(MODEL_KEYS)}")
+        for key, kind in MODEL_KEYS.items():
+            if key in table and not _type_ok(table[key], kind):
+                fail(f"[models.{name}] {key}", table[key], f"a {kind.__name__}")
+        for key, low in (("epochs", 1), ("p", 2), ("k", 2)):
+            if table.get(key, low) < low:
+                fail(f"[models.{name}] {key}", table[key], f"at least {low}")
+        if table.get("lr", 1.0) <= 0:
+            fail(f"[models.{name}] lr", table["lr"], "a number > 0")
 
 
 def _digest(obj) -> str:

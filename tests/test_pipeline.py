@@ -113,3 +113,20 @@ def test_stage_folder_it_made_is_rebuilt(tmp_path):
     assert st.fresh("k1", [st.dir / "old.pt"]) and not st.fresh("k2", [st.dir / "old.pt"])
     st.start("k2")
     assert not (st.dir / "old.pt").exists() and (st.dir / OWNER_MARK).is_file()
+
+
+@pytest.mark.parametrize("text,msg", [
+    ('[data]\nids = 1\n', r"\[data\] ids = 1: expected at least 4"),
+    ('[models.sclnet]\nepochs = "ten"\n', r"\[models.sclnet\] epochs = 'ten': expected a int"),
+    ('[models.vit]\nepoch = 3\n', r"unknown key\(s\) epoch in \[models.vit\]"),
+    ('[pipeline]\nparallel = 1\n', r"parallel = 1: expected a bool"),
+])
+def test_pipeline_values_of_the_wrong_type_or_range(tmp_path, text, msg):
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(MobileReIDError, match=msg):
+        load_config(tmp_path / "c.toml")
+
+
+def test_tiny_config_is_valid(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    assert load_config(tmp_path / "tiny.toml")["models"]["vit"]["preset"] == "vit_test"
