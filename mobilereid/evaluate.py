@@ -110,7 +110,7 @@ def _run(cmd: list[str], what: str, timeout: int = 3600) -> str:
         raise DeviceError(f"{what}: timed out after {timeout} s") from None
     if proc.returncode != 0:
         lines = [l for l in (proc.stderr or proc.stdout).strip().splitlines() if l.strip()]
-        errs = [l for l in lines if l.startswith("error:")]
+        errs = [l[len("error:"):].strip() for l in lines if l.startswith("error:")]  # the evaluator's line names the file
         raise DeviceError(f"{what}: {(errs or lines or ['exit status ' + str(proc.returncode)])[-1]}")
     return proc.stdout
 

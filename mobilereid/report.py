@@ -39,6 +39,11 @@ def eval_markdown(report: dict) -> str:
     lines += ["", "Latency: per-image inference in the named runtime after warm-up, preprocessing excluded, batch 1, on the "
               "device named above (host latency when the device is local). Metrics: Market-1501 protocol (same-pid-same-camera "
               "gallery items removed, stable tie order).", ""]
+    counts = {(r["metrics"].get("queries_scored"), r["metrics"].get("queries")) for r in report["artifacts"]}
+    for scored, total in sorted(c for c in counts if c[0] is not None):
+        if scored < total:
+            lines += [f"Queries scored: {scored} of {total}; the other {total - scored} have no image of the same identity "
+                      "from another camera in the gallery (Market-1501 protocol) and are left out.", ""]
     baked = sorted({r["baked_camera"] for r in report["artifacts"] if r.get("baked_camera") is not None})
     if baked and ref:
         lines += [f"Camera: the artifacts have camera {', '.join(map(str, baked))}'s SIE embedding baked in; the float reference "

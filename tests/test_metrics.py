@@ -91,3 +91,13 @@ def test_distances():
 def test_metrics_import_without_torch():
     code = "import sys, mobilereid.metrics, mobilereid.data.preprocess; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rank_summary_says_how_many_queries_were_scored():
+    from mobilereid.metrics import rank_summary
+
+    rng = np.random.default_rng(0)
+    q, g = rng.normal(size=(3, 4)), rng.normal(size=(4, 4))
+    # query 2 (pid 9) has no gallery image of its identity: not scored
+    s = rank_summary(q, g, [1, 2, 9], [1, 2, 1, 2], [0, 0, 0], [1, 1, 2, 2])
+    assert s["queries"] == 3 and s["queries_scored"] == 2
