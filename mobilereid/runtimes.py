@@ -50,9 +50,17 @@ class Runner:
         self.input = self.meta["input"]
         self.output = self.meta["output"]
         self._load()
+        actual = self._input_shape()
+        if actual is not None and list(actual) != list(self.input["shape"]):
+            raise ValueError(f"{self.path}: its sidecar says input shape {list(self.input['shape'])}, the artifact takes "
+                             f"{list(actual)}; the sidecar does not belong to this file")
 
     def _load(self):
         raise NotImplementedError
+
+    def _input_shape(self) -> list[int] | None:
+        """The input shape the artifact itself declares (None when the runtime cannot say)."""
+        return None
 
     def _run_one(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -91,6 +99,10 @@ class OnnxRunner(Runner):
         self.sess = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         self.in_name = self.sess.get_inputs()[0].name
 
+    def _input_shape(self):
+        shape = self.sess.get_inputs()[0].shape
+        return shape if all(isinstance(d, int) for d in shape) else None
+
     def _run_one(self, x):
         return self.sess.run(None, {self.in_name: x})[0]
 
@@ -118,6 +130,9 @@ class TFLiteRunner(Runner):
         self.in_index = self.interp.get_input_details()[0]["index"]
         self.out_index = self.interp.get_output_details()[0]["index"]
 
+    def _input_shape(self):
+        return [int(d) for d in self.interp.get_input_details()[0]["shape"]]
+
     def _run_one(self, x):
         self.interp.set_tensor(self.in_index, x)
         self.interp.invoke()
@@ -133,7 +148,17 @@ class ExecuTorchRunner(Runner):
             raise RuntimeMissing("the ExecuTorch runtime is not installed (pip install executorch)") from None
         self._torch = torch
         torch.set_num_threads(self.threads)
+        with open(self.path, "rb") as f:
+            head = f.read(8)
+        if len(head) < 8 or head[4:6] != b"ET":  # the runtime aborts the process (C++ terminate) on foreign bytes
+            raise ValueError(f"{self.path}: not an ExecuTorch program (no 'ET' flatbuffer identifier)")
         self.method = Runtime.get().load_program(str(self.path)).load_method("forward")
+
+    def _input_shape(self):
+        try:
+            return list(self.method.metadata.input_tensor_meta(0).sizes())
+        except Exception:  # older runtimes do not expose the method metadata
+            return None
 
     def _run_one(self, x):
         return self.method.execute([self._torch.from_numpy(x)])[0].numpy()

@@ -222,3 +222,23 @@ def test_device_copy_has_manifest_and_lossless_pixels(tiny_dataset, tmp_path):
         assert entry["file"].endswith(".png") and np.array_equal(load_rgb(dest / entry["file"]), load_rgb(sample.path))
     again = load_dataset(dest, need_train=False)  # the ssh evaluator re-reads the copy with the same reader
     assert len(again.query) == len(ds.query) and len(again.gallery) == len(ds.gallery)
+
+
+def test_random_bytes_pte_and_foreign_sidecar_are_one_line_errors(artifacts, tiny_dataset, tmp_path):
+    ckpt, arts = artifacts
+    pte = next(a for a in arts if a.suffix == ".pte")
+    onnx = next(a for a in arts if a.suffix == ".onnx")
+    for src, mutate, msg in ((pte, "bytes", "not an ExecuTorch program"), (onnx, "shape", "sidecar does not belong to this file")):
+        work = tmp_path / mutate
+        work.mkdir()
+        dst = work / src.name
+        shutil.copy(src, dst)
+        meta = json.loads(src.with_name(src.name + ".json").read_text())
+        if mutate == "bytes":
+            dst.write_bytes(np.random.default_rng(0).bytes(4096))
+        else:
+            meta["input"]["shape"] = [1, 3, 128, 64]
+        (work / (src.name + ".json")).write_text(json.dumps(meta))
+        with pytest.raises(MobileReIDError, match=msg) as info:
+            evaluate_artifacts([dst], tiny_dataset, tmp_path / f"r_{mutate}", allow_mismatch=True)
+        assert str(dst) in str(info.value) and "\n" not in str(info.value)
