@@ -342,6 +342,7 @@ def evaluate_cmd(
     remote_python: str = typer.Option("python3", help="Python on the ssh device (needs numpy, Pillow and the artifact's runtime)."),
     flip: bool = typer.Option(False, "--flip", help="Test-time flip averaging (image and mirror), for the reference and the artifacts alike."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Evaluate artifacts whose sha256 or source checkpoint does not match (with a warning)."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Your own float model, when compress or quant-finetune changed it before export: drift against it is the headline."),
 ):
     """Accuracy drift, latency and size of artifacts, measured by the on-device evaluator.
 
@@ -350,7 +351,7 @@ def evaluate_cmd(
     from .report import eval_markdown
 
     report = evaluate_artifacts(artifacts, data, out, reference=reference, device=device, threads=threads, remote_python=remote_python,
-                                flip=flip, allow_mismatch=allow_mismatch)
+                                flip=flip, allow_mismatch=allow_mismatch, baseline=baseline)
     console.print(eval_markdown(report), markup=False, soft_wrap=True)
     console.print(f"report: {out / 'report.md'}, {out / 'report.json'}, plots: {', '.join(str(out / p) for p in report['plots'])}")
 

@@ -276,7 +276,13 @@ def drift(q: np.ndarray, g: np.ndarray, rq: np.ndarray, rg: np.ndarray) -> dict:
 
 def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: Path | None = None, device: str = "local",
                        threads: int = 2, remote_python: str = "python3", ssh_options: list[str] | None = None,
-                       flip: bool = False, allow_mismatch: bool = False) -> dict:
+                       flip: bool = False, allow_mismatch: bool = False, baseline: Path | None = None) -> dict:
+    """Run every artifact through the evaluator on `device` and score it.
+
+    ``reference``: the float model the artifacts were exported from (checked by hash); drift against it is what
+    conversion and quantization cost. ``baseline``: the user's own float model when a stage of ours changed it
+    before export (compression, quantization fine-tuning); drift against it is the headline, since it is what the
+    user gets compared with what they gave us."""
     from .report import write_eval_report
 
     data = Path(data)
@@ -291,6 +297,10 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
             if m["model"]["embedding_dim"] != dim:
                 raise MobileReIDError(f"{a}: embedding size {m['model']['embedding_dim']} does not match the reference {reference} ({dim})")
         ref = {"checkpoint": str(reference), "metrics": ref_metrics}
+    base = None
+    if baseline is not None:
+        bq, bg, base_metrics, bdim = reference_embeddings(baseline, data, out, flip)
+        base = {"checkpoint": str(baseline), "metrics": base_metrics, "comparable": all(m["model"]["embedding_dim"] == bdim for m in metas)}
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw"
         with progress(f"evaluating {len(artifacts)} artifact(s) on {device}", None):
@@ -313,8 +323,14 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
                 row["drift"] = drift(npz["query"], npz["gallery"], rq, rg)
                 row["delta_mAP"] = summary["metrics"]["mAP"] - ref["metrics"]["mAP"]
                 row["delta_rank1"] = summary["metrics"]["rank1"] - ref["metrics"]["rank1"]
+            if base is not None:
+                npz = np.load(raw / f"{a.name}.npz")
+                if npz["query"].shape[1] == bq.shape[1]:
+                    row["drift_vs_baseline"] = drift(npz["query"], npz["gallery"], bq, bg)
+                row["delta_mAP_vs_baseline"] = summary["metrics"]["mAP"] - base["metrics"]["mAP"]
+                row["delta_rank1_vs_baseline"] = summary["metrics"]["rank1"] - base["metrics"]["rank1"]
             rows.append(row)
-        report = {"data": str(data), "device": device, "threads": threads, "flip": flip, "reference": ref, "artifacts": rows,
+        report = {"data": str(data), "device": device, "threads": threads, "flip": flip, "reference": ref, "baseline": base, "artifacts": rows,
                   "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_eval_report(report, out, raw)
     return report

@@ -229,7 +229,7 @@ def run_pipeline(config: Path | None, workdir: Path) -> dict:
 
 def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: str) -> dict:
     """Train one model, compress it and quantization-fine-tune it if the config says so, export it and evaluate its
-    artifacts (against the float model that was exported)."""
+    artifacts against the trained float model (the headline) and against the float model that was exported."""
     from .compress.pipeline import CompressConfig, compress
     from .evaluate import evaluate_artifacts
     from .export import export_checkpoint
@@ -240,7 +240,7 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
     m = cfg["models"][name]
     stage = Stage(workdir, f"train_{name}")
     tcfg = TrainConfig(model=m["preset"], epochs=m["epochs"], lr=m["lr"], p=m["p"], k=m["k"], model_options=m.get("options", {}))
-    ckpt = reference = stage.dir / "model.pt"
+    ckpt = reference = users_model = stage.dir / "model.pt"  # the trained float model: the drift baseline
     stages[stage.name] = run_stage(stage, _digest({"data": data_key, "train": tcfg.__dict__}), [ckpt],
                                    lambda: {"metrics": train(tcfg, data_root, stage.dir)["metrics"]})
     targets = cfg["export"]["targets"].get(name) or []
@@ -291,11 +291,11 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
 
     def do_eval():
         evaluate_artifacts(artifacts, data_root, stage.dir, reference=reference, device=cfg["evaluate"]["device"],
-                           threads=cfg["evaluate"]["threads"])
+                           threads=cfg["evaluate"]["threads"], baseline=users_model if reference != users_model else None)
         return {"report": str(stage.dir / "report.json")}
 
     key = _digest({"artifacts": [_file_digest(a) for a in artifacts], "ckpt": _file_digest(reference), "eval": cfg["evaluate"],
-                   "data": data_key})
+                   "data": data_key, "baseline": _file_digest(users_model)})
     stages[stage.name] = run_stage(stage, key, [stage.dir / "report.json"], do_eval)
     return {"stages": stages, "reports": {name: json.loads((stage.dir / "report.json").read_text())}}
 

@@ -23,16 +23,25 @@ def _pct(x: float) -> str:
 def eval_markdown(report: dict) -> str:
     flip = ", flip-averaged (image + mirror)" if report.get("flip") else ""
     lines = [f"# Evaluation on `{report['data']}` ({report['device']}, {report['threads']} threads{flip})", ""]
-    ref = report.get("reference")
+    ref, base = report.get("reference"), report.get("baseline")
+    if base:
+        m = base["metrics"]
+        lines += [f"**Your float model** `{base['checkpoint']}` (torch): Rank-1 {_pct(m['rank1'])}, mAP {_pct(m['mAP'])}, mINP {_pct(m['mINP'])}. "
+                  "The first ΔmAP / cosine columns compare each artifact with it; the last ones with the float model our stages "
+                  "made from it and exported (what conversion and quantization alone cost).", ""]
     if ref:
         m = ref["metrics"]
-        lines += [f"Float reference `{ref['checkpoint']}` (torch): Rank-1 {_pct(m['rank1'])}, mAP {_pct(m['mAP'])}, mINP {_pct(m['mINP'])}", ""]
-    head = "| artifact | runtime | precision | export verification | MB | Rank-1 | Rank-5 | mAP | mINP | ΔmAP | cosine | top-1 agree | p50 ms | p90 ms | p99 ms | img/s |"
+        lines += [f"Float reference `{ref['checkpoint']}` (torch{', the exported float model' if base else ''}): Rank-1 {_pct(m['rank1'])}, "
+                  f"mAP {_pct(m['mAP'])}, mINP {_pct(m['mINP'])}", ""]
+    vs = " vs exported" if base else ""
+    head = (f"| artifact | runtime | precision | export verification | MB | Rank-1 | Rank-5 | mAP | mINP | "
+            + ("ΔmAP vs yours | cosine vs yours | " if base else "") + f"ΔmAP{vs} | cosine{vs} | top-1 agree | p50 ms | p90 ms | p99 ms | img/s |")
     lines += [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in report["artifacts"]:
-        m, lat, d = r["metrics"], r["latency"], r.get("drift")
+        m, lat, d, bd = r["metrics"], r["latency"], r.get("drift"), r.get("drift_vs_baseline")
         lines.append("| " + " | ".join([
-            r["name"], r["runtime"], r["precision"], r.get("verification", "missing"), f"{r['size_mb']:.2f}", _pct(m["rank1"]), _pct(m["rank5"]), _pct(m["mAP"]), _pct(m["mINP"]),
+            r["name"], r["runtime"], r["precision"], r.get("verification", "missing"), f"{r['size_mb']:.2f}", _pct(m["rank1"]), _pct(m["rank5"]), _pct(m["mAP"]), _pct(m["mINP"])]
+            + ([f"**{100 * r['delta_mAP_vs_baseline']:+.2f}**", f"{bd['cosine_mean']:.4f}" if bd else "-"] if base else []) + [
             f"{100 * r['delta_mAP']:+.2f}" if "delta_mAP" in r else "-",
             f"{d['cosine_mean']:.4f}" if d else "-", f"{100 * d['top1_agreement']:.1f}%" if d else "-",
             f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}", f"{lat['p99_ms']:.2f}", f"{lat['throughput_per_s']:.1f}"]) + " |")

@@ -65,6 +65,12 @@ def test_pipeline_end_to_end_and_skip(tmp_path):
     assert len(qft["history"]) == 1 and 0.0 <= qft["after"]["mAP"] <= 1.0
     md = (work / "report" / "report.md").read_text()
     assert "## Compression" in md and "ΔmAP" in md and "## Quantization fine-tuning of `sclnet`" in md
+    # drift is measured from the model the user trained (before compression / quant-finetune), the exported one second
+    for name, chain in (("sclnet", "train_sclnet"), ("vit_compressed", "train_vit")):
+        ev = report["evaluations"][name]
+        assert ev["baseline"]["checkpoint"].endswith(f"{chain}/model.pt") and ev["reference"]["checkpoint"] != ev["baseline"]["checkpoint"]
+        assert all("delta_mAP_vs_baseline" in r and "delta_mAP" in r for r in ev["artifacts"])
+    assert "ΔmAP vs yours" in md and "Your float model" in md
     assert (work / "report" / "accuracy_latency_all.png").is_file()
     again = runner.invoke(app, ["pipeline", str(cfg), "--workdir", str(work)])
     assert again.exit_code == 0, again.output

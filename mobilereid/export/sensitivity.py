@@ -86,7 +86,11 @@ def measure(model_bytes: bytes, verify_nchw: np.ndarray, reference: np.ndarray, 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"candidate{suffix}"
         path.write_bytes(model_bytes)
-        runner = RUNNERS[runtime](path, io, threads=threads)
+        try:
+            runner = RUNNERS[runtime](path, io, threads=threads)
+        except RuntimeError as exc:  # e.g. XNNPACK cannot prepare this int8 graph: the candidate is out, the study goes on
+            return {"cosine_mean": -1.0, "cosine_min": -1.0, "p50_ms": -1.0, "p90_ms": -1.0, "size_bytes": len(model_bytes),
+                    "input_dtype": io["input"]["dtype"], "error": " ".join(str(exc).split())[:200]}
         emb = runner.embed(verify_nchw)
         x = runner.prepare(verify_nchw[0])
         for _ in range(3):
@@ -136,7 +140,7 @@ def executorch_candidates(job, qcfg: dict, threads: int, repeats: int, advance) 
 
 
 def fastest_within(candidates: list[dict], budget: float) -> dict | None:
-    ok = [c for c in candidates if c["cosine_mean"] >= budget]
+    ok = [c for c in candidates if c["cosine_mean"] >= budget and "error" not in c]
     return min(ok, key=lambda c: c["p50_ms"]) if ok else None
 
 
@@ -208,6 +212,9 @@ def write_outputs(report: dict, out_dir: Path, base_recipes: dict) -> None:
 def _candidate_rows(cands: list[dict], budget: float) -> list[str]:
     rows = ["| candidate | size (KB) | p50 ms | p90 ms | cosine mean | cosine min | meets budget |", "|---|---|---|---|---|---|---|"]
     for c in cands:
+        if "error" in c:
+            rows.append(f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | - | - | - | - | no: the runtime refused it ({c['error']}) |")
+            continue
         rows.append(f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['cosine_mean']:.4f} | "
                     f"{c['cosine_min']:.4f} | {'yes' if c['cosine_mean'] >= budget else 'no'} |")
     return rows
@@ -286,7 +293,7 @@ def _plot(report: dict, path: Path) -> None:
     a1.set_title("worst layers")
     a1.tick_params(axis="y", labelsize=7)
     for runtime, marker, cands in (("LiteRT", "o", report["candidates"]), ("ExecuTorch", "s", (report.get("executorch") or {}).get("candidates", []))):
-        for c in cands:
+        for c in [c for c in cands if "error" not in c]:
             a2.scatter(c["p50_ms"], c["cosine_mean"], s=50, marker=marker)
             a2.annotate(f"{runtime}: {c['name']}", (c["p50_ms"], c["cosine_mean"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
     a2.axhline(report["drift_budget"], color="#2e7d32", ls="--", lw=1)
