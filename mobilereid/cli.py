@@ -47,8 +47,16 @@ def _version(value: bool):
 
 
 @app.callback()
-def main(version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit.")):
+def main(version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+         verbose: bool = typer.Option(False, "--verbose", help="Show the libraries' own log lines (TensorFlow, ExecuTorch, torch warnings).")):
     """mobilereid: train, compress, quantize, export and evaluate person ReID models for edge devices."""
+    import os
+
+    from .chatter import ENV, silence_libraries
+
+    if verbose:
+        os.environ[ENV] = "1"
+    silence_libraries()
     _exit_cleanly_on_sigterm()
 
 

@@ -15,7 +15,10 @@ integer-input artifacts, quantized with the sidecar's scale/zero-point; integer 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,21 @@ def read_sidecar(artifact: str | Path) -> dict:
 def sidecar_path(artifact: str | Path) -> Path:
     artifact = Path(artifact)
     return artifact.with_name(artifact.name + ".json")
+
+
+@contextlib.contextmanager
+def _quiet_python_stderr():
+    """Unless MOBILEREID_VERBOSE=1: Python's sys.stderr goes to /dev/null for the block (runtime load chatter)."""
+    if os.environ.get("MOBILEREID_VERBOSE") == "1":
+        yield
+        return
+    saved = sys.stderr
+    with open(os.devnull, "w") as sink:
+        sys.stderr = sink
+        try:
+            yield
+        finally:
+            sys.stderr = saved
 
 
 class Runner:
@@ -152,7 +170,8 @@ class ExecuTorchRunner(Runner):
             head = f.read(8)
         if len(head) < 8 or head[4:6] != b"ET":  # the runtime aborts the process (C++ terminate) on foreign bytes
             raise ValueError(f"{self.path}: not an ExecuTorch program (no 'ET' flatbuffer identifier)")
-        self.method = Runtime.get().load_program(str(self.path)).load_method("forward")
+        with _quiet_python_stderr():  # ExecuTorch's C++ logs (cpuinfo probe) reach Python's sys.stderr through pybind
+            self.method = Runtime.get().load_program(str(self.path)).load_method("forward")
 
     def _input_shape(self):
         try:

@@ -127,3 +127,15 @@ def test_unwritable_outputs_are_one_line_errors(tmp_path, tiny_dataset):
     assert r.exit_code == 2 and "afile" in r.output and "Traceback" not in r.output, r.output
     r = CliRunner().invoke(app, ["export", str(tmp_path), "--target", "onnx", "--calib", str(tiny_dataset), "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "is a directory" in r.output
+
+
+def test_library_chatter_is_silenced_unless_verbose(tmp_path, tiny_dataset):
+    ckpt = save_checkpoint(tmp_path / "m.pt", build_model("sclnet_test").eval())
+    cmd = [sys.executable, "-m", "mobilereid.cli", "export", str(ckpt), "--target", "executorch", "--calib", str(tiny_dataset)]
+    quiet = subprocess.run(cmd + ["-o", str(tmp_path / "q")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert quiet.returncode == 0, quiet.stderr
+    ours = ("exporting", "warning:")
+    assert [l for l in quiet.stderr.splitlines() if l.strip() and not l.startswith(ours)] == []
+    loud = subprocess.run([sys.executable, "-m", "mobilereid.cli", "--verbose"] + cmd[3:] + ["-o", str(tmp_path / "v")], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert loud.returncode == 0 and [l for l in loud.stderr.splitlines() if l.strip() and not l.startswith(ours)]
