@@ -1,7 +1,7 @@
 """Third-party log chatter stays out of the user's way unless `--verbose` (environment MOBILEREID_VERBOSE=1).
 
 An export used to print 10-15 lines nobody asked for: torchao's optional CUDA kernels, ExecuTorch's cpuinfo probe
-(C++ writes straight to file descriptor 2), TensorFlow's oneDNN/CUDA-stub notes, absl's pre-init warning and torch
+(C++ writes straight to file descriptor 2), TensorFlow's oneDNN/CUDA-stub notes (hidden by log level, nothing is switched off), absl's pre-init warning and torch
 pytree deprecations. Python-level noise is filtered (warnings, library loggers); native noise is cut at the file
 descriptor: fd 2 goes to /dev/null while Python's own `sys.stderr` (our progress lines, one-line errors and any
 traceback of a real bug) keeps writing to the terminal through a duplicate of the original descriptor.
@@ -26,7 +26,6 @@ def silence_libraries() -> None:
     if verbose():
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     os.environ.setdefault("GLOG_minloglevel", "3")
     warnings.filterwarnings("ignore")

@@ -352,10 +352,18 @@ def _chain_in_child(name, cfg, workdir, data_root, data_key, log: Path, threads:
     import os
     import sys
 
+    from .chatter import silence_libraries, verbose
+
     f = open(log, "a", buffering=1)
     os.dup2(f.fileno(), 1)
     os.dup2(f.fileno(), 2)
     sys.stdout = sys.stderr = f
+    if not verbose():  # native library chatter out of the log, so the live status shows the stage's own progress
+        silence_libraries()
+        sys.stdout = sys.stderr = f
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
     import torch
 
     torch.set_num_threads(threads)
