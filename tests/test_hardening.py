@@ -139,3 +139,16 @@ def test_library_chatter_is_silenced_unless_verbose(tmp_path, tiny_dataset):
     loud = subprocess.run([sys.executable, "-m", "mobilereid.cli", "--verbose"] + cmd[3:] + ["-o", str(tmp_path / "v")], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert loud.returncode == 0 and [l for l in loud.stderr.splitlines() if l.strip() and not l.startswith(ours)]
+
+
+def test_checkpoint_whose_state_dict_holds_a_non_tensor(tmp_path):
+    from mobilereid.errors import CheckpointError
+    from mobilereid.models.checkpoint import load_checkpoint
+
+    path = save_checkpoint(tmp_path / "m.pt", build_model("sclnet_test").eval())
+    state = torch.load(path, weights_only=True)
+    key = next(iter(state["state_dict"]))
+    state["state_dict"][key] = "not a tensor"
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=f"state dict entry '{key}' is a str, not a tensor"):
+        load_checkpoint(tmp_path / "bad.pt")

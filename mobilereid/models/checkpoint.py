@@ -103,6 +103,11 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
 
 
 def load_state_dict_checked(model: nn.Module, sd: dict, path: Path | str) -> None:
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: its state dict is a {type(sd).__name__}, not a dict of tensors")
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: state dict entry {bad[0]!r} is a {type(sd[bad[0]]).__name__}, not a tensor")
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
