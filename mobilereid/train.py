@@ -85,6 +85,11 @@ def extract_features(model, samples, spec: PreprocessSpec, batch_size: int = 64,
                      flip: bool = False) -> np.ndarray:
     """Embeddings of `samples`; with ``flip`` the mean of each image's and its mirror's (as eval/reid_eval.py)."""
     model.eval()
+    if getattr(model, "uses_camera", False) and samples:
+        n, top = model.cfg.camera_num, max(s.camid for s in samples)
+        if top >= n:
+            raise MobileReIDError(f"{samples[0].path.parent}: images of camera {top} (0-based), but the model's SIE "
+                                  f"camera embedding knows cameras 0..{n - 1}")
     loader = DataLoader(ReIDImages(samples, spec, cache=False), batch_size=batch_size, shuffle=False)
     feats = []
     with progress(desc or f"embedding {len(samples)} images", len(samples)) as advance:

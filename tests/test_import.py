@@ -161,3 +161,15 @@ def test_imported_transreid_compresses_exports_int8_and_verifies(tmp_path, tiny_
         assert meta["camera"]["baked_camera"] == 1 and meta["preprocess"]["mean"] == [0.5, 0.5, 0.5]
         assert meta["model"]["embedding_dim"] == 5 * 64
         assert r["verification"]["passed"], (r["artifact"].name, r["verification"])
+
+
+def test_sie_model_on_a_dataset_with_more_cameras_is_refused(tiny_dataset):
+    from mobilereid.data.datasets import load_dataset
+    from mobilereid.errors import MobileReIDError
+    from mobilereid.models import build_model
+    from mobilereid.train import extract_features
+
+    model = build_model("vit_test", camera_num=2).eval()
+    ds = load_dataset(tiny_dataset, need_train=False)  # 3 cameras
+    with pytest.raises(MobileReIDError, match=r"camera 2 \(0-based\), but the model's SIE camera embedding knows cameras 0..1"):
+        extract_features(model, ds.query, preprocess_spec_for(model))
