@@ -275,10 +275,11 @@ def test_cli_export_onnx_and_errors(sclnet_ckpt, tiny_dataset, tmp_path):
 
 def test_cli_export_fails_when_below_drift_budget(sclnet_ckpt, tiny_dataset, tmp_path):
     recipe = tmp_path / "strict.toml"
-    recipe.write_text('target = "onnx"\n[verify]\nmin_cosine = 1.01\n')
-    r = runner.invoke(app, ["export", str(sclnet_ckpt), "--target", "onnx", "--calib", str(tiny_dataset), "--recipe", str(recipe), "-o", str(tmp_path / "o")])
+    recipe.write_text('target = "executorch"\nvariants = ["int8"]\n[verify]\nmin_cosine = 1.0\n')  # int8 never reaches 1.0
+    r = runner.invoke(app, ["export", str(sclnet_ckpt), "--target", "executorch", "--int8", "--calib", str(tiny_dataset), "--recipe",
+                            str(recipe), "-o", str(tmp_path / "o")])
     assert r.exit_code == 1 and "missed the recipe's drift budget" in r.output
-    assert read_sidecar(tmp_path / "o" / "sclnet_test.onnx")["verification"]["passed"] is False
+    assert read_sidecar(tmp_path / "o" / "sclnet_test_xnnpack_int8.pte")["verification"]["passed"] is False
 
 
 @pytest.mark.slow

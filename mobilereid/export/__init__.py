@@ -77,6 +77,7 @@ def make_job(checkpoint: Path, model, state: dict, calib: str | Path, out_dir: s
     """Calibration and held-out verification images through the project's preprocessing, plus float references."""
     spec = preprocess_spec_for(model)
     calib_files, verify_files = calibration_files(calib, n_calib, n_verify)
+    calib_batch, verify_batch = load_batch(calib_files, spec), load_batch(verify_files, spec)  # unreadable images first
     if len(verify_files) < 2:
         raise ExportError(f"{calib}: {len(verify_files)} held-out image(s) for verification; at least 2 are needed "
                           f"(the recipe asks for {n_verify})")
@@ -88,8 +89,8 @@ def make_job(checkpoint: Path, model, state: dict, calib: str | Path, out_dir: s
     for n in notes:
         err_console.print(f"warning: {calib}: {n}", markup=False)
     return ExportJob(verify_notes=notes, model=model, family=model_family(model), preset=state.get("preset"), checkpoint=checkpoint,
-                     checkpoint_sha256=file_sha256(checkpoint), spec=spec, calib=load_batch(calib_files, spec),
-                     verify=load_batch(verify_files, spec), out_dir=Path(out_dir), threads=threads)
+                     checkpoint_sha256=file_sha256(checkpoint), spec=spec, calib=calib_batch,
+                     verify=verify_batch, out_dir=Path(out_dir), threads=threads)
 
 
 def export_checkpoint(checkpoint: str | Path, target: str, calib: str | Path, out_dir: str | Path, int8: bool = False,
