@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import MobileReIDError
 from .fsmodes import as_created_dir, as_created_file
 
 
@@ -109,6 +110,9 @@ def plot_eval(report: dict, folder: Path) -> list[str]:
     return files
 
 
+OUTPUT_MARK = ".mobilereid-output"  # inside every folder a report writes, so only those are ever replaced
+
+
 @contextlib.contextmanager
 def staged_folder(out: Path):
     """A temporary folder beside `out`; when the block succeeds its files replace those in `out`, so a failure
@@ -121,9 +125,17 @@ def staged_folder(out: Path):
             as_created_dir(item) if item.is_dir() else as_created_file(item)
         out.mkdir(parents=True, exist_ok=True)
         for item in stage.iterdir():
+            if item.is_dir():
+                (item / OUTPUT_MARK).write_text("written by mobilereid; a later report replaces this folder\n")
+        for item in stage.iterdir():
+            dest = out / item.name
+            if dest.is_dir() and not (dest / OUTPUT_MARK).is_file():
+                raise MobileReIDError(f"{dest}: exists and was not written by mobilereid; refusing to replace it "
+                                      "(choose another output folder)")
+        for item in stage.iterdir():
             dest = out / item.name
             if dest.is_dir():
-                shutil.rmtree(dest)
+                shutil.rmtree(dest)  # a folder an earlier report of ours wrote (it holds OUTPUT_MARK)
             os.replace(item, dest)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -152,3 +152,24 @@ def test_checkpoint_whose_state_dict_holds_a_non_tensor(tmp_path):
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=f"state dict entry '{key}' is a str, not a tensor"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_reports_replace_only_folders_they_wrote(tmp_path):
+    from mobilereid.errors import MobileReIDError
+    from mobilereid.report import staged_folder
+
+    out = tmp_path / "rep"
+    (out / "raw").mkdir(parents=True)
+    (out / "raw" / "mine.txt").write_text("user data")
+    with pytest.raises(MobileReIDError, match="raw: exists and was not written by mobilereid"):
+        with staged_folder(out) as stage:
+            (stage / "raw").mkdir()
+            (stage / "report.md").write_text("x")
+    assert (out / "raw" / "mine.txt").read_text() == "user data" and not (out / "report.md").exists()
+    other = tmp_path / "rep2"
+    for _ in range(2):  # a second report replaces the folder the first one wrote
+        with staged_folder(other) as stage:
+            (stage / "raw").mkdir()
+            (stage / "raw" / "a.npz").write_text("y")
+    assert (other / "raw" / "a.npz").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
