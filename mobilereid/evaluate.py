@@ -288,6 +288,11 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
     data = Path(data)
     if flip and (device == "adb" or device.startswith("adb:")):
         raise MobileReIDError("--flip: the Android demo app's evaluation mode does not average mirrored images")
+    from .report import OUTPUT_MARK
+
+    raw_dir = Path(out) / "raw"
+    if raw_dir.is_dir() and not (raw_dir / OUTPUT_MARK).is_file():  # checked before the work, not after it
+        raise MobileReIDError(f"{raw_dir}: exists and was not written by mobilereid; refusing to replace it (choose another --out)")
     metas = check_artifacts(artifacts, reference, allow_mismatch)
     load_dataset(data, need_train=False)  # fail early on a bad dataset
     ref = None
