@@ -261,7 +261,7 @@ def info_cmd(
 @user_errors
 def export_cmd(
     checkpoint: Path = typer.Argument(..., help="A mobilereid checkpoint (.pt)."),
-    target: str = typer.Option("all", "--target", "-t", help="onnx, executorch, tflite, edgetpu, tflm, a comma list, or all (all = the first four)."),
+    target: str = typer.Option("all", "--target", "-t", help="onnx, executorch, tflite, edgetpu, tflm, a comma list, or all (onnx, executorch, tflite, and edgetpu with --int8)."),
     calib: Path = typer.Option(..., "--calib", help="Calibration images: a dataset folder (train images calibrate, query images verify) or any image folder."),
     out: Path = typer.Option(Path("runs/export"), "--out", "-o", help="Output folder for artifacts and their .json sidecars."),
     int8: bool = typer.Option(False, "--int8", help="Also produce the recipe's quantized variants (INT8, dynamic, int16x8)."),
