@@ -288,11 +288,9 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
     data = Path(data)
     if flip and (device == "adb" or device.startswith("adb:")):
         raise MobileReIDError("--flip: the Android demo app's evaluation mode does not average mirrored images")
-    from .report import OUTPUT_MARK
+    from .report import refuse_foreign_folder
 
-    raw_dir = Path(out) / "raw"
-    if raw_dir.is_dir() and not (raw_dir / OUTPUT_MARK).is_file():  # checked before the work, not after it
-        raise MobileReIDError(f"{raw_dir}: exists and was not written by mobilereid; refusing to replace it (choose another --out)")
+    refuse_foreign_folder(Path(out) / "raw")  # checked before the work, not after it
     metas = check_artifacts(artifacts, reference, allow_mismatch)
     load_dataset(data, need_train=False)  # fail early on a bad dataset
     ref = None
@@ -323,13 +321,12 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
             row = {"artifact": str(a), "name": a.name, "target": m["target"], "runtime": m["runtime"], "precision": m["precision"],
                    "size_mb": a.stat().st_size / 1e6, "verification": verification_status(m), "integrity": m["integrity"],
                    **({"baked_camera": m["camera"]["baked_camera"]} if isinstance(m.get("camera"), dict) else {}), **summary}
+            npz = np.load(raw / f"{a.name}.npz") if ref is not None or base is not None else None
             if ref is not None:
-                npz = np.load(raw / f"{a.name}.npz")
                 row["drift"] = drift(npz["query"], npz["gallery"], rq, rg)
                 row["delta_mAP"] = summary["metrics"]["mAP"] - ref["metrics"]["mAP"]
                 row["delta_rank1"] = summary["metrics"]["rank1"] - ref["metrics"]["rank1"]
             if base is not None:
-                npz = np.load(raw / f"{a.name}.npz")
                 if npz["query"].shape[1] == bq.shape[1]:
                     row["drift_vs_baseline"] = drift(npz["query"], npz["gallery"], bq, bg)
                 row["delta_mAP_vs_baseline"] = summary["metrics"]["mAP"] - base["metrics"]["mAP"]

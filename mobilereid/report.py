@@ -113,6 +113,13 @@ def plot_eval(report: dict, folder: Path) -> list[str]:
 OUTPUT_MARK = ".mobilereid-output"  # inside every folder a report writes, so only those are ever replaced
 
 
+def refuse_foreign_folder(dest: Path) -> None:
+    """A report may replace a folder only if a report of ours wrote it (it holds OUTPUT_MARK)."""
+    if dest.is_dir() and not (dest / OUTPUT_MARK).is_file():
+        raise MobileReIDError(f"{dest}: exists and was not written by mobilereid; refusing to replace it "
+                              "(choose another output folder)")
+
+
 @contextlib.contextmanager
 def staged_folder(out: Path):
     """A temporary folder beside `out`; when the block succeeds its files replace those in `out`, so a failure
@@ -128,10 +135,7 @@ def staged_folder(out: Path):
             if item.is_dir():
                 (item / OUTPUT_MARK).write_text("written by mobilereid; a later report replaces this folder\n")
         for item in stage.iterdir():
-            dest = out / item.name
-            if dest.is_dir() and not (dest / OUTPUT_MARK).is_file():
-                raise MobileReIDError(f"{dest}: exists and was not written by mobilereid; refusing to replace it "
-                                      "(choose another output folder)")
+            refuse_foreign_folder(out / item.name)
         for item in stage.iterdir():
             dest = out / item.name
             if dest.is_dir():
