@@ -21,8 +21,9 @@ def verbose() -> bool:
     return os.environ.get(ENV) == "1"
 
 
-def silence_libraries() -> None:
-    """Call once, early, in the CLI process (before TensorFlow or ExecuTorch are imported)."""
+def silence_libraries(python_stderr=None) -> None:
+    """Call once, early, in a process (before TensorFlow or ExecuTorch are imported). ``python_stderr``: where
+    Python's own stderr goes from now on (default: the terminal fd 2 pointed at, through a duplicate)."""
     if verbose():
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -30,17 +31,19 @@ def silence_libraries() -> None:
     os.environ.setdefault("GLOG_minloglevel", "3")
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)  # libraries (torch) reset their loggers' levels on import; this holds anyway
+    if python_stderr is None:
+        try:
+            if sys.stderr.fileno() != 2:
+                return
+        except (AttributeError, OSError, ValueError):
+            return  # stderr is already redirected by a caller (a test runner's capture): leave descriptors alone
     try:
-        if sys.stderr.fileno() != 2:
-            return
-    except (AttributeError, OSError, ValueError):
-        return  # stderr is already redirected by a caller (a test runner's capture): leave descriptors alone
-    try:
-        real = os.dup(2)
         sys.stderr.flush()
+        if python_stderr is None:
+            python_stderr = os.fdopen(os.dup(2), "w", buffering=1)  # Python's stderr (ours) still reaches the terminal
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)  # native libraries' fd-2 writes vanish
         os.close(devnull)
-        sys.stderr = os.fdopen(real, "w", buffering=1)  # Python's stderr (ours) still reaches the terminal
+        sys.stderr = python_stderr
     except OSError:
         pass

@@ -233,7 +233,8 @@ def check_artifacts(artifacts: list[Path], reference: Path | None = None, allow_
         if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict) or "runtime" not in meta:
             raise MobileReIDError(f"{sidecar_path(a)}: not a mobilereid sidecar (no model/runtime description)")
         problems = []
-        if meta.get("sha256") != file_sha256(a):
+        sha_matches = meta.get("sha256") == file_sha256(a)
+        if not sha_matches:
             problems.append(f"{a}: sha256 differs from its sidecar's (the file was changed after export)")
         src = meta["model"].get("source_sha256")
         if ref_sha is not None and src is not None and src != ref_sha:
@@ -242,7 +243,7 @@ def check_artifacts(artifacts: list[Path], reference: Path | None = None, allow_
             if not allow_mismatch:
                 raise MobileReIDError(p + "; pass --allow-mismatch to evaluate it anyway")
             err_console.print(f"warning: {p}", markup=False)
-        meta["integrity"] = {"sha256_matches": meta.get("sha256") == file_sha256(a),
+        meta["integrity"] = {"sha256_matches": sha_matches,
                              "reference_is_source": None if ref_sha is None or src is None else src == ref_sha}
         status = verification_status(meta)
         if status != "passed":
@@ -302,8 +303,8 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
         ref = {"checkpoint": str(reference), "metrics": ref_metrics}
     base = None
     if baseline is not None:
-        bq, bg, base_metrics, bdim = reference_embeddings(baseline, data, out, flip)
-        base = {"checkpoint": str(baseline), "metrics": base_metrics, "comparable": all(m["model"]["embedding_dim"] == bdim for m in metas)}
+        bq, bg, base_metrics, _ = reference_embeddings(baseline, data, out, flip)
+        base = {"checkpoint": str(baseline), "metrics": base_metrics}
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw"
         with progress(f"evaluating {len(artifacts)} artifact(s) on {device}", None):

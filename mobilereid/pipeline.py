@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .console import console
 from .errors import MobileReIDError
-from .tomlconfig import deep_merge, read_toml
+from .tomlconfig import deep_merge, is_type, read_toml
 
 DEFAULT_CONFIG = {
     "data": {"synthetic": True, "ids": 100, "cameras": 6, "seed": 0, "height": 256, "width": 128, "root": ""},
@@ -65,14 +65,6 @@ MINIMUMS = {("data", "ids"): 4, ("data", "cameras"): 2, ("data", "height"): 16, 
             ("compress", "rounds"): 1, ("quant_finetune", "epochs"): 0, ("export", "threads"): 1, ("evaluate", "threads"): 1}
 
 
-def _type_ok(value, kind) -> bool:
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, kind)
-
-
 def check_values(cfg: dict, path: Path) -> None:
     """Each value has the default's type and a usable range: one line naming the key otherwise."""
     def fail(where: str, value, want: str):
@@ -83,11 +75,11 @@ def check_values(cfg: dict, path: Path) -> None:
             continue
         for key, default in table.items():
             value = cfg[section][key]
-            kind = float if isinstance(default, float) else type(default)
-            if isinstance(default, dict) or not _type_ok(value, kind):
-                if not isinstance(default, dict):
-                    fail(f"[{section}] {key}", value, f"a {kind.__name__}")
+            if isinstance(default, dict):
                 continue
+            kind = float if isinstance(default, float) else type(default)
+            if not is_type(value, kind):
+                fail(f"[{section}] {key}", value, f"a {kind.__name__}")
             low = MINIMUMS.get((section, key))
             if low is not None and value < low:
                 fail(f"[{section}] {key}", value, f"at least {low}")
@@ -100,7 +92,7 @@ def check_values(cfg: dict, path: Path) -> None:
         if unknown:
             raise MobileReIDError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} in [models.{name}]; known: {', '.join(MODEL_KEYS)}")
         for key, kind in MODEL_KEYS.items():
-            if key in table and not _type_ok(table[key], kind):
+            if key in table and not is_type(table[key], kind):
                 fail(f"[models.{name}] {key}", table[key], f"a {kind.__name__}")
         for key, low in (("epochs", 1), ("p", 2), ("k", 2)):
             if table.get(key, low) < low:
@@ -352,18 +344,13 @@ def _chain_in_child(name, cfg, workdir, data_root, data_key, log: Path, threads:
     import os
     import sys
 
-    from .chatter import silence_libraries, verbose
+    from .chatter import silence_libraries
 
     f = open(log, "a", buffering=1)
     os.dup2(f.fileno(), 1)
     os.dup2(f.fileno(), 2)
     sys.stdout = sys.stderr = f
-    if not verbose():  # native library chatter out of the log, so the live status shows the stage's own progress
-        silence_libraries()
-        sys.stdout = sys.stderr = f
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
+    silence_libraries(python_stderr=f)  # native chatter out of the log, so the live status shows the stage's progress
     import torch
 
     torch.set_num_threads(threads)

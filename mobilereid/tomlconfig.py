@@ -19,6 +19,13 @@ def read_toml(path: str | Path, what: str, error: type[MobileReIDError] = Mobile
         raise error(f"{path}: not valid TOML ({exc})") from None
 
 
+def is_type(value, kind: type) -> bool:
+    """A TOML value of the given Python type, where TOML booleans are not numbers and integers count as floats."""
+    if isinstance(value, bool) and kind is not bool:
+        return False
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
 def deep_merge(base: dict, over: dict) -> dict:
     """A copy of `base` with `over` laid on top; nested tables merge key by key."""
     out = copy.deepcopy(base)

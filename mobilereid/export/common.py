@@ -96,6 +96,11 @@ def unshare_weights(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
+def unshared_graph(job: "ExportJob") -> "GraphModel":
+    """The job's model captured by torch.export, each shared weight copied per op (see unshare_weights)."""
+    return GraphModel(unshare_weights(torch.export.export(job.model, (job.example(),)).module()))
+
+
 class GraphModel(torch.nn.Module):
     """An exported graph module as a plain module (exported modules refuse .eval()/.train())."""
 

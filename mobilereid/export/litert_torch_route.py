@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import ExportError
-from .common import ExportJob, GraphModel, unshare_weights
+from .common import ExportJob, unshared_graph
 
 VARIANTS = ("fp32", "dynamic", "int8")
 CONVERTER_NAME = "litert-torch 0.10.0 + ai-edge-quantizer 0.10.0"
@@ -42,7 +42,7 @@ def build_litert_torch_variants(job: ExportJob, variants: list[str], qcfg: dict)
     calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))
     model = job.model
     if "int8" in variants:  # one copy of each weight per op (see unshare_weights)
-        model = GraphModel(unshare_weights(torch.export.export(job.model, (job.example(),)).module()))
+        model = unshared_graph(job)
     return convert_with_litert_torch(model, calib_nhwc[: int(qcfg.get("calibration_images", 64))], variants,
                                      job.threads, job.stem)
 

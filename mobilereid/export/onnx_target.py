@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ExportError
-from .common import ExportJob, GraphModel, Workdir, unshare_weights, atomic_copy, tensor_spec, verify_artifact, write_sidecar
+from .common import ExportJob, Workdir, atomic_copy, unshared_graph, tensor_spec, verify_artifact, write_sidecar
 
 INPUT_NAME, OUTPUT_NAME = "images", "embedding"
 
@@ -20,7 +20,7 @@ INPUT_NAME, OUTPUT_NAME = "images", "embedding"
 def write_onnx(job: ExportJob, path: Path) -> None:
     model = job.model
     if getattr(model, "family", None) == "external":  # a captured graph: one copy of each weight per op (unshare_weights)
-        model = GraphModel(unshare_weights(torch.export.export(model, (job.example(),)).module()))
+        model = unshared_graph(job)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

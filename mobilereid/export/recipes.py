@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 
 from ..errors import ExportError
-from ..tomlconfig import deep_merge, read_toml
+from ..tomlconfig import deep_merge, is_type, read_toml
 
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "quant"
 
@@ -40,10 +40,10 @@ def validate_recipe(recipe: dict, where: str) -> None:
                               f"(known: {', '.join(sorted(known - {'source'}))})")
     v, q = recipe.get("verify", {}), recipe.get("int8", {})
     mc = v.get("min_cosine")
-    if not isinstance(mc, (int, float)) or isinstance(mc, bool) or not -1.0 <= mc <= 1.0:
+    if not is_type(mc, float) or not -1.0 <= mc <= 1.0:
         raise ExportError(f"{where}: verify.min_cosine must be a number between -1 and 1, got {mc!r}")
     for key, table in (("verify.images", v.get("images")), ("int8.calibration_images", q.get("calibration_images", 1))):
-        if not isinstance(table, int) or isinstance(table, bool) or table < 1:
+        if not is_type(table, int) or table < 1:
             raise ExportError(f"{where}: {key} must be a whole number >= 1, got {table!r}")
     if not isinstance(recipe.get("variants"), list) or not all(isinstance(x, str) for x in recipe["variants"]):
         raise ExportError(f"{where}: variants must be a list of names, got {recipe.get('variants')!r}")
