@@ -272,6 +272,7 @@ def export_cmd(
 ):
     """Export, quantize and verify every artifact in its real runtime (exit 1 when one misses its drift budget)."""
     from .export import export_checkpoint
+    from .export.tflm_target import tflm_notes
 
     rows = []
 
@@ -294,10 +295,8 @@ def export_cmd(
             if not r["compiler"].get("ran"):
                 console.print(f"Edge TPU compiler: {r['compiler']['reason']}")
         if "tflm" in r:
-            t = r["tflm"]
-            console.print(f"TFLite Micro ({t['board']['name']}): flash {t['flash_bytes'] / 1024:.0f} KB, arena {t['arena_bytes'] / 1024:.0f} KB, "
-                          f"{t['macs'] / 1e6:.1f} MMAC, max {t['max_output_lsb_vs_litert_reference_kernels']} LSB from LiteRT reference kernels "
-                          f"({t['max_output_lsb_vs_litert']} from XNNPACK), host latency {t['host_latency_ms_median']:.1f} ms (TFLM interpreter on this CPU)")
+            for line in tflm_notes(r["tflm"]):
+                console.print(line, markup=False)
         if "delegation" in r:
             nd = r["delegation"]["not_delegated_ops"]
             console.print(f"ExecuTorch {r['precision']}: {r['delegation']['delegated_subgraphs']} XNNPACK subgraphs; "

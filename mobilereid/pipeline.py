@@ -33,11 +33,15 @@ DEFAULT_CONFIG = {
     "compress": {"model": "vit", "keep_ratio": 0.75, "scorer": "contrast", "head_ratio": 0.4, "token_rate": 0.6, "rounds": 2, "epochs_per_round": 2,
                  "arch_epochs": 2, "token_epochs": 1, "final_epochs": 3, "lr": 1e-4},
     # quantization-consistency fine-tuning before export (mobilereid/quant_finetune.py, README): the SCL-net INT8
-    # artifacts then agree with their float model at cosine ~0.993 instead of ~0.91; "" turns it off
+    # artifacts then agree with their float model at cosine ~0.993 instead of ~0.91; a model name or a list of them,
+    # "" turns it off
     "quant_finetune": {"model": "sclnet", "epochs": 24, "lr": 5e-4, "consistency": 100.0},
-    "export": {"threads": 2, "targets": {"sclnet": ["onnx", "executorch", "tflite", "edgetpu"], "vit": ["onnx", "executorch", "tflite"]}},
+    # board: the tflm target's board profile (quant/boards.toml); "" = the recipe's
+    "export": {"threads": 2, "board": "", "targets": {"sclnet": ["onnx", "executorch", "tflite", "edgetpu"], "vit": ["onnx", "executorch", "tflite"]}},
     "evaluate": {"threads": 2, "device": "local"},
-    "pipeline": {"parallel": True},  # model chains side by side, cores split between them
+    # parallel: model chains side by side, cores split between them; chains: the [models.NAME] to run ([] = all), so
+    # an opt-in config (configs/mcu.toml) can run its own model alone
+    "pipeline": {"parallel": True, "chains": []},
 }
 
 
@@ -78,6 +82,8 @@ def check_values(cfg: dict, path: Path) -> None:
             if isinstance(default, dict):
                 continue
             kind = float if isinstance(default, float) else type(default)
+            if (section, key) == ("quant_finetune", "model") and isinstance(value, list):
+                kind = list
             if not is_type(value, kind):
                 fail(f"[{section}] {key}", value, f"a {kind.__name__}")
             low = MINIMUMS.get((section, key))
@@ -99,6 +105,13 @@ def check_values(cfg: dict, path: Path) -> None:
                 fail(f"[models.{name}] {key}", table[key], f"at least {low}")
         if table.get("lr", 1.0) <= 0:
             fail(f"[models.{name}] lr", table["lr"], "a number > 0")
+    for key in ("chains",):
+        unknown = [n for n in cfg["pipeline"][key] if n not in cfg["models"]]
+        if unknown or not all(isinstance(n, str) for n in cfg["pipeline"][key]):
+            fail(f"[pipeline] {key}", cfg["pipeline"][key], f"names of [models.NAME] tables ({', '.join(cfg['models'])})")
+    qft = cfg["quant_finetune"]["model"]
+    if isinstance(qft, list) and not all(isinstance(n, str) for n in qft):
+        fail("[quant_finetune] model", qft, "a model name or a list of names")
 
 
 def _digest(obj) -> str:
@@ -200,7 +213,7 @@ def run_pipeline(config: Path | None, workdir: Path) -> dict:
     check_and_print(data_root, images=False)
 
     # 2.-5. one chain per model (train -> [compress] -> export -> evaluate); chains are independent
-    names = list(cfg["models"])
+    names = cfg["pipeline"]["chains"] or list(cfg["models"])
     if cfg["pipeline"]["parallel"] and len(names) > 1:
         chains = _run_chains_in_parallel(names, cfg, workdir, data_root, data_key)
     else:
@@ -252,7 +265,8 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
         name = f"{name}_compressed"
 
     q = dict(cfg["quant_finetune"])
-    if q.pop("model") == name:
+    chosen = q.pop("model")
+    if name in (chosen if isinstance(chosen, list) else [chosen]):
         stage = Stage(workdir, f"quant_finetune_{name}")
         source = ckpt
         ckpt = reference = stage.dir / "model.pt"  # same artifact names as without the stage
@@ -271,11 +285,13 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
     stage = Stage(workdir, f"export_{name}")
 
     def do_export():
-        results = export_checkpoint(ckpt, ",".join(targets), data_root, stage.dir, int8=True, threads=cfg["export"]["threads"])
+        results = export_checkpoint(ckpt, ",".join(targets), data_root, stage.dir, int8=True, threads=cfg["export"]["threads"],
+                                    board=cfg["export"]["board"] or None)
         return {"artifacts": [r["artifact"].name for r in results],
                 "below_drift_budget": [r["artifact"].name for r in results if not r["verification"]["passed"]]}
 
-    stages[stage.name] = run_stage(stage, _digest({"ckpt": _file_digest(ckpt), "targets": targets, "data": data_key}),
+    stages[stage.name] = run_stage(stage, _digest({"ckpt": _file_digest(ckpt), "targets": targets, "data": data_key,
+                                                   **({"board": cfg["export"]["board"]} if "tflm" in targets else {})}),
                                    [stage.dir], do_export)
     artifacts = [stage.dir / a for a in stages[stage.name]["artifacts"]]
 

@@ -41,6 +41,15 @@ def test_tflm_runs_in_real_interpreter_and_matches_litert(tflm_export):
 
     embedded = read_metadata(r["artifact"])
     assert embedded["target"] == "tflm" and embedded["input"] == meta["input"] and embedded["preprocess"] == meta["preprocess"]
+    # the arena breakdown: TFLM's planned head holds at least the analysed peak of live tensors, head + tail = arena use
+    arena = t["arena"]
+    assert arena["peak"]["peak_bytes"] <= arena["measured"]["planned_head_bytes"]
+    assert arena["measured"]["planned_head_bytes"] + arena["measured"]["persistent_tail_bytes"] <= t["arena_bytes"]
+    assert arena["peak"]["live"] and all(row["bytes"] > 0 for row in arena["peak"]["live"])
+    order = t["operator_order"]
+    assert order["arena_bytes"] == t["arena_bytes"]
+    assert not order["reordered"] or order["arena_bytes_converter_order"] >= t["arena_bytes"]
+    assert "estimate, not measured" in t["mcu_latency_estimate"]["note"]
 
 
 @pytest.mark.slow
@@ -102,3 +111,109 @@ def test_unsupported_op_is_named():
     data = conv.convert()
     with pytest.raises(ExportError, match="TFLite Micro has no kernel for GELU"):
         check_ops(data, "gelu_model")
+
+
+@pytest.mark.slow
+def test_slim_and_reordered_artifact_is_smaller_and_bit_identical(tflm_export):
+    """The artifact is the slimmed, reordered model: smaller than the converter's file, the same outputs in TFLM as
+    the full model (checked here again, independently of the exporter), refused by LiteRT (zero points cut)."""
+    import numpy as np
+    from tflite_micro.python.tflite_micro import runtime
+
+    from mobilereid.export.tflite_size import size_breakdown
+    from mobilereid.export.tflm_memory import reorder_for_memory
+    from mobilereid.export.tflm_slim import slim_for_micro
+
+    root, ckpt, r = tflm_export
+    t = r["tflm"]
+    s = t["slim"]
+    assert t["slim_outputs_identical"] and s["bytes_after"] == t["flash_bytes"] < s["bytes_before"]
+    assert s["zero_point_entries"] > 0 and s["bias_quantization_entries"] > 0
+    assert size_breakdown(r["artifact"].read_bytes())["quantization_parameter_bytes"] < 0.5 * s["bytes_before"]
+    slim = r["artifact"].read_bytes()
+    # slimming is idempotent: nothing left to drop
+    again, rec = slim_for_micro(slim)
+    assert rec["zero_point_entries"] == rec["bias_quantization_entries"] == rec["unused_buffers"] == 0
+    # reordering an already reordered model finds nothing better
+    assert reorder_for_memory(slim)[1]["reordered"] is False
+    # the slim model against a TFLM run of the same model with every zero point restored (the full quantization)
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    full = flatbuffer_utils.read_model_from_bytearray(bytearray(slim))
+    for tensor in full.subgraphs[0].tensors:
+        q = tensor.quantization
+        if q is not None and q.scale is not None and q.zeroPoint is not None and len(q.zeroPoint) < len(q.scale):
+            q.zeroPoint = [int(q.zeroPoint[0])] * len(q.scale)
+    full_bytes = bytes(flatbuffer_utils.convert_object_to_bytearray(full))
+    a = runtime.Interpreter.from_bytes(slim, arena_size=t["arena_bytes"])
+    b = runtime.Interpreter.from_bytes(full_bytes, arena_size=t["arena_bytes"] + (64 << 10))
+    rng = np.random.default_rng(0)
+    shape = a.get_input_details(0)["shape"]
+    for _ in range(3):
+        x = rng.integers(-128, 128, shape).astype(np.int8)
+        a.set_input(x, 0)
+        a.invoke()
+        b.set_input(x, 0)
+        b.invoke()
+        assert np.array_equal(a.get_output(0), b.get_output(0))
+    from mobilereid.runtimes import litert_interpreter_class
+
+    with pytest.raises((ValueError, RuntimeError)):
+        litert_interpreter_class()(model_content=slim).allocate_tensors()
+
+
+def test_slim_keeps_nonzero_zero_points_and_reorder_keeps_dependencies():
+    """A per-channel zero-point array with a non-zero entry is kept whole; the least-peak order runs every
+    operator after the operators it reads from, and the live-memory analysis matches TFLM's planner on a branchy
+    graph (two branches whose outputs meet in an add)."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from mobilereid.export.tflm_memory import _Graph, peak_breakdown, reorder_for_memory
+    from mobilereid.export.tflm_slim import slim_for_micro
+
+    class Branchy(tf.Module):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.w = [tf.constant(rng.normal(size=(1, 1, 8, 32)).astype(np.float32)) for _ in range(3)]
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 16, 16, 8], tf.float32)])
+        def __call__(self, x):
+            parts = [tf.nn.relu(tf.nn.conv2d(x, w, 1, "SAME")) for w in self.w]
+            return tf.reduce_mean(parts[0] + parts[1] + parts[2], axis=[1, 2])
+
+    m = Branchy()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([m.__call__.get_concrete_function()], m)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([np.random.default_rng(i).normal(size=(1, 16, 16, 8)).astype(np.float32)] for i in range(8))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = conv.inference_output_type = tf.int8
+    data = conv.convert()
+    reordered, rec = reorder_for_memory(data)
+    g = _Graph(reordered)
+    assert all(d < k for k in range(g.n_ops) for d in g.deps[k])  # every producer runs before its readers
+    assert rec["peak_bytes_after"] <= rec["peak_bytes_before"] == peak_breakdown(data)["peak_bytes"]
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    per_channel = [t for t in model.subgraphs[0].tensors if t.quantization is not None and t.quantization.scale is not None
+                   and len(t.quantization.scale) > 1 and t.type == 9]  # INT8 weights
+    assert per_channel
+    per_channel[0].quantization.zeroPoint = [0] * (len(per_channel[0].quantization.scale) - 1) + [1]
+    tampered = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    slim = flatbuffer_utils.read_model_from_bytearray(bytearray(slim_for_micro(tampered)[0]))
+    kept = [t for t in slim.subgraphs[0].tensors if t.quantization is not None and t.quantization.zeroPoint is not None
+            and len(t.quantization.zeroPoint) > 1]
+    assert len(kept) == 1 and list(kept[0].quantization.zeroPoint)[-1] == 1
+
+
+def test_board_profiles_carry_estimate_assumptions():
+    from mobilereid.export.tflm_target import load_board, mcu_latency_estimate
+
+    for name in ("cortex-m7", "stm32h7", "cortex-m4", "nrf52840", "esp32-s3"):
+        board = load_board(name)
+        est = mcu_latency_estimate(board, 10_000_000)
+        assert est["ms"] == pytest.approx(1e7 / (board["int8_macs_per_cycle"] * board["clock_mhz"] * 1e6) * 1e3)
+        assert "estimate, not measured" in est["note"]
+    assert load_board("nrf52840")["ram_kb"] == 256 and load_board("stm32h7")["clock_mhz"] == 480
+    assert mcu_latency_estimate({"name": "own", "flash_kb": 1, "ram_kb": 1}, 1000) is None

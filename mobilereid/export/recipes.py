@@ -23,9 +23,10 @@ def default_recipe_path(target: str, family: str) -> Path:
     raise ExportError(f"no default recipe for target {target!r} and model family {family!r} in {RECIPE_DIR}")
 
 
-KNOWN = {"": {"target", "family", "converter", "variants", "board", "int8", "verify", "source"},
+KNOWN = {"": {"target", "family", "converter", "variants", "board", "int8", "verify", "micro", "source"},
          "int8": {"mode", "per_channel", "calibration_images", "activation_ranges", "io_dtype", "float_ops", "float_nodes"},
-         "verify": {"images", "min_cosine"}}
+         "verify": {"images", "min_cosine"},
+         "micro": {"reorder_operators", "slim"}}
 
 
 def validate_recipe(recipe: dict, where: str) -> None:
@@ -47,8 +48,11 @@ def validate_recipe(recipe: dict, where: str) -> None:
             raise ExportError(f"{where}: {key} must be a whole number >= 1, got {table!r}")
     if not isinstance(recipe.get("variants"), list) or not all(isinstance(x, str) for x in recipe["variants"]):
         raise ExportError(f"{where}: variants must be a list of names, got {recipe.get('variants')!r}")
-    if "per_channel" in q and not isinstance(q["per_channel"], bool):
-        raise ExportError(f"{where}: int8.per_channel must be true or false, got {q['per_channel']!r}")
+    flags = [("int8.per_channel", q.get("per_channel", True))]
+    flags += [(f"micro.{k}", val) for k, val in recipe.get("micro", {}).items()]
+    for key, val in flags:
+        if not isinstance(val, bool):
+            raise ExportError(f"{where}: {key} must be true or false, got {val!r}")
 
 
 def load_recipe(target: str, family: str, path: str | Path | None = None) -> dict:

@@ -6,11 +6,16 @@
   the smallest arena, to 1 KB, with which it allocates *and* runs; outputs are compared with LiteRT on the same
   inputs: with LiteRT's reference kernels they must agree within 1 LSB (TFLM uses the same reference maths);
   the difference to LiteRT's default XNNPACK kernels (a few LSB: different rounding) is reported.
+* Memory: the operators are put in the order of least peak live memory (tflm_memory.py, Liberis & Lane 2019) and
+  the flatbuffer is slimmed of what TFLM never reads (tflm_slim.py); both keep the outputs bit-identical, which is
+  checked in the TFLM interpreter. The report names the tensors live at the arena's peak, TFLM's own split of the
+  arena (planned tensors vs persistent op data) and the arena the converter's order would have needed.
 * Fit: the board profile (quant/boards.toml) gives flash and RAM minus reserves; export fails when the model or
   the arena does not fit, saying by how much.
 * C sources: ``<stem>_model_data.h/.cc`` with the model as a 16-byte-aligned byte array, its length, input/output
   shapes and quantization parameters and the arena size, ready to drop into a TFLM project.
-* Latency is measured in the TFLM interpreter on the host and labelled as host latency (no MCU here).
+* Latency is measured in the TFLM interpreter on the host and labelled as host latency (no MCU here); next to it an
+  MCU latency *estimate* from the MACs and the board profile's assumed int8 MACs per cycle and clock.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from ..errors import ExportError
 from .common import ExportJob, Workdir, atomic_write_bytes, verify_artifact, write_sidecar, _write_json
 from .recipes import RECIPE_DIR
 from .tflite_ops import op_names
+from .tflite_size import size_breakdown
 from .tflite_target import build_tflite_variants, self_describing
+from .tflm_memory import measured_arena_sections, peak_breakdown, reorder_for_memory
+from .tflm_slim import slim_for_micro
 
 TFLM_OPS = {
     "ABS", "ADD", "ADD_N", "ARG_MAX", "ARG_MIN", "AVERAGE_POOL_2D", "BATCH_MATMUL", "BATCH_TO_SPACE_ND", "BROADCAST_ARGS",
@@ -86,17 +94,17 @@ interp.invoke()
 """
 
 
-def _runs(path: Path, arena: int, x: np.ndarray | None = None) -> bool:
+def _runs(path: Path, arena: int) -> bool:
     """Does the model allocate and run with this arena? Probed in a child process: the TFLM Python interpreter
     can crash outright (not just raise) when a tail allocation does not fit."""
     proc = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(arena)], capture_output=True, timeout=300)
     return proc.returncode == 0
 
 
-def find_arena(path: Path, x: np.ndarray, start: int = 16 << 10, limit: int = 64 << 20, step: int = 1024) -> int:
+def find_arena(path: Path, start: int = 16 << 10, limit: int = 64 << 20, step: int = 1024) -> int:
     """Smallest arena (multiple of `step`) with which the TFLM interpreter allocates and runs the model."""
     hi = start
-    while not _runs(path, hi, x):
+    while not _runs(path, hi):
         hi *= 2
         if hi > limit:
             raise ExportError(f"{path.name}: the TFLite Micro interpreter could not run it even with a {limit >> 20} MB arena")
@@ -105,7 +113,7 @@ def find_arena(path: Path, x: np.ndarray, start: int = 16 << 10, limit: int = 64
         mid = (lo + hi) // 2 // step * step
         if mid <= lo:
             break
-        if _runs(path, mid, x):
+        if _runs(path, mid):
             hi = mid
         else:
             lo = mid
@@ -155,63 +163,107 @@ const unsigned int {ident}_model_data_len = {len(data)};
     return header, source
 
 
+def _quantized_inputs(job: ExportJob, in_spec: dict) -> list[np.ndarray]:
+    from ..data.preprocess import quantize
+
+    q = in_spec["quantization"]
+    return [np.ascontiguousarray(quantize(img.transpose(1, 2, 0)[None], q["scale"], q["zero_point"])) for img in job.verify]
+
+
+def _litert_interpreters(job: ExportJob, data: bytes):
+    """LiteRT with its default kernels (XNNPACK) and with its reference kernels (what TFLM's kernels reproduce)."""
+    from ..runtimes import litert_interpreter_class
+
+    Interpreter = litert_interpreter_class()
+    lite = Interpreter(model_content=data)
+    try:
+        lite.allocate_tensors()
+    except RuntimeError as exc:
+        raise ExportError(f"{job.stem}: LiteRT's XNNPACK delegate cannot prepare the full-integer model "
+                          f"({' '.join(str(exc).split())[:160]}); no TFLite Micro artifact written") from None
+    try:
+        from ai_edge_litert.interpreter import OpResolverType
+
+        ref = Interpreter(model_content=data, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+        ref.allocate_tensors()
+    except ImportError:
+        ref = None
+    return lite, ref
+
+
+def _run_litert(interp, x: np.ndarray) -> np.ndarray:
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    return interp.get_tensor(interp.get_output_details()[0]["index"]).astype(np.int32)
+
+
+def _run_micro(interp, x: np.ndarray) -> np.ndarray:
+    interp.set_input(x, 0)
+    interp.invoke()
+    return interp.get_output(0).astype(np.int32)
+
+
+def compare_runtimes(job: ExportJob, full: bytes, final: bytes, final_path: Path, arena: int, inputs: list[np.ndarray]) -> dict:
+    """TFLM runs the artifact; its outputs must equal TFLM's on the model before slimming (bit for bit) and stay
+    within 1 LSB of LiteRT's reference kernels (the same reference maths); the gap to LiteRT's XNNPACK kernels
+    (different rounding) is reported. Returns the LSB figures and the host latencies of the artifact."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    micro = runtime.Interpreter.from_file(str(final_path), arena_size=arena)
+    unslimmed = runtime.Interpreter.from_bytes(full, arena_size=arena + (256 << 10)) if final != full else None
+    lite, ref = _litert_interpreters(job, full)
+    max_lsb = max_lsb_ref = 0
+    times = []
+    for x in inputs:
+        t0 = time.perf_counter()
+        a = _run_micro(micro, x)
+        times.append((time.perf_counter() - t0) * 1000)
+        if unslimmed is not None and not np.array_equal(a, _run_micro(unslimmed, x)):
+            raise ExportError(f"{job.stem}: the slimmed TFLite Micro model gives different outputs from the full one; "
+                              "set [micro] slim = false in the recipe and report this")
+        max_lsb = max(max_lsb, int(np.abs(a - _run_litert(lite, x)).max()))
+        if ref is not None:
+            max_lsb_ref = max(max_lsb_ref, int(np.abs(a - _run_litert(ref, x)).max()))
+    if ref is not None and max_lsb_ref > 1:
+        raise ExportError(f"{job.stem}: TFLite Micro output differs from LiteRT's reference kernels by {max_lsb_ref} LSB (more than 1)")
+    return {"max_output_lsb_vs_litert": max_lsb, "max_output_lsb_vs_litert_reference_kernels": max_lsb_ref,
+            "slim_outputs_identical": unslimmed is not None, "host_latency_ms_median": float(np.median(times))}
+
+
+def mcu_latency_estimate(board: dict, macs: int) -> dict | None:
+    """MACs / (int8 MACs per cycle x clock): an estimate under the board profile's stated assumption, not a measurement."""
+    clock, per_cycle = board.get("clock_mhz"), board.get("int8_macs_per_cycle")
+    if not clock or not per_cycle:
+        return None
+    return {"ms": macs / (per_cycle * clock * 1e6) * 1e3, "clock_mhz": clock, "int8_macs_per_cycle": per_cycle,
+            "note": f"estimate, not measured: {macs / 1e6:.1f} MMAC at an assumed {per_cycle} int8 MAC/cycle "
+                    f"(CMSIS-NN-class kernels) and {clock} MHz (quant/boards.toml says where the assumption comes from)"}
+
+
 def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> list[dict]:
     board = load_board(board_name or recipe.get("board", "cortex-m7"))
     qcfg = dict(recipe.get("int8", {}))
+    micro = {"reorder_operators": True, "slim": True, **recipe.get("micro", {})}
     if qcfg.get("io_dtype", "int8") != "int8" or qcfg.get("float_ops"):
         raise ExportError(f"{recipe['source']}: TFLite Micro needs full-integer int8 models with int8 IO")
     with Workdir(job.out_dir, "tflm") as tmp:
-        data = build_tflite_variants(job, ["int8"], qcfg, tmp)["int8"]
-        ops = check_ops(data, job.stem)
+        converted = build_tflite_variants(job, ["int8"], qcfg, tmp)["int8"]
+        ops = check_ops(converted, job.stem)
         # the description travels inside the flatbuffer (and so inside the C array); it counts in the flash budget
-        data, description = self_describing(job, data, target="tflm", runtime="tflite-micro", precision="int8", recipe=recipe)
+        converted, description = self_describing(job, converted, target="tflm", runtime="tflite-micro", precision="int8", recipe=recipe)
         in_spec, out_spec = description["input"], description["output"]
-        probe = tmp / "probe.tflite"
-        probe.write_bytes(data)
-        x = np.zeros(in_spec["shape"], np.int8)
-        arena = find_arena(probe, x)
-        # TFLM vs LiteRT on the same quantized inputs
-        from tflite_micro.python.tflite_micro import runtime
-
-        from ..runtimes import litert_interpreter_class
-
-        micro = runtime.Interpreter.from_file(str(probe), arena_size=arena)
-        Interpreter = litert_interpreter_class()
-        lite = Interpreter(model_content=data)  # default kernels (XNNPACK)
-        try:
-            lite.allocate_tensors()
-        except RuntimeError as exc:
-            raise ExportError(f"{job.stem}: LiteRT's XNNPACK delegate cannot prepare the full-integer model "
-                              f"({' '.join(str(exc).split())[:160]}); no TFLite Micro artifact written") from None
-        try:  # LiteRT's reference kernels: what TFLM's kernels should reproduce exactly
-            from ai_edge_litert.interpreter import OpResolverType
-
-            ref = Interpreter(model_content=data, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-            ref.allocate_tensors()
-        except ImportError:
-            ref = None
-        max_lsb, max_lsb_ref, times = 0, 0, []
-        from ..data.preprocess import quantize
-
-        for img in job.verify:
-            qx = np.ascontiguousarray(quantize(img.transpose(1, 2, 0)[None], in_spec["quantization"]["scale"], in_spec["quantization"]["zero_point"]))
-            t0 = time.perf_counter()
-            micro.set_input(qx, 0)
-            micro.invoke()
-            times.append((time.perf_counter() - t0) * 1000)
-            a = micro.get_output(0).astype(np.int32)
-            for interp, which in ((lite, "default"), (ref, "ref")):
-                if interp is None:
-                    continue
-                interp.set_tensor(interp.get_input_details()[0]["index"], qx)
-                interp.invoke()
-                b = interp.get_tensor(interp.get_output_details()[0]["index"]).astype(np.int32)
-                if which == "ref":
-                    max_lsb_ref = max(max_lsb_ref, int(np.abs(a - b).max()))
-                else:
-                    max_lsb = max(max_lsb, int(np.abs(a - b).max()))
-    if ref is not None and max_lsb_ref > 1:
-        raise ExportError(f"{job.stem}: TFLite Micro output differs from LiteRT's reference kernels by {max_lsb_ref} LSB (more than 1)")
+        full, order = reorder_for_memory(converted) if micro["reorder_operators"] else (converted, {"reordered": False})
+        data, slim = slim_for_micro(full) if micro["slim"] else (full, None)
+        final_path = tmp / "final.tflite"
+        final_path.write_bytes(data)
+        arena = find_arena(final_path)
+        checks = compare_runtimes(job, full, data, final_path, arena, _quantized_inputs(job, in_spec))
+        memory = {"peak": peak_breakdown(data, names_from=full), "measured": measured_arena_sections(final_path, arena)}
+        if order.get("reordered"):  # the converter's order, slimmed alike: what the reordering saved, measured
+            as_converted = tmp / "converter_order.tflite"
+            as_converted.write_bytes(slim_for_micro(converted)[0] if slim else converted)
+            order["arena_bytes_converter_order"] = find_arena(as_converted, start=arena)
+        order["arena_bytes"] = arena
     flash_budget = (board["flash_kb"] - board["reserve_flash_kb"]) * 1024
     ram_budget = (board["ram_kb"] - board["reserve_ram_kb"]) * 1024
     problems = []
@@ -228,10 +280,44 @@ def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> 
     atomic_write_bytes(job.out_dir / f"{job.stem}_model_data.cc", source.encode())
     from ..flops import count_macs
 
-    tflm = {"board": board, "flash_bytes": len(data), "arena_bytes": arena, "macs": int(count_macs(job.model)),
-            "ops": sorted(set(ops)), "max_output_lsb_vs_litert": max_lsb, "max_output_lsb_vs_litert_reference_kernels": max_lsb_ref,
-            "host_latency_ms_median": float(np.median(times)), "latency_note": "TFLite Micro interpreter on the host CPU, not an MCU"}
+    macs = int(count_macs(job.model))
+    tflm = {"board": board, "flash_bytes": len(data), "arena_bytes": arena, "macs": macs, "ops": sorted(set(ops)),
+            **checks, "latency_note": "TFLite Micro interpreter on the host CPU, not an MCU",
+            "mcu_latency_estimate": mcu_latency_estimate(board, macs), "operator_order": order, "slim": slim,
+            "size": size_breakdown(data), "arena": memory}
     meta = write_sidecar(job, out, description={**description, "tflm": tflm})
     verification = verify_artifact(job, out, meta, recipe["verify"]["min_cosine"])
     _write_json(job.out_dir / f"{job.stem}_tflm_report.json", {**tflm, "verification": verification})
     return [{"artifact": out, "precision": "int8", "verification": verification, "tflm": tflm}]
+
+
+def tflm_notes(t: dict) -> list[str]:
+    """The export notes of a TFLM artifact, for people: fit, arena breakdown, what reordering and slimming saved,
+    agreement with LiteRT, host latency and the MCU estimate (labelled as such)."""
+    kb = lambda n: f"{n / 1024:.0f} KB"  # noqa: E731
+    b = t["board"]
+    lines = [f"TFLite Micro ({b['name']}): flash {kb(t['flash_bytes'])} of {kb((b['flash_kb'] - b['reserve_flash_kb']) * 1024)}, "
+             f"arena {kb(t['arena_bytes'])} of {kb((b['ram_kb'] - b['reserve_ram_kb']) * 1024)}, {t['macs'] / 1e6:.1f} MMAC"]
+    arena = t.get("arena")
+    if arena:
+        m, p = arena["measured"], arena["peak"]
+        parts = ", ".join(f"{k} {kb(v)}" for k, v in sorted(m["tail_parts"].items(), key=lambda kv: -kv[1]) if v >= 1024)
+        lines.append(f"  arena = planned tensors {kb(m['planned_head_bytes'])} + persistent {kb(m['persistent_tail_bytes'])} ({parts})")
+        live = "; ".join(f"{'x'.join(str(s) for s in r['shape'])} {kb(r['bytes'])} from {r['written_by']}" for r in p["live"])
+        lines.append(f"  peak at op #{p['step']} {p['op']}: {p['live_tensors']} tensors live, {kb(p['peak_bytes'])}: {live}")
+    order = t.get("operator_order") or {}
+    if order.get("reordered"):
+        lines.append(f"  operator reordering: arena {kb(order['arena_bytes_converter_order'])} in the converter's order -> "
+                     f"{kb(order['arena_bytes'])} ({order['method']} least-peak order, same outputs)")
+    if t.get("slim"):
+        s = t["slim"]
+        lines.append(f"  slimmed for TFLM: {kb(s['bytes_before'])} -> {kb(s['bytes_after'])} ({s['zero_point_entries']} zero points, "
+                     f"{s['bias_quantization_entries']} bias quantization entries, names, {s['unused_buffers']} unused buffers dropped; "
+                     "bit-identical outputs in TFLM)")
+    lines.append(f"  max {t['max_output_lsb_vs_litert_reference_kernels']} LSB from LiteRT reference kernels "
+                 f"({t['max_output_lsb_vs_litert']} from XNNPACK); host latency {t['host_latency_ms_median']:.1f} ms "
+                 "(TFLM interpreter on this x86 host, not an MCU)")
+    est = t.get("mcu_latency_estimate")
+    if est:
+        lines.append(f"  MCU latency ~{est['ms']:.0f} ms on {b['name']}: {est['note']}")
+    return lines

@@ -19,6 +19,7 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "vit_test": ("vit", dict(embed_dim=64, depth=2, num_heads=2, img_size=(64, 32), patch_size=8, stride=8)),
     "sclnet": ("sclnet", dict()),
     "sclnet_small": ("sclnet", dict(width=0.5, img_size=(128, 64))),
+    "sclnet_micro": ("sclnet", dict(width=0.25, img_size=(128, 64))),
     "sclnet_test": ("sclnet", dict(width=0.25, img_size=(64, 32), units=(1, 1, 1))),
 }
 
