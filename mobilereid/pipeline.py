@@ -65,6 +65,7 @@ def load_config(path: Path | None) -> dict:
 
 
 MODEL_KEYS = {"preset": str, "epochs": int, "lr": float, "p": int, "k": int, "options": dict}
+MODEL_DEFAULTS = {"epochs": 40, "lr": 1e-3, "p": 16, "k": 4, "options": {}}  # for a [models.NAME] table the default lacks
 MINIMUMS = {("data", "ids"): 4, ("data", "cameras"): 2, ("data", "height"): 16, ("data", "width"): 16,
             ("compress", "rounds"): 1, ("quant_finetune", "epochs"): 0, ("export", "threads"): 1, ("evaluate", "threads"): 1}
 
@@ -97,6 +98,10 @@ def check_values(cfg: dict, path: Path) -> None:
         unknown = set(table) - set(MODEL_KEYS)
         if unknown:
             raise MobileReIDError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} in [models.{name}]; known: {', '.join(MODEL_KEYS)}")
+        if "preset" not in table:
+            fail(f"[models.{name}] preset", None, "a model preset name")
+        for key, value in MODEL_DEFAULTS.items():
+            table.setdefault(key, copy.deepcopy(value))
         for key, kind in MODEL_KEYS.items():
             if key in table and not is_type(table[key], kind):
                 fail(f"[models.{name}] {key}", table[key], f"a {kind.__name__}")
@@ -287,8 +292,11 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
     def do_export():
         results = export_checkpoint(ckpt, ",".join(targets), data_root, stage.dir, int8=True, threads=cfg["export"]["threads"],
                                     board=cfg["export"]["board"] or None)
+        from .export.tflm_target import tflm_notes
+
         return {"artifacts": [r["artifact"].name for r in results],
-                "below_drift_budget": [r["artifact"].name for r in results if not r["verification"]["passed"]]}
+                "below_drift_budget": [r["artifact"].name for r in results if not r["verification"]["passed"]],
+                "notes": [line for r in results if "tflm" in r for line in tflm_notes(r["tflm"])]}
 
     stages[stage.name] = run_stage(stage, _digest({"ckpt": _file_digest(ckpt), "targets": targets, "data": data_key,
                                                    **({"board": cfg["export"]["board"]} if "tflm" in targets else {})}),

@@ -184,6 +184,9 @@ def pipeline_markdown(final: dict) -> str:
                       "| | before | after |", "|---|---|---|"]
             lines += [f"| float {label} | {_pct(b[key])} | {_pct(a[key])} |" for key, label in (("rank1", "Rank-1"), ("mAP", "mAP"))]
             lines.append(f"| fake-quant vs float embedding cosine (last training epoch, training batches) | | {last['embedding_cosine']:.4f} |")
+    for name, s in st.items():
+        if name.startswith("export_") and s.get("notes"):
+            lines += ["", f"## Export notes of `{name.removeprefix('export_')}`", "", "```"] + s["notes"] + ["```"]
     for name, rep in final["evaluations"].items():
         lines += ["", f"## Artifacts of `{name}`", ""]
         lines += eval_markdown(rep).splitlines()[2:]

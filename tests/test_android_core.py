@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from mobilereid.android_golden import write_golden
+from android_golden import write_golden
 from mobilereid.evaluate import completed_summary
 from mobilereid.metrics import rank_summary
 from mobilereid.export import export_checkpoint

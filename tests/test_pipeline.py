@@ -136,3 +136,64 @@ def test_pipeline_values_of_the_wrong_type_or_range(tmp_path, text, msg):
 def test_tiny_config_is_valid(tmp_path):
     (tmp_path / "tiny.toml").write_text(TINY)
     assert load_config(tmp_path / "tiny.toml")["models"]["vit"]["preset"] == "vit_test"
+
+
+def test_shipped_mcu_config_is_valid_and_runs_only_its_chain(tmp_path):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "mcu.toml")
+    assert cfg["pipeline"]["chains"] == ["mcu"] and cfg["export"]["targets"]["mcu"] == ["tflm"]
+    assert cfg["models"]["mcu"]["preset"] == "sclnet_micro" and cfg["export"]["board"] == "cortex-m4"
+    (tmp_path / "c.toml").write_text('[pipeline]\nchains = ["nope"]\n')
+    with pytest.raises(MobileReIDError, match=r"\[pipeline\] chains = \['nope'\]: expected names of \[models.NAME\] tables"):
+        load_config(tmp_path / "c.toml")
+    (tmp_path / "c.toml").write_text('[quant_finetune]\nmodel = ["sclnet", 3]\n')
+    with pytest.raises(MobileReIDError, match=r"\[quant_finetune\] model"):
+        load_config(tmp_path / "c.toml")
+
+
+MCU = """
+[data]
+ids = 10
+cameras = 3
+height = 64
+width = 32
+
+[pipeline]
+chains = ["mcu"]
+
+[models.mcu]
+preset = "sclnet_test"
+epochs = 1
+p = 3
+k = 2
+
+[quant_finetune]
+model = ["mcu"]
+epochs = 1
+
+[export]
+board = "nrf52840"
+
+[export.targets]
+mcu = ["tflm"]
+"""
+
+
+@pytest.mark.slow
+def test_pipeline_mcu_chain_alone(tmp_path):
+    """An opt-in chain runs alone (chains), is quant-fine-tuned (a list of models), exported for the configured board,
+    evaluated in the TFLite Micro interpreter, and the report carries the export notes (arena, estimate)."""
+    cfg = tmp_path / "mcu.toml"
+    cfg.write_text(MCU)
+    work = tmp_path / "run"
+    r = runner.invoke(app, ["pipeline", str(cfg), "--workdir", str(work)])
+    assert r.exit_code == 0, r.output
+    report = json.loads((work / "report" / "report.json").read_text())
+    assert set(report["evaluations"]) == {"mcu"} and not (work / "train_sclnet").exists()
+    assert "quant_finetune_mcu" in report["stages"]
+    (artifact,) = report["evaluations"]["mcu"]["artifacts"]
+    assert artifact["runtime"] == "tflite-micro" and artifact["name"] == "model_tflm_int8.tflite"
+    md = (work / "report" / "report.md").read_text()
+    assert "## Export notes of `mcu`" in md and "TFLite Micro (nrf52840)" in md and "estimate, not measured" in md
+    assert (work / "export_mcu" / "model_tflm_memory.png").is_file()

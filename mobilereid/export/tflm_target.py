@@ -35,6 +35,7 @@ from .tflite_ops import op_names
 from .tflite_size import size_breakdown
 from .tflite_target import build_tflite_variants, self_describing
 from .tflm_memory import measured_arena_sections, peak_breakdown, reorder_for_memory
+from .tflm_plot import plot_tflm_memory
 from .tflm_slim import slim_for_micro
 
 TFLM_OPS = {
@@ -288,6 +289,7 @@ def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> 
     meta = write_sidecar(job, out, description={**description, "tflm": tflm})
     verification = verify_artifact(job, out, meta, recipe["verify"]["min_cosine"])
     _write_json(job.out_dir / f"{job.stem}_tflm_report.json", {**tflm, "verification": verification})
+    atomic_write_bytes(job.out_dir / f"{job.stem}_tflm_memory.png", plot_tflm_memory(tflm, out.name))
     return [{"artifact": out, "precision": "int8", "verification": verification, "tflm": tflm}]
 
 

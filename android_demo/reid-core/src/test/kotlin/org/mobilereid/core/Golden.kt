@@ -2,7 +2,7 @@ package org.mobilereid.core
 
 import java.io.File
 
-/** Where the Python side wrote the golden vectors (`mobilereid.android_golden`); the test suite passes it in. */
+/** Where the Python side wrote the golden vectors (`tests/android_golden.py`); the test suite passes it in. */
 object Golden {
     val dir: File by lazy {
         val p = System.getProperty("mobilereid.golden") ?: error("system property mobilereid.golden is not set (run through tests/test_android_core.py)")

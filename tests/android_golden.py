@@ -1,4 +1,5 @@
-"""Golden vectors for the Android demo's Kotlin core (android_demo/reid-core), written by the Python reference.
+"""Golden vectors for the Android demo's Kotlin core (android_demo/reid-core), written by the Python reference
+(test support, not part of the installed package).
 
 The Kotlin core must reproduce, exactly, what the exporter and the evaluator do on the host:
 
@@ -13,7 +14,7 @@ The Kotlin core must reproduce, exactly, what the exporter and the evaluator do 
 - ``npz.json``: embeddings and labels the Kotlin writer must store in an ``.npz`` that numpy reads back unchanged;
 - the sidecars themselves, copied next to these files.
 
-    python -m mobilereid.android_golden OUT_DIR --data DATASET --sidecar model.tflite.json [--sidecar ...]
+    python tests/android_golden.py OUT_DIR --data DATASET --sidecar model.tflite.json [--sidecar ...]
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.datasets import load_dataset
-from .data.preprocess import PreprocessSpec, load_rgb, preprocess_array, quantize
+from mobilereid.data.datasets import load_dataset
+from mobilereid.data.preprocess import PreprocessSpec, load_rgb, preprocess_array, quantize
 
 FORMAT_VERSION = 1
 
