@@ -24,7 +24,9 @@ def plot_tflm_memory(t: dict, title: str) -> bytes:
     flash += [("quantization parameters", size["quantization_parameter_bytes"]), ("graph and metadata", size["other_bytes"])]
     measured = t["arena"]["measured"]
     ram = [("planned tensors (live activations)", measured["planned_head_bytes"])]
-    ram += [(f"persistent: {name}", n) for name, n in sorted(measured["tail_parts"].items(), key=lambda kv: -kv[1])]
+    tail = sorted(measured["tail_parts"].items(), key=lambda kv: -kv[1])
+    ram += [(f"persistent: {name}", n) for name, n in tail if n >= 1024]
+    ram.append(("persistent: the rest (< 1 KB each)", sum(n for _, n in tail if n < 1024)))
     ram.append(("bisection slack", max(0, t["arena_bytes"] - measured["total_bytes"])))
     budgets = {"flash": (b["flash_kb"] - b["reserve_flash_kb"]), "RAM (arena)": (b["ram_kb"] - b["reserve_ram_kb"])}
     fig, ax = plt.subplots(figsize=(8, 3.2))
@@ -32,7 +34,7 @@ def plot_tflm_memory(t: dict, title: str) -> bytes:
     for row, (label, parts) in enumerate((("flash", flash), ("RAM (arena)", ram))):
         left = 0.0
         for i, (name, n) in enumerate(parts):
-            if n <= 0:
+            if n < 512:
                 continue
             ax.barh(row, n / kb, left=left, color=colours[(i + 6 * row) % len(colours)], edgecolor="white",
                     label=f"{label}: {name} ({n / kb:.0f} KB)")
