@@ -272,7 +272,7 @@ def export_cmd(
 ):
     """Export, quantize and verify every artifact in its real runtime (exit 1 when one misses its drift budget)."""
     from .export import export_checkpoint
-    from .export.tflm_target import tflm_notes
+    from .export.tflm.target import tflm_notes
 
     rows = []
 

@@ -292,7 +292,7 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
     def do_export():
         results = export_checkpoint(ckpt, ",".join(targets), data_root, stage.dir, int8=True, threads=cfg["export"]["threads"],
                                     board=cfg["export"]["board"] or None)
-        from .export.tflm_target import tflm_notes
+        from .export.tflm.target import tflm_notes
 
         return {"artifacts": [r["artifact"].name for r in results],
                 "below_drift_budget": [r["artifact"].name for r in results if not r["verification"]["passed"]],

@@ -10,7 +10,7 @@ interleaved blocks (so a load change on a shared machine hits every runtime alik
 dot-product extensions are recorded: whether int8 beats fp32 on a CPU depends on them. Ratios (INT8 size / fp32
 size, INT8 latency / fp32 latency of the same runtime) are computed from numbers measured side by side in this run.
 For LiteRT rows the file's bytes are broken down by role (weights, biases, per-channel quantization parameters,
-graph; ``mobilereid.export.tflite_size``), and the XNNPACK partitions and the ops left outside them are read from
+graph; ``mobilereid.export.tflite.size``), and the XNNPACK partitions and the ops left outside them are read from
 the interpreter; for ExecuTorch from the sidecar's delegation report. Writes ``benchmark.json`` and
 ``benchmark.md``; prints the table. Latency is host-CPU latency, not a phone's.
 """
@@ -26,8 +26,8 @@ import torch
 
 from mobilereid.export import export_checkpoint
 from mobilereid.export.calibration import calibration_files, load_batch
-from mobilereid.export.litert_delegation import delegation_report
-from mobilereid.export.tflite_size import breakdown_line, size_breakdown
+from mobilereid.export.tflite.delegation import delegation_report
+from mobilereid.export.tflite.size import breakdown_line, size_breakdown
 from mobilereid.models.checkpoint import load_checkpoint
 from mobilereid.report import write_rows_table
 from mobilereid.runtimes import open_runner

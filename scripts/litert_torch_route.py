@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mobilereid.export.calibration import calibration_files, load_batch  # noqa: E402
-from mobilereid.export.litert_delegation import delegation_report  # noqa: E402
-from mobilereid.export.litert_torch_route import convert_with_litert_torch  # noqa: E402
+from mobilereid.export.tflite.delegation import delegation_report  # noqa: E402
+from mobilereid.export.tflite.litert_torch_route import convert_with_litert_torch  # noqa: E402
 from mobilereid.report import write_rows_table  # noqa: E402
 from mobilereid.models.checkpoint import load_checkpoint  # noqa: E402
 from mobilereid.train import preprocess_spec_for  # noqa: E402

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from mobilereid.cli import app
 from mobilereid.errors import CheckpointError, ExportError
 from mobilereid.export import export_checkpoint
-from mobilereid.export.tflite_ops import op_counts
+from mobilereid.export.tflite.ops import op_counts
 from mobilereid.models import build_model
 from mobilereid.models.checkpoint import save_checkpoint
 from mobilereid.runtimes import open_runner, read_sidecar
@@ -58,7 +58,7 @@ def test_sidecar_is_the_contract(sclnet_all, sclnet_ckpt, tiny_dataset):
     assert meta["sha256"] == hashlib.sha256(int8["artifact"].read_bytes()).hexdigest()
     assert meta["verification"]["runtime"] == "litert"
     # the .tflite carries its own description in the flatbuffer metadata table, equal to the sidecar's
-    from mobilereid.export.tflite_metadata import read_metadata
+    from mobilereid.export.tflite.metadata import read_metadata
     embedded = read_metadata(int8["artifact"])
     assert meta["embedded_metadata"] == "mobilereid"
     for key in ("input", "output", "preprocess", "model", "precision"):
@@ -93,7 +93,7 @@ def test_int8_tflite_is_integer_only_and_small(sclnet_all):
 
 
 def test_size_breakdown_accounts_for_per_channel_quantization(sclnet_all, sclnet_ckpt):
-    from mobilereid.export.tflite_size import breakdown_line, size_breakdown
+    from mobilereid.export.tflite.size import breakdown_line, size_breakdown
     from mobilereid.models.checkpoint import load_checkpoint
 
     out, results = sclnet_all
@@ -114,7 +114,7 @@ def test_size_breakdown_accounts_for_per_channel_quantization(sclnet_all, sclnet
 
 @pytest.mark.slow
 def test_litert_delegation_report_accounts_for_every_op(sclnet_all):
-    from mobilereid.export.litert_delegation import delegation_report
+    from mobilereid.export.tflite.delegation import delegation_report
 
     out, results = sclnet_all
     for r in results:
@@ -198,7 +198,7 @@ def test_vit_tflite_onnx2tf_route_with_tanh_gelu_and_flex_error_for_exact_gelu(t
 
 @pytest.mark.slow
 def test_vit_tflite_default_route_is_litert_torch_and_takes_exact_gelu(tiny_dataset, tmp_path):
-    from mobilereid.export.litert_delegation import delegation_report
+    from mobilereid.export.tflite.delegation import delegation_report
 
     # no patch elimination here: its top-k selection (comparisons, casts, a sum) is what XNNPACK leaves outside
     exact = save_checkpoint(tmp_path / "vit_exact.pt", build_model("vit_test", gelu="exact").eval())

@@ -31,13 +31,13 @@ def test_tflm_runs_in_real_interpreter_and_matches_litert(tflm_export):
     assert t["max_output_lsb_vs_litert"] <= 8  # LiteRT's XNNPACK int8 kernels round differently
     assert 0 < t["arena_bytes"] < 4 << 20 and t["arena_bytes"] % 1024 == 0
     assert t["flash_bytes"] == r["artifact"].stat().st_size
-    from mobilereid.export.tflm_target import TFLM_OPS
+    from mobilereid.export.tflm.target import TFLM_OPS
 
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD"} <= set(t["ops"]) <= TFLM_OPS
     meta = read_sidecar(r["artifact"])
     assert meta["tflm"]["arena_bytes"] == t["arena_bytes"] and meta["input"]["dtype"] == "int8"
     # the model describes itself (flatbuffer metadata, so also inside the generated C array), as the sidecar does
-    from mobilereid.export.tflite_metadata import read_metadata
+    from mobilereid.export.tflite.metadata import read_metadata
 
     embedded = read_metadata(r["artifact"])
     assert embedded["target"] == "tflm" and embedded["input"] == meta["input"] and embedded["preprocess"] == meta["preprocess"]
@@ -54,7 +54,7 @@ def test_tflm_runs_in_real_interpreter_and_matches_litert(tflm_export):
 
 @pytest.mark.slow
 def test_arena_is_minimal(tflm_export):
-    from mobilereid.export.tflm_target import _runs
+    from mobilereid.export.tflm.target import _runs
 
     root, ckpt, r = tflm_export
     arena = r["tflm"]["arena_bytes"]
@@ -90,7 +90,7 @@ def test_board_and_target_errors(tiny_dataset, tmp_path):
     ckpt = save_checkpoint(tmp_path / "m.pt", build_model("sclnet_test").eval())
     with pytest.raises(ExportError, match="full-integer models only"):
         export_checkpoint(ckpt, "tflm", tiny_dataset, tmp_path / "o")
-    from mobilereid.export.tflm_target import load_board
+    from mobilereid.export.tflm.target import load_board
 
     with pytest.raises(ExportError, match="unknown board 'pdp11'"):
         load_board("pdp11")
@@ -98,7 +98,7 @@ def test_board_and_target_errors(tiny_dataset, tmp_path):
 
 
 def test_unsupported_op_is_named():
-    from mobilereid.export.tflm_target import check_ops
+    from mobilereid.export.tflm.target import check_ops
     import tensorflow as tf
 
     class Gelu(tf.Module):
@@ -120,9 +120,9 @@ def test_slim_and_reordered_artifact_is_smaller_and_bit_identical(tflm_export):
     import numpy as np
     from tflite_micro.python.tflite_micro import runtime
 
-    from mobilereid.export.tflite_size import size_breakdown
-    from mobilereid.export.tflm_memory import reorder_for_memory
-    from mobilereid.export.tflm_slim import slim_for_micro
+    from mobilereid.export.tflite.size import size_breakdown
+    from mobilereid.export.tflm.memory import reorder_for_memory
+    from mobilereid.export.tflm.slim import slim_for_micro
 
     root, ckpt, r = tflm_export
     t = r["tflm"]
@@ -170,8 +170,8 @@ def test_slim_keeps_nonzero_zero_points_and_reorder_keeps_dependencies():
     import tensorflow as tf
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from mobilereid.export.tflm_memory import _Graph, peak_breakdown, reorder_for_memory
-    from mobilereid.export.tflm_slim import slim_for_micro
+    from mobilereid.export.tflm.memory import _Graph, peak_breakdown, reorder_for_memory
+    from mobilereid.export.tflm.slim import slim_for_micro
 
     class Branchy(tf.Module):
         def __init__(self):
@@ -208,7 +208,7 @@ def test_slim_keeps_nonzero_zero_points_and_reorder_keeps_dependencies():
 
 
 def test_board_profiles_carry_estimate_assumptions():
-    from mobilereid.export.tflm_target import load_board, mcu_latency_estimate
+    from mobilereid.export.tflm.target import load_board, mcu_latency_estimate
 
     for name in ("cortex-m7", "stm32h7", "cortex-m4", "nrf52840", "esp32-s3"):
         board = load_board(name)

@@ -24,11 +24,11 @@ def _dispatch(target: str):
     elif target == "executorch":
         from .executorch_target import export_executorch as fn
     elif target == "tflite":
-        from .tflite_target import export_tflite as fn
+        from .tflite.target import export_tflite as fn
     elif target == "edgetpu":
         from .edgetpu_target import export_edgetpu as fn
     elif target == "tflm":
-        from .tflm_target import export_tflm as fn
+        from .tflm.target import export_tflm as fn
     else:
         raise ExportError(f"unknown target {target!r}; choose from {', '.join(TARGETS + EXTRA_TARGETS)} or all")
     return fn

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from ..errors import ExportError
 from .common import ExportJob, Workdir, atomic_copy, atomic_write_bytes, verify_artifact, write_sidecar, _write_json
-from .tflite_ops import op_names
-from .tflite_target import build_tflite_variants, self_describing
+from .tflite.ops import op_names
+from .tflite.target import build_tflite_variants, self_describing
 
 # Documented Edge TPU operations (coral.ai/docs/edgetpu/models-intro, "Supported operations"), TFLite names.
 EDGETPU_OPS = {

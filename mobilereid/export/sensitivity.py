@@ -45,7 +45,7 @@ from .common import Workdir, cosine_rows
 from .onnx_target import write_onnx
 from .activation_ranges import RULES as RANGE_RULES
 from .recipes import load_recipe
-from .tflite_target import calibrated_converter, convert_variant, image_dataset, io_specs, onnx_to_saved_model, quiet
+from .tflite.target import calibrated_converter, convert_variant, image_dataset, io_specs, onnx_to_saved_model, quiet
 
 
 ROUNDING_FLOOR = 12 ** -0.5  # RMSE of uniform rounding noise, in quantization steps

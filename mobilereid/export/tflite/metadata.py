@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import ExportError
+from ...errors import ExportError
 
 METADATA_NAME = "mobilereid"
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ExportError
+from ...errors import ExportError
 
 _ALIGN = 16  # TFLM aligns each planned buffer to 16 bytes
 
@@ -108,7 +108,7 @@ def peak_breakdown(model_bytes: bytes, names_from: bytes | None = None, top: int
         return {"peak_bytes": 0, "step": None, "live": []}
     step = int(np.argmax([b for b, _ in steps]))
     total, live = steps[step]
-    from .tflite_ops import op_names
+    from ..tflite.ops import op_names
 
     ops = op_names(model_bytes)
     rows = sorted(({"tensor": named.names[t], "shape": g.shapes[t], "bytes": g.bytes[t],

@@ -27,7 +27,7 @@ def slim_for_micro(model_bytes: bytes) -> tuple[bytes, dict]:
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from .tflite_ops import op_names
+    from ..tflite.ops import op_names
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
     ops = op_names(model_bytes)

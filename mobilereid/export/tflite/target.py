@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ExportError
-from .activation_ranges import RULES as RANGE_RULES, apply_range_rule
-from .common import ExportJob, Workdir, atomic_write_bytes, describe_artifact, tensor_spec, verify_artifact, write_sidecar
-from .onnx_target import write_onnx
-from .tflite_metadata import METADATA_NAME, embed_metadata
-from .tflite_ops import flex_ops
+from ...errors import ExportError
+from ..activation_ranges import RULES as RANGE_RULES, apply_range_rule
+from ..common import ExportJob, Workdir, atomic_write_bytes, describe_artifact, tensor_spec, verify_artifact, write_sidecar
+from ..onnx_target import write_onnx
+from .metadata import METADATA_NAME, embed_metadata
+from .ops import flex_ops
 
 VARIANTS = ("fp32", "dynamic", "int8", "int16x8")
 
@@ -164,7 +164,7 @@ def quantize_with_range_rule(conv, images_nhwc: np.ndarray, rule: str, io_dtype:
 
 
 def io_specs(model_bytes: bytes) -> tuple[dict, dict]:
-    from ..runtimes import litert_interpreter_class
+    from ...runtimes import litert_interpreter_class
 
     interp = litert_interpreter_class()(model_content=model_bytes)
     i, o = interp.get_input_details()[0], interp.get_output_details()[0]
@@ -239,7 +239,7 @@ def converter_description(converter: str) -> str:
 
 def self_describing(job: ExportJob, data: bytes, *, target: str, runtime: str, precision: str, recipe: dict,
                     extra: dict | None = None) -> tuple[bytes, dict]:
-    """The model with its description embedded as flatbuffer metadata (`tflite_metadata`), and that description
+    """The model with its description embedded as flatbuffer metadata (`tflite.metadata`), and that description
     (IO specs read from the model itself) for the sidecar. Shared by the tflite, edgetpu and tflm targets."""
     in_spec, out_spec = io_specs(data)
     description = describe_artifact(job, target=target, runtime=runtime, precision=precision, input_spec=in_spec,

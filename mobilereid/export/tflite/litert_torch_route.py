@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import ExportError
-from .common import ExportJob, unshared_graph
+from ...errors import ExportError
+from ..common import ExportJob, unshared_graph
 
 VARIANTS = ("fp32", "dynamic", "int8")
 CONVERTER_NAME = "litert-torch 0.10.0 + ai-edge-quantizer 0.10.0"
@@ -77,7 +77,7 @@ def convert_with_litert_torch(model: torch.nn.Module, calib_nhwc: np.ndarray, va
 
 
 def _signature_input(model_bytes: bytes) -> tuple[str, str]:
-    from ..runtimes import litert_interpreter_class
+    from ...runtimes import litert_interpreter_class
 
     signatures = litert_interpreter_class()(model_content=model_bytes).get_signature_list()
     key = next(iter(signatures))

@@ -6,8 +6,8 @@
   the smallest arena, to 1 KB, with which it allocates *and* runs; outputs are compared with LiteRT on the same
   inputs: with LiteRT's reference kernels they must agree within 1 LSB (TFLM uses the same reference maths);
   the difference to LiteRT's default XNNPACK kernels (a few LSB: different rounding) is reported.
-* Memory: the operators are put in the order of least peak live memory (tflm_memory.py, Liberis & Lane 2019) and
-  the flatbuffer is slimmed of what TFLM never reads (tflm_slim.py); both keep the outputs bit-identical, which is
+* Memory: the operators are put in the order of least peak live memory (memory.py, Liberis & Lane 2019) and
+  the flatbuffer is slimmed of what TFLM never reads (slim.py); both keep the outputs bit-identical, which is
   checked in the TFLM interpreter. The report names the tensors live at the arena's peak, TFLM's own split of the
   arena (planned tensors vs persistent op data) and the arena the converter's order would have needed.
 * Fit: the board profile (quant/boards.toml) gives flash and RAM minus reserves; export fails when the model or
@@ -28,15 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ExportError
-from .common import ExportJob, Workdir, atomic_write_bytes, verify_artifact, write_sidecar, _write_json
-from .recipes import RECIPE_DIR
-from .tflite_ops import op_names
-from .tflite_size import size_breakdown
-from .tflite_target import build_tflite_variants, self_describing
-from .tflm_memory import measured_arena_sections, peak_breakdown, reorder_for_memory
-from .tflm_plot import plot_tflm_memory
-from .tflm_slim import slim_for_micro
+from ...errors import ExportError
+from ..common import ExportJob, Workdir, atomic_write_bytes, verify_artifact, write_sidecar, _write_json
+from ..recipes import RECIPE_DIR
+from ..tflite.ops import op_names
+from ..tflite.size import size_breakdown
+from ..tflite.target import build_tflite_variants, self_describing
+from .memory import measured_arena_sections, peak_breakdown, reorder_for_memory
+from .plot import plot_tflm_memory
+from .slim import slim_for_micro
 
 TFLM_OPS = {
     "ABS", "ADD", "ADD_N", "ARG_MAX", "ARG_MIN", "AVERAGE_POOL_2D", "BATCH_MATMUL", "BATCH_TO_SPACE_ND", "BROADCAST_ARGS",
@@ -165,7 +165,7 @@ const unsigned int {ident}_model_data_len = {len(data)};
 
 
 def _quantized_inputs(job: ExportJob, in_spec: dict) -> list[np.ndarray]:
-    from ..data.preprocess import quantize
+    from ...data.preprocess import quantize
 
     q = in_spec["quantization"]
     return [np.ascontiguousarray(quantize(img.transpose(1, 2, 0)[None], q["scale"], q["zero_point"])) for img in job.verify]
@@ -173,7 +173,7 @@ def _quantized_inputs(job: ExportJob, in_spec: dict) -> list[np.ndarray]:
 
 def _litert_interpreters(job: ExportJob, data: bytes):
     """LiteRT with its default kernels (XNNPACK) and with its reference kernels (what TFLM's kernels reproduce)."""
-    from ..runtimes import litert_interpreter_class
+    from ...runtimes import litert_interpreter_class
 
     Interpreter = litert_interpreter_class()
     lite = Interpreter(model_content=data)
@@ -279,7 +279,7 @@ def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> 
     header, source = c_sources(job.stem, data, in_spec, out_spec, arena)
     atomic_write_bytes(job.out_dir / f"{job.stem}_model_data.h", header.encode())
     atomic_write_bytes(job.out_dir / f"{job.stem}_model_data.cc", source.encode())
-    from ..flops import count_macs
+    from ...flops import count_macs
 
     macs = int(count_macs(job.model))
     tflm = {"board": board, "flash_bytes": len(data), "arena_bytes": arena, "macs": macs, "ops": sorted(set(ops)),
