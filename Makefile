@@ -25,14 +25,19 @@ KOTLINC := android_demo/tools/node_modules/kotlin-compiler/bin/kotlinc
 
 # System tools the tests use, installed when running as root: a real sshd on localhost for the ssh evaluator
 # (Debian's openssh-server), JUnit 5's console launcher (Debian's junit5) and a JDK for the Android demo's Kotlin
-# core; the Kotlin compiler itself comes from npm, pinned by android_demo/tools/package-lock.json.
-test-deps: $(KOTLINC)
+# core; the Kotlin compiler itself comes from npm, pinned by android_demo/tools/package-lock.json; the emulated
+# arm64 board (debootstrap + qemu-user 10 from Debian, aarch64 wheels from PyPI).
+test-deps: setup $(KOTLINC)
 	@missing=""; \
 	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	[ -f /usr/share/java/junit-platform-console-standalone.jar ] || missing="$$missing junit5"; \
 	command -v javac >/dev/null || missing="$$missing default-jdk-headless"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	@# the emulated arm64 board (tests/test_arm64.py): built once into ~/.cache/mobilereid/arm64 (~8 min, ~450 MB),
+	@# reused afterwards; without root or binfmt_misc its tests are skipped and say why
+	@if [ "$$(id -u)" = 0 ] && [ "$$(uname -m)" = x86_64 ] && command -v apt-get >/dev/null; then \
+		$(BIN)/mobilereid board setup arm64 || echo "warning: the emulated arm64 board could not be set up; tests/test_arm64.py will skip"; fi
 
 $(KOTLINC): android_demo/tools/package-lock.json
 	cd android_demo/tools && npm ci --no-audit --no-fund --loglevel=error

@@ -19,6 +19,8 @@ from .errors import MobileReIDError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Person ReID models made small, fast and verified for phones, boards and microcontrollers.")
 data_app = typer.Typer(no_args_is_help=True, help="Make and check datasets (Market-1501 layout, MSMT17 lists, synthetic).")
 app.add_typer(data_app, name="data")
+board_app = typer.Typer(no_args_is_help=True, help="Emulated boards for evaluation: `board setup arm64` builds an arm64 root run under qemu-user.")
+app.add_typer(board_app, name="board")
 
 
 def user_errors(fn):
@@ -343,13 +345,15 @@ def evaluate_cmd(
     artifacts: list[Path] = typer.Argument(..., help="Exported artifacts (each with its .json sidecar)."),
     data: Path = typer.Option(..., "--data", "-d", help="Dataset folder with query/ and bounding_box_test/."),
     reference: Optional[Path] = typer.Option(None, help="Float checkpoint: reference metrics, per-image cosine, top-1 agreement."),
-    device: str = typer.Option("local", help="local, ssh://user@host[:port], or adb[:serial] (adb: not verified without a phone)."),
+    device: str = typer.Option("local", help="local, ssh://user@host[:port], adb[:serial] (not verified without a phone), or "
+                               "qemu-arm64[:CPU] (the emulated arm64 board of `mobilereid board setup arm64`; CPU e.g. cortex-a55, neoverse-n1)."),
     threads: int = typer.Option(2, help="Runtime threads on the device."),
     out: Path = typer.Option(Path("runs/evaluate"), "--out", "-o", help="Report folder (report.json, report.md, PNG plots)."),
     remote_python: str = typer.Option("python3", help="Python on the ssh device (needs numpy, Pillow and the artifact's runtime)."),
     flip: bool = typer.Option(False, "--flip", help="Test-time flip averaging (image and mirror), for the reference and the artifacts alike."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Evaluate artifacts whose sha256 or source checkpoint does not match (with a warning)."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Your own float model, when compress or quant-finetune changed it before export: drift against it is the headline."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate on a deterministic subset: N evenly spaced queries, their identities' gallery images and as many others."),
 ):
     """Accuracy drift, latency and size of artifacts, measured by the on-device evaluator.
 
@@ -358,9 +362,31 @@ def evaluate_cmd(
     from .report import eval_markdown
 
     report = evaluate_artifacts(artifacts, data, out, reference=reference, device=device, threads=threads, remote_python=remote_python,
-                                flip=flip, allow_mismatch=allow_mismatch, baseline=baseline)
+                                flip=flip, allow_mismatch=allow_mismatch, baseline=baseline, limit=limit)
     console.print(eval_markdown(report), markup=False, soft_wrap=True)
     console.print(f"report: {out / 'report.md'}, {out / 'report.json'}, plots: {', '.join(str(out / p) for p in report['plots'])}")
+
+
+@board_app.command("setup")
+@user_errors
+def board_setup(
+    kind: str = typer.Argument(..., help="arm64: a Debian arm64 root with the aarch64 LiteRT wheel, run under qemu-user 10."),
+    cpu: str = typer.Option("cortex-a76", "--cpu", help="CPU model for the smoke test (evaluate picks its own: --device qemu-arm64:CPU)."),
+):
+    """Build (once; later runs reuse it) the emulated board in the user's cache folder. Needs root and Debian's apt."""
+    from .arm64 import Arm64Board, cache_dir
+
+    if kind != "arm64":
+        raise MobileReIDError(f"unknown board kind {kind!r}; available: arm64")
+    board = Arm64Board()
+    if board.ready():
+        info = board.info()
+        console.print(f"arm64 board already set up in {cache_dir()} ({info.get('qemu')}, {info.get('disk_mb')} MB); "
+                      "delete that folder to rebuild it", markup=False)
+        return
+    info = board.setup(cpu, log=lambda line: console.print(line, markup=False))
+    console.print(f"arm64 board ready in {cache_dir()}: {info['qemu']}, {info['disk_mb']} MB, {info['seconds'] / 60:.1f} min; "
+                  "evaluate with --device qemu-arm64[:CPU]", markup=False)
 
 
 @app.command("quant-finetune")

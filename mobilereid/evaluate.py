@@ -14,6 +14,13 @@ Devices:
 * ``adb[:serial]``: pushes artifacts and images to the phone and starts the Android demo's evaluation mode with
   ``am start`` extras, then pulls its embeddings/timings. Implemented against the demo's documented contract but
   **not verified here** (no phone or Android SDK on the build machines).
+* ``qemu-arm64[:CPU]``: the emulated arm64 board (`mobilereid.arm64`, set up once by ``mobilereid board setup arm64``):
+  the same script with the real aarch64 LiteRT wheel on an emulated CPU model (e.g. cortex-a55, neoverse-n1). The
+  same artifacts also run on this host, and each report row gets the ARM-vs-host agreement (max |Δ|, cosine,
+  identical rows, output LSB). Latency under emulation is not a latency: it is left out of the row.
+
+``limit``: a deterministic subset (evenly spaced queries, the gallery images of their identities and as many other
+gallery images, evenly spaced), written as a Market-1501 folder and used for every model of the run alike.
 """
 
 from __future__ import annotations
@@ -203,6 +210,80 @@ def run_adb(device: str, artifacts: list[Path], data: Path, out: Path, threads: 
             shutil.move(str(f), out / f.name)
 
 
+def limited_split(data: Path, dest: Path, limit: int) -> Path:
+    """A smaller evaluation set drawn deterministically from ``data`` (any layout), written in Market-1501 layout."""
+    if limit < 1:
+        raise MobileReIDError(f"--limit {limit}: expected a number of query images >= 1")
+    ds = load_dataset(data, need_train=False)
+    pick = lambda items, n: [items[int(i)] for i in np.unique(np.linspace(0, len(items) - 1, min(n, len(items))).round())] if items else []  # noqa: E731
+    query = pick(ds.query, limit)
+    pids = {s.pid for s in query}
+    same = [s for s in ds.gallery if s.pid in pids]
+    others = pick([s for s in ds.gallery if s.pid not in pids], len(query))
+    for folder, samples in (("query", query), ("bounding_box_test", same + others)):
+        (dest / folder).mkdir(parents=True, exist_ok=True)
+        for i, s in enumerate(samples):
+            shutil.copyfile(s.path, dest / folder / f"{s.pid:04d}_c{s.camid + 1}s1_{i:06d}{s.path.suffix.lower()}")
+    return dest
+
+
+def parse_qemu(device: str) -> str:
+    from .arm64 import DEFAULT_CPU, check_cpu
+
+    cpu = device.partition(":")[2] or DEFAULT_CPU
+    return check_cpu(cpu)
+
+
+def run_qemu_arm64(device: str, artifacts: list[Path], metas: list[dict], data: Path, out: Path, threads: int, flip: bool = False) -> dict:
+    """The evaluator in the emulated arm64 root (files staged in its /tmp, removed afterwards); the board's record."""
+    from .arm64 import Arm64Board
+
+    cpu = parse_qemu(device)
+    for a, m in zip(artifacts, metas):
+        if m["runtime"] != "litert":
+            raise MobileReIDError(f"{a}: runtime {m['runtime']} is not installed on the emulated arm64 board (LiteRT only; "
+                                  "ExecuTorch on aarch64 needs torch and its 2.7 GB of CUDA wheels)")
+    board = Arm64Board()
+    board.require_ready()
+    stage = board.stage_dir()
+    try:
+        make_bundle(stage)
+        (stage / "models").mkdir()
+        for a in artifacts:
+            shutil.copy(a, stage / "models" / a.name)
+            shutil.copy(sidecar_path(a), stage / "models" / sidecar_path(a).name)
+        copy_eval_split(data, stage / "data")
+        g = board.guest_path(stage)
+        args = [f"{g}/eval/reid_eval.py", "--data", f"{g}/data", "--out", f"{g}/results", "--threads", str(threads)]
+        args += ["--flip"] if flip else []
+        for a in artifacts:
+            args += ["--model", f"{g}/models/{a.name}"]
+        t0 = time.perf_counter()
+        board.run(cpu, args)
+        seconds = time.perf_counter() - t0
+        out.mkdir(parents=True, exist_ok=True)
+        for f in (stage / "results").iterdir():
+            shutil.copy(f, out / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {"cpu": cpu, "qemu": board.info().get("qemu"), "wall_seconds": seconds}
+
+
+def arm_agreement(arm: np.ndarray, host: np.ndarray, meta: dict) -> dict:
+    """ARM embeddings against the host's for the same artifact and images: max |Δ|, cosine, identical rows, and the
+    difference in output LSB when the output is integer."""
+    from .export.common import cosine_rows
+
+    diff = np.abs(arm.astype(np.float64) - host.astype(np.float64))
+    cos = cosine_rows(arm, host)
+    out = {"images": int(len(arm)), "max_abs_diff": float(diff.max()), "cosine_min": float(cos.min()),
+           "cosine_mean": float(cos.mean()), "identical_fraction": float(np.mean(np.all(arm == host, axis=1)))}
+    q = (meta.get("output") or {}).get("quantization")
+    if q and meta["output"].get("dtype") in ("int8", "uint8") and q.get("scale"):
+        out["max_output_lsb"] = int(round(out["max_abs_diff"] / float(q["scale"])))
+    return out
+
+
 def verification_status(meta: dict) -> str:
     """'passed', 'FAILED' (below its recipe's drift budget at export) or 'missing' (never verified)."""
     v = meta.get("verification")
@@ -277,7 +358,8 @@ def drift(q: np.ndarray, g: np.ndarray, rq: np.ndarray, rg: np.ndarray) -> dict:
 
 def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: Path | None = None, device: str = "local",
                        threads: int = 2, remote_python: str = "python3", ssh_options: list[str] | None = None,
-                       flip: bool = False, allow_mismatch: bool = False, baseline: Path | None = None) -> dict:
+                       flip: bool = False, allow_mismatch: bool = False, baseline: Path | None = None,
+                       limit: int | None = None) -> dict:
     """Run every artifact through the evaluator on `device` and score it.
 
     ``reference``: the float model the artifacts were exported from (checked by hash); drift against it is what
@@ -292,8 +374,24 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
     from .report import refuse_foreign_folder
 
     refuse_foreign_folder(Path(out) / "raw")  # checked before the work, not after it
+    qemu = device == "qemu-arm64" or device.startswith("qemu-arm64:")
+    if qemu:
+        parse_qemu(device)
     metas = check_artifacts(artifacts, reference, allow_mismatch)
     load_dataset(data, need_train=False)  # fail early on a bad dataset
+    with tempfile.TemporaryDirectory() as subset_dir:
+        extra = {"data": str(data)}
+        if limit is not None:
+            data = limited_split(data, Path(subset_dir) / "data", limit)
+            extra["limit"] = {"queries": len(list((data / "query").iterdir())),
+                              "gallery": len(list((data / "bounding_box_test").iterdir())), "asked": limit}
+        return _evaluate(artifacts, metas, data, out, reference, device, qemu, threads, remote_python, ssh_options, flip,
+                         baseline, extra)
+
+
+def _evaluate(artifacts, metas, data, out, reference, device, qemu, threads, remote_python, ssh_options, flip, baseline,
+              extra: dict) -> dict:
+    from .report import write_eval_report
     ref = None
     if reference is not None:
         rq, rg, ref_metrics, dim = reference_embeddings(reference, data, out, flip)
@@ -314,8 +412,12 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
                 run_ssh(device, artifacts, data, raw, threads, remote_python, ssh_options or [], flip)
             elif device == "adb" or device.startswith("adb:"):
                 run_adb(device, artifacts, data, raw, threads)
+            elif qemu:
+                arm = run_qemu_arm64(device, artifacts, metas, data, raw, threads, flip)
+                host_raw = Path(tmp) / "host"
+                run_local(artifacts, data, host_raw, threads, flip=flip)  # the same artifacts and images on this host
             else:
-                raise MobileReIDError(f"--device {device!r}: expected local, ssh://user@host[:port] or adb[:serial]")
+                raise MobileReIDError(f"--device {device!r}: expected local, ssh://user@host[:port], adb[:serial] or qemu-arm64[:CPU]")
         rows = []
         for a, m in zip(artifacts, metas):
             summary = completed_summary(raw, a.name)
@@ -332,8 +434,15 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
                     row["drift_vs_baseline"] = drift(npz["query"], npz["gallery"], bq, bg)
                 row["delta_mAP_vs_baseline"] = summary["metrics"]["mAP"] - base["metrics"]["mAP"]
                 row["delta_rank1_vs_baseline"] = summary["metrics"]["rank1"] - base["metrics"]["rank1"]
+            if qemu:
+                arm_npz, host_npz = np.load(raw / f"{a.name}.npz"), np.load(host_raw / f"{a.name}.npz")
+                emb = lambda z: np.concatenate([z["query"], z["gallery"]])  # noqa: E731
+                row["arm"] = {**arm, "vs_host": arm_agreement(emb(arm_npz), emb(host_npz), m),
+                              "host_metrics": completed_summary(host_raw, a.name)["metrics"],
+                              "emulated_ms_per_image_p50": row["latency"]["p50_ms"]}
+                row["latency"] = None  # emulation time, not a latency (see the report)
             rows.append(row)
-        report = {"data": str(data), "device": device, "threads": threads, "flip": flip, "reference": ref, "baseline": base, "artifacts": rows,
+        report = {**extra, "device": device, "threads": threads, "flip": flip, "reference": ref, "baseline": base, "artifacts": rows,
                   "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_eval_report(report, out, raw)
     return report

@@ -45,10 +45,15 @@ def eval_markdown(report: dict) -> str:
             + ([f"**{100 * r['delta_mAP_vs_baseline']:+.2f}**", f"{bd['cosine_mean']:.4f}" if bd else "-"] if base else []) + [
             f"{100 * r['delta_mAP']:+.2f}" if "delta_mAP" in r else "-",
             f"{d['cosine_mean']:.4f}" if d else "-", f"{100 * d['top1_agreement']:.1f}%" if d else "-",
-            f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}", f"{lat['p99_ms']:.2f}", f"{lat['throughput_per_s']:.1f}"]) + " |")
+            *([f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}", f"{lat['p99_ms']:.2f}", f"{lat['throughput_per_s']:.1f}"] if lat else ["-"] * 4)]) + " |")
     lines += ["", "Latency: per-image inference in the named runtime after warm-up, preprocessing excluded, batch 1, on the "
               "device named above (host latency when the device is local). Metrics: Market-1501 protocol (same-pid-same-camera "
               "gallery items removed, stable tie order).", ""]
+    if report.get("limit"):
+        lim = report["limit"]
+        lines += [f"Subset (--limit {lim['asked']}): {lim['queries']} queries, evenly spaced, and {lim['gallery']} gallery images "
+                  "(those of the queries' identities and as many others, evenly spaced); every model of this report saw the same images.", ""]
+    lines += arm_markdown(report)
     counts = {(r["metrics"].get("queries_scored"), r["metrics"].get("queries")) for r in report["artifacts"]}
     for scored, total in sorted(c for c in counts if c[0] is not None):
         if scored < total:
@@ -63,6 +68,26 @@ def eval_markdown(report: dict) -> str:
     if bad:
         lines += ["**Evaluated with --allow-mismatch**: " + "; ".join(bad), ""]
     return "\n".join(lines)
+
+
+def arm_markdown(report: dict) -> list[str]:
+    """The emulated-ARM section: each artifact's ARM outputs against this host's, and its accuracy from both."""
+    rows = [r for r in report["artifacts"] if r.get("arm")]
+    if not rows:
+        return []
+    lines = [f"## On the emulated arm64 board ({rows[0]['arm']['cpu']}, {rows[0]['arm'].get('qemu') or 'qemu'})", "",
+             "| artifact | precision | ARM vs host: max abs diff | max output LSB | cosine min | identical rows | mAP ARM | mAP host | emulated ms/image |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a, v = r["arm"], r["arm"]["vs_host"]
+        lines.append(f"| {r['name']} | {r['precision']} | {v['max_abs_diff']:.3g} | {v.get('max_output_lsb', '-')} | {v['cosine_min']:.6f} | "
+                     f"{100 * v['identical_fraction']:.1f}% ({v['images']} images) | {_pct(r['metrics']['mAP'])} | {_pct(a['host_metrics']['mAP'])} | "
+                     f"{a['emulated_ms_per_image_p50']:.0f} |")
+    lines += ["", "The main table's metrics and drift are computed from the ARM embeddings. The ARM run uses the real aarch64 "
+              "LiteRT wheel and its ARM kernels on a CPU model emulated by qemu-user; the time it takes there is emulation "
+              "time (the table's last column, for planning runs), not a latency, so the latency columns are left empty. "
+              "Latency and NPU delegates still need a real phone.", ""]
+    return lines
 
 
 def save_plot(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: bool) -> str:
@@ -98,8 +123,11 @@ def plot_eval(report: dict, folder: Path) -> list[str]:
         ax.plot(range(1, len(cmc) + 1), [100 * c for c in cmc], marker=".", label=f"{r['name']} ({r['runtime']})")
     files.append(save_plot(fig, ax, folder / "cmc.png", "rank", "matching rate (%)", "CMC", legend=True))
 
+    timed = [r for r in report["artifacts"] if r.get("latency")]
+    if not timed:  # an emulated device: no latency to plot
+        return files
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r in report["artifacts"]:
+    for r in timed:
         ax.scatter(r["latency"]["p50_ms"], 100 * r["metrics"]["mAP"], s=30 + 20 * r["size_mb"])
         ax.annotate(r["name"], (r["latency"]["p50_ms"], 100 * r["metrics"]["mAP"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     if report.get("reference"):
@@ -202,10 +230,11 @@ def plot_pipeline(final: dict, folder: Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, rep in final["evaluations"].items():
-        xs = [r["latency"]["p50_ms"] for r in rep["artifacts"]]
-        ys = [100 * r["metrics"]["mAP"] for r in rep["artifacts"]]
+        timed = [r for r in rep["artifacts"] if r.get("latency")]
+        xs = [r["latency"]["p50_ms"] for r in timed]
+        ys = [100 * r["metrics"]["mAP"] for r in timed]
         ax.scatter(xs, ys, label=name)
-        for r, x, y in zip(rep["artifacts"], xs, ys):
+        for r, x, y in zip(timed, xs, ys):
             ax.annotate(f"{r['runtime']} {r['precision']}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     return [save_plot(fig, ax, folder / "accuracy_latency_all.png", "median latency per image (ms, host CPU)", "mAP (%)",
                        "every artifact: accuracy vs latency", legend=True)]

@@ -1,0 +1,119 @@
+"""The emulated arm64 board: real aarch64 LiteRT kernels under qemu-user, compared with this x86 host.
+
+The slow tests need the board (`mobilereid board setup arm64`, which `make test-deps` runs as root); without it
+they are skipped with the reason. The rest checks the pieces that need no emulation."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mobilereid.arm64 import Arm64Board, BoardError, check_cpu
+from mobilereid.data.datasets import load_dataset
+from mobilereid.errors import MobileReIDError
+from mobilereid.evaluate import arm_agreement, evaluate_artifacts, limited_split, parse_qemu
+from mobilereid.models import build_model
+from mobilereid.models.checkpoint import save_checkpoint
+from mobilereid.report import eval_markdown
+
+
+def test_limited_split_is_deterministic_and_keeps_matches(tiny_dataset, tmp_path):
+    a = limited_split(tiny_dataset, tmp_path / "a", 2)
+    b = limited_split(tiny_dataset, tmp_path / "b", 2)
+    names = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*.jpg"))  # noqa: E731
+    assert names(a) == names(b) and all((a / n).read_bytes() == (b / n).read_bytes() for n in names(a))
+    ds, full = load_dataset(a, need_train=False), load_dataset(tiny_dataset, need_train=False)
+    assert len(ds.query) == 2 and {s.pid for s in ds.query} <= {s.pid for s in ds.gallery}
+    assert len(ds.gallery) < len(full.gallery)
+    same = [s for s in full.gallery if s.pid in {q.pid for q in ds.query}]
+    assert len(ds.gallery) == len(same) + 2  # the queries' identities, plus as many other gallery images
+    with pytest.raises(MobileReIDError, match="--limit 0"):
+        limited_split(tiny_dataset, tmp_path / "c", 0)
+
+
+def test_qemu_device_names_and_agreement_numbers():
+    assert parse_qemu("qemu-arm64") == "cortex-a76" and parse_qemu("qemu-arm64:neoverse-n1") == "neoverse-n1"
+    assert check_cpu("max,sme=off") == "max,sme=off"
+    for bad in ("qemu-arm64:pentium", "qemu-arm64:-cpu"):
+        with pytest.raises(BoardError, match="choose one of"):
+            parse_qemu(bad)
+    host = np.array([[0.5, -0.25], [0.125, 0.0]], np.float32)
+    arm = host.copy()
+    arm[1, 0] += 0.25  # two LSB at scale 0.125
+    meta = {"output": {"dtype": "int8", "quantization": {"scale": 0.125, "zero_point": 0}}}
+    got = arm_agreement(arm, host, meta)
+    assert got["identical_fraction"] == 0.5 and got["max_abs_diff"] == 0.25 and got["max_output_lsb"] == 2
+    assert got["cosine_min"] < 1.0 and arm_agreement(host, host, meta)["cosine_min"] == pytest.approx(1.0)
+
+
+def test_report_of_an_emulated_run_has_no_latency_and_an_arm_section():
+    row = {"name": "m_int8.tflite", "runtime": "litert", "precision": "int8", "verification": "passed", "size_mb": 0.1,
+           "metrics": {"rank1": 0.5, "rank5": 0.7, "mAP": 0.4, "mINP": 0.2, "cmc": [0.5, 0.7]}, "latency": None,
+           "arm": {"cpu": "cortex-a55", "qemu": "qemu-aarch64 version 10.0.2", "emulated_ms_per_image_p50": 812.0,
+                   "host_metrics": {"mAP": 0.4},
+                   "vs_host": {"images": 8, "max_abs_diff": 0.0, "max_output_lsb": 0, "cosine_min": 1.0, "cosine_mean": 1.0,
+                               "identical_fraction": 1.0}}}
+    md = eval_markdown({"data": "d", "device": "qemu-arm64:cortex-a55", "threads": 1, "artifacts": [row],
+                        "limit": {"asked": 4, "queries": 4, "gallery": 12}})
+    assert "| - | - | - | - |" in md and "## On the emulated arm64 board (cortex-a55" in md and "not a latency" in md
+    assert "Subset (--limit 4): 4 queries" in md
+
+
+def test_unset_board_is_a_one_line_error(tmp_path, tiny_dataset, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "nocache"))
+    with pytest.raises(BoardError, match="mobilereid board setup arm64"):
+        Arm64Board().require_ready()
+
+
+board_missing = not Arm64Board().ready()
+
+
+@pytest.fixture(scope="module")
+def arm_artifacts(tiny_dataset, tmp_path_factory):
+    """A tiny SCL-net's static INT8 and dynamic-range .tflite files."""
+    from mobilereid.export import export_checkpoint
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("arm")
+    ckpt = save_checkpoint(root / "tiny.pt", build_model("sclnet_test", num_classes=6).eval())
+    results = export_checkpoint(ckpt, "tflite", tiny_dataset, root / "out", int8=True)
+    by = {r["precision"]: r["artifact"] for r in results}
+    return ckpt, by
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(board_missing, reason="no emulated arm64 board: run `mobilereid board setup arm64` as root (make test-deps does)")
+@pytest.mark.parametrize("cpu", ["cortex-a53", "cortex-a55"])
+def test_int8_tflite_on_arm_matches_host(arm_artifacts, tiny_dataset, tmp_path, cpu):
+    """Static INT8 .tflite: bit-identical ARM and x86 outputs on a NEON-only core (cortex-a53) and a dot-product core
+    (cortex-a55), as measured (README "On ARM"). Dynamic-range .tflite: identical on NEON-only; on dot-product cores
+    XNNPACK's KleidiAI kernels quantize activations per row, a real ARM-vs-x86 difference, bounded by what we measured."""
+    ckpt, by = arm_artifacts
+    report = evaluate_artifacts([by["int8"], by["dynamic"]], tiny_dataset, tmp_path / "r", reference=ckpt,
+                                device=f"qemu-arm64:{cpu}", threads=1, limit=4)
+    rows = {r["precision"]: r for r in report["artifacts"]}
+    static, dynamic = rows["int8"]["arm"], rows["dynamic"]["arm"]
+    assert static["cpu"] == cpu and "qemu-aarch64 version 10" in static["qemu"]
+    assert static["vs_host"]["identical_fraction"] == 1.0 and static["vs_host"]["max_output_lsb"] == 0
+    assert static["vs_host"]["images"] == report["limit"]["queries"] + report["limit"]["gallery"]
+    if cpu == "cortex-a53":
+        assert dynamic["vs_host"]["max_abs_diff"] < 1e-6
+    else:
+        assert dynamic["vs_host"]["cosine_min"] > 0.9999
+    assert rows["int8"]["latency"] is None and rows["int8"]["drift"]["cosine_mean"] > 0.9
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## On the emulated arm64 board" in md
+    assert not list((Arm64Board().root / "tmp").glob("mobilereid-eval.*"))  # the staged files are gone
+    assert not (Arm64Board().root / "proc" / "self").exists()  # /proc is unmounted after the run
+    json.dumps(report)
+
+
+@pytest.mark.skipif(board_missing, reason="no emulated arm64 board")
+def test_runtimes_the_board_lacks_are_refused(arm_artifacts, tiny_dataset, tmp_path):
+    ckpt, by = arm_artifacts
+    from mobilereid.export import export_checkpoint
+
+    onnx = export_checkpoint(ckpt, "onnx", tiny_dataset, tmp_path / "o")[0]["artifact"]
+    with pytest.raises(MobileReIDError, match="runtime onnxruntime is not installed on the emulated arm64 board"):
+        evaluate_artifacts([onnx], tiny_dataset, tmp_path / "r", device="qemu-arm64:cortex-a55", limit=2)
