@@ -422,6 +422,7 @@ def compress_cmd(
     scorer: str = typer.Option("learned", help="Patch scorer: learned or contrast."),
     windows: Optional[int] = typer.Option(None, help="Windowed attention: number of horizontal windows."),
     window_start: int = typer.Option(0, help="First block that runs per window."),
+    window_weights: str = typer.Option("shared", help="Windows: shared blocks, or a separate copy of each windowed block per window (better for unequal windows)."),
     head_ratio: float = typer.Option(0.0, help="AMG: fraction of all attention heads to remove."),
     token_rate: float = typer.Option(0.0, help="AMG: fraction of key/value token slots to remove."),
     rounds: int = typer.Option(4, help="Head-pruning rounds (statistics -> prune -> fine-tune)."),
@@ -432,13 +433,15 @@ def compress_cmd(
     lr: float = typer.Option(1e-4, help="Fine-tuning learning rate (Adam)."),
     p: int = typer.Option(8, "-p", help="PK sampling: identities per batch."),
     k: int = typer.Option(4, "-k", help="PK sampling: images per identity."),
+    stat_images: int = typer.Option(0, "--stat-images", help="Images for the AMG statistics passes (0 = the whole training split, as AMG does)."),
 ):
     """Compress a ViT: patch elimination, windows, AMG head and K/V token pruning (real weight surgery)."""
     from .compress.pipeline import CompressConfig, compress
 
     cfg = CompressConfig(keep_ratio=keep_ratio, scorer=scorer, windows=windows, window_start=window_start, head_ratio=head_ratio,
                          token_rate=token_rate, rounds=rounds, epochs_per_round=epochs_per_round, arch_epochs=arch_epochs,
-                         token_epochs=token_epochs, final_epochs=final_epochs, lr=lr, p=p, k=k)
+                         token_epochs=token_epochs, final_epochs=final_epochs, lr=lr, p=p, k=k, stat_images=stat_images,
+                         window_weights=window_weights)
     result = compress(checkpoint, data, out, cfg)
     console.print(f"checkpoint: {result['checkpoint']}")
 

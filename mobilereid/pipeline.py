@@ -31,14 +31,15 @@ DEFAULT_CONFIG = {
     # the best measured combination (scripts/compress_sweep.py, README): parameter-free contrast scorer for patch
     # elimination, AMG heads -40 %, K/V tokens -60 %
     "compress": {"model": "vit", "keep_ratio": 0.75, "scorer": "contrast", "head_ratio": 0.4, "token_rate": 0.6, "rounds": 2, "epochs_per_round": 2,
-                 "arch_epochs": 2, "token_epochs": 1, "final_epochs": 3, "lr": 1e-4},
+                 "arch_epochs": 2, "token_epochs": 1, "final_epochs": 3, "lr": 1e-4, "stat_images": 0},
     # quantization-consistency fine-tuning before export (mobilereid/quant_finetune.py, README): the SCL-net INT8
     # artifacts then agree with their float model at cosine ~0.993 instead of ~0.91; a model name or a list of them,
     # "" turns it off
     "quant_finetune": {"model": "sclnet", "epochs": 24, "lr": 5e-4, "consistency": 100.0},
     # board: the tflm target's board profile (quant/boards.toml); "" = the recipe's
     "export": {"threads": 2, "board": "", "targets": {"sclnet": ["onnx", "executorch", "tflite", "edgetpu"], "vit": ["onnx", "executorch", "tflite"]}},
-    "evaluate": {"threads": 2, "device": "local"},
+    # device: local, ssh://..., adb, or qemu-arm64[:CPU] (the emulated board); limit: evaluate on N queries (0 = all)
+    "evaluate": {"threads": 2, "device": "local", "limit": 0},
     # parallel: model chains side by side, cores split between them; chains: the [models.NAME] to run ([] = all), so
     # an opt-in config (configs/mcu.toml) can run its own model alone
     "pipeline": {"parallel": True, "chains": []},
@@ -67,7 +68,8 @@ def load_config(path: Path | None) -> dict:
 MODEL_KEYS = {"preset": str, "epochs": int, "lr": float, "p": int, "k": int, "options": dict}
 MODEL_DEFAULTS = {"epochs": 40, "lr": 1e-3, "p": 16, "k": 4, "options": {}}  # for a [models.NAME] table the default lacks
 MINIMUMS = {("data", "ids"): 4, ("data", "cameras"): 2, ("data", "height"): 16, ("data", "width"): 16,
-            ("compress", "rounds"): 1, ("quant_finetune", "epochs"): 0, ("export", "threads"): 1, ("evaluate", "threads"): 1}
+            ("compress", "rounds"): 1, ("quant_finetune", "epochs"): 0, ("export", "threads"): 1, ("evaluate", "threads"): 1,
+            ("evaluate", "limit"): 0}
 
 
 def check_values(cfg: dict, path: Path) -> None:
@@ -307,7 +309,8 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
 
     def do_eval():
         evaluate_artifacts(artifacts, data_root, stage.dir, reference=reference, device=cfg["evaluate"]["device"],
-                           threads=cfg["evaluate"]["threads"], baseline=users_model if reference != users_model else None)
+                           threads=cfg["evaluate"]["threads"], baseline=users_model if reference != users_model else None,
+                           limit=cfg["evaluate"].get("limit") or None)
         return {"report": str(stage.dir / "report.json")}
 
     key = _digest({"artifacts": [_file_digest(a) for a in artifacts], "ckpt": _file_digest(reference), "eval": cfg["evaluate"],

@@ -97,10 +97,10 @@ def test_int8_tflite_on_arm_matches_host(arm_artifacts, tiny_dataset, tmp_path, 
     assert static["cpu"] == cpu and "qemu-aarch64 version 10" in static["qemu"]
     assert static["vs_host"]["identical_fraction"] == 1.0 and static["vs_host"]["max_output_lsb"] == 0
     assert static["vs_host"]["images"] == report["limit"]["queries"] + report["limit"]["gallery"]
-    if cpu == "cortex-a53":
-        assert dynamic["vs_host"]["max_abs_diff"] < 1e-6
-    else:
-        assert dynamic["vs_host"]["cosine_min"] > 0.9999
+    if cpu == "cortex-a53":  # NEON only: XNNPACK's qd8 kernels, as on x86
+        assert dynamic["vs_host"]["identical_fraction"] == 1.0
+    else:  # dotprod: KleidiAI's per-row activation quantization (measured here: cosine min 0.999985, max |d| 2.3e-3)
+        assert dynamic["vs_host"]["identical_fraction"] < 1.0 and dynamic["vs_host"]["cosine_min"] > 0.9999
     assert rows["int8"]["latency"] is None and rows["int8"]["drift"]["cosine_mean"] > 0.9
     md = (tmp_path / "r" / "report.md").read_text()
     assert "## On the emulated arm64 board" in md

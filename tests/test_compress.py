@@ -138,3 +138,65 @@ def test_cli_compress_rejects_cnn(tmp_path, tiny_dataset):
     ckpt = save_checkpoint(tmp_path / "cnn.pt", build_model("sclnet_test", num_classes=6).eval())
     r = runner.invoke(app, ["compress", str(ckpt), "--data", str(tiny_dataset), "--head-ratio", "0.3", "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "compression applies to ViT checkpoints" in r.output
+
+
+def test_statistics_cover_the_whole_training_split_unless_capped(tiny_dataset):
+    from mobilereid.compress.pipeline import Finetuner
+    from mobilereid.data.datasets import load_dataset
+
+    ds = load_dataset(tiny_dataset)
+    teacher = build_model("vit_test", num_heads=4, num_classes=len(ds.train_labels())).eval()
+    whole = Finetuner(ds, CompressConfig(), teacher)
+    assert sorted(whole.stat_indices) == list(range(len(ds.train)))
+    assert sum(len(x) for x in whole.stat_batches()) == len(ds.train)
+    capped = Finetuner(ds, CompressConfig(stat_images=10), teacher)
+    assert len(capped.stat_indices) == 10 and capped.stat_indices[0] == 0 and capped.stat_indices[-1] == len(ds.train) - 1
+    with pytest.raises(MobileReIDError, match="--stat-images must be >= 0"):
+        CompressConfig(stat_images=-1).validate()
+
+
+def test_distillation_is_deit_soft_kl_teacher_to_student_per_class(monkeypatch):
+    """KL(teacher || student) summed and divided by batch x classes (DeiT's soft distillation, used by AMG's code)."""
+    import torch.nn.functional as F
+
+    import mobilereid.train as train_mod
+
+    torch.manual_seed(0)
+    s_logits, t_logits = torch.randn(4, 7), torch.randn(4, 7)
+    p_t = F.softmax(t_logits, 1)
+    expected = (p_t * (p_t.log() - F.log_softmax(s_logits, 1))).sum() / s_logits.numel()
+
+    class Fixed(torch.nn.Module):  # a student whose logits are s_logits
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, cam=None):
+            return [s_logits + self.w], []
+
+    monkeypatch.setattr(train_mod, "reid_loss", lambda logits, *a: (logits[0].sum() * 0.0, {"acc": 0.0}))  # only the KL left
+    images = [(torch.zeros(3, 4, 4), 0)] * 4
+    model = Fixed()
+    out = train_mod.train_one_epoch(model, images, [[0, 1, 2, 3]], torch.optim.SGD(model.parameters(), lr=0.0), lambda i: 0.0,
+                                    teacher=lambda x, cam: t_logits, distill_weight=1.0)
+    assert out["loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_architecture_changes_refuse_kv_pruned_checkpoints_and_offer_separate_windows(tmp_path, tiny_dataset):
+    from mobilereid.compress.pipeline import with_architecture
+
+    model, x = model_and_input()
+    pruned = prune_kv_tokens(model, [list(range(20)), list(range(33))])
+    with pytest.raises(MobileReIDError, match="key/value tokens are already pruned"):
+        with_architecture(pruned, 0.5, "contrast", None, 0)
+    torch.manual_seed(1)  # the new window embedding is initialised randomly: the same for both
+    sep = with_architecture(model, None, "learned", 2, 1, "separate").eval()
+    assert sep.cfg.window_weights == "separate" and sep.window_blocks is not None and len(sep.cfg.heads_per_layer) == 3
+    torch.manual_seed(1)
+    shared = with_architecture(model, None, "learned", 2, 1, "shared").eval()
+    with torch.no_grad():  # separate copies start equal to the shared blocks
+        torch.testing.assert_close(sep(x), shared(x), atol=1e-5, rtol=1e-4)
+    with pytest.raises(MobileReIDError, match="already runs 2 windows"):
+        with_architecture(sep, None, "learned", 3, 1)
+    r = runner.invoke(app, ["compress", "--help"])
+    assert "--window-weights" in r.output and "--stat-images" in r.output

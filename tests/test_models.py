@@ -199,8 +199,29 @@ def test_topk_onehot_matches_torch_topk():
 
     scores = torch.randn(3, 20)
     scores[0, 5] = scores[0, 7]  # a tie: the lower index wins
-    sel = topk_onehot(scores, 6)
-    assert (sel.sum(-1) == 1).all()  # one token per row
-    picked = sel.float().argmax(-1)
     want = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :6]
-    assert torch.equal(picked, want)
+    by_rank = topk_onehot(scores, 6, spatial=False)
+    assert (by_rank.sum(-1) == 1).all()  # one token per row
+    assert torch.equal(by_rank.float().argmax(-1), want)  # row r = the token of rank r
+    spatial = topk_onehot(scores, 6)
+    assert (spatial.sum(-1) == 1).all()
+    assert torch.equal(spatial.float().argmax(-1), want.sort(dim=1).values)  # the same tokens, in image order
+
+
+def test_kept_tokens_order_does_not_change_the_embedding_but_k_v_positions_follow_it(tmp_path):
+    """Without K/V pruning the order of kept tokens is invisible (attention is permutation-equivariant, position
+    embeddings come first); legacy checkpoints with patch elimination keep their score order when loaded."""
+    from mobilereid.models.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    spatial = build_model("vit_test", keep_ratio=0.5, scorer="contrast").eval()
+    rank = build_model("vit_test", keep_ratio=0.5, scorer="contrast", token_order="rank").eval()
+    rank.load_state_dict(spatial.state_dict())
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        assert torch.allclose(spatial(x), rank(x), atol=1e-5)
+    path = save_checkpoint(tmp_path / "old.pt", rank)
+    state = torch.load(path, weights_only=True)
+    del state["config"]["token_order"]  # as written before the option existed
+    torch.save(state, path)
+    assert load_checkpoint(path)[0].cfg.token_order == "rank"

@@ -6,6 +6,11 @@ fine-tuned before any statistics are taken; (2) head pruning in rounds of {atten
 as the official AMG schedule does (24 rounds there; configurable here); (3) K/V token pruning from gradient
 scores on the head-pruned model, then fine-tuning; (4) final fine-tuning epochs. Every step is optional. The
 result is a plain checkpoint (no masks, no hooks) that `load_checkpoint` rebuilds and `torch.export` accepts.
+
+Statistics (attention entropy for heads, gradient scores for K/V tokens) come from a pass over the whole training
+split, as AMG's code does, unless ``stat_images`` caps it (evenly spaced images, for quick runs).
+Architecture changes (patch elimination, windows) come before any K/V pruning: a K/V index is a position in the
+token layout of its block, so changing the layout of a K/V-pruned checkpoint is refused rather than misindexed.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from ..data.torchdata import PKBatches, ReIDImages
 from ..errors import MobileReIDError
 from ..flops import count_macs, count_params
 from ..models.checkpoint import load_checkpoint, save_checkpoint
-from ..models.vit import ViTReID
+from ..models.vit import ViTReID, separate_window_weights
 from ..train import evaluate_model, lr_at, preprocess_spec_for, train_one_epoch
 from .heads import prune_heads_once, schedule, total_heads
 from .tokens import prune_kv_tokens, slots_to_keep, token_scores
@@ -47,7 +52,8 @@ class CompressConfig:
     lr: float = 1e-4
     p: int = 8
     k: int = 4
-    stat_images: int = 128
+    stat_images: int = 0  # images for the statistics passes; 0 = the whole training split
+    window_weights: str = "shared"  # windows: "shared" blocks or a "separate" copy per window (initialised from the shared one)
     distill_weight: float = 0.2
     seed: int = 0
 
@@ -60,13 +66,26 @@ class CompressConfig:
             raise MobileReIDError(f"--token-rate must be in [0, 1), got {self.token_rate}")
         if self.rounds < 1:
             raise MobileReIDError(f"--rounds must be >= 1, got {self.rounds}")
+        if self.stat_images < 0:
+            raise MobileReIDError(f"--stat-images must be >= 0 (0 = the whole training split), got {self.stat_images}")
+        if self.window_weights not in ("shared", "separate"):
+            raise MobileReIDError(f"--window-weights must be shared or separate, got {self.window_weights!r}")
 
 
-def with_architecture(model: ViTReID, keep_ratio: float | None, scorer: str, windows: int | None, window_start: int) -> ViTReID:
+def with_architecture(model: ViTReID, keep_ratio: float | None, scorer: str, windows: int | None, window_start: int,
+                      window_weights: str = "shared") -> ViTReID:
+    """The model with patch elimination and/or windows switched on, its trained weights carried over. Separate window
+    weights start as copies of the shared blocks they replace (every window begins where the global model was)."""
     cfg = copy.deepcopy(model.cfg)
+    if any(k is not None for k in cfg.kv_index):
+        raise MobileReIDError("this checkpoint's key/value tokens are already pruned: its K/V indices are positions in the "
+                              "current token layout, and patch elimination or windows would change that layout; compress "
+                              "the checkpoint from before K/V pruning instead")
     if keep_ratio is not None:
         cfg.keep_ratio, cfg.scorer = keep_ratio, scorer
     if windows is not None:
+        if cfg.windows > 1:
+            raise MobileReIDError(f"this checkpoint already runs {cfg.windows} windows; windows cannot be changed again")
         cfg.windows, cfg.window_start = windows, window_start
     try:
         new = ViTReID(type(cfg)(**cfg.to_dict()))
@@ -77,6 +96,8 @@ def with_architecture(model: ViTReID, keep_ratio: float | None, scorer: str, win
     bad = [k for k in list(missing) + list(unexpected) if not k.startswith(allowed)]
     if bad:
         raise MobileReIDError(f"cannot change the architecture of this checkpoint (weights differ at {bad[:3]})")
+    if windows is not None and windows > 1 and window_weights == "separate":
+        new = separate_window_weights(new)
     new.preset = getattr(model, "preset", None)
     new.train(model.training)
     return new
@@ -101,12 +122,14 @@ class Finetuner:
         self.epoch = 0
         self.uses_camera = teacher.uses_camera
         plain = ReIDImages(ds.train, self.spec, self.labels, augment=False)
-        idx = np.linspace(0, len(ds.train) - 1, min(cfg.stat_images, len(ds.train))).round().astype(int)
-        self.stat = [plain[int(i)] for i in idx]
+        n = len(ds.train) if cfg.stat_images == 0 else min(cfg.stat_images, len(ds.train))
+        self.stat_indices = np.unique(np.linspace(0, len(ds.train) - 1, n).round().astype(int))
+        self.plain = plain
 
     def stat_batches(self, with_labels: bool = False, size: int = 32):
-        for s in range(0, len(self.stat), size):
-            chunk = self.stat[s : s + size]
+        """The statistics images in batches (decoded as they are used: the whole split need not fit in memory)."""
+        for s in range(0, len(self.stat_indices), size):
+            chunk = [self.plain[int(i)] for i in self.stat_indices[s : s + size]]
             x = torch.stack([c[0] for c in chunk])
             extra = (torch.tensor([c[2] for c in chunk]),) if self.uses_camera else ()  # SIE: each image's camera
             yield (x, torch.tensor([c[1] for c in chunk]), *extra) if with_labels else ((x, *extra) if extra else x)
@@ -156,7 +179,7 @@ def _compress(checkpoint, data, out, cfg: CompressConfig, evaluate: bool) -> dic
     tuner = Finetuner(ds, cfg, model)
     steps = []
     if cfg.keep_ratio is not None or cfg.windows is not None:
-        model = with_architecture(model, cfg.keep_ratio, cfg.scorer, cfg.windows, cfg.window_start)
+        model = with_architecture(model, cfg.keep_ratio, cfg.scorer, cfg.windows, cfg.window_start, cfg.window_weights)
         tuner.run(model, cfg.arch_epochs, "patch elimination / windows")
         steps.append({"step": "architecture", "keep_ratio": model.cfg.keep_ratio, "windows": model.cfg.windows})
     if n_remove:

@@ -82,8 +82,11 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the model from the stored config and load its weights strictly; returns (model, checkpoint dict)."""
     path = Path(path)
     state = read_checkpoint(path)
+    config = state.get("config")
+    if state.get("family") == "vit" and isinstance(config, dict) and "token_order" not in config and config.get("keep_ratio", 1.0) < 1.0:
+        config = {**config, "token_order": "rank"}  # patch elimination saved before kept tokens came in image order
     try:
-        model = build_from_config(state["family"], state["config"])
+        model = build_from_config(state["family"], config)
     except (ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}: stored config does not build a model ({exc})") from None
     load_state_dict_checked(model, state["state_dict"], path)

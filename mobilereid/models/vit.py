@@ -75,6 +75,7 @@ class ViTConfig:
     camera_lambda: float = 3.0
     keep_ratio: float = 1.0  # patch elimination: fraction of patch tokens kept
     scorer: str = "learned"  # "learned" or "contrast"
+    token_order: str = "spatial"  # kept patch tokens in image order ("spatial") or best score first ("rank", before 2026-11)
     windows: int = 1  # number of horizontal windows (1 = global attention everywhere)
     window_start: int = 0  # first block that runs per window
     window_weights: str = "shared"  # "shared" or "separate"
@@ -112,6 +113,8 @@ class ViTConfig:
             raise ValueError(f"gelu must be 'exact' or 'tanh', got {self.gelu!r}")
         if self.scorer not in ("learned", "contrast"):
             raise ValueError(f"scorer must be 'learned' or 'contrast', got {self.scorer!r}")
+        if self.token_order not in ("spatial", "rank"):
+            raise ValueError(f"token_order must be 'spatial' or 'rank', got {self.token_order!r}")
         if self.window_weights not in ("shared", "separate"):
             raise ValueError(f"window_weights must be 'shared' or 'separate', got {self.window_weights!r}")
         if self.windows < 1 or self.windows > self.grid[0]:
@@ -259,13 +262,20 @@ def contrast_scores(img: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
     return (dist + std).flatten(1)
 
 
-def topk_onehot(scores: torch.Tensor, k: int) -> torch.Tensor:
+def topk_onehot(scores: torch.Tensor, k: int, spatial: bool = True) -> torch.Tensor:
     """(B, N) scores -> (B, k, N) one-hot rows selecting the k highest scores (ties: lower index first).
 
     Written with comparisons and a sum instead of `topk` + `gather`: the rank of token i is the number of tokens
-    that beat it, and row r of the result picks the token of rank r. Static shapes, and only ops that every
-    converter and delegate handles (onnx2tf mis-converts ONNX TopK's 1-D K; the Edge TPU has no TopK/Gather).
-    Costs N^2 comparisons and a k x N x C matmul for the gather (counted in the executed MACs).
+    that beat it. Static shapes, and only ops that every converter and delegate handles (onnx2tf mis-converts ONNX
+    TopK's 1-D K; the Edge TPU has no TopK/Gather). Costs N^2 comparisons and a k x N x C matmul for the gather
+    (counted in the executed MACs).
+
+    Row order: ``spatial`` (default) keeps the selected tokens in image (raster) order: row r is the r-th kept token
+    counted from the top-left, found as the number of kept tokens before it (a product with a constant triangular
+    matrix, N^2 MACs). AMG's K/V pruning keeps static token *positions*; in image order a position means a region
+    (the r-th kept patch from the top), where in score order (``spatial=False``, row r = rank r, how checkpoints
+    made before 2026-11 were pruned) it means "the r-th most salient patch", a different image location every time.
+    Self-attention itself does not depend on the order (position embeddings are added before the selection).
     """
     n = scores.shape[1]
     idx = torch.arange(n, device=scores.device)
@@ -273,7 +283,13 @@ def topk_onehot(scores: torch.Tensor, k: int) -> torch.Tensor:
         (scores[:, None, :] == scores[:, :, None]) & (idx[None, None, :] < idx[None, :, None])
     )
     rank = beats.sum(-1)  # (B, N), 0-based
-    return rank[:, None, :] == torch.arange(k, device=scores.device)[None, :, None]
+    if not spatial:
+        return rank[:, None, :] == torch.arange(k, device=scores.device)[None, :, None]
+    kept = (rank < k).to(scores.dtype)  # (B, N)
+    before = torch.triu(torch.ones(n, n, dtype=scores.dtype, device=scores.device), diagonal=1)  # [j, i] = 1 when j < i
+    position = kept @ before  # kept tokens before token i
+    slots = torch.arange(k, device=scores.device, dtype=scores.dtype)[None, :, None]
+    return (position[:, None, :] == slots) & (kept[:, None, :] > 0)
 
 
 class ViTReID(nn.Module):
@@ -375,7 +391,7 @@ class ViTReID(nn.Module):
         out = []
         gate = torch.sigmoid(scores) if self.scorer is not None and self.training else None
         for g, k in zip(groups, cfg.kept_per_group()):
-            onehot = topk_onehot(scores.index_select(1, g), k).to(x.dtype)  # (B, k, n_group)
+            onehot = topk_onehot(scores.index_select(1, g), k, cfg.token_order == "spatial").to(x.dtype)  # (B, k, n_group)
             tokens = onehot @ x.index_select(1, g)
             if gate is not None:
                 s = onehot @ gate.index_select(1, g).unsqueeze(-1)
