@@ -420,6 +420,7 @@ def compress_cmd(
     out: Path = typer.Option(Path("runs/compress"), "--out", "-o", help="Output folder (compressed.pt, compress_report.json)."),
     keep_ratio: Optional[float] = typer.Option(None, help="Patch elimination: fraction of patch tokens kept (e.g. 0.7)."),
     scorer: str = typer.Option("learned", help="Patch scorer: learned or contrast."),
+    token_order: str = typer.Option("spatial", help="Kept patch tokens in image order (spatial: a K/V position is a region) or best score first (rank)."),
     windows: Optional[int] = typer.Option(None, help="Windowed attention: number of horizontal windows."),
     window_start: int = typer.Option(0, help="First block that runs per window."),
     window_weights: str = typer.Option("shared", help="Windows: shared blocks, or a separate copy of each windowed block per window (better for unequal windows)."),
@@ -441,7 +442,7 @@ def compress_cmd(
     cfg = CompressConfig(keep_ratio=keep_ratio, scorer=scorer, windows=windows, window_start=window_start, head_ratio=head_ratio,
                          token_rate=token_rate, rounds=rounds, epochs_per_round=epochs_per_round, arch_epochs=arch_epochs,
                          token_epochs=token_epochs, final_epochs=final_epochs, lr=lr, p=p, k=k, stat_images=stat_images,
-                         window_weights=window_weights)
+                         window_weights=window_weights, token_order=token_order)
     result = compress(checkpoint, data, out, cfg)
     console.print(f"checkpoint: {result['checkpoint']}")
 

@@ -40,6 +40,7 @@ from .tokens import prune_kv_tokens, slots_to_keep, token_scores
 class CompressConfig:
     keep_ratio: float | None = None  # patch elimination
     scorer: str = "learned"
+    token_order: str = "spatial"  # kept patch tokens in image order, or "rank" (best score first, the order before 2026-11)
     windows: int | None = None
     window_start: int = 0
     head_ratio: float = 0.0  # fraction of all heads to remove
@@ -68,12 +69,14 @@ class CompressConfig:
             raise MobileReIDError(f"--rounds must be >= 1, got {self.rounds}")
         if self.stat_images < 0:
             raise MobileReIDError(f"--stat-images must be >= 0 (0 = the whole training split), got {self.stat_images}")
+        if self.token_order not in ("spatial", "rank"):
+            raise MobileReIDError(f"--token-order must be spatial or rank, got {self.token_order!r}")
         if self.window_weights not in ("shared", "separate"):
             raise MobileReIDError(f"--window-weights must be shared or separate, got {self.window_weights!r}")
 
 
 def with_architecture(model: ViTReID, keep_ratio: float | None, scorer: str, windows: int | None, window_start: int,
-                      window_weights: str = "shared") -> ViTReID:
+                      window_weights: str = "shared", token_order: str = "spatial") -> ViTReID:
     """The model with patch elimination and/or windows switched on, its trained weights carried over. Separate window
     weights start as copies of the shared blocks they replace (every window begins where the global model was)."""
     cfg = copy.deepcopy(model.cfg)
@@ -82,7 +85,7 @@ def with_architecture(model: ViTReID, keep_ratio: float | None, scorer: str, win
                               "current token layout, and patch elimination or windows would change that layout; compress "
                               "the checkpoint from before K/V pruning instead")
     if keep_ratio is not None:
-        cfg.keep_ratio, cfg.scorer = keep_ratio, scorer
+        cfg.keep_ratio, cfg.scorer, cfg.token_order = keep_ratio, scorer, token_order
     if windows is not None:
         if cfg.windows > 1:
             raise MobileReIDError(f"this checkpoint already runs {cfg.windows} windows; windows cannot be changed again")
@@ -179,7 +182,8 @@ def _compress(checkpoint, data, out, cfg: CompressConfig, evaluate: bool) -> dic
     tuner = Finetuner(ds, cfg, model)
     steps = []
     if cfg.keep_ratio is not None or cfg.windows is not None:
-        model = with_architecture(model, cfg.keep_ratio, cfg.scorer, cfg.windows, cfg.window_start, cfg.window_weights)
+        model = with_architecture(model, cfg.keep_ratio, cfg.scorer, cfg.windows, cfg.window_start, cfg.window_weights,
+                                  cfg.token_order)
         tuner.run(model, cfg.arch_epochs, "patch elimination / windows")
         steps.append({"step": "architecture", "keep_ratio": model.cfg.keep_ratio, "windows": model.cfg.windows})
     if n_remove:
