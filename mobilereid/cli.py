@@ -353,7 +353,7 @@ def evaluate_cmd(
     flip: bool = typer.Option(False, "--flip", help="Test-time flip averaging (image and mirror), for the reference and the artifacts alike."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Evaluate artifacts whose sha256 or source checkpoint does not match (with a warning)."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Your own float model, when compress or quant-finetune changed it before export: drift against it is the headline."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate on a deterministic subset: N evenly spaced queries, their identities' gallery images and as many others."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate on a deterministic subset: the queries (up to N) of evenly spaced identities, their gallery images and as many others."),
 ):
     """Accuracy drift, latency and size of artifacts, measured by the on-device evaluator.
 

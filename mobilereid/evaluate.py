@@ -19,7 +19,7 @@ Devices:
   same artifacts also run on this host, and each report row gets the ARM-vs-host agreement (max |Δ|, cosine,
   identical rows, output LSB). Latency under emulation is not a latency: it is left out of the row.
 
-``limit``: a deterministic subset (evenly spaced queries, the gallery images of their identities and as many other
+``limit``: a deterministic subset (the queries of evenly spaced identities, their gallery images and as many other
 gallery images, evenly spaced), written as a Market-1501 folder and used for every model of the run alike.
 """
 
@@ -211,15 +211,20 @@ def run_adb(device: str, artifacts: list[Path], data: Path, out: Path, threads: 
 
 
 def limited_split(data: Path, dest: Path, limit: int) -> Path:
-    """A smaller evaluation set drawn deterministically from ``data`` (any layout), written in Market-1501 layout."""
+    """A smaller evaluation set drawn deterministically from ``data`` (any layout), written in Market-1501 layout:
+    evenly spaced identities, enough for ``limit`` queries (all their queries, cut at ``limit``), all their gallery
+    images, and as many other gallery images as there are queries, evenly spaced (distractors)."""
     if limit < 1:
         raise MobileReIDError(f"--limit {limit}: expected a number of query images >= 1")
     ds = load_dataset(data, need_train=False)
-    pick = lambda items, n: [items[int(i)] for i in np.unique(np.linspace(0, len(items) - 1, min(n, len(items))).round())] if items else []  # noqa: E731
-    query = pick(ds.query, limit)
-    pids = {s.pid for s in query}
-    same = [s for s in ds.gallery if s.pid in pids]
-    others = pick([s for s in ds.gallery if s.pid not in pids], len(query))
+    spaced = lambda items, n: [items[int(i)] for i in np.unique(np.linspace(0, len(items) - 1, min(n, len(items))).round())] if items else []  # noqa: E731
+    pids = sorted({s.pid for s in ds.query})
+    per_identity = len(ds.query) / max(len(pids), 1)
+    chosen = set(spaced(pids, int(np.ceil(limit / per_identity))))
+    query = [s for s in ds.query if s.pid in chosen][:limit]
+    chosen = {s.pid for s in query}
+    same = [s for s in ds.gallery if s.pid in chosen]
+    others = spaced([s for s in ds.gallery if s.pid not in chosen], len(query))
     for folder, samples in (("query", query), ("bounding_box_test", same + others)):
         (dest / folder).mkdir(parents=True, exist_ok=True)
         for i, s in enumerate(samples):

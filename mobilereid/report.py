@@ -51,8 +51,8 @@ def eval_markdown(report: dict) -> str:
               "gallery items removed, stable tie order).", ""]
     if report.get("limit"):
         lim = report["limit"]
-        lines += [f"Subset (--limit {lim['asked']}): {lim['queries']} queries, evenly spaced, and {lim['gallery']} gallery images "
-                  "(those of the queries' identities and as many others, evenly spaced); every model of this report saw the same images.", ""]
+        lines += [f"Subset (--limit {lim['asked']}): {lim['queries']} queries of evenly spaced identities and {lim['gallery']} gallery "
+                  "images (those identities' and as many others, evenly spaced); every model of this report saw the same images.", ""]
     lines += arm_markdown(report)
     counts = {(r["metrics"].get("queries_scored"), r["metrics"].get("queries")) for r in report["artifacts"]}
     for scored, total in sorted(c for c in counts if c[0] is not None):
