@@ -28,6 +28,7 @@ Choices (measured by the arm64 probe of this round, shared/arm64/PROBE.md, and r
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -250,6 +251,11 @@ class Arm64Board:
         """``python3.11 ARGS`` in the root on the emulated CPU model; its stdout. Files the guest reads are staged in
         the root's /tmp by the caller (`stage_dir`)."""
         check_cpu(cpu)
+        with open(self.cache / "run.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one run at a time: runs share the root's /proc mount and fake /sys
+            return self._run_locked(cpu, args, timeout)
+
+    def _run_locked(self, cpu: str, args: list[str], timeout: int) -> str:
         self._fake_sysfs(cpu)
         proc = self.root / "proc"
         proc.mkdir(exist_ok=True)
