@@ -43,8 +43,9 @@ $(KOTLINC): android_demo/tools/package-lock.json
 	cd android_demo/tools && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# two workers, one test file each at a time (module fixtures that share exported artifacts stay in one worker)
 test: setup test-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs

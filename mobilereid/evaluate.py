@@ -62,6 +62,26 @@ def make_bundle(dest: Path) -> Path:
     return dest
 
 
+def stage_device_files(stage: Path, artifacts: list[Path], data: Path) -> Path:
+    """What a device needs, in one folder: the evaluator bundle, ``models/`` (artifacts and sidecars), ``data/``."""
+    make_bundle(stage)
+    (stage / "models").mkdir()
+    for a in artifacts:
+        shutil.copy(a, stage / "models" / a.name)
+        shutil.copy(sidecar_path(a), stage / "models" / sidecar_path(a).name)
+    copy_eval_split(data, stage / "data")
+    return stage
+
+
+def evaluator_args(where: str, artifacts: list[Path], threads: int, flip: bool) -> list[str]:
+    """The evaluator's command line (after the Python), for files staged by `stage_device_files` at ``where``."""
+    args = [f"{where}/eval/reid_eval.py", "--data", f"{where}/data", "--out", f"{where}/results", "--threads", str(threads)]
+    args += ["--flip"] if flip else []
+    for a in artifacts:
+        args += ["--model", f"{where}/models/{a.name}"]
+    return args
+
+
 MANIFEST_FORMAT = "mobilereid-eval-manifest"
 
 
@@ -150,18 +170,9 @@ def run_ssh(device: str, artifacts: list[Path], data: Path, out: Path, threads: 
         raise DeviceError(f"ssh {target}:{port}: unexpected answer to mktemp: {remote!r}")
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            stage = Path(tmp) / "bundle"
-            make_bundle(stage)
-            (stage / "models").mkdir()
-            for a in artifacts:
-                shutil.copy(a, stage / "models" / a.name)
-                shutil.copy(sidecar_path(a), stage / "models" / sidecar_path(a).name)
-            copy_eval_split(data, stage / "data")
+            stage = stage_device_files(Path(tmp) / "bundle", artifacts, data)
             _run(scp + ["--"] + [str(p) for p in stage.iterdir()] + [f"{target}:{remote}/"], f"scp to {target}")
-        args = [python, f"{remote}/eval/reid_eval.py", "--data", f"{remote}/data", "--out", f"{remote}/results", "--threads", str(threads)]
-        args += ["--flip"] if flip else []
-        for a in artifacts:
-            args += ["--model", f"{remote}/models/{a.name}"]
+        args = [python] + evaluator_args(remote, artifacts, threads, flip)
         _run(ssh + [" ".join(shlex.quote(x) for x in args)], f"evaluator on {target}")
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
@@ -252,19 +263,9 @@ def run_qemu_arm64(device: str, artifacts: list[Path], metas: list[dict], data: 
     board.require_ready()
     stage = board.stage_dir()
     try:
-        make_bundle(stage)
-        (stage / "models").mkdir()
-        for a in artifacts:
-            shutil.copy(a, stage / "models" / a.name)
-            shutil.copy(sidecar_path(a), stage / "models" / sidecar_path(a).name)
-        copy_eval_split(data, stage / "data")
-        g = board.guest_path(stage)
-        args = [f"{g}/eval/reid_eval.py", "--data", f"{g}/data", "--out", f"{g}/results", "--threads", str(threads)]
-        args += ["--flip"] if flip else []
-        for a in artifacts:
-            args += ["--model", f"{g}/models/{a.name}"]
+        stage_device_files(stage, artifacts, data)
         t0 = time.perf_counter()
-        board.run(cpu, args)
+        board.run(cpu, evaluator_args(board.guest_path(stage), artifacts, threads, flip))
         seconds = time.perf_counter() - t0
         out.mkdir(parents=True, exist_ok=True)
         for f in (stage / "results").iterdir():

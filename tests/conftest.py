@@ -21,3 +21,15 @@ def small_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data") / "synth256"
     generate(root, SynthConfig(ids=24, cameras=4, seed=2))
     return root
+
+
+@pytest.fixture(scope="session")
+def sclnet_ckpt(tmp_path_factory) -> Path:
+    """An untrained sclnet_test checkpoint with a 6-identity classifier (seed 0), for export tests."""
+    import torch
+
+    from mobilereid.models import build_model
+    from mobilereid.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "sclnet_test.pt", build_model("sclnet_test", num_classes=6).eval())
