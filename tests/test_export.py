@@ -185,9 +185,33 @@ def test_vit_tflite_onnx2tf_route_with_tanh_gelu_and_flex_error_for_exact_gelu(t
     assert results[0]["verification"]["cosine_mean"] > 0.999
     assert read_sidecar(results[0]["artifact"])["converter"].startswith("onnx2tf")
     exact = save_checkpoint(tmp_path / "vit_exact.pt", build_model("vit_test", gelu="exact").eval())
-    with pytest.raises(ExportError, match="Erf"):
+    with pytest.raises(ExportError, match="Erf") as err:
         export_checkpoint(exact, "tflite", tiny_dataset, tmp_path / "b", recipe_path=onnx2tf)
+    assert "entry_function" not in str(err.value)  # the converter's message quotes tf.entry_function: not an op
     assert not list((tmp_path / "b").glob("*.tflite"))
+
+
+def test_select_tf_ops_are_read_from_the_real_converter_message(tmp_path):
+    """A builtins-only conversion of tf.math.erf fails; the message names TF Select op Erf and also carries
+    ``tf.entry_function`` (a function attribute), which must not be reported as an op (it was: 'Flexentry_function')."""
+    import tensorflow as tf
+
+    from mobilereid.export.tflite.target import select_tf_ops_in_error
+
+    class Erf(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 8], tf.float32)])
+        def __call__(self, x):
+            return tf.math.erf(x) * 2.0
+
+    tf.saved_model.save(Erf(), str(tmp_path / "sm"))
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm"))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    with pytest.raises(Exception) as exc:
+        conv.convert()
+    text = " ".join(str(exc.value).split())
+    assert "tf.entry_function" in text  # what misled the old parser is really there
+    assert select_tf_ops_in_error(text) == ["Erf"]
+    assert select_tf_ops_in_error("'tf.Erf' op is neither a custom op nor a flex op; tf.entry_function") == ["Erf"]
 
 
 @pytest.mark.slow

@@ -212,7 +212,7 @@ def build_tflite_variants(job: ExportJob, variants: list[str], qcfg: dict, workd
                 data = convert_variant(saved, v, calib_nhwc, qcfg)
             except Exception as exc:
                 text = " ".join(str(exc).split())
-                needs_tf = sorted(set(re.findall(r"\btf\.(\w+)", text)))
+                needs_tf = select_tf_ops_in_error(text)
                 if needs_tf:
                     raise ExportError(f"TFLite {v} conversion of {job.stem} needs Select-TF (Flex) ops {', '.join('Flex' + n for n in needs_tf)}, which builtin LiteRT cannot run"
                                       + (" (exact GELU: rebuild with --opt gelu=tanh)" if "Erf" in needs_tf else "")) from None
@@ -220,6 +220,16 @@ def build_tflite_variants(job: ExportJob, variants: list[str], qcfg: dict, workd
         _refuse_flex(job, v, data)
         out[v] = data
     return out
+
+
+def select_tf_ops_in_error(text: str) -> list[str]:
+    """The TensorFlow ops a failed builtins-only conversion needs, from the converter's message: its "TF Select ops:"
+    list when present, else the ``tf.Op`` names it quotes. TF op names start with a capital letter: the message also
+    carries function attributes such as ``tf.entry_function``, which are not ops."""
+    listed = re.search(r"TF Select ops: ([A-Z]\w*(?:, [A-Z]\w*)*)", text)
+    if listed:
+        return sorted(set(listed.group(1).split(", ")))
+    return sorted(set(re.findall(r"\btf\.([A-Z]\w*)", text)))
 
 
 def _refuse_flex(job: ExportJob, variant: str, data: bytes) -> None:
