@@ -21,8 +21,8 @@ Choices (measured by the arm64 probe of this round, shared/arm64/PROBE.md, and r
   the evaluator needs are created in the root, so /dev is never bind-mounted (a bind-mounted /dev inside a cache
   folder is a hazard for anyone who deletes that folder). qemu 10 emulates ``/proc/cpuinfo`` itself; a fake
   ``/sys/devices/system/cpu`` with the model's MIDR is written for cpuinfo-reading code.
-* **Disk**: about 420 MB (root 330 MB, LiteRT + numpy + Pillow ~90 MB) plus the 19 MB qemu binary and ~40 MB of
-  cached wheels. The ExecuTorch runtime is not installed: on aarch64 it needs torch, whose PyPI wheel pulls 2.7 GB
+* **Disk and time**: 466 MB in all (root, wheels, qemu binary), 4.7 min from nothing on a 2-core host (measured;
+  the debootstrap second stage under emulation is most of it). The ExecuTorch runtime is not installed: on aarch64 it needs torch, whose PyPI wheel pulls 2.7 GB
   of CUDA wheels (the probe replaced them with generated stub libraries; not carried over, see the README).
 """
 
