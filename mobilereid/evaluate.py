@@ -40,6 +40,7 @@ import numpy as np
 from .console import err_console, progress
 from .data.datasets import load_dataset
 from .errors import MobileReIDError
+from .programs import run_program
 from .runtimes import read_sidecar, sidecar_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,17 +130,7 @@ def completed_summary(raw: Path, name: str) -> dict:
 
 
 def _run(cmd: list[str], what: str, timeout: int = 3600) -> str:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError:
-        raise DeviceError(f"{what}: '{cmd[0]}' is not installed") from None
-    except subprocess.TimeoutExpired:
-        raise DeviceError(f"{what}: timed out after {timeout} s") from None
-    if proc.returncode != 0:
-        lines = [l for l in (proc.stderr or proc.stdout).strip().splitlines() if l.strip()]
-        errs = [l[len("error:"):].strip() for l in lines if l.startswith("error:")]  # the evaluator's line names the file
-        raise DeviceError(f"{what}: {(errs or lines or ['exit status ' + str(proc.returncode)])[-1]}")
-    return proc.stdout
+    return run_program(cmd, what, DeviceError, timeout)
 
 
 def run_local(artifacts: list[Path], data: Path, out: Path, threads: int, python: str | None = None, flip: bool = False) -> None:
@@ -372,44 +363,34 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
     conversion and quantization cost. ``baseline``: the user's own float model when a stage of ours changed it
     before export (compression, quantization fine-tuning); drift against it is the headline, since it is what the
     user gets compared with what they gave us."""
-    from .report import write_eval_report
+    from .report import refuse_foreign_folder, write_eval_report
 
     data = Path(data)
     if flip and (device == "adb" or device.startswith("adb:")):
         raise MobileReIDError("--flip: the Android demo app's evaluation mode does not average mirrored images")
-    from .report import refuse_foreign_folder
-
     refuse_foreign_folder(Path(out) / "raw")  # checked before the work, not after it
     qemu = device == "qemu-arm64" or device.startswith("qemu-arm64:")
     if qemu:
         parse_qemu(device)
     metas = check_artifacts(artifacts, reference, allow_mismatch)
     load_dataset(data, need_train=False)  # fail early on a bad dataset
-    with tempfile.TemporaryDirectory() as subset_dir:
+    with tempfile.TemporaryDirectory() as tmp:
         extra = {"data": str(data)}
         if limit is not None:
-            data = limited_split(data, Path(subset_dir) / "data", limit)
+            data = limited_split(data, Path(tmp) / "subset", limit)
             extra["limit"] = {"queries": len(list((data / "query").iterdir())),
                               "gallery": len(list((data / "bounding_box_test").iterdir())), "asked": limit}
-        return _evaluate(artifacts, metas, data, out, reference, device, qemu, threads, remote_python, ssh_options, flip,
-                         baseline, extra)
-
-
-def _evaluate(artifacts, metas, data, out, reference, device, qemu, threads, remote_python, ssh_options, flip, baseline,
-              extra: dict) -> dict:
-    from .report import write_eval_report
-    ref = None
-    if reference is not None:
-        rq, rg, ref_metrics, dim = reference_embeddings(reference, data, out, flip)
-        for a, m in zip(artifacts, metas):
-            if m["model"]["embedding_dim"] != dim:
-                raise MobileReIDError(f"{a}: embedding size {m['model']['embedding_dim']} does not match the reference {reference} ({dim})")
-        ref = {"checkpoint": str(reference), "metrics": ref_metrics}
-    base = None
-    if baseline is not None:
-        bq, bg, base_metrics, _ = reference_embeddings(baseline, data, out, flip)
-        base = {"checkpoint": str(baseline), "metrics": base_metrics}
-    with tempfile.TemporaryDirectory() as tmp:
+        ref = None
+        if reference is not None:
+            rq, rg, ref_metrics, dim = reference_embeddings(reference, data, out, flip)
+            for a, m in zip(artifacts, metas):
+                if m["model"]["embedding_dim"] != dim:
+                    raise MobileReIDError(f"{a}: embedding size {m['model']['embedding_dim']} does not match the reference {reference} ({dim})")
+            ref = {"checkpoint": str(reference), "metrics": ref_metrics}
+        base = None
+        if baseline is not None:
+            bq, bg, base_metrics, _ = reference_embeddings(baseline, data, out, flip)
+            base = {"checkpoint": str(baseline), "metrics": base_metrics}
         raw = Path(tmp) / "raw"
         with progress(f"evaluating {len(artifacts)} artifact(s) on {device}", None):
             if device == "local":
@@ -430,7 +411,7 @@ def _evaluate(artifacts, metas, data, out, reference, device, qemu, threads, rem
             row = {"artifact": str(a), "name": a.name, "target": m["target"], "runtime": m["runtime"], "precision": m["precision"],
                    "size_mb": a.stat().st_size / 1e6, "verification": verification_status(m), "integrity": m["integrity"],
                    **({"baked_camera": m["camera"]["baked_camera"]} if isinstance(m.get("camera"), dict) else {}), **summary}
-            npz = np.load(raw / f"{a.name}.npz") if ref is not None or base is not None else None
+            npz = np.load(raw / f"{a.name}.npz")
             if ref is not None:
                 row["drift"] = drift(npz["query"], npz["gallery"], rq, rg)
                 row["delta_mAP"] = summary["metrics"]["mAP"] - ref["metrics"]["mAP"]
@@ -441,9 +422,9 @@ def _evaluate(artifacts, metas, data, out, reference, device, qemu, threads, rem
                 row["delta_mAP_vs_baseline"] = summary["metrics"]["mAP"] - base["metrics"]["mAP"]
                 row["delta_rank1_vs_baseline"] = summary["metrics"]["rank1"] - base["metrics"]["rank1"]
             if qemu:
-                arm_npz, host_npz = np.load(raw / f"{a.name}.npz"), np.load(host_raw / f"{a.name}.npz")
+                host_npz = np.load(host_raw / f"{a.name}.npz")
                 emb = lambda z: np.concatenate([z["query"], z["gallery"]])  # noqa: E731
-                row["arm"] = {**arm, "vs_host": arm_agreement(emb(arm_npz), emb(host_npz), m),
+                row["arm"] = {**arm, "vs_host": arm_agreement(emb(npz), emb(host_npz), m),
                               "host_metrics": completed_summary(host_raw, a.name)["metrics"],
                               "emulated_ms_per_image_p50": row["latency"]["p50_ms"]}
                 row["latency"] = None  # emulation time, not a latency (see the report)

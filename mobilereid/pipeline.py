@@ -112,10 +112,9 @@ def check_values(cfg: dict, path: Path) -> None:
                 fail(f"[models.{name}] {key}", table[key], f"at least {low}")
         if table.get("lr", 1.0) <= 0:
             fail(f"[models.{name}] lr", table["lr"], "a number > 0")
-    for key in ("chains",):
-        unknown = [n for n in cfg["pipeline"][key] if n not in cfg["models"]]
-        if unknown or not all(isinstance(n, str) for n in cfg["pipeline"][key]):
-            fail(f"[pipeline] {key}", cfg["pipeline"][key], f"names of [models.NAME] tables ({', '.join(cfg['models'])})")
+    chains = cfg["pipeline"]["chains"]
+    if not all(isinstance(n, str) and n in cfg["models"] for n in chains):
+        fail("[pipeline] chains", chains, f"names of [models.NAME] tables ({', '.join(cfg['models'])})")
     qft = cfg["quant_finetune"]["model"]
     if isinstance(qft, list) and not all(isinstance(n, str) for n in qft):
         fail("[quant_finetune] model", qft, "a model name or a list of names")
