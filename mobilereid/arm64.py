@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 from .errors import MobileReIDError
+from .programs import run_program
 
 SUITE = "bookworm"
 PYTHON = "/usr/bin/python3.11"
@@ -75,16 +76,7 @@ def check_cpu(cpu: str) -> str:
 
 
 def _run(cmd: list[str], what: str, timeout: int = 3600, env: dict | None = None) -> str:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except FileNotFoundError:
-        raise BoardError(f"{what}: '{cmd[0]}' is not installed") from None
-    except subprocess.TimeoutExpired:
-        raise BoardError(f"{what}: timed out after {timeout} s") from None
-    if proc.returncode != 0:
-        lines = [l for l in (proc.stderr + proc.stdout).strip().splitlines() if l.strip()]
-        raise BoardError(f"{what} failed: {(lines or ['exit status ' + str(proc.returncode)])[-1][:300]}")
-    return proc.stdout
+    return run_program(cmd, what, BoardError, timeout, env, max_chars=300)
 
 
 class Arm64Board:
@@ -96,6 +88,7 @@ class Arm64Board:
         self.qemu = self.cache / "qemu" / "qemu-aarch64"
         self.wheels = self.cache / "wheels"
         self.stamp = self.cache / "setup.json"
+        self.owner_mark = self.cache / ".made-by-mobilereid"  # only a cache folder holding it is ever deleted from
 
     # ---- state -------------------------------------------------------------------------------------------
     def ready(self) -> bool:
@@ -122,7 +115,7 @@ class Arm64Board:
                 raise BoardError(f"board setup needs Debian's {tool} (a Debian or Ubuntu host)")
         t0 = time.perf_counter()
         step = lambda what: log(f"[{time.perf_counter() - t0:.0f} s] {what}")  # noqa: E731
-        self.cache.mkdir(parents=True, exist_ok=True)
+        self._claim_cache()
         step("1/6 host packages (debootstrap)")
         if shutil.which("debootstrap") is None:
             _run(["apt-get", "update", "-qq"], "apt-get update")
@@ -214,9 +207,28 @@ class Arm64Board:
         except OSError as exc:
             raise BoardError(f"cannot register the aarch64 interpreter with binfmt_misc ({exc.strerror})") from None
 
+    def _claim_cache(self) -> None:
+        """Create the cache folder and mark it ours; a non-empty folder there that we did not make is refused."""
+        if self.cache.is_dir() and any(self.cache.iterdir()) and not self.owner_mark.is_file():
+            raise BoardError(f"{self.cache}: exists and was not made by `mobilereid board setup`; refusing to build "
+                             "into it (move it away or set XDG_CACHE_HOME)")
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self.owner_mark.write_text("made by mobilereid board setup; delete the whole folder to remove the board\n")
+
+    def _remove_ours(self, path: Path) -> None:
+        """Delete a folder of the board (a half-built root, the fake sysfs): only inside a cache we made, and never
+        across a mount point (a /proc left mounted by a killed run)."""
+        if not self.owner_mark.is_file() or self.cache.resolve() not in path.resolve().parents:
+            raise BoardError(f"{path}: not inside a board cache made by mobilereid; refusing to delete it")
+        for top, dirs, _ in os.walk(path):  # top-down: a mount point is found before anything below it is listed
+            for d in [top] + [os.path.join(top, name) for name in dirs]:
+                if os.path.ismount(d):
+                    raise BoardError(f"{d}: is a mount point; unmount it (umount {d}) before the board can be rebuilt")
+        shutil.rmtree(path)
+
     def _debootstrap(self) -> None:
         if self.root.exists():
-            shutil.rmtree(self.root)  # a half-built root of ours (no stamp): start again
+            self._remove_ours(self.root)  # a half-built root of ours (no stamp): start again
         _run(["debootstrap", "--arch=arm64", "--variant=minbase", "--foreign", "--include=python3,ca-certificates",
               SUITE, str(self.root), self._mirror()], "debootstrap (first stage)", timeout=1800)
         _run(["chroot", str(self.root), "/debootstrap/debootstrap", "--second-stage"], "debootstrap (second stage, emulated)",
@@ -277,7 +289,7 @@ class Arm64Board:
         n = os.cpu_count() or 2
         base = self.root / "sys/devices/system/cpu"
         if base.exists():
-            shutil.rmtree(base)
+            self._remove_ours(base)
         base.mkdir(parents=True)
         for f in ("possible", "present", "online"):
             (base / f).write_text(f"0-{n - 1}\n")

@@ -7,14 +7,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from mobilereid.arm64 import Arm64Board, BoardError, check_cpu
 from mobilereid.data.datasets import load_dataset
 from mobilereid.errors import MobileReIDError
 from mobilereid.evaluate import arm_agreement, evaluate_artifacts, limited_split, parse_qemu
-from mobilereid.models import build_model
-from mobilereid.models.checkpoint import save_checkpoint
 from mobilereid.report import eval_markdown
 
 
@@ -70,16 +67,12 @@ board_missing = not Arm64Board().ready()
 
 
 @pytest.fixture(scope="module")
-def arm_artifacts(tiny_dataset, tmp_path_factory):
+def arm_artifacts(sclnet_ckpt, tiny_dataset, tmp_path_factory):
     """A tiny SCL-net's static INT8 and dynamic-range .tflite files."""
     from mobilereid.export import export_checkpoint
 
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("arm")
-    ckpt = save_checkpoint(root / "tiny.pt", build_model("sclnet_test", num_classes=6).eval())
-    results = export_checkpoint(ckpt, "tflite", tiny_dataset, root / "out", int8=True)
-    by = {r["precision"]: r["artifact"] for r in results}
-    return ckpt, by
+    results = export_checkpoint(sclnet_ckpt, "tflite", tiny_dataset, tmp_path_factory.mktemp("arm") / "out", int8=True)
+    return sclnet_ckpt, {r["precision"]: r["artifact"] for r in results}
 
 
 @pytest.mark.slow
@@ -119,3 +112,26 @@ def test_runtimes_the_board_lacks_are_refused(arm_artifacts, tiny_dataset, tmp_p
     onnx = export_checkpoint(ckpt, "onnx", tiny_dataset, tmp_path / "o")[0]["artifact"]
     with pytest.raises(MobileReIDError, match="runtime onnxruntime is not installed on the emulated arm64 board"):
         evaluate_artifacts([onnx], tiny_dataset, tmp_path / "r", device="qemu-arm64:cortex-a55", limit=2)
+
+
+def test_board_deletes_only_inside_a_cache_it_made(tmp_path, monkeypatch):
+    """The cache folder is claimed with a marker; a foreign non-empty folder there is refused, and the board's own
+    clean-up refuses paths outside its cache and mount points below them."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    board = Arm64Board()
+    board.cache.mkdir(parents=True)
+    (board.cache / "notes.txt").write_text("a user's file")
+    with pytest.raises(BoardError, match="was not made by `mobilereid board setup`"):
+        board._claim_cache()
+    (board.cache / "notes.txt").unlink()
+    board._claim_cache()
+    assert board.owner_mark.is_file()
+    half_built = board.root / "usr" / "bin"
+    half_built.mkdir(parents=True)
+    board._remove_ours(board.root)
+    assert not board.root.exists() and board.owner_mark.is_file()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(BoardError, match="not inside a board cache made by mobilereid"):
+        board._remove_ours(elsewhere)
+    assert elsewhere.is_dir()
