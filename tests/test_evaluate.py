@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from mobilereid.cli import app
@@ -24,12 +23,9 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def artifacts(tiny_dataset, tmp_path_factory):
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("eval")
-    ckpt = save_checkpoint(root / "sclnet_test.pt", build_model("sclnet_test", num_classes=6).eval())
-    results = export_checkpoint(ckpt, "onnx,executorch", tiny_dataset, root / "export", int8=True)
-    return ckpt, [r["artifact"] for r in results]
+def artifacts(sclnet_ckpt, tiny_dataset, tmp_path_factory):
+    results = export_checkpoint(sclnet_ckpt, "onnx,executorch", tiny_dataset, tmp_path_factory.mktemp("eval") / "export", int8=True)
+    return sclnet_ckpt, [r["artifact"] for r in results]
 
 
 def test_device_bundle_runs_without_torch_or_tensorflow(tmp_path, artifacts, tiny_dataset):
