@@ -49,14 +49,19 @@ vit = ["executorch"]
 """
 
 
-@pytest.mark.slow
-def test_pipeline_end_to_end_and_skip(tmp_path):
-    cfg = tmp_path / "tiny.toml"
-    cfg.write_text(TINY)
+def run_config(tmp_path, text: str):
+    """`mobilereid pipeline` on a config text in a fresh work folder: (config path, work folder, report.json)."""
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(text)
     work = tmp_path / "run"
     r = runner.invoke(app, ["pipeline", str(cfg), "--workdir", str(work)])
     assert r.exit_code == 0, r.output
-    report = json.loads((work / "report" / "report.json").read_text())
+    return cfg, work, json.loads((work / "report" / "report.json").read_text())
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_and_skip(tmp_path):
+    cfg, work, report = run_config(tmp_path, TINY)
     assert set(report["evaluations"]) == {"sclnet", "vit_compressed"}
     names = [a["name"] for a in report["evaluations"]["sclnet"]["artifacts"]]
     assert "model_int8.tflite" in names and "model.onnx" in names
@@ -185,12 +190,7 @@ mcu = ["tflm"]
 def test_pipeline_mcu_chain_alone(tmp_path):
     """An opt-in chain runs alone (chains), is quant-fine-tuned (a list of models), exported for the configured board,
     evaluated in the TFLite Micro interpreter, and the report carries the export notes (arena, estimate)."""
-    cfg = tmp_path / "mcu.toml"
-    cfg.write_text(MCU)
-    work = tmp_path / "run"
-    r = runner.invoke(app, ["pipeline", str(cfg), "--workdir", str(work)])
-    assert r.exit_code == 0, r.output
-    report = json.loads((work / "report" / "report.json").read_text())
+    _, work, report = run_config(tmp_path, MCU)
     assert set(report["evaluations"]) == {"mcu"} and not (work / "train_sclnet").exists()
     assert "quant_finetune_mcu" in report["stages"]
     (artifact,) = report["evaluations"]["mcu"]["artifacts"]
