@@ -300,3 +300,51 @@ def test_cli_export_fails_when_below_drift_budget(sclnet_ckpt, tiny_dataset, tmp
     assert read_sidecar(tmp_path / "o" / "sclnet_test_xnnpack_int8.pte")["verification"]["passed"] is False
 
 
+
+
+@pytest.mark.slow
+def test_vit_executorch_static_int8_quantizes_linears_and_keeps_fc2_dynamic(tiny_dataset, tmp_path):
+    """The ViT recipe's int8_static variant: static int8 linears (their quantize nodes hold calibrated scales), fc2
+    dynamic, measured in the ExecuTorch runtime like every artifact; precision names it apart from the dynamic one."""
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test", gelu="tanh").eval())
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('target = "executorch"\nvariants = ["int8_static"]\n[verify]\nmin_cosine = 0.9\n')
+    r = export_checkpoint(ckpt, "executorch", tiny_dataset, tmp_path / "o", int8=True, recipe_path=recipe)[0]
+    assert r["precision"] == "int8_static" and r["artifact"].name == "vit_xnnpack_int8_static.pte"
+    assert r["verification"]["passed"]
+    ops = r["delegation"]["ops"]  # static scales (quantize_per_tensor.default) and run-time ones (choose_qparams) for fc2
+    assert "quantized_decomposed_quantize_per_tensor_default" in ops and "quantized_decomposed_choose_qparams_tensor" in ops
+    meta = read_sidecar(r["artifact"])
+    assert meta["recipe"]["int8_static"]["dynamic_modules"] == ["mlp\\.fc2$"]
+    recipe.write_text('target = "executorch"\nvariants = ["int8_static"]\n[int8_static]\ndynamic_modules = ["no_such_layer"]\n')
+    with pytest.raises(ExportError, match="dynamic_modules .* no linear layer of the model matches"):
+        export_checkpoint(ckpt, "executorch", tiny_dataset, tmp_path / "o2", int8=True, recipe_path=recipe)
+
+
+def test_static_recipe_values_are_checked(sclnet_ckpt, tiny_dataset, tmp_path):
+    recipe = tmp_path / "r.toml"
+    for body, message in (('[int8_static]\nops = "linear"\n', "int8_static.ops must be a list of names"),
+                          ('[int8]\nsmooth_alpha = 2.0\n', r"int8.smooth_alpha must be a number in \(0, 1\]"),
+                          ('[int8_static]\ndynamic_modules = ["(unclosed"]\n', "is not a regular expression"),
+                          ('variants = ["int16x8"]\n', "unknown ExecuTorch variant 'int16x8'")):
+        recipe.write_text('target = "executorch"\n' + body)
+        with pytest.raises(ExportError, match=message):
+            export_checkpoint(sclnet_ckpt, "executorch", tiny_dataset, tmp_path / "o", int8=True, recipe_path=recipe)
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_smoothquant_migration_keeps_the_float_model():
+    """Scale migration (export/smoothing.py) changes LayerNorm and linear weights, not what the model computes."""
+    from mobilereid.export.smoothing import smooth_layernorm_outputs
+
+    torch.manual_seed(0)
+    model = build_model("vit_test", gelu="tanh", keep_ratio=0.75).eval()
+    images = torch.randn(6, 3, *model.cfg.img_size).numpy()
+    smoothed = smooth_layernorm_outputs(model, images, 0.5)
+    x = torch.from_numpy(images)
+    with torch.no_grad():
+        assert torch.allclose(smoothed(x), model(x), atol=1e-4, rtol=1e-4)
+    assert not torch.equal(smoothed.blocks[0].norm1.weight, model.blocks[0].norm1.weight)
+    with pytest.raises(ExportError, match="ViT models only"):
+        smooth_layernorm_outputs(build_model("sclnet_test"), images, 0.5)

@@ -19,6 +19,43 @@ from .activation_ranges import executorch_activation_observer
 from .common import ExportJob, atomic_write_bytes, unshare_weights, tensor_spec, verify_artifact, write_sidecar
 
 
+QUANTIZABLE_OPS = {  # recipe name -> the aten op whose XNNPACKQuantizer patterns quantize it (looked up late: torch.ops)
+    "linear": lambda: torch.ops.aten.linear.default,
+    "conv2d": lambda: torch.ops.aten.conv2d.default,
+    "add": lambda: torch.ops.aten.add.Tensor,
+    "mul": lambda: torch.ops.aten.mul.Tensor,
+    "cat": lambda: torch.ops.aten.cat.default,
+    "adaptive_avg_pool2d": lambda: torch.ops.aten.adaptive_avg_pool2d.default,
+}
+
+
+def configure_quantizer(quantizer, config, qcfg: dict, model: torch.nn.Module) -> None:
+    """Which ops get ``config``: all XNNPACKQuantizer patterns (no ``ops`` key), or only the named op types
+    (``ops``, `QUANTIZABLE_OPS`); linears inside modules whose names match a ``dynamic_modules`` pattern get dynamic
+    int8 activations instead (int8 weights, activation scale per run): the measured exception for layers whose
+    static activation range does not hold."""
+    import re
+
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
+
+    ops = qcfg.get("ops")
+    if ops is None:
+        quantizer.set_global(config)
+    for name in ops or []:
+        if name not in QUANTIZABLE_OPS:
+            raise ExportError(f"int8.ops: unknown op {name!r} (choose from {', '.join(QUANTIZABLE_OPS)})")
+        quantizer.set_operator_type(QUANTIZABLE_OPS[name](), config)
+    patterns = list(qcfg.get("dynamic_modules", []))
+    if patterns:
+        dynamic = get_symmetric_quantization_config(is_per_channel=bool(qcfg.get("per_channel", True)), is_dynamic=True)
+        matched = [name for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)
+                   and any(re.search(p, name) for p in patterns)]
+        if not matched:
+            raise ExportError(f"int8.dynamic_modules {patterns}: no linear layer of the model matches")
+        for name in matched:
+            quantizer.set_module_name(name, dynamic)
+
+
 def delegation_report(edge_program) -> dict:
     from executorch.devtools.backend_debug import get_delegation_info
 
@@ -69,10 +106,17 @@ def _lower(job: ExportJob, int8: bool, qcfg: dict) -> tuple[bytes, dict]:
             if observer is not None:  # same activation range rule as the TFLite route (activation_ranges.py)
                 act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=observer.with_args(eps=2**-12))
                 config = dataclasses.replace(config, input_activation=act, output_activation=act)
-            quantizer = XNNPACKQuantizer().set_global(config)
+            quantizer = XNNPACKQuantizer()
+            n = int(qcfg.get("calibration_images", 64))
+            source = job.model
+            if not dynamic and qcfg.get("smooth_alpha") is not None:  # SmoothQuant scale migration (smoothing.py)
+                from .smoothing import smooth_layernorm_outputs
+
+                source = smooth_layernorm_outputs(job.model, job.calib[:n], float(qcfg["smooth_alpha"]))
+                ep = torch.export.export(source, example)
+            configure_quantizer(quantizer, config, qcfg, source)
             m = torch.export.export(unshare_weights(ep.module()), example).module()  # re-exported: fresh node metadata
             m = prepare_pt2e(m, quantizer)
-            n = int(qcfg.get("calibration_images", 64))
             with torch.no_grad():
                 for x in job.calib[:n]:
                     m(torch.from_numpy(x[None].copy()))
@@ -84,15 +128,28 @@ def _lower(job: ExportJob, int8: bool, qcfg: dict) -> tuple[bytes, dict]:
     return program.buffer, report
 
 
+VARIANTS = ("fp32", "int8", "int8_static")
+
+
+def variant_settings(recipe: dict, variant: str) -> dict:
+    """``[int8]`` for the ``int8`` variant; ``int8_static``: ``[int8]`` overridden by ``[int8_static]``, always static
+    (a second INT8 artifact next to a dynamic one, so both are measured side by side)."""
+    base = dict(recipe.get("int8", {}))
+    if variant == "int8_static":
+        return {**base, **recipe.get("int8_static", {}), "mode": "static"}
+    return base
+
+
 def export_executorch(job: ExportJob, recipe: dict) -> list[dict]:
     results = []
     for variant in recipe["variants"]:
-        if variant not in ("fp32", "int8"):
-            raise ExportError(f"{recipe['source']}: unknown ExecuTorch variant {variant!r} (fp32, int8)")
-        int8 = variant == "int8"
-        qcfg = recipe.get("int8", {})
+        if variant not in VARIANTS:
+            raise ExportError(f"{recipe['source']}: unknown ExecuTorch variant {variant!r} ({', '.join(VARIANTS)})")
+        int8 = variant != "fp32"
+        qcfg = variant_settings(recipe, variant)
         buffer, report = lower(job, int8, qcfg, variant)
-        precision = "fp32" if not int8 else ("int8_dynamic" if qcfg.get("mode") == "dynamic" else "int8")
+        precision = "fp32" if not int8 else ("int8_dynamic" if qcfg.get("mode") == "dynamic" else
+                                             "int8_static" if variant == "int8_static" else "int8")
         out = job.out_dir / f"{job.stem}_xnnpack_{variant}.pte"
         atomic_write_bytes(out, buffer)
         io = io_spec(job)

@@ -7,6 +7,7 @@ default; keys missing from a user recipe fall back to the default's.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -23,8 +24,10 @@ def default_recipe_path(target: str, family: str) -> Path:
     raise ExportError(f"no default recipe for target {target!r} and model family {family!r} in {RECIPE_DIR}")
 
 
-KNOWN = {"": {"target", "family", "converter", "variants", "board", "int8", "verify", "micro", "source"},
-         "int8": {"mode", "per_channel", "calibration_images", "activation_ranges", "io_dtype", "float_ops", "float_nodes"},
+INT8_KEYS = {"mode", "ops", "dynamic_modules", "smooth_alpha", "per_channel", "calibration_images", "activation_ranges", "io_dtype",
+             "float_ops", "float_nodes"}
+KNOWN = {"": {"target", "family", "converter", "variants", "board", "int8", "int8_static", "verify", "micro", "source"},
+         "int8": INT8_KEYS, "int8_static": INT8_KEYS,
          "verify": {"images", "min_cosine"},
          "micro": {"reorder_operators", "slim"}}
 
@@ -48,6 +51,20 @@ def validate_recipe(recipe: dict, where: str) -> None:
             raise ExportError(f"{where}: {key} must be a whole number >= 1, got {table!r}")
     if not isinstance(recipe.get("variants"), list) or not all(isinstance(x, str) for x in recipe["variants"]):
         raise ExportError(f"{where}: variants must be a list of names, got {recipe.get('variants')!r}")
+    for section in ("int8", "int8_static"):
+        table = recipe.get(section, {})
+        for key in ("ops", "dynamic_modules"):
+            val = table.get(key, [])
+            if not isinstance(val, list) or not all(isinstance(x, str) for x in val):
+                raise ExportError(f"{where}: {section}.{key} must be a list of names, got {val!r}")
+        for pattern in table.get("dynamic_modules", []):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ExportError(f"{where}: {section}.dynamic_modules: {pattern!r} is not a regular expression ({exc})") from None
+        alpha = table.get("smooth_alpha", 0.5)
+        if not is_type(alpha, float) or not 0.0 < alpha <= 1.0:
+            raise ExportError(f"{where}: {section}.smooth_alpha must be a number in (0, 1], got {alpha!r}")
     flags = [("int8.per_channel", q.get("per_channel", True))]
     flags += [(f"micro.{k}", val) for k, val in recipe.get("micro", {}).items()]
     for key, val in flags:

@@ -425,12 +425,12 @@ class ViTReID(nn.Module):
         t = torch.cat([cls] + groups, dim=1)
         for blk in self.blocks[:-1]:
             t = blk(t)
-        glob = self.norm(self.blocks[-1](t))[:, 0]
+        glob = self.norm(self.blocks[-1](t)[:, 0])
         token = t[:, :1]
         local = []
         for k in range(4):
             part = t.index_select(1, getattr(self, f"jpm_part{k}"))
-            local.append(self.jpm_norm(self.jpm_block(torch.cat([token, part], dim=1)))[:, 0])
+            local.append(self.jpm_norm(self.jpm_block(torch.cat([token, part], dim=1))[:, 0]))
         return glob, local
 
     def forward_features(self, img: torch.Tensor, cam: torch.Tensor | None = None) -> torch.Tensor:
@@ -441,7 +441,7 @@ class ViTReID(nn.Module):
         if cfg.windows == 1:
             for blk in self.blocks:
                 t = blk(t)
-            return self.norm(t)[:, 0]
+            return self.norm(t[:, 0])
         for blk in self.blocks[: cfg.window_start]:
             t = blk(t)
         cls_g = t[:, :1]
@@ -452,7 +452,7 @@ class ViTReID(nn.Module):
             blocks = self.blocks[cfg.window_start :] if self.window_blocks is None else self.window_blocks[w]
             for blk in blocks:
                 tw = blk(tw)
-            feats.append(self.norm(tw)[:, 0])
+            feats.append(self.norm(tw[:, 0]))
         return torch.stack(feats, 0).mean(0)
 
     def forward(self, img: torch.Tensor, cam: torch.Tensor | None = None):
