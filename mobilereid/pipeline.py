@@ -35,7 +35,9 @@ DEFAULT_CONFIG = {
     # quantization-consistency fine-tuning before export (mobilereid/quant_finetune.py, README): the SCL-net INT8
     # artifacts then agree with their float model at cosine ~0.993 instead of ~0.91; a model name or a list of them,
     # "" turns it off
-    "quant_finetune": {"model": "sclnet", "epochs": 24, "lr": 5e-4, "consistency": 100.0},
+    # max_map_drop: the guard on float mAP (0.005 = 0.5 points below the model the stage starts from), checked every
+    # guard_every epochs and after the last
+    "quant_finetune": {"model": "sclnet", "epochs": 24, "lr": 5e-4, "consistency": 100.0, "max_map_drop": 0.005, "guard_every": 4},
     # board: the tflm target's board profile (quant/boards.toml); "" = the recipe's
     "export": {"threads": 2, "board": "", "targets": {"sclnet": ["onnx", "executorch", "tflite", "edgetpu"], "vit": ["onnx", "executorch", "tflite"]}},
     # device: local, ssh://..., adb, or qemu-arm64[:CPU] (the emulated board); limit: evaluate on N queries (0 = all)
@@ -68,7 +70,7 @@ def load_config(path: Path | None) -> dict:
 MODEL_KEYS = {"preset": str, "epochs": int, "lr": float, "p": int, "k": int, "options": dict}
 MODEL_DEFAULTS = {"epochs": 40, "lr": 1e-3, "p": 16, "k": 4, "options": {}}  # for a [models.NAME] table the default lacks
 MINIMUMS = {("data", "ids"): 4, ("data", "cameras"): 2, ("data", "height"): 16, ("data", "width"): 16,
-            ("compress", "rounds"): 1, ("quant_finetune", "epochs"): 0, ("export", "threads"): 1, ("evaluate", "threads"): 1,
+            ("compress", "rounds"): 1, ("quant_finetune", "epochs"): 0, ("quant_finetune", "max_map_drop"): 0.0, ("quant_finetune", "guard_every"): 0, ("export", "threads"): 1, ("evaluate", "threads"): 1,
             ("evaluate", "limit"): 0}
 
 
@@ -194,7 +196,8 @@ def run_pipeline(config: Path | None, workdir: Path) -> dict:
     from .report import write_pipeline_report
 
     cfg = load_config(config)
-    for name in ["data"] + [f"{stage}_{m}" for m in cfg["models"] for stage in ("train", "quant_finetune", "export", "evaluate")] + ["compress"]:
+    chains = list(cfg["models"]) + ([f"{cfg['compress']['model']}_compressed"] if cfg["compress"]["model"] else [])
+    for name in ["data"] + [f"{stage}_{m}" for m in chains for stage in ("train", "quant_finetune", "export", "evaluate")] + ["compress"]:
         Stage(workdir, name).check_owned()  # before any work: never after ten minutes of training
     workdir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -280,7 +283,8 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
         def do_quant_finetune():
             qcfg = QuantFinetuneConfig(**q, p=m["p"], k=m["k"])
             result = quant_finetune(source, data_root, ckpt, qcfg)
-            return {"before": result["metrics_before"], "after": result["metrics_after"], "history": result["history"]}
+            return {"before": result["metrics_before"], "after": result["metrics_after"], "history": result["history"],
+                    "guard": result["guard"]}
 
         stages[stage.name] = run_stage(stage, _digest({"source": _file_digest(source), "data": data_key, "quant_finetune": q}),
                                        [ckpt], do_quant_finetune)

@@ -1,4 +1,13 @@
-"""Quantization-consistency fine-tuning: make a trained SCL-net agree with its own INT8 version.
+"""Quantization-consistency fine-tuning: make a trained SCL-net or ViT agree with its own INT8 version, within a
+guard on the float model's accuracy.
+
+Guard (`_Guard`): the stage changes the user's float model, so it may not cost more than ``max_map_drop`` of float mAP
+(0.5 points by default) on query/gallery: checked every ``guard_every`` epochs and after the last; the first failing
+check stops training and the weights of the last passing check (or the starting weights) are what the stage writes.
+The reports show drift against the model the stage started from, and what the stage changed, next to each other.
+
+ViTs: fake quantization goes where the ViT's static ExecuTorch recipe quantizes (every linear except ``mlp.fc2``,
+which that recipe keeps dynamic); the consistency term acts on the BN-neck output as for SCL-net.
 
 Why: the trained ``sclnet_small`` is hypersensitive to small perturbations (one grey level of input noise moves its
 embedding to cosine ~0.92), so post-training INT8 stays at cosine ~0.91 to the float model whatever the activation
@@ -72,9 +81,19 @@ class QuantFinetuneConfig:
     margin: float = 0.3
     seed: int = 0
     threads: int = 0  # 0 = torch default
+    max_map_drop: float = 0.005  # guard: float mAP on query/gallery may fall at most this much (0.005 = 0.5 points)
+    guard_every: int = 4  # epochs between guard checks (and after the last epoch); 0 = no guard
 
 
-def _qat_graph(model, example: torch.Tensor):
+def _module_path(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+def _qat_graph(model, example: torch.Tensor, family: str):
+    """The training graph with fake quantization where export quantizes statically: everything XNNPACKQuantizer
+    handles for SCL-net (its recipes are full-integer), the linear layers for ViTs except the MLP's second one, which
+    the ViT's static recipe keeps dynamic (quant/executorch_vit.toml: its post-GELU input is what static ranges miss)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e import move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
@@ -83,21 +102,30 @@ def _qat_graph(model, example: torch.Tensor):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         graph = torch.export.export(model, (example,)).module()
-        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+        config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
+        quantizer = XNNPACKQuantizer()
+        if family == "vit":
+            quantizer.set_operator_type(torch.ops.aten.linear.default, config)
+            quantizer.set_filter_function(lambda node: not _module_path(node).endswith("mlp.fc2"))
+        else:
+            quantizer.set_global(config)
         graph = prepare_qat_pt2e(graph, quantizer)
     move_exported_model_to_train(graph)
     return graph
 
 
-def _deployed_neck(graph, eps: float):
+NECKS = {"sclnet": "head.bottleneck", "vit": "bottleneck"}  # the BN-neck whose output is the exported embedding
+
+
+def _deployed_neck(graph, eps: float, prefix: str):
     """The BN-neck as exported (eval mode, running statistics), as a function of the pre-neck features of a training
     pass: it gives the embedding that export verification and retrieval compare. The neck subtracts the features'
     running mean, so cosine on its output measures agreement of what tells identities apart; on the raw features a
     large shared component inflates cosine (measured: 0.97-0.98 during training while the exported INT8 reached only
     0.98). The graph's tensors are looked up once: training updates them in place."""
     buffers, params = dict(graph.named_buffers()), dict(graph.named_parameters())
-    mean, var = buffers["head.bottleneck.running_mean"], buffers["head.bottleneck.running_var"]
-    weight, bias = params["head.bottleneck.weight"], params["head.bottleneck.bias"]
+    mean, var = buffers[f"{prefix}.running_mean"], buffers[f"{prefix}.running_var"]
+    weight, bias = params[f"{prefix}.weight"], params.get(f"{prefix}.bias", buffers.get(f"{prefix}.bias"))
     return lambda feat: (feat - mean) * torch.rsqrt(var + eps) * weight + bias
 
 
@@ -113,9 +141,13 @@ def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cf
     cfg = cfg or QuantFinetuneConfig()
     checkpoint, out = Path(checkpoint), Path(out)
     model, _ = load_checkpoint(checkpoint)
-    if model_family(model) != "sclnet":
-        raise MobileReIDError(f"{checkpoint}: quant-finetune supports SCL-net checkpoints (ViT recipes use dynamic int8, "
-                              "which meets the drift budget)")
+    family = model_family(model)
+    if family not in NECKS:
+        raise MobileReIDError(f"{checkpoint}: quant-finetune supports SCL-net and ViT checkpoints, not {family}")
+    if getattr(model.cfg, "jpm", False):
+        raise MobileReIDError(f"{checkpoint}: quant-finetune does not support JPM models (the embedding has five necks)")
+    if cfg.max_map_drop < 0 or cfg.guard_every < 0:
+        raise MobileReIDError(f"max_map_drop and guard_every must be >= 0, got {cfg.max_map_drop} and {cfg.guard_every}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -131,8 +163,9 @@ def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cf
     if steps == 0:
         raise MobileReIDError(f"{data}: too few identities with images for batches of P={cfg.p} x K={cfg.k}")
     first = sampler.batches()[0]
-    graph = _qat_graph(model, torch.stack([images[i][0] for i in first]))
-    neck = _deployed_neck(graph, model.head.bottleneck.eps)
+    graph = _qat_graph(model, torch.stack([images[i][0] for i in first]), family)
+    neck = _deployed_neck(graph, model.get_submodule(NECKS[family]).eps, NECKS[family])
+    guard = _Guard(model, ds, metrics_before, cfg)
     opt = torch.optim.Adam([p for p in graph.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     history = []
     for epoch in range(cfg.epochs):
@@ -165,16 +198,64 @@ def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cf
         history.append(row)
         console.print(f"epoch {epoch + 1}: task loss {row['task_loss']:.3f}  fake-quant vs float embedding cosine "
                       f"{row['embedding_cosine']:.4f}  {row['seconds']:.1f} s")
+        if guard.due(epoch + 1) and not guard.check(epoch + 1, _float_state(graph, model, checkpoint)):
+            break
+    guard.restore_or_keep(_float_state(graph, model, checkpoint))
+    model.eval()
+    metrics_after = guard.final_metrics if guard.final_metrics is not None else _float_metrics(model, ds)
+    extra = {"quant_finetune": {**asdict(cfg), "source": str(checkpoint)}, "history": history,
+             "metrics_before": metrics_before, "metrics_after": metrics_after, "guard": guard.record}
+    save_checkpoint(out, model, extra)
+    return {"checkpoint": str(out), "history": history, "metrics_before": metrics_before, "metrics_after": metrics_after,
+            "guard": guard.record}
+
+
+def _float_state(graph, model, checkpoint) -> dict:
+    """The fine-tuned float weights under the model's own state-dict keys."""
     state = graph.state_dict()
     missing = [k for k in model.state_dict() if k not in state]
     if missing:
         raise MobileReIDError(f"{checkpoint}: the QAT graph lost parameters {missing[:3]} (toolchain change?)")
-    model.load_state_dict({k: state[k] for k in model.state_dict()})
-    model.eval()
-    metrics_after = _float_metrics(model, ds)
-    save_checkpoint(out, model, {"quant_finetune": {**asdict(cfg), "source": str(checkpoint)}, "history": history,
-                                 "metrics_before": metrics_before, "metrics_after": metrics_after})
-    return {"checkpoint": str(out), "history": history, "metrics_before": metrics_before, "metrics_after": metrics_after}
+    return {k: state[k].detach().clone() for k in model.state_dict()}
+
+
+class _Guard:
+    """Keeps the stage from trading the user's float accuracy for INT8 agreement: every ``guard_every`` epochs and
+    after the last one the float model is scored on query/gallery; when its mAP is more than ``max_map_drop`` below
+    the model the stage started from, training stops and the weights of the last check that passed (the starting
+    weights if none did) are kept. The split is the one the report scores, so this is a limit, not a selection: the
+    first passing state is never swapped for a better-scoring one."""
+
+    def __init__(self, model, ds, before: dict | None, cfg: QuantFinetuneConfig):
+        self.model, self.ds, self.cfg = model, ds, cfg
+        self.active = bool(cfg.guard_every) and before is not None
+        self.floor = before["mAP"] - cfg.max_map_drop if self.active else None
+        self.kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.final_metrics = before if self.active else None
+        self.record = {"max_map_drop": cfg.max_map_drop, "every": cfg.guard_every, "active": self.active, "checks": [],
+                       "stopped_at_epoch": None, "kept_epoch": 0}
+        self.last_epoch = cfg.epochs
+
+    def due(self, epoch: int) -> bool:
+        return self.active and (epoch % self.cfg.guard_every == 0 or epoch == self.last_epoch)
+
+    def check(self, epoch: int, state: dict) -> bool:
+        self.model.load_state_dict(state)
+        self.model.eval()
+        metrics = _float_metrics(self.model, self.ds)
+        ok = metrics["mAP"] >= self.floor
+        self.record["checks"].append({"epoch": epoch, "mAP": metrics["mAP"], "passed": ok})
+        if ok:
+            self.kept, self.final_metrics, self.record["kept_epoch"] = state, metrics, epoch
+        else:
+            self.record["stopped_at_epoch"] = epoch
+            console.print(f"guard: float mAP {metrics['mAP']:.2%} after epoch {epoch} is more than {self.cfg.max_map_drop:.2%} "
+                          f"below the starting model's; stopping and keeping the weights of epoch {self.record['kept_epoch']}")
+        return ok
+
+    def restore_or_keep(self, state: dict) -> None:
+        """Load the weights the stage hands on: the last checked state that passed, or the final state if unguarded."""
+        self.model.load_state_dict(self.kept if self.active else state)
 
 
 def _float_metrics(model, ds) -> dict | None:

@@ -36,13 +36,14 @@ def eval_markdown(report: dict) -> str:
                   f"mAP {_pct(m['mAP'])}, mINP {_pct(m['mINP'])}", ""]
     vs = " vs exported" if base else ""
     head = (f"| artifact | runtime | precision | export verification | MB | Rank-1 | Rank-5 | mAP | mINP | "
-            + ("ΔmAP vs yours | cosine vs yours | " if base else "") + f"ΔmAP{vs} | cosine{vs} | top-1 agree | p50 ms | p90 ms | p99 ms | img/s |")
+            + ("ΔmAP vs yours | cosine vs yours | top-1 agree vs yours | " if base else "") + f"ΔmAP{vs} | cosine{vs} | top-1 agree{vs} | p50 ms | p90 ms | p99 ms | img/s |")
     lines += [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in report["artifacts"]:
         m, lat, d, bd = r["metrics"], r["latency"], r.get("drift"), r.get("drift_vs_baseline")
         lines.append("| " + " | ".join([
             r["name"], r["runtime"], r["precision"], r.get("verification", "missing"), f"{r['size_mb']:.2f}", _pct(m["rank1"]), _pct(m["rank5"]), _pct(m["mAP"]), _pct(m["mINP"])]
-            + ([f"**{100 * r['delta_mAP_vs_baseline']:+.2f}**", f"{bd['cosine_mean']:.4f}" if bd else "-"] if base else []) + [
+            + ([f"**{100 * r['delta_mAP_vs_baseline']:+.2f}**", f"{bd['cosine_mean']:.4f}" if bd else "-",
+                f"{100 * bd['top1_agreement']:.1f}%" if bd else "-"] if base else []) + [
             f"{100 * r['delta_mAP']:+.2f}" if "delta_mAP" in r else "-",
             f"{d['cosine_mean']:.4f}" if d else "-", f"{100 * d['top1_agreement']:.1f}%" if d else "-",
             *([f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}", f"{lat['p99_ms']:.2f}", f"{lat['throughput_per_s']:.1f}"] if lat else ["-"] * 4)]) + " |")
@@ -212,6 +213,12 @@ def pipeline_markdown(final: dict) -> str:
                       "| | before | after |", "|---|---|---|"]
             lines += [f"| float {label} | {_pct(b[key])} | {_pct(a[key])} |" for key, label in (("rank1", "Rank-1"), ("mAP", "mAP"))]
             lines.append(f"| fake-quant vs float embedding cosine (last training epoch, training batches) | | {last['embedding_cosine']:.4f} |")
+            guard = s.get("guard") or {}
+            if guard.get("active"):
+                lines += ["", f"Guard: float mAP may fall at most {100 * guard['max_map_drop']:.2f} points (checked every {guard['every']} "
+                          "epochs and after the last, on query/gallery): " + (
+                              f"stopped after epoch {guard['stopped_at_epoch']}, kept the weights of epoch {guard['kept_epoch']}."
+                              if guard["stopped_at_epoch"] else f"all {len(guard['checks'])} checks passed.")]
     for name, s in st.items():
         if name.startswith("export_") and s.get("notes"):
             lines += ["", f"## Export notes of `{name.removeprefix('export_')}`", "", "```"] + s["notes"] + ["```"]

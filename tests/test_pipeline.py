@@ -75,7 +75,7 @@ def test_pipeline_end_to_end_and_skip(tmp_path):
         ev = report["evaluations"][name]
         assert ev["baseline"]["checkpoint"].endswith(f"{chain}/model.pt") and ev["reference"]["checkpoint"] != ev["baseline"]["checkpoint"]
         assert all("delta_mAP_vs_baseline" in r and "delta_mAP" in r for r in ev["artifacts"])
-    assert "ΔmAP vs yours" in md and "Your float model" in md
+    assert "ΔmAP vs yours" in md and "top-1 agree vs yours" in md and "Your float model" in md
     assert (work / "report" / "accuracy_latency_all.png").is_file()
     again = runner.invoke(app, ["pipeline", str(cfg), "--workdir", str(work)])
     assert again.exit_code == 0, again.output

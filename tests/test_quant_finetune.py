@@ -17,8 +17,9 @@ def test_quant_finetune_writes_a_checkpoint_that_exports(tiny_dataset, tmp_path)
     torch.manual_seed(0)
     source = save_checkpoint(tmp_path / "src.pt", build_model("sclnet_test", num_classes=6).eval())
     before, _ = load_checkpoint(source)
-    cfg = QuantFinetuneConfig(epochs=2, p=3, k=2, lr=1e-3)
+    cfg = QuantFinetuneConfig(epochs=2, p=3, k=2, lr=1e-3, guard_every=0)  # unguarded: the weights must move
     result = quant_finetune(source, tiny_dataset, tmp_path / "qft.pt", cfg)
+    assert result["guard"]["active"] is False
     assert [h["epoch"] for h in result["history"]] == [1, 2]
     assert all(0.0 < h["embedding_cosine"] <= 1.0 for h in result["history"])
     after, state = load_checkpoint(tmp_path / "qft.pt")
@@ -40,10 +41,49 @@ def _int8_recipe(tmp_path):
     return p
 
 
+def test_guard_stops_below_the_floor_and_hands_on_the_last_passing_weights(tiny_dataset):
+    """The guard on real weights and real scoring: a floor no model reaches (mAP 1.0, drop 0) fails the check, and
+    what it hands on is the weights of the last passing check (here the starting weights), not the trained ones."""
+    from mobilereid.data.datasets import load_dataset
+    from mobilereid.quant_finetune import _Guard
+
+    torch.manual_seed(0)
+    model = build_model("sclnet_test", num_classes=6).eval()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    guard = _Guard(model, load_dataset(tiny_dataset), {"mAP": 1.0}, QuantFinetuneConfig(epochs=3, max_map_drop=0.0, guard_every=2))
+    assert [guard.due(e) for e in (1, 2, 3)] == [False, True, True]  # every 2 epochs and after the last
+    moved = {k: (v + 0.5 if v.is_floating_point() else v) for k, v in start.items()}
+    assert guard.check(2, moved) is False
+    assert guard.record["stopped_at_epoch"] == 2 and guard.record["kept_epoch"] == 0 and not guard.record["checks"][0]["passed"]
+    guard.restore_or_keep(moved)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in start.items())
+    passing = _Guard(model, load_dataset(tiny_dataset), {"mAP": 0.0}, QuantFinetuneConfig(epochs=2, guard_every=1))
+    assert passing.check(1, moved) and passing.record["kept_epoch"] == 1
+    passing.restore_or_keep(start)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in moved.items())
+
+
+@pytest.mark.slow
+def test_vit_quant_finetune_fake_quantizes_linears_and_exports_static(tiny_dataset, tmp_path):
+    from mobilereid.export import export_checkpoint
+
+    torch.manual_seed(0)
+    source = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test", num_classes=6, gelu="tanh").eval())
+    before, _ = load_checkpoint(source)
+    result = quant_finetune(source, tiny_dataset, tmp_path / "qft.pt", QuantFinetuneConfig(epochs=1, p=3, k=2, guard_every=0))
+    assert 0.0 < result["history"][0]["embedding_cosine"] < 1.0  # the fake-quantized pass differs from the float one
+    after, _ = load_checkpoint(tmp_path / "qft.pt")
+    assert not torch.equal(before.blocks[0].attn.qkv.weight, after.blocks[0].attn.qkv.weight)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('target = "executorch"\nvariants = ["int8_static"]\n[verify]\nmin_cosine = 0.9\n')
+    (r,) = export_checkpoint(tmp_path / "qft.pt", "executorch", tiny_dataset, tmp_path / "e", int8=True, recipe_path=recipe)
+    assert r["precision"] == "int8_static" and r["verification"]["passed"]
+
+
 def test_quant_finetune_refuses_wrong_checkpoints(tiny_dataset, tmp_path):
-    vit = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test", num_classes=6))
-    with pytest.raises(MobileReIDError, match="supports SCL-net"):
-        quant_finetune(vit, tiny_dataset, tmp_path / "o.pt")
+    jpm = save_checkpoint(tmp_path / "jpm.pt", build_model("vit_test", num_classes=6, jpm=True))
+    with pytest.raises(MobileReIDError, match="does not support JPM"):
+        quant_finetune(jpm, tiny_dataset, tmp_path / "o.pt")
     other = save_checkpoint(tmp_path / "scl.pt", build_model("sclnet_test", num_classes=9))
     with pytest.raises(CheckpointError, match="trained for 9 identities"):
         quant_finetune(other, tiny_dataset, tmp_path / "o.pt")
