@@ -126,6 +126,13 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _recipes_digest() -> str:
+    """The shipped INT8 recipes (quant/*.toml): an export made with other recipes is out of date."""
+    from .export.recipes import RECIPE_DIR
+
+    return _digest({p.name: _file_digest(p) for p in sorted(RECIPE_DIR.glob("*.toml"))})
+
+
 def _file_digest(path: Path) -> str:
     from .models.checkpoint import file_sha256
 
@@ -303,7 +310,7 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
                 "below_drift_budget": [r["artifact"].name for r in results if not r["verification"]["passed"]],
                 "notes": [line for r in results if "tflm" in r for line in tflm_notes(r["tflm"])]}
 
-    stages[stage.name] = run_stage(stage, _digest({"ckpt": _file_digest(ckpt), "targets": targets, "data": data_key,
+    stages[stage.name] = run_stage(stage, _digest({"ckpt": _file_digest(ckpt), "targets": targets, "data": data_key, "recipes": _recipes_digest(),
                                                    **({"board": cfg["export"]["board"]} if "tflm" in targets else {})}),
                                    [stage.dir], do_export)
     artifacts = [stage.dir / a for a in stages[stage.name]["artifacts"]]

@@ -3,8 +3,8 @@
     python scripts/benchmark_export.py --data DATA --ckpt runs/default/train_sclnet/model.pt \
         --ckpt runs/default/compress/compressed.pt --out runs/bench_export [--threads 2] [--runs 100]
 
-For each checkpoint: exports ONNX, ExecuTorch (fp32 + int8) with the default recipes and TFLite fp32, dynamic
-and full int8 (for every family, with the drift gate off: drift is measured here, not enforced), then times torch
+For each checkpoint: exports ONNX, ExecuTorch (fp32 + the recipe's int8 variants: dynamic and static for ViTs) with
+the default recipes and TFLite fp32, dynamic, full int8 and int16x8 (for every family, with the drift gate off: drift is measured here, not enforced), then times torch
 fp32 and every artifact **in one process, on the same preprocessed image, with the same thread count**, in
 interleaved blocks (so a load change on a shared machine hits every runtime alike). The CPU model and its int8
 dot-product extensions are recorded: whether int8 beats fp32 on a CPU depends on them. Ratios (INT8 size / fp32
@@ -79,7 +79,7 @@ def bench_checkpoint(ckpt: Path, data: Path, out: Path, threads: int, runs: int)
     # it drifts): the benchmark measures drift, it does not gate on it
     measure_all = dest / "recipe_tflite_benchmark.toml"
     measure_all.parent.mkdir(parents=True, exist_ok=True)
-    measure_all.write_text('target = "tflite"\nvariants = ["fp32", "dynamic", "int8"]\n\n[verify]\nmin_cosine = -1.0\n')
+    measure_all.write_text('target = "tflite"\nvariants = ["fp32", "dynamic", "int8", "int16x8"]\n\n[verify]\nmin_cosine = -1.0\n')
     results += export_checkpoint(ckpt, "tflite", data, dest, int8=True, recipe_path=measure_all, threads=threads)
     model, _ = load_checkpoint(ckpt)
     spec = preprocess_spec_for(model)

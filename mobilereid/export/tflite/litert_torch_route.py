@@ -11,7 +11,8 @@ default: its dynamic-range model is fully delegated (litert-torch's leaves 36 de
 Variants: ``fp32``; ``dynamic`` (ai-edge-quantizer ``dynamic_wi8_afp32``: int8 per-channel weights, activations
 quantized at run time); ``int8`` (``static_wi8_ai8``, calibrated on the recipe's images through the project's
 preprocessing; it also quantizes softmax, GELU and BATCH_MATMUL, and the model's input and output become int8;
-``io_dtype`` is not applied on this route). The input is channel-last (``to_channel_last_io``), like the onnx2tf artifacts, so runners and the
+``io_dtype`` is not applied on this route); ``int16x8`` (``static_wi8_ai16``: int16 activations, int8 weights, for
+accuracy studies: LiteRT has no XNNPACK kernels for it). The input is channel-last (``to_channel_last_io``), like the onnx2tf artifacts, so runners and the
 Android app treat both routes alike.
 """
 
@@ -23,7 +24,7 @@ import torch
 from ...errors import ExportError
 from ..common import ExportJob, unshared_graph
 
-VARIANTS = ("fp32", "dynamic", "int8")
+VARIANTS = ("fp32", "dynamic", "int8", "int16x8")
 CONVERTER_NAME = "litert-torch 0.10.0 + ai-edge-quantizer 0.10.0"
 
 
@@ -41,7 +42,7 @@ def build_litert_torch_variants(job: ExportJob, variants: list[str], qcfg: dict)
     check_recipe(variants, qcfg)
     calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))
     model = job.model
-    if "int8" in variants:  # one copy of each weight per op (see unshare_weights)
+    if "int8" in variants or "int16x8" in variants:  # one copy of each weight per op (see unshare_weights)
         model = unshared_graph(job)
     return convert_with_litert_torch(model, calib_nhwc[: int(qcfg.get("calibration_images", 64))], variants,
                                      job.threads, job.stem)
@@ -65,14 +66,16 @@ def convert_with_litert_torch(model: torch.nn.Module, calib_nhwc: np.ndarray, va
         out["fp32"] = fp32
     if "dynamic" in variants:
         out["dynamic"] = bytes(quantizer.Quantizer(fp32, recipe.dynamic_wi8_afp32()).quantize().quantized_model)
-    if "int8" in variants:
+    for variant, make_recipe in (("int8", recipe.static_wi8_ai8), ("int16x8", recipe.static_wi8_ai16)):
+        if variant not in variants:
+            continue
         try:
-            static = quantizer.Quantizer(fp32, recipe.static_wi8_ai8())
+            static = quantizer.Quantizer(fp32, make_recipe())
             signature, arg = _signature_input(fp32)
             ranges = static.calibrate({signature: [{arg: x[None]} for x in calib_nhwc]}, num_threads=threads)
-            out["int8"] = bytes(static.quantize(ranges).quantized_model)
+            out[variant] = bytes(static.quantize(ranges).quantized_model)
         except Exception as exc:
-            raise ExportError(f"ai-edge-quantizer could not make the int8 model of {name}: {' '.join(str(exc).split())[:300]}") from None
+            raise ExportError(f"ai-edge-quantizer could not make the {variant} model of {name}: {' '.join(str(exc).split())[:300]}") from None
     return {v: out[v] for v in variants}
 
 
