@@ -10,14 +10,19 @@
    (int8 weights, float activations); and fp32. Each candidate is converted, run in the LiteRT interpreter
    (XNNPACK, the recipe's thread count) on the held-out images and timed (median of repeated single-image runs)
    side by side in one process, with embedding cosine against the float torch model.
+   **ViTs** (their TFLite route is litert-torch + ai-edge-quantizer, which TensorFlow's debugger cannot inspect): full
+   INT8, int16x8 (int16 activations everywhere, int8 weights), dynamic-range and fp32, measured the same way; no
+   per-layer ranking (said in the report).
 3. **ExecuTorch candidates, measured the same way.** Static INT8 (PT2E, XNNPACKQuantizer) with each activation-range
    rule, dynamic INT8 and fp32, lowered to XNNPACK and run in the ExecuTorch runtime on the same images and threads.
+   ViTs: static INT8 for every op XNNPACKQuantizer takes, for the linears only, and for the linears with ``mlp.fc2``
+   dynamic (the shipped recipe's ``int8_static``), then dynamic INT8 and fp32.
    (XNNPACKQuantizer's dynamic mode covers only part of a CNN: the trained sclnet_small's dynamic .pte is 1.26 MB
    against 2.24 MB fp32 and 0.74 MB static int8, and it runs slower than fp32.)
 4. **The choice, per runtime.** The fastest candidate whose mean cosine meets the drift budget; written as recipe
    TOMLs that `mobilereid export --target tflite|executorch --recipe` use directly (TFLite keys ``variants``,
-   ``int8.float_nodes``, ``int8.activation_ranges``; ExecuTorch ``variants``, ``int8.mode``,
-   ``int8.activation_ranges``).
+   ``int8.float_nodes``, ``int8.activation_ranges``, or ``converter`` for ViTs; ExecuTorch ``variants``, ``int8.mode``,
+   ``int8.activation_ranges``, ``int8.ops``, ``int8.dynamic_modules``).
 5. **The float model's own noise sensitivity.** Mean cosine between the float embeddings of each held-out image and
    of the same image plus Gaussian noise of one grey level (sigma = 1/255 before normalisation). INT8 adds noise of
    about that size to every activation, so a model that already moves more than the drift budget under one grey
@@ -118,24 +123,81 @@ def noise_sensitivity(job, grey_levels: float = 1.0, seed: int = 0) -> float:
     return float(cosine_rows(moved, job.reference).mean())
 
 
+def executorch_plans(family: str) -> list[tuple[str, str, dict]]:
+    """(name, variant, int8 settings) of each ExecuTorch candidate. CNNs: static INT8 with each activation-range rule.
+    ViTs: static INT8 for every op XNNPACKQuantizer takes (linears, adds, muls, cats), for the linears only, and for the
+    linears with the MLP's fc2 dynamic (the shipped ViT recipe's int8_static)."""
+    if family == "vit":
+        static = [("int8 static, all XNNPACK ops", "int8", {"mode": "static"}),
+                  ("int8 static linears", "int8", {"mode": "static", "ops": ["linear"]}),
+                  ("int8 static linears, fc2 dynamic", "int8", {"mode": "static", "ops": ["linear"], "dynamic_modules": [r"mlp\.fc2$"]})]
+    else:
+        static = [(f"int8, {r} ranges", "int8", {"mode": "static", "activation_ranges": r}) for r in RANGE_RULES]
+    return static + [("dynamic int8", "int8", {"mode": "dynamic"}), ("fp32", "fp32", {})]
+
+
 def executorch_candidates(job, qcfg: dict, threads: int, repeats: int, advance) -> list[dict]:
-    """Static INT8 with each activation-range rule, dynamic INT8 and fp32, lowered to XNNPACK and measured in the
-    ExecuTorch runtime."""
+    """`executorch_plans`, lowered to XNNPACK and measured in the ExecuTorch runtime."""
     from .executorch_target import io_spec, lower
 
     io = io_spec(job)
-    plans = ([(f"int8, {r} ranges", "int8", {"mode": "static", "activation_ranges": r}) for r in RANGE_RULES]
-             + [("dynamic int8", "int8", {"mode": "dynamic"}), ("fp32", "fp32", {})])
     results = []
-    for name, variant, extra in plans:
-        cfg = {**qcfg, **extra}
+    for name, variant, extra in executorch_plans(job.family):
+        cfg = {**{k: v for k, v in qcfg.items() if k not in ("ops", "dynamic_modules", "smooth_alpha")}, **extra}
         buffer, delegation = lower(job, variant == "int8", cfg, f"candidate {name}")
         results.append({"name": name, "variant": variant, "mode": cfg.get("mode", "static"),
                         "activation_ranges": cfg.get("activation_ranges", "default"),
+                        **{k: cfg[k] for k in ("ops", "dynamic_modules") if k in cfg},
                         "delegated_subgraphs": delegation["delegated_subgraphs"],
                         "not_delegated_ops": delegation["not_delegated_ops"],
                         **measure(buffer, job.verify, job.reference, threads, repeats, runtime="executorch", io=io)})
         advance()
+    return results
+
+
+def onnx2tf_candidates(job, qcfg: dict, threads: int, repeats: int, ks, tmp: Path, checkpoint: Path) -> tuple[list, list]:
+    """CNNs (the onnx2tf route): the per-layer ranking, then full INT8 with each range rule, INT8 with the k worst
+    layers float, dynamic and fp32, each converted by TensorFlow's converter and measured in LiteRT."""
+    calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))
+    debug_nhwc = np.ascontiguousarray(job.verify[:16].transpose(0, 2, 3, 1))
+    with progress("ONNX -> onnx2tf SavedModel", None):
+        write_onnx(job, tmp / "model.onnx")
+        saved = onnx_to_saved_model(job, tmp / "model.onnx", tmp / "saved_model")
+    with progress("per-layer quantization error (QuantizationDebugger)", None):
+        layers = layer_statistics(saved, calib_nhwc, debug_nhwc, qcfg)
+    if not layers:
+        raise ExportError(f"{checkpoint}: the quantization debugger found no quantized layers")
+    rule = qcfg.get("activation_ranges", "default")
+    candidates = ([(f"int8, {r} ranges", "int8", [], r) for r in RANGE_RULES]
+                  + [(f"int8, {k} worst layer(s) float", "int8", [l["tensor"] for l in layers[:k]], rule) for k in ks if k <= len(layers)]
+                  + [("dynamic", "dynamic", [], rule), ("fp32", "fp32", [], rule)])
+    results = []
+    with progress("convert, verify and time each candidate", len(candidates)) as advance:
+        for name, variant, nodes, ranges in candidates:
+            with quiet():
+                data = convert_variant(saved, variant, calib_nhwc, {**qcfg, "float_nodes": nodes, "activation_ranges": ranges})
+            results.append({"name": name, "variant": variant, "float_nodes": nodes, "activation_ranges": ranges,
+                            **measure(data, job.verify, job.reference, threads, repeats)})
+            advance()
+    return layers, results
+
+
+LITERT_TORCH_CANDIDATES = (("int8 (full integer)", "int8"), ("int16x8 (int16 activations, int8 weights)", "int16x8"),
+                           ("dynamic", "dynamic"), ("fp32", "fp32"))
+
+
+def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int) -> list[dict]:
+    """ViTs (the litert-torch route): full INT8, int16x8, dynamic-range and fp32 from one conversion, each quantized
+    by ai-edge-quantizer and measured in LiteRT."""
+    from .tflite.litert_torch_route import build_litert_torch_variants
+
+    with progress("litert-torch: convert and quantize each candidate", None), quiet():
+        models = build_litert_torch_variants(job, [v for _, v in LITERT_TORCH_CANDIDATES], qcfg)
+    results = []
+    with progress("verify and time each candidate", len(models)) as advance:
+        for name, variant in LITERT_TORCH_CANDIDATES:
+            results.append({"name": name, "variant": variant, **measure(models[variant], job.verify, job.reference, threads, repeats)})
+            advance()
     return results
 
 
@@ -154,39 +216,25 @@ def run_sensitivity(checkpoint: str | Path, calib: str | Path, out_dir: str | Pa
     recipe = load_recipe("tflite", job.family, None)
     qcfg = dict(recipe.get("int8", {}))
     budget = float(min_cosine if min_cosine is not None else recipe["verify"]["min_cosine"])
-    calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))
-    debug_nhwc = np.ascontiguousarray(job.verify[:16].transpose(0, 2, 3, 1))
     with Workdir(out_dir, "sensitivity") as tmp:
-        with progress("ONNX -> onnx2tf SavedModel", None):
-            write_onnx(job, tmp / "model.onnx")
-            saved = onnx_to_saved_model(job, tmp / "model.onnx", tmp / "saved_model")
-        with progress("per-layer quantization error (QuantizationDebugger)", None):
-            layers = layer_statistics(saved, calib_nhwc, debug_nhwc, qcfg)
-        if not layers:
-            raise ExportError(f"{checkpoint}: the quantization debugger found no quantized layers")
-        rule = qcfg.get("activation_ranges", "default")
-        candidates = ([(f"int8, {r} ranges", "int8", [], r) for r in RANGE_RULES]
-                      + [(f"int8, {k} worst layer(s) float", "int8", [l["tensor"] for l in layers[:k]], rule) for k in ks if k <= len(layers)]
-                      + [("dynamic", "dynamic", [], rule), ("fp32", "fp32", [], rule)])
-        results = []
-        with progress("convert, verify and time each candidate", len(candidates)) as advance:
-            for name, variant, nodes, ranges in candidates:
-                with quiet():
-                    data = convert_variant(saved, variant, calib_nhwc, {**qcfg, "float_nodes": nodes, "activation_ranges": ranges})
-                results.append({"name": name, "variant": variant, "float_nodes": nodes, "activation_ranges": ranges,
-                                **measure(data, job.verify, job.reference, threads, repeats)})
-                advance()
+        if recipe.get("converter", "onnx2tf") == "litert-torch":
+            layers, results = [], litert_torch_candidates(job, qcfg, threads, repeats)
+        else:
+            layers, results = onnx2tf_candidates(job, qcfg, threads, repeats, ks, tmp, checkpoint)
         et_results = []
         if executorch:
             et_recipe = load_recipe("executorch", job.family, None)
-            with progress("ExecuTorch candidates: lower, verify and time", len(RANGE_RULES) + 2) as advance:
+            with progress("ExecuTorch candidates: lower, verify and time", len(executorch_plans(job.family))) as advance:
                 et_results = executorch_candidates(job, dict(et_recipe.get("int8", {})), threads, repeats, advance)
     report = {"checkpoint": str(checkpoint), "family": job.family, "drift_budget": budget, "threads": threads,
               "noise_cosine_1_grey_level": noise_sensitivity(job),
               "layers": layers, "candidates": results, "chosen": fastest_within(results, budget),
               "executorch": {"candidates": et_results, "chosen": fastest_within(et_results, budget)} if executorch else None,
-              "not_covered": "a per-layer ranking for ExecuTorch (whole-model ExecuTorch recipes only)" if executorch
-              else "ExecuTorch candidates (run without them)"}
+              "converter": recipe.get("converter", "onnx2tf"),
+              "not_covered": "; ".join(([] if layers else ["a per-layer ranking for the litert-torch route (TensorFlow's "
+                                                          "QuantizationDebugger needs the TensorFlow converter)"])
+                                       + (["a per-layer ranking for ExecuTorch (whole-model ExecuTorch recipes only)"] if executorch
+                                          else ["ExecuTorch candidates (run without them)"]))}
     write_outputs(report, out_dir, {"tflite": recipe, "executorch": et_recipe if executorch else None})
     return report
 
@@ -227,13 +275,14 @@ def _verify_section(base: dict, budget: float) -> str:
 def _write_files(report: dict, out_dir: Path, base_recipes: dict) -> None:
     (out_dir / "sensitivity.json").write_text(json.dumps(report, indent=2))
     budget = report["drift_budget"]
-    lines = [f"# INT8 sensitivity of {report['checkpoint']} ({report['threads']} threads)", "",
-             "## Worst layers, TFLite (RMSE of the quantization error / quantization scale)", "",
-             "| # | op | tensor | RMSE/scale | max abs error |", "|---|---|---|---|---|"]
+    lines = [f"# INT8 sensitivity of {report['checkpoint']} ({report['threads']} threads)", ""]
+    if report["layers"]:
+        lines += ["## Worst layers, TFLite (RMSE of the quantization error / quantization scale)", "",
+                  "| # | op | tensor | RMSE/scale | max abs error |", "|---|---|---|---|---|"]
     for i, l in enumerate(report["layers"][:15]):
         lines.append(f"| {i + 1} | {l['op']} | `{l['tensor']}` | {l['rmse_over_scale']:.2f} | {l['max_abs_error']:.4g} |")
-    worst = report["layers"][0]["rmse_over_scale"]
-    if worst < 2 * ROUNDING_FLOOR:
+    worst = report["layers"][0]["rmse_over_scale"] if report["layers"] else None
+    if worst is not None and worst < 2 * ROUNDING_FLOOR:
         lines += ["", f"Every layer's error is within 2x the rounding floor (1/sqrt(12) = {ROUNDING_FLOOR:.3f} of a quantization step; "
                       f"worst {worst:.2f}): no layer is badly quantized on its own, so keeping a few layers in float cannot "
                       "help much; a drift that remains comes from the network amplifying rounding noise layer after layer."]
@@ -255,7 +304,14 @@ def _write_files(report: dict, out_dir: Path, base_recipes: dict) -> None:
                   else "**No candidate meets the drift budget.**"]
     lines += ["", f"Not covered: {report['not_covered']}."]
     (out_dir / "sensitivity.md").write_text("\n".join(lines) + "\n")
-    if chosen:
+    if chosen and report.get("converter") == "litert-torch":
+        base = base_recipes["tflite"]
+        (out_dir / "recipe_tflite.toml").write_text(
+            f"# Chosen by mobilereid quant-sensitivity for {report['checkpoint']}: {chosen['name']}\n"
+            f"# cosine {chosen['cosine_mean']:.4f}, p50 {chosen['p50_ms']:.2f} ms on {report['threads']} threads\n"
+            f'target = "tflite"\nfamily = "{report["family"]}"\nconverter = "litert-torch"\nvariants = ["{chosen["variant"]}"]\n\n'
+            f"[int8]\ncalibration_images = {int(base.get('int8', {}).get('calibration_images', 64))}\n\n" + _verify_section(base, budget))
+    elif chosen:
         base = base_recipes["tflite"]
         nodes = ", ".join(json.dumps(n) for n in chosen["float_nodes"])
         (out_dir / "recipe_tflite.toml").write_text(
@@ -274,7 +330,8 @@ def _write_files(report: dict, out_dir: Path, base_recipes: dict) -> None:
             f'target = "executorch"\nfamily = "{report["family"]}"\nvariants = ["{c["variant"]}"]\n\n[int8]\n'
             f'mode = "{c["mode"]}"\nper_channel = {str(bool(base.get("int8", {}).get("per_channel", True))).lower()}\n'
             f"calibration_images = {int(base.get('int8', {}).get('calibration_images', 64))}\n"
-            f'activation_ranges = "{c["activation_ranges"]}"\n\n' + _verify_section(base, budget))
+            f'activation_ranges = "{c["activation_ranges"]}"\n'
+            + "".join(f"{k} = {json.dumps(c[k])}\n" for k in ("ops", "dynamic_modules") if k in c) + "\n" + _verify_section(base, budget))
     _plot(report, out_dir / "sensitivity.png")
 
 
@@ -284,14 +341,17 @@ def _plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5))
-    worst = report["layers"][:15][::-1]
-    a1.barh([f"{l['op']} {l['tensor'][-28:]}" for l in worst], [l["rmse_over_scale"] for l in worst], color="#c62828")
-    a1.axvline(ROUNDING_FLOOR, color="#555", ls=":", lw=1)
-    a1.text(ROUNDING_FLOOR, -0.9, " rounding floor 1/sqrt(12)", fontsize=7, color="#555")
-    a1.set_xlabel("RMSE / quantization scale")
-    a1.set_title("worst layers")
-    a1.tick_params(axis="y", labelsize=7)
+    if report["layers"]:  # the per-layer ranking exists for the onnx2tf route only
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5))
+        worst = report["layers"][:15][::-1]
+        a1.barh([f"{l['op']} {l['tensor'][-28:]}" for l in worst], [l["rmse_over_scale"] for l in worst], color="#c62828")
+        a1.axvline(ROUNDING_FLOOR, color="#555", ls=":", lw=1)
+        a1.text(ROUNDING_FLOOR, -0.9, " rounding floor 1/sqrt(12)", fontsize=7, color="#555")
+        a1.set_xlabel("RMSE / quantization scale")
+        a1.set_title("worst layers")
+        a1.tick_params(axis="y", labelsize=7)
+    else:
+        fig, a2 = plt.subplots(1, 1, figsize=(8, 5))
     for runtime, marker, cands in (("LiteRT", "o", report["candidates"]), ("ExecuTorch", "s", (report.get("executorch") or {}).get("candidates", []))):
         for c in [c for c in cands if "error" not in c]:
             a2.scatter(c["p50_ms"], c["cosine_mean"], s=50, marker=marker)
