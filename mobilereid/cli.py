@@ -400,8 +400,8 @@ def quant_finetune_cmd(
     consistency: float = typer.Option(100.0, help="Weight of (1 - cosine) between the fake-quantized and the float "
                                       "exported embeddings."),
     threads: int = typer.Option(0, help="Torch CPU threads (0 = torch default)."),
-    max_map_drop: float = typer.Option(0.5, help="Guard: stop when float mAP (query/gallery) falls more than this many "
-                                       "points below the starting model's; the last passing weights are kept."),
+    max_map_drop: float = typer.Option(0.5, help="Guard: float mAP (query/gallery) may fall at most this many points below "
+                                       "the starting model's; otherwise the weights of the last passing check are kept."),
     guard_every: int = typer.Option(4, help="Epochs between guard checks (also after the last epoch); 0 = no guard."),
 ):
     """Quantization-consistency fine-tuning (PT2E QAT): the INT8 model then agrees with its float model."""
@@ -409,9 +409,7 @@ def quant_finetune_cmd(
 
     result = quant_finetune(checkpoint, data, out, QuantFinetuneConfig(epochs=epochs, lr=lr, consistency=consistency, threads=threads,
                                                                        max_map_drop=max_map_drop / 100, guard_every=guard_every))
-    guard = result["guard"]
-    if guard["stopped_at_epoch"]:
-        console.print(f"guard: stopped after epoch {guard['stopped_at_epoch']}; kept the weights of epoch {guard['kept_epoch']}")
+
     last, before, after = result["history"][-1], result["metrics_before"], result["metrics_after"]
     if before and after:
         console.print(f"float model: Rank-1 {before['rank1']:.2%} -> {after['rank1']:.2%}, mAP {before['mAP']:.2%} -> {after['mAP']:.2%}")

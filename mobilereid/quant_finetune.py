@@ -2,8 +2,8 @@
 guard on the float model's accuracy.
 
 Guard (`_Guard`): the stage changes the user's float model, so it may not cost more than ``max_map_drop`` of float mAP
-(0.5 points by default) on query/gallery: checked every ``guard_every`` epochs and after the last; the first failing
-check stops training and the weights of the last passing check (or the starting weights) are what the stage writes.
+(0.5 points by default) on query/gallery: checked every ``guard_every`` epochs and after the last; when the final
+weights fail, the weights of the last passing check (or the starting weights) are what the stage writes.
 The reports show drift against the model the stage started from, and what the stage changed, next to each other.
 
 ViTs: fake quantization goes where the ViT's static ExecuTorch recipe quantizes (every linear except ``mlp.fc2``,
@@ -198,8 +198,8 @@ def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cf
         history.append(row)
         console.print(f"epoch {epoch + 1}: task loss {row['task_loss']:.3f}  fake-quant vs float embedding cosine "
                       f"{row['embedding_cosine']:.4f}  {row['seconds']:.1f} s")
-        if guard.due(epoch + 1) and not guard.check(epoch + 1, _float_state(graph, model, checkpoint)):
-            break
+        if guard.due(epoch + 1):
+            guard.check(epoch + 1, _float_state(graph, model, checkpoint))
     guard.restore_or_keep(_float_state(graph, model, checkpoint))
     model.eval()
     metrics_after = guard.final_metrics if guard.final_metrics is not None else _float_metrics(model, ds)
@@ -221,10 +221,13 @@ def _float_state(graph, model, checkpoint) -> dict:
 
 class _Guard:
     """Keeps the stage from trading the user's float accuracy for INT8 agreement: every ``guard_every`` epochs and
-    after the last one the float model is scored on query/gallery; when its mAP is more than ``max_map_drop`` below
-    the model the stage started from, training stops and the weights of the last check that passed (the starting
-    weights if none did) are kept. The split is the one the report scores, so this is a limit, not a selection: the
-    first passing state is never swapped for a better-scoring one."""
+    after the last one the float model is scored on query/gallery, and a check passes when its mAP is at most
+    ``max_map_drop`` below the model the stage started from. The stage hands on the final weights when the final
+    check passes, otherwise the weights of the last check that passed (the starting weights if none did). Training
+    is not cut at the first failing check: measured on ``make run``'s sclnet_small, float mAP dips while the learning
+    rate is high and recovers (15.24 -> 12.54 after epoch 4 of 24, 18.19 after the last in an earlier run of the same
+    recipe). The split is the one the report scores, so this is a limit, not a selection: a passing state is never
+    swapped for a better-scoring one."""
 
     def __init__(self, model, ds, before: dict | None, cfg: QuantFinetuneConfig):
         self.model, self.ds, self.cfg = model, ds, cfg
@@ -233,7 +236,7 @@ class _Guard:
         self.kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.final_metrics = before if self.active else None
         self.record = {"max_map_drop": cfg.max_map_drop, "every": cfg.guard_every, "active": self.active, "checks": [],
-                       "stopped_at_epoch": None, "kept_epoch": 0}
+                       "kept_epoch": 0}
         self.last_epoch = cfg.epochs
 
     def due(self, epoch: int) -> bool:
@@ -247,15 +250,16 @@ class _Guard:
         self.record["checks"].append({"epoch": epoch, "mAP": metrics["mAP"], "passed": ok})
         if ok:
             self.kept, self.final_metrics, self.record["kept_epoch"] = state, metrics, epoch
-        else:
-            self.record["stopped_at_epoch"] = epoch
-            console.print(f"guard: float mAP {metrics['mAP']:.2%} after epoch {epoch} is more than {self.cfg.max_map_drop:.2%} "
-                          f"below the starting model's; stopping and keeping the weights of epoch {self.record['kept_epoch']}")
+        console.print(f"guard after epoch {epoch}: float mAP {metrics['mAP']:.2%} "
+                      + ("within" if ok else "NOT within") + f" {self.cfg.max_map_drop:.2%} of the starting model's")
         return ok
 
     def restore_or_keep(self, state: dict) -> None:
         """Load the weights the stage hands on: the last checked state that passed, or the final state if unguarded."""
         self.model.load_state_dict(self.kept if self.active else state)
+        if self.active and self.record["kept_epoch"] != self.last_epoch:
+            console.print(f"guard: the final weights lost more float mAP than allowed; keeping the weights of epoch "
+                          f"{self.record['kept_epoch']}")
 
 
 def _float_metrics(model, ds) -> dict | None:

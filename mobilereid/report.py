@@ -217,8 +217,11 @@ def pipeline_markdown(final: dict) -> str:
             if guard.get("active"):
                 lines += ["", f"Guard: float mAP may fall at most {100 * guard['max_map_drop']:.2f} points (checked every {guard['every']} "
                           "epochs and after the last, on query/gallery): " + (
-                              f"stopped after epoch {guard['stopped_at_epoch']}, kept the weights of epoch {guard['kept_epoch']}."
-                              if guard["stopped_at_epoch"] else f"all {len(guard['checks'])} checks passed.")]
+                              f"the last epoch failed it; kept the weights of epoch {guard['kept_epoch']} (mAP after each check: "
+                              + ", ".join(f"{c['epoch']}: {100 * c['mAP']:.2f}" for c in guard["checks"]) + ")."
+                              if guard["checks"] and not guard["checks"][-1]["passed"] else
+                              f"the final weights passed ({len(guard['checks'])} checks, "
+                              f"{sum(not c['passed'] for c in guard['checks'])} failed on the way).")]
     for name, s in st.items():
         if name.startswith("export_") and s.get("notes"):
             lines += ["", f"## Export notes of `{name.removeprefix('export_')}`", "", "```"] + s["notes"] + ["```"]
