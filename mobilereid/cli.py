@@ -431,6 +431,8 @@ def compress_cmd(
     window_weights: str = typer.Option("shared", help="Windows: shared blocks, or a separate copy of each windowed block per window (better for unequal windows)."),
     head_ratio: float = typer.Option(0.0, help="AMG: fraction of all attention heads to remove."),
     token_rate: float = typer.Option(0.0, help="AMG: fraction of key/value token slots to remove."),
+    mlp_rate: float = typer.Option(0.0, help="Fraction of each MLP's hidden units to remove (first-order Taylor importance)."),
+    mlp_epochs: int = typer.Option(1, help="Fine-tuning epochs after MLP unit pruning."),
     rounds: int = typer.Option(4, help="Head-pruning rounds (statistics -> prune -> fine-tune)."),
     epochs_per_round: int = typer.Option(1, help="Fine-tuning epochs after each head-pruning round."),
     arch_epochs: int = typer.Option(2, help="Fine-tuning epochs after patch elimination / windows."),
@@ -441,13 +443,13 @@ def compress_cmd(
     k: int = typer.Option(4, "-k", help="PK sampling: images per identity."),
     stat_images: int = typer.Option(0, "--stat-images", help="Images for the AMG statistics passes (0 = the whole training split, as AMG does)."),
 ):
-    """Compress a ViT: patch elimination, windows, AMG head and K/V token pruning (real weight surgery)."""
+    """Compress a ViT: patch elimination, windows, AMG head and K/V token pruning, MLP unit pruning (real weight surgery)."""
     from .compress.pipeline import CompressConfig, compress
 
     cfg = CompressConfig(keep_ratio=keep_ratio, scorer=scorer, windows=windows, window_start=window_start, head_ratio=head_ratio,
                          token_rate=token_rate, rounds=rounds, epochs_per_round=epochs_per_round, arch_epochs=arch_epochs,
                          token_epochs=token_epochs, final_epochs=final_epochs, lr=lr, p=p, k=k, stat_images=stat_images,
-                         window_weights=window_weights, token_order=token_order)
+                         window_weights=window_weights, token_order=token_order, mlp_rate=mlp_rate, mlp_epochs=mlp_epochs)
     result = compress(checkpoint, data, out, cfg)
     console.print(f"checkpoint: {result['checkpoint']}")
 

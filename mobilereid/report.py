@@ -203,6 +203,9 @@ def pipeline_markdown(final: dict) -> str:
                   f"| patch tokens | {b['patch_tokens_kept']}/{b['patch_tokens']} | {a['patch_tokens_kept']}/{a['patch_tokens']} |",
                   f"| heads per layer | {' '.join(map(str, b['heads_per_layer']))} | {' '.join(map(str, a['heads_per_layer']))} |",
                   f"| K/V tokens per layer | all | {' '.join('all' if t is None else str(t) for t in a['kv_tokens_per_layer'])} |"]
+        if "mlp_hidden_per_layer" in a and a["mlp_hidden_per_layer"] != b.get("mlp_hidden_per_layer"):
+            lines.append(f"| MLP hidden units per layer | {' '.join(map(str, b['mlp_hidden_per_layer']))} | "
+                         f"{' '.join(map(str, a['mlp_hidden_per_layer']))} |")
         for key, label in (("rank1", "Rank-1"), ("mAP", "mAP"), ("mINP", "mINP")):
             if key in b and key in a:
                 lines.append(f"| {label} | {_pct(b[key])} | {_pct(a[key])} |")

@@ -34,6 +34,12 @@ VARIANTS = {
     "AMG only (heads .4, K/V .6)": {"head_ratio": 0.4, "token_rate": 0.6},
     "patch keep 0.75, contrast scorer": {"keep_ratio": 0.75, "scorer": "contrast"},
     "combined (keep .75 contrast, heads .4, K/V .6)": {"keep_ratio": 0.75, "scorer": "contrast", "head_ratio": 0.4, "token_rate": 0.6},
+    "MLP units -25%": {"mlp_rate": 0.25},
+    "MLP units -50%": {"mlp_rate": 0.5},
+    "combined + MLP -25% (keep .75 contrast, heads .4, K/V .6)": {"keep_ratio": 0.75, "scorer": "contrast", "head_ratio": 0.4,
+                                                                 "token_rate": 0.6, "mlp_rate": 0.25},
+    "combined + MLP -40% (keep .75 contrast, heads .4, K/V .6)": {"keep_ratio": 0.75, "scorer": "contrast", "head_ratio": 0.4,
+                                                                 "token_rate": 0.6, "mlp_rate": 0.4},
 }
 
 
@@ -42,7 +48,8 @@ def config_for(opts: dict, budget: int) -> CompressConfig:
     whatever the variant does not use moved to the final fine-tuning so every variant trains ``budget`` epochs."""
     cfg = CompressConfig(rounds=2, epochs_per_round=2, arch_epochs=2, token_epochs=1, lr=1e-4, **opts)
     used = (cfg.arch_epochs if (cfg.keep_ratio is not None or cfg.windows is not None) else 0) \
-        + (cfg.rounds * cfg.epochs_per_round if cfg.head_ratio > 0 else 0) + (cfg.token_epochs if cfg.token_rate > 0 else 0)
+        + (cfg.rounds * cfg.epochs_per_round if cfg.head_ratio > 0 else 0) + (cfg.token_epochs if cfg.token_rate > 0 else 0) \
+        + (cfg.mlp_epochs if cfg.mlp_rate > 0 else 0)
     if used > budget:
         raise SystemExit(f"--budget {budget} is smaller than the {used} epochs this schedule needs")
     cfg.final_epochs = budget - used
@@ -87,7 +94,8 @@ def main() -> None:
         r = compress(args.checkpoint, args.data, folder, config_for(opts, args.budget))
         rows[name] = {"gmacs": r["after"]["gmacs"], "params": r["after"]["params"], "rank1": r["after"]["rank1"],
                       "mAP": r["after"]["mAP"], "mINP": r["after"]["mINP"], "unpruned": r["before"], "seconds": r["seconds"],
-                      "heads": r["after"]["heads_per_layer"], "kv_tokens": r["after"]["kv_tokens_per_layer"]}
+                      "heads": r["after"]["heads_per_layer"], "kv_tokens": r["after"]["kv_tokens_per_layer"],
+                      "mlp_hidden": r["after"].get("mlp_hidden_per_layer")}
         results_path.write_text(json.dumps(rows, indent=2))
     if "fine-tuned baseline" not in rows:
         raise SystemExit("the fine-tuned baseline has not been run yet")

@@ -111,11 +111,14 @@ def test_token_scores_are_taylor_scores():
 def test_compressed_checkpoint_reloads_and_exports(tmp_path, tiny_dataset):
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test", num_heads=4, num_classes=6).eval())
-    cfg = CompressConfig(keep_ratio=0.75, head_ratio=0.5, token_rate=0.3, rounds=2, epochs_per_round=1, arch_epochs=1,
-                         token_epochs=0, final_epochs=0, p=3, k=2)
+    cfg = CompressConfig(keep_ratio=0.75, head_ratio=0.5, token_rate=0.3, mlp_rate=0.5, rounds=2, epochs_per_round=1, arch_epochs=1,
+                         token_epochs=0, mlp_epochs=0, final_epochs=0, p=3, k=2)
     result = compress(ckpt, tiny_dataset, tmp_path / "out", cfg, evaluate=False)
     model, _ = load_checkpoint(result["checkpoint"])
-    assert sum(model.cfg.heads_per_layer) == 4 and result["after"]["gmacs"] < 0.7 * result["before"]["gmacs"]
+    assert sum(model.cfg.heads_per_layer) == 4 and result["after"]["gmacs"] < 0.6 * result["before"]["gmacs"]
+    full = result["before"]["mlp_hidden_per_layer"]
+    assert result["after"]["mlp_hidden_per_layer"] == [h // 2 for h in full] == [b.mlp.fc1.out_features for b in model.all_blocks()]
+    assert [s["step"] for s in result["steps"]] == ["architecture", "heads", "heads", "mlp_units", "kv_tokens"]
     x = torch.randn(1, 3, *model.cfg.img_size)
     ep = torch.export.export(model, (x,))
     with torch.no_grad():
@@ -126,6 +129,7 @@ def test_compressed_checkpoint_reloads_and_exports(tmp_path, tiny_dataset):
 @pytest.mark.parametrize("kwargs,msg", [
     (dict(head_ratio=1.0), "head-ratio must be in"), (dict(head_ratio=-0.1), "head-ratio must be in"),
     (dict(token_rate=1.5), "token-rate must be in"), (dict(keep_ratio=0.0), "keep-ratio must be in"),
+    (dict(mlp_rate=1.0), "mlp-rate must be in"),
     (dict(head_ratio=0.9), "each of the 2 layers keeps one"),
 ])
 def test_bad_ratios(tmp_path, tiny_dataset, kwargs, msg):
@@ -200,3 +204,40 @@ def test_architecture_changes_refuse_kv_pruned_checkpoints_and_offer_separate_wi
         with_architecture(sep, None, "learned", 3, 1)
     r = runner.invoke(app, ["compress", "--help"])
     assert "--window-weights" in r.output and "--stat-images" in r.output
+
+
+def test_mlp_unit_pruning_is_exact_surgery_and_scores_come_from_gradients():
+    """Units whose fc2 column is zero contribute nothing: removing them leaves every output unchanged; the Taylor
+    scores are zero for exactly those units (a_j * dL/da_j with dL/da_j = 0), so the score-based choice removes them;
+    the pruned model is smaller and loads from its own config."""
+    from mobilereid.compress.mlp import mlp_unit_scores, prune_mlp_units, units_to_keep
+    from mobilereid.models import build_model
+    from mobilereid.models.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("vit_test", num_classes=6, gelu="tanh").eval()
+    hidden = model.cfg.mlp_hidden_per_layer[0]
+    dead = list(range(0, hidden, 2))  # every other unit: its fc2 column is zero
+    with torch.no_grad():
+        for b in model.all_blocks():
+            b.mlp.fc2.weight[:, dead] = 0.0
+    x = torch.randn(4, 3, *model.cfg.img_size)
+    y = torch.tensor([0, 1, 2, 3])
+    scores = mlp_unit_scores(model, [(x, y)])
+    assert all(float(s[dead].abs().max()) == 0.0 and float(s[1::2].min()) > 0.0 for s in scores)
+    keep = units_to_keep(scores, 0.5)
+    assert all(k == list(range(1, hidden, 2)) for k in keep)
+    pruned = prune_mlp_units(model, keep)
+    assert pruned.cfg.mlp_hidden_per_layer == [hidden // 2] * len(keep)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), model(x), atol=1e-5)
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        back, _ = load_checkpoint(save_checkpoint(Path(tmp) / "p.pt", pruned))
+    with torch.no_grad():
+        assert torch.equal(back(x), pruned(x))
+    with pytest.raises(ValueError, match="MLP rate"):
+        units_to_keep(scores, 1.0)

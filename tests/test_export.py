@@ -239,7 +239,7 @@ def test_vit_tflite_default_route_is_litert_torch_and_takes_exact_gelu(tiny_data
     assert int8["verification"]["passed"] and read_sidecar(int8["artifact"])["input"]["dtype"] == "int8"
     assert "FULLY_CONNECTED" in op_counts(int8["artifact"])
     recipe.write_text('target = "tflite"\nvariants = ["fp16"]\n')
-    with pytest.raises(ExportError, match="litert-torch route makes fp32, dynamic, int8, int16x8, not 'fp16'"):
+    with pytest.raises(ExportError, match=r"unknown TFLite variant 'fp16' \(choose from fp32, dynamic, int8, int16x8\)"):
         export_checkpoint(exact, "tflite", tiny_dataset, tmp_path / "bad", int8=True, recipe_path=recipe)
 
 

@@ -155,7 +155,7 @@ def test_imported_transreid_compresses_exports_int8_and_verifies(tmp_path, tiny_
         export_checkpoint(result["checkpoint"], "onnx", tiny_dataset, tmp_path / "x")
     results = export_checkpoint(result["checkpoint"], "executorch,tflite", tiny_dataset, tmp_path / "exp", int8=True, camera=1)
     assert sorted((r["target"], r["precision"]) for r in results) == [
-        ("executorch", "fp32"), ("executorch", "int8_dynamic"), ("tflite", "dynamic"), ("tflite", "fp32")]
+        ("executorch", "fp32"), ("executorch", "int8_dynamic"), ("executorch", "int8_static"), ("tflite", "dynamic"), ("tflite", "fp32")]
     for r in results:
         meta = read_sidecar(r["artifact"])
         assert meta["camera"]["baked_camera"] == 1 and meta["preprocess"]["mean"] == [0.5, 0.5, 0.5]

@@ -50,35 +50,3 @@ def test_quant_sensitivity_ranks_layers_and_its_recipe_exports(sclnet_ckpt, tiny
     r = export_checkpoint(sclnet_ckpt, "tflite", tiny_dataset, tmp_path / "e", int8=True, recipe_path=recipe)[0]
     assert r["verification"]["passed"] and read_sidecar(r["artifact"])["input"]["dtype"] == "float32"
 
-
-@pytest.mark.slow
-def test_quant_sensitivity_lists_vit_candidates_per_runtime(tiny_dataset, tmp_path):
-    """ViT candidates in both runtimes (full int8 / int16x8 / dynamic / fp32 through litert-torch; static variants,
-    dynamic and fp32 in ExecuTorch), the fastest within budget chosen per runtime, and recipes that export takes."""
-    import tomllib
-
-    import torch
-
-    from mobilereid.export.sensitivity import run_sensitivity
-    from mobilereid.models import build_model
-    from mobilereid.models.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test", gelu="tanh").eval())
-    report = run_sensitivity(ckpt, tiny_dataset, tmp_path / "s", min_cosine=0.9, repeats=3)
-    assert report["layers"] == [] and "litert-torch route" in report["not_covered"]
-    lite = {c["variant"]: c for c in report["candidates"]}
-    assert list(lite) == ["int8", "int16x8", "dynamic", "fp32"] and lite["fp32"]["cosine_mean"] > 0.999
-    assert lite["int8"]["input_dtype"] == "int8" and lite["int16x8"]["input_dtype"] == "int16"
-    et = report["executorch"]["candidates"]
-    assert [c["name"] for c in et] == ["int8 static, all XNNPACK ops", "int8 static linears", "int8 static linears, fc2 dynamic",
-                                       "dynamic int8", "fp32"]
-    assert et[2]["dynamic_modules"] == [r"mlp\.fc2$"] and et[1]["ops"] == ["linear"]
-    for chosen, cands in ((report["chosen"], report["candidates"]), (report["executorch"]["chosen"], et)):
-        assert chosen == min([c for c in cands if c["cosine_mean"] >= 0.9], key=lambda c: c["p50_ms"])
-    tfl = tomllib.loads((tmp_path / "s" / "recipe_tflite.toml").read_text())
-    assert tfl["converter"] == "litert-torch" and tfl["variants"] == [report["chosen"]["variant"]]
-    r = export_checkpoint(ckpt, "executorch", tiny_dataset, tmp_path / "et", int8=True,
-                          recipe_path=tmp_path / "s" / "recipe_executorch.toml")[0]
-    assert r["verification"]["cosine_mean"] >= 0.9
-    assert (tmp_path / "s" / "sensitivity.png").stat().st_size > 10_000

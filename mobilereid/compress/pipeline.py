@@ -1,10 +1,12 @@
-"""`mobilereid compress`: patch elimination, windows, AMG head pruning and AMG K/V token pruning, in this order.
+"""`mobilereid compress`: patch elimination, windows, AMG head pruning, MLP hidden-unit pruning and AMG K/V token
+pruning, in this order.
 
 Order and why: (1) patch elimination and windows change which tokens exist, so they come first and are
 fine-tuned before any statistics are taken; (2) head pruning in rounds of {attention statistics -> remove
 1/rounds of the target -> fine-tune with distillation from the uncompressed model (CE + triplet + 0.2 KL, T=1)}
-as the official AMG schedule does (24 rounds there; configurable here); (3) K/V token pruning from gradient
-scores on the head-pruned model, then fine-tuning; (4) final fine-tuning epochs. Every step is optional. The
+as the official AMG schedule does (24 rounds there; configurable here); (3) MLP hidden units by first-order Taylor
+importance (`mlp.py`), then fine-tuning; (4) K/V token pruning from gradient scores on the pruned model, then
+fine-tuning (scored last, so its static indices are chosen on the final block shapes); (5) final fine-tuning epochs. Every step is optional. The
 result is a plain checkpoint (no masks, no hooks) that `load_checkpoint` rebuilds and `torch.export` accepts.
 
 Statistics (attention entropy for heads, gradient scores for K/V tokens) come from a pass over the whole training
@@ -33,6 +35,7 @@ from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.vit import ViTReID, separate_window_weights
 from ..train import evaluate_model, lr_at, preprocess_spec_for, train_one_epoch
 from .heads import prune_heads_once, schedule, total_heads
+from .mlp import mlp_unit_scores, prune_mlp_units, units_to_keep
 from .tokens import prune_kv_tokens, slots_to_keep, token_scores
 
 
@@ -45,6 +48,8 @@ class CompressConfig:
     window_start: int = 0
     head_ratio: float = 0.0  # fraction of all heads to remove
     token_rate: float = 0.0  # fraction of K/V token slots to remove
+    mlp_rate: float = 0.0  # fraction of each MLP's hidden units to remove (Taylor importance, compress/mlp.py)
+    mlp_epochs: int = 1
     rounds: int = 4
     epochs_per_round: int = 1
     arch_epochs: int = 2
@@ -65,6 +70,8 @@ class CompressConfig:
             raise MobileReIDError(f"--head-ratio must be in [0, 1), got {self.head_ratio}")
         if not 0.0 <= self.token_rate < 1.0:
             raise MobileReIDError(f"--token-rate must be in [0, 1), got {self.token_rate}")
+        if not 0.0 <= self.mlp_rate < 1.0:
+            raise MobileReIDError(f"--mlp-rate must be in [0, 1), got {self.mlp_rate}")
         if self.rounds < 1:
             raise MobileReIDError(f"--rounds must be >= 1, got {self.rounds}")
         if self.stat_images < 0:
@@ -110,6 +117,7 @@ def summarize(model: ViTReID, metrics: dict | None) -> dict:
     cfg = model.cfg
     tokens = [len(k) if k is not None else None for k in cfg.kv_index]
     return {"params": count_params(model), "gmacs": count_macs(model) / 1e9, "heads_per_layer": list(cfg.heads_per_layer),
+            "mlp_hidden_per_layer": list(cfg.mlp_hidden_per_layer),
             "kv_tokens_per_layer": tokens, "patch_tokens_kept": sum(cfg.kept_per_group()), "patch_tokens": cfg.num_patches,
             "windows": cfg.windows, **(metrics or {})}
 
@@ -194,6 +202,12 @@ def _compress(checkpoint, data, out, cfg: CompressConfig, evaluate: bool) -> dic
             console.print(f"round {r + 1}/{cfg.rounds}: removed {n} heads -> heads per layer {model.cfg.heads_per_layer}")
             tuner.run(model, cfg.epochs_per_round, f"heads round {r + 1}")
             steps.append({"step": "heads", "round": r + 1, "removed": {str(k): v for k, v in info["removed"].items()}})
+    if cfg.mlp_rate > 0:
+        keep = units_to_keep(mlp_unit_scores(model, tuner.stat_batches(with_labels=True)), cfg.mlp_rate)
+        model = prune_mlp_units(model, keep)
+        console.print(f"MLP hidden units kept per layer: {[len(k) for k in keep]}")
+        tuner.run(model, cfg.mlp_epochs, "MLP units")
+        steps.append({"step": "mlp_units", "kept": [len(k) for k in keep]})
     if cfg.token_rate > 0:
         scores = token_scores(model, tuner.stat_batches(with_labels=True))
         keep = slots_to_keep(scores, model.block_depths(), cfg.token_rate, current=model.cfg.kv_index)
@@ -220,6 +234,7 @@ def print_compress_table(result: dict) -> None:
             ["patch tokens kept", f"{b['patch_tokens_kept']}/{b['patch_tokens']}", f"{a['patch_tokens_kept']}/{a['patch_tokens']}"],
             ["windows", b["windows"], a["windows"]],
             ["heads per layer", " ".join(map(str, b["heads_per_layer"])), " ".join(map(str, a["heads_per_layer"]))],
+            ["MLP hidden units per layer", " ".join(map(str, b["mlp_hidden_per_layer"])), " ".join(map(str, a["mlp_hidden_per_layer"]))],
             ["K/V tokens per layer", _tokens(b), _tokens(a)]]
     for key, label in (("rank1", "Rank-1"), ("mAP", "mAP"), ("mINP", "mINP")):
         if key in b:

@@ -44,7 +44,8 @@ the four local ones divided by 4, each before or after its own BNNeck. The re-ar
 
 **AMG hooks**: each attention layer has a per-layer head count (heads physically removed by
 `mobilereid.compress.heads`) and an optional static ``kv_index``: the layer input is gathered *before* the K/V
-projections, so only the kept key/value tokens are projected (REFERENCE.md section 2).
+projections, so only the kept key/value tokens are projected (REFERENCE.md section 2). Each MLP has a per-layer hidden
+width (``mlp_hidden_per_layer``; units physically removed by `mobilereid.compress.mlp`).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class ViTConfig:
     window_weights: str = "shared"  # "shared" or "separate"
     heads_per_layer: list[int] | None = None  # after AMG head pruning
     kv_index: list[list[int] | None] | None = None  # after AMG K/V token pruning, per block (window blocks included)
+    mlp_hidden_per_layer: list[int] | None = None  # after MLP hidden-unit pruning (compress/mlp.py), per block
     head_dim: int | None = None
     qk_scale: float | None = None  # attention scale; None = head_dim ** -0.5 (TransReID's vit_small: 768 ** -0.5)
     neck_feat: str = "after"  # test feature: "after" the BNNeck or "before" it (TransReID's NECK_FEAT)
@@ -129,6 +131,10 @@ class ViTConfig:
             raise ValueError(f"heads_per_layer needs {self.num_blocks} entries >= 1, got {self.heads_per_layer}")
         if self.kv_index is None:
             self.kv_index = [None] * self.num_blocks
+        if self.mlp_hidden_per_layer is None:
+            self.mlp_hidden_per_layer = [int(self.embed_dim * self.mlp_ratio)] * self.num_blocks
+        if len(self.mlp_hidden_per_layer) != self.num_blocks or min(self.mlp_hidden_per_layer) < 1:
+            raise ValueError(f"mlp_hidden_per_layer needs {self.num_blocks} entries >= 1, got {self.mlp_hidden_per_layer}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -231,12 +237,12 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ViTConfig, heads: int, kv_index: list[int] | None):
+    def __init__(self, cfg: ViTConfig, heads: int, kv_index: list[int] | None, mlp_hidden: int | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.attn = Attention(cfg.embed_dim, heads, cfg.head_dim, cfg.qkv_bias, kv_index, cfg.qk_scale)
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
-        self.mlp = Mlp(cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio), cfg.gelu)
+        self.mlp = Mlp(cfg.embed_dim, mlp_hidden or int(cfg.embed_dim * cfg.mlp_ratio), cfg.gelu)
 
     def forward(self, x):
         x = x + self.attn(self.norm1(x))
@@ -304,13 +310,14 @@ class ViTReID(nn.Module):
         self.scorer = nn.Linear(C, 1) if cfg.keep_ratio < 1.0 and cfg.scorer == "learned" else None
         windowed = cfg.windows > 1
         n_global = cfg.window_start if windowed and cfg.window_weights == "separate" else cfg.depth
-        heads, kv = cfg.heads_per_layer, cfg.kv_index
-        self.blocks = nn.ModuleList(Block(cfg, heads[i], kv[i]) for i in range(n_global))
+        heads, kv, hidden = cfg.heads_per_layer, cfg.kv_index, cfg.mlp_hidden_per_layer
+        self.blocks = nn.ModuleList(Block(cfg, heads[i], kv[i], hidden[i]) for i in range(n_global))
         self.window_blocks = None
         if windowed and cfg.window_weights == "separate":
             per = cfg.depth - cfg.window_start
             self.window_blocks = nn.ModuleList(
-                nn.ModuleList(Block(cfg, heads[n_global + w * per + j], kv[n_global + w * per + j]) for j in range(per))
+                nn.ModuleList(Block(cfg, heads[n_global + w * per + j], kv[n_global + w * per + j], hidden[n_global + w * per + j])
+                              for j in range(per))
                 for w in range(cfg.windows)
             )
         self.window_embed = nn.Parameter(torch.zeros(cfg.windows, 1, C)) if windowed else None
@@ -498,6 +505,8 @@ def separate_window_weights(model: ViTReID) -> ViTReID:
     cfg.window_weights = "separate"
     cfg.heads_per_layer = cfg.heads_per_layer[: cfg.window_start] + cfg.heads_per_layer[cfg.window_start :] * cfg.windows
     cfg.kv_index = cfg.kv_index[: cfg.window_start] + cfg.kv_index[cfg.window_start :] * cfg.windows
+    hidden = cfg.mlp_hidden_per_layer
+    cfg.mlp_hidden_per_layer = hidden[: cfg.window_start] + hidden[cfg.window_start :] * cfg.windows
     new = ViTReID(cfg)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
     for i in range(cfg.window_start):
