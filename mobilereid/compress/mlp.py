@@ -23,10 +23,9 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 
-from ..losses import batch_hard_triplet
 from ..models.vit import ViTReID
+from .tokens import scoring_loss
 
 
 def mlp_unit_scores(model: ViTReID, batches) -> list[torch.Tensor]:
@@ -49,12 +48,7 @@ def mlp_unit_scores(model: ViTReID, batches) -> list[torch.Tensor]:
             model.zero_grad(set_to_none=True)
             for c in captured:
                 c.clear()
-            feat = model.forward_features(x, *cam)
-            if model.classifier is not None:
-                loss = F.cross_entropy(model.classifier(model.bottleneck(feat)), y)
-            else:
-                loss = batch_hard_triplet(feat, y)
-            loss.backward()
+            scoring_loss(model, x, y, cam).backward()
             for i, calls in enumerate(captured):
                 gate = sum((a * a.grad).sum(dim=(0, 1)) for a in calls)  # dL/dm_j for this batch
                 s = gate.detach() ** 2

@@ -23,6 +23,15 @@ from ..losses import batch_hard_triplet
 from ..models.vit import ViTReID, attention_hooks
 
 
+def scoring_loss(model: ViTReID, x: torch.Tensor, y: torch.Tensor, cam: list) -> torch.Tensor:
+    """The loss whose gradients the Taylor scores use (K/V tokens here, MLP units in `mlp.py`): ID cross-entropy through
+    the BNNeck classifier, batch-hard triplet on the features when the model has no classifier."""
+    feat = model.forward_features(x, *cam)
+    if model.classifier is not None:
+        return F.cross_entropy(model.classifier(model.bottleneck(feat)), y)
+    return batch_hard_triplet(feat, y)
+
+
 def token_scores(model: ViTReID, batches) -> list[torch.Tensor]:
     """Per block: (Nk,) accumulated |A * dL/dA| scores (CLS slot set to +inf so it is never removed)."""
     blocks = model.all_blocks()
@@ -41,12 +50,7 @@ def token_scores(model: ViTReID, batches) -> list[torch.Tensor]:
                 model.zero_grad(set_to_none=True)
                 for c in captured:
                     c.clear()
-                feat = model.forward_features(x, *cam)
-                if model.classifier is not None:
-                    loss = F.cross_entropy(model.classifier(model.bottleneck(feat)), y)
-                else:
-                    loss = batch_hard_triplet(feat, y)
-                loss.backward()
+                scoring_loss(model, x, y, cam).backward()
                 for i, a in ((i, a) for i, calls in enumerate(captured) for a in calls):
                     B, H, Nq, _ = a.shape
                     s = (a * a.grad).sum(dim=(0, 1, 2)).abs().detach() / (B * H * Nq)
