@@ -197,7 +197,7 @@ def pipeline_markdown(final: dict) -> str:
             lines.append(f"| {name[6:]} | {_pct(m['rank1'])} | {_pct(m['rank5'])} | {_pct(m['mAP'])} | {_pct(m['mINP'])} | {s['seconds']:.0f} |")
     if "compress" in st:
         b, a = st["compress"]["before"], st["compress"]["after"]
-        lines += ["", "## Compression (patch elimination + AMG heads + K/V tokens)", "", "| | before | after |", "|---|---|---|",
+        lines += ["", "## Compression (patch elimination + AMG heads + MLP units + K/V tokens)", "", "| | before | after |", "|---|---|---|",
                   f"| parameters (M) | {b['params'] / 1e6:.3f} | {a['params'] / 1e6:.3f} |",
                   f"| executed GMAC | {b['gmacs']:.4f} | {a['gmacs']:.4f} ({100 * (1 - a['gmacs'] / b['gmacs']):.1f}% fewer) |",
                   f"| patch tokens | {b['patch_tokens_kept']}/{b['patch_tokens']} | {a['patch_tokens_kept']}/{a['patch_tokens']} |",
