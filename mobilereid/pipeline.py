@@ -197,13 +197,18 @@ def run_stage(stage: Stage, key: str, outputs: list[Path], fn) -> dict:
     return stage.info()
 
 
+def compressed_chain(name: str) -> str:
+    """The name a model chain takes after compression: its later stage folders are named after it."""
+    return f"{name}_compressed"
+
+
 def run_pipeline(config: Path | None, workdir: Path) -> dict:
     from .data.check import check_and_print
     from .data.synth import SynthConfig, generate
     from .report import write_pipeline_report
 
     cfg = load_config(config)
-    chains = list(cfg["models"]) + ([f"{cfg['compress']['model']}_compressed"] if cfg["compress"]["model"] else [])
+    chains = list(cfg["models"]) + ([compressed_chain(cfg["compress"]["model"])] if cfg["compress"]["model"] else [])
     for name in ["data"] + [f"{stage}_{m}" for m in chains for stage in ("train", "quant_finetune", "export", "evaluate")] + ["compress"]:
         Stage(workdir, name).check_owned()  # before any work: never after ten minutes of training
     workdir.mkdir(parents=True, exist_ok=True)
@@ -278,7 +283,7 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
 
         stages[stage.name] = run_stage(stage, _digest({"source": _file_digest(source), "data": data_key, "compress": c}),
                                        [ckpt], do_compress)
-        name = f"{name}_compressed"
+        name = compressed_chain(name)
 
     q = dict(cfg["quant_finetune"])
     chosen = q.pop("model")
