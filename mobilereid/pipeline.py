@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from .console import console
+from .cores import rebalance
 from .errors import MobileReIDError
 from .tomlconfig import deep_merge, is_type, read_toml
 
@@ -36,8 +37,9 @@ DEFAULT_CONFIG = {
     # artifacts then agree with their float model at cosine ~0.993 instead of ~0.91; a model name or a list of them,
     # "" turns it off
     # max_map_drop: the guard on float mAP (0.005 = 0.5 points below the model the stage starts from), checked every
-    # guard_every epochs and after the last
-    "quant_finetune": {"model": "sclnet", "epochs": 24, "lr": 5e-4, "consistency": 100.0, "max_map_drop": 0.005, "guard_every": 4},
+    # guard_every epochs and after the last (8: three checks of ~10 s each on one core instead of six; measured
+    # 2026-12-01: 12 or 16 epochs instead of 24 end below the guard's floor, so the epochs stay)
+    "quant_finetune": {"model": "sclnet", "epochs": 24, "lr": 5e-4, "consistency": 100.0, "max_map_drop": 0.005, "guard_every": 8},
     # board: the tflm target's board profile (quant/boards.toml); "" = the recipe's
     "export": {"threads": 2, "board": "", "targets": {"sclnet": ["onnx", "executorch", "tflite", "edgetpu"], "vit": ["onnx", "executorch", "tflite"]}},
     # device: local, ssh://..., adb, or qemu-arm64[:CPU] (the emulated board); limit: evaluate on N queries (0 = all)
@@ -190,6 +192,7 @@ def run_stage(stage: Stage, key: str, outputs: list[Path], fn) -> dict:
         console.print(f"[{stage.name}] up to date, skipped", markup=False)
         return {**stage.info(), "skipped": True}
     stage.start(key)
+    rebalance()  # the cores of chains that finished (cores.py)
     t0 = time.perf_counter()
     info = fn() or {}
     stage.done(key, info, time.perf_counter() - t0)
@@ -348,14 +351,18 @@ def _run_chains_in_parallel(names: list[str], cfg: dict, workdir: Path, data_roo
 
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
-    threads = max(1, (os.cpu_count() or 2) // len(names))
-    console.print(f"running {len(names)} model chains side by side ({threads} torch thread(s) each); logs in {logs}/", markup=False)
+    cores = os.cpu_count() or 2
+    console.print(f"running {len(names)} model chains side by side ({max(1, cores // len(names))} torch thread(s) each, "
+                  f"the cores of a finished chain go to those still running); logs in {logs}/", markup=False)
     results = {}
-    with ProcessPoolExecutor(len(names), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_chain_in_child, n, cfg, workdir, data_root, data_key, logs / f"{n}.log", threads): n for n in names}
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(len(names), mp_context=context) as pool:
+        running = manager.Value("i", len(names))  # chains still running: each takes cores // running threads (cores.py)
+        futures = {pool.submit(_chain_in_child, n, cfg, workdir, data_root, data_key, logs / f"{n}.log", cores, running): n for n in names}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=20, return_when=FIRST_COMPLETED)
+            running.value = len(pending)
             for f in done:
                 n = futures[f]
                 try:
@@ -381,8 +388,9 @@ def _last_line(path: Path) -> str:
     return lines[-1][:150] if lines else "starting"
 
 
-def _chain_in_child(name, cfg, workdir, data_root, data_key, log: Path, threads: int) -> dict:
-    """Child-process entry: all output (Python and native) into the chain's log, torch limited to its cores."""
+def _chain_in_child(name, cfg, workdir, data_root, data_key, log: Path, cores: int, running) -> dict:
+    """Child-process entry: all output (Python and native) into the chain's log, torch limited to its share of the
+    cores (``cores`` // the chains still ``running``, re-read between epochs and stages: cores.py)."""
     import os
     import sys
 
@@ -393,7 +401,7 @@ def _chain_in_child(name, cfg, workdir, data_root, data_key, log: Path, threads:
     os.dup2(f.fileno(), 2)
     sys.stdout = sys.stderr = f
     silence_libraries(python_stderr=f)  # native chatter out of the log, so the live status shows the stage's progress
-    import torch
+    from . import cores as core_share
 
-    torch.set_num_threads(threads)
+    core_share.follow(lambda: cores // max(1, running.value))
     return run_chain(name, cfg, workdir, data_root, data_key)

@@ -60,6 +60,7 @@ import numpy as np
 import torch
 
 from .console import console, progress
+from .cores import rebalance
 from .data.datasets import load_dataset
 from .data.torchdata import PKBatches, ReIDImages
 from .errors import CheckpointError, MobileReIDError
@@ -169,6 +170,7 @@ def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cf
     opt = torch.optim.Adam([p for p in graph.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     history = []
     for epoch in range(cfg.epochs):
+        rebalance()  # a pipeline chain takes over the cores of chains that finished (cores.py)
         sampler.epoch = epoch
         t0 = time.perf_counter()
         sums = np.zeros(2)

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .console import console, progress
+from .cores import rebalance
 from .data.datasets import ReIDDataset, load_dataset
 from .data.preprocess import PreprocessSpec
 from .data.torchdata import PKBatches, ReIDImages
@@ -233,6 +234,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
     history = []
     uses_cam = getattr(model.cfg, "camera_num", 0) > 0
     for epoch in range(start_epoch, cfg.epochs):
+        rebalance()  # a pipeline chain takes over the cores of chains that finished (cores.py)
         sampler.epoch = epoch
         t0 = time.perf_counter()
         batches = sampler.batches()

@@ -1,5 +1,12 @@
-"""Shared fixtures: a tiny synthetic dataset made once per test session (the project makes its own data)."""
+"""Shared fixtures: a tiny synthetic dataset made once per test session (the project makes its own data), and the
+untrained sclnet_test checkpoint with its exports to every target, made once per test run.
 
+With pytest-xdist each worker is its own process with its own session fixtures; the checkpoint and its exports are
+the same bytes in every worker (seeded, byte-deterministic exports), so the first worker that needs them builds them
+in the run's shared temporary folder under a file lock and the others read them there (pytest-xdist's documented
+pattern for once-per-run fixtures)."""
+
+import json
 from pathlib import Path
 
 import pytest
@@ -24,12 +31,51 @@ def small_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sclnet_ckpt(tmp_path_factory) -> Path:
+def run_shared(tmp_path_factory, worker_id) -> Path:
+    """A folder every worker of this test run sees (the run's own temporary root; without xdist, the session's)."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
+def once_per_run(shared: Path, name: str, build):
+    """``build(folder)`` once per test run under a lock; its JSON-able result is what every worker gets back."""
+    from filelock import FileLock
+
+    folder, done = shared / name, shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            folder.mkdir()
+            done.write_text(json.dumps(build(folder)))
+    return json.loads(done.read_text())
+
+
+@pytest.fixture(scope="session")
+def sclnet_ckpt(run_shared) -> Path:
     """An untrained sclnet_test checkpoint with a 6-identity classifier (seed 0), for export tests."""
-    import torch
 
-    from mobilereid.models import build_model
-    from mobilereid.models.checkpoint import save_checkpoint
+    def build(folder: Path) -> str:
+        import torch
 
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "sclnet_test.pt", build_model("sclnet_test", num_classes=6).eval())
+        from mobilereid.models import build_model
+        from mobilereid.models.checkpoint import save_checkpoint
+
+        torch.manual_seed(0)
+        return str(save_checkpoint(folder / "sclnet_test.pt", build_model("sclnet_test", num_classes=6).eval()))
+
+    return Path(once_per_run(run_shared, "sclnet_ckpt", build))
+
+
+@pytest.fixture(scope="session")
+def sclnet_exports(sclnet_ckpt, tiny_dataset, run_shared) -> tuple[Path, list[dict]]:
+    """``sclnet_ckpt`` exported to every target with INT8 (``export_checkpoint(..., "all", int8=True)``): the output
+    folder and the export results (``artifact`` as a Path). Tests copy an artifact before changing it."""
+
+    def build(folder: Path) -> list:
+        from mobilereid.export import export_checkpoint
+
+        return json.loads(json.dumps(export_checkpoint(sclnet_ckpt, "all", tiny_dataset, folder / "out", int8=True), default=str))
+
+    results = once_per_run(run_shared, "sclnet_exports", build)
+    for r in results:
+        r["artifact"] = Path(r["artifact"])
+    return run_shared / "sclnet_exports" / "out", results

@@ -67,12 +67,9 @@ board_missing = not Arm64Board().ready()
 
 
 @pytest.fixture(scope="module")
-def arm_artifacts(sclnet_ckpt, tiny_dataset, tmp_path_factory):
-    """A tiny SCL-net's static INT8 and dynamic-range .tflite files."""
-    from mobilereid.export import export_checkpoint
-
-    results = export_checkpoint(sclnet_ckpt, "tflite", tiny_dataset, tmp_path_factory.mktemp("arm") / "out", int8=True)
-    return sclnet_ckpt, {r["precision"]: r["artifact"] for r in results}
+def arm_artifacts(sclnet_ckpt, sclnet_exports):
+    """A tiny SCL-net's fp32, static INT8 and dynamic-range .tflite files (the run's shared export, conftest.py)."""
+    return sclnet_ckpt, {r["precision"]: r["artifact"] for r in sclnet_exports[1] if r["target"] == "tflite"}
 
 
 @pytest.mark.slow

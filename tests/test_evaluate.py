@@ -23,9 +23,9 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def artifacts(sclnet_ckpt, tiny_dataset, tmp_path_factory):
-    results = export_checkpoint(sclnet_ckpt, "onnx,executorch", tiny_dataset, tmp_path_factory.mktemp("eval") / "export", int8=True)
-    return sclnet_ckpt, [r["artifact"] for r in results]
+def artifacts(sclnet_ckpt, sclnet_exports):
+    """The ONNX and ExecuTorch artifacts of the run's shared export (conftest.py)."""
+    return sclnet_ckpt, [r["artifact"] for r in sclnet_exports[1] if r["target"] in ("onnx", "executorch")]
 
 
 def test_device_bundle_runs_without_torch_or_tensorflow(tmp_path, artifacts, tiny_dataset):

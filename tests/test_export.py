@@ -19,10 +19,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def sclnet_all(sclnet_ckpt, tiny_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export")
-    results = export_checkpoint(sclnet_ckpt, "all", tiny_dataset, out, int8=True)
-    return out, results
+def sclnet_all(sclnet_exports):
+    return sclnet_exports
 
 
 @pytest.mark.slow
@@ -348,3 +346,36 @@ def test_smoothquant_migration_keeps_the_float_model():
     assert not torch.equal(smoothed.blocks[0].norm1.weight, model.blocks[0].norm1.weight)
     with pytest.raises(ExportError, match="ViT models only"):
         smooth_layernorm_outputs(build_model("sclnet_test"), images, 0.5)
+
+
+@pytest.mark.parametrize("preset", ["sclnet_test", "vit_test"])
+def test_standalone_batchnorms_become_affine_with_the_same_outputs(preset):
+    """pt2e_batchnorm.py: after calibration every BatchNorm left (SCL-net's fuse BN, the BN-neck) is a multiply and
+    an add; the calibrated graph computes the same embeddings, so convert_pt2e has no BatchNorm to search."""
+    import copy
+
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    from mobilereid.export.pt2e_batchnorm import batchnorms_as_affine
+
+    torch.manual_seed(0)
+    model = build_model(preset, num_classes=4).eval()
+    for m in model.modules():  # running statistics away from the 0/1 defaults, so the rewrite has numbers to get wrong
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2), m.bias.data.uniform_(-1, 1)
+    x = torch.randn(4, 3, *model.cfg.img_size)
+    quantizer = XNNPACKQuantizer()
+    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(model, (x[:1],)).module(), quantizer)
+    with torch.no_grad():
+        for image in x:
+            prepared(image[None])
+        before = torch.cat([prepared(image[None]) for image in x])
+        rewritten = copy.deepcopy(prepared)
+        count = batchnorms_as_affine(rewritten)
+        after = torch.cat([rewritten(image[None]) for image in x])
+    standalone = {"sclnet_test": 4, "vit_test": 1}[preset]  # 3 fuse BNs + BN-neck; the ViT's BN-neck
+    assert count == standalone
+    assert not [n for n in rewritten.graph.nodes if n.target is torch.ops.aten.batch_norm.default]
+    assert torch.allclose(before, after, atol=1e-5, rtol=1e-5)

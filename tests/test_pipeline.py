@@ -198,3 +198,30 @@ def test_pipeline_mcu_chain_alone(tmp_path):
     md = (work / "report" / "report.md").read_text()
     assert "## Export notes of `mcu`" in md and "TFLite Micro (nrf52840)" in md and "estimate, not measured" in md
     assert (work / "export_mcu" / "model_tflm_memory.png").is_file()
+
+
+def test_threads_follow_the_chains_still_running():
+    """cores.py: a chain process re-reads its share between epochs and stages; outside a chain nothing changes."""
+    import torch
+
+    from mobilereid import cores
+
+    before = torch.get_num_threads()
+    share = [1]
+    try:
+        cores.rebalance()
+        assert torch.get_num_threads() == before  # no pipeline chain: the threads a command was given stay
+        cores.follow(lambda: share[0])
+        assert torch.get_num_threads() == 1
+        share[0] = 2  # the other chain finished
+        cores.rebalance()
+        assert torch.get_num_threads() == 2
+
+        def parent_gone():
+            raise ConnectionRefusedError
+
+        cores.follow(parent_gone)
+        assert torch.get_num_threads() == 2
+    finally:
+        cores._share = None
+        torch.set_num_threads(before)

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import ExportError
 from .activation_ranges import executorch_activation_observer
+from .pt2e_batchnorm import batchnorms_as_affine
 from .common import ExportJob, atomic_write_bytes, unshare_weights, tensor_spec, verify_artifact, write_sidecar
 
 
@@ -120,6 +121,7 @@ def _lower(job: ExportJob, int8: bool, qcfg: dict) -> tuple[bytes, dict]:
             with torch.no_grad():
                 for x in job.calib[:n]:
                     m(torch.from_numpy(x[None].copy()))
+            batchnorms_as_affine(m)  # same numbers; spares convert_pt2e a QAT pattern search (pt2e_batchnorm.py)
             m = convert_pt2e(m)
             ep = torch.export.export(m, example)
         edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
