@@ -44,7 +44,7 @@ def once_per_run(shared: Path, name: str, build):
     folder, done = shared / name, shared / f"{name}.json"
     with FileLock(str(shared / f"{name}.lock")):
         if not done.exists():
-            folder.mkdir()
+            folder.mkdir(exist_ok=True)  # a worker whose build failed may have left it; the error is then its own
             done.write_text(json.dumps(build(folder)))
     return json.loads(done.read_text())
 
