@@ -10,14 +10,12 @@ setup: $(STAMP)
 
 # Pinned stack from requirements.lock; onnx2tf 1.29.24 hard-pins an older numpy/tensorflow,
 # so it goes in with --no-deps on top of the stack (see shared TOOLCHAIN facts).
-# --no-compile: pip would byte-compile every module of the ~5 GB stack (about a minute of the 2.2 min install,
-# measured); Python compiles the modules a run imports on first import instead (~6 s measured).
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q --no-compile -r requirements.lock
-	$(BIN)/python -m pip install -q --no-compile --no-deps onnx2tf==1.29.24
-	$(BIN)/python -m pip install -q --no-compile --no-deps -e .
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps onnx2tf==1.29.24
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 run: setup
