@@ -310,15 +310,15 @@ class ViTReID(nn.Module):
         self.scorer = nn.Linear(C, 1) if cfg.keep_ratio < 1.0 and cfg.scorer == "learned" else None
         windowed = cfg.windows > 1
         n_global = cfg.window_start if windowed and cfg.window_weights == "separate" else cfg.depth
-        heads, kv, hidden = cfg.heads_per_layer, cfg.kv_index, cfg.mlp_hidden_per_layer
-        self.blocks = nn.ModuleList(Block(cfg, heads[i], kv[i], hidden[i]) for i in range(n_global))
+        def block(i: int) -> Block:  # block i of all_blocks() order, with its pruned heads, K/V slots and MLP width
+            return Block(cfg, cfg.heads_per_layer[i], cfg.kv_index[i], cfg.mlp_hidden_per_layer[i])
+
+        self.blocks = nn.ModuleList(block(i) for i in range(n_global))
         self.window_blocks = None
         if windowed and cfg.window_weights == "separate":
             per = cfg.depth - cfg.window_start
             self.window_blocks = nn.ModuleList(
-                nn.ModuleList(Block(cfg, heads[n_global + w * per + j], kv[n_global + w * per + j], hidden[n_global + w * per + j])
-                              for j in range(per))
-                for w in range(cfg.windows)
+                nn.ModuleList(block(n_global + w * per + j) for j in range(per)) for w in range(cfg.windows)
             )
         self.window_embed = nn.Parameter(torch.zeros(cfg.windows, 1, C)) if windowed else None
         self.norm = nn.LayerNorm(C, eps=1e-6)
