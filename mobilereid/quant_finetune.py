@@ -46,7 +46,12 @@ On the exported embedding the same weight reaches 0.99 with no accuracy loss (dy
 not kept (measured): BatchNorm frozen to its running statistics in both passes with this embedding consistency
 (the model collapsed to one embedding for every image, cosine 1.0: export now refuses such a model), and
 distillation of both passes to the original checkpoint's embedding (fake-quant vs float agreement fell to
-0.85-0.88 while training).
+0.85-0.88 while training); a 2-epoch linear learning-rate warm-up (2026-12-01, on two other trained models, float mAP
+11.91 and 13.32: the dip after 8 epochs stayed, 11.29 and 10.86, one model ended 0.3 below its start and the other
+failed the guard with 10.73; fake-quant cosine 0.981 and 0.977, no better than without warm-up).
+
+Speed: the fake-quantized pass uses vectorised activation fake quantization (fast_fake_quant.py): one step of
+sclnet_small (batch 64, one core) 2.85 -> 2.37 s measured side by side in one process; same numbers.
 """
 
 from __future__ import annotations
@@ -99,6 +104,8 @@ def _qat_graph(model, example: torch.Tensor, family: str):
     from torchao.quantization.pt2e import move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
+    from .fast_fake_quant import vectorise_activation_fake_quant
+
     model.train()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -112,6 +119,7 @@ def _qat_graph(model, example: torch.Tensor, family: str):
             quantizer.set_global(config)
         graph = prepare_qat_pt2e(graph, quantizer)
     move_exported_model_to_train(graph)
+    vectorise_activation_fake_quant(graph)
     return graph
 
 

@@ -88,3 +88,65 @@ def test_quant_finetune_refuses_wrong_checkpoints(tiny_dataset, tmp_path):
     with pytest.raises(CheckpointError, match="trained for 9 identities"):
         quant_finetune(other, tiny_dataset, tmp_path / "o.pt")
     assert not (tmp_path / "o.pt").exists()
+
+
+
+def test_vectorised_activation_fake_quant_matches_torchaos_fused_module():
+    """The fine-tuning graph's activation fake quantization (fast_fake_quant.py) against torchao's fused module: the
+    same running ranges, scale and zero point (torchao's kernel computes the scale in double, the observer in float:
+    they may differ in the last bit), the same outputs and straight-through gradients (zero where clipped), over
+    a sequence of inputs that moves the ranges; and in a real QAT graph every per-tensor activation quantizer is
+    switched. (Whole graphs are not compared: a last-bit difference of one scale flips a rounding somewhere, and in
+    an untrained network one step of one activation moves the embedding by a cosine of ~0.01.)"""
+    import copy
+
+    from torchao.quantization.pt2e.fake_quantize import FusedMovingAvgObsFakeQuantize
+    from torchao.quantization.pt2e.observer import MovingAverageMinMaxObserver
+
+    from mobilereid.fast_fake_quant import VectorisedActivationFakeQuantize, vectorise_activation_fake_quant
+    from mobilereid.quant_finetune import _qat_graph, _set_quantization
+
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(FusedMovingAvgObsFakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=-128,
+                                                                  quant_max=127, dtype=torch.int8, qscheme=torch.per_tensor_affine))
+    fast = copy.deepcopy(reference)
+    assert vectorise_activation_fake_quant(fast) == 1 and type(fast[0]) is VectorisedActivationFakeQuantize
+    for step in range(6):
+        x = torch.randn(8, 16, 12, 6) * (1 + step) + step
+        xs = [x.clone().requires_grad_() for _ in range(2)]
+        outs = [m(v) for m, v in zip((reference, fast), xs)]
+        grad = torch.randn_like(x)
+        for out in outs:
+            out.backward(grad)
+        a, b = reference[0], fast[0]
+        assert torch.equal(a.activation_post_process.min_val, b.activation_post_process.min_val)
+        assert torch.equal(a.activation_post_process.max_val, b.activation_post_process.max_val)
+        torch.testing.assert_close(a.scale, b.scale, rtol=1e-6, atol=0)
+        assert torch.equal(a.zero_point, b.zero_point)
+        torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-5)
+        assert torch.equal(xs[0].grad, xs[1].grad)
+        assert (xs[1].grad == 0).any() or step == 0  # clipped elements once the moving range lags the inputs
+    _set_quantization(fast, False)
+    assert torch.equal(fast(x), x)  # the float pass: neither observed nor quantized
+
+    model = build_model("sclnet_test", num_classes=6)
+    x = torch.randn(4, 3, *model.cfg.img_size)
+    graph = _qat_graph(model, x, "sclnet")
+    switched = [m for m in graph.modules() if type(m) is VectorisedActivationFakeQuantize]
+    assert switched and not [m for m in graph.modules() if type(m) is FusedMovingAvgObsFakeQuantize and not m.is_per_channel]
+    reference_graph = copy.deepcopy(graph)
+    for m in reference_graph.modules():
+        if type(m) is VectorisedActivationFakeQuantize:
+            m.__class__ = FusedMovingAvgObsFakeQuantize
+    assert torch.equal(_float_pass(graph, x), _float_pass(reference_graph, x))
+    assert not torch.equal(graph(x)[1][0], _float_pass(graph, x))  # quantization acts in the fine-tuning graph
+
+
+def _float_pass(graph, x):
+    from mobilereid.quant_finetune import _set_quantization
+
+    _set_quantization(graph, False)
+    with torch.no_grad():
+        out = graph(x)[1][0]
+    _set_quantization(graph, True)
+    return out
