@@ -402,13 +402,16 @@ def quant_finetune_cmd(
     threads: int = typer.Option(0, help="Torch CPU threads (0 = torch default)."),
     max_map_drop: float = typer.Option(0.5, help="Guard: float mAP (query/gallery) may fall at most this many points below "
                                        "the starting model's; otherwise the weights of the last passing check are kept."),
-    guard_every: int = typer.Option(4, help="Epochs between guard checks (also after the last epoch); 0 = no guard."),
+    guard_every: int = typer.Option(8, help="Epochs between guard checks (also after the last epoch); 0 = no guard."),
+    give_up_drop: float = typer.Option(2.5, help="Guard: a check this many mAP points below the start ends the stage early "
+                                       "(keeping the last passing weights); 0 = never."),
 ):
     """Quantization-consistency fine-tuning (PT2E QAT): the INT8 model then agrees with its float model."""
     from .quant_finetune import QuantFinetuneConfig, quant_finetune
 
     result = quant_finetune(checkpoint, data, out, QuantFinetuneConfig(epochs=epochs, lr=lr, consistency=consistency, threads=threads,
-                                                                       max_map_drop=max_map_drop / 100, guard_every=guard_every))
+                                                                       max_map_drop=max_map_drop / 100, guard_every=guard_every,
+                                                                       give_up_drop=give_up_drop / 100))
 
     last, before, after = result["history"][-1], result["metrics_before"], result["metrics_after"]
     if before and after:

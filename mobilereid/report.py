@@ -220,7 +220,9 @@ def pipeline_markdown(final: dict) -> str:
             if guard.get("active"):
                 lines += ["", f"Guard: float mAP may fall at most {100 * guard['max_map_drop']:.2f} points (checked every {guard['every']} "
                           "epochs and after the last, on query/gallery): " + (
-                              f"the last epoch failed it; kept the weights of epoch {guard['kept_epoch']} (mAP after each check: "
+                              (f"stopped after epoch {guard['gave_up_epoch']}, more than {100 * guard['give_up_drop']:.2f} points down"
+                               if guard.get("gave_up_epoch") else "the last epoch failed it")
+                              + f"; kept the weights of epoch {guard['kept_epoch']} (mAP after each check: "
                               + ", ".join(f"{c['epoch']}: {100 * c['mAP']:.2f}" for c in guard["checks"]) + ")."
                               if guard["checks"] and not guard["checks"][-1]["passed"] else
                               f"the final weights passed ({len(guard['checks'])} checks, "

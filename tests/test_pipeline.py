@@ -131,6 +131,7 @@ def test_stage_folder_it_made_is_rebuilt(tmp_path):
     ('[models.sclnet]\nepochs = "ten"\n', r"\[models.sclnet\] epochs = 'ten': expected a int"),
     ('[models.vit]\nepoch = 3\n', r"unknown key\(s\) epoch in \[models.vit\]"),
     ('[pipeline]\nparallel = 1\n', r"parallel = 1: expected a bool"),
+    ('[quant_finetune]\ngive_up_drop = 0.001\n', r"give_up_drop = 0.001: expected 0 \(never\) or at least max_map_drop"),
 ])
 def test_pipeline_values_of_the_wrong_type_or_range(tmp_path, text, msg):
     (tmp_path / "c.toml").write_text(text)
@@ -225,3 +226,18 @@ def test_threads_follow_the_chains_still_running():
     finally:
         cores._share = None
         torch.set_num_threads(before)
+
+
+def test_report_says_when_the_quant_finetune_guard_gave_up():
+    from mobilereid.report import pipeline_markdown
+
+    metrics = {"rank1": 0.2, "mAP": 0.16}
+    guard = {"active": True, "max_map_drop": 0.005, "every": 8, "kept_epoch": 0, "give_up_drop": 0.025, "gave_up_epoch": 8,
+             "checks": [{"epoch": 8, "mAP": 0.1122, "passed": False}]}
+    final = {"workdir": "w", "wall_seconds": 60.0, "evaluations": {},
+             "stages": {"quant_finetune_sclnet": {"before": metrics, "after": metrics, "guard": guard,
+                                                  "history": [{"epoch": 8, "embedding_cosine": 0.98}]}}}
+    text = pipeline_markdown(final)
+    assert "stopped after epoch 8, more than 2.50 points down; kept the weights of epoch 0 (mAP after each check: 8: 11.22)" in text
+    guard.update(gave_up_epoch=None, checks=[{"epoch": 8, "mAP": 0.1122, "passed": False}, {"epoch": 24, "mAP": 0.15, "passed": False}])
+    assert "the last epoch failed it; kept the weights of epoch 0" in pipeline_markdown(final)

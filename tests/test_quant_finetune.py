@@ -63,6 +63,43 @@ def test_guard_stops_below_the_floor_and_hands_on_the_last_passing_weights(tiny_
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in moved.items())
 
 
+
+def test_guard_gives_up_far_below_the_start_and_the_stage_stops_there(tiny_dataset, tmp_path, monkeypatch):
+    """A check more than give_up_drop below the start ends the stage early with the last passing weights; the last
+    epoch's check never counts as giving up, and give_up_drop = 0 never gives up. The scores are scripted here
+    (the real scoring is the test above): what is tested is the control flow of the stage."""
+    import mobilereid.quant_finetune as qft
+    from mobilereid.data.datasets import load_dataset
+    from mobilereid.quant_finetune import _Guard
+
+    model = build_model("sclnet_test", num_classes=6).eval()
+    ds = load_dataset(tiny_dataset)
+    scores = iter([0.42, 0.20])
+    monkeypatch.setattr(qft, "_float_metrics", lambda m, d: {"mAP": next(scores), "rank1": 0.0})
+    cfg = QuantFinetuneConfig(epochs=4, max_map_drop=0.05, guard_every=1, give_up_drop=0.1)
+    guard = _Guard(model, ds, {"mAP": 0.5}, cfg)
+    assert guard.check(1, model.state_dict()) is False and not guard.gave_up  # 0.08 down: fails, keeps going
+    assert guard.check(2, model.state_dict()) is False and guard.gave_up and guard.record["gave_up_epoch"] == 2
+    last = _Guard(model, ds, {"mAP": 0.5}, cfg)
+    scores = iter([0.0])
+    assert last.check(4, model.state_dict()) is False and not last.gave_up  # the last epoch: nothing left to stop
+    never = _Guard(model, ds, {"mAP": 0.5}, QuantFinetuneConfig(epochs=4, guard_every=1, give_up_drop=0.0))
+    scores = iter([0.0])
+    never.check(1, model.state_dict())
+    assert not never.gave_up
+    with pytest.raises(MobileReIDError, match="give_up_drop"):
+        quant_finetune(tiny_dataset, tiny_dataset, tmp_path / "o.pt", QuantFinetuneConfig(max_map_drop=0.01, give_up_drop=0.005))
+
+    torch.manual_seed(0)
+    source = save_checkpoint(tmp_path / "src.pt", build_model("sclnet_test", num_classes=6).eval())
+    scores = iter([0.5, 0.1])  # before the stage, then the check after epoch 1
+    result = quant_finetune(source, tiny_dataset, tmp_path / "qft.pt",
+                            QuantFinetuneConfig(epochs=4, p=3, k=2, guard_every=1, max_map_drop=0.05, give_up_drop=0.1))
+    assert len(result["history"]) == 1 and result["guard"]["gave_up_epoch"] == 1 and result["guard"]["kept_epoch"] == 0
+    start, _ = load_checkpoint(source)
+    after, _ = load_checkpoint(tmp_path / "qft.pt")
+    assert all(torch.equal(v, after.state_dict()[k]) for k, v in start.state_dict().items())  # the starting weights
+
 @pytest.mark.slow
 def test_vit_quant_finetune_fake_quantizes_linears_and_exports_static(tiny_dataset, tmp_path):
     from mobilereid.export import export_checkpoint
