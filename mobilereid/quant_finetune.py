@@ -7,7 +7,10 @@ weights fail, the weights of the last passing check (or the starting weights) ar
 The reports show drift against the model the stage started from, and what the stage changed, next to each other.
 
 ViTs: fake quantization goes where the ViT's static ExecuTorch recipe quantizes (every linear except ``mlp.fc2``,
-which that recipe keeps dynamic); the consistency term acts on the BN-neck output as for SCL-net.
+which that recipe keeps dynamic); the consistency term acts on the BN-neck output as for SCL-net. Measured on the
+compressed vit_tiny of a fresh ``make run`` (2026-12-01, float mAP 18.05): fake-quant vs float cosine is 0.9992 from
+the first epoch (static PTQ alone verifies at 0.996), and fine-tuning only cost float mAP (lr 5e-4: 13.90 after 8
+epochs; 5e-5: 15.72 / 13.73 after 8 / 16): the guard gave up both times, so the pipeline does not run it for ViTs.
 
 Why: the trained ``sclnet_small`` is hypersensitive to small perturbations (one grey level of input noise moves its
 embedding to cosine ~0.92), so post-training INT8 stays at cosine ~0.91 to the float model whatever the activation
