@@ -277,6 +277,7 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
     ckpt = reference = users_model = stage.dir / "model.pt"  # the trained float model: the drift baseline
     stages[stage.name] = run_stage(stage, _digest({"data": data_key, "train": tcfg.__dict__}), [ckpt],
                                    lambda: {"metrics": train(tcfg, data_root, stage.dir)["metrics"]})
+    trained_metrics = stages[stage.name].get("metrics")  # of model.pt on this data's query/gallery
     targets = cfg["export"]["targets"].get(name) or []
 
     c = dict(cfg["compress"])
@@ -300,9 +301,11 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
         source = ckpt
         ckpt = reference = stage.dir / "model.pt"  # same artifact names as without the stage
 
+        trained = trained_metrics if source == users_model else None  # the same weights on the same split, scored once
+
         def do_quant_finetune():
             qcfg = QuantFinetuneConfig(**q, p=m["p"], k=m["k"])
-            result = quant_finetune(source, data_root, ckpt, qcfg)
+            result = quant_finetune(source, data_root, ckpt, qcfg, metrics_before=trained)
             return {"before": result["metrics_before"], "after": result["metrics_after"], "history": result["history"],
                     "guard": result["guard"]}
 

@@ -68,6 +68,9 @@ def test_pipeline_end_to_end_and_skip(tmp_path):
     assert report["stages"]["compress"]["after"]["gmacs"] < report["stages"]["compress"]["before"]["gmacs"]
     qft = report["stages"]["quant_finetune_sclnet"]
     assert len(qft["history"]) == 1 and 0.0 <= qft["after"]["mAP"] <= 1.0
+    assert qft["before"] == report["stages"]["train_sclnet"]["metrics"]  # the train stage's scores of the same weights,
+    log = (work / "logs" / "sclnet.log").read_text()                   # not scored a second time before epoch 1:
+    assert "query images" not in log.split("[quant_finetune_sclnet] running")[1].split("quant-finetune epoch 1/")[0]
     md = (work / "report" / "report.md").read_text()
     assert "## Compression" in md and "ΔmAP" in md and "## Quantization fine-tuning of `sclnet`" in md
     # drift is measured from the model the user trained (before compression / quant-finetune), the exported one second
