@@ -3,7 +3,10 @@
 ``activation_ranges = "default"`` keeps each toolchain's own estimate. TensorFlow's converter records, for every
 activation tensor, the minimum and maximum over *all* calibration images: one unusual image sets the scale for
 every image, and every other image is quantized with coarser steps than it needs. ExecuTorch's XNNPACKQuantizer
-fits a HistogramObserver to every calibration value. ``"mean_minmax"`` uses instead the mean over the calibration images
+fits a HistogramObserver to every calibration value, whose range is an approximate L2 (MSE) minimisation of the
+quantization error over the histogram (its ``_non_linear_param_search``, after Caffe2's norm minimisation): the
+"MSE ranges" of the PTQ literature are therefore what ``default`` measures on the ExecuTorch route (SCL-net figures
+below; the ViT's static .pte uses it). ``"mean_minmax"`` uses instead the mean over the calibration images
 of each image's own minimum and maximum — the range estimate of moving-average calibration (the exponential
 moving average of batch min/max in TensorFlow's quantization-aware training and in ai-edge-quantizer's calibrator;
 Krishnamoorthi 2018, "Quantizing deep convolutional networks for efficient inference", section 3). Values outside
