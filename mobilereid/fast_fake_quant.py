@@ -14,12 +14,14 @@ the straight-through estimator of the fused kernel's backward: the gradient pass
 quantization range and is zero where it was clipped (Bengio et al. 2013; the ``cachemask`` of PyTorch's kernel).
 Weights keep torchao's per-channel fake quantization (0.5 % of the forward time in that profile).
 
-Only the fine-tuning graph uses this; exports calibrate and quantize with their own toolchains.
+Only the fine-tuning graph uses this (imported lazily there, like torchao); exports calibrate and quantize with their
+own toolchains.
 """
 
 from __future__ import annotations
 
 import torch
+from torchao.quantization.pt2e.fake_quantize import FusedMovingAvgObsFakeQuantize
 
 
 class _RoundClampSTE(torch.autograd.Function):
@@ -44,8 +46,6 @@ def fake_quantize_per_tensor(x: torch.Tensor, scale: torch.Tensor, zero_point: t
 def vectorise_activation_fake_quant(graph: torch.nn.Module) -> int:
     """Switch every per-tensor ``FusedMovingAvgObsFakeQuantize`` of a PT2E QAT graph to the vectorised forward, in
     place (buffers, observer state and the enable/disable switches are kept). Returns how many were switched."""
-    from torchao.quantization.pt2e.fake_quantize import FusedMovingAvgObsFakeQuantize
-
     switched = 0
     for module in graph.modules():
         if type(module) is FusedMovingAvgObsFakeQuantize and not module.is_per_channel:
@@ -54,13 +54,7 @@ def vectorise_activation_fake_quant(graph: torch.nn.Module) -> int:
     return switched
 
 
-def _fused_base():
-    from torchao.quantization.pt2e.fake_quantize import FusedMovingAvgObsFakeQuantize
-
-    return FusedMovingAvgObsFakeQuantize
-
-
-class VectorisedActivationFakeQuantize(_fused_base()):
+class VectorisedActivationFakeQuantize(FusedMovingAvgObsFakeQuantize):
     """``FusedMovingAvgObsFakeQuantize`` (per-tensor) with the observer and fake quantization run as vectorised ops."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
