@@ -271,6 +271,7 @@ def export_cmd(
     threads: int = typer.Option(2, help="Runtime threads for verification."),
     board: Optional[str] = typer.Option(None, help="tflm: board profile from quant/boards.toml (cortex-m7, esp32-s3, cortex-m4)."),
     camera: Optional[int] = typer.Option(None, "--camera", help="Models with an SIE camera embedding (TransReID): the camera whose embedding is baked into the artifacts."),
+    processes: int = typer.Option(1, "--processes", min=1, max=2, help="2: ExecuTorch and the TFLite family (tflite, edgetpu, tflm) in two processes side by side (needs two free cores)."),
 ):
     """Export, quantize and verify every artifact in its real runtime (exit 1 when one misses its drift budget)."""
     from .export import export_checkpoint
@@ -286,7 +287,7 @@ def export_cmd(
 
     with progress(f"exporting {checkpoint.name} ({target})", None):
         export_checkpoint(checkpoint, target, calib, out, int8=int8, recipe_path=recipe, threads=threads, on_result=show, board=board,
-                          camera=camera)
+                          camera=camera, core_free=True if processes == 2 else None)
     console.print(table("artifacts", ["target", "precision", "file", "MB", "cosine mean", "cosine min", "verified"],
                         [[r["target"], r["precision"], r["artifact"].name, f"{r['artifact'].stat().st_size / 1e6:.2f}",
                           r["verification"]["cosine_mean"], r["verification"]["cosine_min"],

@@ -15,11 +15,21 @@ from typing import Callable
 _share: Callable[[], int] | None = None
 
 
-def follow(share: Callable[[], int]) -> None:
-    """From now on ``rebalance`` sets torch's thread count to ``share()`` (at least 1)."""
+def follow(share_of_cores: Callable[[], int]) -> None:
+    """From now on ``rebalance`` sets torch's thread count to ``share_of_cores()`` (at least 1)."""
     global _share
-    _share = share
+    _share = share_of_cores
     rebalance()
+
+
+def share() -> int | None:
+    """This process's current share of the cores, or None outside a pipeline chain."""
+    if _share is None:
+        return None
+    try:
+        return max(1, int(_share()))
+    except Exception:  # the pipeline's parent is gone (interrupted)
+        return None
 
 
 def rebalance() -> None:
@@ -27,9 +37,8 @@ def rebalance() -> None:
         return
     import torch
 
-    try:
-        wanted = max(1, int(_share()))
-    except Exception:  # the pipeline's parent is gone (interrupted): keep the current threads
+    wanted = share()
+    if wanted is None:  # the pipeline's parent is gone (interrupted): keep the current threads
         return
     if wanted != torch.get_num_threads():
         torch.set_num_threads(wanted)

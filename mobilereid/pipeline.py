@@ -14,12 +14,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
 from .console import console
-from .cores import rebalance
+from . import cores as core_share
 from .errors import MobileReIDError
 from .tomlconfig import deep_merge, is_type, read_toml
 
@@ -197,7 +198,7 @@ def run_stage(stage: Stage, key: str, outputs: list[Path], fn) -> dict:
         console.print(f"[{stage.name}] up to date, skipped", markup=False)
         return {**stage.info(), "skipped": True}
     stage.start(key)
-    rebalance()  # the cores of chains that finished (cores.py)
+    core_share.rebalance()  # the cores of chains that finished (cores.py)
     t0 = time.perf_counter()
     info = fn() or {}
     stage.done(key, info, time.perf_counter() - t0)
@@ -318,8 +319,10 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
     stage = Stage(workdir, f"export_{name}")
 
     def do_export():
+        # the longest targets in two processes once this chain has two cores (the other chain has finished; alone:
+        # the machine's)
         results = export_checkpoint(ckpt, ",".join(targets), data_root, stage.dir, int8=True, threads=cfg["export"]["threads"],
-                                    board=cfg["export"]["board"] or None)
+                                    board=cfg["export"]["board"] or None, core_free=lambda: (core_share.share() or os.cpu_count() or 1) >= 2)
         from .export.tflm.target import tflm_notes
 
         return {"artifacts": [r["artifact"].name for r in results],
@@ -354,7 +357,6 @@ def _run_chains_in_parallel(names: list[str], cfg: dict, workdir: Path, data_roo
     ``<workdir>/logs/<model>.log``; the last line of each log is shown here every 20 s.
     """
     import multiprocessing
-    import os
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     logs = workdir / "logs"
@@ -399,7 +401,6 @@ def _last_line(path: Path) -> str:
 def _chain_in_child(name, cfg, workdir, data_root, data_key, log: Path, cores: int, running) -> dict:
     """Child-process entry: all output (Python and native) into the chain's log, torch limited to its share of the
     cores (``cores`` // the chains still ``running``, re-read between epochs and stages: cores.py)."""
-    import os
     import sys
 
     from .chatter import silence_libraries
@@ -409,7 +410,5 @@ def _chain_in_child(name, cfg, workdir, data_root, data_key, log: Path, cores: i
     os.dup2(f.fileno(), 2)
     sys.stdout = sys.stderr = f
     silence_libraries(python_stderr=f)  # native chatter out of the log, so the live status shows the stage's progress
-    from . import cores as core_share
-
     core_share.follow(lambda: cores // max(1, running.value))
     return run_chain(name, cfg, workdir, data_root, data_key)

@@ -95,7 +95,11 @@ def make_job(checkpoint: Path, model, state: dict, calib: str | Path, out_dir: s
 
 def export_checkpoint(checkpoint: str | Path, target: str, calib: str | Path, out_dir: str | Path, int8: bool = False,
                       recipe_path: str | Path | None = None, threads: int = 2, on_result=None, board: str | None = None,
-                      camera: int | None = None) -> list[dict]:
+                      camera: int | None = None, core_free=None, image_counts: tuple[int, int] | None = None) -> list[dict]:
+    """Export ``checkpoint`` to each target of ``target``, verifying every artifact in its runtime. ``core_free``: a
+    callable saying whether a second core is free now (or True); then the longest targets run in two processes side
+    by side (second_process.py). ``image_counts``: (calibration, verification) images, by default the most any
+    target's recipe asks for (the second process gets the first process's counts, so both use the same images)."""
     targets = resolve_targets(target, int8)
     checkpoint = Path(checkpoint)
     model, state = load_model(checkpoint)
@@ -107,15 +111,24 @@ def export_checkpoint(checkpoint: str | Path, target: str, calib: str | Path, ou
         if not int8:
             r["variants"] = [v for v in r["variants"] if v == "fp32"]
         recipes[t] = r
-    n_calib = max(int(r.get("int8", {}).get("calibration_images", 64)) for r in recipes.values())
-    n_verify = max(int(r["verify"]["images"]) for r in recipes.values())
+    n_calib, n_verify = image_counts or (max(int(r.get("int8", {}).get("calibration_images", 64)) for r in recipes.values()),
+                                         max(int(r["verify"]["images"]) for r in recipes.values()))
     job = make_job(checkpoint, model, state, calib, out_dir, n_calib, n_verify, threads)
-    results = []
     with Workdir(Path(out_dir), "export") as scratch:
         job.scratch = scratch
-        for t in targets:
-            results.extend(_run_target(job, t, recipes[t], int8, board, on_result))
-    return results
+
+        def run_here(unit: list[str]) -> list[dict]:
+            return [r for t in unit for r in _run_target(job, t, recipes[t], int8, board, on_result)]
+
+        if core_free is None or len(targets) < 2:
+            return run_here(targets)
+        from .second_process import run_units, work_units
+
+        kwargs = dict(checkpoint=checkpoint, calib=calib, out_dir=out_dir, int8=int8, threads=threads, board=board, camera=camera,
+                      image_counts=(n_calib, n_verify))
+        results = run_units(work_units(targets), run_here, kwargs, core_free if callable(core_free) else lambda: True, on_result)
+    order = {t: i for i, t in enumerate(targets)}
+    return sorted(results, key=lambda r: order[r["target"]])  # sort is stable: a target's variants keep their order
 
 
 def _run_target(job: ExportJob, t: str, recipe: dict, int8: bool, board: str | None, on_result) -> list[dict]:

@@ -1,0 +1,163 @@
+"""Export one model's targets in two processes side by side when a second core is free.
+
+Why: the converters are mostly single-threaded Python (ExecuTorch's XNNPACK lowering, onnx2tf and the TFLite
+converter), so one export of several targets keeps one core busy. ExecuTorch is the longest target of every model
+(sclnet_small: ~100 s of a ~145 s export, the compressed vit_tiny: ~185 s of ~230 s), and the TFLite family
+(tflite, edgetpu, tflm: one onnx2tf SavedModel per export, shared) is most of the rest, so those two run in two
+processes when the caller says a core is free: from the start (`mobilereid export --processes 2`) or as soon as
+one frees up (the pipeline asks its core share between the chains, cores.py, every 2 s).
+
+The second process is started with `spawn` (a fork of a process whose torch and OpenMP threads are running is not
+safe), loads the checkpoint and the calibration/verification images itself (the same files, the same order) and
+exports its unit with the same code; results come back through a pipe. Each process writes only its own
+artifacts; an error or a signal in either stops both, and each removes its own temporary files (SIGTERM unwinds
+like Ctrl-C in the second process too).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Callable
+
+from ..errors import ExportError, MobileReIDError
+
+SHARED_WORK = ("tflite", "edgetpu", "tflm")  # one onnx2tf SavedModel per process (ExportJob.saved_model)
+COST_ORDER = ("executorch", "tflite", "edgetpu", "tflm", "onnx")  # longest first (measured, module docstring)
+NOT_WORTH_A_PROCESS = ("onnx",)  # ~4 s: less than starting a process, loading torch and the images
+POLL_SECONDS = 2.0
+
+
+def work_units(targets: list[str]) -> list[list[str]]:
+    """Targets grouped so that targets sharing work stay in one process, longest unit first."""
+    family = [t for t in targets if t in SHARED_WORK]
+    units = [[t] for t in targets if t not in SHARED_WORK] + ([family] if family else [])
+    return sorted(units, key=lambda u: min(COST_ORDER.index(t) for t in u))
+
+
+class SecondProcess:
+    """One spawned export of some targets; ``result()`` waits for its artifacts or raises its error."""
+
+    def __init__(self, targets: list[str], kwargs: dict):
+        import multiprocessing
+
+        self.targets = targets
+        context = multiprocessing.get_context("spawn")
+        self._receive, send = context.Pipe(duplex=False)
+        self._process = context.Process(target=_export_in_child, args=(send, {**kwargs, "target": ",".join(targets)}),
+                                        name=f"export-{'-'.join(targets)}")
+        self._process.start()
+        send.close()
+
+    def result(self) -> list[dict]:
+        try:
+            kind, payload = self._receive.recv()
+        except EOFError:  # the process died without a word (killed, out of memory)
+            self._process.join()
+            raise ExportError(f"the second export process ({', '.join(self.targets)}) ended with exit status "
+                              f"{self._process.exitcode} before sending its artifacts") from None
+        self._process.join()
+        if kind == "ok":
+            return payload
+        if kind == "error":
+            raise ExportError(payload)
+        raise RuntimeError(f"second export process ({', '.join(self.targets)}): {payload}")
+
+    def stop(self) -> None:
+        """SIGTERM (the child unwinds and removes its temporary files), then SIGKILL if it does not end."""
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(30)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
+        self._receive.close()
+
+
+def run_units(units: list[list[str]], run_here: Callable[[list[str]], list[dict]], kwargs: dict,
+              core_free: Callable[[], bool], on_result=None) -> list[dict]:
+    """Run ``units`` one after the other here, except the first pending unit worth a process, which goes to a second
+    process as soon as ``core_free()`` says so (checked now and every POLL_SECONDS while this process works).
+    ``kwargs``: export_checkpoint's arguments for the second process. Returns every result, in no particular order."""
+    pending = deque(units)
+    lock = threading.Lock()
+    helper: list[SecondProcess] = []
+    done = threading.Event()
+
+    def maybe_start() -> None:
+        with lock:
+            if helper:
+                return
+            unit = next((u for u in pending if any(t not in NOT_WORTH_A_PROCESS for t in u)), None)
+            if unit is None or not _ask(core_free):
+                return
+            pending.remove(unit)
+            helper.append(SecondProcess(unit, kwargs))
+
+    def watch() -> None:
+        while not done.wait(POLL_SECONDS):
+            maybe_start()
+
+    results: list[dict] = []
+    maybe_start()
+    watcher = threading.Thread(target=watch, name="export-core-watch", daemon=True)
+    watcher.start()
+    try:
+        while True:
+            with lock:
+                unit = pending.popleft() if pending else None
+            if unit is None:
+                break
+            results.extend(run_here(unit))
+        done.set()
+        watcher.join()
+        if helper:
+            extra = helper[0].result()
+            for r in extra:
+                if on_result:
+                    on_result(r)
+            results.extend(extra)
+        return results
+    finally:
+        done.set()
+        watcher.join()
+        for h in helper:
+            h.stop()
+
+
+def _ask(core_free: Callable[[], bool]) -> bool:
+    try:
+        return bool(core_free())
+    except Exception:  # the pipeline's parent is gone (interrupted): no second process
+        return False
+
+
+def _export_in_child(send, kwargs: dict) -> None:
+    """Entry of the second process: quiet like the command that started it, one torch thread (the other core runs
+    the first process), SIGTERM unwinds so temporary files go, errors go back through the pipe."""
+    import signal
+
+    from ..chatter import silence_libraries
+
+    def on_sigterm(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    silence_libraries()
+    import torch
+
+    torch.set_num_threads(1)
+    from . import export_checkpoint
+
+    try:
+        send.send(("ok", export_checkpoint(**kwargs)))
+    except MobileReIDError as exc:
+        send.send(("error", str(exc)))
+    except Exception as exc:  # a bug: its traceback as text, so the first process can show it
+        import traceback
+
+        send.send(("bug", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        send.close()
