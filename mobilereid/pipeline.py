@@ -125,9 +125,12 @@ def check_values(cfg: dict, path: Path) -> None:
     qft = cfg["quant_finetune"]["model"]
     if isinstance(qft, list) and not all(isinstance(n, str) for n in qft):
         fail("[quant_finetune] model", qft, "a model name or a list of names")
-    q = cfg["quant_finetune"]
-    if q["give_up_drop"] and q["give_up_drop"] < q["max_map_drop"]:
-        fail("[quant_finetune] give_up_drop", q["give_up_drop"], f"0 (never) or at least max_map_drop ({q['max_map_drop']})")
+    from .quant_finetune import QuantFinetuneConfig
+
+    guard = {key: cfg["quant_finetune"][key] for key in ("max_map_drop", "guard_every", "give_up_drop")}
+    problem = QuantFinetuneConfig(**guard).guard_problem()
+    if problem:
+        raise MobileReIDError(f"{path}: [quant_finetune] {problem}")
 
 
 def _digest(obj) -> str:

@@ -94,6 +94,16 @@ class QuantFinetuneConfig:
     guard_every: int = 8  # epochs between guard checks (and after the last epoch); 0 = no guard
     give_up_drop: float = 0.025  # a check this far below the start (0.025 = 2.5 points) ends the stage early; 0 = never
 
+    def guard_problem(self) -> str | None:
+        """What is wrong with the guard's values, as ``key = value: expected ...`` (None when they fit together);
+        the pipeline checks its config with it before any stage runs, quant_finetune before any file is read."""
+        for key in ("max_map_drop", "guard_every"):
+            if getattr(self, key) < 0:
+                return f"{key} = {getattr(self, key)!r}: expected at least 0"
+        if self.give_up_drop and self.give_up_drop < self.max_map_drop:
+            return f"give_up_drop = {self.give_up_drop!r}: expected 0 (never) or at least max_map_drop ({self.max_map_drop})"
+        return None
+
 
 def _module_path(node) -> str:
     stack = node.meta.get("nn_module_stack") or {}
@@ -158,10 +168,9 @@ def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cf
     scored here otherwise."""
     cfg = cfg or QuantFinetuneConfig()
     checkpoint, out = Path(checkpoint), Path(out)
-    if cfg.max_map_drop < 0 or cfg.guard_every < 0:
-        raise MobileReIDError(f"max_map_drop and guard_every must be >= 0, got {cfg.max_map_drop} and {cfg.guard_every}")
-    if cfg.give_up_drop and cfg.give_up_drop < cfg.max_map_drop:
-        raise MobileReIDError(f"give_up_drop ({cfg.give_up_drop:g}) must be 0 (never) or at least max_map_drop ({cfg.max_map_drop:g})")
+    problem = cfg.guard_problem()
+    if problem:
+        raise MobileReIDError(f"quant-finetune: {problem}")
     model, _ = load_checkpoint(checkpoint)
     family = model_family(model)
     if family not in NECKS:
