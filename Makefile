@@ -13,9 +13,12 @@ setup: $(STAMP)
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.lock
-	$(BIN)/python -m pip install -q --no-deps onnx2tf==1.29.24
+	$(BIN)/python -m pip install -q --no-compile -r requirements.lock
+	$(BIN)/python -m pip install -q --no-compile --no-deps onnx2tf==1.29.24
 	$(BIN)/python -m pip install -q --no-deps -e .
+	@# byte-compile what pip installed on every core (pip compiles file by file on one); a file some package ships
+	@# that is not Python 3 (templates, test data) does not compile, which is harmless, hence the `|| true`
+	$(BIN)/python -m compileall -q -q -j 0 $(VENV)/lib >/dev/null || true
 	touch $(STAMP)
 
 run: setup
