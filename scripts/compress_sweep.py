@@ -3,7 +3,8 @@
 Every variant gets the same fine-tuning budget (``--budget`` epochs, distillation from the unpruned model, the
 compress defaults otherwise): the epochs a variant's steps do not use go to its final fine-tuning, so a variant is
 never ahead just because it trained longer. The "fine-tuned baseline" spends the whole budget on the unpruned model
-and is the reference for the goal of issue #4 (>= 40% fewer executed GMACs at <= 1.0 point mAP loss).
+and is the reference for the goal of issue 16 (<= 0.55x its executed GMACs at <= 1.0 point mAP loss; issue #4 asked
+for <= 0.6x).
 
     python scripts/compress_sweep.py --checkpoint runs/default/train_vit/model.pt --data runs/default/data/synth \\
         --out runs/compress_sweep
@@ -43,6 +44,14 @@ VARIANTS = {
 }
 
 
+GOAL_GMAC_RATIO = 0.55  # issue 16: <= 0.55x the fine-tuned baseline's executed GMACs ...
+GOAL_MAP_LOSS = 1.0  # ... at <= 1.0 mAP point below it
+SEED_FIGURES = {  # quoted from issue 16 (the seed project's own measurements), not re-measured by this script
+    "seed: patch elimination + windows (quoted)": -12.2,
+    "seed: AMG (quoted)": -29.4,
+}
+
+
 def config_for(opts: dict, budget: int) -> CompressConfig:
     """The pipeline's default schedule (2 architecture epochs, 2 rounds x 2 epochs of heads, 1 token epoch), with
     whatever the variant does not use moved to the final fine-tuning so every variant trains ``budget`` epochs."""
@@ -64,9 +73,10 @@ def plot(rows: dict, path: Path) -> None:
 
     base = rows["fine-tuned baseline"]
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    ax.axvspan(0, 0.6 * base["gmacs"], ymin=0, ymax=1, color="#e8f5e9", zorder=0)
-    ax.axhline(100 * base["mAP"] - 1.0, color="#2e7d32", ls="--", lw=1)
-    ax.text(0.6 * base["gmacs"], 100 * base["mAP"] - 1.0, "  goal: <= 60% of baseline GMAC, >= baseline mAP - 1",
+    ax.axvspan(0, GOAL_GMAC_RATIO * base["gmacs"], ymin=0, ymax=1, color="#e8f5e9", zorder=0)
+    ax.axhline(100 * base["mAP"] - GOAL_MAP_LOSS, color="#2e7d32", ls="--", lw=1)
+    ax.text(GOAL_GMAC_RATIO * base["gmacs"], 100 * base["mAP"] - GOAL_MAP_LOSS,
+            f"  goal: <= {GOAL_GMAC_RATIO:.0%} of baseline GMAC, >= baseline mAP - {GOAL_MAP_LOSS:g}",
             color="#2e7d32", fontsize=8, va="bottom", ha="right")
     for name, r in rows.items():
         kind = "o" if name == "fine-tuned baseline" else ("*" if name.startswith("combined") else "s")
@@ -104,6 +114,8 @@ def main() -> None:
     for name, r in rows.items():
         lines.append(f"| {name} | {r['gmacs']:.4f} | {100 * (r['gmacs'] / base['gmacs'] - 1):+.1f}% | {r['params'] / 1e6:.2f} | "
                      f"{100 * r['rank1']:.1f}% | {100 * r['mAP']:.2f}% | {100 * (r['mAP'] - base['mAP']):+.2f} | {100 * r['mINP']:.2f}% |")
+    for name, change in SEED_FIGURES.items():
+        lines.append(f"| {name} | — | {change:+.1f}% | — | — | — | — | — |")
     u = base["unpruned"]
     lines.append(f"\nunpruned checkpoint before fine-tuning: {u['gmacs']:.4f} GMAC, Rank-1 {100 * u['rank1']:.1f}%, mAP {100 * u['mAP']:.2f}%")
     (args.out / "sweep.md").write_text("\n".join(lines) + "\n")
