@@ -7,6 +7,9 @@ converter), so one export of several targets keeps one core busy. ExecuTorch is 
 processes when the caller says a core is free: from the start (`mobilereid export --processes 2`) or as soon as
 one frees up (the pipeline asks its core share between the chains, cores.py, every 2 s).
 
+Measured (fresh-clone `make run`, 2 cores): the SCL-net export stage, which runs after the ViT chain has finished,
+76 s in two processes against 111-132 s in one (five earlier fresh runs).
+
 The second process is started with `spawn` (a fork of a process whose torch and OpenMP threads are running is not
 safe), loads the checkpoint and the calibration/verification images itself (the same files, the same order) and
 exports its unit with the same code; results come back through a pipe. Each process writes only its own
