@@ -60,7 +60,7 @@ def test_vit_without_elimination_and_windows_is_a_plain_vit():
     dict(), dict(keep_ratio=0.7), dict(keep_ratio=0.5, scorer="contrast"), dict(windows=2, window_start=1),
     dict(windows=2, window_start=0, window_weights="separate"), dict(windows=2, keep_ratio=0.7, window_start=1),
     dict(gelu="tanh"), dict(camera_num=3, sie_camera=1), dict(stride=6), dict(jpm=True, camera_num=3, sie_camera=0),
-    dict(jpm=True, keep_ratio=0.7, neck_feat="before"),
+    dict(jpm=True, keep_ratio=0.7, neck_feat="before"), dict(norm="batch"), dict(norm="batch", jpm=True, windows=1),
 ])
 def test_torch_export_for_vit_options(options):
     model = build_model("vit_test", **options).eval()
@@ -116,6 +116,8 @@ def test_sclnet_size():
 def test_bad_options():
     with pytest.raises(ValueError, match="keep_ratio"):
         build_model("vit_test", keep_ratio=1.5)
+    with pytest.raises(ValueError, match="norm must be 'layer' or 'batch'"):
+        build_model("vit_test", norm="group")
     with pytest.raises(ValueError, match="unknown model"):
         build_model("resnet50")
     with pytest.raises(ValueError, match="multiples of 32"):
@@ -130,6 +132,33 @@ def test_checkpoint_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
     assert state["config"]["keep_ratio"] == 0.75
+
+
+def test_batch_norm_vit_has_no_layernorm_and_round_trips_its_running_statistics(tmp_path):
+    """norm = "batch": every LayerNorm's place (blocks, final norm) holds a TokenBatchNorm over the channels, pooled
+    over batch and tokens, so that at inference the graph has no LayerNorm; the running statistics it learns in
+    training are what a loaded checkpoint computes with."""
+    from mobilereid.models.vit import TokenBatchNorm
+
+    torch.manual_seed(0)
+    model = build_model("vit_test", norm="batch", num_classes=4)
+    assert not [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert isinstance(model.blocks[0].norm1, TokenBatchNorm) and isinstance(model.norm, TokenBatchNorm)
+    x = rand_input(model, 6)
+    tokens = torch.randn(6, 5, model.cfg.embed_dim)
+    bn = model.blocks[0].norm1
+    pooled = tokens.reshape(-1, tokens.shape[-1])
+    want = (tokens - pooled.mean(0)) / torch.sqrt(pooled.var(0, unbiased=False) + bn.eps)
+    torch.testing.assert_close(bn(tokens), want, atol=1e-5, rtol=1e-4)  # training mode: batch x token statistics
+    model.train()
+    with torch.no_grad():
+        model(x)
+    assert float(model.norm.running_var.sub(1).abs().max()) > 0  # statistics moved
+    model.eval()
+    loaded, state = load_checkpoint(save_checkpoint(tmp_path / "bn.pt", model))
+    assert state["config"]["norm"] == "batch"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
 
 
 def test_bad_checkpoints(tmp_path):
