@@ -213,6 +213,25 @@ def test_select_tf_ops_are_read_from_the_real_converter_message(tmp_path):
 
 
 @pytest.mark.slow
+def test_batch_norm_vit_full_int8_tflite_has_no_layernorm_arithmetic(tiny_dataset, tmp_path):
+    """norm = "batch" (models/vit.py): the full-int8 LiteRT graph keeps no LayerNorm decomposition (no mean, variance
+    or reciprocal square root over channels), which is what collapses a full-int8 LayerNorm ViT; the LayerNorm ViT's
+    graph has it, exported the same way."""
+    recipe = tmp_path / "int8.toml"
+    recipe.write_text('target = "tflite"\nvariants = ["int8"]\n\n[verify]\nmin_cosine = 0.5\n')
+    layer_norm_arithmetic = {"RSQRT", "MEAN", "SQUARED_DIFFERENCE"}
+    ops = {}
+    for norm in ("layer", "batch"):
+        torch.manual_seed(0)
+        ckpt = save_checkpoint(tmp_path / f"vit_{norm}.pt", build_model("vit_test", gelu="tanh", norm=norm).eval())
+        (r,) = export_checkpoint(ckpt, "tflite", tiny_dataset, tmp_path / norm, int8=True, recipe_path=recipe)
+        assert r["verification"]["passed"] and read_sidecar(r["artifact"])["input"]["dtype"] == "int8"
+        ops[norm] = op_counts(r["artifact"])
+    assert layer_norm_arithmetic & set(ops["layer"]), ops["layer"]
+    assert not layer_norm_arithmetic & set(ops["batch"]), ops["batch"]
+    assert ops["batch"]["FULLY_CONNECTED"] == ops["layer"]["FULLY_CONNECTED"]
+
+
 def test_vit_tflite_default_route_is_litert_torch_and_takes_exact_gelu(tiny_dataset, tmp_path):
     from mobilereid.export.tflite.delegation import delegation_report
 
