@@ -55,27 +55,12 @@ def main(version: Optional[bool] = typer.Option(None, "--version", callback=_ver
     import os
 
     from .chatter import ENV, silence_libraries
+    from .interrupts import exit_cleanly_on_sigterm
 
     if verbose:
         os.environ[ENV] = "1"
     silence_libraries()
-    _exit_cleanly_on_sigterm()
-
-
-def _exit_cleanly_on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C (exit status 143), so every temporary folder and file is removed by the
-    `finally` blocks that remove them on SIGINT."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
+    exit_cleanly_on_sigterm()
 
 
 @data_app.command("synth")

@@ -63,7 +63,6 @@ def test_guard_stops_below_the_floor_and_hands_on_the_last_passing_weights(tiny_
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in moved.items())
 
 
-
 def test_guard_gives_up_far_below_the_start_and_the_stage_stops_there(tiny_dataset, tmp_path, monkeypatch):
     """A check more than give_up_drop below the start ends the stage early with the last passing weights; the last
     epoch's check never counts as giving up, and give_up_drop = 0 never gives up. The scores are scripted here
@@ -99,6 +98,7 @@ def test_guard_gives_up_far_below_the_start_and_the_stage_stops_there(tiny_datas
     start, _ = load_checkpoint(source)
     after, _ = load_checkpoint(tmp_path / "qft.pt")
     assert all(torch.equal(v, after.state_dict()[k]) for k, v in start.state_dict().items())  # the starting weights
+
 
 @pytest.mark.slow
 def test_vit_quant_finetune_fake_quantizes_linears_and_exports_static(tiny_dataset, tmp_path):

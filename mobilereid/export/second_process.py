@@ -113,9 +113,7 @@ def run_units(units: list[list[str]], run_here: Callable[[list[str]], list[dict]
             if unit is None:
                 break
             results.extend(run_here(unit))
-        done.set()
-        watcher.join()
-        if helper:
+        if helper:  # nothing is pending any more, so the watcher starts nothing from here on
             extra = helper[0].result()
             for r in extra:
                 if on_result:
@@ -139,15 +137,10 @@ def _ask(core_free: Callable[[], bool]) -> bool:
 def _export_in_child(send, kwargs: dict) -> None:
     """Entry of the second process: quiet like the command that started it, one torch thread (the other core runs
     the first process), SIGTERM unwinds so temporary files go, errors go back through the pipe."""
-    import signal
-
     from ..chatter import silence_libraries
+    from ..interrupts import exit_cleanly_on_sigterm
 
-    def on_sigterm(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    exit_cleanly_on_sigterm()
     silence_libraries()
     import torch
 
