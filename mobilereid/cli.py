@@ -302,7 +302,7 @@ def export_cmd(
 def quant_sensitivity_cmd(
     checkpoint: Path = typer.Argument(..., help="A mobilereid checkpoint (.pt)."),
     calib: Path = typer.Option(..., "--calib", help="Calibration images (a dataset folder or any image folder)."),
-    out: Path = typer.Option(Path("runs/sensitivity"), "--out", "-o", help="Folder for sensitivity.{json,md,png} and the chosen recipe_{tflite,executorch}.toml."),
+    out: Path = typer.Option(Path("runs/sensitivity"), "--out", "-o", help="Folder for sensitivity.{json,md,png} and the chosen recipe_{tflite,tflite_integer,executorch}.toml."),
     min_cosine: Optional[float] = typer.Option(None, help="Drift budget (mean cosine to float); default: the TFLite recipe's."),
     threads: int = typer.Option(2, help="Runtime threads for verification and timing."),
     executorch: bool = typer.Option(True, "--executorch/--no-executorch", help="Also measure ExecuTorch candidates."),
@@ -311,9 +311,10 @@ def quant_sensitivity_cmd(
     from .export.sensitivity import run_sensitivity
 
     report = run_sensitivity(checkpoint, calib, out, min_cosine=min_cosine, threads=threads, executorch=executorch)
-    worst = report["layers"][0]
-    console.print(f"worst layer: {worst['op']} {worst['tensor']} (RMSE/scale {worst['rmse_over_scale']:.2f}); float model under one grey "
-                  f"level of input noise: cosine {report['noise_cosine_1_grey_level']:.4f}")
+    if report["layers"]:  # the per-layer ranking exists on the onnx2tf route only
+        worst = report["layers"][0]
+        console.print(f"worst layer: {worst['op']} {worst['tensor']} (RMSE/scale {worst['rmse_over_scale']:.2f})")
+    console.print(f"float model under one grey level of input noise: cosine {report['noise_cosine_1_grey_level']:.4f}")
     choices = [("tflite", report["chosen"])] + ([("executorch", report["executorch"]["chosen"])] if report["executorch"] else [])
     for target, chosen in choices:
         if chosen:
@@ -321,6 +322,9 @@ def quant_sensitivity_cmd(
                           f"(use: mobilereid export CKPT --target {target} --int8 --recipe {out / f'recipe_{target}.toml'} ...)")
         else:
             err_console.print(f"error: no {target} candidate meets mean cosine >= {report['drift_budget']} (see {out / 'sensitivity.md'})", markup=False)
+    integer = report.get("chosen_full_integer")
+    console.print(f"tflite full integer: chosen {integer['name']} -> {out / 'recipe_tflite_integer.toml'}" if integer
+                  else "tflite full integer: no candidate without float ops meets the budget")
     if any(chosen is None for _, chosen in choices):
         raise typer.Exit(1)
 

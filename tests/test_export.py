@@ -232,6 +232,76 @@ def test_batch_norm_vit_full_int8_tflite_has_no_layernorm_arithmetic(tiny_datase
     assert ops["batch"]["FULLY_CONNECTED"] == ops["layer"]["FULLY_CONNECTED"]
 
 
+@pytest.mark.parametrize("options,expected", [
+    ({}, ["block 0 class-token LayerNorm as a constant", "5 LayerNorm squares as MUL"]),
+    ({"windows": 2, "window_start": 0}, ["5 LayerNorm squares as MUL"]),  # block 0 runs once per window: not stored
+    ({"norm": "batch"}, []),
+])
+def test_integer_friendly_rewrites_keep_the_function(options, expected):
+    """export/integer_friendly.py: the rewritten ViT computes the same embeddings (float), the class-token row is
+    stored only where block 0 sees one constant row, the user's model is left untouched, and a model without
+    LayerNorm passes unchanged."""
+    from mobilereid.export.integer_friendly import integer_friendly
+
+    torch.manual_seed(0)
+    model = build_model("vit_test", gelu="tanh", **options).eval()
+    images = torch.randn(3, 3, 64, 32)
+    rewritten, rewrites = integer_friendly(model, images)
+    assert rewrites == expected
+    assert not any(type(m).__name__ == "DecomposedLayerNorm" for m in model.modules())  # a copy was rewritten
+    with torch.no_grad():
+        assert torch.allclose(rewritten(images), model(images), atol=1e-4)
+
+
+def _activation_types(path) -> dict[str, set[str]]:
+    """op type -> the dtypes its outputs have in the LiteRT interpreter's view of the model."""
+    from mobilereid.runtimes import litert_interpreter_class
+
+    interp = litert_interpreter_class()(model_path=str(path))
+    dtypes = {t["index"]: t["dtype"].__name__ for t in interp.get_tensor_details()}
+    seen: dict[str, set[str]] = {}
+    for op in interp._get_ops_details():
+        seen.setdefault(op["op_name"], set()).update(dtypes[i] for i in op["outputs"])
+    return seen
+
+
+@pytest.mark.slow
+def test_int8_with_int16_op_types_is_full_integer_and_checked(tiny_dataset, tmp_path):
+    """int8.int16_ops (litert-torch route, issue 15): the int8 model with int16 activations for the named op types
+    only — every ADD writes int16, every FULLY_CONNECTED int8 —, no float op left (checked in the graph, recorded in
+    the sidecar), verified in LiteRT. The LayerNorm ViT's int16x8 is full integer thanks to the integer-friendly
+    graph (without it ai-edge-quantizer leaves SQUARED_DIFFERENCE in float). A model whose graph keeps float ops
+    (patch elimination's score comparison) says so in its sidecar instead of passing for full integer; asking int16
+    for an op ai-edge-quantizer cannot give it, or for an op type the graph lacks, is a one-line error, nothing
+    written."""
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test", gelu="tanh").eval())
+    recipe = tmp_path / "mixed.toml"
+    recipe.write_text('target = "tflite"\nvariants = ["int8", "int16x8"]\n\n[int8]\nint16_ops = ["add"]\n'
+                      'activation_ranges = "minmax"\n\n[verify]\nmin_cosine = 0.5\n')
+    mixed, int16x8 = export_checkpoint(ckpt, "tflite", tiny_dataset, tmp_path / "e", int8=True, recipe_path=recipe)
+    assert mixed["artifact"].name == "vit_int8_int16.tflite" and mixed["precision"] == "int8+int16"
+    assert mixed["verification"]["passed"] and mixed["float_ops_left"] == {}
+    meta = read_sidecar(mixed["artifact"])
+    assert meta["int16_ops"] == ["ADD"] and meta["float_ops_left"] == {} and meta["input"]["dtype"] == "int8"
+    types = _activation_types(mixed["artifact"])
+    assert types["ADD"] == {"int16"} and types["FULLY_CONNECTED"] == {"int8"} and types["SOFTMAX"] == {"int8"}
+    assert "float32" not in set().union(*types.values())
+    assert int16x8["float_ops_left"] == {} and int16x8["verification"]["cosine_mean"] > 0.99
+    assert "SQUARED_DIFFERENCE" not in op_counts(int16x8["artifact"])
+    assert read_sidecar(int16x8["artifact"])["graph_rewrites"][-1] == "5 LayerNorm squares as MUL"
+    keep = save_checkpoint(tmp_path / "keep.pt", build_model("vit_test", gelu="tanh", keep_ratio=0.75).eval())
+    recipe.write_text('target = "tflite"\nvariants = ["int8"]\n\n[verify]\nmin_cosine = 0.5\n')
+    (r,) = export_checkpoint(keep, "tflite", tiny_dataset, tmp_path / "k", int8=True, recipe_path=recipe)
+    assert r["float_ops_left"].get("GREATER") and read_sidecar(r["artifact"])["float_ops_left"] == r["float_ops_left"]
+    for model, ops, msg in ((keep, ["GREATER"], "names GREATER, which has no int16 kernel configuration"),
+                            (ckpt, ["LOGISTIC"], "names 'LOGISTIC', but the LiteRT graph of vit has no LOGISTIC op")):
+        recipe.write_text(f'target = "tflite"\nvariants = ["int8"]\n\n[int8]\nint16_ops = {json.dumps(ops)}\n')
+        with pytest.raises(ExportError, match=msg):
+            export_checkpoint(model, "tflite", tiny_dataset, tmp_path / "bad", int8=True, recipe_path=recipe)
+        assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").iterdir())
+
+
 def test_vit_tflite_default_route_is_litert_torch_and_takes_exact_gelu(tiny_dataset, tmp_path):
     from mobilereid.export.tflite.delegation import delegation_report
 

@@ -83,6 +83,25 @@ def test_bad_recipe_values_are_one_line_errors(tmp_path, tiny_dataset, text, msg
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("target,text,msg", [
+    ("executorch", '[int8]\nint16_ops = ["ADD"]\n', "int16_ops asks for int16 activations, but ExecuTorch's XNNPACK backend has no int16 kernels"),
+    ("executorch", 'variants = ["int16x8"]\n', "variant int16x8 asks for int16 activations, but ExecuTorch's XNNPACK"),
+    ("edgetpu", '[int8]\nint16_ops = ["ADD"]\n', "the Edge TPU has no int16 kernels"),
+    ("tflm", '[int8]\nint16_ops = ["ADD"]\n', "TFLite Micro route converts through onnx2tf"),
+    ("tflite", 'converter = "onnx2tf"\n[int8]\nint16_ops = ["ADD"]\n', 'int16_ops needs converter = "litert-torch"'),
+    ("tflite", 'converter = "litert-torch"\n[int8]\nint16_ops = "ADD"\n', "int16_ops must be a list of TFLite op type names"),
+])
+def test_int16_requests_where_no_int16_kernels_exist_are_one_line_errors(tmp_path, target, text, msg):
+    """Issue 15's bad input: an int16 request on a runtime without int16 kernels (or on the TFLite route that cannot
+    mix precisions per op) is refused when the recipe is read, before any model is loaded or file written."""
+    from mobilereid.export.recipes import load_recipe
+
+    (tmp_path / "r.toml").write_text(f'target = "{target}"\n' + text)
+    with pytest.raises(ExportError, match=msg) as err:
+        load_recipe(target, "sclnet" if target == "tflm" else "vit", tmp_path / "r.toml")  # no ViT for microcontrollers
+    assert str(tmp_path / "r.toml") in str(err.value) and "\n" not in str(err.value)
+
+
 def test_too_few_verification_images_are_said_or_refused(tmp_path, tiny_dataset):
     import shutil
 

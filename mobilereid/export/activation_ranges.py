@@ -48,6 +48,8 @@ def combine_extremes(rule: str, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndar
         return lo.mean(axis=0), hi.mean(axis=0)
     if rule == "p90_minmax":
         return np.percentile(lo, 100 - PERCENTILE, axis=0), np.percentile(hi, PERCENTILE, axis=0)
+    if rule == "minmax":
+        return lo.min(axis=0), hi.max(axis=0)
     raise ExportError(f"activation range rule {rule!r} has no per-image combination")
 
 

@@ -43,6 +43,7 @@ class ExportJob:
     saved_model: Path | None = None  # onnx2tf SavedModel, made once per export
     reference_pairwise_cosine: float | None = None  # mean cosine between the float embeddings of different images
     verify_notes: list = field(default_factory=list)  # e.g. fewer held-out images than the recipe asks for
+    graph_rewrites: list = field(default_factory=list)  # function-preserving rewrites of the static LiteRT graph
 
     def __post_init__(self):
         self.model.eval()
@@ -96,9 +97,10 @@ def unshare_weights(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
-def unshared_graph(job: "ExportJob") -> "GraphModel":
-    """The job's model captured by torch.export, each shared weight copied per op (see unshare_weights)."""
-    return GraphModel(unshare_weights(torch.export.export(job.model, (job.example(),)).module()))
+def unshared_graph(job: "ExportJob", model: torch.nn.Module | None = None) -> "GraphModel":
+    """The job's model (or ``model``) captured by torch.export, each shared weight copied per op (see
+    unshare_weights)."""
+    return GraphModel(unshare_weights(torch.export.export(model or job.model, (job.example(),)).module()))
 
 
 class GraphModel(torch.nn.Module):

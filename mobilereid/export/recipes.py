@@ -25,7 +25,11 @@ def default_recipe_path(target: str, family: str) -> Path:
 
 
 INT8_KEYS = {"mode", "ops", "dynamic_modules", "smooth_alpha", "per_channel", "calibration_images", "activation_ranges", "io_dtype",
-             "float_ops", "float_nodes"}
+             "float_ops", "float_nodes", "int16_ops"}
+# int16 activations: only LiteRT through litert-torch + ai-edge-quantizer can mix them into an int8 model per op type
+NO_INT16 = {"executorch": "ExecuTorch's XNNPACK backend has no int16 kernels",
+            "edgetpu": "the Edge TPU has no int16 kernels",
+            "tflm": "the TFLite Micro route converts through onnx2tf, which has no per-op int16 choice"}
 KNOWN = {"": {"target", "family", "converter", "variants", "board", "int8", "int8_static", "verify", "micro", "source"},
          "int8": INT8_KEYS, "int8_static": INT8_KEYS,
          "verify": {"images", "min_cosine"},
@@ -65,11 +69,29 @@ def validate_recipe(recipe: dict, where: str) -> None:
         alpha = table.get("smooth_alpha", 0.5)
         if not is_type(alpha, float) or not 0.0 < alpha <= 1.0:
             raise ExportError(f"{where}: {section}.smooth_alpha must be a number in (0, 1], got {alpha!r}")
+    check_int16_request(recipe, where)
     flags = [("int8.per_channel", q.get("per_channel", True))]
     flags += [(f"micro.{k}", val) for k, val in recipe.get("micro", {}).items()]
     for key, val in flags:
         if not isinstance(val, bool):
             raise ExportError(f"{where}: {key} must be true or false, got {val!r}")
+
+
+def check_int16_request(recipe: dict, where: str) -> None:
+    """An int16 request (``int8.int16_ops``, the ``int16x8`` variant) on a runtime without int16 kernels, or on the
+    TFLite route that cannot mix precisions per op, is a one-line error naming the recipe."""
+    target = recipe.get("target", "")
+    for section in ("int8", "int8_static"):
+        ops = recipe.get(section, {}).get("int16_ops", [])
+        if not isinstance(ops, list) or not all(isinstance(x, str) and x for x in ops):
+            raise ExportError(f"{where}: {section}.int16_ops must be a list of TFLite op type names, got {ops!r}")
+        if ops and target in NO_INT16:
+            raise ExportError(f"{where}: {section}.int16_ops asks for int16 activations, but {NO_INT16[target]}")
+        if ops and target == "tflite" and recipe.get("converter", "onnx2tf") != "litert-torch":
+            raise ExportError(f"{where}: {section}.int16_ops needs converter = \"litert-torch\" (the onnx2tf route's "
+                              "TensorFlow converter cannot mix int8 and int16 per op)")
+    if "int16x8" in recipe.get("variants", []) and target in NO_INT16:
+        raise ExportError(f"{where}: variant int16x8 asks for int16 activations, but {NO_INT16[target]}")
 
 
 def load_recipe(target: str, family: str, path: str | Path | None = None) -> dict:

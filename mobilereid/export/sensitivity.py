@@ -50,6 +50,7 @@ from .common import Workdir, cosine_rows
 from .onnx_target import write_onnx
 from .activation_ranges import RULES as RANGE_RULES
 from .recipes import load_recipe
+from .tflite.ops import float_compute_ops
 from .tflite.target import calibrated_converter, convert_variant, image_dataset, io_specs, onnx_to_saved_model, quiet
 
 
@@ -176,33 +177,105 @@ def onnx2tf_candidates(job, qcfg: dict, threads: int, repeats: int, ks, tmp: Pat
         for name, variant, nodes, ranges in candidates:
             with quiet():
                 data = convert_variant(saved, variant, calib_nhwc, {**qcfg, "float_nodes": nodes, "activation_ranges": ranges})
+            left = dict(sorted(float_compute_ops(data).items())) if variant == "int8" else None
             results.append({"name": name, "variant": variant, "float_nodes": nodes, "activation_ranges": ranges,
+                            "full_integer": left == {}, "float_ops_left": left,
                             **measure(data, job.verify, job.reference, threads, repeats)})
             advance()
     return layers, results
 
 
-LITERT_TORCH_CANDIDATES = (("int8 (full integer)", "int8"), ("int16x8 (int16 activations, int8 weights)", "int16x8"),
-                           ("dynamic", "dynamic"), ("fp32", "fp32"))
+LAYOUT_OPS = {"RESHAPE", "TRANSPOSE", "SLICE", "STRIDED_SLICE", "CONCATENATION", "SPLIT", "PACK", "UNPACK", "GATHER",
+              "GATHER_ND", "BROADCAST_TO", "PAD", "PADV2", "MIRROR_PAD", "SPACE_TO_DEPTH", "SELECT", "SELECT_V2",
+              "DYNAMIC_UPDATE_SLICE"}  # move values, compute nothing: not searched for int16 on their own
 
 
-def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int) -> list[dict]:
-    """ViTs (the litert-torch route): full INT8, int16x8, dynamic-range and fp32 from one conversion, each quantized
-    by ai-edge-quantizer and measured in LiteRT."""
-    from .tflite.litert_torch_route import build_litert_torch_variants
+SEARCH_RULES = ("default", "minmax")  # litert-torch route: ai-edge-quantizer's moving average, the extremes of all images
 
-    with progress("litert-torch: convert and quantize each candidate", None), quiet():
-        models = build_litert_torch_variants(job, [v for _, v in LITERT_TORCH_CANDIDATES], qcfg)
+
+def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int, budget: float) -> list[dict]:
+    """ViTs (the litert-torch route), from one conversion of the integer-friendly graph (`integer_friendly`):
+    dynamic-range and fp32; then, for each activation-range rule of ``SEARCH_RULES`` (one calibration each), full
+    INT8, int16x8, INT8 with int16 activations for one op type at a time (every computing op type of the graph that
+    ai-edge-quantizer can give int16, and the layout ops as one group), then, in the order of those measured gains,
+    INT8 with int16 for the best two, three, ... until the mean cosine meets ``budget`` (issue 15: int16 where int8
+    does not hold, chosen by the measured sensitivity). Each candidate is measured in LiteRT and checked for float ops
+    left in its graph."""
+    from .tflite.litert_torch_route import calibrate, check_int16_ops, convert_with_litert_torch, integer_graph, quantize_static
+
+    calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))[: int(qcfg.get("calibration_images", 64))]
+    with progress("litert-torch: convert the integer-friendly graph", None), quiet():
+        models = convert_with_litert_torch(integer_graph(job), calib_nhwc, ["fp32", "dynamic"], threads, job.stem)
+        capable = int16_capable_types(models["fp32"], check_int16_ops, job.stem)
+    layout = [t for t in capable if t in LAYOUT_OPS]
+    units = [[t] for t in capable if t not in LAYOUT_OPS] + ([layout] if layout else [])
+
+    def candidate(name: str, variant: str, rule: str, recorded: dict | None = None, int16_ops: list[str] = ()) -> dict:
+        with quiet():
+            data = models[variant] if variant in models else quantize_static(
+                models["fp32"], recorded, 16 if variant == "int16x8" else 8, list(int16_ops), job.stem)
+        left = dict(sorted(float_compute_ops(data).items())) if variant in ("int8", "int16x8") else None
+        return {"name": name, "variant": variant, "activation_ranges": rule, "int16_ops": list(int16_ops),
+                "full_integer": left == {}, "float_ops_left": left, **measure(data, job.verify, job.reference, threads, repeats)}
+
+    def label(unit: list[str]) -> str:
+        return f"layout ops ({', '.join(unit)})" if unit == layout and len(unit) > 1 else " + ".join(unit)
+
+    per_rule = 2 + len(units) + max(len(units) - 1, 0)
+    total = 2 + len(SEARCH_RULES) * per_rule
     results = []
-    with progress("verify and time each candidate", len(models)) as advance:
-        for name, variant in LITERT_TORCH_CANDIDATES:
-            results.append({"name": name, "variant": variant, **measure(models[variant], job.verify, job.reference, threads, repeats)})
+    with progress("quantize, verify and time each candidate", total) as advance:
+        for name, variant in (("dynamic", "dynamic"), ("fp32", "fp32")):
+            results.append(candidate(name, variant, "-"))
             advance()
+        for rule in SEARCH_RULES:
+            with quiet():
+                recorded = calibrate(models["fp32"], calib_nhwc, threads, job.stem, rule)
+            done = len(results)
+            results.append(candidate(f"int8 (full integer), {rule} ranges", "int8", rule, recorded))
+            results.append(candidate(f"int16x8 (int16 activations, int8 weights), {rule} ranges", "int16x8", rule, recorded))
+            advance(2)
+            singles = []
+            for unit in units:
+                singles.append(candidate(f"int8, {label(unit)} int16, {rule} ranges", "int8", rule, recorded, unit))
+                advance()
+            results += singles
+            base = results[done]["cosine_mean"]
+            gains = [c for c in sorted(singles, key=lambda c: -c["cosine_mean"]) if c["cosine_mean"] > base and "error" not in c]
+            chosen, best = [], None
+            for k, c in enumerate(gains):
+                if best is not None and best >= budget:
+                    break
+                chosen = chosen + c["int16_ops"]
+                if k == 0:
+                    best = c["cosine_mean"]
+                    continue
+                results.append(candidate(f"int8, {' + '.join(label(u) for u in units if set(u) <= set(chosen))} int16, {rule} ranges",
+                                         "int8", rule, recorded, chosen))
+                best = results[-1]["cosine_mean"]
+                advance()
+            advance(done + per_rule - len(results))  # the search stopped early: its remaining steps are not needed
     return results
 
 
-def fastest_within(candidates: list[dict], budget: float) -> dict | None:
-    ok = [c for c in candidates if c["cosine_mean"] >= budget and "error" not in c]
+def int16_capable_types(fp32: bytes, check_int16_ops, name: str) -> list[str]:
+    """The op types of the graph that ai-edge-quantizer can give int16 activations, in name order."""
+    from .tflite.ops import op_counts
+
+    capable = []
+    for t in sorted(op_counts(fp32)):
+        try:
+            check_int16_ops(fp32, [t], name)
+        except ExportError:
+            continue
+        capable.append(t)
+    return capable
+
+
+def fastest_within(candidates: list[dict], budget: float, full_integer: bool = False) -> dict | None:
+    """The fastest candidate whose mean cosine meets ``budget``; ``full_integer``: among those with no float op (the
+    models integer-only accelerators need), whatever their speed on this CPU."""
+    ok = [c for c in candidates if c["cosine_mean"] >= budget and "error" not in c and (c.get("full_integer") or not full_integer)]
     return min(ok, key=lambda c: c["p50_ms"]) if ok else None
 
 
@@ -218,7 +291,7 @@ def run_sensitivity(checkpoint: str | Path, calib: str | Path, out_dir: str | Pa
     budget = float(min_cosine if min_cosine is not None else recipe["verify"]["min_cosine"])
     with Workdir(out_dir, "sensitivity") as tmp:
         if recipe.get("converter", "onnx2tf") == "litert-torch":
-            layers, results = [], litert_torch_candidates(job, qcfg, threads, repeats)
+            layers, results = [], litert_torch_candidates(job, qcfg, threads, repeats, budget)
         else:
             layers, results = onnx2tf_candidates(job, qcfg, threads, repeats, ks, tmp, checkpoint)
         et_results = []
@@ -229,6 +302,7 @@ def run_sensitivity(checkpoint: str | Path, calib: str | Path, out_dir: str | Pa
     report = {"checkpoint": str(checkpoint), "family": job.family, "drift_budget": budget, "threads": threads,
               "noise_cosine_1_grey_level": noise_sensitivity(job),
               "layers": layers, "candidates": results, "chosen": fastest_within(results, budget),
+              "chosen_full_integer": fastest_within(results, budget, full_integer=True),
               "executorch": {"candidates": et_results, "chosen": fastest_within(et_results, budget)} if executorch else None,
               "converter": recipe.get("converter", "onnx2tf"),
               "not_covered": "; ".join(([] if layers else ["a per-layer ranking for the litert-torch route (TensorFlow's "
@@ -247,7 +321,8 @@ def write_outputs(report: dict, out_dir: Path, base_recipes: dict) -> None:
     with staged_folder(out_dir) as stage:
         _write_files(report, stage, base_recipes)
     et = report.get("executorch") or {}
-    for name, chosen in (("recipe_tflite.toml", report["chosen"]), ("recipe_executorch.toml", et.get("chosen"))):
+    for name, chosen in (("recipe_tflite.toml", report["chosen"]), ("recipe_tflite_integer.toml", report.get("chosen_full_integer")),
+                         ("recipe_executorch.toml", et.get("chosen"))):
         if chosen is None:  # a recipe left by an earlier run must not pass for this run's choice
             (out_dir / name).unlink(missing_ok=True)
     for title, cands in (("INT8 candidates (LiteRT)", report["candidates"]), ("INT8 candidates (ExecuTorch)", et.get("candidates", []))):
@@ -258,18 +333,43 @@ def write_outputs(report: dict, out_dir: Path, base_recipes: dict) -> None:
 
 
 def _candidate_rows(cands: list[dict], budget: float) -> list[str]:
-    rows = ["| candidate | size (KB) | p50 ms | p90 ms | cosine mean | cosine min | meets budget |", "|---|---|---|---|---|---|---|"]
+    integer = any("full_integer" in c for c in cands)
+    rows = ["| candidate | KB | p50 ms | p90 ms | cosine mean | cosine min | within budget |" + (" float ops left |" if integer else ""),
+            "|---|---|---|---|---|---|---|" + ("---|" if integer else "")]
     for c in cands:
+        left = ""
+        if integer:
+            ops = c.get("float_ops_left")
+            left = " - |" if ops is None else " none (full integer) |" if not ops else f" {', '.join(f'{k} x{v}' for k, v in ops.items())} |"
         if "error" in c:
-            rows.append(f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | - | - | - | - | no: the runtime refused it ({c['error']}) |")
+            rows.append(f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | - | - | - | - | no: the runtime refused it ({c['error']}) |" + left)
             continue
         rows.append(f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['cosine_mean']:.4f} | "
-                    f"{c['cosine_min']:.4f} | {'yes' if c['cosine_mean'] >= budget else 'no'} |")
+                    f"{c['cosine_min']:.4f} | {'yes' if c['cosine_mean'] >= budget else 'no'} |" + left)
     return rows
 
 
 def _verify_section(base: dict, budget: float) -> str:
     return f"[verify]\nimages = {int(base['verify']['images'])}\nmin_cosine = {budget}\n"
+
+
+def _tflite_recipe_text(report: dict, chosen: dict, base: dict, budget: float) -> str:
+    """A TFLite recipe that `mobilereid export --recipe` applies to make ``chosen``."""
+    head = (f"# Chosen by mobilereid quant-sensitivity for {report['checkpoint']}: {chosen['name']}\n"
+            f"# cosine {chosen['cosine_mean']:.4f}, p50 {chosen['p50_ms']:.2f} ms on {report['threads']} threads\n"
+            f'target = "tflite"\nfamily = "{report["family"]}"\n')
+    calib = int(base.get("int8", {}).get("calibration_images", 64))
+    if report.get("converter") == "litert-torch":
+        return (head + f'converter = "litert-torch"\nvariants = ["{chosen["variant"]}"]\n\n[int8]\ncalibration_images = {calib}\n'
+                + (f"int16_ops = {json.dumps(chosen['int16_ops'])}\n" if chosen.get("int16_ops") else "")
+                + (f'activation_ranges = "{chosen["activation_ranges"]}"\n' if chosen.get("activation_ranges", "-") != "-" else "")
+                + "\n" + _verify_section(base, budget))
+    nodes = ", ".join(json.dumps(n) for n in chosen["float_nodes"])
+    return (head + f'variants = ["{chosen["variant"]}"]\n\n[int8]\n'
+            f"per_channel = {str(bool(base.get('int8', {}).get('per_channel', True))).lower()}\n"
+            f"calibration_images = {calib}\n"
+            f'io_dtype = "{base.get("int8", {}).get("io_dtype", "int8")}"\nfloat_nodes = [{nodes}]\n'
+            f'activation_ranges = "{chosen["activation_ranges"]}"\n\n' + _verify_section(base, budget))
 
 
 def _write_files(report: dict, out_dir: Path, base_recipes: dict) -> None:
@@ -294,9 +394,12 @@ def _write_files(report: dict, out_dir: Path, base_recipes: dict) -> None:
                   "so no static INT8 recipe can be expected to meet the budget for this model; a model trained to agree with its INT8 version "
                   "is what would: for SCL-net, `mobilereid quant-finetune` (quantization-consistency QAT) measured 0.907 -> 0.993 in `make run`."]
     lines += ["", f"## TFLite candidates, LiteRT (drift budget: mean cosine >= {budget})", ""] + _candidate_rows(report["candidates"], budget)
-    chosen = report["chosen"]
+    chosen, integer = report["chosen"], report.get("chosen_full_integer")
     lines += ["", f"**Chosen:** {chosen['name']} (fastest candidate within the drift budget)" if chosen
               else "**No candidate meets the drift budget.**"]
+    lines += ["", f"**Chosen full-integer model** (no float op: for NPUs and integer-only accelerators; its speed on this "
+                  f"x86 CPU says little about theirs): {integer['name']}" if integer
+              else "**No full-integer candidate meets the drift budget.**"]
     et = report.get("executorch")
     if et:
         lines += ["", "## ExecuTorch candidates, XNNPACK", ""] + _candidate_rows(et["candidates"], budget)
@@ -304,24 +407,9 @@ def _write_files(report: dict, out_dir: Path, base_recipes: dict) -> None:
                   else "**No candidate meets the drift budget.**"]
     lines += ["", f"Not covered: {report['not_covered']}."]
     (out_dir / "sensitivity.md").write_text("\n".join(lines) + "\n")
-    if chosen and report.get("converter") == "litert-torch":
-        base = base_recipes["tflite"]
-        (out_dir / "recipe_tflite.toml").write_text(
-            f"# Chosen by mobilereid quant-sensitivity for {report['checkpoint']}: {chosen['name']}\n"
-            f"# cosine {chosen['cosine_mean']:.4f}, p50 {chosen['p50_ms']:.2f} ms on {report['threads']} threads\n"
-            f'target = "tflite"\nfamily = "{report["family"]}"\nconverter = "litert-torch"\nvariants = ["{chosen["variant"]}"]\n\n'
-            f"[int8]\ncalibration_images = {int(base.get('int8', {}).get('calibration_images', 64))}\n\n" + _verify_section(base, budget))
-    elif chosen:
-        base = base_recipes["tflite"]
-        nodes = ", ".join(json.dumps(n) for n in chosen["float_nodes"])
-        (out_dir / "recipe_tflite.toml").write_text(
-            f"# Chosen by mobilereid quant-sensitivity for {report['checkpoint']}: {chosen['name']}\n"
-            f"# cosine {chosen['cosine_mean']:.4f}, p50 {chosen['p50_ms']:.2f} ms on {report['threads']} threads\n"
-            f'target = "tflite"\nfamily = "{report["family"]}"\nvariants = ["{chosen["variant"]}"]\n\n[int8]\n'
-            f"per_channel = {str(bool(base.get('int8', {}).get('per_channel', True))).lower()}\n"
-            f"calibration_images = {int(base.get('int8', {}).get('calibration_images', 64))}\n"
-            f'io_dtype = "{base.get("int8", {}).get("io_dtype", "int8")}"\nfloat_nodes = [{nodes}]\n'
-            f'activation_ranges = "{chosen["activation_ranges"]}"\n\n' + _verify_section(base, budget))
+    for name, c in (("recipe_tflite.toml", chosen), ("recipe_tflite_integer.toml", integer)):
+        if c:
+            (out_dir / name).write_text(_tflite_recipe_text(report, c, base_recipes["tflite"], budget))
     if et and et["chosen"]:
         base, c = base_recipes["executorch"], et["chosen"]
         (out_dir / "recipe_executorch.toml").write_text(

@@ -40,3 +40,22 @@ def op_counts(path_or_bytes: str | Path | bytes) -> Counter:
 
 def flex_ops(model_bytes: bytes) -> list[str]:
     return sorted({n for n in op_names(model_bytes) if n.startswith("Flex")})
+
+
+def float_compute_ops(model_bytes: bytes) -> Counter:
+    """Operators of the main subgraph that compute in float: any float32/float16 input or output tensor, QUANTIZE and
+    DEQUANTIZE excepted (they mark the boundaries). Empty for a full-integer model; a quantizer that could not take
+    an op leaves it here."""
+    schema = _schema()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_bytes, 0))
+    floats = {schema.TensorType.FLOAT32, schema.TensorType.FLOAT16}
+    names = op_names(model_bytes)
+    graph = model.subgraphs[0]
+    found = Counter()
+    for name, op in zip(names, graph.operators or []):
+        if name in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        tensors = [i for i in list(op.inputs if op.inputs is not None else []) + list(op.outputs if op.outputs is not None else []) if i >= 0]
+        if any(graph.tensors[i].type in floats for i in tensors):
+            found[name] += 1
+    return found

@@ -36,7 +36,7 @@ from ..activation_ranges import RULES as RANGE_RULES, apply_range_rule
 from ..common import ExportJob, Workdir, atomic_write_bytes, describe_artifact, tensor_spec, verify_artifact, write_sidecar
 from ..onnx_target import write_onnx
 from .metadata import METADATA_NAME, embed_metadata
-from .ops import flex_ops
+from .ops import flex_ops, float_compute_ops
 
 VARIANTS = ("fp32", "dynamic", "int8", "int16x8")
 
@@ -187,9 +187,7 @@ def build_tflite_variants(job: ExportJob, variants: list[str], qcfg: dict, workd
     for v in variants:
         if v not in VARIANTS:
             raise ExportError(f"unknown TFLite variant {v!r} (choose from {', '.join(VARIANTS)})")
-    if qcfg.get("activation_ranges", "default") not in RANGE_RULES:
-        raise ExportError(f"unknown int8.activation_ranges {qcfg['activation_ranges']!r} (choose from {', '.join(RANGE_RULES)})")
-    if converter == "litert-torch":
+    if converter == "litert-torch":  # its own range rules, checked by its check_recipe
         from .litert_torch_route import build_litert_torch_variants
 
         with quiet():
@@ -197,6 +195,8 @@ def build_tflite_variants(job: ExportJob, variants: list[str], qcfg: dict, workd
         for v, data in out.items():
             _refuse_flex(job, v, data)
         return out
+    if qcfg.get("activation_ranges", "default") not in RANGE_RULES:
+        raise ExportError(f"unknown int8.activation_ranges {qcfg['activation_ranges']!r} (choose from {', '.join(RANGE_RULES)})")
     saved = job.saved_model
     if saved is None or not (saved / "saved_model.pb").is_file():
         onnx_path = workdir / f"{job.stem}.onnx"
@@ -263,12 +263,23 @@ def export_tflite(job: ExportJob, recipe: dict) -> list[dict]:
     converter = recipe.get("converter", "onnx2tf")
     with Workdir(job.out_dir, "tflite") as tmp:
         models = build_tflite_variants(job, list(recipe["variants"]), qcfg, tmp, converter)
+    int16_ops = [str(op).upper() for op in qcfg.get("int16_ops", [])]
     for variant, data in models.items():
-        out = job.out_dir / f"{job.stem}_{variant}.tflite"
-        data, description = self_describing(job, data, target="tflite", runtime="litert", precision=variant, recipe=recipe,
-                                            extra={"converter": converter_description(converter)})
+        mixed = variant == "int8" and bool(int16_ops)
+        precision = "int8+int16" if mixed else variant
+        out = job.out_dir / f"{job.stem}_{'int8_int16' if mixed else variant}.tflite"
+        extra = {"converter": converter_description(converter)}
+        if variant in ("int8", "int16x8"):
+            extra["float_ops_left"] = dict(sorted(float_compute_ops(data).items()))  # {} = full integer, checked
+            if job.graph_rewrites:
+                extra["graph_rewrites"] = list(job.graph_rewrites)
+        if mixed:
+            extra["int16_ops"] = int16_ops
+        data, description = self_describing(job, data, target="tflite", runtime="litert", precision=precision, recipe=recipe,
+                                            extra=extra)
         atomic_write_bytes(out, data)
         meta = write_sidecar(job, out, description=description)
         verification = verify_artifact(job, out, meta, recipe["verify"]["min_cosine"])
-        results.append({"artifact": out, "precision": variant, "verification": verification})
+        results.append({"artifact": out, "precision": precision, "verification": verification,
+                        **({"float_ops_left": extra["float_ops_left"]} if "float_ops_left" in extra else {})})
     return results
