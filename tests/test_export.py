@@ -246,11 +246,12 @@ def test_integer_friendly_rewrites_keep_the_function(options, expected):
     torch.manual_seed(0)
     model = build_model("vit_test", gelu="tanh", **options).eval()
     images = torch.randn(3, 3, 64, 32)
-    rewritten, rewrites = integer_friendly(model, images)
-    assert rewrites == expected
-    assert not any(type(m).__name__ == "DecomposedLayerNorm" for m in model.modules())  # a copy was rewritten
-    with torch.no_grad():
-        assert torch.allclose(rewritten(images), model(images), atol=1e-4)
+    for divide in (False, True):  # int8 graphs keep RSQRT, int16 graphs take SQRT + DIV
+        rewritten, rewrites = integer_friendly(model, images, divide=divide)
+        assert rewrites == [r + (", reciprocal square roots as SQRT + DIV" if divide and "MUL" in r else "") for r in expected]
+        assert not any(type(m).__name__ == "DecomposedLayerNorm" for m in model.modules())  # a copy was rewritten
+        with torch.no_grad():
+            assert torch.allclose(rewritten(images), model(images), atol=1e-4)
 
 
 def _activation_types(path) -> dict[str, set[str]]:
@@ -289,7 +290,9 @@ def test_int8_with_int16_op_types_is_full_integer_and_checked(tiny_dataset, tmp_
     assert "float32" not in set().union(*types.values())
     assert int16x8["float_ops_left"] == {} and int16x8["verification"]["cosine_mean"] > 0.99
     assert "SQUARED_DIFFERENCE" not in op_counts(int16x8["artifact"])
-    assert read_sidecar(int16x8["artifact"])["graph_rewrites"][-1] == "5 LayerNorm squares as MUL"
+    assert read_sidecar(int16x8["artifact"])["graph_rewrites"][-1] == "5 LayerNorm squares as MUL, reciprocal square roots as SQRT + DIV"
+    assert read_sidecar(mixed["artifact"])["graph_rewrites"][-1] == "5 LayerNorm squares as MUL"  # int8: RSQRT stays
+    assert "RSQRT" not in op_counts(int16x8["artifact"]) and "RSQRT" in op_counts(mixed["artifact"])
     keep = save_checkpoint(tmp_path / "keep.pt", build_model("vit_test", gelu="tanh", keep_ratio=0.75).eval())
     recipe.write_text('target = "tflite"\nvariants = ["int8"]\n\n[verify]\nmin_cosine = 0.5\n')
     (r,) = export_checkpoint(keep, "tflite", tiny_dataset, tmp_path / "k", int8=True, recipe_path=recipe)

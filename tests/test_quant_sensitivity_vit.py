@@ -66,5 +66,6 @@ def test_quant_sensitivity_lists_vit_candidates_per_runtime(tiny_dataset, tmp_pa
     assert rec["int8"].get("activation_ranges", "default") == integer["activation_ranges"]
     r = export_checkpoint(ckpt, "tflite", tiny_dataset, tmp_path / "i", int8=True, recipe_path=tmp_path / "s" / "recipe_tflite_integer.toml")[0]
     assert r["verification"]["passed"] and r["float_ops_left"] == {}
-    assert read_sidecar(r["artifact"])["graph_rewrites"] == ["block 0 class-token LayerNorm as a constant", "5 LayerNorm squares as MUL"]
+    rewrites = read_sidecar(r["artifact"])["graph_rewrites"]
+    assert rewrites[0] == "block 0 class-token LayerNorm as a constant" and rewrites[1].startswith("5 LayerNorm squares as MUL")
     assert (tmp_path / "s" / "sensitivity.png").stat().st_size > 10_000

@@ -43,7 +43,7 @@ class ExportJob:
     saved_model: Path | None = None  # onnx2tf SavedModel, made once per export
     reference_pairwise_cosine: float | None = None  # mean cosine between the float embeddings of different images
     verify_notes: list = field(default_factory=list)  # e.g. fewer held-out images than the recipe asks for
-    graph_rewrites: list = field(default_factory=list)  # function-preserving rewrites of the static LiteRT graph
+    graph_rewrites: dict = field(default_factory=dict)  # variant -> function-preserving rewrites of its LiteRT graph
 
     def __post_init__(self):
         self.model.eval()

@@ -10,9 +10,12 @@
    (int8 weights, float activations); and fp32. Each candidate is converted, run in the LiteRT interpreter
    (XNNPACK, the recipe's thread count) on the held-out images and timed (median of repeated single-image runs)
    side by side in one process, with embedding cosine against the float torch model.
-   **ViTs** (their TFLite route is litert-torch + ai-edge-quantizer, which TensorFlow's debugger cannot inspect): full
-   INT8, int16x8 (int16 activations everywhere, int8 weights), dynamic-range and fp32, measured the same way; no
-   per-layer ranking (said in the report).
+   **ViTs** (their TFLite route is litert-torch + ai-edge-quantizer, which TensorFlow's debugger cannot inspect; the
+   graph is the integer-friendly one of `integer_friendly`): dynamic-range and fp32, then for each range rule
+   (ai-edge-quantizer's moving average, the extremes of all images) full INT8, int16x8, INT8 with int16 activations
+   for one op type at a time, and a greedy search that adds op types in the order of their measured gain until the
+   budget is met (`litert_torch_candidates`); no per-layer ranking (said in the report). Every static candidate is
+   checked for float ops left in its graph.
 3. **ExecuTorch candidates, measured the same way.** Static INT8 (PT2E, XNNPACKQuantizer) with each activation-range
    rule, dynamic INT8 and fp32, lowered to XNNPACK and run in the ExecuTorch runtime on the same images and threads.
    ViTs: static INT8 for every op XNNPACKQuantizer takes, for the linears only, and for the linears with ``mlp.fc2``
@@ -21,8 +24,10 @@
    against 2.24 MB fp32 and 0.74 MB static int8, and it runs slower than fp32.)
 4. **The choice, per runtime.** The fastest candidate whose mean cosine meets the drift budget; written as recipe
    TOMLs that `mobilereid export --target tflite|executorch --recipe` use directly (TFLite keys ``variants``,
-   ``int8.float_nodes``, ``int8.activation_ranges``, or ``converter`` for ViTs; ExecuTorch ``variants``, ``int8.mode``,
-   ``int8.activation_ranges``, ``int8.ops``, ``int8.dynamic_modules``).
+   ``int8.float_nodes``, ``int8.activation_ranges``, or ``converter`` and ``int8.int16_ops`` for ViTs; ExecuTorch
+   ``variants``, ``int8.mode``, ``int8.activation_ranges``, ``int8.ops``, ``int8.dynamic_modules``). On LiteRT the
+   fastest *full-integer* candidate (no float op) is chosen apart (``recipe_tflite_integer.toml``): that is the model
+   an integer-only accelerator needs, however it compares on this x86 CPU, where dynamic-range int8 usually wins.
 5. **The float model's own noise sensitivity.** Mean cosine between the float embeddings of each held-out image and
    of the same image plus Gaussian noise of one grey level (sigma = 1/255 before normalisation). INT8 adds noise of
    about that size to every activation, so a model that already moves more than the drift budget under one grey
@@ -194,26 +199,28 @@ SEARCH_RULES = ("default", "minmax")  # litert-torch route: ai-edge-quantizer's 
 
 
 def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int, budget: float) -> list[dict]:
-    """ViTs (the litert-torch route), from one conversion of the integer-friendly graph (`integer_friendly`):
-    dynamic-range and fp32; then, for each activation-range rule of ``SEARCH_RULES`` (one calibration each), full
+    """ViTs (the litert-torch route): dynamic-range and fp32 from the model as it is; then, from the integer-friendly
+    graphs (`integer_friendly`, one per static precision), for each activation-range rule of ``SEARCH_RULES``, full
     INT8, int16x8, INT8 with int16 activations for one op type at a time (every computing op type of the graph that
     ai-edge-quantizer can give int16, and the layout ops as one group), then, in the order of those measured gains,
     INT8 with int16 for the best two, three, ... until the mean cosine meets ``budget`` (issue 15: int16 where int8
     does not hold, chosen by the measured sensitivity). Each candidate is measured in LiteRT and checked for float ops
     left in its graph."""
-    from .tflite.litert_torch_route import calibrate, check_int16_ops, convert_with_litert_torch, integer_graph, quantize_static
+    from .tflite.litert_torch_route import (calibrate, check_int16_ops, convert_fp32, convert_with_litert_torch, integer_graph,
+                                            quantize_static)
 
     calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))[: int(qcfg.get("calibration_images", 64))]
-    with progress("litert-torch: convert the integer-friendly graph", None), quiet():
-        models = convert_with_litert_torch(integer_graph(job), calib_nhwc, ["fp32", "dynamic"], threads, job.stem)
-        capable = int16_capable_types(models["fp32"], check_int16_ops, job.stem)
+    with progress("litert-torch: convert the model and its integer-friendly graphs", None), quiet():
+        models = convert_with_litert_torch(job.model, calib_nhwc, ["fp32", "dynamic"], threads, job.stem)
+        graphs = {v: convert_fp32(integer_graph(job, v)[0], calib_nhwc[:1], job.stem) for v in ("int8", "int16x8")}
+        capable = int16_capable_types(graphs["int8"], check_int16_ops, job.stem)
     layout = [t for t in capable if t in LAYOUT_OPS]
     units = [[t] for t in capable if t not in LAYOUT_OPS] + ([layout] if layout else [])
 
     def candidate(name: str, variant: str, rule: str, recorded: dict | None = None, int16_ops: list[str] = ()) -> dict:
         with quiet():
             data = models[variant] if variant in models else quantize_static(
-                models["fp32"], recorded, 16 if variant == "int16x8" else 8, list(int16_ops), job.stem)
+                graphs[variant], recorded[variant], 16 if variant == "int16x8" else 8, list(int16_ops), job.stem)
         left = dict(sorted(float_compute_ops(data).items())) if variant in ("int8", "int16x8") else None
         return {"name": name, "variant": variant, "activation_ranges": rule, "int16_ops": list(int16_ops),
                 "full_integer": left == {}, "float_ops_left": left, **measure(data, job.verify, job.reference, threads, repeats)}
@@ -230,7 +237,7 @@ def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int, budget:
             advance()
         for rule in SEARCH_RULES:
             with quiet():
-                recorded = calibrate(models["fp32"], calib_nhwc, threads, job.stem, rule)
+                recorded = {v: calibrate(g, calib_nhwc, threads, job.stem, rule) for v, g in graphs.items()}
             done = len(results)
             results.append(candidate(f"int8 (full integer), {rule} ranges", "int8", rule, recorded))
             results.append(candidate(f"int16x8 (int16 activations, int8 weights), {rule} ranges", "int16x8", rule, recorded))

@@ -57,23 +57,29 @@ def check_recipe(variants: list[str], qcfg: dict) -> None:
 
 
 def build_litert_torch_variants(job: ExportJob, variants: list[str], qcfg: dict) -> dict[str, bytes]:
+    """fp32 and dynamic from the model as it is; each static variant from its integer-friendly graph (one per static
+    precision, `integer_graph`), its rewrites recorded in ``job.graph_rewrites[variant]``."""
     check_recipe(variants, qcfg)
-    calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))
-    model = job.model
-    if any(v in STATIC_BITS for v in variants):  # the same function, a graph that holds in integers
-        model = integer_graph(job)
-    return convert_with_litert_torch(model, calib_nhwc[: int(qcfg.get("calibration_images", 64))], variants,
-                                     job.threads, job.stem, int16_ops=qcfg.get("int16_ops", []),
-                                     ranges=qcfg.get("activation_ranges", "default"))
+    calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))[: int(qcfg.get("calibration_images", 64))]
+    out = {}
+    plain = [v for v in variants if v not in STATIC_BITS]
+    if plain:
+        out.update(convert_with_litert_torch(job.model, calib_nhwc, plain, job.threads, job.stem))
+    for v in (v for v in variants if v in STATIC_BITS):
+        graph, job.graph_rewrites[v] = integer_graph(job, v)
+        out.update(convert_with_litert_torch(graph, calib_nhwc, [v], job.threads, job.stem,
+                                             int16_ops=qcfg.get("int16_ops", []), ranges=qcfg.get("activation_ranges", "default")))
+    return {v: out[v] for v in variants}
 
 
-def integer_graph(job: ExportJob) -> torch.nn.Module:
-    """The job's model with the function-preserving rewrites of `integer_friendly` (recorded in
-    ``job.graph_rewrites``), captured by torch.export with one copy of each weight per op (see unshare_weights)."""
+def integer_graph(job: ExportJob, variant: str) -> tuple[torch.nn.Module, list[str]]:
+    """The job's model with the function-preserving rewrites of `integer_friendly` for ``variant`` (int16x8: also
+    SQRT + DIV for RSQRT), captured by torch.export with one copy of each weight per op (see unshare_weights), and
+    the names of the rewrites."""
     from ..integer_friendly import integer_friendly
 
-    model, job.graph_rewrites = integer_friendly(job.model, torch.from_numpy(job.calib[:2].copy()))
-    return unshared_graph(job, model)
+    model, rewrites = integer_friendly(job.model, torch.from_numpy(job.calib.copy()), divide=variant == "int16x8")
+    return unshared_graph(job, model), rewrites
 
 
 def convert_with_litert_torch(model: torch.nn.Module, calib_nhwc: np.ndarray, variants: list[str], threads: int,

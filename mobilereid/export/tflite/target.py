@@ -195,8 +195,10 @@ def build_tflite_variants(job: ExportJob, variants: list[str], qcfg: dict, workd
         for v, data in out.items():
             _refuse_flex(job, v, data)
         return out
+    if qcfg.get("activation_ranges") == "minmax":  # TensorFlow's converter records the extremes of all images itself
+        qcfg = {**qcfg, "activation_ranges": "default"}
     if qcfg.get("activation_ranges", "default") not in RANGE_RULES:
-        raise ExportError(f"unknown int8.activation_ranges {qcfg['activation_ranges']!r} (choose from {', '.join(RANGE_RULES)})")
+        raise ExportError(f"unknown int8.activation_ranges {qcfg['activation_ranges']!r} (choose from {', '.join(RANGE_RULES + ('minmax',))})")
     saved = job.saved_model
     if saved is None or not (saved / "saved_model.pb").is_file():
         onnx_path = workdir / f"{job.stem}.onnx"
@@ -271,8 +273,8 @@ def export_tflite(job: ExportJob, recipe: dict) -> list[dict]:
         extra = {"converter": converter_description(converter)}
         if variant in ("int8", "int16x8"):
             extra["float_ops_left"] = dict(sorted(float_compute_ops(data).items()))  # {} = full integer, checked
-            if job.graph_rewrites:
-                extra["graph_rewrites"] = list(job.graph_rewrites)
+            if job.graph_rewrites.get(variant):
+                extra["graph_rewrites"] = list(job.graph_rewrites[variant])
         if mixed:
             extra["int16_ops"] = int16_ops
         data, description = self_describing(job, data, target="tflite", runtime="litert", precision=precision, recipe=recipe,
