@@ -311,7 +311,10 @@ def test_vit_tflite_default_route_is_litert_torch_and_takes_exact_gelu(tiny_data
     # no patch elimination here: its top-k selection (comparisons, casts, a sum) is what XNNPACK leaves outside
     exact = save_checkpoint(tmp_path / "vit_exact.pt", build_model("vit_test", gelu="exact").eval())
     results = export_checkpoint(exact, "tflite", tiny_dataset, tmp_path / "lt", int8=True)
-    assert {r["precision"] for r in results} == {"fp32", "dynamic"}  # the ViT recipe's variants
+    assert [r["precision"] for r in results] == ["fp32", "dynamic", "int16x8"]  # the ViT recipe's variants
+    integer = results.pop()  # the full-integer ViT: int16 activations, nothing left in float, verified
+    assert integer["verification"]["passed"] and integer["float_ops_left"] == {}
+    assert read_sidecar(integer["artifact"])["input"]["dtype"] == "int16" and "GELU" in op_counts(integer["artifact"])
     for r in results:
         meta = read_sidecar(r["artifact"])
         assert meta["converter"].startswith("litert-torch") and meta["input"]["layout"] == "NHWC"
@@ -417,7 +420,7 @@ def test_static_recipe_values_are_checked(sclnet_ckpt, tiny_dataset, tmp_path):
     for body, message in (('[int8_static]\nops = "linear"\n', "int8_static.ops must be a list of names"),
                           ('[int8]\nsmooth_alpha = 2.0\n', r"int8.smooth_alpha must be a number in \(0, 1\]"),
                           ('[int8_static]\ndynamic_modules = ["(unclosed"]\n', "is not a regular expression"),
-                          ('variants = ["int16x8"]\n', "unknown ExecuTorch variant 'int16x8'")):
+                          ('variants = ["int16x8"]\n', "variant int16x8 asks for int16 activations, but ExecuTorch's XNNPACK backend has no int16 kernels")):
         recipe.write_text('target = "executorch"\n' + body)
         with pytest.raises(ExportError, match=message):
             export_checkpoint(sclnet_ckpt, "executorch", tiny_dataset, tmp_path / "o", int8=True, recipe_path=recipe)

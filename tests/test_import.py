@@ -137,7 +137,8 @@ def test_cli_import_refuses_existing_output_and_reports(tmp_path):
 
 @pytest.mark.slow
 def test_imported_transreid_compresses_exports_int8_and_verifies(tmp_path, tiny_dataset):
-    """JPM + SIE + stride 12 weights -> import -> compress (patch elimination, heads, K/V) -> INT8 with a baked camera."""
+    """JPM + SIE + stride 12 weights -> import -> compress (patch elimination, heads, K/V) -> INT8 with a baked camera
+    (the LiteRT int16x8 model included: the class-token constant and LayerNorm rewrites apply to an imported model)."""
     from mobilereid.compress.pipeline import CompressConfig, compress
     from mobilereid.export import export_checkpoint
     from mobilereid.runtimes import read_sidecar
@@ -155,12 +156,15 @@ def test_imported_transreid_compresses_exports_int8_and_verifies(tmp_path, tiny_
         export_checkpoint(result["checkpoint"], "onnx", tiny_dataset, tmp_path / "x")
     results = export_checkpoint(result["checkpoint"], "executorch,tflite", tiny_dataset, tmp_path / "exp", int8=True, camera=1)
     assert sorted((r["target"], r["precision"]) for r in results) == [
-        ("executorch", "fp32"), ("executorch", "int8_dynamic"), ("executorch", "int8_static"), ("tflite", "dynamic"), ("tflite", "fp32")]
+        ("executorch", "fp32"), ("executorch", "int8_dynamic"), ("executorch", "int8_static"), ("tflite", "dynamic"), ("tflite", "fp32"),
+        ("tflite", "int16x8")]  # the full-integer LiteRT ViT, from the integer-friendly graph of the imported model
     for r in results:
         meta = read_sidecar(r["artifact"])
         assert meta["camera"]["baked_camera"] == 1 and meta["preprocess"]["mean"] == [0.5, 0.5, 0.5]
         assert meta["model"]["embedding_dim"] == 5 * 64
         assert r["verification"]["passed"], (r["artifact"].name, r["verification"])
+    integer = next(r for r in results if r["precision"] == "int16x8")
+    assert read_sidecar(integer["artifact"])["graph_rewrites"][0] == "block 0 class-token LayerNorm as a constant"
 
 
 def test_sie_model_on_a_dataset_with_more_cameras_is_refused(tiny_dataset):
