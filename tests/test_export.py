@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from mobilereid.cli import app
 from mobilereid.errors import CheckpointError, ExportError
 from mobilereid.export import export_checkpoint
-from mobilereid.export.tflite.ops import op_counts
+from mobilereid.export.tflite.ops import float_compute_ops, op_counts
 from mobilereid.models import build_model
 from mobilereid.models.checkpoint import save_checkpoint
 from mobilereid.runtimes import open_runner, read_sidecar
@@ -272,9 +272,9 @@ def test_int8_with_int16_op_types_is_full_integer_and_checked(tiny_dataset, tmp_
     only — every ADD writes int16, every FULLY_CONNECTED int8 —, no float op left (checked in the graph, recorded in
     the sidecar), verified in LiteRT. The LayerNorm ViT's int16x8 is full integer thanks to the integer-friendly
     graph (without it ai-edge-quantizer leaves SQUARED_DIFFERENCE in float). A model whose graph keeps float ops
-    (patch elimination's score comparison) says so in its sidecar instead of passing for full integer; asking int16
-    for an op ai-edge-quantizer cannot give it, or for an op type the graph lacks, is a one-line error, nothing
-    written."""
+    is seen as such (the check finds every op of an fp32 model that computes in float), and patch elimination's
+    selection is integer too; asking int16 for an op ai-edge-quantizer cannot give it, or for an op type the graph
+    lacks, is a one-line error, nothing written."""
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test", gelu="tanh").eval())
     recipe = tmp_path / "mixed.toml"
@@ -294,10 +294,13 @@ def test_int8_with_int16_op_types_is_full_integer_and_checked(tiny_dataset, tmp_
     assert read_sidecar(mixed["artifact"])["graph_rewrites"][-1] == "5 LayerNorm squares as MUL"  # int8: RSQRT stays
     assert "RSQRT" not in op_counts(int16x8["artifact"]) and "RSQRT" in op_counts(mixed["artifact"])
     keep = save_checkpoint(tmp_path / "keep.pt", build_model("vit_test", gelu="tanh", keep_ratio=0.75).eval())
-    recipe.write_text('target = "tflite"\nvariants = ["int8"]\n\n[verify]\nmin_cosine = 0.5\n')
-    (r,) = export_checkpoint(keep, "tflite", tiny_dataset, tmp_path / "k", int8=True, recipe_path=recipe)
-    assert r["float_ops_left"].get("GREATER") and read_sidecar(r["artifact"])["float_ops_left"] == r["float_ops_left"]
-    for model, ops, msg in ((keep, ["GREATER"], "names GREATER, which has no int16 kernel configuration"),
+    recipe.write_text('target = "tflite"\nvariants = ["fp32", "int16x8"]\n\n[verify]\nmin_cosine = 0.5\n')
+    fp32, r = export_checkpoint(keep, "tflite", tiny_dataset, tmp_path / "k", int8=True, recipe_path=recipe)
+    # patch elimination's top-k selection quantizes too (MAXIMUM/EQUAL instead of GREATER, selects instead of casts)
+    assert r["float_ops_left"] == {} and {"MAXIMUM", "EQUAL", "SELECT_V2"} <= set(op_counts(r["artifact"]))
+    floats, ops = float_compute_ops(fp32["artifact"].read_bytes()), op_counts(fp32["artifact"])  # the check sees float
+    assert all(floats[op] == ops[op] > 0 for op in ("FULLY_CONNECTED", "BATCH_MATMUL", "SOFTMAX", "MAXIMUM"))
+    for model, ops, msg in ((keep, ["LOGICAL_OR"], "names LOGICAL_OR, which has no int16 kernel configuration"),
                             (ckpt, ["LOGISTIC"], "names 'LOGISTIC', but the LiteRT graph of vit has no LOGISTIC op")):
         recipe.write_text(f'target = "tflite"\nvariants = ["int8"]\n\n[int8]\nint16_ops = {json.dumps(ops)}\n')
         with pytest.raises(ExportError, match=msg):

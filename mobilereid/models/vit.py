@@ -297,7 +297,8 @@ def contrast_scores(img: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
 
 
 def topk_onehot(scores: torch.Tensor, k: int, spatial: bool = True) -> torch.Tensor:
-    """(B, N) scores -> (B, k, N) one-hot rows selecting the k highest scores (ties: lower index first).
+    """(B, N) scores -> (B, k, N) one-hot rows (0/1 in the scores' dtype) selecting the k highest scores (ties: lower
+    index first).
 
     Written with comparisons and a sum instead of `topk` + `gather`: the rank of token i is the number of tokens
     that beat it. Static shapes, and only ops that every converter and delegate handles (onnx2tf mis-converts ONNX
@@ -313,17 +314,19 @@ def topk_onehot(scores: torch.Tensor, k: int, spatial: bool = True) -> torch.Ten
     """
     n = scores.shape[1]
     idx = torch.arange(n, device=scores.device)
-    beats = (scores[:, None, :] > scores[:, :, None]) | (
-        (scores[:, None, :] == scores[:, :, None]) & (idx[None, None, :] < idx[None, :, None])
-    )
+    other, this = scores[:, None, :], scores[:, :, None]
+    # "other > this" as max(other, this) == other and other != this: MAXIMUM, EQUAL and NOT_EQUAL have integer
+    # kernels in LiteRT's quantizer, GREATER has none (it stayed the one float op of a full-integer ViT)
+    beats = (torch.maximum(other, this) == other) & ((other != this) | (idx[None, None, :] < idx[None, :, None]))
     rank = beats.sum(-1)  # (B, N), 0-based
+    one, zero = torch.ones((), dtype=scores.dtype, device=scores.device), torch.zeros((), dtype=scores.dtype, device=scores.device)
     if not spatial:
-        return rank[:, None, :] == torch.arange(k, device=scores.device)[None, :, None]
-    kept = (rank < k).to(scores.dtype)  # (B, N)
+        return torch.where(rank[:, None, :] == torch.arange(k, device=scores.device)[None, :, None], one, zero)
+    kept = rank < k  # (B, N)
     before = torch.triu(torch.ones(n, n, dtype=scores.dtype, device=scores.device), diagonal=1)  # [j, i] = 1 when j < i
-    position = kept @ before  # kept tokens before token i
+    position = torch.where(kept, one, zero) @ before  # kept tokens before token i (a select, not a cast: see above)
     slots = torch.arange(k, device=scores.device, dtype=scores.dtype)[None, :, None]
-    return (position[:, None, :] == slots) & (kept[:, None, :] > 0)
+    return torch.where((position[:, None, :] == slots) & kept[:, None, :], one, zero)
 
 
 class ViTReID(nn.Module):
@@ -426,7 +429,7 @@ class ViTReID(nn.Module):
         out = []
         gate = torch.sigmoid(scores) if self.scorer is not None and self.training else None
         for g, k in zip(groups, cfg.kept_per_group()):
-            onehot = topk_onehot(scores.index_select(1, g), k, cfg.token_order == "spatial").to(x.dtype)  # (B, k, n_group)
+            onehot = topk_onehot(scores.index_select(1, g), k, cfg.token_order == "spatial").to(x.dtype)  # (B, k, n_group), 0/1
             tokens = onehot @ x.index_select(1, g)
             if gate is not None:
                 s = onehot @ gate.index_select(1, g).unsqueeze(-1)

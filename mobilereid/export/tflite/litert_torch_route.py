@@ -155,7 +155,7 @@ def check_int16_ops(fp32: bytes, int16_ops: list[str], name: str) -> list[str]:
                                                            qtyping.TFLOperationName(op), config)
         except ValueError:
             raise ExportError(f"int8.int16_ops names {op}, which has no int16 kernel configuration in "
-                              f"ai-edge-quantizer (LiteRT would run it in float)") from None
+                              f"ai-edge-quantizer (it would leave the op unquantized)") from None
         ops.append(op)
     return ops
 
