@@ -2,7 +2,7 @@
 
 An export used to print 10-15 lines nobody asked for: torchao's optional CUDA kernels, ExecuTorch's cpuinfo probe
 (C++ writes straight to file descriptor 2), TensorFlow's oneDNN/CUDA-stub notes (hidden by log level, nothing is switched off), absl's pre-init warning and torch
-pytree deprecations, ai-edge-quantizer's tqdm bars. Python-level noise is filtered (warnings, library loggers); native noise is cut at the file
+pytree deprecations. Python-level noise is filtered (warnings, library loggers); native noise is cut at the file
 descriptor: fd 2 goes to /dev/null while Python's own `sys.stderr` (our progress lines, one-line errors and any
 traceback of a real bug) keeps writing to the terminal through a duplicate of the original descriptor.
 """
@@ -29,7 +29,6 @@ def silence_libraries(python_stderr=None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     os.environ.setdefault("GLOG_minloglevel", "3")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # ai-edge-quantizer's per-step tqdm bars (read when tqdm is imported)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)  # libraries (torch) reset their loggers' levels on import; this holds anyway
     if python_stderr is None:

@@ -43,11 +43,16 @@ VARIANTS = ("fp32", "dynamic", "int8", "int16x8")
 
 @contextlib.contextmanager
 def quiet():
-    """onnx2tf and TensorFlow print pages of logs; keep them out of the user's terminal."""
+    """onnx2tf and TensorFlow print pages of logs, ai-edge-quantizer a tqdm bar per step (it passes ``disable=``
+    itself, so TQDM_DISABLE cannot stop them) to Python's stderr; keep them out of the user's terminal unless
+    `--verbose`."""
+    from ...chatter import verbose
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     buf = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(buf), \
+            (contextlib.nullcontext() if verbose() else contextlib.redirect_stderr(buf)):
         warnings.simplefilter("ignore")
         yield buf
 
