@@ -100,7 +100,7 @@ def unshare_weights(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 def unshared_graph(job: "ExportJob", model: torch.nn.Module | None = None) -> "GraphModel":
     """The job's model (or ``model``) captured by torch.export, each shared weight copied per op (see
     unshare_weights)."""
-    return GraphModel(unshare_weights(torch.export.export(model or job.model, (job.example(),)).module()))
+    return GraphModel(unshare_weights(torch.export.export(job.model if model is None else model, (job.example(),)).module()))
 
 
 class GraphModel(torch.nn.Module):

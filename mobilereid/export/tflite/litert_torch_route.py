@@ -20,12 +20,16 @@ the two precisions. Issue 15's "int16 where int8 does not hold", chosen per op t
 names do not carry the module paths a finer rule would need. On the BatchNorm ViT (vit.py, ``norm = "batch"``) int16
 for the ADDs alone moves the full-int8 cosine 0.972 → 0.985 at 6 ms instead of int16x8's 74 ms on this CPU
 (`mobilereid quant-sensitivity` measures the choice per model). An op type the graph lacks, or one ai-edge-quantizer
-has no int16 configuration for (SQUARED_DIFFERENCE, from LayerNorm), is a one-line error, not a silent fallback.
+has no int16 configuration for (e.g. LOGICAL_OR), is a one-line error, not a silent fallback.
 
-One calibration serves every static variant: the recorded ranges are float min/max per tensor, whatever the bit
-width the recipe then gives each tensor. ai-edge-quantizer leaves an op it cannot quantize in the requested precision
-in float (e.g. SQUARED_DIFFERENCE in int16x8); `ops.float_compute_ops` finds such ops in the result, and the export
-records them (``float_ops_left`` in the sidecar) so that "full integer" is checked, not assumed.
+Static variants are made from the integer-friendly graph of `..integer_friendly` (function-preserving rewrites; the
+int16 graph computes its reciprocal square roots differently from the int8 one, so each static precision has its
+own conversion and calibration; fp32 and dynamic come from the model as it is). Within one graph a calibration
+serves every candidate: the recorded ranges are float min/max per tensor, whatever bit width a recipe then gives
+each tensor (`mobilereid quant-sensitivity` relies on that). ai-edge-quantizer leaves an op it cannot quantize in
+the requested precision in float (SQUARED_DIFFERENCE in int16 before the rewrites); `ops.float_compute_ops` finds
+such ops in the result, and the export records them (``float_ops_left`` in the sidecar) so that "full integer" is
+checked, not assumed.
 
 The input is channel-last (``to_channel_last_io``), like the onnx2tf artifacts, so runners and the Android app treat
 both routes alike.
