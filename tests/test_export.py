@@ -292,6 +292,12 @@ def test_int8_with_int16_op_types_is_full_integer_and_checked(tiny_dataset, tmp_
     assert "SQUARED_DIFFERENCE" not in op_counts(int16x8["artifact"])
     assert read_sidecar(int16x8["artifact"])["graph_rewrites"][-1] == "5 LayerNorm squares as MUL, reciprocal square roots as SQRT + DIV"
     assert read_sidecar(mixed["artifact"])["graph_rewrites"][-1] == "5 LayerNorm squares as MUL"  # int8: RSQRT stays
+    # int16 headroom (the ViT recipe: 2): the int16x8 ranges are twice the calibrated extremes, the int8 ones are not
+    recipe.write_text('target = "tflite"\nvariants = ["int16x8"]\n\n[int8]\nactivation_ranges = "minmax"\n'
+                      'int16_headroom = 1.0\n\n[verify]\nmin_cosine = 0.5\n')
+    (tight,) = export_checkpoint(ckpt, "tflite", tiny_dataset, tmp_path / "h1", int8=True, recipe_path=recipe)
+    wide, narrow = (read_sidecar(r["artifact"])["input"]["quantization"]["scale"] for r in (int16x8, tight))
+    assert wide == pytest.approx(2 * narrow, rel=1e-4) and tight["verification"]["passed"]
     assert "RSQRT" not in op_counts(int16x8["artifact"]) and "RSQRT" in op_counts(mixed["artifact"])
     keep = save_checkpoint(tmp_path / "keep.pt", build_model("vit_test", gelu="tanh", keep_ratio=0.75).eval())
     recipe.write_text('target = "tflite"\nvariants = ["fp32", "int16x8"]\n\n[verify]\nmin_cosine = 0.5\n')

@@ -74,6 +74,7 @@ def test_sigterm_mid_export_leaves_no_temporary_files(tmp_path, tiny_dataset):
     ('target = "onnx"\n[verify]\nimages = 0\n', "verify.images must be a whole number >= 1"),
     ('target = "onnx"\nvariantz = ["fp32"]\n', "unknown key"),
     ('target = "onnx"\n[int8]\ncalibration_image = 3\n', r"unknown key\(s\) calibration_image in \[int8\]"),
+    ('target = "onnx"\n[int8]\nint16_headroom = 0.5\n', "int8.int16_headroom must be a number from 1 to 256"),
 ])
 def test_bad_recipe_values_are_one_line_errors(tmp_path, tiny_dataset, text, msg):
     ckpt = save_checkpoint(tmp_path / "m.pt", build_model("sclnet_test").eval())

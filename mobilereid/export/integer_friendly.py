@@ -26,10 +26,11 @@ which clips every image that runs beyond the average, 0.516 → 0.962):
    (0.29 % at the low end). A standard deviation below half a quantization step of its tensor would round to zero
    and stop LiteRT's DIV ("data[i] != zero_point", seen on one evaluation image of the compressed vit_tiny), so the
    square root is clamped at two int16 steps of the largest value seen on the calibration images (a MAXIMUM with a
-   constant). On the trained and the compressed vit_tiny the floors are 7e-5 to 4.4e-4 (largest standard deviation
-   7.3), below sqrt(eps) = 1e-3, the smallest value the square root takes in float: the float function is unchanged
-   (a model with standard deviations above 16 would get floors above it, changing only tokens whose channels are all
-   but equal).
+   constant; the step follows the int16 headroom, see `litert_torch_route`). On the trained and the compressed
+   vit_tiny, with the ViT recipe's headroom of 2, the floors are 1.4e-4 to 8.9e-4 (largest standard deviation 7.3),
+   below sqrt(eps) = 1e-3, the smallest value the square root takes in float: the float function is unchanged (a
+   model with standard deviations above 8 would get floors above it, changing only tokens whose channels are all but
+   equal).
    Not for int8 graphs: 255 steps leave most small values at the zero point, so the int8 graph keeps RSQRT.
 
 Models without LayerNorm (``norm = "batch"``) pass unchanged.
@@ -73,7 +74,8 @@ class ConstantFirstTokenNorm(nn.Module):
         return torch.cat([self.first_row.expand(x.shape[0], -1, -1), self.norm(x[:, 1:])], dim=1)
 
 
-def integer_friendly(model: nn.Module, images: torch.Tensor, divide: bool = False) -> tuple[nn.Module, list[str]]:
+def integer_friendly(model: nn.Module, images: torch.Tensor, divide: bool = False,
+                     headroom: float = 1.0) -> tuple[nn.Module, list[str]]:
     """A copy of ``model`` with the rewrites that apply to it, and their names (empty: the model itself). ``images``:
     preprocessed images (at least two: block 0's first row must be the same for two of them; the calibration
     images for ``divide``: reciprocal square roots as SQRT + DIV, for int16 graphs, module docstring 3)."""
@@ -84,7 +86,7 @@ def integer_friendly(model: nn.Module, images: torch.Tensor, divide: bool = Fals
         block = model.blocks[0]
         block.norm1 = ConstantFirstTokenNorm(block.norm1, block.norm1(first))
         rewrites.append("block 0 class-token LayerNorm as a constant")
-    floors = _std_floors(model, images) if divide else {}
+    floors = _std_floors(model, images, headroom) if divide else {}
     swapped = _decompose_layer_norms(model, divide, floors)
     if swapped:
         rewrites.append(f"{swapped} LayerNorm squares as MUL" + (", reciprocal square roots as SQRT + DIV" if divide else ""))
@@ -105,8 +107,9 @@ def _decompose_layer_norms(module: nn.Module, divide: bool, floors: dict) -> int
 INT16_STEPS = 32767
 
 
-def _std_floors(model: nn.Module, images: torch.Tensor) -> dict:
-    """id(LayerNorm) -> two int16 steps of the largest standard deviation it sees over ``images`` (docstring, 3)."""
+def _std_floors(model: nn.Module, images: torch.Tensor, headroom: float = 1.0) -> dict:
+    """id(LayerNorm) -> two int16 steps of the largest standard deviation it sees over ``images``, that range widened
+    by ``headroom`` (docstring, 3)."""
     largest: dict[int, float] = {}
 
     def record(norm, args):
@@ -122,7 +125,7 @@ def _std_floors(model: nn.Module, images: torch.Tensor) -> dict:
     finally:
         for h in hooks:
             h.remove()
-    return {k: 2.0 * v / INT16_STEPS for k, v in largest.items()}
+    return {k: 2.0 * headroom * v / INT16_STEPS for k, v in largest.items()}
 
 
 def _constant_first_row(model: nn.Module, images: torch.Tensor) -> torch.Tensor | None:

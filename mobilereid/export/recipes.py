@@ -25,7 +25,7 @@ def default_recipe_path(target: str, family: str) -> Path:
 
 
 INT8_KEYS = {"mode", "ops", "dynamic_modules", "smooth_alpha", "per_channel", "calibration_images", "activation_ranges", "io_dtype",
-             "float_ops", "float_nodes", "int16_ops"}
+             "float_ops", "float_nodes", "int16_ops", "int16_headroom"}
 # int16 activations: only LiteRT through litert-torch + ai-edge-quantizer can mix them into an int8 model per op type
 NO_INT16 = {"executorch": "ExecuTorch's XNNPACK backend has no int16 kernels",
             "edgetpu": "the Edge TPU has no int16 kernels",
@@ -66,6 +66,9 @@ def validate_recipe(recipe: dict, where: str) -> None:
                 re.compile(pattern)
             except re.error as exc:
                 raise ExportError(f"{where}: {section}.dynamic_modules: {pattern!r} is not a regular expression ({exc})") from None
+        headroom = table.get("int16_headroom", 1.0)
+        if not is_type(headroom, float) or not 1.0 <= headroom <= 256.0:
+            raise ExportError(f"{where}: {section}.int16_headroom must be a number from 1 to 256, got {headroom!r}")
         alpha = table.get("smooth_alpha", 0.5)
         if not is_type(alpha, float) or not 0.0 < alpha <= 1.0:
             raise ExportError(f"{where}: {section}.smooth_alpha must be a number in (0, 1], got {alpha!r}")

@@ -207,12 +207,13 @@ def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int, budget:
     does not hold, chosen by the measured sensitivity). Each candidate is measured in LiteRT and checked for float ops
     left in its graph."""
     from .tflite.litert_torch_route import (calibrate, check_int16_ops, convert_fp32, convert_with_litert_torch, integer_graph,
-                                            quantize_static)
+                                            quantize_static, widened)
 
     calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))[: int(qcfg.get("calibration_images", 64))]
     with progress("litert-torch: convert the model and its integer-friendly graphs", None), quiet():
         models = convert_with_litert_torch(job.model, calib_nhwc, ["fp32", "dynamic"], threads, job.stem)
-        graphs = {v: convert_fp32(integer_graph(job, v)[0], calib_nhwc[:1], job.stem) for v in ("int8", "int16x8")}
+        headroom = float(qcfg.get("int16_headroom", 1.0))
+        graphs = {v: convert_fp32(integer_graph(job, v, headroom)[0], calib_nhwc[:1], job.stem) for v in ("int8", "int16x8")}
         capable = int16_capable_types(graphs["int8"], check_int16_ops, job.stem)
     layout = [t for t in capable if t in LAYOUT_OPS]
     units = [[t] for t in capable if t not in LAYOUT_OPS] + ([layout] if layout else [])
@@ -238,6 +239,7 @@ def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int, budget:
         for rule in SEARCH_RULES:
             with quiet():
                 recorded = {v: calibrate(g, calib_nhwc, threads, job.stem, rule) for v, g in graphs.items()}
+                recorded["int16x8"] = widened(recorded["int16x8"], headroom)
             done = len(results)
             results.append(candidate(f"int8 (full integer), {rule} ranges", "int8", rule, recorded))
             results.append(candidate(f"int16x8 (int16 activations, int8 weights), {rule} ranges", "int16x8", rule, recorded))
@@ -370,6 +372,7 @@ def _tflite_recipe_text(report: dict, chosen: dict, base: dict, budget: float) -
         return (head + f'converter = "litert-torch"\nvariants = ["{chosen["variant"]}"]\n\n[int8]\ncalibration_images = {calib}\n'
                 + (f"int16_ops = {json.dumps(chosen['int16_ops'])}\n" if chosen.get("int16_ops") else "")
                 + (f'activation_ranges = "{chosen["activation_ranges"]}"\n' if chosen.get("activation_ranges", "-") != "-" else "")
+                + (f"int16_headroom = {float(base.get('int8', {}).get('int16_headroom', 1.0))}\n" if chosen["variant"] == "int16x8" else "")
                 + "\n" + _verify_section(base, budget))
     nodes = ", ".join(json.dumps(n) for n in chosen["float_nodes"])
     return (head + f'variants = ["{chosen["variant"]}"]\n\n[int8]\n'
