@@ -206,22 +206,23 @@ def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int, budget:
     INT8 with int16 for the best two, three, ... until the mean cosine meets ``budget`` (issue 15: int16 where int8
     does not hold, chosen by the measured sensitivity). Each candidate is measured in LiteRT and checked for float ops
     left in its graph."""
-    from .tflite.litert_torch_route import (calibrate, check_int16_ops, convert_fp32, convert_with_litert_torch, integer_graph,
-                                            quantize_static, widened)
+    from .tflite.litert_torch_route import (STATIC_BITS, calibrate, convert_fp32, convert_with_litert_torch, has_int16_config,
+                                            integer_graph, quantize_static, widened)
+    from .tflite.ops import op_counts
 
     calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))[: int(qcfg.get("calibration_images", 64))]
     with progress("litert-torch: convert the model and its integer-friendly graphs", None), quiet():
         models = convert_with_litert_torch(job.model, calib_nhwc, ["fp32", "dynamic"], threads, job.stem)
         headroom = float(qcfg.get("int16_headroom", 1.0))
         graphs = {v: convert_fp32(integer_graph(job, v, headroom)[0], calib_nhwc[:1], job.stem) for v in ("int8", "int16x8")}
-        capable = int16_capable_types(graphs["int8"], check_int16_ops, job.stem)
+        capable = [t for t in sorted(op_counts(graphs["int8"])) if has_int16_config(t)]
     layout = [t for t in capable if t in LAYOUT_OPS]
     units = [[t] for t in capable if t not in LAYOUT_OPS] + ([layout] if layout else [])
 
     def candidate(name: str, variant: str, rule: str, recorded: dict | None = None, int16_ops: list[str] = ()) -> dict:
         with quiet():
             data = models[variant] if variant in models else quantize_static(
-                graphs[variant], recorded[variant], 16 if variant == "int16x8" else 8, list(int16_ops), job.stem)
+                graphs[variant], recorded[variant], STATIC_BITS[variant], list(int16_ops), job.stem)
         left = dict(sorted(float_compute_ops(data).items())) if variant in ("int8", "int16x8") else None
         return {"name": name, "variant": variant, "activation_ranges": rule, "int16_ops": list(int16_ops),
                 "full_integer": left == {}, "float_ops_left": left, **measure(data, job.verify, job.reference, threads, repeats)}
@@ -251,34 +252,17 @@ def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int, budget:
             results += singles
             base = results[done]["cosine_mean"]
             gains = [c for c in sorted(singles, key=lambda c: -c["cosine_mean"]) if c["cosine_mean"] > base and "error" not in c]
-            chosen, best = [], None
-            for k, c in enumerate(gains):
-                if best is not None and best >= budget:
+            chosen, best = (list(gains[0]["int16_ops"]), gains[0]["cosine_mean"]) if gains else ([], budget)
+            for c in gains[1:]:  # the best single unit is measured already; add the next ones until within budget
+                if best >= budget:
                     break
                 chosen = chosen + c["int16_ops"]
-                if k == 0:
-                    best = c["cosine_mean"]
-                    continue
                 results.append(candidate(f"int8, {' + '.join(label(u) for u in units if set(u) <= set(chosen))} int16, {rule} ranges",
                                          "int8", rule, recorded, chosen))
                 best = results[-1]["cosine_mean"]
                 advance()
             advance(done + per_rule - len(results))  # the search stopped early: its remaining steps are not needed
     return results
-
-
-def int16_capable_types(fp32: bytes, check_int16_ops, name: str) -> list[str]:
-    """The op types of the graph that ai-edge-quantizer can give int16 activations, in name order."""
-    from .tflite.ops import op_counts
-
-    capable = []
-    for t in sorted(op_counts(fp32)):
-        try:
-            check_int16_ops(fp32, [t], name)
-        except ExportError:
-            continue
-        capable.append(t)
-    return capable
 
 
 def fastest_within(candidates: list[dict], budget: float, full_integer: bool = False) -> dict | None:

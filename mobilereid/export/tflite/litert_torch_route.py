@@ -147,8 +147,6 @@ def static_recipe(activation_bits: int, other_ops: list[str] = ()):
 def check_int16_ops(fp32: bytes, int16_ops: list[str], name: str) -> list[str]:
     """``int16_ops`` as TFLite op type names (upper case), each one present in the converted graph and one
     ai-edge-quantizer can give int16 activations; otherwise a one-line error."""
-    from ai_edge_quantizer import algorithm_manager, qtyping
-
     from .ops import op_counts
 
     present = op_counts(fp32)
@@ -158,19 +156,29 @@ def check_int16_ops(fp32: bytes, int16_ops: list[str], name: str) -> list[str]:
         if op not in present:
             raise ExportError(f"int8.int16_ops names {raw!r}, but the LiteRT graph of {name} has no {op} op "
                               f"(its op types: {', '.join(sorted(present))})")
-        config = qtyping.OpQuantizationConfig(
-            activation_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, symmetric=True),
-            weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=8, symmetric=True,
-                                                                  granularity=qtyping.QuantGranularity.CHANNELWISE),
-            compute_precision=qtyping.ComputePrecision.INTEGER, explicit_dequantize=False)
-        try:
-            algorithm_manager.check_op_quantization_config(algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT,
-                                                           qtyping.TFLOperationName(op), config)
-        except ValueError:
+        if not has_int16_config(op):
             raise ExportError(f"int8.int16_ops names {op}, which has no int16 kernel configuration in "
-                              f"ai-edge-quantizer (it would leave the op unquantized)") from None
+                              f"ai-edge-quantizer (it would leave the op unquantized)")
         ops.append(op)
     return ops
+
+
+def has_int16_config(op: str) -> bool:
+    """Whether ai-edge-quantizer can give TFLite op type ``op`` int16 activations and int8 weights (its own policy
+    check; an op it cannot take is left unquantized, silently)."""
+    from ai_edge_quantizer import algorithm_manager, qtyping
+
+    config = qtyping.OpQuantizationConfig(
+        activation_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, symmetric=True),
+        weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=8, symmetric=True,
+                                                              granularity=qtyping.QuantGranularity.CHANNELWISE),
+        compute_precision=qtyping.ComputePrecision.INTEGER, explicit_dequantize=False)
+    try:
+        algorithm_manager.check_op_quantization_config(algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT,
+                                                       qtyping.TFLOperationName(op), config)
+    except ValueError:  # an op type ai-edge-quantizer does not know, or one without an int16 configuration
+        return False
+    return True
 
 
 def calibrate(fp32: bytes, calib_nhwc: np.ndarray, threads: int, name: str, rule: str = "default") -> dict:

@@ -15,6 +15,11 @@ def _schema():
 
 def op_names(model_bytes: bytes) -> list[str]:
     """Every operator of the main subgraph in execution order, as TFLite names (CONV_2D, FlexErf, ...)."""
+    return _main_subgraph(model_bytes)[0]
+
+
+def _main_subgraph(model_bytes: bytes):
+    """(operator names in execution order, subgraph 0 as the schema's object API) of a .tflite flatbuffer."""
     schema = _schema()
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_bytes, 0))
     builtin_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
@@ -26,11 +31,8 @@ def op_names(model_bytes: bytes) -> list[str]:
             codes.append(custom)
         else:
             codes.append(builtin_names.get(code, f"BUILTIN_{code}"))
-    names = []
-    for sg in model.subgraphs[:1]:
-        for op in sg.operators or []:
-            names.append(codes[op.opcodeIndex])
-    return names
+    graph = model.subgraphs[0] if model.subgraphs else None
+    return [codes[op.opcodeIndex] for op in (graph.operators or [] if graph else [])], graph
 
 
 def op_counts(path_or_bytes: str | Path | bytes) -> Counter:
@@ -46,13 +48,10 @@ def float_compute_ops(model_bytes: bytes) -> Counter:
     """Operators of the main subgraph that compute in float: any float32/float16 input or output tensor, QUANTIZE and
     DEQUANTIZE excepted (they mark the boundaries). Empty for a full-integer model; a quantizer that could not take
     an op leaves it here."""
-    schema = _schema()
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_bytes, 0))
-    floats = {schema.TensorType.FLOAT32, schema.TensorType.FLOAT16}
-    names = op_names(model_bytes)
-    graph = model.subgraphs[0]
+    floats = {_schema().TensorType.FLOAT32, _schema().TensorType.FLOAT16}
+    names, graph = _main_subgraph(model_bytes)
     found = Counter()
-    for name, op in zip(names, graph.operators or []):
+    for name, op in zip(names, graph.operators if names else []):
         if name in ("QUANTIZE", "DEQUANTIZE"):
             continue
         tensors = [i for i in list(op.inputs if op.inputs is not None else []) + list(op.outputs if op.outputs is not None else []) if i >= 0]
