@@ -6,17 +6,14 @@ none is executed. What the graph cannot say, its input normalisation, comes from
 stem (``osnet.pt2`` -> ``osnet.toml``: ``mean = [..]``, ``std = [..]``, ``colour_order = "RGB"``); without one,
 ImageNet statistics are assumed and the sidecars say so (``preprocess_source``).
 
-Safety: `torch.export.load` falls back to full unpickling (``weights_only=False``) for some payloads (pickled
-tensors, custom objects, legacy archives), so the archive is checked first: every pickled payload must load with
-``weights_only=True`` and script/opaque objects are refused. Such a model is exported and evaluated like the native
+Safety: `torch.export.load` unpickles, execs and loads compiled code for some archive contents, so torch never
+reads the user's file: it reads a rewrite of it that `pt2_archive.checked_copy` checked member by member (static
+ATen graphs only; see that module for what is refused and why). Such a model is exported and evaluated like the native
 families, but it cannot be trained, compressed or quantization-fine-tuned here (there is no module to change).
 """
 
 from __future__ import annotations
 
-import io
-import json
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from torch import nn
 from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import CheckpointError
 from ..tomlconfig import read_toml
+from .pt2_archive import checked_copy
 
 SUFFIX = ".pt2"
 
@@ -69,37 +67,6 @@ class ExternalReID(nn.Module):
         return torch.cat([self.program(x[i:i + 1]) for i in range(x.shape[0])])
 
 
-def check_archive(path: Path) -> None:
-    """Refuse a .pt2 whose loading would unpickle anything but tensors (torch.export.load would)."""
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(f"{path}: not a torch.export archive ({exc})") from None
-    with zf:
-        names = zf.namelist()
-        if not any("/models/" in n or n.endswith("serialized_exported_program.json") for n in names):
-            raise CheckpointError(f"{path}: not a torch.export archive (no exported program inside)")
-        pickled = [n for n in names if n.endswith((".pt", ".pkl"))]
-        for n in [n for n in names if n.endswith("_config.json")]:
-            folder = n.rsplit("/", 1)[0]
-            try:
-                config = json.loads(zf.read(n)).get("config", {})
-            except (ValueError, AttributeError):
-                raise CheckpointError(f"{path}: unreadable archive entry {n}") from None
-            for fqn, meta in config.items():
-                name = str(meta.get("path_name", ""))
-                if "constants" in n and not name.startswith("tensor_"):
-                    raise CheckpointError(f"{path}: holds a non-tensor object ({fqn}: {name}); refused, it would be unpickled")
-                if meta.get("use_pickle"):
-                    pickled.append(f"{folder}/{name}")
-        for n in pickled:
-            try:
-                torch.load(io.BytesIO(zf.read(n)), map_location="cpu", weights_only=True)
-            except Exception:
-                raise CheckpointError(f"{path}: archive entry {n} holds pickled objects that are not plain tensors; "
-                                      "refused (it would run code on loading)") from None
-
-
 def read_preprocess(path: Path) -> dict:
     side = path.with_suffix(".toml")
     if not side.is_file():
@@ -125,9 +92,11 @@ def load_pt2(path: str | Path) -> tuple[ExternalReID, dict]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: {'is a directory, not a .pt2 file' if path.is_dir() else 'file not found'}")
-    check_archive(path)
     try:
-        ep = torch.export.load(str(path))
+        with checked_copy(path) as copy:  # pt2_archive.py: torch loads exactly what was checked
+            ep = torch.export.load(str(copy))
+    except CheckpointError:
+        raise
     except Exception as exc:
         raise CheckpointError(f"{path}: torch.export.load failed ({' '.join(str(exc).split())[:200]})") from None
     inputs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
