@@ -5,6 +5,7 @@ Every user-fixable problem surfaces as a MobileReIDError, printed as one line wi
 
 from __future__ import annotations
 
+import errno
 import functools
 import time
 from pathlib import Path
@@ -29,17 +30,31 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            _check_threads(fn.__name__, kwargs.get("threads"))
             return fn(*args, **kwargs)
         except (MobileReIDError, FileExistsError, FileNotFoundError) as exc:
             err_console.print(f"error: {exc}", markup=False)
             raise typer.Exit(2)
         except OSError as exc:  # a read-only output folder, -o below a regular file, a full disk: name the path
-            if exc.filename is None:
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)  # a library's own write: often no path to name
+            if exc.filename is None and not full:
                 raise
-            err_console.print(f"error: {exc.filename}: {exc.strerror or exc}", markup=False)
+            where = "" if exc.filename is None else f"{exc.filename}: "
+            err_console.print(f"error: {where}{exc.strerror or exc}{' (a write failed)' if full else ''}", markup=False)
             raise typer.Exit(2)
 
     return wrapper
+
+
+_TORCH_THREADS = {"train_cmd", "quant_finetune_cmd"}  # --threads 0 keeps torch's default there
+
+
+def _check_threads(command: str, threads) -> None:
+    """Refuse --threads below 1 (below 0 for torch's thread count) in one line: the runtimes otherwise fail deep
+    inside with their own messages, or silently run with their default."""
+    least = 0 if command in _TORCH_THREADS else 1
+    if isinstance(threads, int) and threads < least:
+        raise MobileReIDError(f"--threads {threads}: must be >= {least}{' (0 = torch default)' if least == 0 else ''}")
 
 
 def _version(value: bool):
@@ -252,9 +267,9 @@ def export_cmd(
     calib: Path = typer.Option(..., "--calib", help="Calibration images: a dataset folder (train images calibrate, query images verify) or any image folder."),
     out: Path = typer.Option(Path("runs/export"), "--out", "-o", help="Output folder for artifacts and their .json sidecars."),
     int8: bool = typer.Option(False, "--int8", help="Also produce the recipe's quantized variants (INT8, dynamic, int16x8)."),
-    recipe: Optional[Path] = typer.Option(None, help="A quantization recipe TOML (with a single target); default: quant/<target>_<family>.toml."),
+    recipe: Optional[list[Path]] = typer.Option(None, help="A quantization recipe TOML, applied to the target it names (target = \"...\"; a recipe without one needs a single --target); repeat for several targets. Default: the shipped recipe of each target and model family."),
     threads: int = typer.Option(2, help="Runtime threads for verification."),
-    board: Optional[str] = typer.Option(None, help="tflm: board profile from quant/boards.toml (cortex-m7, esp32-s3, cortex-m4)."),
+    board: Optional[str] = typer.Option(None, help="tflm: board profile from mobilereid/recipes/boards.toml (cortex-m7, esp32-s3, cortex-m4)."),
     camera: Optional[int] = typer.Option(None, "--camera", help="Models with an SIE camera embedding (TransReID): the camera whose embedding is baked into the artifacts."),
     processes: int = typer.Option(1, "--processes", min=1, max=2, help="2: ExecuTorch and the TFLite family (tflite, edgetpu, tflm) in two processes side by side (needs two free cores)."),
 ):
@@ -271,7 +286,7 @@ def export_cmd(
         rows.append(r)
 
     with progress(f"exporting {checkpoint.name} ({target})", None):
-        export_checkpoint(checkpoint, target, calib, out, int8=int8, recipe_path=recipe, threads=threads, on_result=show, board=board,
+        export_checkpoint(checkpoint, target, calib, out, int8=int8, recipe_path=recipe or None, threads=threads, on_result=show, board=board,
                           camera=camera, core_free=True if processes == 2 else None)
     console.print(table("artifacts", ["target", "precision", "file", "MB", "cosine mean", "cosine min", "verified"],
                         [[r["target"], r["precision"], r["artifact"].name, f"{r['artifact'].stat().st_size / 1e6:.2f}",
@@ -344,6 +359,7 @@ def evaluate_cmd(
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Evaluate artifacts whose sha256 or source checkpoint does not match (with a warning)."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Your own float model, when compress or quant-finetune changed it before export: drift against it is the headline."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate on a deterministic subset: the queries (up to N) of evenly spaced identities, their gallery images and as many others."),
+    force: bool = typer.Option(False, "--force", help="Overwrite files in --out that mobilereid did not write (report.md, report.json, plots)."),
 ):
     """Accuracy drift, latency and size of artifacts, measured by the on-device evaluator.
 
@@ -352,7 +368,7 @@ def evaluate_cmd(
     from .report import eval_markdown
 
     report = evaluate_artifacts(artifacts, data, out, reference=reference, device=device, threads=threads, remote_python=remote_python,
-                                flip=flip, allow_mismatch=allow_mismatch, baseline=baseline, limit=limit)
+                                flip=flip, allow_mismatch=allow_mismatch, baseline=baseline, limit=limit, force=force)
     console.print(eval_markdown(report), markup=False, soft_wrap=True)
     console.print(f"report: {out / 'report.md'}, {out / 'report.json'}, plots: {', '.join(str(out / p) for p in report['plots'])}")
 
@@ -450,12 +466,15 @@ def compress_cmd(
 @app.command("pipeline")
 @user_errors
 def pipeline(
-    config: Optional[Path] = typer.Argument(None, help="Pipeline config (TOML); default: the built-in synthetic run."),
+    config: Optional[Path] = typer.Argument(None, help="Pipeline config: a TOML file, or the name of a shipped one (mcu); default: the built-in synthetic run."),
     workdir: Path = typer.Option(Path("runs/default"), "--workdir", "-w", help="Where every stage writes its outputs."),
 ):
     """Run the whole job: data, train, compress, export, evaluate, report."""
     from .pipeline import run_pipeline
 
+    shipped = Path(__file__).resolve().parent / "configs" / f"{config}.toml"
+    if config is not None and not config.exists() and config.parent == Path(".") and shipped.is_file():
+        config = shipped  # a config the package ships, by name
     run_pipeline(config, workdir)
 
 

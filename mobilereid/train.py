@@ -5,7 +5,8 @@ Adam with linear warm-up then cosine decay (per iteration), flip / pad-crop / ra
 After every epoch `last.pt` (weights + config + optimizer state) is rewritten; per-epoch copies `epoch_NNN.pt`
 (weights and config only, no optimizer state) are kept for the last `keep_checkpoints` epochs (default 0: a 22 MB
 ViT kept every epoch with its Adam state came to 2.6 GB over 40 epochs); `model.pt` is the final model;
-`resume=True` continues from `last.pt`.
+`resume=True` continues from `last.pt`. Every file is written to a temporary name and renamed (a full disk is one
+line naming the file); temporaries of a run killed mid-write are removed when the next run starts in the folder.
 
 Multi-process: under `torchrun --nproc_per_node N` (env WORLD_SIZE > 1) the model is wrapped in
 DistributedDataParallel on the gloo backend (CPU) or nccl (GPU); every rank takes its own share of the PK
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .atomic import atomic_write_text
 from .console import console, progress
 from .cores import rebalance
 from .data.datasets import ReIDDataset, load_dataset
@@ -33,7 +35,7 @@ from .data.torchdata import PKBatches, ReIDImages
 from .errors import CheckpointError, MobileReIDError
 from .losses import reid_loss
 from .metrics import cosine_distance, evaluate_rank
-from .models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from .models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, sweep_stale_temporaries
 from .models.registry import build_model
 
 
@@ -84,7 +86,7 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
 @torch.no_grad()
 def extract_features(model, samples, spec: PreprocessSpec, batch_size: int = 64, desc: str | None = None,
                      flip: bool = False) -> np.ndarray:
-    """Embeddings of `samples`; with ``flip`` the mean of each image's and its mirror's (as eval/reid_eval.py)."""
+    """Embeddings of `samples`; with ``flip`` the mean of each image's and its mirror's (as mobilereid/device/evaluator.py)."""
     model.eval()
     if getattr(model, "uses_camera", False) and samples:
         n, top = model.cfg.camera_num, max(s.camid for s in samples)
@@ -198,6 +200,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out = Path(out)
+    if rank == 0:
+        sweep_stale_temporaries(out)  # checkpoint writes of a run that was killed mid-write (SIGKILL, power loss)
     ds = load_dataset(data)
     labels = ds.train_labels()
     model = build_for_training(cfg, len(labels))
@@ -263,7 +267,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
             console.print(
                 "final: Rank-1 {rank1:.2%}  Rank-5 {rank5:.2%}  Rank-10 {rank10:.2%}  mAP {mAP:.2%}  mINP {mINP:.2%}".format(**result["metrics"])
             )
-        (out / "train_summary.json").write_text(json.dumps(result, indent=2))
+        atomic_write_text(out / "train_summary.json", json.dumps(result, indent=2))
     if distributed:
         import torch.distributed as dist
 

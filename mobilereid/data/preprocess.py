@@ -67,11 +67,13 @@ def load_rgb(path: str | Path) -> np.ndarray:
 
 
 def resize_bilinear(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of an HxWxC array to float32 (half-pixel centres, edge clamping, no antialias)."""
+    """Bilinear resize of an HxWxC array to float32 (half-pixel centres, edge clamping, no antialias).
+
+    Only the source rows and columns that the output samples are gathered, and only those are made float32:
+    converting a 13000x13000 photo whole cost 2 GB, and the numbers are the same (uint8 -> float32 is exact)."""
     src_h, src_w = img.shape[:2]
-    src = img.astype(np.float32)
     if (src_h, src_w) == (height, width):
-        return src
+        return img.astype(np.float32)
 
     def axis(dst: int, size: int):
         pos = (np.arange(dst, dtype=np.float32) + 0.5) * (np.float32(size) / np.float32(dst)) - 0.5
@@ -82,8 +84,13 @@ def resize_bilinear(img: np.ndarray, height: int, width: int) -> np.ndarray:
 
     y0, y1, wy = axis(height, src_h)
     x0, x1, wx = axis(width, src_w)
-    top = src[y0][:, x0] * (1 - wx)[None, :, None] + src[y0][:, x1] * wx[None, :, None]
-    bottom = src[y1][:, x0] * (1 - wx)[None, :, None] + src[y1][:, x1] * wx[None, :, None]
+    rows0, rows1 = img[y0], img[y1]  # (height, src_w, C), still in the input dtype
+
+    def pick(rows, cols):
+        return rows[:, cols].astype(np.float32)
+
+    top = pick(rows0, x0) * (1 - wx)[None, :, None] + pick(rows0, x1) * wx[None, :, None]
+    bottom = pick(rows1, x0) * (1 - wx)[None, :, None] + pick(rows1, x1) * wx[None, :, None]
     return top * (1 - wy)[:, None, None] + bottom * wy[:, None, None]
 
 

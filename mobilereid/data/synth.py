@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..errors import write_failure
 from .datasets import MARKET_SPLITS
 
 SS = 2  # supersampling factor
@@ -297,8 +298,8 @@ class SynthConfig:
 
 def plan(cfg: SynthConfig) -> list[tuple[str, str, tuple]]:
     """The list of (split folder, file name, render key) the generator writes; cheap, deterministic."""
-    if cfg.ids < 2:
-        raise ValueError("--ids must be at least 2 (half train, half test)")
+    if cfg.ids < 4:  # training draws P >= 2 identities per batch, and a test split of one identity has no distractor
+        raise ValueError("--ids must be at least 4 (half train, half test, and training needs 2 identities)")
     if cfg.cameras < 2:
         raise ValueError("--cameras must be at least 2 (queries need a match from another camera)")
     if cfg.height < 32 or cfg.width < 16:
@@ -353,21 +354,29 @@ def generate(out: str | Path, cfg: SynthConfig, on_step: Callable[[int], None] |
     items = plan(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    current = out
     try:
         for folder in MARKET_SPLITS.values():
             (tmp / folder).mkdir()
         for split, name, key in items:
+            current = out / split / name
             (tmp / split / name).write_bytes(render_item(cfg, key))
             if on_step:
                 on_step(1)
+        current = out / "SYNTHETIC.txt"
         (tmp / "SYNTHETIC.txt").write_text(
             f"mobilereid synthetic ReID dataset: ids={cfg.ids} cameras={cfg.cameras} seed={cfg.seed} size={cfg.height}x{cfg.width}\n"
         )
+        current = out
         if out.exists():
             out.rmdir()
         as_created_dir(tmp)  # mkdtemp makes 0700: the dataset folder gets the mode the user's umask asks for
         tmp.rename(out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        # a full disk: one line naming the image being written (its place in the finished set), not errno 28 alone
+        failed = write_failure(current, exc, "the partial dataset was removed") if isinstance(exc, OSError) else None
+        if failed is None:
+            raise
+        raise failed from None
     return len(items)

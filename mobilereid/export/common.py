@@ -1,6 +1,6 @@
 """What every export target shares: the job description, atomic writes, the metadata sidecar, verification.
 
-The sidecar (``<artifact>.json``) is the single contract with every consumer (eval/, the Android demo, users):
+The sidecar (``<artifact>.json``) is the single contract with every consumer (mobilereid/device/, the Android demo, users):
 input size, layout, colour order, scale/mean/std, dtype and quantization of input and output, embedding size,
 source checkpoint hash, recipe, sha256 of the artifact and the verification result.
 """
@@ -8,7 +8,6 @@ source checkpoint hash, recipe, sha256 of the artifact and the verification resu
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -19,9 +18,9 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..atomic import atomic_write_bytes  # the targets import it from here
 from ..data.preprocess import PreprocessSpec
 from ..errors import ExportError
-from ..fsmodes import as_created_file
 from ..models.checkpoint import file_sha256
 from ..runtimes import open_runner, sidecar_path
 
@@ -116,19 +115,6 @@ class GraphModel(torch.nn.Module):
 
     def forward(self, x):
         return self.gm(x)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        as_created_file(tmp)  # mkstemp makes 0600: give the file the mode the user's umask asks for
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_copy(src: Path, dst: Path) -> None:

@@ -1,7 +1,10 @@
 """Checkpoints: a plain state dict plus the config that rebuilds the model (no pickled classes).
 
 Saved with `torch.save` as a dict of tensors and plain Python values, loaded with `torch.load(weights_only=True)`,
-so a checkpoint can never execute code. Written to a temporary file and renamed, so a crash leaves no half file.
+so a checkpoint can never execute code. Written to a temporary file and renamed, so a crash leaves no half file;
+a failed write (full disk, quota) is one line naming the checkpoint, and the temporary file of a process killed
+mid-write is removed by the next save to the same name. A stored config is checked (`configcheck`) before a model
+is built from it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, write_failure
+from .configcheck import ConfigValueError, check_parameter_count, check_stored_config
 from .registry import build_from_config, model_family
 
 FORMAT = "mobilereid-checkpoint"
@@ -37,13 +41,51 @@ def save_checkpoint(path: str | Path, model: nn.Module, extra: dict | None = Non
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "extra": extra or {},
     }
+    sweep_stale_temporaries(path.parent, path.name)
+    kept = "the existing file is unchanged" if path.exists() else "nothing was kept"
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:  # a Python file, not a path: torch's C++ writer would drop the errno of a full disk
+            torch.save(state, f)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        failed = write_failure(path, exc, kept)
+        if failed is None:
+            raise
+        raise failed from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's process
+        return True
+    return True
+
+
+def sweep_stale_temporaries(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Remove ``.<name>.tmp<PID>`` files that save_checkpoint left when its process was killed mid-write (SIGKILL,
+    power loss: no ``finally`` ran), i.e. those whose PID is no running process; ``name`` limits it to one file's.
+    A live PID keeps its file (it may be writing it). Returns what was removed."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TEMPORARY.match(p.name)
+        if m and (name is None or m["name"] == name) and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def safe_torch_load(path: str | Path, what: str):
@@ -53,18 +95,34 @@ def safe_torch_load(path: str | Path, what: str):
         raise CheckpointError(f"{path}: is a directory, not a {what} file")
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} file not found")
+    if not _torch_file_magic(path):
+        raise CheckpointError(f"{path}: not a loadable {what}: not a torch file at all (neither the zip archive "
+                              "torch.save writes nor a pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         text = str(exc)
         if "Weights only load failed" in text or "weights_only" in text:
             # torch's message ends by suggesting weights_only=False: never, for a file we did not make
-            m = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+|[\w.]+ was not an allowed global)", text)
-            detail = f": {m.group(1)}" if m else ""
+            m = re.search(r"(Unsupported global: GLOBAL [\w.]+|[\w.]+ was not an allowed global)", text)
+            if m is None:  # e.g. "Unsupported operand 56": bytes no torch.save writes, not a reference to code
+                op = re.search(r"Unsupported operand \d+", text)
+                raise CheckpointError(f"{path}: not a loadable {what}: not a torch checkpoint (its pickle data is "
+                                      f"damaged or foreign{': ' + op.group(0) if op else ''})") from None
             raise CheckpointError(f"{path}: not a loadable {what}: it holds objects other than tensors and plain values"
-                                  f"{detail}; refused, since loading it would run code") from None
+                                  f": {m.group(1)}; refused, since loading it would run code") from None
         reason = " ".join(text.split())[:200] if text else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable {what} ({reason})") from None
+
+
+def _torch_file_magic(path: Path) -> bool:
+    """True for what torch.save writes: a zip archive, or (the legacy format) a pickle, protocol 2 or later."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return True  # let torch.load report it
+    return head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -82,11 +140,17 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the model from the stored config and load its weights strictly; returns (model, checkpoint dict)."""
     path = Path(path)
     state = read_checkpoint(path)
-    config = state.get("config")
-    if state.get("family") == "vit" and isinstance(config, dict) and "token_order" not in config and config.get("keep_ratio", 1.0) < 1.0:
-        config = {**config, "token_order": "rank"}  # patch elimination saved before kept tokens came in image order
+    config, family = state.get("config"), state.get("family")
+    if family not in ("vit", "sclnet"):
+        raise CheckpointError(f"{path}: stored family = {family!r}: expected vit or sclnet")
     try:
-        model = build_from_config(state["family"], config)
+        check_stored_config(family, config)
+        if family == "vit" and "token_order" not in config and config.get("keep_ratio", 1.0) < 1.0:
+            config = {**config, "token_order": "rank"}  # patch elimination saved before kept tokens came in image order
+        check_parameter_count(family, config)
+        model = build_from_config(family, config)
+    except ConfigValueError as exc:
+        raise CheckpointError(f"{path}: stored config {exc}") from None
     except (ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}: stored config does not build a model ({exc})") from None
     load_state_dict_checked(model, state["state_dict"], path)
