@@ -75,8 +75,8 @@ def check_cpu(cpu: str) -> str:
     return cpu
 
 
-def _run(cmd: list[str], what: str, timeout: int = 3600, env: dict | None = None) -> str:
-    return run_program(cmd, what, BoardError, timeout, env, max_chars=300)
+def _run(cmd: list[str], what: str, timeout: int = 3600, env: dict | None = None, marker: str | None = None) -> str:
+    return run_program(cmd, what, BoardError, timeout, env, max_chars=300, marker=marker)
 
 
 class Arm64Board:
@@ -259,15 +259,15 @@ class Arm64Board:
                     "--target", str(site), *WHEELS], "pip install --target (aarch64 wheels)", timeout=1800)
 
     # ---- running -----------------------------------------------------------------------------------------
-    def run(self, cpu: str, args: list[str], timeout: int = 7200) -> str:
+    def run(self, cpu: str, args: list[str], timeout: int = 7200, marker: str | None = None) -> str:
         """``python3.11 ARGS`` in the root on the emulated CPU model; its stdout. Files the guest reads are staged in
-        the root's /tmp by the caller (`stage_dir`)."""
+        the root's /tmp by the caller (`stage_dir`). ``marker``: as for `run_program` (a crash names the step)."""
         check_cpu(cpu)
         with open(self.cache / "run.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one run at a time: runs share the root's /proc mount and fake /sys
-            return self._run_locked(cpu, args, timeout)
+            return self._run_locked(cpu, args, timeout, marker)
 
-    def _run_locked(self, cpu: str, args: list[str], timeout: int) -> str:
+    def _run_locked(self, cpu: str, args: list[str], timeout: int, marker: str | None = None) -> str:
         self._fake_sysfs(cpu)
         proc = self.root / "proc"
         proc.mkdir(exist_ok=True)
@@ -278,7 +278,8 @@ class Arm64Board:
                 mounted = True
             env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
             chroot = shutil.which("chroot") or "/usr/sbin/chroot"  # found on the host's PATH, not the guest's
-            return _run([chroot, str(self.root), QEMU_IN_ROOT, "-cpu", cpu, PYTHON, *args], f"arm64 ({cpu})", timeout, env)
+            cmd = [chroot, str(self.root), QEMU_IN_ROOT, "-cpu", cpu, PYTHON, *args]
+            return _run(cmd, f"arm64 ({cpu})", timeout, env, marker)
         finally:
             if mounted:
                 subprocess.run(["umount", "-l", str(proc)], capture_output=True)

@@ -1,4 +1,4 @@
-"""`mobilereid evaluate`: run artifacts through the on-device evaluator (eval/reid_eval.py) locally, over ssh or
+"""`mobilereid evaluate`: run artifacts through the on-device evaluator (mobilereid/device/evaluator.py) locally, over ssh or
 through adb, compare with the float reference, and write one report (JSON, Markdown, CMC and
 accuracy-vs-latency plots).
 
@@ -8,7 +8,7 @@ checkpoint in torch on the same images; per-image cosine and top-1 agreement say
 
 Devices:
 * ``local``: a subprocess on this machine.
-* ``ssh://user@host[:port]``: copies eval/, the numpy modules, the artifacts and the query/gallery images to a
+* ``ssh://user@host[:port]``: copies the evaluator and the numpy modules, the artifacts and the query/gallery images to a
   temporary folder on the host (scp), runs the script there with ``--remote-python``, pulls the results back and
   removes the folder. Uses the user's ssh configuration and keys (BatchMode, so it never prompts).
 * ``adb[:serial]``: pushes artifacts and images to the phone and starts the Android demo's evaluation mode with
@@ -19,12 +19,17 @@ Devices:
   same artifacts also run on this host, and each report row gets the ARM-vs-host agreement (max |Δ|, cosine,
   identical rows, output LSB). Latency under emulation is not a latency: it is left out of the row.
 
+Results (``raw/<key>.npz``, ``raw/<key>.summary.json``) are keyed per artifact, ``0-model.onnx``, ``1-model.onnx``:
+two artifacts from two folders may share a file name. A device's errors name the user's artifact paths, and an
+evaluator killed by a signal (a runtime's abort or segfault) is reported as a crash on the artifact it was running.
+
 ``limit``: a deterministic subset (the queries of evenly spaced identities, their gallery images and as many other
 gallery images, evenly spaced), written as a Market-1501 folder and used for every model of the run alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
@@ -44,8 +49,8 @@ from .programs import run_program
 from .runtimes import read_sidecar, sidecar_path
 
 REPO = Path(__file__).resolve().parents[1]
-EVAL_SCRIPT = REPO / "eval" / "reid_eval.py"
-DEVICE_MODULES = ["mobilereid/__init__.py", "mobilereid/errors.py", "mobilereid/metrics.py", "mobilereid/runtimes.py",
+EVAL_SCRIPT = REPO / "mobilereid" / "device" / "evaluator.py"  # package data: a wheel ships it
+DEVICE_MODULES = ["mobilereid/__init__.py", "mobilereid/device/__init__.py", "mobilereid/device/evaluator.py", "mobilereid/errors.py", "mobilereid/metrics.py", "mobilereid/runtimes.py",
                   "mobilereid/data/__init__.py", "mobilereid/data/preprocess.py", "mobilereid/data/datasets.py"]
 
 
@@ -54,33 +59,59 @@ class DeviceError(MobileReIDError):
 
 
 def make_bundle(dest: Path) -> Path:
-    """eval/ plus the numpy-only modules it imports, laid out as in the repo."""
-    (dest / "eval").mkdir(parents=True, exist_ok=True)
-    shutil.copy(EVAL_SCRIPT, dest / "eval" / EVAL_SCRIPT.name)
+    """The evaluator and the numpy-only modules it imports, laid out as in the package."""
     for rel in DEVICE_MODULES:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / rel, dest / rel)
     return dest
 
 
+def result_keys(artifacts: list[Path]) -> list[str]:
+    """The name of each artifact's result files (``0-model.onnx.npz``), unique in the run: artifacts from two folders
+    may share a file name (a/model.onnx, b/model.onnx), and results named by it would overwrite each other."""
+    return [f"{i}-{a.name}" for i, a in enumerate(artifacts)]
+
+
+def staged_model(where: str, i: int, artifact: Path) -> str:
+    """Where `stage_device_files` puts the i-th artifact: a folder of its own, so names never collide and the
+    device sees the artifact's own file name."""
+    return f"{where}/models/{i}/{artifact.name}"
+
+
 def stage_device_files(stage: Path, artifacts: list[Path], data: Path) -> Path:
     """What a device needs, in one folder: the evaluator bundle, ``models/`` (artifacts and sidecars), ``data/``."""
     make_bundle(stage)
-    (stage / "models").mkdir()
-    for a in artifacts:
-        shutil.copy(a, stage / "models" / a.name)
-        shutil.copy(sidecar_path(a), stage / "models" / sidecar_path(a).name)
+    for i, a in enumerate(artifacts):
+        dest = Path(staged_model(str(stage), i, a))
+        dest.parent.mkdir(parents=True)
+        shutil.copy(a, dest)
+        shutil.copy(sidecar_path(a), sidecar_path(dest))
     copy_eval_split(data, stage / "data")
     return stage
 
 
 def evaluator_args(where: str, artifacts: list[Path], threads: int, flip: bool) -> list[str]:
     """The evaluator's command line (after the Python), for files staged by `stage_device_files` at ``where``."""
-    args = [f"{where}/eval/reid_eval.py", "--data", f"{where}/data", "--out", f"{where}/results", "--threads", str(threads)]
+    args = [f"{where}/mobilereid/device/evaluator.py", "--data", f"{where}/data", "--out", f"{where}/results", "--threads", str(threads)]
     args += ["--flip"] if flip else []
-    for a in artifacts:
-        args += ["--model", f"{where}/models/{a.name}"]
+    for i, (a, key) in enumerate(zip(artifacts, result_keys(artifacts))):
+        args += ["--model", staged_model(where, i, a), "--key", key]
     return args
+
+
+MARKER = "evaluating "  # the evaluator's line on stderr before each model
+
+
+@contextlib.contextmanager
+def host_paths(where: str, artifacts: list[Path]):
+    """A device's error names the staged copies (WHERE/models/I/NAME); the user knows the artifacts by their paths."""
+    try:
+        yield
+    except MobileReIDError as exc:
+        msg = str(exc)
+        for i, a in enumerate(artifacts):
+            msg = msg.replace(staged_model(where, i, a), str(a))
+        raise type(exc)(msg) from None
 
 
 MANIFEST_FORMAT = "mobilereid-eval-manifest"
@@ -102,7 +133,11 @@ def copy_eval_split(data: Path, dest: Path, lossless: bool = False) -> Path:
     def entries(samples) -> list[dict]:
         out = []
         for s in samples:
-            rel = Path(s.path.resolve().relative_to(data.resolve()))
+            # as listed under the root, not resolved: query/ or the images may be links to elsewhere (a shared
+            # Market-1501); copyfile follows them, so the device gets the content
+            rel = s.path.relative_to(data)
+            if ".." in rel.parts:
+                raise MobileReIDError(f"{s.path}: outside the dataset folder {data}")
             if lossless:
                 rel = rel.with_suffix(".png")
                 (dest / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -129,16 +164,16 @@ def completed_summary(raw: Path, name: str) -> dict:
     return summary
 
 
-def _run(cmd: list[str], what: str, timeout: int = 3600) -> str:
-    return run_program(cmd, what, DeviceError, timeout)
+def _run(cmd: list[str], what: str, timeout: int = 3600, marker: str | None = None) -> str:
+    return run_program(cmd, what, DeviceError, timeout, marker=marker)
 
 
 def run_local(artifacts: list[Path], data: Path, out: Path, threads: int, python: str | None = None, flip: bool = False) -> None:
     cmd = [python or sys.executable, str(EVAL_SCRIPT), "--data", str(data), "--out", str(out), "--threads", str(threads)]
     cmd += ["--flip"] if flip else []
-    for a in artifacts:
-        cmd += ["--model", str(a)]
-    _run(cmd, "local evaluator")
+    for a, key in zip(artifacts, result_keys(artifacts)):
+        cmd += ["--model", str(a), "--key", key]
+    _run(cmd, "local evaluator", marker=MARKER)
 
 
 def parse_ssh(device: str) -> tuple[str, int]:
@@ -164,7 +199,8 @@ def run_ssh(device: str, artifacts: list[Path], data: Path, out: Path, threads: 
             stage = stage_device_files(Path(tmp) / "bundle", artifacts, data)
             _run(scp + ["--"] + [str(p) for p in stage.iterdir()] + [f"{target}:{remote}/"], f"scp to {target}")
         args = [python] + evaluator_args(remote, artifacts, threads, flip)
-        _run(ssh + [" ".join(shlex.quote(x) for x in args)], f"evaluator on {target}")
+        with host_paths(remote, artifacts):
+            _run(ssh + [" ".join(shlex.quote(x) for x in args)], f"evaluator on {target}", marker=MARKER)
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             _run(scp + ["--", f"{target}:{remote}/results", tmp], f"scp from {target}")
@@ -188,19 +224,20 @@ def run_adb(device: str, artifacts: list[Path], data: Path, out: Path, threads: 
     with tempfile.TemporaryDirectory() as tmp:
         copy_eval_split(data, Path(tmp) / "data", lossless=True)
         _run(adb + ["push", str(Path(tmp) / "data"), f"{ANDROID_DIR}/data"], "adb push data")
-    for a in artifacts:
-        _run(adb + ["push", str(a), f"{ANDROID_DIR}/{a.name}"], "adb push model")
-        _run(adb + ["push", str(sidecar_path(a)), f"{ANDROID_DIR}/{sidecar_path(a).name}"], "adb push sidecar")
-        _run(adb + ["shell", "am", "start", "-W", "-n", f"{ANDROID_PACKAGE}/.EvaluationActivity", "--es", "model", a.name,
+    for a, key in zip(artifacts, result_keys(artifacts)):
+        # pushed as KEY (the app takes plain names, and names its results after the model): names never collide
+        _run(adb + ["push", str(a), f"{ANDROID_DIR}/{key}"], "adb push model")
+        _run(adb + ["push", str(sidecar_path(a)), f"{ANDROID_DIR}/{sidecar_path(key).name}"], "adb push sidecar")
+        _run(adb + ["shell", "am", "start", "-W", "-n", f"{ANDROID_PACKAGE}/.EvaluationActivity", "--es", "model", key,
                     "--es", "data", "data", "--ei", "threads", str(threads)], "adb am start")
-        done = f"{ANDROID_DIR}/results/{a.name}.summary.json"
-        failed = f"{ANDROID_DIR}/results/{a.name}.error.txt"  # the app's one-line reason when it cannot evaluate
+        done = f"{ANDROID_DIR}/results/{key}.summary.json"
+        failed = f"{ANDROID_DIR}/results/{key}.error.txt"  # the app's one-line reason when it cannot evaluate
         for _ in range(3600):
             if subprocess.run(adb + ["shell", "test", "-f", done], capture_output=True).returncode == 0:
                 break
             if subprocess.run(adb + ["shell", "test", "-f", failed], capture_output=True).returncode == 0:
                 reason = _run(adb + ["shell", "cat", failed], "adb").strip()
-                raise DeviceError(f"adb: the demo app could not evaluate {a.name}: {reason}")
+                raise DeviceError(f"adb: the demo app could not evaluate {a}: {reason}")
             time.sleep(1)
         else:
             raise DeviceError(f"adb: the demo app wrote no {done} within an hour")
@@ -256,7 +293,9 @@ def run_qemu_arm64(device: str, artifacts: list[Path], metas: list[dict], data: 
     try:
         stage_device_files(stage, artifacts, data)
         t0 = time.perf_counter()
-        board.run(cpu, evaluator_args(board.guest_path(stage), artifacts, threads, flip))
+        where = board.guest_path(stage)
+        with host_paths(where, artifacts):
+            board.run(cpu, evaluator_args(where, artifacts, threads, flip), marker=MARKER)
         seconds = time.perf_counter() - t0
         out.mkdir(parents=True, exist_ok=True)
         for f in (stage / "results").iterdir():
@@ -356,19 +395,19 @@ def drift(q: np.ndarray, g: np.ndarray, rq: np.ndarray, rg: np.ndarray) -> dict:
 def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: Path | None = None, device: str = "local",
                        threads: int = 2, remote_python: str = "python3", ssh_options: list[str] | None = None,
                        flip: bool = False, allow_mismatch: bool = False, baseline: Path | None = None,
-                       limit: int | None = None) -> dict:
+                       limit: int | None = None, force: bool = False) -> dict:
     """Run every artifact through the evaluator on `device` and score it.
 
     ``reference``: the float model the artifacts were exported from (checked by hash); drift against it is what
     conversion and quantization cost. ``baseline``: the user's own float model when a stage of ours changed it
     before export (compression, quantization fine-tuning); drift against it is the headline, since it is what the
-    user gets compared with what they gave us."""
-    from .report import refuse_foreign_folder, write_eval_report
+    user gets compared with what they gave us. ``force``: overwrite files in ``out`` that mobilereid did not write."""
+    from .report import refuse_foreign_files, write_eval_report
 
     data = Path(data)
     if flip and (device == "adb" or device.startswith("adb:")):
         raise MobileReIDError("--flip: the Android demo app's evaluation mode does not average mirrored images")
-    refuse_foreign_folder(Path(out) / "raw")  # checked before the work, not after it
+    refuse_foreign_files(Path(out), ["raw", "report.md", "report.json"], force)  # before the work, not after it
     qemu = device == "qemu-arm64" or device.startswith("qemu-arm64:")
     if qemu:
         parse_qemu(device)
@@ -406,12 +445,13 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
             else:
                 raise MobileReIDError(f"--device {device!r}: expected local, ssh://user@host[:port], adb[:serial] or qemu-arm64[:CPU]")
         rows = []
-        for a, m in zip(artifacts, metas):
-            summary = completed_summary(raw, a.name)
+        for a, m, key in zip(artifacts, metas, result_keys(artifacts)):
+            summary = completed_summary(raw, key)
             row = {"artifact": str(a), "name": a.name, "target": m["target"], "runtime": m["runtime"], "precision": m["precision"],
                    "size_mb": a.stat().st_size / 1e6, "verification": verification_status(m), "integrity": m["integrity"],
                    **({"baked_camera": m["camera"]["baked_camera"]} if isinstance(m.get("camera"), dict) else {}), **summary}
-            npz = np.load(raw / f"{a.name}.npz")
+            row["artifact"], row["result_key"] = str(a), key  # the summary's artifact: the name the device saw
+            npz = np.load(raw / f"{key}.npz")
             if ref is not None:
                 row["drift"] = drift(npz["query"], npz["gallery"], rq, rg)
                 row["delta_mAP"] = summary["metrics"]["mAP"] - ref["metrics"]["mAP"]
@@ -422,14 +462,14 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
                 row["delta_mAP_vs_baseline"] = summary["metrics"]["mAP"] - base["metrics"]["mAP"]
                 row["delta_rank1_vs_baseline"] = summary["metrics"]["rank1"] - base["metrics"]["rank1"]
             if qemu:
-                host_npz = np.load(host_raw / f"{a.name}.npz")
+                host_npz = np.load(host_raw / f"{key}.npz")
                 emb = lambda z: np.concatenate([z["query"], z["gallery"]])  # noqa: E731
                 row["arm"] = {**arm, "vs_host": arm_agreement(emb(npz), emb(host_npz), m),
-                              "host_metrics": completed_summary(host_raw, a.name)["metrics"],
+                              "host_metrics": completed_summary(host_raw, key)["metrics"],
                               "emulated_ms_per_image_p50": row["latency"]["p50_ms"]}
                 row["latency"] = None  # emulation time, not a latency (see the report)
             rows.append(row)
         report = {**extra, "device": device, "threads": threads, "flip": flip, "reference": ref, "baseline": base, "artifacts": rows,
                   "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        write_eval_report(report, out, raw)
+        write_eval_report(report, out, raw, force)
     return report

@@ -140,6 +140,8 @@ def plot_eval(report: dict, folder: Path) -> list[str]:
 
 
 OUTPUT_MARK = ".mobilereid-output"  # inside every folder a report writes, so only those are ever replaced
+# in an output folder itself, OUTPUT_MARK lists the files reports wrote there (JSON: {"files": [...]}): only those
+# are ever overwritten, so a user's own report.md beside ours is safe
 
 
 def refuse_foreign_folder(dest: Path) -> None:
@@ -149,34 +151,59 @@ def refuse_foreign_folder(dest: Path) -> None:
                               "(choose another output folder)")
 
 
+def files_written_by_us(out: Path) -> set[str]:
+    try:
+        files = json.loads((out / OUTPUT_MARK).read_text()).get("files", [])
+        return {f for f in files if isinstance(f, str)}
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def refuse_foreign_files(out: Path, names, force: bool = False) -> None:
+    """Each of ``names`` in ``out`` is absent, or a file a report of ours wrote there, or a folder of ours;
+    ``force`` lets files be overwritten (folders of someone else's are still never deleted)."""
+    ours = files_written_by_us(out)
+    for name in names:
+        dest = out / name
+        if dest.is_dir() and not dest.is_symlink():
+            refuse_foreign_folder(dest)
+        elif (dest.exists() or dest.is_symlink()) and name not in ours and not force:
+            raise MobileReIDError(f"{dest}: exists and was not written by mobilereid; refusing to overwrite it "
+                                  "(move it away, choose another output folder, or pass --force)")
+
+
 @contextlib.contextmanager
-def staged_folder(out: Path):
+def staged_folder(out: Path, force: bool = False):
     """A temporary folder beside `out`; when the block succeeds its files replace those in `out`, so a failure
-    leaves no partial report."""
+    leaves no partial report. Only files and folders a report of ours wrote are replaced (refuse_foreign_files)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield stage
         for item in stage.rglob("*"):  # files made by mkstemp-based helpers and mkdtemp folders: umask modes
             as_created_dir(item) if item.is_dir() else as_created_file(item)
+        names = sorted(item.name for item in stage.iterdir())
+        refuse_foreign_files(out, names, force)
         out.mkdir(parents=True, exist_ok=True)
         for item in stage.iterdir():
             if item.is_dir():
                 (item / OUTPUT_MARK).write_text("written by mobilereid; a later report replaces this folder\n")
-        for item in stage.iterdir():
-            refuse_foreign_folder(out / item.name)
+        manifest = out / f".{OUTPUT_MARK}.tmp{os.getpid()}"
+        manifest.write_text(json.dumps({"written_by": "mobilereid", "files": sorted(files_written_by_us(out) | set(names))}))
+        as_created_file(manifest)
+        os.replace(manifest, out / OUTPUT_MARK)  # first: a file moved in below is then always listed
         for item in stage.iterdir():
             dest = out / item.name
-            if dest.is_dir():
+            if dest.is_dir() and not dest.is_symlink():
                 shutil.rmtree(dest)  # a folder an earlier report of ours wrote (it holds OUTPUT_MARK)
             os.replace(item, dest)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def write_eval_report(report: dict, out: Path, raw: Path | None = None) -> Path:
+def write_eval_report(report: dict, out: Path, raw: Path | None = None, force: bool = False) -> Path:
     out = Path(out)
-    with staged_folder(out) as stage:
+    with staged_folder(out, force) as stage:
         if raw is not None:
             shutil.copytree(raw, stage / "raw")
         report["plots"] = plot_eval(report, stage)

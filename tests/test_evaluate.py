@@ -33,7 +33,8 @@ def test_device_bundle_runs_without_torch_or_tensorflow(tmp_path, artifacts, tin
     assert all((bundle / rel).is_file() for rel in DEVICE_MODULES)
     onnx = next(a for a in artifacts[1] if a.suffix == ".onnx")
     code = (f"import sys; sys.argv=['reid_eval', '--model', {str(onnx)!r}, '--data', {str(tiny_dataset)!r}, '--out', {str(tmp_path / 'r')!r}];"
-            f"sys.path.insert(0, {str(bundle / 'eval')!r}); import reid_eval; rc = reid_eval.main(sys.argv[1:]);"
+            f"sys.path.insert(0, {str(bundle)!r}); from mobilereid.device import evaluator as reid_eval; rc = reid_eval.main(sys.argv[1:]);"
+            f"assert reid_eval.__file__.startswith({str(bundle)!r}), reid_eval.__file__;"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorflow')]; assert not bad, bad; sys.exit(rc)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     summary = json.loads((tmp_path / "r" / f"{onnx.name}.summary.json").read_text())

@@ -7,15 +7,19 @@ imports the *same* numpy modules the host uses (mobilereid.metrics, mobilereid.d
 mobilereid.runtimes, mobilereid.data.datasets) from the folder above this file, which `mobilereid evaluate`
 copies to the device together with this script.
 
-    python eval/reid_eval.py --model model_int8.tflite --data DATASET_DIR --out results/ --threads 4
+    python mobilereid/device/evaluator.py --model model_int8.tflite --data DATASET_DIR --out results/ --threads 4
 
 Writes ``results/<artifact>.npz`` (embeddings, labels, per-image latency) and ``results/<artifact>.summary.json``
-(Rank-1/5/10, mAP, mINP, latency p50/p90/p99, throughput, runtime, threads, artifact sha256).
+(Rank-1/5/10, mAP, mINP, latency p50/p90/p99, throughput, runtime, threads, artifact sha256); ``--key NAME`` once
+per ``--model`` names them instead (``mobilereid evaluate`` passes ``0-model.onnx``, ``1-model.onnx``, ...: two
+artifacts may share a file name). Before each model it prints ``evaluating PATH`` on stderr, so that a runtime
+crash (an abort or segfault in native code, which leaves no Python error line) can be pinned to the artifact.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import hashlib
 import json
 import os
@@ -24,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the folder holding mobilereid/
 
 import numpy as np  # noqa: E402
 
@@ -69,7 +73,9 @@ def dataset_rank_summary(q: np.ndarray, g: np.ndarray, ds) -> dict:
                         [s.camid for s in ds.query], [s.camid for s in ds.gallery])
 
 
-def evaluate_artifact(model: Path, data: Path, out: Path, threads: int = 2, warmup: int = 3, log=print, flip: bool = False) -> dict:
+def evaluate_artifact(model: Path, data: Path, out: Path, threads: int = 2, warmup: int = 3, log=print,
+                      flip: bool = False, key: str | None = None) -> dict:
+    key = key or model.name
     meta = read_sidecar(model)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     ds = load_dataset(data, need_train=False)
@@ -88,13 +94,26 @@ def evaluate_artifact(model: Path, data: Path, out: Path, threads: int = 2, warm
         "latency": latency_summary(np.concatenate([tq, tg])),
     }
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / f"{model.name}.npz", query=q, gallery=g, latency_ms=np.concatenate([tq, tg]),
+    np.savez(out / f"{key}.npz", query=q, gallery=g, latency_ms=np.concatenate([tq, tg]),
              q_pids=[s.pid for s in ds.query], g_pids=[s.pid for s in ds.gallery],
              q_camids=[s.camid for s in ds.query], g_camids=[s.camid for s in ds.gallery])
-    tmp = out / f".{model.name}.summary.json.tmp"
+    tmp = out / f".{key}.summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / f"{model.name}.summary.json")
+    os.replace(tmp, out / f"{key}.summary.json")
     return summary
+
+
+def key_problem(keys: list[str], models: int) -> str | None:
+    """Why these result names do not do (None when they do): results under one name would overwrite each other,
+    and the host would then report one model's results for two."""
+    if len(keys) != models:
+        return f"--key: {len(keys)} given for {models} --model"
+    for k in keys:
+        if k in ("", ".", "..") or "/" in k or os.sep in k:
+            return f"--key {k!r}: not a plain file name"
+        if keys.count(k) > 1:
+            return f"two models would write their results as {k!r} (pass a distinct --key for each)"
+    return None
 
 
 def main(argv=None) -> int:
@@ -105,10 +124,18 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--flip", action="store_true", help="average each image's embedding with its mirror's")
+    ap.add_argument("--key", action="append", help="name of the result files of the --model at the same position "
+                    "(once per --model; default: the model's file name)")
     args = ap.parse_args(argv)
-    for m in args.model:
+    keys = args.key or [m.name for m in args.model]
+    problem = key_problem(keys, len(args.model))
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    for m, key in zip(args.model, keys):
+        print(f"evaluating {m}", file=sys.stderr, flush=True)  # the host names the artifact if the runtime crashes
         try:
-            s = evaluate_artifact(m, args.data, args.out, args.threads, args.warmup, flip=args.flip)
+            s = evaluate_artifact(m, args.data, args.out, args.threads, args.warmup, flip=args.flip, key=key)
         except Exception as exc:  # one line naming the artifact, non-zero exit
             msg = " ".join(str(exc).split()) or type(exc).__name__
             print(f"error: {msg if str(m) in msg else f'{m}: {msg}'}", file=sys.stderr)
@@ -118,4 +145,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    faulthandler.enable()  # a native crash still prints "Fatal Python error: ..." where a shell hides the signal
     sys.exit(main())
