@@ -15,7 +15,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --no-compile -r requirements.lock
 	$(BIN)/python -m pip install -q --no-compile --no-deps onnx2tf==1.29.24
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@# byte-compile what pip installed on every core (pip compiles file by file on one); a file some package ships
 	@# that is not Python 3 (templates, test data) does not compile, which is harmless, hence the `|| true`
 	$(BIN)/python -m compileall -q -q -j 0 $(VENV)/lib >/dev/null || true

@@ -113,7 +113,7 @@ def _module_path(node) -> str:
 def _qat_graph(model, example: torch.Tensor, family: str):
     """The training graph with fake quantization where export quantizes statically: everything XNNPACKQuantizer
     handles for SCL-net (its recipes are full-integer), the linear layers for ViTs except the MLP's second one, which
-    the ViT's static recipe keeps dynamic (quant/executorch_vit.toml: its post-GELU input is what static ranges miss)."""
+    the ViT's static recipe keeps dynamic (mobilereid/recipes/executorch_vit.toml: its post-GELU input is what static ranges miss)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e import move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e

@@ -51,7 +51,7 @@ def golden(tmp_path_factory, small_dataset) -> Path:
     ckpt = save_checkpoint(tmp / "sclnet_test.pt", build_model("sclnet_test", num_classes=6).eval())
     export_checkpoint(ckpt, "onnx", small_dataset, tmp / "export")
     recipe = tmp / "int8_only.toml"
-    recipe.write_text((ROOT / "quant" / "tflite_sclnet.toml").read_text().replace('variants = ["fp32", "dynamic", "int8"]', 'variants = ["int8"]'))
+    recipe.write_text((ROOT / "mobilereid" / "recipes" / "tflite_sclnet.toml").read_text().replace('variants = ["fp32", "dynamic", "int8"]', 'variants = ["int8"]'))
     export_checkpoint(ckpt, "tflite", small_dataset, tmp / "export", int8=True, recipe_path=recipe)
     sidecars = sorted((tmp / "export").glob("*.json"))
     int8 = next(p for p in sidecars if p.name.endswith(".tflite.json"))

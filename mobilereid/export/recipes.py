@@ -1,4 +1,4 @@
-"""Quantization recipes: editable TOML files, one per target and model family, shipped in the repo's quant/.
+"""Quantization recipes: editable TOML files, one per target and model family, shipped inside the package (mobilereid/recipes/).
 
 A recipe says which variants to produce, how to quantize (static or dynamic, per-channel or not, calibration
 size, IO dtype, ops kept in float) and the drift budget the verification enforces. `--recipe FILE` replaces the
@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import ExportError
 from ..tomlconfig import deep_merge, is_type, read_toml
 
-RECIPE_DIR = Path(__file__).resolve().parents[2] / "quant"
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"  # package data: a wheel ships them
 
 
 def default_recipe_path(target: str, family: str) -> Path:
@@ -95,6 +95,33 @@ def check_int16_request(recipe: dict, where: str) -> None:
                               "TensorFlow converter cannot mix int8 and int16 per op)")
     if "int16x8" in recipe.get("variants", []) and target in NO_INT16:
         raise ExportError(f"{where}: variant int16x8 asks for int16 activations, but {NO_INT16[target]}")
+
+
+def recipe_paths_by_target(targets: list[str], paths) -> dict[str, Path]:
+    """Which user recipe applies to which target. Each recipe names its target (``target = "tflite"``); a recipe
+    without one is only accepted for a single-target request. A recipe for a target not requested, two recipes for
+    one target, or a nameless recipe among several targets is a one-line error: a recipe is never silently
+    ignored (it was, before, with more than one target)."""
+    if paths is None:
+        return {}
+    if isinstance(paths, dict):  # already matched (the second export process gets the first one's choice)
+        return {t: Path(p) for t, p in paths.items() if t in targets}
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    chosen: dict[str, Path] = {}
+    for path in paths:
+        named = read_toml(path, "recipe file", ExportError).get("target")
+        if named is None:
+            if len(targets) != 1:
+                raise ExportError(f"{path}: the recipe names no target and {len(targets)} targets were asked for "
+                                  f"({', '.join(targets)}); add target = \"...\" to it")
+            named = targets[0]
+        if named not in targets:
+            raise ExportError(f"{path}: recipe is for target {named!r}, which this export does not produce "
+                              f"({', '.join(targets)})")
+        if named in chosen:
+            raise ExportError(f"{path}: a second recipe for target {named!r} (the first: {chosen[named]})")
+        chosen[named] = path
+    return chosen
 
 
 def load_recipe(target: str, family: str, path: str | Path | None = None) -> dict:

@@ -10,7 +10,7 @@
   the flatbuffer is slimmed of what TFLM never reads (slim.py); both keep the outputs bit-identical, which is
   checked in the TFLM interpreter. The report names the tensors live at the arena's peak, TFLM's own split of the
   arena (planned tensors vs persistent op data) and the arena the converter's order would have needed.
-* Fit: the board profile (quant/boards.toml) gives flash and RAM minus reserves; export fails when the model or
+* Fit: the board profile (mobilereid/recipes/boards.toml) gives flash and RAM minus reserves; export fails when the model or
   the arena does not fit, saying by how much.
 * C sources: ``<stem>_model_data.h/.cc`` with the model as a 16-byte-aligned byte array, its length, input/output
   shapes and quantization parameters and the arena size, ready to drop into a TFLM project.
@@ -52,7 +52,7 @@ TFLM_OPS = {
 
 
 def load_board(name: str) -> dict:
-    """A profile from quant/boards.toml by name, or the first table of a user's TOML file given as a path."""
+    """A profile from mobilereid/recipes/boards.toml by name, or the first table of a user's TOML file given as a path."""
     if name.endswith(".toml"):
         path = Path(name)
         if not path.is_file():
@@ -238,7 +238,7 @@ def mcu_latency_estimate(board: dict, macs: int) -> dict | None:
         return None
     return {"ms": macs / (per_cycle * clock * 1e6) * 1e3, "clock_mhz": clock, "int8_macs_per_cycle": per_cycle,
             "note": f"estimate, not measured: {macs / 1e6:.1f} MMAC at an assumed {per_cycle} int8 MAC/cycle "
-                    f"(CMSIS-NN-class kernels) and {clock} MHz (quant/boards.toml says where the assumption comes from)"}
+                    f"(CMSIS-NN-class kernels) and {clock} MHz (mobilereid/recipes/boards.toml says where the assumption comes from)"}
 
 
 def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> list[dict]:

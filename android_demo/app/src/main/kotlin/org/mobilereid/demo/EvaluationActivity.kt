@@ -18,7 +18,7 @@ import java.io.File
  *
  * Everything lives in the app's external files folder `eval/` (`/sdcard/Android/data/org.mobilereid.demo/files/
  * eval/`), where the host pushed the model, its sidecar and `data/` (images + `manifest.json`). The run embeds
- * every manifest image with the model's runtime (the same loop as `eval/reid_eval.py`) and writes
+ * every manifest image with the model's runtime (the same loop as `mobilereid/device/evaluator.py`) and writes
  * `results/<model>.npz` and then `results/<model>.summary.json`; on failure it writes `results/<model>.error.txt`
  * with a one-line reason instead. The host polls for either file, pulls `results/` and computes Rank-k/mAP/mINP.
  * Names from the extras are plain file names inside that folder; anything with a path separator is refused.

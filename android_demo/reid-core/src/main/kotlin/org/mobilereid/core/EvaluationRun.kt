@@ -3,7 +3,7 @@ package org.mobilereid.core
 import java.io.File
 
 /**
- * The evaluation mode's loop, the same protocol as `eval/reid_eval.py`: every manifest image is decoded,
+ * The evaluation mode's loop, the same protocol as `mobilereid/device/evaluator.py`: every manifest image is decoded,
  * preprocessed and embedded once; `warmup` untimed inferences run on the first query image; the latency of each
  * image is the inference alone (preprocessing and decoding excluded), measured with a monotonic clock.
  */

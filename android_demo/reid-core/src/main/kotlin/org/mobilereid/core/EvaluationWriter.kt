@@ -9,7 +9,7 @@ import java.util.zip.ZipEntry
 import java.util.zip.ZipOutputStream
 
 /**
- * Writes the evaluation mode's results in the layout of `eval/reid_eval.py`, so the host reads phone and desktop
+ * Writes the evaluation mode's results in the layout of `mobilereid/device/evaluator.py`, so the host reads phone and desktop
  * runs alike: `results/<artifact>.npz` (query, gallery, latency_ms, q_pids, g_pids, q_camids, g_camids) and then
  * `results/<artifact>.summary.json` (artifact, sha256, size, runtime, threads, host, latency). The summary is
  * written last and by rename, because the host polls for it to know the run finished; Rank-k/mAP/mINP are

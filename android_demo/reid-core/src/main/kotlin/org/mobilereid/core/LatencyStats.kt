@@ -23,7 +23,7 @@ class LatencyStats(private val window: Int = Int.MAX_VALUE) {
 
     fun percentile(p: Double): Double = percentile(values(), p)
 
-    /** The summary block of `reid_eval.py` (`latency` in `<artifact>.summary.json`). */
+    /** The summary block of `mobilereid/device/evaluator.py` (`latency` in `<artifact>.summary.json`). */
     fun summary(): Map<String, Any> = mapOf(
         "p50_ms" to percentile(50.0), "p90_ms" to percentile(90.0), "p99_ms" to percentile(99.0),
         "mean_ms" to mean(), "throughput_per_s" to 1000.0 / mean(), "samples" to count,
