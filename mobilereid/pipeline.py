@@ -5,8 +5,9 @@ Stages: data (synthetic by default, or a real dataset path) -> train SCL-net and
 its float model -> one final report (Markdown + JSON + plots).
 
 Re-runs skip a stage whose inputs have not changed: each stage writes ``<workdir>/<stage>/stamp.json`` holding a
-hash of its configuration and of the files it consumed; a stage re-runs when that hash differs or its outputs are
-missing. The default configuration (DEFAULT_CONFIG) is sized to finish in about 15 minutes on 2 CPU cores.
+hash of its configuration and of the files it consumed, and the name and size of every file it wrote; a stage re-runs
+when that hash differs or one of its files is missing or changed size. One run at a time per work folder (a lock:
+worklock.py). The default configuration (DEFAULT_CONFIG) is sized to finish in about 15 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .console import console
 from . import cores as core_share
 from .errors import MobileReIDError
 from .tomlconfig import deep_merge, is_type, read_toml
+from .worklock import folder_lock
 
 DEFAULT_CONFIG = {
     "data": {"synthetic": True, "ids": 100, "cameras": 6, "seed": 0, "height": 256, "width": 128, "root": ""},
@@ -43,12 +45,12 @@ DEFAULT_CONFIG = {
     # this far below the start ends the stage early (quant_finetune.py's _Guard: measured, no such run recovered)
     "quant_finetune": {"model": "sclnet", "epochs": 24, "lr": 5e-4, "consistency": 100.0, "max_map_drop": 0.005, "guard_every": 8,
                        "give_up_drop": 0.025},
-    # board: the tflm target's board profile (quant/boards.toml); "" = the recipe's
+    # board: the tflm target's board profile (mobilereid/recipes/boards.toml); "" = the recipe's
     "export": {"threads": 2, "board": "", "targets": {"sclnet": ["onnx", "executorch", "tflite", "edgetpu"], "vit": ["onnx", "executorch", "tflite"]}},
     # device: local, ssh://..., adb, or qemu-arm64[:CPU] (the emulated board); limit: evaluate on N queries (0 = all)
     "evaluate": {"threads": 2, "device": "local", "limit": 0},
     # parallel: model chains side by side, cores split between them; chains: the [models.NAME] to run ([] = all), so
-    # an opt-in config (configs/mcu.toml) can run its own model alone
+    # an opt-in config (mcu (mobilereid/configs/mcu.toml)) can run its own model alone
     "pipeline": {"parallel": True, "chains": []},
 }
 
@@ -138,7 +140,7 @@ def _digest(obj) -> str:
 
 
 def _recipes_digest() -> str:
-    """The shipped INT8 recipes (quant/*.toml): an export made with other recipes is out of date."""
+    """The shipped INT8 recipes (mobilereid/recipes/*.toml): an export made with other recipes is out of date."""
     from .export.recipes import RECIPE_DIR
 
     return _digest({p.name: _file_digest(p) for p in sorted(RECIPE_DIR.glob("*.toml"))})
@@ -158,7 +160,11 @@ class Stage:
 
     The pipeline deletes a stage folder to re-run it only when it made that folder itself (it holds OWNER_MARK); a
     folder of that name the user made (their dataset under ``W/data``, a ``-w .`` inside a project) is never
-    touched: the run stops with a one-line error instead. An empty folder is taken over."""
+    touched: the run stops with a one-line error instead. An empty folder is taken over.
+
+    The stamp lists every file the stage left in its folder with its size (``files``): a stage whose files were
+    deleted or damaged after it finished (an artifact removed by hand) re-runs instead of being "up to date" and
+    failing every later stage. A stamp of an older version without the list checks ``outputs`` alone."""
 
     def __init__(self, workdir: Path, name: str):
         self.name, self.dir = name, workdir / name
@@ -177,8 +183,10 @@ class Stage:
         if not (self.dir / OWNER_MARK).is_file() or not self.stamp.is_file() or not all(p.exists() for p in outputs):
             return False
         try:
-            return json.loads(self.stamp.read_text()).get("key") == key
-        except (ValueError, AttributeError):
+            stamp = json.loads(self.stamp.read_text())
+            files = stamp.get("files", {})
+            return stamp.get("key") == key and all(_size(self.dir / name) == size for name, size in files.items())
+        except (ValueError, AttributeError, TypeError):
             return False  # a damaged stamp: the stage re-runs
 
     def start(self, key: str) -> None:
@@ -190,10 +198,30 @@ class Stage:
         console.print(f"[{self.name}] running", markup=False)
 
     def done(self, key: str, info: dict, seconds: float) -> None:
-        self.stamp.write_text(json.dumps({"key": key, "seconds": seconds, **info}, indent=2))
+        self.stamp.write_text(json.dumps({"key": key, "seconds": seconds, **info, "files": self.written()}, indent=2))
+
+    def written(self) -> dict[str, int]:
+        """Every file in the stage's folder (relative name: size) but the stamp and hidden files (the owner mark, a
+        lock, temporary files)."""
+        files = {}
+        for p in sorted(self.dir.rglob("*")):
+            name = p.relative_to(self.dir)
+            if p != self.stamp and not any(part.startswith(".") for part in name.parts) and p.is_file():
+                files[name.as_posix()] = p.stat().st_size
+        return files
 
     def info(self) -> dict:
-        return json.loads(self.stamp.read_text())
+        """The stamp without its file list (the report shows what a stage did, not its thousands of images)."""
+        stamp = json.loads(self.stamp.read_text())
+        stamp.pop("files", None)
+        return stamp
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size if path.is_file() else None
+    except OSError:
+        return None
 
 
 def run_stage(stage: Stage, key: str, outputs: list[Path], fn) -> dict:
@@ -215,15 +243,21 @@ def compressed_chain(name: str) -> str:
 
 
 def run_pipeline(config: Path | None, workdir: Path) -> dict:
+    cfg = load_config(config)
+    chains = list(cfg["models"]) + ([compressed_chain(cfg["compress"]["model"])] if cfg["compress"]["model"] else [])
+    workdir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(workdir, "work folder"):  # a second run on this folder would delete this one's stage folders
+        stage_names = [f"{stage}_{m}" for m in chains for stage in ("train", "quant_finetune", "export", "evaluate")]
+        for name in ["data"] + stage_names + ["compress"]:
+            Stage(workdir, name).check_owned()  # before any work: never after ten minutes of training
+        return _run_locked(cfg, workdir)
+
+
+def _run_locked(cfg: dict, workdir: Path) -> dict:
     from .data.check import check_and_print
     from .data.synth import SynthConfig, generate
     from .report import write_pipeline_report
 
-    cfg = load_config(config)
-    chains = list(cfg["models"]) + ([compressed_chain(cfg["compress"]["model"])] if cfg["compress"]["model"] else [])
-    for name in ["data"] + [f"{stage}_{m}" for m in chains for stage in ("train", "quant_finetune", "export", "evaluate")] + ["compress"]:
-        Stage(workdir, name).check_owned()  # before any work: never after ten minutes of training
-    workdir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     stages = {}
 
@@ -358,9 +392,16 @@ def _run_chains_in_parallel(names: list[str], cfg: dict, workdir: Path, data_roo
     (onnx2tf, the TF and ExecuTorch converters, verification), so two chains side by side keep both cores busy
     where one after the other leaves one idle for most of the export time. Each chain logs to
     ``<workdir>/logs/<model>.log``; the last line of each log is shown here every 20 s.
+
+    An interrupt here (Ctrl-C, SIGTERM) or a failed chain stops the chains still running: each gets SIGTERM, unwinds
+    (its temporary files go) and ends; one that has not ended STOP_SECONDS later is killed. The workers die with
+    this process even when it is killed (lifecycle.py), and the count of chains still running is shared memory, not
+    a manager process that would outlive a killed run.
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from .lifecycle import end_on_interrupt
 
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
@@ -369,9 +410,12 @@ def _run_chains_in_parallel(names: list[str], cfg: dict, workdir: Path, data_roo
                   f"the cores of a finished chain go to those still running); logs in {logs}/", markup=False)
     results = {}
     context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager, ProcessPoolExecutor(len(names), mp_context=context) as pool:
-        running = manager.Value("i", len(names))  # chains still running: each takes cores // running threads (cores.py)
-        futures = {pool.submit(_chain_in_child, n, cfg, workdir, data_root, data_key, logs / f"{n}.log", cores, running): n for n in names}
+    running = context.Value("i", len(names))  # chains still running: each takes cores // running threads (cores.py)
+    pool = ProcessPoolExecutor(len(names), mp_context=context, initializer=_chain_worker_start,
+                               initargs=(running, os.getpid()))
+    try:
+        futures = {pool.submit(end_on_interrupt, _chain_in_child, n, cfg, workdir, data_root, data_key,
+                               logs / f"{n}.log", cores): n for n in names}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=20, return_when=FIRST_COMPLETED)
@@ -390,7 +434,31 @@ def _run_chains_in_parallel(names: list[str], cfg: dict, workdir: Path, data_roo
             for f in pending:
                 n = futures[f]
                 console.print(f"[{n}] {_last_line(logs / (n + '.log'))}", markup=False)
+    except BaseException:
+        _stop_workers(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return results
+
+
+STOP_SECONDS = 60  # a chain's clean-up may stop the export's second process, which gets 30 s (second_process.py)
+
+
+def _stop_workers(pool) -> None:
+    """SIGTERM to every chain worker still alive (one already unwinding from Ctrl-C ignores it: interrupts.py), then
+    SIGKILL to those not ended within STOP_SECONDS. The pool has no public way to end its workers before 3.14, hence
+    its ``_processes``."""
+    workers = [p for p in (getattr(pool, "_processes", None) or {}).values() if p.is_alive()]
+    for p in workers:
+        p.terminate()
+    deadline = time.monotonic() + STOP_SECONDS
+    for p in workers:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in workers:
+        if p.is_alive():
+            p.kill()
+            p.join()
 
 
 def _last_line(path: Path) -> str:
@@ -401,9 +469,22 @@ def _last_line(path: Path) -> str:
     return lines[-1][:150] if lines else "starting"
 
 
-def _chain_in_child(name, cfg, workdir, data_root, data_key, log: Path, cores: int, running) -> dict:
+_running = None  # the parent's count of chains still running, in a chain worker (_chain_worker_start)
+
+
+def _chain_worker_start(running, parent: int) -> None:
+    """Pool initializer of a chain worker: it dies with the pipeline process, SIGTERM unwinds its chain and ends it
+    (lifecycle.py; its task runs in end_on_interrupt)."""
+    global _running
+    from .lifecycle import die_with_parent
+
+    die_with_parent(parent)
+    _running = running
+
+
+def _chain_in_child(name, cfg, workdir, data_root, data_key, log: Path, cores: int) -> dict:
     """Child-process entry: all output (Python and native) into the chain's log, torch limited to its share of the
-    cores (``cores`` // the chains still ``running``, re-read between epochs and stages: cores.py)."""
+    cores (``cores`` // the chains still running, re-read between epochs and stages: cores.py)."""
     import sys
 
     from .chatter import silence_libraries
@@ -413,5 +494,6 @@ def _chain_in_child(name, cfg, workdir, data_root, data_key, log: Path, cores: i
     os.dup2(f.fileno(), 2)
     sys.stdout = sys.stderr = f
     silence_libraries(python_stderr=f)  # native chatter out of the log, so the live status shows the stage's progress
+    running = _running
     core_share.follow(lambda: cores // max(1, running.value))
     return run_chain(name, cfg, workdir, data_root, data_key)

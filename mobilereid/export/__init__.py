@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..console import err_console
@@ -12,7 +14,7 @@ from ..models.registry import model_family
 from ..train import preprocess_spec_for
 from .calibration import calibration_files, load_batch
 from .common import ExportJob, Workdir
-from .recipes import load_recipe
+from .recipes import load_recipe, recipe_paths_by_target
 
 TARGETS = ("onnx", "executorch", "tflite", "edgetpu")  # "all"
 EXTRA_TARGETS = ("tflm",)  # on request only: microcontroller models are small CNN variants
@@ -42,7 +44,7 @@ def resolve_targets(target: str, int8: bool = True) -> list[str]:
     integer-only target named without --int8 is an error."""
     if target == "all":
         return [t for t in TARGETS if int8 or t not in INTEGER_ONLY]
-    names = [t.strip() for t in target.split(",") if t.strip()]
+    names = list(dict.fromkeys(t.strip() for t in target.split(",") if t.strip()))  # each target once, in order
     if not names:
         raise ExportError(f"--target {target!r}: no target named")
     for t in names:
@@ -95,26 +97,30 @@ def make_job(checkpoint: Path, model, state: dict, calib: str | Path, out_dir: s
 
 def export_checkpoint(checkpoint: str | Path, target: str, calib: str | Path, out_dir: str | Path, int8: bool = False,
                       recipe_path: str | Path | None = None, threads: int = 2, on_result=None, board: str | None = None,
-                      camera: int | None = None, core_free=None, image_counts: tuple[int, int] | None = None) -> list[dict]:
+                      camera: int | None = None, core_free=None, image_counts: tuple[int, int] | None = None,
+                      lock_folder: bool = True) -> list[dict]:
     """Export ``checkpoint`` to each target of ``target``, verifying every artifact in its runtime. ``core_free``: a
     callable saying whether a second core is free now (or True); then the longest targets run in two processes side
     by side (second_process.py). ``image_counts``: (calibration, verification) images, by default the most any
-    target's recipe asks for (the second process gets the first process's counts, so both use the same images)."""
+    target's recipe asks for (the second process gets the first process's counts, so both use the same images).
+    ``recipe_path``: one user recipe or a list, each applied to the target it names (recipes.recipe_paths_by_target).
+    ``lock_folder``: hold ``out_dir``'s lock (worklock.py) while writing, so that a second export into it stops at
+    once; False in the second process, whose parent holds it."""
     targets = resolve_targets(target, int8)
     checkpoint = Path(checkpoint)
     model, state = load_model(checkpoint)
     bake_camera(model, checkpoint, camera)
     family = model_family(model)
-    recipes = {}
+    recipes, user_recipes = {}, recipe_paths_by_target(targets, recipe_path)
     for t in targets:
-        r = load_recipe(t, family, recipe_path if len(targets) == 1 else None)
+        r = load_recipe(t, family, user_recipes.get(t))
         if not int8:
             r["variants"] = [v for v in r["variants"] if v == "fp32"]
         recipes[t] = r
     n_calib, n_verify = image_counts or (max(int(r.get("int8", {}).get("calibration_images", 64)) for r in recipes.values()),
                                          max(int(r["verify"]["images"]) for r in recipes.values()))
     job = make_job(checkpoint, model, state, calib, out_dir, n_calib, n_verify, threads)
-    with Workdir(Path(out_dir), "export") as scratch:
+    with _output_lock(Path(out_dir), lock_folder), Workdir(Path(out_dir), "export") as scratch:
         job.scratch = scratch
 
         def run_here(unit: list[str]) -> list[dict]:
@@ -125,10 +131,27 @@ def export_checkpoint(checkpoint: str | Path, target: str, calib: str | Path, ou
         from .second_process import run_units, work_units
 
         kwargs = dict(checkpoint=checkpoint, calib=calib, out_dir=out_dir, int8=int8, threads=threads, board=board, camera=camera,
-                      image_counts=(n_calib, n_verify))
+                      image_counts=(n_calib, n_verify), recipe_path={t: str(p) for t, p in user_recipes.items()},
+                      lock_folder=False)
         results = run_units(work_units(targets), run_here, kwargs, core_free if callable(core_free) else lambda: True, on_result)
     order = {t: i for i, t in enumerate(targets)}
     return sorted(results, key=lambda r: order[r["target"]])  # sort is stable: a target's variants keep their order
+
+
+@contextmanager
+def _output_lock(out_dir: Path, lock: bool):
+    """The output folder's lock, and the temporary folders of an export that was killed (SIGKILL: it could not
+    remove them) removed: under the lock no other export is using any."""
+    if not lock:
+        yield
+        return
+    from ..worklock import folder_lock
+
+    with folder_lock(out_dir, "output folder", in_file=False):  # no file among the artifacts
+        for p in out_dir.glob(".export.*"):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+        yield
 
 
 def _run_target(job: ExportJob, t: str, recipe: dict, int8: bool, board: str | None, on_result) -> list[dict]:

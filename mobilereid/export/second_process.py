@@ -14,11 +14,14 @@ The second process is started with `spawn` (a fork of a process whose torch and 
 safe), loads the checkpoint and the calibration/verification images itself (the same files, the same order) and
 exports its unit with the same code; results come back through a pipe. Each process writes only its own
 artifacts; an error or a signal in either stops both, and each removes its own temporary files (SIGTERM unwinds
-like Ctrl-C in the second process too).
+like Ctrl-C in the second process too). The second process dies with the first, even when that one is killed with
+SIGKILL (lifecycle.py); it is stopped before the thread that may have started it (the core watcher) ends, because
+the kernel's parent-death signal follows the starting thread.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -48,8 +51,8 @@ class SecondProcess:
         self.targets = targets
         context = multiprocessing.get_context("spawn")
         self._receive, send = context.Pipe(duplex=False)
-        self._process = context.Process(target=_export_in_child, args=(send, {**kwargs, "target": ",".join(targets)}),
-                                        name=f"export-{'-'.join(targets)}")
+        self._process = context.Process(target=_export_in_child, args=(send, {**kwargs, "target": ",".join(targets)},
+                                                                       os.getpid()), name=f"export-{'-'.join(targets)}")
         self._process.start()
         send.close()
 
@@ -87,10 +90,11 @@ def run_units(units: list[list[str]], run_here: Callable[[list[str]], list[dict]
     lock = threading.Lock()
     helper: list[SecondProcess] = []
     done = threading.Event()
+    closing = threading.Event()
 
     def maybe_start() -> None:
         with lock:
-            if helper:
+            if helper or closing.is_set():
                 return
             unit = next((u for u in pending if any(t not in NOT_WORTH_A_PROCESS for t in u)), None)
             if unit is None or not _ask(core_free):
@@ -121,10 +125,12 @@ def run_units(units: list[list[str]], run_here: Callable[[list[str]], list[dict]
             results.extend(extra)
         return results
     finally:
+        with lock:  # from here on the watcher starts nothing
+            closing.set()
+        for h in helper:  # before the watcher ends: a helper it started gets SIGTERM from the kernel when it ends
+            h.stop()
         done.set()
         watcher.join()
-        for h in helper:
-            h.stop()
 
 
 def _ask(core_free: Callable[[], bool]) -> bool:
@@ -134,13 +140,13 @@ def _ask(core_free: Callable[[], bool]) -> bool:
         return False
 
 
-def _export_in_child(send, kwargs: dict) -> None:
-    """Entry of the second process: quiet like the command that started it, one torch thread (the other core runs
-    the first process), SIGTERM unwinds so temporary files go, errors go back through the pipe."""
+def _export_in_child(send, kwargs: dict, parent: int) -> None:
+    """Entry of the second process: dies with its parent, quiet like the command that started it, one torch thread
+    (the other core runs the first process), SIGTERM unwinds so temporary files go, errors go back through the pipe."""
     from ..chatter import silence_libraries
-    from ..interrupts import exit_cleanly_on_sigterm
+    from ..lifecycle import die_with_parent
 
-    exit_cleanly_on_sigterm()
+    die_with_parent(parent)
     silence_libraries()
     import torch
 
