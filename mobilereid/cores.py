@@ -28,7 +28,7 @@ def share() -> int | None:
         return None
     try:
         return max(1, int(_share()))
-    except Exception:  # the pipeline's parent is gone (interrupted)
+    except Exception:  # the share cannot be read (a caller's own callable failed): keep the current threads
         return None
 
 
@@ -38,7 +38,7 @@ def rebalance() -> None:
     import torch
 
     wanted = share()
-    if wanted is None:  # the pipeline's parent is gone (interrupted): keep the current threads
+    if wanted is None:
         return
     if wanted != torch.get_num_threads():
         torch.set_num_threads(wanted)

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -68,8 +67,8 @@ import multiprocessing, os, sys, time
 sys.path.insert(0, sys.argv[1])
 mode, marker = sys.argv[2], sys.argv[3]
 if mode in ("kernel", "watch"):
-    import helper_mod
-    p = multiprocessing.get_context("spawn").Process(target=helper_mod.sleeper, args=(marker, os.getpid(), mode))
+    import lifecycle_helper
+    p = multiprocessing.get_context("spawn").Process(target=lifecycle_helper.sleeper, args=(marker, os.getpid(), mode))
     p.start()
     print(p.pid, flush=True)
 elif mode == "pool":  # the pipeline's chain workers
@@ -94,7 +93,7 @@ time.sleep(120)
 
 @pytest.mark.parametrize("mode", ["kernel", "watch", "pool", "export"])
 def test_helpers_die_with_a_parent_killed_by_sigkill(tmp_path, mode, request):
-    (tmp_path / "helper_mod.py").write_text(HELPER)
+    (tmp_path / "lifecycle_helper.py").write_text(HELPER)
     marker = str(tmp_path / "child")
     extra = []
     if mode == "export":
@@ -124,12 +123,12 @@ def test_helpers_die_with_a_parent_killed_by_sigkill(tmp_path, mode, request):
 def test_a_helper_whose_parent_died_before_it_armed_ends_at_once(tmp_path, monkeypatch):
     import multiprocessing
 
-    (tmp_path / "helper_mod.py").write_text(HELPER)
+    (tmp_path / "lifecycle_helper.py").write_text(HELPER)
     monkeypatch.syspath_prepend(str(tmp_path))
-    import helper_mod
+    import lifecycle_helper
 
     marker = str(tmp_path / "child")
-    p = multiprocessing.get_context("spawn").Process(target=helper_mod.sleeper, args=(marker, 1, "kernel"))
+    p = multiprocessing.get_context("spawn").Process(target=lifecycle_helper.sleeper, args=(marker, 1, "kernel"))
     p.start()
     p.join(30)
     assert p.exitcode == 143 and not Path(marker + ".started").exists()
