@@ -57,6 +57,19 @@ def _check_threads(command: str, threads) -> None:
         raise MobileReIDError(f"--threads {threads}: must be >= {least}{' (0 = torch default)' if least == 0 else ''}")
 
 
+def _device_option():
+    return typer.Option("auto", "--device", help="Where to compute: auto (the first CUDA GPU if any, else cpu), cpu, cuda, cuda:N. "
+                        "Under torchrun each rank takes the GPU of its LOCAL_RANK.")
+
+
+def _precision_option():
+    return typer.Option("fp32", "--precision", help="fp32, bf16 (autocast; CPUs too) or fp16 (autocast + gradient scaler; GPUs only).")
+
+
+def _workers_option():
+    return typer.Option(None, "--workers", help="Input worker processes (default: 0 on the CPU, min(8, cores - 1) per GPU).")
+
+
 def _version(value: bool):
     if value:
         console.print(f"mobilereid {__version__}")
@@ -76,6 +89,8 @@ def main(version: Optional[bool] = typer.Option(None, "--version", callback=_ver
         os.environ[ENV] = "1"
     silence_libraries()
     exit_cleanly_on_sigterm()
+    if int(os.environ.get("RANK", 0) or 0) > 0:  # under torchrun only rank 0 talks; every rank's errors still show
+        console.quiet = True
 
 
 @data_app.command("synth")
@@ -149,6 +164,9 @@ def train_cmd(
     init: Optional[Path] = typer.Option(None, help="Start from a mobilereid checkpoint (fine-tuning)."),
     resume: bool = typer.Option(False, help="Continue from OUT/last.pt."),
     keep_checkpoints: int = typer.Option(0, "--keep-checkpoints", help="Also keep the last N epochs' checkpoints (weights only); last.pt and model.pt are always written."),
+    device: str = _device_option(),
+    precision: str = _precision_option(),
+    workers: Optional[int] = _workers_option(),
 ):
     """Train a ReID model (PK sampling, label-smoothed CE + batch-hard triplet, warm-up + cosine LR).
 
@@ -158,7 +176,8 @@ def train_cmd(
 
     cfg = TrainConfig(model=model, epochs=epochs, p=p, k=k, lr=lr, warmup_epochs=warmup, seed=seed, threads=threads,
                       model_options=_parse_options(opt), pretrained=str(pretrained) if pretrained else None,
-                      init_checkpoint=str(init) if init else None, keep_checkpoints=keep_checkpoints)
+                      init_checkpoint=str(init) if init else None, keep_checkpoints=keep_checkpoints,
+                      device=device, precision=precision, workers=workers)
     train(cfg, data, out, resume=resume)
     console.print(f"checkpoint: {out / 'model.pt'}")
 
@@ -360,6 +379,7 @@ def evaluate_cmd(
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Your own float model, when compress or quant-finetune changed it before export: drift against it is the headline."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate on a deterministic subset: the queries (up to N) of evenly spaced identities, their gallery images and as many others."),
     force: bool = typer.Option(False, "--force", help="Overwrite files in --out that mobilereid did not write (report.md, report.json, plots)."),
+    torch_device: str = typer.Option("auto", "--torch-device", help="Where the torch --reference/--baseline embed: auto, cpu, cuda, cuda:N (--device is the artifacts' machine)."),
 ):
     """Accuracy drift, latency and size of artifacts, measured by the on-device evaluator.
 
@@ -368,7 +388,8 @@ def evaluate_cmd(
     from .report import eval_markdown
 
     report = evaluate_artifacts(artifacts, data, out, reference=reference, device=device, threads=threads, remote_python=remote_python,
-                                flip=flip, allow_mismatch=allow_mismatch, baseline=baseline, limit=limit, force=force)
+                                flip=flip, allow_mismatch=allow_mismatch, baseline=baseline, limit=limit, force=force,
+                                torch_device=torch_device)
     console.print(eval_markdown(report), markup=False, soft_wrap=True)
     console.print(f"report: {out / 'report.md'}, {out / 'report.json'}, plots: {', '.join(str(out / p) for p in report['plots'])}")
 
@@ -411,13 +432,19 @@ def quant_finetune_cmd(
     guard_every: int = typer.Option(8, help="Epochs between guard checks (also after the last epoch); 0 = no guard."),
     give_up_drop: float = typer.Option(2.5, help="Guard: a check this many mAP points below the start ends the stage early "
                                        "(keeping the last passing weights); 0 = never."),
+    p: int = typer.Option(16, "-p", help="PK sampling: identities per batch."),
+    k: int = typer.Option(4, "-k", help="PK sampling: images per identity."),
+    device: str = _device_option(),
+    precision: str = _precision_option(),
+    workers: Optional[int] = _workers_option(),
 ):
     """Quantization-consistency fine-tuning (PT2E QAT): the INT8 model then agrees with its float model."""
     from .quant_finetune import QuantFinetuneConfig, quant_finetune
 
     result = quant_finetune(checkpoint, data, out, QuantFinetuneConfig(epochs=epochs, lr=lr, consistency=consistency, threads=threads,
                                                                        max_map_drop=max_map_drop / 100, guard_every=guard_every,
-                                                                       give_up_drop=give_up_drop / 100))
+                                                                       give_up_drop=give_up_drop / 100, p=p, k=k, device=device,
+                                                                       precision=precision, workers=workers))
 
     last, before, after = result["history"][-1], result["metrics_before"], result["metrics_after"]
     if before and after:
@@ -451,6 +478,9 @@ def compress_cmd(
     p: int = typer.Option(8, "-p", help="PK sampling: identities per batch."),
     k: int = typer.Option(4, "-k", help="PK sampling: images per identity."),
     stat_images: int = typer.Option(0, "--stat-images", help="Images for the AMG statistics passes (0 = the whole training split, as AMG does)."),
+    device: str = _device_option(),
+    precision: str = _precision_option(),
+    workers: Optional[int] = _workers_option(),
 ):
     """Compress a ViT: patch elimination, windows, AMG head and K/V token pruning, MLP unit pruning (real weight surgery)."""
     from .compress.pipeline import CompressConfig, compress
@@ -458,7 +488,8 @@ def compress_cmd(
     cfg = CompressConfig(keep_ratio=keep_ratio, scorer=scorer, windows=windows, window_start=window_start, head_ratio=head_ratio,
                          token_rate=token_rate, rounds=rounds, epochs_per_round=epochs_per_round, arch_epochs=arch_epochs,
                          token_epochs=token_epochs, final_epochs=final_epochs, lr=lr, p=p, k=k, stat_images=stat_images,
-                         window_weights=window_weights, token_order=token_order, mlp_rate=mlp_rate, mlp_epochs=mlp_epochs)
+                         window_weights=window_weights, token_order=token_order, mlp_rate=mlp_rate, mlp_epochs=mlp_epochs,
+                         device=device, precision=precision, workers=workers)
     result = compress(checkpoint, data, out, cfg)
     console.print(f"checkpoint: {result['checkpoint']}")
 

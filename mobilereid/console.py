@@ -30,8 +30,12 @@ def fmt(v) -> str:
 
 
 @contextlib.contextmanager
-def progress(description: str, total: int | None) -> Iterator:
-    """A progress bar; yields advance(n=1). On a non-terminal it prints start and end lines instead of redraws."""
+def progress(description: str, total: int | None, show: bool = True) -> Iterator:
+    """A progress bar; yields advance(n=1). On a non-terminal it prints start and end lines instead of redraws.
+    ``show=False`` (ranks other than 0 under torchrun) draws nothing."""
+    if not show:
+        yield lambda n=1: None
+        return
     if not sys.stderr.isatty():
         err_console.print(f"{description} ...")
         done = [0]

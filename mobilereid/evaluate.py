@@ -369,16 +369,21 @@ def check_artifacts(artifacts: list[Path], reference: Path | None = None, allow_
     return metas
 
 
-def reference_embeddings(checkpoint: Path, data: Path, cache: Path, flip: bool = False) -> tuple[np.ndarray, np.ndarray, dict, int]:
-    """The user's float model on query and gallery (SIE models: with each image's camera, TransReID's protocol)."""
+def reference_embeddings(checkpoint: Path, data: Path, cache: Path, flip: bool = False,
+                         compute=None) -> tuple[np.ndarray, np.ndarray, dict, int]:
+    """The user's float model on query and gallery (SIE models: with each image's camera, TransReID's protocol),
+    on ``compute``'s device in exact fp32 (no TF32, no autocast: a reference, see compute.py)."""
+    from .compute import CPU
     from .models.checkpoint import load_model
     from .train import extract_features, preprocess_spec_for, rank_metrics
 
+    compute = compute or CPU
     model, _ = load_model(checkpoint)
+    model = model.to(compute.device)
     ds = load_dataset(data, need_train=False)
     spec = preprocess_spec_for(model)
-    q = extract_features(model, ds.query, spec, desc="reference: query", flip=flip)
-    g = extract_features(model, ds.gallery, spec, desc="reference: gallery", flip=flip)
+    q = extract_features(model, ds.query, spec, desc="reference: query", flip=flip, compute=compute)
+    g = extract_features(model, ds.gallery, spec, desc="reference: gallery", flip=flip, compute=compute)
     return q, g, rank_metrics(q, g, ds), model.feature_dim
 
 
@@ -395,18 +400,25 @@ def drift(q: np.ndarray, g: np.ndarray, rq: np.ndarray, rg: np.ndarray) -> dict:
 def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: Path | None = None, device: str = "local",
                        threads: int = 2, remote_python: str = "python3", ssh_options: list[str] | None = None,
                        flip: bool = False, allow_mismatch: bool = False, baseline: Path | None = None,
-                       limit: int | None = None, force: bool = False) -> dict:
+                       limit: int | None = None, force: bool = False, torch_device: str = "auto") -> dict:
     """Run every artifact through the evaluator on `device` and score it.
 
     ``reference``: the float model the artifacts were exported from (checked by hash); drift against it is what
     conversion and quantization cost. ``baseline``: the user's own float model when a stage of ours changed it
     before export (compression, quantization fine-tuning); drift against it is the headline, since it is what the
-    user gets compared with what they gave us. ``force``: overwrite files in ``out`` that mobilereid did not write."""
+    user gets compared with what they gave us. ``force``: overwrite files in ``out`` that mobilereid did not write.
+    ``torch_device``: where the torch reference and baseline embed (``--torch-device``; ``device`` is the runtime's
+    machine)."""
     from .report import refuse_foreign_files, write_eval_report
 
     data = Path(data)
     if flip and (device == "adb" or device.startswith("adb:")):
         raise MobileReIDError("--flip: the Android demo app's evaluation mode does not average mirrored images")
+    compute = None
+    if reference is not None or baseline is not None:
+        from .compute import resolve  # torch only when there is a torch model to run
+
+        compute = resolve(torch_device, "fp32", None, device_flag="--torch-device")
     refuse_foreign_files(Path(out), ["raw", "report.md", "report.json"], force)  # before the work, not after it
     qemu = device == "qemu-arm64" or device.startswith("qemu-arm64:")
     if qemu:
@@ -421,14 +433,14 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
                               "gallery": len(list((data / "bounding_box_test").iterdir())), "asked": limit}
         ref = None
         if reference is not None:
-            rq, rg, ref_metrics, dim = reference_embeddings(reference, data, out, flip)
+            rq, rg, ref_metrics, dim = reference_embeddings(reference, data, out, flip, compute)
             for a, m in zip(artifacts, metas):
                 if m["model"]["embedding_dim"] != dim:
                     raise MobileReIDError(f"{a}: embedding size {m['model']['embedding_dim']} does not match the reference {reference} ({dim})")
             ref = {"checkpoint": str(reference), "metrics": ref_metrics}
         base = None
         if baseline is not None:
-            bq, bg, base_metrics, _ = reference_embeddings(baseline, data, out, flip)
+            bq, bg, base_metrics, _ = reference_embeddings(baseline, data, out, flip, compute)
             base = {"checkpoint": str(baseline), "metrics": base_metrics}
         raw = Path(tmp) / "raw"
         with progress(f"evaluating {len(artifacts)} artifact(s) on {device}", None):

@@ -18,5 +18,6 @@ def batch_hard_triplet(feat: torch.Tensor, labels: torch.Tensor, margin: float =
 def reid_loss(logits: list[torch.Tensor], feats: list[torch.Tensor], labels: torch.Tensor, smoothing: float = 0.1, margin: float = 0.3) -> tuple[torch.Tensor, dict]:
     ce = sum(F.cross_entropy(lg, labels, label_smoothing=smoothing) for lg in logits) if logits else torch.zeros(())
     tri = sum(batch_hard_triplet(f, labels, margin) for f in feats)
-    acc = (logits[0].argmax(1) == labels).float().mean().item() if logits else 0.0
-    return ce + tri, {"ce": float(ce.detach()), "triplet": float(tri.detach()), "acc": acc}
+    acc = (logits[0].argmax(1) == labels).float().mean() if logits else torch.zeros((), device=labels.device)
+    # detached device tensors, not Python floats: reading them would wait for the GPU on every step
+    return ce + tri, {"ce": ce.detach(), "triplet": tri.detach(), "acc": acc.detach()}

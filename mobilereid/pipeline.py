@@ -50,8 +50,10 @@ DEFAULT_CONFIG = {
     # device: local, ssh://..., adb, or qemu-arm64[:CPU] (the emulated board); limit: evaluate on N queries (0 = all)
     "evaluate": {"threads": 2, "device": "local", "limit": 0},
     # parallel: model chains side by side, cores split between them; chains: the [models.NAME] to run ([] = all), so
-    # an opt-in config (mcu (mobilereid/configs/mcu.toml)) can run its own model alone
-    "pipeline": {"parallel": True, "chains": []},
+    # an opt-in config (mcu (mobilereid/configs/mcu.toml)) can run its own model alone; device / precision / workers:
+    # where train, compress, quant-finetune and the torch reference compute (compute.py; workers "auto" = from the
+    # device and cores)
+    "pipeline": {"parallel": True, "chains": [], "device": "auto", "precision": "fp32", "workers": "auto"},
 }
 
 
@@ -94,6 +96,10 @@ def check_values(cfg: dict, path: Path) -> None:
             if isinstance(default, dict):
                 continue
             kind = float if isinstance(default, float) else type(default)
+            if (section, key) == ("pipeline", "workers"):
+                if value != "auto" and not (is_type(value, int) and value >= 0):
+                    fail("[pipeline] workers", value, '"auto" or a number >= 0')
+                continue
             if (section, key) == ("quant_finetune", "model") and isinstance(value, list):
                 kind = list
             if not is_type(value, kind):
@@ -121,6 +127,12 @@ def check_values(cfg: dict, path: Path) -> None:
                 fail(f"[models.{name}] {key}", table[key], f"at least {low}")
         if table.get("lr", 1.0) <= 0:
             fail(f"[models.{name}] lr", table["lr"], "a number > 0")
+    from .compute import resolve
+
+    try:  # before any stage: a bad device is one line now, not a CUDA error after the data stage
+        resolve(cfg["pipeline"]["device"], cfg["pipeline"]["precision"], compute_options(cfg)["workers"])
+    except MobileReIDError as exc:
+        raise MobileReIDError(f"{path}: [pipeline] {str(exc).lstrip('-')}") from None
     chains = cfg["pipeline"]["chains"]
     if not all(isinstance(n, str) and n in cfg["models"] for n in chains):
         fail("[pipeline] chains", chains, f"names of [models.NAME] tables ({', '.join(cfg['models'])})")
@@ -133,6 +145,13 @@ def check_values(cfg: dict, path: Path) -> None:
     problem = QuantFinetuneConfig(**guard).guard_problem()
     if problem:
         raise MobileReIDError(f"{path}: [quant_finetune] {problem}")
+
+
+def compute_options(cfg: dict) -> dict:
+    """``[pipeline]``'s device, precision and workers as the learning stages' config fields take them."""
+    workers = cfg["pipeline"]["workers"]
+    return {"device": cfg["pipeline"]["device"], "precision": cfg["pipeline"]["precision"],
+            "workers": None if workers == "auto" else workers}
 
 
 def _digest(obj) -> str:
@@ -311,7 +330,9 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
     stages = {}
     m = cfg["models"][name]
     stage = Stage(workdir, f"train_{name}")
-    tcfg = TrainConfig(model=m["preset"], epochs=m["epochs"], lr=m["lr"], p=m["p"], k=m["k"], model_options=m.get("options", {}))
+    compute = compute_options(cfg)
+    tcfg = TrainConfig(model=m["preset"], epochs=m["epochs"], lr=m["lr"], p=m["p"], k=m["k"], model_options=m.get("options", {}),
+                       **compute)
     ckpt = reference = users_model = stage.dir / "model.pt"  # the trained float model: the drift baseline
     stages[stage.name] = run_stage(stage, _digest({"data": data_key, "train": tcfg.__dict__}), [ckpt],
                                    lambda: {"metrics": train(tcfg, data_root, stage.dir)["metrics"]})
@@ -325,10 +346,11 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
         ckpt = reference = stage.dir / "compressed.pt"
 
         def do_compress():
-            result = compress(source, data_root, stage.dir, CompressConfig(**c))
+            result = compress(source, data_root, stage.dir, CompressConfig(**c, **compute))
             return {"before": result["before"], "after": result["after"]}
 
-        stages[stage.name] = run_stage(stage, _digest({"source": _file_digest(source), "data": data_key, "compress": c}),
+        stages[stage.name] = run_stage(stage, _digest({"source": _file_digest(source), "data": data_key, "compress": c,
+                                                   "compute": compute}),
                                        [ckpt], do_compress)
         name = compressed_chain(name)
 
@@ -342,12 +364,13 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
         trained = trained_metrics if source == users_model else None  # the same weights on the same split, scored once
 
         def do_quant_finetune():
-            qcfg = QuantFinetuneConfig(**q, p=m["p"], k=m["k"])
+            qcfg = QuantFinetuneConfig(**q, p=m["p"], k=m["k"], **compute)
             result = quant_finetune(source, data_root, ckpt, qcfg, metrics_before=trained)
             return {"before": result["metrics_before"], "after": result["metrics_after"], "history": result["history"],
                     "guard": result["guard"]}
 
-        stages[stage.name] = run_stage(stage, _digest({"source": _file_digest(source), "data": data_key, "quant_finetune": q}),
+        stages[stage.name] = run_stage(stage, _digest({"source": _file_digest(source), "data": data_key, "quant_finetune": q,
+                                                   "compute": compute}),
                                        [ckpt], do_quant_finetune)
 
     if not targets:
@@ -376,11 +399,11 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
     def do_eval():
         evaluate_artifacts(artifacts, data_root, stage.dir, reference=reference, device=cfg["evaluate"]["device"],
                            threads=cfg["evaluate"]["threads"], baseline=users_model if reference != users_model else None,
-                           limit=cfg["evaluate"].get("limit") or None)
+                           limit=cfg["evaluate"].get("limit") or None, torch_device=compute["device"])
         return {"report": str(stage.dir / "report.json")}
 
     key = _digest({"artifacts": [_file_digest(a) for a in artifacts], "ckpt": _file_digest(reference), "eval": cfg["evaluate"],
-                   "data": data_key, "baseline": _file_digest(users_model)})
+                   "torch_device": compute["device"], "data": data_key, "baseline": _file_digest(users_model)})
     stages[stage.name] = run_stage(stage, key, [stage.dir / "report.json"], do_eval)
     return {"stages": stages, "reports": {name: json.loads((stage.dir / "report.json").read_text())}}
 

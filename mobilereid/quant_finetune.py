@@ -64,13 +64,14 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from . import distributed
+from .compute import CPU, Compute, activate, local_rank, resolve
 from .console import console, progress
 from .cores import rebalance
 from .data.datasets import load_dataset
-from .data.torchdata import PKBatches, ReIDImages
+from .data.torchdata import PKBatches, PKLoader, ReIDImages
 from .errors import CheckpointError, MobileReIDError
 from .losses import reid_loss
 from .models.checkpoint import load_checkpoint, save_checkpoint
@@ -93,6 +94,9 @@ class QuantFinetuneConfig:
     max_map_drop: float = 0.005  # guard: float mAP on query/gallery may fall at most this much (0.005 = 0.5 points)
     guard_every: int = 8  # epochs between guard checks (and after the last epoch); 0 = no guard
     give_up_drop: float = 0.025  # a check this far below the start (0.025 = 2.5 points) ends the stage early; 0 = never
+    device: str = "auto"  # compute.py
+    precision: str = "fp32"
+    workers: int | None = None
 
     def guard_problem(self) -> str | None:
         """What is wrong with the guard's values, as ``key = value: expected ...`` (None when they fit together);
@@ -165,12 +169,15 @@ def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cf
 
     ``metrics_before``: the starting model's query/gallery metrics on ``data`` when the caller already has them (the
     pipeline's train stage scores the very weights it saves on the same split: ~10 s on one core not spent twice);
-    scored here otherwise."""
+    scored here otherwise. Devices, precision and ranks as in `train` (compute.py, distributed.py): under torchrun
+    each rank fine-tunes on its share of the PK batches, rank 0 scores the guard's checks and every rank follows
+    the same decision; rank 0 writes ``out``."""
     cfg = cfg or QuantFinetuneConfig()
     checkpoint, out = Path(checkpoint), Path(out)
     problem = cfg.guard_problem()
     if problem:
         raise MobileReIDError(f"quant-finetune: {problem}")
+    compute = resolve(cfg.device, cfg.precision, cfg.workers)
     model, _ = load_checkpoint(checkpoint)
     family = model_family(model)
     if family not in NECKS:
@@ -185,61 +192,94 @@ def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cf
     if model.cfg.num_classes != len(labels):
         raise CheckpointError(f"{checkpoint}: trained for {model.cfg.num_classes} identities, {data} has {len(labels)} "
                               "training identities (fine-tune on the data the model was trained on)")
-    metrics_before = metrics_before if metrics_before is not None else _float_metrics(model, ds)
-    images = ReIDImages(ds.train, preprocess_spec_for(model), labels, augment=True)
-    sampler = PKBatches(ds.train, cfg.p, cfg.k, cfg.seed)
+    activate(compute)
+    rank, world = distributed.start(compute)
+    say = console.print if rank == 0 else (lambda *a, **k: None)
+    model = model.to(compute.device)
+    sampler = PKBatches(ds.train, cfg.p, cfg.k, cfg.seed, rank, world)
     steps = len(sampler)
     if steps == 0:
-        raise MobileReIDError(f"{data}: too few identities with images for batches of P={cfg.p} x K={cfg.k}")
-    first = sampler.batches()[0]
-    graph = _qat_graph(model, torch.stack([images[i][0] for i in first]), family)
+        raise MobileReIDError(f"{data}: too few identities with images for batches of P={cfg.p} x K={cfg.k}"
+                              f"{f' on {world} ranks' if world > 1 else ''}")
+    if metrics_before is None:
+        metrics_before = distributed.decide_once(lambda: _float_metrics(model, ds, compute))
+    images = ReIDImages(ds.train, preprocess_spec_for(model), labels, augment=True, ranks_on_host=local_rank()[1])
+    loader = PKLoader(images, sampler, cfg.seed, compute.workers, pin=compute.cuda)
+    say(f"quant-finetune on {compute.describe()}{f', {world} ranks' if world > 1 else ''}")
+    example = torch.stack([images[i][0] for i in sampler.batches()[0]]).to(compute.device)
+    graph = _qat_graph(model, example, family)
     neck = _deployed_neck(graph, model.get_submodule(NECKS[family]).eps, NECKS[family])
-    guard = _Guard(model, ds, metrics_before, cfg)
+    guard = _Guard(model, ds, metrics_before, cfg, compute, say)
     opt = torch.optim.Adam([p for p in graph.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = compute.scaler()
+    train_graph = distributed.wrap(graph, compute)  # the float pass runs on `graph` itself: no gradient to reduce
     history = []
     for epoch in range(cfg.epochs):
         rebalance()  # a pipeline chain takes over the cores of chains that finished (cores.py)
-        sampler.epoch = epoch
-        t0 = time.perf_counter()
-        sums = np.zeros(2)
-        batches = sampler.batches()
-        with progress(f"quant-finetune epoch {epoch + 1}/{cfg.epochs}", len(batches)) as advance:
-            for i, batch in enumerate(batches):
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(epoch * steps + i, cfg.epochs * steps, 0, cfg.lr)
-                items = [images[j] for j in batch]
-                x = torch.stack([it[0] for it in items])
-                y = torch.tensor([it[1] for it in items])
-                _set_quantization(graph, False)
-                with torch.no_grad():
-                    _, float_feats = graph(x)
-                _set_quantization(graph, True)
-                logits, feats = graph(x)
-                disagreement = (1 - torch.nn.functional.cosine_similarity(neck(feats[0]), neck(float_feats[0]))).mean()
-                task, _ = reid_loss(logits, feats, y, cfg.label_smoothing, cfg.margin)
-                loss = task + cfg.consistency * disagreement
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sums += (task.item(), disagreement.item())
-                advance()
-        row = {"epoch": epoch + 1, "task_loss": float(sums[0] / steps), "embedding_cosine": float(1 - sums[1] / steps),
-               "seconds": time.perf_counter() - t0}  # plain floats: checkpoints load with weights_only=True
+        with progress(f"quant-finetune epoch {epoch + 1}/{cfg.epochs}", steps, show=rank == 0) as advance:
+            row = _epoch(graph, train_graph, neck, loader.epoch(epoch), opt, scaler, compute, cfg,
+                         lambda i, e=epoch: lr_at(e * steps + i, cfg.epochs * steps, 0, cfg.lr), advance)
+        row = {"epoch": epoch + 1, **row}
         history.append(row)
-        console.print(f"epoch {epoch + 1}: task loss {row['task_loss']:.3f}  fake-quant vs float embedding cosine "
-                      f"{row['embedding_cosine']:.4f}  {row['seconds']:.1f} s")
+        say(f"epoch {epoch + 1}: task loss {row['task_loss']:.3f}  fake-quant vs float embedding cosine "
+            f"{row['embedding_cosine']:.4f}  {row['seconds']:.1f} s (data wait {row['data_wait_seconds']:.1f} s)")
         if guard.due(epoch + 1):
             guard.check(epoch + 1, _float_state(graph, model, checkpoint))
             if guard.gave_up:
                 break
     guard.restore_or_keep(_float_state(graph, model, checkpoint))
     model.eval()
-    metrics_after = guard.final_metrics if guard.final_metrics is not None else _float_metrics(model, ds)
+    if guard.final_metrics is not None:
+        metrics_after = guard.final_metrics
+    else:
+        metrics_after = distributed.decide_once(lambda: _float_metrics(model, ds, compute))
     extra = {"quant_finetune": {**asdict(cfg), "source": str(checkpoint)}, "history": history,
-             "metrics_before": metrics_before, "metrics_after": metrics_after, "guard": guard.record}
-    save_checkpoint(out, model, extra)
+             "metrics_before": metrics_before, "metrics_after": metrics_after, "guard": guard.record,
+             "compute": compute.record()}
+    if rank == 0:
+        save_checkpoint(out, model, extra)
+    distributed.stop()
     return {"checkpoint": str(out), "history": history, "metrics_before": metrics_before, "metrics_after": metrics_after,
-            "guard": guard.record}
+            "guard": guard.record, "compute": compute.record(), "ranks": world}
+
+
+def _epoch(graph, train_graph, neck, batches, opt, scaler, compute, cfg: QuantFinetuneConfig, lr_of_step, advance) -> dict:
+    """One epoch of consistency fine-tuning: per batch a float pass (fake quantization and observers off, no
+    gradient) and a fake-quantized pass through the same weights; sums stay on the device (no sync per step)."""
+    sums = torch.zeros(2, device=compute.device)
+    wait, n, t_start = 0.0, 0, time.perf_counter()
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            x, y, _ = next(it)
+        except StopIteration:
+            break
+        wait += time.perf_counter() - t0
+        for group in opt.param_groups:
+            group["lr"] = lr_of_step(n)
+        x, y = compute.put(x), compute.put(y)
+        with compute.autocast():
+            _set_quantization(graph, False)
+            with torch.no_grad():
+                _, float_feats = graph(x)
+            _set_quantization(graph, True)
+            logits, feats = train_graph(x)
+            agree = torch.nn.functional.cosine_similarity(neck(feats[0].float()), neck(float_feats[0].float()))
+            disagreement = (1 - agree).mean()
+            task, _ = reid_loss(logits, feats, y, cfg.label_smoothing, cfg.margin)
+            loss = task + cfg.consistency * disagreement
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sums += torch.stack([task.detach().float(), disagreement.detach().float()])
+        n += 1
+        advance()
+    mean = (sums / max(1, n)).tolist()  # plain floats: checkpoints load with weights_only=True
+    return {"task_loss": mean[0], "embedding_cosine": 1 - mean[1], "seconds": time.perf_counter() - t_start,
+            "data_wait_seconds": wait}
+
 
 
 def _float_state(graph, model, checkpoint) -> dict:
@@ -271,8 +311,8 @@ class _Guard:
     and recovered: early checks see the learning rate's peak, so the default checks every 8.)
     """
 
-    def __init__(self, model, ds, before: dict | None, cfg: QuantFinetuneConfig):
-        self.model, self.ds, self.cfg = model, ds, cfg
+    def __init__(self, model, ds, before: dict | None, cfg: QuantFinetuneConfig, compute: Compute = CPU, say=console.print):
+        self.model, self.ds, self.cfg, self.compute, self.say = model, ds, cfg, compute, say
         self.active = bool(cfg.guard_every) and before is not None
         self.floor = before["mAP"] - cfg.max_map_drop if self.active else None
         self.kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -292,16 +332,16 @@ class _Guard:
     def check(self, epoch: int, state: dict) -> bool:
         self.model.load_state_dict(state)
         self.model.eval()
-        metrics = _float_metrics(self.model, self.ds)
+        metrics = distributed.decide_once(lambda: _float_metrics(self.model, self.ds, self.compute))  # rank 0 scores
         ok = metrics["mAP"] >= self.floor
         self.record["checks"].append({"epoch": epoch, "mAP": metrics["mAP"], "passed": ok})
         if ok:
             self.kept, self.final_metrics, self.record["kept_epoch"] = state, metrics, epoch
-        console.print(f"guard after epoch {epoch}: float mAP {metrics['mAP']:.2%} "
+        self.say(f"guard after epoch {epoch}: float mAP {metrics['mAP']:.2%} "
                       + ("within" if ok else "NOT within") + f" {self.cfg.max_map_drop:.2%} of the starting model's")
         if self.give_up_below is not None and metrics["mAP"] < self.give_up_below and epoch < self.last_epoch:
             self.record["gave_up_epoch"] = epoch
-            console.print(f"guard: float mAP is more than {self.cfg.give_up_drop:.2%} below the start after epoch {epoch}: "
+            self.say(f"guard: float mAP is more than {self.cfg.give_up_drop:.2%} below the start after epoch {epoch}: "
                           f"stopping early (measured: no run that fell this far recovered)")
         return ok
 
@@ -311,11 +351,11 @@ class _Guard:
         if self.active and self.record["kept_epoch"] != self.last_epoch:
             why = (f"stopped early after epoch {self.record['gave_up_epoch']}" if self.gave_up
                    else "the final weights lost more float mAP than allowed")
-            console.print(f"guard: {why}; keeping the weights of epoch {self.record['kept_epoch']}")
+            self.say(f"guard: {why}; keeping the weights of epoch {self.record['kept_epoch']}")
 
 
-def _float_metrics(model, ds) -> dict | None:
+def _float_metrics(model, ds, compute: Compute = CPU) -> dict | None:
     """Rank-k / mAP / mINP of the float model on the query/gallery split (what fine-tuning costs in accuracy)."""
     if not ds.query or not ds.gallery:
         return None
-    return {k: float(v) for k, v in evaluate_model(model, ds).items()}
+    return {k: float(v) for k, v in evaluate_model(model, ds, compute=compute).items()}

@@ -8,16 +8,17 @@ ViT kept every epoch with its Adam state came to 2.6 GB over 40 epochs); `model.
 `resume=True` continues from `last.pt`. Every file is written to a temporary name and renamed (a full disk is one
 line naming the file); temporaries of a run killed mid-write are removed when the next run starts in the folder.
 
-Multi-process: under `torchrun --nproc_per_node N` (env WORLD_SIZE > 1) the model is wrapped in
-DistributedDataParallel on the gloo backend (CPU) or nccl (GPU); every rank takes its own share of the PK
-batches; rank 0 writes checkpoints and evaluates.
+Where it runs: `compute.py` (``--device``, ``--precision``, ``--workers``); the input pipeline is `PKLoader`
+(worker processes, a shared decoded-image cache, per-item augmentation seeds). Multi-process: under
+`torchrun --nproc_per_node N` (env WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel
+(`distributed.py`: nccl on GPUs, gloo on CPUs); every rank takes its own share of the PK batches; rank 0 writes
+checkpoints and evaluates. Checkpoints hold CPU tensors (optimizer state included) and load on any device.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,17 +27,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from . import distributed
 from .atomic import atomic_write_text
+from .compute import CPU, Compute, activate, exact_matmuls, local_rank, resolve
 from .console import console, progress
 from .cores import rebalance
 from .data.datasets import ReIDDataset, load_dataset
 from .data.preprocess import PreprocessSpec
-from .data.torchdata import PKBatches, ReIDImages
+from .data.torchdata import PKBatches, PKLoader, ReIDImages
 from .errors import CheckpointError, MobileReIDError
 from .losses import reid_loss
 from .metrics import cosine_distance, evaluate_rank
 from .models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, sweep_stale_temporaries
 from .models.registry import build_model
+from .models.vit import fused_attention
 
 
 @dataclass
@@ -56,13 +60,17 @@ class TrainConfig:
     pretrained: str | None = None
     init_checkpoint: str | None = None  # start from a mobilereid checkpoint (e.g. fine-tuning a compressed model)
     keep_checkpoints: int = 0  # per-epoch copies kept besides last.pt and model.pt
+    device: str = "auto"  # auto, cpu, cuda, cuda:N (compute.py)
+    precision: str = "fp32"  # fp32, bf16, fp16
+    workers: int | None = None  # input worker processes; None = from the device and cores
 
     def validate(self) -> None:
         """Values that would train nothing or crash later are refused up front, one line each."""
         checks = [(self.epochs >= 1, f"--epochs {self.epochs}: must be >= 1"), (self.p >= 2, f"-p {self.p}: needs >= 2 identities per batch (triplet loss)"),
                   (self.k >= 2, f"-k {self.k}: needs >= 2 images per identity (triplet loss)"), (self.lr > 0, f"--lr {self.lr}: must be > 0"),
                   (self.warmup_epochs >= 0, f"--warmup {self.warmup_epochs}: must be >= 0"), (self.threads >= 0, f"--threads {self.threads}: must be >= 0"),
-                  (self.keep_checkpoints >= 0, f"--keep-checkpoints {self.keep_checkpoints}: must be >= 0")]
+                  (self.keep_checkpoints >= 0, f"--keep-checkpoints {self.keep_checkpoints}: must be >= 0"),
+                  (self.workers is None or self.workers >= 0, f"--workers {self.workers}: must be >= 0")]
         for ok, msg in checks:
             if not ok:
                 raise MobileReIDError(msg)
@@ -85,30 +93,35 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 @torch.no_grad()
 def extract_features(model, samples, spec: PreprocessSpec, batch_size: int = 64, desc: str | None = None,
-                     flip: bool = False) -> np.ndarray:
-    """Embeddings of `samples`; with ``flip`` the mean of each image's and its mirror's (as mobilereid/device/evaluator.py)."""
+                     flip: bool = False, compute: Compute = CPU) -> np.ndarray:
+    """Embeddings of `samples`; with ``flip`` the mean of each image's and its mirror's (as mobilereid/device/evaluator.py).
+
+    Runs on ``compute.device`` in fp32 with exact matmuls (no TF32, no autocast): these are reference numbers for
+    metrics and drift; attention goes through the fused kernel, which computes the same function."""
     model.eval()
     if getattr(model, "uses_camera", False) and samples:
         n, top = model.cfg.camera_num, max(s.camid for s in samples)
         if top >= n:
             raise MobileReIDError(f"{samples[0].path.parent}: images of camera {top} (0-based), but the model's SIE "
                                   f"camera embedding knows cameras 0..{n - 1}")
-    loader = DataLoader(ReIDImages(samples, spec, cache=False), batch_size=batch_size, shuffle=False)
+    loader = DataLoader(ReIDImages(samples, spec, cache=False), batch_size=batch_size, shuffle=False,
+                        num_workers=compute.workers, pin_memory=compute.cuda)
     feats = []
-    with progress(desc or f"embedding {len(samples)} images", len(samples)) as advance:
+    with progress(desc or f"embedding {len(samples)} images", len(samples)) as advance, exact_matmuls(), fused_attention(model):
         for x, _, cam in loader:
+            x, cam = compute.put(x), compute.put(cam)
             run = (lambda v: model(v, cam)) if getattr(model, "uses_camera", False) else model
             out = run(x) if not flip else (run(x) + run(x.flip(3))) / 2
-            feats.append(out.float().numpy())
+            feats.append(out.float().cpu().numpy())
             advance(len(x))
     return np.concatenate(feats)
 
 
-def evaluate_model(model, ds: ReIDDataset, spec: PreprocessSpec | None = None) -> dict:
+def evaluate_model(model, ds: ReIDDataset, spec: PreprocessSpec | None = None, compute: Compute = CPU) -> dict:
     """Float evaluation on query/gallery: Rank-1/5/10, mAP, mINP (fractions)."""
     spec = spec or preprocess_spec_for(model)
-    q = extract_features(model, ds.query, spec, desc=f"embedding {len(ds.query)} query images")
-    g = extract_features(model, ds.gallery, spec, desc=f"embedding {len(ds.gallery)} gallery images")
+    q = extract_features(model, ds.query, spec, desc=f"embedding {len(ds.query)} query images", compute=compute)
+    g = extract_features(model, ds.gallery, spec, desc=f"embedding {len(ds.gallery)} gallery images", compute=compute)
     return rank_metrics(q, g, ds)
 
 
@@ -121,48 +134,59 @@ def rank_metrics(q: np.ndarray, g: np.ndarray, ds: ReIDDataset) -> dict:
     return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]), "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": mAP, "mINP": mINP}
 
 
-def train_one_epoch(model, images: ReIDImages, batches: list[list[int]], opt, lr_of_step, uses_cam: bool = False,
-                    smoothing: float = 0.1, margin: float = 0.3, teacher=None, distill_weight: float = 0.2, temperature: float = 1.0,
-                    on_step=None) -> dict:
-    """One pass over PK batches; returns mean loss and ID accuracy. With a teacher (a function (x, cam) -> logits), adds distillation
-    ``distill_weight * KL(teacher || student)`` on the logits at ``temperature`` (AMG's fine-tuning: CE + 0.2 KL, T=1).
+def train_one_epoch(model, batches, opt, lr_of_step, uses_cam: bool = False, smoothing: float = 0.1, margin: float = 0.3,
+                    teacher=None, distill_weight: float = 0.2, temperature: float = 1.0, on_step=None,
+                    compute: Compute = CPU, scaler=None) -> dict:
+    """One pass over PK batches ``(images, labels, cameras)`` (a `PKLoader` epoch); returns mean loss, ID accuracy,
+    and the seconds spent waiting for data vs in all. With a teacher (a function (x, cam) -> logits), adds
+    distillation ``distill_weight * KL(teacher || student)`` on the logits at ``temperature`` (AMG's fine-tuning:
+    CE + 0.2 KL, T=1).
 
     The KL is summed over batch and classes and divided by their product, as DeiT's soft distillation loss does
     (AMG's code uses it): per class, not per image, so on Market-1501's 751 identities it weighs 751x less than a
-    batch mean would."""
+    batch mean would. Forward and loss run under ``compute``'s autocast; fp16 steps through ``scaler``."""
     import torch.nn.functional as F
 
+    scaler = scaler if scaler is not None else compute.scaler()
     model.train()
-    loss_sum = acc_sum = 0.0
-    for i, batch in enumerate(batches):
-        for group in opt.param_groups:
-            group["lr"] = lr_of_step(i)
-        items = [images[j] for j in batch]
-        x = torch.stack([it[0] for it in items])
-        y = torch.tensor([it[1] for it in items])
-        cam = torch.tensor([it[2] for it in items]) if uses_cam else None
-        logits, feats = model(x, cam)
-        loss, parts = reid_loss(logits, feats, y, smoothing, margin)
-        if teacher is not None and logits:
-            with torch.no_grad():
-                t_logits = teacher(x, cam)
-            T = temperature
-            student = F.log_softmax(logits[0] / T, 1)
-            kl = F.kl_div(student, F.log_softmax(t_logits / T, 1), reduction="sum", log_target=True) * T * T / student.numel()
-            loss = loss + distill_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_sum += loss.item()
-        acc_sum += parts["acc"]
-        if on_step:
-            on_step(1)
-    n = max(1, len(batches))
-    return {"loss": loss_sum / n, "acc": acc_sum / n}
-
-
-def _dist_env() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    loss_sum = acc_sum = torch.zeros((), device=compute.device)  # summed on the device: no sync per step
+    wait = 0.0
+    n = 0
+    t_start = time.perf_counter()
+    it = iter(batches)
+    with fused_attention(model):
+        while True:
+            t0 = time.perf_counter()
+            try:
+                x, y, cam = next(it)
+            except StopIteration:
+                break
+            wait += time.perf_counter() - t0
+            for group in opt.param_groups:
+                group["lr"] = lr_of_step(n)
+            x, y = compute.put(x), compute.put(y)
+            cam = compute.put(cam) if uses_cam else None
+            with compute.autocast():
+                logits, feats = model(x, cam)
+                loss, parts = reid_loss(logits, feats, y, smoothing, margin)
+                if teacher is not None and logits:
+                    with torch.no_grad():
+                        t_logits = teacher(x, cam)
+                    T = temperature
+                    student = F.log_softmax(logits[0].float() / T, 1)
+                    kl = F.kl_div(student, F.log_softmax(t_logits.float() / T, 1), reduction="sum", log_target=True) * T * T / student.numel()
+                    loss = loss + distill_weight * kl
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            loss_sum = loss_sum + loss.detach().float()
+            acc_sum = acc_sum + parts["acc"]
+            n += 1
+            if on_step:
+                on_step(1)
+    n = max(1, n)
+    return {"loss": float(loss_sum) / n, "acc": float(acc_sum) / n, "data_wait": wait, "seconds": time.perf_counter() - t_start}
 
 
 def build_for_training(cfg: TrainConfig, num_classes: int):
@@ -190,12 +214,9 @@ def build_for_training(cfg: TrainConfig, num_classes: int):
 
 def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = False, evaluate: bool = True) -> dict:
     cfg.validate()
-    rank, world = _dist_env()
-    distributed = world > 1
-    if distributed:
-        import torch.distributed as dist
-
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    compute = resolve(cfg.device, cfg.precision, cfg.workers)
+    activate(compute)
+    rank, world = distributed.start(compute)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -204,81 +225,78 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
         sweep_stale_temporaries(out)  # checkpoint writes of a run that was killed mid-write (SIGKILL, power loss)
     ds = load_dataset(data)
     labels = ds.train_labels()
-    model = build_for_training(cfg, len(labels))
+    model = build_for_training(cfg, len(labels)).to(compute.device)
     spec = preprocess_spec_for(model)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = compute.scaler()
     start_epoch = 0
+    history: list[dict] = []
     if resume:
-        last = out / "last.pt"
-        if not last.is_file():
-            raise CheckpointError(f"{last}: nothing to resume from")
-        state = read_checkpoint(last)
-        extra = state.get("extra") or {}
-        if "optimizer" not in extra or "epoch" not in extra:
-            raise CheckpointError(f"{last}: holds no optimizer state and epoch: not a training checkpoint to resume from")
-        try:
-            model.load_state_dict(state["state_dict"])
-            opt.load_state_dict(extra["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{last}: does not fit this model and optimizer ({str(exc).splitlines()[0][:160]})") from None
-        start_epoch = int(extra["epoch"])
+        start_epoch, history = _resume(out / "last.pt", model, opt, scaler)
         if rank == 0:
-            console.print(f"resuming from {last} after epoch {start_epoch}")
-    train_model = model
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_model = DistributedDataParallel(model)
+            console.print(f"resuming from {out / 'last.pt'} after epoch {start_epoch}")
+    train_model = distributed.wrap(model, compute)
     sampler = PKBatches(ds.train, cfg.p, cfg.k, cfg.seed, rank, world)
-    images = ReIDImages(ds.train, spec, labels, augment=True)
     steps_per_epoch = len(sampler)
     if steps_per_epoch == 0:
         raise MobileReIDError(f"{data}: too few identities with images for batches of P={cfg.p} x K={cfg.k}")
+    images = ReIDImages(ds.train, spec, labels, augment=True, ranks_on_host=local_rank()[1])
+    loader = PKLoader(images, sampler, cfg.seed, compute.workers, pin=compute.cuda)
+    if rank == 0:
+        console.print(f"training on {compute.describe()}{f', {world} ranks' if world > 1 else ''}"
+                      f"{'' if images.cached else '; the decoded images do not fit in memory: decoding every epoch'}")
     total_steps = cfg.epochs * steps_per_epoch
-    history = []
     uses_cam = getattr(model.cfg, "camera_num", 0) > 0
     for epoch in range(start_epoch, cfg.epochs):
         rebalance()  # a pipeline chain takes over the cores of chains that finished (cores.py)
-        sampler.epoch = epoch
-        t0 = time.perf_counter()
-        batches = sampler.batches()
         desc = f"epoch {epoch + 1}/{cfg.epochs}"
-        with progress(desc, len(batches)) if rank == 0 else _null() as advance:
-            sums = train_one_epoch(train_model, images, batches, opt,
+        with progress(desc, steps_per_epoch, show=rank == 0) as advance:
+            sums = train_one_epoch(train_model, loader.epoch(epoch), opt,
                                    lambda i: lr_at(epoch * steps_per_epoch + i, total_steps, cfg.warmup_epochs * steps_per_epoch, cfg.lr),
-                                   uses_cam, cfg.label_smoothing, cfg.margin, on_step=advance)
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "steps": len(batches), "loss": sums["loss"], "train_acc": sums["acc"], "seconds": seconds}
+                                   uses_cam, cfg.label_smoothing, cfg.margin, on_step=advance, compute=compute, scaler=scaler)
+        row = {"epoch": epoch + 1, "steps": steps_per_epoch, "loss": sums["loss"], "train_acc": sums["acc"],
+               "seconds": sums["seconds"], "data_wait_seconds": sums["data_wait"]}
         history.append(row)
         if rank == 0:
-            console.print(f"epoch {epoch + 1}: loss {row['loss']:.3f}  id-acc {row['train_acc']:.3f}  {seconds:.1f} s")
-            extra = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "train_config": asdict(cfg), "history": history}
+            console.print(f"epoch {epoch + 1}: loss {row['loss']:.3f}  id-acc {row['train_acc']:.3f}  {row['seconds']:.1f} s"
+                          f" (data wait {row['data_wait_seconds']:.1f} s)")
+            extra = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "train_config": asdict(cfg), "history": history,
+                     "compute": compute.record(), **({"grad_scaler": scaler.state_dict()} if scaler.is_enabled() else {})}
             save_checkpoint(out / "last.pt", model, extra)
             if cfg.keep_checkpoints > 0:
-                save_checkpoint(out / f"epoch_{epoch + 1:03d}.pt", model, {k: v for k, v in extra.items() if k != "optimizer"})
+                save_checkpoint(out / f"epoch_{epoch + 1:03d}.pt", model, {k: v for k, v in extra.items() if k not in ("optimizer", "grad_scaler")})
                 old = out / f"epoch_{epoch + 1 - cfg.keep_checkpoints:03d}.pt"
                 if epoch + 1 - cfg.keep_checkpoints >= 1:
                     old.unlink(missing_ok=True)  # one this run wrote: the window moves on
-    result = {"history": history}
+    result = {"history": history, "compute": compute.record(), "ranks": world}
     if rank == 0:
-        save_checkpoint(out / "model.pt", model, {"train_config": asdict(cfg), "history": history})
+        save_checkpoint(out / "model.pt", model, {"train_config": asdict(cfg), "history": history, "compute": compute.record()})
         if evaluate:
-            result["metrics"] = evaluate_model(model, ds, spec)
+            result["metrics"] = evaluate_model(model, ds, spec, compute)
             console.print(
                 "final: Rank-1 {rank1:.2%}  Rank-5 {rank5:.2%}  Rank-10 {rank10:.2%}  mAP {mAP:.2%}  mINP {mINP:.2%}".format(**result["metrics"])
             )
         atomic_write_text(out / "train_summary.json", json.dumps(result, indent=2))
-    if distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
+    distributed.stop()
     return result
 
 
-class _null:
-    def __enter__(self):
-        return lambda n=1: None
+def _resume(last: Path, model, opt, scaler) -> tuple[int, list[dict]]:
+    """Weights, optimizer (and fp16 scaler) state and history from ``last`` (CPU tensors; torch moves the optimizer
+    state to the parameters' device, so a run started on a GPU resumes on the CPU and back)."""
+    if not last.is_file():
+        raise CheckpointError(f"{last}: nothing to resume from")
+    state = read_checkpoint(last)
+    extra = state.get("extra") or {}
+    if "optimizer" not in extra or "epoch" not in extra:
+        raise CheckpointError(f"{last}: holds no optimizer state and epoch: not a training checkpoint to resume from")
+    try:
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(extra["optimizer"])
+        if scaler.is_enabled() and "grad_scaler" in extra:
+            scaler.load_state_dict(extra["grad_scaler"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{last}: does not fit this model and optimizer ({str(exc).splitlines()[0][:160]})") from None
+    return int(extra["epoch"]), list(extra.get("history") or [])
 
-    def __exit__(self, *a):
-        return False
+

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mobilereid.export import export_checkpoint
+from mobilereid.host import host_cpu
 from mobilereid.export.calibration import calibration_files, load_batch
 from mobilereid.export.tflite.delegation import delegation_report
 from mobilereid.export.tflite.size import breakdown_line, size_breakdown
@@ -50,26 +51,6 @@ def timed_interleaved(fns: list, runs: int, warmup: int = 5, rounds: int = 5) ->
                 fn()
                 times.append((time.perf_counter() - t0) * 1000)
     return [np.asarray(t) for t in out]
-
-
-def host_cpu() -> str:
-    """CPU model and the instruction-set extensions that decide whether int8 kernels beat fp32 (x86: AVX-512 VNNI /
-    AVX-VNNI dot products; Arm: asimddp/i8mm). Without them XNNPACK's int8 convolutions can be slower than fp32."""
-    import platform
-
-    model, flags = platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key in ("model name", "Model") and model == platform.machine():
-                model = value.strip()
-            elif key in ("flags", "Features"):
-                flags |= set(value.split())
-    except OSError:
-        pass
-    wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"]
-    return f"{model}; {' '.join(f for f in wanted if f in flags) or 'none of ' + '/'.join(wanted)}"
 
 
 def bench_checkpoint(ckpt: Path, data: Path, out: Path, threads: int, runs: int) -> list[dict]:

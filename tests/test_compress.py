@@ -178,10 +178,10 @@ def test_distillation_is_deit_soft_kl_teacher_to_student_per_class(monkeypatch):
         def forward(self, x, cam=None):
             return [s_logits + self.w], []
 
-    monkeypatch.setattr(train_mod, "reid_loss", lambda logits, *a: (logits[0].sum() * 0.0, {"acc": 0.0}))  # only the KL left
-    images = [(torch.zeros(3, 4, 4), 0)] * 4
+    monkeypatch.setattr(train_mod, "reid_loss", lambda logits, *a: (logits[0].sum() * 0.0, {"acc": torch.zeros(())}))  # only the KL left
+    batches = [(torch.zeros(4, 3, 4, 4), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))]
     model = Fixed()
-    out = train_mod.train_one_epoch(model, images, [[0, 1, 2, 3]], torch.optim.SGD(model.parameters(), lr=0.0), lambda i: 0.0,
+    out = train_mod.train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.0), lambda i: 0.0,
                                     teacher=lambda x, cam: t_logits, distill_weight=1.0)
     assert out["loss"] == pytest.approx(float(expected), rel=1e-5)
 

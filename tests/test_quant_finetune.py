@@ -74,7 +74,7 @@ def test_guard_gives_up_far_below_the_start_and_the_stage_stops_there(tiny_datas
     model = build_model("sclnet_test", num_classes=6).eval()
     ds = load_dataset(tiny_dataset)
     scores = iter([0.42, 0.20])
-    monkeypatch.setattr(qft, "_float_metrics", lambda m, d: {"mAP": next(scores), "rank1": 0.0})
+    monkeypatch.setattr(qft, "_float_metrics", lambda m, d, c=None: {"mAP": next(scores), "rank1": 0.0})
     cfg = QuantFinetuneConfig(epochs=4, max_map_drop=0.05, guard_every=1, give_up_drop=0.1)
     guard = _Guard(model, ds, {"mAP": 0.5}, cfg)
     assert guard.check(1, model.state_dict()) is False and not guard.gave_up  # 0.08 down: fails, keeps going

@@ -56,7 +56,7 @@ def test_train_writes_checkpoints_and_resumes(tiny_dataset, tmp_path):
     assert state["config"]["num_classes"] == 6
     cfg.epochs, cfg.keep_checkpoints = 3, 1
     resumed = train(cfg, tiny_dataset, tmp_path, resume=True, evaluate=False)
-    assert [h["epoch"] for h in resumed["history"]] == [2, 3]
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]  # the whole run, the resumed epochs after the first
     assert read_checkpoint(tmp_path / "last.pt")["extra"]["epoch"] == 3
     assert [p.name for p in tmp_path.glob("epoch_*.pt")] == ["epoch_003.pt"]
     assert "optimizer" not in read_checkpoint(tmp_path / "epoch_003.pt")["extra"]

@@ -118,11 +118,15 @@ def total_heads(model: ViTReID) -> int:
     return sum(b.attn.num_heads for b in model.all_blocks())
 
 
+def choose_heads(model: ViTReID, batches, n_remove: int) -> dict:
+    """The statistics pass and the choice (no surgery): {"removed": {block: [heads]}, "entropy": per block}."""
+    ent = [head_entropy(m) for m in mean_attention_maps(model, batches)]
+    return {"removed": heads_to_remove(ent, model.block_depths(), n_remove), "entropy": [e.tolist() for e in ent]}
+
+
 def prune_heads_once(model: ViTReID, batches, n_remove: int) -> tuple[ViTReID, dict]:
-    maps = mean_attention_maps(model, batches)
-    ent = [head_entropy(m) for m in maps]
-    remove = heads_to_remove(ent, model.block_depths(), n_remove)
-    return prune_heads(model, remove), {"removed": remove, "entropy": [e.tolist() for e in ent]}
+    info = choose_heads(model, batches, n_remove)
+    return prune_heads(model, info["removed"]), info
 
 
 def schedule(total: int, rounds: int) -> list[int]:

@@ -13,6 +13,9 @@ Statistics (attention entropy for heads, gradient scores for K/V tokens) come fr
 split, as AMG's code does, unless ``stat_images`` caps it (evenly spaced images, for quick runs).
 Architecture changes (patch elimination, windows) come before any K/V pruning: a K/V index is a position in the
 token layout of its block, so changing the layout of a K/V-pruned checkpoint is refused rather than misindexed.
+Devices, precision and ranks as in `train` (`compute.py`, `distributed.py`): fine-tuning runs data-parallel under
+torchrun; the statistics passes and the pruning choices run on rank 0 and are broadcast, so every rank cuts the
+same weights; surgery builds CPU modules, which are moved back to the device.
 """
 
 from __future__ import annotations
@@ -26,15 +29,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed
+from ..compute import CPU, Compute, activate, local_rank, resolve
 from ..console import console, progress, table
 from ..data.datasets import load_dataset
-from ..data.torchdata import PKBatches, ReIDImages
+from ..data.torchdata import PKBatches, PKLoader, ReIDImages
 from ..errors import MobileReIDError
 from ..flops import count_macs, count_params
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.vit import ViTReID, separate_window_weights
 from ..train import evaluate_model, lr_at, preprocess_spec_for, train_one_epoch
-from .heads import prune_heads_once, schedule, total_heads
+from .heads import choose_heads, prune_heads, schedule, total_heads
 from .mlp import mlp_unit_scores, prune_mlp_units, units_to_keep
 from .tokens import prune_kv_tokens, slots_to_keep, token_scores
 
@@ -62,8 +67,13 @@ class CompressConfig:
     window_weights: str = "shared"  # windows: "shared" blocks or a "separate" copy per window (initialised from the shared one)
     distill_weight: float = 0.2
     seed: int = 0
+    device: str = "auto"  # compute.py
+    precision: str = "fp32"
+    workers: int | None = None
 
     def validate(self):
+        if self.workers is not None and self.workers < 0:
+            raise MobileReIDError(f"--workers {self.workers}: must be >= 0")
         if self.keep_ratio is not None and not 0.0 < self.keep_ratio <= 1.0:
             raise MobileReIDError(f"--keep-ratio must be in (0, 1], got {self.keep_ratio}")
         if not 0.0 <= self.head_ratio < 1.0:
@@ -123,43 +133,53 @@ def summarize(model: ViTReID, metrics: dict | None) -> dict:
 
 
 class Finetuner:
-    def __init__(self, ds, cfg: CompressConfig, teacher: ViTReID):
-        self.ds, self.cfg = ds, cfg
+    def __init__(self, ds, cfg: CompressConfig, teacher: ViTReID, compute: Compute = CPU, rank: int = 0, world: int = 1):
+        self.ds, self.cfg, self.compute, self.rank, self.world = ds, cfg, compute, rank, world
         self.labels = ds.train_labels()
         self.spec = preprocess_spec_for(teacher)
-        self.images = ReIDImages(ds.train, self.spec, self.labels, augment=True)
-        teacher = copy.deepcopy(teacher).eval()
+        self.images = ReIDImages(ds.train, self.spec, self.labels, augment=True, ranks_on_host=local_rank()[1])
+        teacher = copy.deepcopy(teacher).eval()  # its own copy: surgery moves the student to the CPU and back in place
         self.teacher = lambda x, cam: teacher.classifier(teacher.bottleneck(teacher.forward_features(x, cam)))
         self.epoch = 0
         self.uses_camera = teacher.uses_camera
-        plain = ReIDImages(ds.train, self.spec, self.labels, augment=False)
+        self.sampler = PKBatches(ds.train, cfg.p, cfg.k, cfg.seed, rank, world)
+        if len(self.sampler) == 0:
+            raise MobileReIDError(f"{ds.root}: too few identities with images for batches of P={cfg.p} x K={cfg.k}"
+                                  f"{f' on {world} ranks' if world > 1 else ''}")
+        self.loader = PKLoader(self.images, self.sampler, cfg.seed, compute.workers, pin=compute.cuda)
         n = len(ds.train) if cfg.stat_images == 0 else min(cfg.stat_images, len(ds.train))
         self.stat_indices = np.unique(np.linspace(0, len(ds.train) - 1, n).round().astype(int))
-        self.plain = plain
+        self.plain = self.images.unaugmented()
 
     def stat_batches(self, with_labels: bool = False, size: int = 32):
-        """The statistics images in batches (decoded as they are used: the whole split need not fit in memory)."""
+        """The statistics images in batches on the device (decoded as they are used: the whole split need not fit
+        in memory)."""
+        put = self.compute.put
         for s in range(0, len(self.stat_indices), size):
             chunk = [self.plain[int(i)] for i in self.stat_indices[s : s + size]]
-            x = torch.stack([c[0] for c in chunk])
-            extra = (torch.tensor([c[2] for c in chunk]),) if self.uses_camera else ()  # SIE: each image's camera
-            yield (x, torch.tensor([c[1] for c in chunk]), *extra) if with_labels else ((x, *extra) if extra else x)
+            x = put(torch.stack([c[0] for c in chunk]))
+            extra = (put(torch.tensor([c[2] for c in chunk])),) if self.uses_camera else ()  # SIE: each image's camera
+            yield (x, put(torch.tensor([c[1] for c in chunk])), *extra) if with_labels else ((x, *extra) if extra else x)
 
     def run(self, model: ViTReID, epochs: int, what: str) -> None:
         if epochs <= 0:
             return
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.cfg.lr, weight_decay=1e-3)
-        sampler = PKBatches(self.ds.train, self.cfg.p, self.cfg.k, self.cfg.seed)
+        scaler = self.compute.scaler()
+        train_model = distributed.wrap(model, self.compute)
         for e in range(epochs):
-            sampler.epoch = self.epoch
+            steps = len(self.sampler)
+            total = epochs * steps
+            with progress(f"fine-tune ({what}) {e + 1}/{epochs}", steps, show=self.rank == 0) as advance:
+                out = train_one_epoch(train_model, self.loader.epoch(self.epoch), opt, lambda i, e=e: lr_at(e * steps + i, total, 0, self.cfg.lr),
+                                      uses_cam=self.uses_camera, teacher=self.teacher, distill_weight=self.cfg.distill_weight,
+                                      on_step=advance, compute=self.compute, scaler=scaler)
             self.epoch += 1
-            batches = sampler.batches()
-            total = epochs * len(batches)
-            with progress(f"fine-tune ({what}) {e + 1}/{epochs}", len(batches)) as advance:
-                out = train_one_epoch(model, self.images, batches, opt, lambda i, e=e: lr_at(e * len(batches) + i, total, 0, self.cfg.lr),
-                                      uses_cam=self.uses_camera, teacher=self.teacher, distill_weight=self.cfg.distill_weight, on_step=advance)
-            console.print(f"  {what}: loss {out['loss']:.3f}  id-acc {out['acc']:.3f}")
+            if self.rank == 0:
+                console.print(f"  {what}: loss {out['loss']:.3f}  id-acc {out['acc']:.3f}  {out['seconds']:.1f} s "
+                              f"(data wait {out['data_wait']:.1f} s)")
         model.eval()
+
 
 
 def compress(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: CompressConfig, evaluate: bool = True) -> dict:
@@ -171,6 +191,7 @@ def compress(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: Com
 
 def _compress(checkpoint, data, out, cfg: CompressConfig, evaluate: bool) -> dict:
     cfg.validate()
+    compute = resolve(cfg.device, cfg.precision, cfg.workers)
     torch.manual_seed(cfg.seed)
     model, state = load_checkpoint(checkpoint)
     if not isinstance(model, ViTReID):
@@ -185,46 +206,58 @@ def _compress(checkpoint, data, out, cfg: CompressConfig, evaluate: bool) -> dic
     if n_remove > n_heads - len(model.all_blocks()):
         raise MobileReIDError(f"--head-ratio {cfg.head_ratio} removes {n_remove} of {n_heads} heads, but each of the "
                               f"{len(model.all_blocks())} layers keeps one: at most {n_heads - len(model.all_blocks())} can go")
+    activate(compute)
+    rank, world = distributed.start(compute)
+    main = rank == 0
+    say = console.print if main else (lambda *a, **k: None)
+    say(f"compressing on {compute.describe()}{f', {world} ranks' if world > 1 else ''}")
     t0 = time.perf_counter()
-    before = summarize(model, evaluate_model(model, ds) if evaluate else None)
-    tuner = Finetuner(ds, cfg, model)
+    device = compute.device
+    model = model.to(device)
+    tuner = Finetuner(ds, cfg, model, compute, rank, world)
+    before = summarize(model, evaluate_model(model, ds, compute=compute) if evaluate and main else None)
     steps = []
     if cfg.keep_ratio is not None or cfg.windows is not None:
-        model = with_architecture(model, cfg.keep_ratio, cfg.scorer, cfg.windows, cfg.window_start, cfg.window_weights,
-                                  cfg.token_order)
+        model = with_architecture(model.cpu(), cfg.keep_ratio, cfg.scorer, cfg.windows, cfg.window_start, cfg.window_weights,
+                                  cfg.token_order).to(device)
         tuner.run(model, cfg.arch_epochs, "patch elimination / windows")
         steps.append({"step": "architecture", "keep_ratio": model.cfg.keep_ratio, "windows": model.cfg.windows})
     if n_remove:
         for r, n in enumerate(schedule(n_remove, cfg.rounds)):
             if n == 0:
                 continue
-            model, info = prune_heads_once(model, tuner.stat_batches(), n)
-            console.print(f"round {r + 1}/{cfg.rounds}: removed {n} heads -> heads per layer {model.cfg.heads_per_layer}")
+            info = distributed.decide_once(lambda: choose_heads(model, tuner.stat_batches(), n))
+            model = prune_heads(model.cpu(), info["removed"]).to(device)
+            say(f"round {r + 1}/{cfg.rounds}: removed {n} heads -> heads per layer {model.cfg.heads_per_layer}")
             tuner.run(model, cfg.epochs_per_round, f"heads round {r + 1}")
             steps.append({"step": "heads", "round": r + 1, "removed": {str(k): v for k, v in info["removed"].items()}})
     if cfg.mlp_rate > 0:
-        keep = units_to_keep(mlp_unit_scores(model, tuner.stat_batches(with_labels=True)), cfg.mlp_rate)
-        model = prune_mlp_units(model, keep)
-        console.print(f"MLP hidden units kept per layer: {[len(k) for k in keep]}")
+        keep = distributed.decide_once(lambda: units_to_keep(mlp_unit_scores(model, tuner.stat_batches(with_labels=True)), cfg.mlp_rate))
+        model = prune_mlp_units(model.cpu(), keep).to(device)
+        say(f"MLP hidden units kept per layer: {[len(k) for k in keep]}")
         tuner.run(model, cfg.mlp_epochs, "MLP units")
         steps.append({"step": "mlp_units", "kept": [len(k) for k in keep]})
     if cfg.token_rate > 0:
-        scores = token_scores(model, tuner.stat_batches(with_labels=True))
-        keep = slots_to_keep(scores, model.block_depths(), cfg.token_rate, current=model.cfg.kv_index)
-        model = prune_kv_tokens(model, keep)
-        console.print(f"K/V tokens kept per layer: {[len(k) for k in keep]}")
+        keep = distributed.decide_once(lambda: slots_to_keep(token_scores(model, tuner.stat_batches(with_labels=True)),
+                                                             model.block_depths(), cfg.token_rate, current=model.cfg.kv_index))
+        model = prune_kv_tokens(model.cpu(), keep).to(device)
+        say(f"K/V tokens kept per layer: {[len(k) for k in keep]}")
         tuner.run(model, cfg.token_epochs, "K/V tokens")
         steps.append({"step": "kv_tokens", "kept": [len(k) for k in keep]})
     tuner.run(model, cfg.final_epochs, "final")
     model.eval()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out / "compressed.pt", model, {"compress_config": asdict(cfg), "source": str(checkpoint), "steps": steps})
-    after = summarize(model, evaluate_model(model, ds) if evaluate else None)
-    result = {"before": before, "after": after, "config": asdict(cfg), "steps": steps, "seconds": time.perf_counter() - t0,
-              "checkpoint": str(out / "compressed.pt")}
-    (out / "compress_report.json").write_text(json.dumps(result, indent=2))
-    print_compress_table(result)
+    result = {"checkpoint": str(out / "compressed.pt"), "ranks": world}  # what the other ranks return
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(out / "compressed.pt", model, {"compress_config": asdict(cfg), "source": str(checkpoint), "steps": steps,
+                                                       "compute": compute.record()})
+        after = summarize(model, evaluate_model(model, ds, compute=compute) if evaluate else None)
+        result = {"before": before, "after": after, "config": asdict(cfg), "steps": steps, "seconds": time.perf_counter() - t0,
+                  "checkpoint": str(out / "compressed.pt"), "compute": compute.record(), "ranks": world}
+        (out / "compress_report.json").write_text(json.dumps(result, indent=2))
+        print_compress_table(result)
+    distributed.stop()
     return result
 
 

@@ -29,6 +29,18 @@ def model_config(model: nn.Module) -> dict:
     return model.cfg.to_dict()
 
 
+def on_cpu(obj):
+    """``obj`` with every tensor inside (dicts, lists, tuples: an optimizer's state) moved to the CPU: a checkpoint
+    written on a GPU loads on any machine."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, extra: dict | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,7 +51,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, extra: dict | None = Non
         "preset": getattr(model, "preset", None),
         "config": model_config(model),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-        "extra": extra or {},
+        "extra": on_cpu(extra or {}),
     }
     sweep_stale_temporaries(path.parent, path.name)
     kept = "the existing file is unchanged" if path.exists() else "nothing was kept"

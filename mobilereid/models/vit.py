@@ -222,6 +222,7 @@ class Attention(nn.Module):
             self.register_buffer("kv_index", torch.tensor(kv_index, dtype=torch.long), persistent=False)
         self.proj = nn.Linear(inner, dim)
         self.attn_hook = None  # set by AMG statistics passes: called with (module, attention probabilities)
+        self.fused = False  # set by `fused_attention` while training/embedding; exports keep the explicit graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
@@ -232,6 +233,9 @@ class Attention(nn.Module):
             q = self.q(x).reshape(B, N, H, d).transpose(1, 2)
             xk = x.index_select(1, self.kv_index)  # gather *before* projecting: only kept keys/values cost MACs
             k, v = self.kv(xk).reshape(B, xk.shape[1], 2, H, d).permute(2, 0, 3, 1, 4)
+        if self.fused and self.attn_hook is None:  # nothing needs the map: one fused kernel (flash/memory-efficient)
+            out = nn.functional.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            return self.proj(out.transpose(1, 2).reshape(B, N, H * d))
         attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
         if self.attn_hook is not None:
             self.attn_hook(self, attn)
@@ -509,6 +513,23 @@ class ViTReID(nn.Module):
         if not parts:
             return glob
         return torch.cat([glob] + [p / 4 for p in parts], dim=1)
+
+
+@contextlib.contextmanager
+def fused_attention(model: nn.Module):
+    """Run every attention layer of ``model`` through `scaled_dot_product_attention` inside the block (training and
+    embedding loops); layers with an AMG hook keep the explicit softmax, whose map the hook needs. Outside the block
+    the explicit path is back, so exported graphs and their op lists do not change. Any model: a no-op without ViT
+    attention layers."""
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    before = [m.fused for m in layers]
+    for m in layers:
+        m.fused = True
+    try:
+        yield model
+    finally:
+        for m, b in zip(layers, before):
+            m.fused = b
 
 
 @contextlib.contextmanager

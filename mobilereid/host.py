@@ -1,0 +1,26 @@
+"""What a measurement names about the machine it ran on: the CPU model and the instruction-set extensions that decide
+which kernels a runtime can use (every latency and throughput record carries it: this project's CPUs change between
+sessions)."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+
+def host_cpu() -> str:
+    """CPU model and the instruction-set extensions that decide whether int8 kernels beat fp32 (x86: AVX-512 VNNI /
+    AVX-VNNI dot products; Arm: asimddp/i8mm). Without them XNNPACK's int8 convolutions can be slower than fp32."""
+    model, flags = platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Model") and model == platform.machine():
+                model = value.strip()
+            elif key in ("flags", "Features"):
+                flags |= set(value.split())
+    except OSError:
+        pass
+    wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "asimddp", "i8mm", "bf16"]
+    return f"{model}; {' '.join(f for f in wanted if f in flags) or 'none of ' + '/'.join(wanted)}"
