@@ -205,9 +205,9 @@ def _parse_triple(text: Optional[str], flag: str) -> Optional[tuple[float, float
 @app.command("import")
 @user_errors
 def import_cmd(
-    weights: Path = typer.Argument(..., help="A trained foreign state dict (.pth/.pt): TransReID, timm or DeiT."),
+    weights: Path = typer.Argument(..., help="A trained foreign state dict (.pth/.pt): TransReID, timm, DeiT, torchreid (OSNet) or fast-reid (BoT/SBS)."),
     out: Path = typer.Option(..., "--out", "-o", help="The mobilereid checkpoint to write (refused if it exists, unless --force)."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="transreid, timm or deit (default: detected from the keys)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="transreid, timm, deit, torchreid or fastreid (default: detected from the keys)."),
     model: Optional[str] = typer.Option(None, "--model", help="Architecture: vit_base, vit_small (timm ViT-S), vit_small_transreid, deit_small, deit_tiny, ... (default: from the width)."),
     heads: Optional[int] = typer.Option(None, "--heads", help="Attention heads, for a width no --model name covers."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Patch stride (default: from the position embedding, else the patch size)."),
@@ -218,9 +218,12 @@ def import_cmd(
     sie_coefficient: float = typer.Option(3.0, "--sie-coefficient", help="TransReID SIE_COE (camera embedding weight)."),
     pixel_mean: Optional[str] = typer.Option(None, "--pixel-mean", help="R,G,B mean (default: TransReID/timm 0.5, DeiT ImageNet)."),
     pixel_std: Optional[str] = typer.Option(None, "--pixel-std", help="R,G,B std (default: TransReID/timm 0.5, DeiT ImageNet)."),
+    maxpool: str = typer.Option("auto", "--maxpool", help="fast-reid stem max pool: ceil (since Nov 2020), legacy (padding 1), auto (from the key names, else ceil)."),
+    last_stride: int = typer.Option(1, "--last-stride", help="fast-reid layer4 stride (1 in BoT and SBS; not in the weights)."),
+    pooling: Optional[str] = typer.Option(None, "--pooling", help="fast-reid pooling: avg or gem (default: gem when the weights hold its exponent)."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ):
-    """Convert a trained TransReID / timm / DeiT state dict into a mobilereid checkpoint (no training), with its
+    """Convert a trained TransReID / timm / DeiT / torchreid OSNet / fast-reid BoT-SBS state dict into a mobilereid checkpoint (no training), with its
     preprocessing and test feature, ready for compress, export and evaluate."""
     from .models.importers import ImportOptions, import_weights
 
@@ -228,14 +231,25 @@ def import_cmd(
         raise MobileReIDError(f"{out}: exists; choose another --out or pass --force")
     if neck_feat not in ("before", "after"):
         raise MobileReIDError(f"--neck-feat {neck_feat!r}: expected before or after")
+    if maxpool not in ("auto", "ceil", "legacy"):
+        raise MobileReIDError(f"--maxpool {maxpool!r}: expected auto, ceil or legacy")
+    if last_stride not in (1, 2):
+        raise MobileReIDError(f"--last-stride {last_stride}: expected 1 or 2")
+    if pooling not in (None, "avg", "gem"):
+        raise MobileReIDError(f"--pooling {pooling!r}: expected avg or gem")
     opts = ImportOptions(format=fmt, model=model, heads=heads, img_size=_parse_size(img_size, "--img-size"), stride=stride,
                          cameras=cameras, jpm=jpm, neck_feat=neck_feat, sie_coefficient=sie_coefficient,
-                         pixel_mean=_parse_triple(pixel_mean, "--pixel-mean"), pixel_std=_parse_triple(pixel_std, "--pixel-std"))
+                         pixel_mean=_parse_triple(pixel_mean, "--pixel-mean"), pixel_std=_parse_triple(pixel_std, "--pixel-std"),
+                         maxpool=maxpool, last_stride=last_stride, pooling=pooling)
     res = import_weights(weights, out, opts)
     cfg = res.model.cfg
-    console.print(f"{weights}: {res.format} {res.model.preset}, {cfg.img_size[0]}x{cfg.img_size[1]} stride {cfg.stride}, "
-                  f"{cfg.camera_num} SIE cameras, JPM {'on' if cfg.jpm else 'off'}, feature {res.model.feature_dim} ({cfg.neck_feat} BNNeck), "
-                  f"mean {list(cfg.pixel_mean)} std {list(cfg.pixel_std)}")
+    if res.format in ("torchreid", "fastreid"):
+        console.print(f"{weights}: {res.format} {res.model.preset}, {cfg.img_size[0]}x{cfg.img_size[1]}, feature "
+                      f"{res.model.feature_dim}, mean {list(cfg.pixel_mean)} std {list(cfg.pixel_std)}")
+    else:
+        console.print(f"{weights}: {res.format} {res.model.preset}, {cfg.img_size[0]}x{cfg.img_size[1]} stride {cfg.stride}, "
+                      f"{cfg.camera_num} SIE cameras, JPM {'on' if cfg.jpm else 'off'}, feature {res.model.feature_dim} ({cfg.neck_feat} BNNeck), "
+                      f"mean {list(cfg.pixel_mean)} std {list(cfg.pixel_std)}")
     for n in res.notes:
         console.print(f"note: {n}")
     if res.unused:

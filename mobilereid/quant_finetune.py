@@ -71,7 +71,7 @@ from .compute import CPU, Compute, activate, local_rank, resolve
 from .console import console, progress
 from .cores import rebalance
 from .data.datasets import load_dataset
-from .data.torchdata import PKBatches, PKLoader, ReIDImages
+from .data.torchdata import PKBatches, PKLoader, ReIDImages, TimedBatches
 from .errors import CheckpointError, MobileReIDError
 from .losses import reid_loss
 from .models.checkpoint import load_checkpoint, save_checkpoint
@@ -247,15 +247,9 @@ def _epoch(graph, train_graph, neck, batches, opt, scaler, compute, cfg: QuantFi
     """One epoch of consistency fine-tuning: per batch a float pass (fake quantization and observers off, no
     gradient) and a fake-quantized pass through the same weights; sums stay on the device (no sync per step)."""
     sums = torch.zeros(2, device=compute.device)
-    wait, n, t_start = 0.0, 0, time.perf_counter()
-    it = iter(batches)
-    while True:
-        t0 = time.perf_counter()
-        try:
-            x, y, _ = next(it)
-        except StopIteration:
-            break
-        wait += time.perf_counter() - t0
+    n, t_start = 0, time.perf_counter()
+    timed = TimedBatches(batches)
+    for x, y, _ in timed:
         for group in opt.param_groups:
             group["lr"] = lr_of_step(n)
         x, y = compute.put(x), compute.put(y)
@@ -278,7 +272,7 @@ def _epoch(graph, train_graph, neck, batches, opt, scaler, compute, cfg: QuantFi
         advance()
     mean = (sums / max(1, n)).tolist()  # plain floats: checkpoints load with weights_only=True
     return {"task_loss": mean[0], "embedding_cosine": 1 - mean[1], "seconds": time.perf_counter() - t_start,
-            "data_wait_seconds": wait}
+            "data_wait_seconds": timed.wait}
 
 
 

@@ -34,7 +34,7 @@ from .console import console, progress
 from .cores import rebalance
 from .data.datasets import ReIDDataset, load_dataset
 from .data.preprocess import PreprocessSpec
-from .data.torchdata import PKBatches, PKLoader, ReIDImages
+from .data.torchdata import PKBatches, PKLoader, ReIDImages, TimedBatches
 from .errors import CheckpointError, MobileReIDError
 from .losses import reid_loss
 from .metrics import cosine_distance, evaluate_rank
@@ -150,18 +150,11 @@ def train_one_epoch(model, batches, opt, lr_of_step, uses_cam: bool = False, smo
     scaler = scaler if scaler is not None else compute.scaler()
     model.train()
     loss_sum = acc_sum = torch.zeros((), device=compute.device)  # summed on the device: no sync per step
-    wait = 0.0
     n = 0
     t_start = time.perf_counter()
-    it = iter(batches)
+    timed = TimedBatches(batches)
     with fused_attention(model):
-        while True:
-            t0 = time.perf_counter()
-            try:
-                x, y, cam = next(it)
-            except StopIteration:
-                break
-            wait += time.perf_counter() - t0
+        for x, y, cam in timed:
             for group in opt.param_groups:
                 group["lr"] = lr_of_step(n)
             x, y = compute.put(x), compute.put(y)
@@ -186,7 +179,7 @@ def train_one_epoch(model, batches, opt, lr_of_step, uses_cam: bool = False, smo
             if on_step:
                 on_step(1)
     n = max(1, n)
-    return {"loss": float(loss_sum) / n, "acc": float(acc_sum) / n, "data_wait": wait, "seconds": time.perf_counter() - t_start}
+    return {"loss": float(loss_sum) / n, "acc": float(acc_sum) / n, "data_wait": timed.wait, "seconds": time.perf_counter() - t_start}
 
 
 def build_for_training(cfg: TrainConfig, num_classes: int):

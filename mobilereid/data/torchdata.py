@@ -20,6 +20,7 @@ import math
 import mmap
 import random
 import sys
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -197,6 +198,25 @@ class _SeededBatches:
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+
+class TimedBatches:
+    """Iterates ``batches`` and adds the seconds spent waiting for each one to ``wait``: the data-wait share of a
+    training step (what the benchmark and the epoch lines report)."""
+
+    def __init__(self, batches):
+        self.batches, self.wait = batches, 0.0
+
+    def __iter__(self):
+        it = iter(self.batches)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.wait += time.perf_counter() - t0
+            yield batch
 
 
 class PKLoader:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import CheckpointError, write_failure
 from .configcheck import ConfigValueError, check_parameter_count, check_stored_config
-from .registry import build_from_config, model_family
+from .registry import FAMILIES, build_from_config, model_family
 
 FORMAT = "mobilereid-checkpoint"
 VERSION = 1
@@ -153,8 +153,8 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     path = Path(path)
     state = read_checkpoint(path)
     config, family = state.get("config"), state.get("family")
-    if family not in ("vit", "sclnet"):
-        raise CheckpointError(f"{path}: stored family = {family!r}: expected vit or sclnet")
+    if family not in FAMILIES:
+        raise CheckpointError(f"{path}: stored family = {family!r}: expected one of {', '.join(FAMILIES)}")
     try:
         check_stored_config(family, config)
         if family == "vit" and "token_order" not in config and config.get("keep_ratio", 1.0) < 1.0:

@@ -113,9 +113,22 @@ VIT = {
     "jpm_groups": whole(1, MAX_PATCHES), "jpm_divide": whole(1, MAX_PATCHES), "jpm_rearrange": flag,
     "pixel_mean": triple(False), "pixel_std": triple(True),
 }
-FIELDS = {"sclnet": SCLNET, "vit": VIT}
+OSNET = {
+    "img_size": image_size(), "channels": whole_list(4, 8192, 4), "layers": whole_list(1, 64, 3),
+    "feature_dim": whole(1, 8192), "norm": choice("bn", "ibn", "ain"), "gate_reduction": whole(1, 1024),
+    "num_classes": whole(0, 1_000_000), "pixel_mean": triple(False), "pixel_std": triple(True),
+}
+RESNET = {
+    "img_size": image_size(), "layers": whole_list(1, 64, 4), "base_width": whole(2, 1024),
+    "last_stride": whole(1, 2), "ibn": flag, "non_local": whole_list(0, 64, 4), "non_local_inter": whole(1, 8192),
+    "pooling": choice("avg", "gem"), "maxpool": choice("ceil", "legacy"), "num_classes": whole(0, 1_000_000),
+    "pixel_mean": triple(False), "pixel_std": triple(True),
+}
+FIELDS = {"sclnet": SCLNET, "vit": VIT, "osnet": OSNET, "resnet": RESNET}
 SIZE_KEYS = {"sclnet": ("width", "channels", "units", "feature_dim", "num_classes"),
-             "vit": ("embed_dim", "depth", "mlp_ratio", "num_classes", "mlp_hidden_per_layer")}
+             "vit": ("embed_dim", "depth", "mlp_ratio", "num_classes", "mlp_hidden_per_layer"),
+             "osnet": ("channels", "layers", "feature_dim", "num_classes"),
+             "resnet": ("layers", "base_width", "num_classes")}
 
 
 def check_stored_config(family: str, config) -> None:
@@ -123,12 +136,11 @@ def check_stored_config(family: str, config) -> None:
     sclnet); returns quietly for every config this project writes."""
     from dataclasses import fields as dataclass_fields
 
-    from .sclnet import SCLNetConfig
-    from .vit import ViTConfig
+    from .registry import _FAMILIES
 
     if not isinstance(config, dict):
         raise ConfigValueError(f"is a {type(config).__name__}, not a table of model options")
-    known = {f.name for f in dataclass_fields({"vit": ViTConfig, "sclnet": SCLNetConfig}[family])}
+    known = {f.name for f in dataclass_fields(_FAMILIES[family][0])}
     for key, value in config.items():
         if key not in known:
             raise bad_value(key, value, f"a {family} option this mobilereid knows (written by a newer version?)")
@@ -155,7 +167,7 @@ def _check_vit_geometry(config: dict) -> None:
 def check_parameter_count(family: str, config: dict) -> None:
     """Refuse a config whose model would have more than MAX_PARAMS parameters, counted from its weight matrices
     before anything is allocated (a lower bound: norms and biases are left out, they are a fraction of a percent)."""
-    n = (_vit_weights if family == "vit" else _sclnet_weights)(config)
+    n = {"vit": _vit_weights, "sclnet": _sclnet_weights}.get(family, _meta_weights(family))(config)
     if n > MAX_PARAMS:
         keys = [k for k in SIZE_KEYS[family] if config.get(k) is not None]
         key, value = (keys[0], config[keys[0]]) if len(keys) == 1 else (", ".join(keys), [config[k] for k in keys])
@@ -182,6 +194,21 @@ def _vit_weights(config: dict) -> int:
     per_block = [4 * c * n * head_dim + 2 * c * m for n, m in zip(heads, hidden)]
     jpm = 4 * c * d["num_heads"] * head_dim + 2 * c * int(c * d["mlp_ratio"]) if d["jpm"] else 0
     return 3 * c * p * p + (patches + 1) * c + sum(per_block) + jpm + c * d["num_classes"] * (5 if d["jpm"] else 1)
+
+
+def _meta_weights(family: str):
+    """Parameters of a CNN family counted by building it on torch's meta device (shapes only, no memory). A
+    conv's weights grow with the square of the channel counts that the range checks above bound, so the build
+    itself stays small for every config that passes them."""
+    def count(config: dict) -> int:
+        import torch
+
+        from .registry import build_from_config
+
+        with torch.device("meta"):
+            model = build_from_config(family, config)
+        return sum(p.numel() for p in model.parameters())
+    return count
 
 
 def _sclnet_weights(config: dict) -> int:

@@ -1,4 +1,5 @@
-"""`mobilereid import`: foreign ViT state dicts (TransReID, timm, DeiT) into mobilereid checkpoints, no training.
+"""`mobilereid import`: foreign state dicts into mobilereid checkpoints, no training: ViTs (TransReID, timm, DeiT)
+here, torchreid's OSNets and fast-reid's BoT/SBS ResNets in `cnn_importers.py`.
 
 One function per source format maps the keys onto `ViTReID`; the architecture is read from the tensor shapes
 (width, depth, patch size, MLP ratio, qkv bias, stride from the position-embedding length) and the head count from
@@ -34,7 +35,8 @@ from .checkpoint import file_sha256, load_state_dict_checked, safe_torch_load, s
 from .pretrained import resize_pos_embed
 from .vit import ViTConfig, ViTReID
 
-FORMATS = ("transreid", "timm", "deit")
+FORMATS = ("transreid", "timm", "deit", "torchreid", "fastreid")
+CNN_FORMATS = ("torchreid", "fastreid")
 HALF = (0.5, 0.5, 0.5)
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -64,11 +66,14 @@ class ImportOptions:
     pixel_mean: tuple[float, float, float] | None = None  # None = the format's convention
     pixel_std: tuple[float, float, float] | None = None
     gelu: str = "exact"
+    maxpool: str = "auto"  # fast-reid's stem pool: auto (from the key names where they date the file), ceil, legacy
+    last_stride: int = 1  # fast-reid's layer4 stride (not in the weights)
+    pooling: str | None = None  # fast-reid: avg | gem; None = gem when the weights hold a learned exponent
 
 
 @dataclass
 class ImportResult:
-    model: ViTReID
+    model: torch.nn.Module
     format: str
     unused: list[str] = field(default_factory=list)  # source tensors the source's own inference never reads
     notes: list[str] = field(default_factory=list)
@@ -89,7 +94,13 @@ def plain_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def detect_format(sd: dict, path: Path) -> str:
+    from .cnn_importers import looks_like_fastreid, looks_like_torchreid
+
     keys = set(sd)
+    if looks_like_torchreid(keys):
+        return "torchreid"
+    if looks_like_fastreid(keys):
+        return "fastreid"
     if any(k.startswith("base.") for k in keys):
         return "transreid"
     if "dist_token" in keys:
@@ -99,7 +110,7 @@ def detect_format(sd: dict, path: Path) -> str:
     if "format" in keys or "state_dict" in keys:
         raise CheckpointError(f"{path}: this is not a foreign state dict; mobilereid checkpoints need no import")
     raise CheckpointError(f"{path}: cannot tell the format from its keys (no 'base.' prefix, no 'blocks.' + 'head.'): "
-                          "pass --format transreid|timm|deit")
+                          f"pass --format {'|'.join(FORMATS)}")
 
 
 def _need(sd: dict, key: str, path: Path) -> torch.Tensor:
@@ -180,6 +191,12 @@ def import_state_dict(sd: dict, path: Path, opts: ImportOptions) -> ImportResult
     fmt = opts.format or detect_format(sd, path)
     if fmt not in FORMATS:
         raise CheckpointError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if fmt in CNN_FORMATS:
+        from .cnn_importers import import_fastreid, import_torchreid
+
+        model, unused, notes = (import_torchreid if fmt == "torchreid" else import_fastreid)(sd, path, opts)
+        model.eval()
+        return ImportResult(model=model, format=fmt, unused=unused, notes=notes)
     notes: list[str] = []
     if fmt == "transreid":
         if not any(k.startswith("base.") for k in sd):
@@ -245,14 +262,22 @@ def import_state_dict(sd: dict, path: Path, opts: ImportOptions) -> ImportResult
     return ImportResult(model=model, format=fmt, unused=sorted(unused), notes=notes)
 
 
+def test_feature(result: ImportResult) -> str:
+    cfg = result.model.cfg
+    if result.format == "torchreid":
+        return f"fc output (Linear + BatchNorm1d + ReLU, {cfg.feature_dim}-d, not normalised)"
+    if result.format == "fastreid":
+        return f"{cfg.pooling} pooled feature after the BNNeck ({cfg.feature_dim}-d)"
+    return ("concat(global, local_1..4 / 4) " if cfg.jpm else "global class token ") + f"{cfg.neck_feat} BNNeck"
+
+
 def import_weights(path: str | Path, out: str | Path, opts: ImportOptions) -> ImportResult:
     """Convert a foreign state dict file into a mobilereid checkpoint at `out` (written atomically)."""
     path, out = Path(path), Path(out)
     result = import_state_dict(plain_state_dict(path), path, opts)
-    cfg = result.model.cfg
     extra = {"imported": {
         "source": str(path), "source_sha256": file_sha256(path), "format": result.format, "architecture": result.model.preset,
-        "test_feature": ("concat(global, local_1..4 / 4) " if cfg.jpm else "global class token ") + f"{cfg.neck_feat} BNNeck",
+        "test_feature": test_feature(result),
         "unused_source_tensors": result.unused, "notes": result.notes,
     }}
     save_checkpoint(out, result.model, extra=extra)

@@ -15,8 +15,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from .osnet import WIDTHS, OSNet, OSNetConfig
+from .resnet_reid import ResNetReID, ResNetReIDConfig
 from .sclnet import SCLNet, SCLNetConfig
 from .vit import ViTConfig, ViTReID
+
+R50_NON_LOCAL = (0, 2, 3, 0)  # fast-reid's non_layers for ResNet-50
 
 PRESETS: dict[str, tuple[str, dict]] = {
     "vit_base": ("vit", dict(embed_dim=768, depth=12, num_heads=12)),
@@ -27,15 +31,27 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "sclnet_small": ("sclnet", dict(width=0.5, img_size=(128, 64))),
     "sclnet_micro": ("sclnet", dict(width=0.25, img_size=(128, 64), units=(1, 1, 1))),
     "sclnet_test": ("sclnet", dict(width=0.25, img_size=(64, 32), units=(1, 1, 1))),
+    **{f"osnet_{w}": ("osnet", dict(channels=c)) for w, c in WIDTHS.items()},
+    "osnet_ibn_x1_0": ("osnet", dict(norm="ibn")),
+    **{f"osnet_ain_{w}": ("osnet", dict(channels=c, norm="ain")) for w, c in WIDTHS.items()},
+    "osnet_test": ("osnet", dict(channels=(16, 32, 48, 64), layers=(1, 1, 1), feature_dim=64, img_size=(64, 32))),
+    "bot_r50": ("resnet", dict()),
+    "bot_r50_ibn": ("resnet", dict(ibn=True)),
+    "sbs_r50": ("resnet", dict(non_local=R50_NON_LOCAL, pooling="gem")),
+    "sbs_r50_ibn": ("resnet", dict(ibn=True, non_local=R50_NON_LOCAL, pooling="gem")),
+    "resnet_test": ("resnet", dict(layers=(1, 1, 1, 1), base_width=8, non_local=(0, 1, 1, 0), pooling="gem",
+                                   img_size=(64, 32))),
 }
 
-_FAMILIES = {"vit": (ViTConfig, ViTReID), "sclnet": (SCLNetConfig, SCLNet)}
+_FAMILIES = {"vit": (ViTConfig, ViTReID), "sclnet": (SCLNetConfig, SCLNet), "osnet": (OSNetConfig, OSNet),
+             "resnet": (ResNetReIDConfig, ResNetReID)}
+FAMILIES = tuple(_FAMILIES)
 
 
 def model_family(model: nn.Module) -> str:
     if isinstance(model, ViTReID):
         return "vit"
-    return getattr(model, "family", "sclnet")  # "external": a torch.export program (models/external.py)
+    return getattr(model, "family", "sclnet")  # OSNet / ResNetReID name theirs  # "external": a torch.export program (models/external.py)
 
 
 def preset_config(name: str, **options) -> tuple[str, dict]:
