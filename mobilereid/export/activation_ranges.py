@@ -92,22 +92,65 @@ def per_image_extremes(calibrated: bytes, tensors: list[int], images_nhwc: np.nd
 
 
 def apply_range_rule(calibrated: bytes, images_nhwc: np.ndarray, rule: str) -> bytes:
-    """The calibrated model with its recorded activation ranges replaced according to ``rule``."""
+    """The calibrated model with its recorded activation ranges replaced according to ``rule``, then widened where
+    XNNPACK could not requantize them (`widen_for_requantization`)."""
     if rule not in RULES:
         raise ExportError(f"unknown int8.activation_ranges {rule!r} (choose from {', '.join(RULES)})")
-    if rule == "default":
-        return calibrated
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
     tensors = ranged_tensors(model)
     if not tensors:
         raise ExportError("the converter recorded no activation ranges to replace (nothing to quantize?)")
-    lo, hi = combine_extremes(rule, *per_image_extremes(calibrated, tensors, images_nhwc))
-    for k, t in enumerate(tensors):
-        q = model.subgraphs[0].tensors[t].quantization
-        q.min, q.max = [float(lo[k])], [float(hi[k])]
+    if rule != "default":
+        lo, hi = combine_extremes(rule, *per_image_extremes(calibrated, tensors, images_nhwc))
+        for k, t in enumerate(tensors):
+            q = model.subgraphs[0].tensors[t].quantization
+            q.min, q.max = [float(lo[k])], [float(hi[k])]
+    if not widen_for_requantization(model):
+        return calibrated if rule == "default" else flatbuffer_utils.convert_object_to_bytearray(model)
     return flatbuffer_utils.convert_object_to_bytearray(model)
+
+
+MAX_REQUANT_RATIO = 128.0  # XNNPACK's qs8 convolutions need input scale x weight scale / output scale < 256
+_WEIGHTED = {3: 0, 4: 3, 9: 0}  # CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED: the weights' output-channel axis
+
+
+def widen_for_requantization(model) -> int:
+    """Widen the output range of every convolution / fully connected layer whose int8 requantization factor
+    (input scale x largest per-channel weight scale / output scale) would reach XNNPACK's limit of 256, so that it
+    is at most 128; returns how many ranges were widened.
+
+    A layer whose output hardly varies over the calibration images gets a tiny range, hence a tiny output scale:
+    OSNet's channel gate squeezes 16 channels to one (reduction 16) followed by ReLU, and in a model trained little
+    that unit is dead (output ~0 on every image). XNNPACK then refuses the whole INT8 model ("failed to create
+    XNNPACK runtime") and TFLite's reference kernels overflow their fixed-point multiplier. The widening changes
+    only such near-constant tensors: their values still land on a step of the wider grid (zero stays exact)."""
+    sub = model.subgraphs[0]
+    widened = 0
+    for op in sub.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        axis = _WEIGHTED.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+        if axis is None or len(op.inputs) < 2:
+            continue
+        x, w, y = sub.tensors[op.inputs[0]], sub.tensors[op.inputs[1]], sub.tensors[op.outputs[0]]
+        qx, qy = x.quantization, y.quantization
+        data = model.buffers[w.buffer].data if w.buffer < len(model.buffers) else None
+        if qx is None or qy is None or qx.min is None or qy.min is None or data is None or len(data) == 0:
+            continue
+        weights = np.frombuffer(bytes(data), np.float32).reshape(tuple(w.shape))
+        w_scale = float(np.abs(np.moveaxis(weights, axis, 0).reshape(weights.shape[axis], -1)).max(axis=1).max()) / 127
+        x_scale = (max(float(qx.max[0]), 0.0) - min(float(qx.min[0]), 0.0)) / 255
+        y_lo, y_hi = min(float(qy.min[0]), 0.0), max(float(qy.max[0]), 0.0)
+        need = x_scale * w_scale / MAX_REQUANT_RATIO * 255  # the smallest output range XNNPACK accepts, with margin
+        if w_scale > 0 and x_scale > 0 and y_hi - y_lo < need:
+            if y_lo < 0:  # keep the range's sign structure: a ReLU output (min 0) stays non-negative
+                grow = need - (y_hi - y_lo)
+                qy.min, qy.max = [y_lo - grow / 2], [y_hi + grow / 2]
+            else:
+                qy.min, qy.max = [0.0], [need]
+            widened += 1
+    return widened
 
 
 def executorch_activation_observer(rule: str):

@@ -4,7 +4,8 @@ paper; OSNet-AIN, Zhou et al., TPAMI 2021), laid out so that torchreid's publish
 The module names follow torchreid's ``osnet.py`` / ``osnet_ain.py`` (read as documentation: its state dicts are what
 users hold), because an import that renames nothing cannot mis-map a tensor. The maths is the papers':
 
-* stem: 7x7/2 conv (padding 3) + norm + ReLU, then a 3x3/2 max pool with padding 1;
+* stem: 7x7/2 conv (padding 3) + norm + ReLU, then a 3x3/2 max pool with padding 1 (the TFLite route writes its
+  padding as zeros, export/tflite/onnx_rewrites.py);
 * omni-scale block: 1x1 reduce to ``out / 4``; four streams of 1, 2, 3 and 4 lite 3x3 layers (1x1 conv, then
   depthwise 3x3, norm, ReLU); ONE unified aggregation gate shared by the four streams (global average pool, 1x1 conv
   with bias to ``mid / 16``, ReLU, 1x1 conv with bias, sigmoid) whose gated outputs are summed; 1x1 expand with BN and

@@ -123,7 +123,11 @@ class Bottleneck(nn.Module):
 
 
 class NonLocal(nn.Module):
-    """Embedded-dot-product non-local block: y = (theta(x)^T phi(x) / N) g(x), z = x + BN(W y)."""
+    """Embedded-dot-product non-local block: y = (theta(x)^T phi(x) / N) g(x), z = x + BN(W y).
+
+    Computed as y = theta(x) . mean over positions of (phi(x) g(x)^T), the same sum regrouped (associativity), which
+    for fast-reid's one inner channel is two elementwise products and a mean: no N x N matrix, no reshapes (onnx2tf
+    mis-converts the reshapes of the matrix form)."""
 
     def __init__(self, c: int, inter: int):
         super().__init__()
@@ -136,12 +140,12 @@ class NonLocal(nn.Module):
         nn.init.zeros_(self.W[1].bias)
 
     def forward(self, x):
-        b, _, h, w = x.shape
-        g = self.g(x).flatten(2).transpose(1, 2)  # B, N, inter
-        theta = self.theta(x).flatten(2).transpose(1, 2)
-        phi = self.phi(x).flatten(2)  # B, inter, N
-        f = torch.matmul(theta, phi) / (h * w)
-        y = torch.matmul(f, g).transpose(1, 2).reshape(b, self.inter, h, w)
+        g, theta, phi = self.g(x), self.theta(x), self.phi(x)
+        if self.inter == 1:
+            y = theta * (phi * g).mean(dim=(2, 3), keepdim=True)
+        else:
+            m = torch.einsum("bchw,bkhw->bck", phi, g) / (x.shape[2] * x.shape[3])
+            y = torch.einsum("bchw,bck->bkhw", theta, m)
         return x + self.W(y)
 
 
@@ -178,7 +182,7 @@ class Backbone(nn.Module):
 
 
 class GeneralizedMeanPooling(nn.Module):
-    """GeM with a learnable exponent: (mean(clamp(x, eps)^p))^(1/p)."""
+    """GeM with a learnable exponent: (mean(clamp(x, eps)^p))^(1/p), pooled to (B, C)."""
 
     def __init__(self, p: float = 3.0, eps: float = 1e-6):
         super().__init__()
@@ -186,7 +190,7 @@ class GeneralizedMeanPooling(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        return x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3), keepdim=True).pow(1.0 / self.p)
+        return x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
 
 
 class EmbeddingHead(nn.Module):
@@ -194,13 +198,15 @@ class EmbeddingHead(nn.Module):
         super().__init__()
         dim = cfg.feature_dim
         self.pool_layer = GeneralizedMeanPooling() if cfg.pooling == "gem" else None
-        self.bottleneck = nn.Sequential(nn.BatchNorm2d(dim))
+        # fast-reid's BatchNorm2d on the pooled (B, C, 1, 1) map, as a BatchNorm1d on (B, C): the same state-dict
+        # keys and numbers, and a graph onnx2tf converts (it mis-lays the 1x1 map out)
+        self.bottleneck = nn.Sequential(nn.BatchNorm1d(dim))
         self.bottleneck[0].bias.requires_grad_(False)  # BNNeck: the bias is frozen (Luo et al.)
         self.classifier = nn.Linear(dim, cfg.num_classes, bias=False) if cfg.num_classes > 0 else None
 
     def forward(self, features):
-        pooled = features.mean(dim=(2, 3), keepdim=True) if self.pool_layer is None else self.pool_layer(features)
-        return pooled.flatten(1), self.bottleneck(pooled).flatten(1)
+        pooled = features.mean(dim=(2, 3)) if self.pool_layer is None else self.pool_layer(features)
+        return pooled, self.bottleneck(pooled)
 
 
 class ResNetReID(nn.Module):

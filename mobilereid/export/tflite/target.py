@@ -36,6 +36,7 @@ from ..activation_ranges import RULES as RANGE_RULES, apply_range_rule
 from ..common import ExportJob, Workdir, atomic_write_bytes, describe_artifact, tensor_spec, verify_artifact, write_sidecar
 from ..onnx_target import write_onnx
 from .metadata import METADATA_NAME, embed_metadata
+from .onnx_rewrites import zero_pad_relu_maxpools
 from .ops import flex_ops, float_compute_ops
 
 VARIANTS = ("fp32", "dynamic", "int8", "int16x8")
@@ -58,7 +59,8 @@ def quiet():
 
 
 def simplify_onnx(job: ExportJob, onnx_path: Path) -> None:
-    """Constant-fold and simplify the ONNX file in place (static shapes everywhere), as onnx2tf would."""
+    """Constant-fold and simplify the ONNX file in place (static shapes everywhere), as onnx2tf would, then write
+    padded max pools after ReLUs with zero padding (onnx_rewrites.py)."""
     import onnx
     from onnxsim import simplify
 
@@ -70,6 +72,7 @@ def simplify_onnx(job: ExportJob, onnx_path: Path) -> None:
             raise ExportError(f"onnx-simplifier failed on {job.stem}: {str(exc).splitlines()[0]}") from None
         if not ok:
             raise ExportError(f"onnx-simplifier changed the outputs of {job.stem}; refusing the simplified graph")
+    zero_pad_relu_maxpools(model)  # after the simplifier, which would fuse the zero Pad back into the pool
     onnx.save(model, str(onnx_path))
 
 
