@@ -150,7 +150,7 @@ def _parse_options(options: list[str]) -> dict:
 @user_errors
 def train_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Dataset folder (Market-1501 layout or MSMT17)."),
-    model: str = typer.Option("sclnet", "--model", "-m", help="Preset: vit_base, vit_small, vit_tiny, vit_test, sclnet, sclnet_small, sclnet_test."),
+    model: str = typer.Option("sclnet", "--model", "-m", help="Preset: vit_base, vit_small, vit_tiny, vit_test, sclnet, sclnet_small, sclnet_micro, sclnet_test, osnet_x1_0 ... osnet_x0_25, osnet_ibn_x1_0, osnet_ain_x1_0 ... osnet_ain_x0_25, bot_r50(_ibn), sbs_r50(_ibn) (`mobilereid info NAME`)."),
     out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Output folder for checkpoints and the summary."),
     epochs: int = typer.Option(10, help="Epochs."),
     p: int = typer.Option(8, "-p", help="Identities per batch (P of PK sampling)."),
