@@ -25,6 +25,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def checked_pixel_stats(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """A model config's input normalisation as float triples; ValueError unless 3 values each and every std > 0."""
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"pixel_mean/pixel_std need 3 values each (std > 0), got {mean} / {std}")
+    return mean, std
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """What an artifact expects as input; stored in every metadata sidecar."""

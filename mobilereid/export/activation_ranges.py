@@ -99,16 +99,17 @@ def apply_range_rule(calibrated: bytes, images_nhwc: np.ndarray, rule: str) -> b
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
-    tensors = ranged_tensors(model)
-    if not tensors:
-        raise ExportError("the converter recorded no activation ranges to replace (nothing to quantize?)")
     if rule != "default":
+        tensors = ranged_tensors(model)
+        if not tensors:
+            raise ExportError("the converter recorded no activation ranges to replace (nothing to quantize?)")
         lo, hi = combine_extremes(rule, *per_image_extremes(calibrated, tensors, images_nhwc))
         for k, t in enumerate(tensors):
             q = model.subgraphs[0].tensors[t].quantization
             q.min, q.max = [float(lo[k])], [float(hi[k])]
-    if not widen_for_requantization(model):
-        return calibrated if rule == "default" else flatbuffer_utils.convert_object_to_bytearray(model)
+    widened = widen_for_requantization(model)
+    if rule == "default" and not widened:
+        return calibrated  # the converter's own ranges, untouched
     return flatbuffer_utils.convert_object_to_bytearray(model)
 
 

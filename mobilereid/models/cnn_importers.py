@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 
+from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import CheckpointError
 from .checkpoint import load_state_dict_checked
+from .importers import need_tensor
 from .osnet import AIN_PATTERN, WIDTHS, OSNet, OSNetConfig
 from .resnet_reid import ResNetReID, ResNetReIDConfig
 
@@ -28,12 +30,6 @@ def looks_like_torchreid(keys: set[str]) -> bool:
 
 def looks_like_fastreid(keys: set[str]) -> bool:
     return any(k.startswith("backbone.") for k in keys) and (any(k.startswith("heads.") for k in keys) or "pixel_mean" in keys)
-
-
-def _need(sd: dict, key: str, path: Path, what: str) -> torch.Tensor:
-    if key not in sd:
-        raise CheckpointError(f"{path}: missing tensor {key!r}: not {what}")
-    return sd[key]
 
 
 def _block_count(sd: dict, stage: str) -> int:
@@ -53,21 +49,22 @@ def _fill_batch_counters(model: torch.nn.Module, sd: dict, notes: list[str]) -> 
     return sd
 
 
-def osnet_config_from_weights(sd: dict, path: Path, img_size: tuple[int, int]) -> tuple[OSNetConfig, str]:
+def osnet_config_from_weights(sd: dict, path: Path, img_size: tuple[int, int], pixel_mean=None,
+                              pixel_std=None) -> tuple[OSNetConfig, str]:
     """The OSNet variant the tensor shapes describe, and its preset-style name (osnet_ain_x0_25, ...)."""
     what = "a torchreid OSNet state dict"
     ain = any(k.startswith(("pool2.", "conv2.0.conv2.0.layers.")) for k in sd)
-    c0 = int(_need(sd, "conv1.conv.weight", path, what).shape[0])
+    c0 = int(need_tensor(sd, "conv1.conv.weight", path, what).shape[0])
     try:
         layers = tuple(_block_count(sd, s) for s in ("conv2", "conv3", "conv4"))
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     if min(layers) < 1:
         raise CheckpointError(f"{path}: a stage without blocks (blocks per stage {list(layers)}): not {what}")
-    channels = (c0,) + tuple(int(_need(sd, f"{s}.0.conv3.conv.weight", path, what).shape[0]) for s in ("conv2", "conv3", "conv4"))
-    feature_dim = int(_need(sd, "fc.0.weight", path, what).shape[0])
+    channels = (c0,) + tuple(int(need_tensor(sd, f"{s}.0.conv3.conv.weight", path, what).shape[0]) for s in ("conv2", "conv3", "conv4"))
+    feature_dim = int(need_tensor(sd, "fc.0.weight", path, what).shape[0])
     mid = channels[1] // 4
-    hidden = int(_need(sd, "conv2.0.gate.fc1.weight", path, what).shape[0])
+    hidden = int(need_tensor(sd, "conv2.0.gate.fc1.weight", path, what).shape[0])
     if hidden < 1 or mid % hidden:
         raise CheckpointError(f"{path}: conv2.0.gate.fc1.weight has {hidden} outputs for {mid} channels: no gate reduction fits")
     stem_in = "conv1.bn.running_mean" not in sd
@@ -87,7 +84,8 @@ def osnet_config_from_weights(sd: dict, path: Path, img_size: tuple[int, int]) -
     classes = int(sd["classifier.weight"].shape[0]) if "classifier.weight" in sd else 0
     try:
         cfg = OSNetConfig(img_size=img_size, channels=channels, layers=layers, feature_dim=feature_dim, norm=norm,
-                          gate_reduction=mid // hidden, num_classes=classes)
+                          gate_reduction=mid // hidden, num_classes=classes,
+                          pixel_mean=pixel_mean or IMAGENET_MEAN, pixel_std=pixel_std or IMAGENET_STD)
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     width = next((w for w, c in WIDTHS.items() if c == channels), None)
@@ -100,11 +98,7 @@ def import_torchreid(sd: dict, path: Path, opts) -> tuple[OSNet, list[str], list
     notes: list[str] = []
     if opts.pixel_mean or opts.pixel_std:
         notes.append("pixel statistics from the options, not torchreid's ImageNet defaults")
-    cfg, name = osnet_config_from_weights(sd, path, tuple(opts.img_size))
-    if opts.pixel_mean:
-        cfg.pixel_mean = tuple(opts.pixel_mean)
-    if opts.pixel_std:
-        cfg.pixel_std = tuple(opts.pixel_std)
+    cfg, name = osnet_config_from_weights(sd, path, tuple(opts.img_size), opts.pixel_mean, opts.pixel_std)
     model = OSNet(cfg)
     load_state_dict_checked(model, _fill_batch_counters(model, sd, notes), path)
     model.preset = name
@@ -128,7 +122,7 @@ def stem_maxpool(keys: set[str], choice: str) -> tuple[str, str]:
 
 def fastreid_config_from_weights(sd: dict, path: Path, opts, maxpool: str) -> tuple[ResNetReIDConfig, str]:
     what = "a fast-reid ResNet state dict"
-    width = int(_need(sd, "backbone.conv1.weight", path, what).shape[0])
+    width = int(need_tensor(sd, "backbone.conv1.weight", path, what).shape[0])
     layers = []
     for i in range(1, 5):
         n = {int(m.group(1)) for k in sd if (m := re.match(rf"backbone\.layer{i}\.(\d+)\.conv1\.weight$", k))}
@@ -164,8 +158,6 @@ def fastreid_config_from_weights(sd: dict, path: Path, opts, maxpool: str) -> tu
 
 def _fastreid_pixels(sd: dict, path: Path, opts) -> tuple[tuple, tuple]:
     """The 0-1 pixel statistics: the checkpoint's buffers / 255, checked against the options when both exist."""
-    from .osnet import IMAGENET_MEAN, IMAGENET_STD
-
     stored = {}
     for k in ("pixel_mean", "pixel_std"):
         if k in sd:

@@ -132,8 +132,8 @@ SIZE_KEYS = {"sclnet": ("width", "channels", "units", "feature_dim", "num_classe
 
 
 def check_stored_config(family: str, config) -> None:
-    """Raise ConfigValueError for the first stored value that cannot describe a model of ``family`` (vit or
-    sclnet); returns quietly for every config this project writes."""
+    """Raise ConfigValueError for the first stored value that cannot describe a model of ``family`` (any
+    family of the registry); returns quietly for every config this project writes."""
     from dataclasses import fields as dataclass_fields
 
     from .registry import _FAMILIES
@@ -167,7 +167,8 @@ def _check_vit_geometry(config: dict) -> None:
 def check_parameter_count(family: str, config: dict) -> None:
     """Refuse a config whose model would have more than MAX_PARAMS parameters, counted from its weight matrices
     before anything is allocated (a lower bound: norms and biases are left out, they are a fraction of a percent)."""
-    n = {"vit": _vit_weights, "sclnet": _sclnet_weights}.get(family, _meta_weights(family))(config)
+    count = {"vit": _vit_weights, "sclnet": _sclnet_weights}.get(family)
+    n = count(config) if count else _meta_weights(family, config)
     if n > MAX_PARAMS:
         keys = [k for k in SIZE_KEYS[family] if config.get(k) is not None]
         key, value = (keys[0], config[keys[0]]) if len(keys) == 1 else (", ".join(keys), [config[k] for k in keys])
@@ -196,19 +197,17 @@ def _vit_weights(config: dict) -> int:
     return 3 * c * p * p + (patches + 1) * c + sum(per_block) + jpm + c * d["num_classes"] * (5 if d["jpm"] else 1)
 
 
-def _meta_weights(family: str):
+def _meta_weights(family: str, config: dict) -> int:
     """Parameters of a CNN family counted by building it on torch's meta device (shapes only, no memory). A
     conv's weights grow with the square of the channel counts that the range checks above bound, so the build
     itself stays small for every config that passes them."""
-    def count(config: dict) -> int:
-        import torch
+    import torch
 
-        from .registry import build_from_config
+    from .registry import build_from_config
 
-        with torch.device("meta"):
-            model = build_from_config(family, config)
-        return sum(p.numel() for p in model.parameters())
-    return count
+    with torch.device("meta"):
+        model = build_from_config(family, config)
+    return sum(p.numel() for p in model.parameters())
 
 
 def _sclnet_weights(config: dict) -> int:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import CheckpointError
 from .checkpoint import file_sha256, load_state_dict_checked, safe_torch_load, save_checkpoint
 from .pretrained import resize_pos_embed
@@ -38,7 +39,6 @@ from .vit import ViTConfig, ViTReID
 FORMATS = ("transreid", "timm", "deit", "torchreid", "fastreid")
 CNN_FORMATS = ("torchreid", "fastreid")
 HALF = (0.5, 0.5, 0.5)
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 # name -> (heads, qk_scale); width/depth/mlp come from the shapes and are checked against `expect`
 ARCHS: dict[str, dict] = {
@@ -113,22 +113,22 @@ def detect_format(sd: dict, path: Path) -> str:
                           f"pass --format {'|'.join(FORMATS)}")
 
 
-def _need(sd: dict, key: str, path: Path) -> torch.Tensor:
+def need_tensor(sd: dict, key: str, path: Path, what: str = "a ViT state dict of the given format") -> torch.Tensor:
     if key not in sd:
-        raise CheckpointError(f"{path}: missing tensor {key!r}: not a ViT state dict of the given format")
+        raise CheckpointError(f"{path}: missing tensor {key!r}: not {what}")
     return sd[key]
 
 
 def infer_architecture(sd: dict, path: Path, opts: ImportOptions) -> dict:
     """ViTConfig fields from the tensor shapes of a timm-layout dict (no prefix) and the options."""
-    w = _need(sd, "patch_embed.proj.weight", path)
+    w = need_tensor(sd, "patch_embed.proj.weight", path)
     if w.ndim != 4 or w.shape[1] != 3 or w.shape[2] != w.shape[3]:
         raise CheckpointError(f"{path}: patch_embed.proj.weight has shape {tuple(w.shape)}, expected (C, 3, P, P)")
     C, P = int(w.shape[0]), int(w.shape[2])
     depth = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
     if depth < 1:
         raise CheckpointError(f"{path}: no transformer blocks (blocks.N.*) found")
-    fc1 = _need(sd, "blocks.0.mlp.fc1.weight", path)
+    fc1 = need_tensor(sd, "blocks.0.mlp.fc1.weight", path)
     common = dict(embed_dim=C, depth=depth, patch_size=P, mlp_ratio=fc1.shape[0] / C, qkv_bias="blocks.0.attn.qkv.bias" in sd)
     if opts.heads is not None and opts.model is None:
         if opts.heads < 1 or C % opts.heads:
@@ -225,9 +225,9 @@ def import_state_dict(sd: dict, path: Path, opts: ImportOptions) -> ImportResult
         if fmt == "deit" and "dist_token" in sd:
             mapped["pos_embed"] = torch.cat([mapped["pos_embed"][:, :1], mapped["pos_embed"][:, 2:]], dim=1)
             notes.append("distillation token and its position row dropped")
-        mean, std = (HALF, HALF) if fmt == "timm" else IMAGENET
+        mean, std = (HALF, HALF) if fmt == "timm" else (IMAGENET_MEAN, IMAGENET_STD)
     arch = infer_architecture(mapped, path, opts)
-    pos = _need(mapped, "pos_embed", path)
+    pos = need_tensor(mapped, "pos_embed", path)
     if pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[2] != arch["embed_dim"]:
         raise CheckpointError(f"{path}: pos_embed has shape {tuple(pos.shape)}, expected (1, 1 + N, {arch['embed_dim']})")
     stride = opts.stride or infer_stride(pos.shape[1] - 1, opts.img_size, arch["patch_size"], path) or arch["patch_size"]

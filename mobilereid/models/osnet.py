@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD, checked_pixel_stats
+
 NORMS = ("bn", "ibn", "ain")
 # OSNet-AIN x1.0 (TPAMI 2021, its searched architecture): per stage, per block, whether IN sits in the residual
 AIN_PATTERN = ((True, True), (False, True), (True, False))
@@ -52,8 +52,7 @@ class OSNetConfig:
 
     def __post_init__(self):
         self.img_size, self.channels, self.layers = tuple(self.img_size), tuple(self.channels), tuple(self.layers)
-        self.pixel_mean = tuple(float(v) for v in self.pixel_mean)
-        self.pixel_std = tuple(float(v) for v in self.pixel_std)
+        self.pixel_mean, self.pixel_std = checked_pixel_stats(self.pixel_mean, self.pixel_std)
         if len(self.channels) != 4 or len(self.layers) != 3 or min(self.layers) < 1:
             raise ValueError(f"OSNet needs 4 channel counts and 3 stage depths >= 1, got {self.channels} / {self.layers}")
         if min(self.channels) < 4 or any(c % 4 for c in self.channels[1:]):
@@ -65,8 +64,6 @@ class OSNetConfig:
         h, w = self.img_size
         if h < 32 or w < 32:
             raise ValueError(f"OSNet input must be at least 32x32 (five halvings), got {h}x{w}")
-        if min(self.pixel_std) <= 0 or len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
-            raise ValueError(f"pixel_mean/pixel_std need 3 values each (std > 0), got {self.pixel_mean} / {self.pixel_std}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .osnet import IMAGENET_MEAN, IMAGENET_STD
+from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD, checked_pixel_stats
 
 MAXPOOLS = ("ceil", "legacy")
 POOLINGS = ("avg", "gem")
@@ -53,8 +53,7 @@ class ResNetReIDConfig:
 
     def __post_init__(self):
         self.img_size, self.layers, self.non_local = tuple(self.img_size), tuple(self.layers), tuple(self.non_local)
-        self.pixel_mean = tuple(float(v) for v in self.pixel_mean)
-        self.pixel_std = tuple(float(v) for v in self.pixel_std)
+        self.pixel_mean, self.pixel_std = checked_pixel_stats(self.pixel_mean, self.pixel_std)
         if len(self.layers) != 4 or min(self.layers) < 1:
             raise ValueError(f"layers needs 4 stage depths >= 1, got {self.layers}")
         if len(self.non_local) != 4 or any(not 0 <= n <= d for n, d in zip(self.non_local, self.layers)):
@@ -72,8 +71,6 @@ class ResNetReIDConfig:
         h, w = self.img_size
         if h < 32 or w < 32:
             raise ValueError(f"the ResNet input must be at least 32x32, got {h}x{w}")
-        if min(self.pixel_std) <= 0 or len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
-            raise ValueError(f"pixel_mean/pixel_std need 3 values each (std > 0), got {self.pixel_mean} / {self.pixel_std}")
 
     @property
     def feature_dim(self) -> int:
@@ -224,9 +221,6 @@ class ResNetReID(nn.Module):
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.001)
-        for m in self.modules():
-            if isinstance(m, NonLocal):
-                nn.init.zeros_(m.W[1].weight)
 
     @property
     def feature_dim(self) -> int:

@@ -70,6 +70,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.preprocess import checked_pixel_stats
+
 
 @dataclass
 class ViTConfig:
@@ -109,10 +111,7 @@ class ViTConfig:
 
     def __post_init__(self):
         self.img_size = tuple(self.img_size)
-        self.pixel_mean = tuple(float(v) for v in self.pixel_mean)
-        self.pixel_std = tuple(float(v) for v in self.pixel_std)
-        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3 or min(self.pixel_std) <= 0:
-            raise ValueError(f"pixel_mean/pixel_std need 3 values each (std > 0), got {self.pixel_mean} / {self.pixel_std}")
+        self.pixel_mean, self.pixel_std = checked_pixel_stats(self.pixel_mean, self.pixel_std)
         if self.neck_feat not in ("before", "after"):
             raise ValueError(f"neck_feat must be 'before' or 'after', got {self.neck_feat!r}")
         if self.jpm and (self.windows > 1 or self.depth < 2):
