@@ -46,15 +46,32 @@ PYTHON = "/usr/bin/python3.11"
 QEMU_IN_ROOT = "/usr/local/bin/qemu-aarch64"
 SITE = "usr/local/lib/python3.11/dist-packages"
 # what the torch-free evaluator needs, pinned as on the host (requirements.lock)
-WHEELS = ["ai-edge-litert==2.3.0", "numpy==2.4.6", "pillow==13.0.0", "flatbuffers==25.12.19", "protobuf==7.36.2",
-          "ml_dtypes==0.6.0", "tqdm==4.70.1", "backports.strenum==1.2.8", "typing-extensions"]
+WHEELS = [
+    "ai-edge-litert==2.3.0",
+    "numpy==2.4.6",
+    "pillow==13.0.0",
+    "flatbuffers==25.12.19",
+    "protobuf==7.36.2",
+    "ml_dtypes==0.6.0",
+    "tqdm==4.70.1",
+    "backports.strenum==1.2.8",
+    "typing-extensions",
+]
 BINFMT_NAME = "mobilereid-aarch64"
 # ELF header of an aarch64 executable and its mask (binfmt_misc's escaped-hex notation)
 _ELF_MAGIC = r"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00"
 _ELF_MASK = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
 # CPU models offered (qemu -cpu names) and their MIDR_EL1 values (for the fake sysfs)
-CPU_MIDR = {"cortex-a53": 0x410FD034, "cortex-a55": 0x412FD050, "cortex-a72": 0x410FD083, "cortex-a76": 0x414FD0B1,
-            "neoverse-n1": 0x414FD0C1, "neoverse-n2": 0x410FD490, "cortex-a710": 0x412FD470, "max": 0x000F0510}
+CPU_MIDR = {
+    "cortex-a53": 0x410FD034,
+    "cortex-a55": 0x412FD050,
+    "cortex-a72": 0x410FD083,
+    "cortex-a76": 0x414FD0B1,
+    "neoverse-n1": 0x414FD0C1,
+    "neoverse-n2": 0x410FD490,
+    "cortex-a710": 0x412FD470,
+    "max": 0x000F0510,
+}
 DEFAULT_CPU = "cortex-a76"
 _DEV_NODES = {"null": (1, 3), "zero": (1, 5), "random": (1, 8), "urandom": (1, 9)}
 
@@ -92,14 +109,20 @@ class Arm64Board:
 
     # ---- state -------------------------------------------------------------------------------------------
     def ready(self) -> bool:
-        return self.stamp.is_file() and (self.root / PYTHON.lstrip("/")).exists() and (self.root / QEMU_IN_ROOT.lstrip("/")).is_file()
+        return (
+            self.stamp.is_file()
+            and (self.root / PYTHON.lstrip("/")).exists()
+            and (self.root / QEMU_IN_ROOT.lstrip("/")).is_file()
+        )
 
     def info(self) -> dict:
         return json.loads(self.stamp.read_text()) if self.stamp.is_file() else {}
 
     def require_ready(self) -> None:
         if not self.ready():
-            raise BoardError(f"no emulated arm64 board in {self.cache}: run `mobilereid board setup arm64` first (as root)")
+            raise BoardError(
+                f"no emulated arm64 board in {self.cache}: run `mobilereid board setup arm64` first (as root)"
+            )
         if os.geteuid() != 0:
             raise BoardError("running the emulated arm64 board needs root (chroot); run the command as root")
 
@@ -107,9 +130,13 @@ class Arm64Board:
     def setup(self, cpu: str = DEFAULT_CPU, log=print) -> dict:
         check_cpu(cpu)
         if sys.platform != "linux" or os.uname().machine != "x86_64":
-            raise BoardError(f"the emulated arm64 board is built on x86-64 Linux hosts (this is {sys.platform} {os.uname().machine})")
+            raise BoardError(
+                f"the emulated arm64 board is built on x86-64 Linux hosts (this is {sys.platform} {os.uname().machine})"
+            )
         if os.geteuid() != 0:
-            raise BoardError("board setup needs root (apt, binfmt_misc, debootstrap, chroot): run `sudo mobilereid board setup arm64`")
+            raise BoardError(
+                "board setup needs root (apt, binfmt_misc, debootstrap, chroot): run `sudo mobilereid board setup arm64`"
+            )
         for tool in ("apt-get", "dpkg"):
             if shutil.which(tool) is None:
                 raise BoardError(f"board setup needs Debian's {tool} (a Debian or Ubuntu host)")
@@ -119,29 +146,55 @@ class Arm64Board:
         step("1/6 host packages (debootstrap)")
         if shutil.which("debootstrap") is None:
             _run(["apt-get", "update", "-qq"], "apt-get update")
-            _run(["apt-get", "install", "-y", "-qq", "debootstrap"], "apt-get install debootstrap",
-                 env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+            _run(
+                ["apt-get", "install", "-y", "-qq", "debootstrap"],
+                "apt-get install debootstrap",
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            )
         step("2/6 qemu 10 (static qemu-user from bookworm-backports)")
         if not self.qemu.is_file():
             self._fetch_qemu()
         qemu_version = _run([str(self.qemu), "--version"], "qemu").splitlines()[0]
         step(f"3/6 binfmt_misc entry {BINFMT_NAME} ({qemu_version})")
         self._register_binfmt()
-        step(f"4/6 arm64 Debian {SUITE} root (debootstrap; the second stage runs under emulation, ~6-8 min) -> {self.root}")
-        if not (self.root / PYTHON.lstrip("/")).exists() or not (self.root / "var/lib/dpkg/status").is_file() \
-                or (self.root / "debootstrap").exists():
+        step(
+            f"4/6 arm64 Debian {SUITE} root (debootstrap; the second stage runs under emulation, ~6-8 min) -> {self.root}"
+        )
+        if (
+            not (self.root / PYTHON.lstrip("/")).exists()
+            or not (self.root / "var/lib/dpkg/status").is_file()
+            or (self.root / "debootstrap").exists()
+        ):
             self._debootstrap()
         self._install_qemu_and_devices()
         step("5/6 aarch64 wheels (host pip, aarch64 platform tags) -> root")
         self._install_wheels()
         step(f"6/6 smoke test on an emulated {cpu}")
-        smoke = self.run(cpu, ["-c", "import platform, numpy, PIL; from ai_edge_litert.interpreter import Interpreter; "
-                                     "print(platform.machine(), numpy.__version__)"], timeout=900).strip().splitlines()[-1]
+        smoke = (
+            self.run(
+                cpu,
+                [
+                    "-c",
+                    "import platform, numpy, PIL; from ai_edge_litert.interpreter import Interpreter; "
+                    "print(platform.machine(), numpy.__version__)",
+                ],
+                timeout=900,
+            )
+            .strip()
+            .splitlines()[-1]
+        )
         if not smoke.startswith("aarch64"):
             raise BoardError(f"smoke test: the guest Python reported {smoke!r}, not aarch64")
-        info = {"suite": SUITE, "qemu": qemu_version, "wheels": WHEELS, "root": str(self.root), "smoke": smoke,
-                "disk_mb": _disk_mb(self.cache), "seconds": round(time.perf_counter() - t0, 1),
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        info = {
+            "suite": SUITE,
+            "qemu": qemu_version,
+            "wheels": WHEELS,
+            "root": str(self.root),
+            "smoke": smoke,
+            "disk_mb": _disk_mb(self.cache),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         self.stamp.write_text(json.dumps(info, indent=2))
         step(f"done: {info['disk_mb']} MB in {self.cache}")
         return info
@@ -168,11 +221,23 @@ class Arm64Board:
                 for d in ("lists/partial", "cache/archives/partial"):
                     (t / d).mkdir(parents=True)
                 (t / "sources.list").write_text(f"deb {mirror} {SUITE}-backports main\n")
-                opts = ["-o", f"Dir::Etc::sourcelist={t / 'sources.list'}", "-o", "Dir::Etc::sourceparts=-",
-                        "-o", f"Dir::State::Lists={t / 'lists'}", "-o", f"Dir::Cache={t / 'cache'}"]
+                opts = [
+                    "-o",
+                    f"Dir::Etc::sourcelist={t / 'sources.list'}",
+                    "-o",
+                    "Dir::Etc::sourceparts=-",
+                    "-o",
+                    f"Dir::State::Lists={t / 'lists'}",
+                    "-o",
+                    f"Dir::Cache={t / 'cache'}",
+                ]
                 subprocess.run(["apt-get", *opts, "update", "-qq"], capture_output=True, timeout=600)
-                subprocess.run(["apt-get", *opts, "download", "-qq", f"qemu-user/{SUITE}-backports"], cwd=t,
-                               capture_output=True, timeout=1200)
+                subprocess.run(
+                    ["apt-get", *opts, "download", "-qq", f"qemu-user/{SUITE}-backports"],
+                    cwd=t,
+                    capture_output=True,
+                    timeout=1200,
+                )
                 debs = sorted(t.glob("qemu-user_*.deb"))
                 if not debs:
                     continue
@@ -183,7 +248,9 @@ class Arm64Board:
                 self.qemu.chmod(0o755)
                 (self.cache / "mirror").write_text(mirror + "\n")
                 return
-        raise BoardError(f"could not download qemu-user from {SUITE}-backports from any of {', '.join(self._mirrors())}")
+        raise BoardError(
+            f"could not download qemu-user from {SUITE}-backports from any of {', '.join(self._mirrors())}"
+        )
 
     def _mirror(self) -> str:
         remembered = self.cache / "mirror"
@@ -195,7 +262,9 @@ class Arm64Board:
             try:
                 _run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(base)], "mount binfmt_misc")
             except BoardError as exc:
-                raise BoardError(f"{exc}; this host does not let us register an ARM interpreter (binfmt_misc)") from None
+                raise BoardError(
+                    f"{exc}; this host does not let us register an ARM interpreter (binfmt_misc)"
+                ) from None
         entry = base / BINFMT_NAME
         if entry.exists():
             if f"interpreter {self.qemu}" in entry.read_text():
@@ -210,8 +279,10 @@ class Arm64Board:
     def _claim_cache(self) -> None:
         """Create the cache folder and mark it ours; a non-empty folder there that we did not make is refused."""
         if self.cache.is_dir() and any(self.cache.iterdir()) and not self.owner_mark.is_file():
-            raise BoardError(f"{self.cache}: exists and was not made by `mobilereid board setup`; refusing to build "
-                             "into it (move it away or set XDG_CACHE_HOME)")
+            raise BoardError(
+                f"{self.cache}: exists and was not made by `mobilereid board setup`; refusing to build "
+                "into it (move it away or set XDG_CACHE_HOME)"
+            )
         self.cache.mkdir(parents=True, exist_ok=True)
         self.owner_mark.write_text("made by mobilereid board setup; delete the whole folder to remove the board\n")
 
@@ -229,10 +300,25 @@ class Arm64Board:
     def _debootstrap(self) -> None:
         if self.root.exists():
             self._remove_ours(self.root)  # a half-built root of ours (no stamp): start again
-        _run(["debootstrap", "--arch=arm64", "--variant=minbase", "--foreign", "--include=python3,ca-certificates",
-              SUITE, str(self.root), self._mirror()], "debootstrap (first stage)", timeout=1800)
-        _run(["chroot", str(self.root), "/debootstrap/debootstrap", "--second-stage"], "debootstrap (second stage, emulated)",
-             timeout=3600)
+        _run(
+            [
+                "debootstrap",
+                "--arch=arm64",
+                "--variant=minbase",
+                "--foreign",
+                "--include=python3,ca-certificates",
+                SUITE,
+                str(self.root),
+                self._mirror(),
+            ],
+            "debootstrap (first stage)",
+            timeout=1800,
+        )
+        _run(
+            ["chroot", str(self.root), "/debootstrap/debootstrap", "--second-stage"],
+            "debootstrap (second stage, emulated)",
+            timeout=3600,
+        )
 
     def _install_qemu_and_devices(self) -> None:
         target = self.root / QEMU_IN_ROOT.lstrip("/")
@@ -250,13 +336,35 @@ class Arm64Board:
         site = self.root / SITE
         if (site / "ai_edge_litert").is_dir() and (site / "numpy").is_dir() and (site / "PIL").is_dir():
             return
-        plat = ["--platform", "manylinux2014_aarch64"] + [x for i in range(17, 37) for x in ("--platform", f"manylinux_2_{i}_aarch64")]
+        plat = ["--platform", "manylinux2014_aarch64"] + [
+            x for i in range(17, 37) for x in ("--platform", f"manylinux_2_{i}_aarch64")
+        ]
         args = plat + ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp"]
         pip = [sys.executable, "-m", "pip"]
         self.wheels.mkdir(parents=True, exist_ok=True)
-        _run(pip + ["download", "-q", "--no-deps", *args, "-d", str(self.wheels), *WHEELS], "pip download (aarch64 wheels)", timeout=1800)
-        _run(pip + ["install", "-q", "--no-index", "--find-links", str(self.wheels), *args, "--no-deps", "--upgrade",
-                    "--target", str(site), *WHEELS], "pip install --target (aarch64 wheels)", timeout=1800)
+        _run(
+            pip + ["download", "-q", "--no-deps", *args, "-d", str(self.wheels), *WHEELS],
+            "pip download (aarch64 wheels)",
+            timeout=1800,
+        )
+        _run(
+            pip
+            + [
+                "install",
+                "-q",
+                "--no-index",
+                "--find-links",
+                str(self.wheels),
+                *args,
+                "--no-deps",
+                "--upgrade",
+                "--target",
+                str(site),
+                *WHEELS,
+            ],
+            "pip install --target (aarch64 wheels)",
+            timeout=1800,
+        )
 
     # ---- running -----------------------------------------------------------------------------------------
     def run(self, cpu: str, args: list[str], timeout: int = 7200, marker: str | None = None) -> str:
@@ -276,7 +384,12 @@ class Arm64Board:
             if not os.path.ismount(proc):
                 _run(["mount", "-t", "proc", "proc", str(proc)], "mount /proc in the arm64 root")
                 mounted = True
-            env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+            env = {
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "HOME": "/tmp",
+                "LANG": "C.UTF-8",
+                "PYTHONDONTWRITEBYTECODE": "1",
+            }
             chroot = shutil.which("chroot") or "/usr/sbin/chroot"  # found on the host's PATH, not the guest's
             cmd = [chroot, str(self.root), QEMU_IN_ROOT, "-cpu", cpu, PYTHON, *args]
             return _run(cmd, f"arm64 ({cpu})", timeout, env, marker)

@@ -9,7 +9,6 @@ import errno
 import functools
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,10 +16,19 @@ from . import __version__
 from .console import console, err_console, progress, table
 from .errors import MobileReIDError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Person ReID models made small, fast and verified for phones, boards and microcontrollers.")
-data_app = typer.Typer(no_args_is_help=True, help="Make and check datasets (Market-1501 layout, MSMT17 lists, synthetic).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Person ReID models made small, fast and verified for phones, boards and microcontrollers.",
+)
+data_app = typer.Typer(
+    no_args_is_help=True, help="Make and check datasets (Market-1501 layout, MSMT17 lists, synthetic)."
+)
 app.add_typer(data_app, name="data")
-board_app = typer.Typer(no_args_is_help=True, help="Emulated boards for evaluation: `board setup arm64` builds an arm64 root run under qemu-user.")
+board_app = typer.Typer(
+    no_args_is_help=True,
+    help="Emulated boards for evaluation: `board setup arm64` builds an arm64 root run under qemu-user.",
+)
 app.add_typer(board_app, name="board")
 
 
@@ -34,14 +42,14 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except (MobileReIDError, FileExistsError, FileNotFoundError) as exc:
             err_console.print(f"error: {exc}", markup=False)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except OSError as exc:  # a read-only output folder, -o below a regular file, a full disk: name the path
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)  # a library's own write: often no path to name
             if exc.filename is None and not full:
                 raise
             where = "" if exc.filename is None else f"{exc.filename}: "
             err_console.print(f"error: {where}{exc.strerror or exc}{' (a write failed)' if full else ''}", markup=False)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
 
     return wrapper
 
@@ -58,16 +66,24 @@ def _check_threads(command: str, threads) -> None:
 
 
 def _device_option():
-    return typer.Option("auto", "--device", help="Where to compute: auto (the first CUDA GPU if any, else cpu), cpu, cuda, cuda:N. "
-                        "Under torchrun each rank takes the GPU of its LOCAL_RANK.")
+    return typer.Option(
+        "auto",
+        "--device",
+        help="Where to compute: auto (the first CUDA GPU if any, else cpu), cpu, cuda, cuda:N. "
+        "Under torchrun each rank takes the GPU of its LOCAL_RANK.",
+    )
 
 
 def _precision_option():
-    return typer.Option("fp32", "--precision", help="fp32, bf16 (autocast; CPUs too) or fp16 (autocast + gradient scaler; GPUs only).")
+    return typer.Option(
+        "fp32", "--precision", help="fp32, bf16 (autocast; CPUs too) or fp16 (autocast + gradient scaler; GPUs only)."
+    )
 
 
 def _workers_option():
-    return typer.Option(None, "--workers", help="Input worker processes (default: 0 on the CPU, min(8, cores - 1) per GPU).")
+    return typer.Option(
+        None, "--workers", help="Input worker processes (default: 0 on the CPU, min(8, cores - 1) per GPU)."
+    )
 
 
 def _version(value: bool):
@@ -77,8 +93,14 @@ def _version(value: bool):
 
 
 @app.callback()
-def main(version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-         verbose: bool = typer.Option(False, "--verbose", help="Show the libraries' own log lines (TensorFlow, ExecuTorch, torch warnings).")):
+def main(
+    version: bool | None = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show the libraries' own log lines (TensorFlow, ExecuTorch, torch warnings)."
+    ),
+):
     """mobilereid: train, compress, quantize, export and evaluate person ReID models for edge devices."""
     import os
 
@@ -150,7 +172,12 @@ def _parse_options(options: list[str]) -> dict:
 @user_errors
 def train_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Dataset folder (Market-1501 layout or MSMT17)."),
-    model: str = typer.Option("sclnet", "--model", "-m", help="Preset: vit_base, vit_small, vit_tiny, vit_test, sclnet, sclnet_small, sclnet_micro, sclnet_test, osnet_x1_0 ... osnet_x0_25, osnet_ibn_x1_0, osnet_ain_x1_0 ... osnet_ain_x0_25, bot_r50(_ibn), sbs_r50(_ibn) (`mobilereid info NAME`)."),
+    model: str = typer.Option(
+        "sclnet",
+        "--model",
+        "-m",
+        help="Preset: vit_base, vit_small, vit_tiny, vit_test, sclnet, sclnet_small, sclnet_micro, sclnet_test, osnet_x1_0 ... osnet_x0_25, osnet_ibn_x1_0, osnet_ain_x1_0 ... osnet_ain_x0_25, bot_r50(_ibn), sbs_r50(_ibn) (`mobilereid info NAME`).",
+    ),
     out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Output folder for checkpoints and the summary."),
     epochs: int = typer.Option(10, help="Epochs."),
     p: int = typer.Option(8, "-p", help="Identities per batch (P of PK sampling)."),
@@ -159,14 +186,22 @@ def train_cmd(
     warmup: int = typer.Option(1, help="Warm-up epochs."),
     seed: int = typer.Option(0, help="Random seed."),
     threads: int = typer.Option(0, help="Torch CPU threads (0 = default)."),
-    opt: list[str] = typer.Option([], "--opt", help="Model option NAME=VALUE (e.g. keep_ratio=0.7, windows=2, gelu=tanh, img_size=[128,64]); repeatable."),
-    pretrained: Optional[Path] = typer.Option(None, help="Local timm/DeiT/TransReID state dict to start a ViT from."),
-    init: Optional[Path] = typer.Option(None, help="Start from a mobilereid checkpoint (fine-tuning)."),
+    opt: list[str] = typer.Option(
+        [],
+        "--opt",
+        help="Model option NAME=VALUE (e.g. keep_ratio=0.7, windows=2, gelu=tanh, img_size=[128,64]); repeatable.",
+    ),
+    pretrained: Path | None = typer.Option(None, help="Local timm/DeiT/TransReID state dict to start a ViT from."),
+    init: Path | None = typer.Option(None, help="Start from a mobilereid checkpoint (fine-tuning)."),
     resume: bool = typer.Option(False, help="Continue from OUT/last.pt."),
-    keep_checkpoints: int = typer.Option(0, "--keep-checkpoints", help="Also keep the last N epochs' checkpoints (weights only); last.pt and model.pt are always written."),
+    keep_checkpoints: int = typer.Option(
+        0,
+        "--keep-checkpoints",
+        help="Also keep the last N epochs' checkpoints (weights only); last.pt and model.pt are always written.",
+    ),
     device: str = _device_option(),
     precision: str = _precision_option(),
-    workers: Optional[int] = _workers_option(),
+    workers: int | None = _workers_option(),
 ):
     """Train a ReID model (PK sampling, label-smoothed CE + batch-hard triplet, warm-up + cosine LR).
 
@@ -174,10 +209,23 @@ def train_cmd(
     """
     from .train import TrainConfig, train
 
-    cfg = TrainConfig(model=model, epochs=epochs, p=p, k=k, lr=lr, warmup_epochs=warmup, seed=seed, threads=threads,
-                      model_options=_parse_options(opt), pretrained=str(pretrained) if pretrained else None,
-                      init_checkpoint=str(init) if init else None, keep_checkpoints=keep_checkpoints,
-                      device=device, precision=precision, workers=workers)
+    cfg = TrainConfig(
+        model=model,
+        epochs=epochs,
+        p=p,
+        k=k,
+        lr=lr,
+        warmup_epochs=warmup,
+        seed=seed,
+        threads=threads,
+        model_options=_parse_options(opt),
+        pretrained=str(pretrained) if pretrained else None,
+        init_checkpoint=str(init) if init else None,
+        keep_checkpoints=keep_checkpoints,
+        device=device,
+        precision=precision,
+        workers=workers,
+    )
     train(cfg, data, out, resume=resume)
     console.print(f"checkpoint: {out / 'model.pt'}")
 
@@ -190,7 +238,7 @@ def _parse_size(text: str, flag: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def _parse_triple(text: Optional[str], flag: str) -> Optional[tuple[float, float, float]]:
+def _parse_triple(text: str | None, flag: str) -> tuple[float, float, float] | None:
     if text is None:
         return None
     try:
@@ -205,22 +253,53 @@ def _parse_triple(text: Optional[str], flag: str) -> Optional[tuple[float, float
 @app.command("import")
 @user_errors
 def import_cmd(
-    weights: Path = typer.Argument(..., help="A trained foreign state dict (.pth/.pt): TransReID, timm, DeiT, torchreid (OSNet) or fast-reid (BoT/SBS)."),
-    out: Path = typer.Option(..., "--out", "-o", help="The mobilereid checkpoint to write (refused if it exists, unless --force)."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="transreid, timm, deit, torchreid or fastreid (default: detected from the keys)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Architecture: vit_base, vit_small (timm ViT-S), vit_small_transreid, deit_small, deit_tiny, ... (default: from the width)."),
-    heads: Optional[int] = typer.Option(None, "--heads", help="Attention heads, for a width no --model name covers."),
-    stride: Optional[int] = typer.Option(None, "--stride", help="Patch stride (default: from the position embedding, else the patch size)."),
-    cameras: Optional[int] = typer.Option(None, "--cameras", help="SIE cameras expected in the weights (checked)."),
-    jpm: Optional[bool] = typer.Option(None, "--jpm/--no-jpm", help="Use TransReID's JPM local branch (default: when the weights have it)."),
-    neck_feat: str = typer.Option("before", "--neck-feat", help="Test feature before or after the BNNeck (TransReID tests with 'before')."),
+    weights: Path = typer.Argument(
+        ...,
+        help="A trained foreign state dict (.pth/.pt): TransReID, timm, DeiT, torchreid (OSNet) or fast-reid (BoT/SBS).",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="The mobilereid checkpoint to write (refused if it exists, unless --force)."
+    ),
+    fmt: str | None = typer.Option(
+        None, "--format", help="transreid, timm, deit, torchreid or fastreid (default: detected from the keys)."
+    ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="Architecture: vit_base, vit_small (timm ViT-S), vit_small_transreid, deit_small, deit_tiny, ... (default: from the width).",
+    ),
+    heads: int | None = typer.Option(None, "--heads", help="Attention heads, for a width no --model name covers."),
+    stride: int | None = typer.Option(
+        None, "--stride", help="Patch stride (default: from the position embedding, else the patch size)."
+    ),
+    cameras: int | None = typer.Option(None, "--cameras", help="SIE cameras expected in the weights (checked)."),
+    jpm: bool | None = typer.Option(
+        None, "--jpm/--no-jpm", help="Use TransReID's JPM local branch (default: when the weights have it)."
+    ),
+    neck_feat: str = typer.Option(
+        "before", "--neck-feat", help="Test feature before or after the BNNeck (TransReID tests with 'before')."
+    ),
     img_size: str = typer.Option("256x128", "--img-size", help="Input HEIGHTxWIDTH the model was trained at."),
-    sie_coefficient: float = typer.Option(3.0, "--sie-coefficient", help="TransReID SIE_COE (camera embedding weight)."),
-    pixel_mean: Optional[str] = typer.Option(None, "--pixel-mean", help="R,G,B mean (default: TransReID/timm 0.5, DeiT ImageNet)."),
-    pixel_std: Optional[str] = typer.Option(None, "--pixel-std", help="R,G,B std (default: TransReID/timm 0.5, DeiT ImageNet)."),
-    maxpool: str = typer.Option("auto", "--maxpool", help="fast-reid stem max pool: ceil (since Nov 2020), legacy (padding 1), auto (from the key names, else ceil)."),
-    last_stride: int = typer.Option(1, "--last-stride", help="fast-reid layer4 stride (1 in BoT and SBS; not in the weights)."),
-    pooling: Optional[str] = typer.Option(None, "--pooling", help="fast-reid pooling: avg or gem (default: gem when the weights hold its exponent)."),
+    sie_coefficient: float = typer.Option(
+        3.0, "--sie-coefficient", help="TransReID SIE_COE (camera embedding weight)."
+    ),
+    pixel_mean: str | None = typer.Option(
+        None, "--pixel-mean", help="R,G,B mean (default: TransReID/timm 0.5, DeiT ImageNet)."
+    ),
+    pixel_std: str | None = typer.Option(
+        None, "--pixel-std", help="R,G,B std (default: TransReID/timm 0.5, DeiT ImageNet)."
+    ),
+    maxpool: str = typer.Option(
+        "auto",
+        "--maxpool",
+        help="fast-reid stem max pool: ceil (since Nov 2020), legacy (padding 1), auto (from the key names, else ceil).",
+    ),
+    last_stride: int = typer.Option(
+        1, "--last-stride", help="fast-reid layer4 stride (1 in BoT and SBS; not in the weights)."
+    ),
+    pooling: str | None = typer.Option(
+        None, "--pooling", help="fast-reid pooling: avg or gem (default: gem when the weights hold its exponent)."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ):
     """Convert a trained TransReID / timm / DeiT / torchreid OSNet / fast-reid BoT-SBS state dict into a mobilereid checkpoint (no training), with its
@@ -237,23 +316,41 @@ def import_cmd(
         raise MobileReIDError(f"--last-stride {last_stride}: expected 1 or 2")
     if pooling not in (None, "avg", "gem"):
         raise MobileReIDError(f"--pooling {pooling!r}: expected avg or gem")
-    opts = ImportOptions(format=fmt, model=model, heads=heads, img_size=_parse_size(img_size, "--img-size"), stride=stride,
-                         cameras=cameras, jpm=jpm, neck_feat=neck_feat, sie_coefficient=sie_coefficient,
-                         pixel_mean=_parse_triple(pixel_mean, "--pixel-mean"), pixel_std=_parse_triple(pixel_std, "--pixel-std"),
-                         maxpool=maxpool, last_stride=last_stride, pooling=pooling)
+    opts = ImportOptions(
+        format=fmt,
+        model=model,
+        heads=heads,
+        img_size=_parse_size(img_size, "--img-size"),
+        stride=stride,
+        cameras=cameras,
+        jpm=jpm,
+        neck_feat=neck_feat,
+        sie_coefficient=sie_coefficient,
+        pixel_mean=_parse_triple(pixel_mean, "--pixel-mean"),
+        pixel_std=_parse_triple(pixel_std, "--pixel-std"),
+        maxpool=maxpool,
+        last_stride=last_stride,
+        pooling=pooling,
+    )
     res = import_weights(weights, out, opts)
     cfg = res.model.cfg
     if res.format in ("torchreid", "fastreid"):
-        console.print(f"{weights}: {res.format} {res.model.preset}, {cfg.img_size[0]}x{cfg.img_size[1]}, feature "
-                      f"{res.model.feature_dim}, mean {list(cfg.pixel_mean)} std {list(cfg.pixel_std)}")
+        console.print(
+            f"{weights}: {res.format} {res.model.preset}, {cfg.img_size[0]}x{cfg.img_size[1]}, feature "
+            f"{res.model.feature_dim}, mean {list(cfg.pixel_mean)} std {list(cfg.pixel_std)}"
+        )
     else:
-        console.print(f"{weights}: {res.format} {res.model.preset}, {cfg.img_size[0]}x{cfg.img_size[1]} stride {cfg.stride}, "
-                      f"{cfg.camera_num} SIE cameras, JPM {'on' if cfg.jpm else 'off'}, feature {res.model.feature_dim} ({cfg.neck_feat} BNNeck), "
-                      f"mean {list(cfg.pixel_mean)} std {list(cfg.pixel_std)}")
+        console.print(
+            f"{weights}: {res.format} {res.model.preset}, {cfg.img_size[0]}x{cfg.img_size[1]} stride {cfg.stride}, "
+            f"{cfg.camera_num} SIE cameras, JPM {'on' if cfg.jpm else 'off'}, feature {res.model.feature_dim} ({cfg.neck_feat} BNNeck), "
+            f"mean {list(cfg.pixel_mean)} std {list(cfg.pixel_std)}"
+        )
     for n in res.notes:
         console.print(f"note: {n}")
     if res.unused:
-        console.print(f"not used by the source's own inference: {len(res.unused)} tensors ({', '.join(res.unused[:4])}{', ...' if len(res.unused) > 4 else ''})")
+        console.print(
+            f"not used by the source's own inference: {len(res.unused)} tensors ({', '.join(res.unused[:4])}{', ...' if len(res.unused) > 4 else ''})"
+        )
     console.print(f"checkpoint: {out}")
 
 
@@ -287,24 +384,60 @@ def info_cmd(
             continue
         n = sum(p.numel() for k, p in params.items() if k.startswith(name + ".") or k == name)
         rows.append([name, f"{n / 1e6:.3f}", f"{macs / 1e9:.4f}", f"{100 * macs / max(total, 1):.1f}%"])
-    console.print(table(f"{model}: input {net.cfg.img_size[0]}x{net.cfg.img_size[1]}", ["module", "params (M)", "GMAC", "share"], rows))
-    console.print(f"total: {count_params(net, exclude_classifier=False) / 1e6:.3f} M parameters "
-                  f"({count_params(net) / 1e6:.3f} M without the ID classifier), {total / 1e9:.4f} GMAC executed per image")
+    console.print(
+        table(
+            f"{model}: input {net.cfg.img_size[0]}x{net.cfg.img_size[1]}",
+            ["module", "params (M)", "GMAC", "share"],
+            rows,
+        )
+    )
+    console.print(
+        f"total: {count_params(net, exclude_classifier=False) / 1e6:.3f} M parameters "
+        f"({count_params(net) / 1e6:.3f} M without the ID classifier), {total / 1e9:.4f} GMAC executed per image"
+    )
 
 
 @app.command("export")
 @user_errors
 def export_cmd(
     checkpoint: Path = typer.Argument(..., help="A mobilereid checkpoint (.pt)."),
-    target: str = typer.Option("all", "--target", "-t", help="onnx, executorch, tflite, edgetpu, tflm, a comma list, or all (onnx, executorch, tflite, and edgetpu with --int8)."),
-    calib: Path = typer.Option(..., "--calib", help="Calibration images: a dataset folder (train images calibrate, query images verify) or any image folder."),
-    out: Path = typer.Option(Path("runs/export"), "--out", "-o", help="Output folder for artifacts and their .json sidecars."),
-    int8: bool = typer.Option(False, "--int8", help="Also produce the recipe's quantized variants (INT8, dynamic, int16x8)."),
-    recipe: Optional[list[Path]] = typer.Option(None, help="A quantization recipe TOML, applied to the target it names (target = \"...\"; a recipe without one needs a single --target); repeat for several targets. Default: the shipped recipe of each target and model family."),
+    target: str = typer.Option(
+        "all",
+        "--target",
+        "-t",
+        help="onnx, executorch, tflite, edgetpu, tflm, a comma list, or all (onnx, executorch, tflite, and edgetpu with --int8).",
+    ),
+    calib: Path = typer.Option(
+        ...,
+        "--calib",
+        help="Calibration images: a dataset folder (train images calibrate, query images verify) or any image folder.",
+    ),
+    out: Path = typer.Option(
+        Path("runs/export"), "--out", "-o", help="Output folder for artifacts and their .json sidecars."
+    ),
+    int8: bool = typer.Option(
+        False, "--int8", help="Also produce the recipe's quantized variants (INT8, dynamic, int16x8)."
+    ),
+    recipe: list[Path] | None = typer.Option(
+        None,
+        help='A quantization recipe TOML, applied to the target it names (target = "..."; a recipe without one needs a single --target); repeat for several targets. Default: the shipped recipe of each target and model family.',
+    ),
     threads: int = typer.Option(2, help="Runtime threads for verification."),
-    board: Optional[str] = typer.Option(None, help="tflm: board profile from mobilereid/recipes/boards.toml (cortex-m7, esp32-s3, cortex-m4)."),
-    camera: Optional[int] = typer.Option(None, "--camera", help="Models with an SIE camera embedding (TransReID): the camera whose embedding is baked into the artifacts."),
-    processes: int = typer.Option(1, "--processes", min=1, max=2, help="2: ExecuTorch and the TFLite family (tflite, edgetpu, tflm) in two processes side by side (needs two free cores)."),
+    board: str | None = typer.Option(
+        None, help="tflm: board profile from mobilereid/recipes/boards.toml (cortex-m7, esp32-s3, cortex-m4)."
+    ),
+    camera: int | None = typer.Option(
+        None,
+        "--camera",
+        help="Models with an SIE camera embedding (TransReID): the camera whose embedding is baked into the artifacts.",
+    ),
+    processes: int = typer.Option(
+        1,
+        "--processes",
+        min=1,
+        max=2,
+        help="2: ExecuTorch and the TFLite family (tflite, edgetpu, tflm) in two processes side by side (needs two free cores).",
+    ),
 ):
     """Export, quantize and verify every artifact in its real runtime (exit 1 when one misses its drift budget)."""
     from .export import export_checkpoint
@@ -314,17 +447,44 @@ def export_cmd(
 
     def show(r):
         v = r["verification"]
-        console.print(f"{r['target']:<10} {r['precision']:<12} {r['artifact']}  cosine mean {v['cosine_mean']:.4f} min {v['cosine_min']:.4f}  "
-                      f"{'ok' if v['passed'] else 'BELOW ' + str(v['threshold'])}")
+        console.print(
+            f"{r['target']:<10} {r['precision']:<12} {r['artifact']}  cosine mean {v['cosine_mean']:.4f} min {v['cosine_min']:.4f}  "
+            f"{'ok' if v['passed'] else 'BELOW ' + str(v['threshold'])}"
+        )
         rows.append(r)
 
     with progress(f"exporting {checkpoint.name} ({target})", None):
-        export_checkpoint(checkpoint, target, calib, out, int8=int8, recipe_path=recipe or None, threads=threads, on_result=show, board=board,
-                          camera=camera, core_free=True if processes == 2 else None)
-    console.print(table("artifacts", ["target", "precision", "file", "MB", "cosine mean", "cosine min", "verified"],
-                        [[r["target"], r["precision"], r["artifact"].name, f"{r['artifact'].stat().st_size / 1e6:.2f}",
-                          r["verification"]["cosine_mean"], r["verification"]["cosine_min"],
-                          "yes" if r["verification"]["passed"] else "NO"] for r in rows]))
+        export_checkpoint(
+            checkpoint,
+            target,
+            calib,
+            out,
+            int8=int8,
+            recipe_path=recipe or None,
+            threads=threads,
+            on_result=show,
+            board=board,
+            camera=camera,
+            core_free=True if processes == 2 else None,
+        )
+    console.print(
+        table(
+            "artifacts",
+            ["target", "precision", "file", "MB", "cosine mean", "cosine min", "verified"],
+            [
+                [
+                    r["target"],
+                    r["precision"],
+                    r["artifact"].name,
+                    f"{r['artifact'].stat().st_size / 1e6:.2f}",
+                    r["verification"]["cosine_mean"],
+                    r["verification"]["cosine_min"],
+                    "yes" if r["verification"]["passed"] else "NO",
+                ]
+                for r in rows
+            ],
+        )
+    )
     for r in rows:
         if "edgetpu" in r:
             console.print(f"Edge TPU: {r['edgetpu']['summary']}")
@@ -335,13 +495,20 @@ def export_cmd(
                 console.print(line, markup=False)
         if "delegation" in r:
             nd = r["delegation"]["not_delegated_ops"]
-            console.print(f"ExecuTorch {r['precision']}: {r['delegation']['delegated_subgraphs']} XNNPACK subgraphs; "
-                          f"outside XNNPACK: {', '.join(nd) if nd else 'nothing'}")
+            console.print(
+                f"ExecuTorch {r['precision']}: {r['delegation']['delegated_subgraphs']} XNNPACK subgraphs; "
+                f"outside XNNPACK: {', '.join(nd) if nd else 'nothing'}"
+            )
     failed = [r for r in rows if not r["verification"]["passed"]]
     if failed:
-        err_console.print(f"error: {len(failed)} artifact(s) missed the recipe's drift budget: " +
-                          ", ".join(f"{r['artifact'].name} (cosine {r['verification']['cosine_mean']:.4f} < {r['verification']['threshold']})" for r in failed),
-                          markup=False)
+        err_console.print(
+            f"error: {len(failed)} artifact(s) missed the recipe's drift budget: "
+            + ", ".join(
+                f"{r['artifact'].name} (cosine {r['verification']['cosine_mean']:.4f} < {r['verification']['threshold']})"
+                for r in failed
+            ),
+            markup=False,
+        )
         raise typer.Exit(1)
 
 
@@ -350,8 +517,15 @@ def export_cmd(
 def quant_sensitivity_cmd(
     checkpoint: Path = typer.Argument(..., help="A mobilereid checkpoint (.pt)."),
     calib: Path = typer.Option(..., "--calib", help="Calibration images (a dataset folder or any image folder)."),
-    out: Path = typer.Option(Path("runs/sensitivity"), "--out", "-o", help="Folder for sensitivity.{json,md,png} and the chosen recipe_{tflite,tflite_integer,executorch}.toml."),
-    min_cosine: Optional[float] = typer.Option(None, help="Drift budget (mean cosine to float); default: the TFLite recipe's."),
+    out: Path = typer.Option(
+        Path("runs/sensitivity"),
+        "--out",
+        "-o",
+        help="Folder for sensitivity.{json,md,png} and the chosen recipe_{tflite,tflite_integer,executorch}.toml.",
+    ),
+    min_cosine: float | None = typer.Option(
+        None, help="Drift budget (mean cosine to float); default: the TFLite recipe's."
+    ),
     threads: int = typer.Option(2, help="Runtime threads for verification and timing."),
     executorch: bool = typer.Option(True, "--executorch/--no-executorch", help="Also measure ExecuTorch candidates."),
 ):
@@ -363,16 +537,26 @@ def quant_sensitivity_cmd(
         worst = report["layers"][0]
         console.print(f"worst layer: {worst['op']} {worst['tensor']} (RMSE/scale {worst['rmse_over_scale']:.2f})")
     console.print(f"float model under one grey level of input noise: cosine {report['noise_cosine_1_grey_level']:.4f}")
-    choices = [("tflite", report["chosen"])] + ([("executorch", report["executorch"]["chosen"])] if report["executorch"] else [])
+    choices = [("tflite", report["chosen"])] + (
+        [("executorch", report["executorch"]["chosen"])] if report["executorch"] else []
+    )
     for target, chosen in choices:
         if chosen:
-            console.print(f"{target}: chosen {chosen['name']} -> {out / f'recipe_{target}.toml'} "
-                          f"(use: mobilereid export CKPT --target {target} --int8 --recipe {out / f'recipe_{target}.toml'} ...)")
+            console.print(
+                f"{target}: chosen {chosen['name']} -> {out / f'recipe_{target}.toml'} "
+                f"(use: mobilereid export CKPT --target {target} --int8 --recipe {out / f'recipe_{target}.toml'} ...)"
+            )
         else:
-            err_console.print(f"error: no {target} candidate meets mean cosine >= {report['drift_budget']} (see {out / 'sensitivity.md'})", markup=False)
+            err_console.print(
+                f"error: no {target} candidate meets mean cosine >= {report['drift_budget']} (see {out / 'sensitivity.md'})",
+                markup=False,
+            )
     integer = report.get("chosen_full_integer")
-    console.print(f"tflite full integer: chosen {integer['name']} -> {out / 'recipe_tflite_integer.toml'}" if integer
-                  else "tflite full integer: no candidate without float ops meets the budget")
+    console.print(
+        f"tflite full integer: chosen {integer['name']} -> {out / 'recipe_tflite_integer.toml'}"
+        if integer
+        else "tflite full integer: no candidate without float ops meets the budget"
+    )
     if any(chosen is None for _, chosen in choices):
         raise typer.Exit(1)
 
@@ -382,18 +566,47 @@ def quant_sensitivity_cmd(
 def evaluate_cmd(
     artifacts: list[Path] = typer.Argument(..., help="Exported artifacts (each with its .json sidecar)."),
     data: Path = typer.Option(..., "--data", "-d", help="Dataset folder with query/ and bounding_box_test/."),
-    reference: Optional[Path] = typer.Option(None, help="Float checkpoint: reference metrics, per-image cosine, top-1 agreement."),
-    device: str = typer.Option("local", help="local, ssh://user@host[:port], adb[:serial] (not verified without a phone), or "
-                               "qemu-arm64[:CPU] (the emulated arm64 board of `mobilereid board setup arm64`; CPU e.g. cortex-a55, neoverse-n1)."),
+    reference: Path | None = typer.Option(
+        None, help="Float checkpoint: reference metrics, per-image cosine, top-1 agreement."
+    ),
+    device: str = typer.Option(
+        "local",
+        help="local, ssh://user@host[:port], adb[:serial] (not verified without a phone), or "
+        "qemu-arm64[:CPU] (the emulated arm64 board of `mobilereid board setup arm64`; CPU e.g. cortex-a55, neoverse-n1).",
+    ),
     threads: int = typer.Option(2, help="Runtime threads on the device."),
-    out: Path = typer.Option(Path("runs/evaluate"), "--out", "-o", help="Report folder (report.json, report.md, PNG plots)."),
-    remote_python: str = typer.Option("python3", help="Python on the ssh device (needs numpy, Pillow and the artifact's runtime)."),
-    flip: bool = typer.Option(False, "--flip", help="Test-time flip averaging (image and mirror), for the reference and the artifacts alike."),
-    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Evaluate artifacts whose sha256 or source checkpoint does not match (with a warning)."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Your own float model, when compress or quant-finetune changed it before export: drift against it is the headline."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate on a deterministic subset: the queries (up to N) of evenly spaced identities, their gallery images and as many others."),
-    force: bool = typer.Option(False, "--force", help="Overwrite files in --out that mobilereid did not write (report.md, report.json, plots)."),
-    torch_device: str = typer.Option("auto", "--torch-device", help="Where the torch --reference/--baseline embed: auto, cpu, cuda, cuda:N (--device is the artifacts' machine)."),
+    out: Path = typer.Option(
+        Path("runs/evaluate"), "--out", "-o", help="Report folder (report.json, report.md, PNG plots)."
+    ),
+    remote_python: str = typer.Option(
+        "python3", help="Python on the ssh device (needs numpy, Pillow and the artifact's runtime)."
+    ),
+    flip: bool = typer.Option(
+        False, "--flip", help="Test-time flip averaging (image and mirror), for the reference and the artifacts alike."
+    ),
+    allow_mismatch: bool = typer.Option(
+        False,
+        "--allow-mismatch",
+        help="Evaluate artifacts whose sha256 or source checkpoint does not match (with a warning).",
+    ),
+    baseline: Path | None = typer.Option(
+        None,
+        "--baseline",
+        help="Your own float model, when compress or quant-finetune changed it before export: drift against it is the headline.",
+    ),
+    limit: int | None = typer.Option(
+        None,
+        "--limit",
+        help="Evaluate on a deterministic subset: the queries (up to N) of evenly spaced identities, their gallery images and as many others.",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Overwrite files in --out that mobilereid did not write (report.md, report.json, plots)."
+    ),
+    torch_device: str = typer.Option(
+        "auto",
+        "--torch-device",
+        help="Where the torch --reference/--baseline embed: auto, cpu, cuda, cuda:N (--device is the artifacts' machine).",
+    ),
 ):
     """Accuracy drift, latency and size of artifacts, measured by the on-device evaluator.
 
@@ -401,18 +614,36 @@ def evaluate_cmd(
     from .evaluate import evaluate_artifacts
     from .report import eval_markdown
 
-    report = evaluate_artifacts(artifacts, data, out, reference=reference, device=device, threads=threads, remote_python=remote_python,
-                                flip=flip, allow_mismatch=allow_mismatch, baseline=baseline, limit=limit, force=force,
-                                torch_device=torch_device)
+    report = evaluate_artifacts(
+        artifacts,
+        data,
+        out,
+        reference=reference,
+        device=device,
+        threads=threads,
+        remote_python=remote_python,
+        flip=flip,
+        allow_mismatch=allow_mismatch,
+        baseline=baseline,
+        limit=limit,
+        force=force,
+        torch_device=torch_device,
+    )
     console.print(eval_markdown(report), markup=False, soft_wrap=True)
-    console.print(f"report: {out / 'report.md'}, {out / 'report.json'}, plots: {', '.join(str(out / p) for p in report['plots'])}")
+    console.print(
+        f"report: {out / 'report.md'}, {out / 'report.json'}, plots: {', '.join(str(out / p) for p in report['plots'])}"
+    )
 
 
 @board_app.command("setup")
 @user_errors
 def board_setup(
-    kind: str = typer.Argument(..., help="arm64: a Debian arm64 root with the aarch64 LiteRT wheel, run under qemu-user 10."),
-    cpu: str = typer.Option("cortex-a76", "--cpu", help="CPU model for the smoke test (evaluate picks its own: --device qemu-arm64:CPU)."),
+    kind: str = typer.Argument(
+        ..., help="arm64: a Debian arm64 root with the aarch64 LiteRT wheel, run under qemu-user 10."
+    ),
+    cpu: str = typer.Option(
+        "cortex-a76", "--cpu", help="CPU model for the smoke test (evaluate picks its own: --device qemu-arm64:CPU)."
+    ),
 ):
     """Build (once; later runs reuse it) the emulated board in the user's cache folder. Needs root and Debian's apt."""
     from .arm64 import Arm64Board, cache_dir
@@ -422,12 +653,18 @@ def board_setup(
     board = Arm64Board()
     if board.ready():
         info = board.info()
-        console.print(f"arm64 board already set up in {cache_dir()} ({info.get('qemu')}, {info.get('disk_mb')} MB); "
-                      "delete that folder to rebuild it", markup=False)
+        console.print(
+            f"arm64 board already set up in {cache_dir()} ({info.get('qemu')}, {info.get('disk_mb')} MB); "
+            "delete that folder to rebuild it",
+            markup=False,
+        )
         return
     info = board.setup(cpu, log=lambda line: console.print(line, markup=False))
-    console.print(f"arm64 board ready in {cache_dir()}: {info['qemu']}, {info['disk_mb']} MB, {info['seconds'] / 60:.1f} min; "
-                  "evaluate with --device qemu-arm64[:CPU]", markup=False)
+    console.print(
+        f"arm64 board ready in {cache_dir()}: {info['qemu']}, {info['disk_mb']} MB, {info['seconds'] / 60:.1f} min; "
+        "evaluate with --device qemu-arm64[:CPU]",
+        markup=False,
+    )
 
 
 @app.command("quant-finetune")
@@ -435,36 +672,64 @@ def board_setup(
 def quant_finetune_cmd(
     checkpoint: Path = typer.Argument(..., help="A trained SCL-net or ViT checkpoint (.pt)."),
     data: Path = typer.Option(..., "--data", "-d", help="The dataset it was trained on (Market-1501 layout)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output checkpoint (.pt), a float model that quantizes with less drift."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output checkpoint (.pt), a float model that quantizes with less drift."
+    ),
     epochs: int = typer.Option(24, help="Epochs."),
     lr: float = typer.Option(5e-4, help="Peak learning rate (Adam, cosine decay)."),
-    consistency: float = typer.Option(100.0, help="Weight of (1 - cosine) between the fake-quantized and the float "
-                                      "exported embeddings."),
+    consistency: float = typer.Option(
+        100.0, help="Weight of (1 - cosine) between the fake-quantized and the float exported embeddings."
+    ),
     threads: int = typer.Option(0, help="Torch CPU threads (0 = torch default)."),
-    max_map_drop: float = typer.Option(0.5, help="Guard: float mAP (query/gallery) may fall at most this many points below "
-                                       "the starting model's; otherwise the weights of the last passing check are kept."),
+    max_map_drop: float = typer.Option(
+        0.5,
+        help="Guard: float mAP (query/gallery) may fall at most this many points below "
+        "the starting model's; otherwise the weights of the last passing check are kept.",
+    ),
     guard_every: int = typer.Option(8, help="Epochs between guard checks (also after the last epoch); 0 = no guard."),
-    give_up_drop: float = typer.Option(2.5, help="Guard: a check this many mAP points below the start ends the stage early "
-                                       "(keeping the last passing weights); 0 = never."),
+    give_up_drop: float = typer.Option(
+        2.5,
+        help="Guard: a check this many mAP points below the start ends the stage early "
+        "(keeping the last passing weights); 0 = never.",
+    ),
     p: int = typer.Option(16, "-p", help="PK sampling: identities per batch."),
     k: int = typer.Option(4, "-k", help="PK sampling: images per identity."),
     device: str = _device_option(),
     precision: str = _precision_option(),
-    workers: Optional[int] = _workers_option(),
+    workers: int | None = _workers_option(),
 ):
     """Quantization-consistency fine-tuning (PT2E QAT): the INT8 model then agrees with its float model."""
     from .quant_finetune import QuantFinetuneConfig, quant_finetune
 
-    result = quant_finetune(checkpoint, data, out, QuantFinetuneConfig(epochs=epochs, lr=lr, consistency=consistency, threads=threads,
-                                                                       max_map_drop=max_map_drop / 100, guard_every=guard_every,
-                                                                       give_up_drop=give_up_drop / 100, p=p, k=k, device=device,
-                                                                       precision=precision, workers=workers))
+    result = quant_finetune(
+        checkpoint,
+        data,
+        out,
+        QuantFinetuneConfig(
+            epochs=epochs,
+            lr=lr,
+            consistency=consistency,
+            threads=threads,
+            max_map_drop=max_map_drop / 100,
+            guard_every=guard_every,
+            give_up_drop=give_up_drop / 100,
+            p=p,
+            k=k,
+            device=device,
+            precision=precision,
+            workers=workers,
+        ),
+    )
 
     last, before, after = result["history"][-1], result["metrics_before"], result["metrics_after"]
     if before and after:
-        console.print(f"float model: Rank-1 {before['rank1']:.2%} -> {after['rank1']:.2%}, mAP {before['mAP']:.2%} -> {after['mAP']:.2%}")
-    console.print(f"wrote {result['checkpoint']} (fake-quant vs float embedding cosine {last['embedding_cosine']:.4f}); "
-                  f"export it as usual: mobilereid export {result['checkpoint']} --target all --int8 --calib {data} -o ...")
+        console.print(
+            f"float model: Rank-1 {before['rank1']:.2%} -> {after['rank1']:.2%}, mAP {before['mAP']:.2%} -> {after['mAP']:.2%}"
+        )
+    console.print(
+        f"wrote {result['checkpoint']} (fake-quant vs float embedding cosine {last['embedding_cosine']:.4f}); "
+        f"export it as usual: mobilereid export {result['checkpoint']} --target all --int8 --calib {data} -o ..."
+    )
 
 
 @app.command("compress")
@@ -472,16 +737,28 @@ def quant_finetune_cmd(
 def compress_cmd(
     checkpoint: Path = typer.Argument(..., help="A ViT checkpoint trained by mobilereid (with its ID classifier)."),
     data: Path = typer.Option(..., "--data", "-d", help="The training dataset (statistics and fine-tuning)."),
-    out: Path = typer.Option(Path("runs/compress"), "--out", "-o", help="Output folder (compressed.pt, compress_report.json)."),
-    keep_ratio: Optional[float] = typer.Option(None, help="Patch elimination: fraction of patch tokens kept (e.g. 0.7)."),
+    out: Path = typer.Option(
+        Path("runs/compress"), "--out", "-o", help="Output folder (compressed.pt, compress_report.json)."
+    ),
+    keep_ratio: float | None = typer.Option(
+        None, help="Patch elimination: fraction of patch tokens kept (e.g. 0.7)."
+    ),
     scorer: str = typer.Option("learned", help="Patch scorer: learned or contrast."),
-    token_order: str = typer.Option("spatial", help="Kept patch tokens in image order (spatial: a K/V position is a region) or best score first (rank)."),
-    windows: Optional[int] = typer.Option(None, help="Windowed attention: number of horizontal windows."),
+    token_order: str = typer.Option(
+        "spatial",
+        help="Kept patch tokens in image order (spatial: a K/V position is a region) or best score first (rank).",
+    ),
+    windows: int | None = typer.Option(None, help="Windowed attention: number of horizontal windows."),
     window_start: int = typer.Option(0, help="First block that runs per window."),
-    window_weights: str = typer.Option("shared", help="Windows: shared blocks, or a separate copy of each windowed block per window (better for unequal windows)."),
+    window_weights: str = typer.Option(
+        "shared",
+        help="Windows: shared blocks, or a separate copy of each windowed block per window (better for unequal windows).",
+    ),
     head_ratio: float = typer.Option(0.0, help="AMG: fraction of all attention heads to remove."),
     token_rate: float = typer.Option(0.0, help="AMG: fraction of key/value token slots to remove."),
-    mlp_rate: float = typer.Option(0.0, help="Fraction of each MLP's hidden units to remove (first-order Taylor importance)."),
+    mlp_rate: float = typer.Option(
+        0.0, help="Fraction of each MLP's hidden units to remove (first-order Taylor importance)."
+    ),
     mlp_epochs: int = typer.Option(1, help="Fine-tuning epochs after MLP unit pruning."),
     rounds: int = typer.Option(4, help="Head-pruning rounds (statistics -> prune -> fine-tune)."),
     epochs_per_round: int = typer.Option(1, help="Fine-tuning epochs after each head-pruning round."),
@@ -491,19 +768,40 @@ def compress_cmd(
     lr: float = typer.Option(1e-4, help="Fine-tuning learning rate (Adam)."),
     p: int = typer.Option(8, "-p", help="PK sampling: identities per batch."),
     k: int = typer.Option(4, "-k", help="PK sampling: images per identity."),
-    stat_images: int = typer.Option(0, "--stat-images", help="Images for the AMG statistics passes (0 = the whole training split, as AMG does)."),
+    stat_images: int = typer.Option(
+        0, "--stat-images", help="Images for the AMG statistics passes (0 = the whole training split, as AMG does)."
+    ),
     device: str = _device_option(),
     precision: str = _precision_option(),
-    workers: Optional[int] = _workers_option(),
+    workers: int | None = _workers_option(),
 ):
     """Compress a ViT: patch elimination, windows, AMG head and K/V token pruning, MLP unit pruning (real weight surgery)."""
     from .compress.pipeline import CompressConfig, compress
 
-    cfg = CompressConfig(keep_ratio=keep_ratio, scorer=scorer, windows=windows, window_start=window_start, head_ratio=head_ratio,
-                         token_rate=token_rate, rounds=rounds, epochs_per_round=epochs_per_round, arch_epochs=arch_epochs,
-                         token_epochs=token_epochs, final_epochs=final_epochs, lr=lr, p=p, k=k, stat_images=stat_images,
-                         window_weights=window_weights, token_order=token_order, mlp_rate=mlp_rate, mlp_epochs=mlp_epochs,
-                         device=device, precision=precision, workers=workers)
+    cfg = CompressConfig(
+        keep_ratio=keep_ratio,
+        scorer=scorer,
+        windows=windows,
+        window_start=window_start,
+        head_ratio=head_ratio,
+        token_rate=token_rate,
+        rounds=rounds,
+        epochs_per_round=epochs_per_round,
+        arch_epochs=arch_epochs,
+        token_epochs=token_epochs,
+        final_epochs=final_epochs,
+        lr=lr,
+        p=p,
+        k=k,
+        stat_images=stat_images,
+        window_weights=window_weights,
+        token_order=token_order,
+        mlp_rate=mlp_rate,
+        mlp_epochs=mlp_epochs,
+        device=device,
+        precision=precision,
+        workers=workers,
+    )
     result = compress(checkpoint, data, out, cfg)
     console.print(f"checkpoint: {result['checkpoint']}")
 
@@ -511,7 +809,10 @@ def compress_cmd(
 @app.command("pipeline")
 @user_errors
 def pipeline(
-    config: Optional[Path] = typer.Argument(None, help="Pipeline config: a TOML file, or the name of a shipped one (mcu); default: the built-in synthetic run."),
+    config: Path | None = typer.Argument(
+        None,
+        help="Pipeline config: a TOML file, or the name of a shipped one (mcu); default: the built-in synthetic run.",
+    ),
     workdir: Path = typer.Option(Path("runs/default"), "--workdir", "-w", help="Where every stage writes its outputs."),
 ):
     """Run the whole job: data, train, compress, export, evaluate, report."""
@@ -527,7 +828,9 @@ def pipeline(
 @user_errors
 def benchmark_cmd(
     checkpoint: Path = typer.Argument(..., help="A mobilereid checkpoint."),
-    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder: train images calibrate, query/gallery evaluate."),
+    data: Path = typer.Option(
+        ..., "--data", "-d", help="Dataset folder: train images calibrate, query/gallery evaluate."
+    ),
     out: Path = typer.Option(Path("runs/benchmark"), "--out", "-o", help="Output folder (artifacts and report)."),
     target: str = typer.Option("all", "--target", "-t", help="Targets to export (default: all)."),
     threads: int = typer.Option(2, help="Runtime threads."),
@@ -537,13 +840,31 @@ def benchmark_cmd(
     from .export import export_checkpoint
 
     results = export_checkpoint(checkpoint, target, data, out / "artifacts", int8=True, threads=threads)
-    report = evaluate_artifacts([r["artifact"] for r in results], data, out / "report", reference=checkpoint, threads=threads)
+    report = evaluate_artifacts(
+        [r["artifact"] for r in results], data, out / "report", reference=checkpoint, threads=threads
+    )
     verified = {r["artifact"].name: r["verification"]["passed"] for r in results}
-    rows = [[r["name"], r["runtime"], r["precision"], f"{r['size_mb']:.2f}", f"{100 * r['metrics']['rank1']:.2f}",
-             f"{100 * r['metrics']['mAP']:.2f}", f"{100 * r['delta_mAP']:+.2f}", f"{r['latency']['p50_ms']:.2f}",
-             "yes" if verified[r["name"]] else "NO"] for r in report["artifacts"]]
-    console.print(table(f"benchmark of {checkpoint.name} ({threads} threads, host CPU)",
-                        ["artifact", "runtime", "precision", "MB", "Rank-1", "mAP", "ΔmAP", "p50 ms", "verified"], rows))
+    rows = [
+        [
+            r["name"],
+            r["runtime"],
+            r["precision"],
+            f"{r['size_mb']:.2f}",
+            f"{100 * r['metrics']['rank1']:.2f}",
+            f"{100 * r['metrics']['mAP']:.2f}",
+            f"{100 * r['delta_mAP']:+.2f}",
+            f"{r['latency']['p50_ms']:.2f}",
+            "yes" if verified[r["name"]] else "NO",
+        ]
+        for r in report["artifacts"]
+    ]
+    console.print(
+        table(
+            f"benchmark of {checkpoint.name} ({threads} threads, host CPU)",
+            ["artifact", "runtime", "precision", "MB", "Rank-1", "mAP", "ΔmAP", "p50 ms", "verified"],
+            rows,
+        )
+    )
     console.print(f"report: {out / 'report' / 'report.md'}")
 
 

@@ -81,14 +81,18 @@ def resolve_device(spec: str, flag: str = "--device") -> torch.device:
         return torch.device("cpu")
     if text == "cuda" or text.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise MobileReIDError(f"{flag} {spec}: this torch sees no CUDA device "
-                                  f"(torch {torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA)")
+            raise MobileReIDError(
+                f"{flag} {spec}: this torch sees no CUDA device "
+                f"(torch {torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA)"
+            )
         count = torch.cuda.device_count()
         if text == "cuda":
             index = local_rank()[0] if under_torchrun else 0
             if index >= count:
-                raise MobileReIDError(f"{flag} {spec}: LOCAL_RANK {index} but this machine has {count} CUDA device(s); "
-                                      f"use --nproc_per_node {count} or fewer")
+                raise MobileReIDError(
+                    f"{flag} {spec}: LOCAL_RANK {index} but this machine has {count} CUDA device(s); "
+                    f"use --nproc_per_node {count} or fewer"
+                )
             return torch.device("cuda", index)
         tail = text.split(":", 1)[1]
         if not tail.isdigit():
@@ -97,8 +101,10 @@ def resolve_device(spec: str, flag: str = "--device") -> torch.device:
         if index >= count:
             raise MobileReIDError(f"{flag} {spec}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
         if under_torchrun and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-            raise MobileReIDError(f"{flag} {spec}: under torchrun every rank would use the same GPU; "
-                                  "use --device cuda (each rank takes the GPU of its LOCAL_RANK)")
+            raise MobileReIDError(
+                f"{flag} {spec}: under torchrun every rank would use the same GPU; "
+                "use --device cuda (each rank takes the GPU of its LOCAL_RANK)"
+            )
         return torch.device("cuda", index)
     raise MobileReIDError(f"{flag} {spec}: unknown device; use auto, cpu, cuda or cuda:N")
 
@@ -110,7 +116,9 @@ def default_workers(device: torch.device) -> int:
     return max(0, min(8, cores // local_rank()[1] - 1))
 
 
-def resolve(device: str = "auto", precision: str = "fp32", workers: int | None = None, device_flag: str = "--device") -> Compute:
+def resolve(
+    device: str = "auto", precision: str = "fp32", workers: int | None = None, device_flag: str = "--device"
+) -> Compute:
     """Check and resolve the three options, in the order a user reads the error: device, precision, workers
     (``device_flag``: the option's name in messages, e.g. evaluate's ``--torch-device``)."""
     dev = resolve_device(device, device_flag)
@@ -118,9 +126,13 @@ def resolve(device: str = "auto", precision: str = "fp32", workers: int | None =
     if prec not in PRECISIONS:
         raise MobileReIDError(f"--precision {precision}: unknown; use one of {', '.join(PRECISIONS)}")
     if prec == "fp16" and dev.type == "cpu":
-        raise MobileReIDError("--precision fp16: not on the CPU (torch's CPU autocast has no fast fp16); use bf16 or fp32")
+        raise MobileReIDError(
+            "--precision fp16: not on the CPU (torch's CPU autocast has no fast fp16); use bf16 or fp32"
+        )
     if prec == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise MobileReIDError(f"--precision bf16: {torch.cuda.get_device_name(dev)} has no bf16 support; use fp16 or fp32")
+        raise MobileReIDError(
+            f"--precision bf16: {torch.cuda.get_device_name(dev)} has no bf16 support; use fp16 or fp32"
+        )
     if workers is not None and workers < 0:
         raise MobileReIDError(f"--workers {workers}: must be >= 0 (0 = load batches in the training process)")
     return Compute(dev, prec, default_workers(dev) if workers is None else workers)

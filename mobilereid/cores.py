@@ -10,7 +10,7 @@ thread count is safe and cheap (between epochs and stages). Outside a pipeline c
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 _share: Callable[[], int] | None = None
 

@@ -13,7 +13,8 @@ A rank that fails raises; torchrun then stops the others (its default `--max-res
 from __future__ import annotations
 
 import os
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 

@@ -31,8 +31,13 @@ class WriteError(MobileReIDError):
 
 
 # what the user can do something about, in the words `df`, `quota` and `ls -l` make them look for
-WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
-                errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EFBIG: "file too large"}
+WRITE_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EFBIG: "file too large",
+}
 
 
 def os_error_in(exc: BaseException | None) -> OSError | None:
@@ -74,6 +79,9 @@ def write_failure(path: str | Path, exc: BaseException, kept: str | None = None)
     if os_err is not None:
         reason = WRITE_ERRNOS.get(os_err.errno) or os_err.strerror or str(os_err) or type(os_err).__name__
     else:  # torch given a path: no errno survives its C++ stream, and a full disk is the usual cause
-        reason = ("no space left on device" if _nearly_full(path.parent)
-                  else f"torch could not write it ({str(exc).splitlines()[0][:120]})")
+        reason = (
+            "no space left on device"
+            if _nearly_full(path.parent)
+            else f"torch could not write it ({str(exc).splitlines()[0][:120]})"
+        )
     return WriteError(f"{path}: {reason} (write failed; {kept})")

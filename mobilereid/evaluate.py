@@ -50,8 +50,17 @@ from .runtimes import read_sidecar, sidecar_path
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_SCRIPT = REPO / "mobilereid" / "device" / "evaluator.py"  # package data: a wheel ships it
-DEVICE_MODULES = ["mobilereid/__init__.py", "mobilereid/device/__init__.py", "mobilereid/device/evaluator.py", "mobilereid/errors.py", "mobilereid/metrics.py", "mobilereid/runtimes.py",
-                  "mobilereid/data/__init__.py", "mobilereid/data/preprocess.py", "mobilereid/data/datasets.py"]
+DEVICE_MODULES = [
+    "mobilereid/__init__.py",
+    "mobilereid/device/__init__.py",
+    "mobilereid/device/evaluator.py",
+    "mobilereid/errors.py",
+    "mobilereid/metrics.py",
+    "mobilereid/runtimes.py",
+    "mobilereid/data/__init__.py",
+    "mobilereid/data/preprocess.py",
+    "mobilereid/data/datasets.py",
+]
 
 
 class DeviceError(MobileReIDError):
@@ -92,7 +101,15 @@ def stage_device_files(stage: Path, artifacts: list[Path], data: Path) -> Path:
 
 def evaluator_args(where: str, artifacts: list[Path], threads: int, flip: bool) -> list[str]:
     """The evaluator's command line (after the Python), for files staged by `stage_device_files` at ``where``."""
-    args = [f"{where}/mobilereid/device/evaluator.py", "--data", f"{where}/data", "--out", f"{where}/results", "--threads", str(threads)]
+    args = [
+        f"{where}/mobilereid/device/evaluator.py",
+        "--data",
+        f"{where}/data",
+        "--out",
+        f"{where}/results",
+        "--threads",
+        str(threads),
+    ]
     args += ["--flip"] if flip else []
     for i, (a, key) in enumerate(zip(artifacts, result_keys(artifacts))):
         args += ["--model", staged_model(where, i, a), "--key", key]
@@ -148,7 +165,12 @@ def copy_eval_split(data: Path, dest: Path, lossless: bool = False) -> Path:
             out.append({"file": rel.as_posix(), "pid": int(s.pid), "camid": int(s.camid)})
         return out
 
-    manifest = {"format": MANIFEST_FORMAT, "format_version": 1, "query": entries(ds.query), "gallery": entries(ds.gallery)}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "format_version": 1,
+        "query": entries(ds.query),
+        "gallery": entries(ds.gallery),
+    }
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return dest
 
@@ -160,7 +182,9 @@ def completed_summary(raw: Path, name: str) -> dict:
         from .metrics import rank_summary
 
         npz = np.load(raw / f"{name}.npz")
-        summary["metrics"] = rank_summary(npz["query"], npz["gallery"], npz["q_pids"], npz["g_pids"], npz["q_camids"], npz["g_camids"])
+        summary["metrics"] = rank_summary(
+            npz["query"], npz["gallery"], npz["q_pids"], npz["g_pids"], npz["q_camids"], npz["g_camids"]
+        )
     return summary
 
 
@@ -168,8 +192,19 @@ def _run(cmd: list[str], what: str, timeout: int = 3600, marker: str | None = No
     return run_program(cmd, what, DeviceError, timeout, marker=marker)
 
 
-def run_local(artifacts: list[Path], data: Path, out: Path, threads: int, python: str | None = None, flip: bool = False) -> None:
-    cmd = [python or sys.executable, str(EVAL_SCRIPT), "--data", str(data), "--out", str(out), "--threads", str(threads)]
+def run_local(
+    artifacts: list[Path], data: Path, out: Path, threads: int, python: str | None = None, flip: bool = False
+) -> None:
+    cmd = [
+        python or sys.executable,
+        str(EVAL_SCRIPT),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--threads",
+        str(threads),
+    ]
     cmd += ["--flip"] if flip else []
     for a, key in zip(artifacts, result_keys(artifacts)):
         cmd += ["--model", str(a), "--key", key]
@@ -181,12 +216,22 @@ def parse_ssh(device: str) -> tuple[str, int]:
     if not m:
         raise MobileReIDError(f"--device {device!r}: expected ssh://user@host[:port]")
     if (m.group(1) or "").startswith("-") or m.group(2).startswith("-"):
-        raise MobileReIDError(f"--device {device!r}: a user or host name cannot start with '-' (it would reach ssh as an option)")
+        raise MobileReIDError(
+            f"--device {device!r}: a user or host name cannot start with '-' (it would reach ssh as an option)"
+        )
     return f"{m.group(1) or ''}{m.group(2)}", int(m.group(3) or 22)
 
 
-def run_ssh(device: str, artifacts: list[Path], data: Path, out: Path, threads: int, python: str, ssh_options: list[str],
-            flip: bool = False) -> None:
+def run_ssh(
+    device: str,
+    artifacts: list[Path],
+    data: Path,
+    out: Path,
+    threads: int,
+    python: str,
+    ssh_options: list[str],
+    flip: bool = False,
+) -> None:
     target, port = parse_ssh(device)
     base = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"] + ssh_options
     ssh = ["ssh", "-p", str(port)] + base + ["--", target]  # '--': the destination is never read as an option
@@ -228,8 +273,27 @@ def run_adb(device: str, artifacts: list[Path], data: Path, out: Path, threads: 
         # pushed as KEY (the app takes plain names, and names its results after the model): names never collide
         _run(adb + ["push", str(a), f"{ANDROID_DIR}/{key}"], "adb push model")
         _run(adb + ["push", str(sidecar_path(a)), f"{ANDROID_DIR}/{sidecar_path(key).name}"], "adb push sidecar")
-        _run(adb + ["shell", "am", "start", "-W", "-n", f"{ANDROID_PACKAGE}/.EvaluationActivity", "--es", "model", key,
-                    "--es", "data", "data", "--ei", "threads", str(threads)], "adb am start")
+        _run(
+            adb
+            + [
+                "shell",
+                "am",
+                "start",
+                "-W",
+                "-n",
+                f"{ANDROID_PACKAGE}/.EvaluationActivity",
+                "--es",
+                "model",
+                key,
+                "--es",
+                "data",
+                "data",
+                "--ei",
+                "threads",
+                str(threads),
+            ],
+            "adb am start",
+        )
         done = f"{ANDROID_DIR}/results/{key}.summary.json"
         failed = f"{ANDROID_DIR}/results/{key}.error.txt"  # the app's one-line reason when it cannot evaluate
         for _ in range(3600):
@@ -256,7 +320,9 @@ def limited_split(data: Path, dest: Path, limit: int) -> Path:
     if limit < 1:
         raise MobileReIDError(f"--limit {limit}: expected a number of query images >= 1")
     ds = load_dataset(data, need_train=False)
-    spaced = lambda items, n: [items[int(i)] for i in np.unique(np.linspace(0, len(items) - 1, min(n, len(items))).round())] if items else []  # noqa: E731
+    spaced = lambda items, n: (
+        [items[int(i)] for i in np.unique(np.linspace(0, len(items) - 1, min(n, len(items))).round())] if items else []
+    )  # noqa: E731
     pids = sorted({s.pid for s in ds.query})
     per_identity = len(ds.query) / max(len(pids), 1)
     chosen = set(spaced(pids, int(np.ceil(limit / per_identity))))
@@ -278,15 +344,19 @@ def parse_qemu(device: str) -> str:
     return check_cpu(cpu)
 
 
-def run_qemu_arm64(device: str, artifacts: list[Path], metas: list[dict], data: Path, out: Path, threads: int, flip: bool = False) -> dict:
+def run_qemu_arm64(
+    device: str, artifacts: list[Path], metas: list[dict], data: Path, out: Path, threads: int, flip: bool = False
+) -> dict:
     """The evaluator in the emulated arm64 root (files staged in its /tmp, removed afterwards); the board's record."""
     from .arm64 import Arm64Board
 
     cpu = parse_qemu(device)
     for a, m in zip(artifacts, metas):
         if m["runtime"] != "litert":
-            raise MobileReIDError(f"{a}: runtime {m['runtime']} is not installed on the emulated arm64 board (LiteRT only; "
-                                  "ExecuTorch on aarch64 needs torch and its 2.7 GB of CUDA wheels)")
+            raise MobileReIDError(
+                f"{a}: runtime {m['runtime']} is not installed on the emulated arm64 board (LiteRT only; "
+                "ExecuTorch on aarch64 needs torch and its 2.7 GB of CUDA wheels)"
+            )
     board = Arm64Board()
     board.require_ready()
     stage = board.stage_dir()
@@ -312,8 +382,13 @@ def arm_agreement(arm: np.ndarray, host: np.ndarray, meta: dict) -> dict:
 
     diff = np.abs(arm.astype(np.float64) - host.astype(np.float64))
     cos = cosine_rows(arm, host)
-    out = {"images": int(len(arm)), "max_abs_diff": float(diff.max()), "cosine_min": float(cos.min()),
-           "cosine_mean": float(cos.mean()), "identical_fraction": float(np.mean(np.all(arm == host, axis=1)))}
+    out = {
+        "images": int(len(arm)),
+        "max_abs_diff": float(diff.max()),
+        "cosine_min": float(cos.min()),
+        "cosine_mean": float(cos.mean()),
+        "identical_fraction": float(np.mean(np.all(arm == host, axis=1))),
+    }
     q = (meta.get("output") or {}).get("quantization")
     if q and meta["output"].get("dtype") in ("int8", "uint8") and q.get("scale"):
         out["max_output_lsb"] = int(round(out["max_abs_diff"] / float(q["scale"])))
@@ -346,7 +421,9 @@ def check_artifacts(artifacts: list[Path], reference: Path | None = None, allow_
         except FileNotFoundError as exc:
             raise MobileReIDError(str(exc)) from None
         except (ValueError, UnicodeDecodeError) as exc:
-            raise MobileReIDError(f"{sidecar_path(a)}: not a valid JSON sidecar ({' '.join(str(exc).split())[:120]})") from None
+            raise MobileReIDError(
+                f"{sidecar_path(a)}: not a valid JSON sidecar ({' '.join(str(exc).split())[:120]})"
+            ) from None
         if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict) or "runtime" not in meta:
             raise MobileReIDError(f"{sidecar_path(a)}: not a mobilereid sidecar (no model/runtime description)")
         problems = []
@@ -355,13 +432,17 @@ def check_artifacts(artifacts: list[Path], reference: Path | None = None, allow_
             problems.append(f"{a}: sha256 differs from its sidecar's (the file was changed after export)")
         src = meta["model"].get("source_sha256")
         if ref_sha is not None and src is not None and src != ref_sha:
-            problems.append(f"{a}: was exported from another checkpoint than --reference {reference} (source sha256 differs)")
+            problems.append(
+                f"{a}: was exported from another checkpoint than --reference {reference} (source sha256 differs)"
+            )
         for p in problems:
             if not allow_mismatch:
                 raise MobileReIDError(p + "; pass --allow-mismatch to evaluate it anyway")
             err_console.print(f"warning: {p}", markup=False)
-        meta["integrity"] = {"sha256_matches": sha_matches,
-                             "reference_is_source": None if ref_sha is None or src is None else src == ref_sha}
+        meta["integrity"] = {
+            "sha256_matches": sha_matches,
+            "reference_is_source": None if ref_sha is None or src is None else src == ref_sha,
+        }
         status = verification_status(meta)
         if status != "passed":
             err_console.print(f"warning: {a}: export verification {status}", markup=False)
@@ -369,8 +450,9 @@ def check_artifacts(artifacts: list[Path], reference: Path | None = None, allow_
     return metas
 
 
-def reference_embeddings(checkpoint: Path, data: Path, cache: Path, flip: bool = False,
-                         compute=None) -> tuple[np.ndarray, np.ndarray, dict, int]:
+def reference_embeddings(
+    checkpoint: Path, data: Path, cache: Path, flip: bool = False, compute=None
+) -> tuple[np.ndarray, np.ndarray, dict, int]:
     """The user's float model on query and gallery (SIE models: with each image's camera, TransReID's protocol),
     on ``compute``'s device in exact fp32 (no TF32, no autocast: a reference, see compute.py)."""
     from .compute import CPU
@@ -394,13 +476,29 @@ def drift(q: np.ndarray, g: np.ndarray, rq: np.ndarray, rg: np.ndarray) -> dict:
     cos = np.concatenate([cosine_rows(q, rq), cosine_rows(g, rg)])
     top1 = np.argsort(cosine_distance(q, g), axis=1, kind="stable")[:, 0]
     ref_top1 = np.argsort(cosine_distance(rq, rg), axis=1, kind="stable")[:, 0]
-    return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "top1_agreement": float((top1 == ref_top1).mean())}
+    return {
+        "cosine_mean": float(cos.mean()),
+        "cosine_min": float(cos.min()),
+        "top1_agreement": float((top1 == ref_top1).mean()),
+    }
 
 
-def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: Path | None = None, device: str = "local",
-                       threads: int = 2, remote_python: str = "python3", ssh_options: list[str] | None = None,
-                       flip: bool = False, allow_mismatch: bool = False, baseline: Path | None = None,
-                       limit: int | None = None, force: bool = False, torch_device: str = "auto") -> dict:
+def evaluate_artifacts(
+    artifacts: list[Path],
+    data: Path,
+    out: Path,
+    reference: Path | None = None,
+    device: str = "local",
+    threads: int = 2,
+    remote_python: str = "python3",
+    ssh_options: list[str] | None = None,
+    flip: bool = False,
+    allow_mismatch: bool = False,
+    baseline: Path | None = None,
+    limit: int | None = None,
+    force: bool = False,
+    torch_device: str = "auto",
+) -> dict:
     """Run every artifact through the evaluator on `device` and score it.
 
     ``reference``: the float model the artifacts were exported from (checked by hash); drift against it is what
@@ -429,14 +527,19 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
         extra = {"data": str(data)}
         if limit is not None:
             data = limited_split(data, Path(tmp) / "subset", limit)
-            extra["limit"] = {"queries": len(list((data / "query").iterdir())),
-                              "gallery": len(list((data / "bounding_box_test").iterdir())), "asked": limit}
+            extra["limit"] = {
+                "queries": len(list((data / "query").iterdir())),
+                "gallery": len(list((data / "bounding_box_test").iterdir())),
+                "asked": limit,
+            }
         ref = None
         if reference is not None:
             rq, rg, ref_metrics, dim = reference_embeddings(reference, data, out, flip, compute)
             for a, m in zip(artifacts, metas):
                 if m["model"]["embedding_dim"] != dim:
-                    raise MobileReIDError(f"{a}: embedding size {m['model']['embedding_dim']} does not match the reference {reference} ({dim})")
+                    raise MobileReIDError(
+                        f"{a}: embedding size {m['model']['embedding_dim']} does not match the reference {reference} ({dim})"
+                    )
             ref = {"checkpoint": str(reference), "metrics": ref_metrics}
         base = None
         if baseline is not None:
@@ -455,13 +558,24 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
                 host_raw = Path(tmp) / "host"
                 run_local(artifacts, data, host_raw, threads, flip=flip)  # the same artifacts and images on this host
             else:
-                raise MobileReIDError(f"--device {device!r}: expected local, ssh://user@host[:port], adb[:serial] or qemu-arm64[:CPU]")
+                raise MobileReIDError(
+                    f"--device {device!r}: expected local, ssh://user@host[:port], adb[:serial] or qemu-arm64[:CPU]"
+                )
         rows = []
         for a, m, key in zip(artifacts, metas, result_keys(artifacts)):
             summary = completed_summary(raw, key)
-            row = {"artifact": str(a), "name": a.name, "target": m["target"], "runtime": m["runtime"], "precision": m["precision"],
-                   "size_mb": a.stat().st_size / 1e6, "verification": verification_status(m), "integrity": m["integrity"],
-                   **({"baked_camera": m["camera"]["baked_camera"]} if isinstance(m.get("camera"), dict) else {}), **summary}
+            row = {
+                "artifact": str(a),
+                "name": a.name,
+                "target": m["target"],
+                "runtime": m["runtime"],
+                "precision": m["precision"],
+                "size_mb": a.stat().st_size / 1e6,
+                "verification": verification_status(m),
+                "integrity": m["integrity"],
+                **({"baked_camera": m["camera"]["baked_camera"]} if isinstance(m.get("camera"), dict) else {}),
+                **summary,
+            }
             row["artifact"], row["result_key"] = str(a), key  # the summary's artifact: the name the device saw
             npz = np.load(raw / f"{key}.npz")
             if ref is not None:
@@ -476,12 +590,23 @@ def evaluate_artifacts(artifacts: list[Path], data: Path, out: Path, reference: 
             if qemu:
                 host_npz = np.load(host_raw / f"{key}.npz")
                 emb = lambda z: np.concatenate([z["query"], z["gallery"]])  # noqa: E731
-                row["arm"] = {**arm, "vs_host": arm_agreement(emb(npz), emb(host_npz), m),
-                              "host_metrics": completed_summary(host_raw, key)["metrics"],
-                              "emulated_ms_per_image_p50": row["latency"]["p50_ms"]}
+                row["arm"] = {
+                    **arm,
+                    "vs_host": arm_agreement(emb(npz), emb(host_npz), m),
+                    "host_metrics": completed_summary(host_raw, key)["metrics"],
+                    "emulated_ms_per_image_p50": row["latency"]["p50_ms"],
+                }
                 row["latency"] = None  # emulation time, not a latency (see the report)
             rows.append(row)
-        report = {**extra, "device": device, "threads": threads, "flip": flip, "reference": ref, "baseline": base, "artifacts": rows,
-                  "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        report = {
+            **extra,
+            "device": device,
+            "threads": threads,
+            "flip": flip,
+            "reference": ref,
+            "baseline": base,
+            "artifacts": rows,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         write_eval_report(report, out, raw, force)
     return report

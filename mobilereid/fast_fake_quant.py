@@ -38,7 +38,9 @@ class _RoundClampSTE(torch.autograd.Function):
         return grad * inside, None, None, None, None
 
 
-def fake_quantize_per_tensor(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+def fake_quantize_per_tensor(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int
+) -> torch.Tensor:
     """Affine per-tensor fake quantization with the straight-through estimator (gradient 0 where clipped)."""
     return _RoundClampSTE.apply(x, scale.to(x.dtype), zero_point.to(x.dtype), qmin, qmax)
 

@@ -22,5 +22,16 @@ def host_cpu() -> str:
                 flags |= set(value.split())
     except OSError:
         pass
-    wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "asimddp", "i8mm", "bf16"]
+    wanted = [
+        "avx2",
+        "avx512f",
+        "avx512_vnni",
+        "avx_vnni",
+        "avx512_bf16",
+        "amx_bf16",
+        "amx_int8",
+        "asimddp",
+        "i8mm",
+        "bf16",
+    ]
     return f"{model}; {' '.join(f for f in wanted if f in flags) or 'none of ' + '/'.join(wanted)}"

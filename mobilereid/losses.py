@@ -15,7 +15,13 @@ def batch_hard_triplet(feat: torch.Tensor, labels: torch.Tensor, margin: float =
     return F.relu(hardest_pos - hardest_neg + margin).mean()
 
 
-def reid_loss(logits: list[torch.Tensor], feats: list[torch.Tensor], labels: torch.Tensor, smoothing: float = 0.1, margin: float = 0.3) -> tuple[torch.Tensor, dict]:
+def reid_loss(
+    logits: list[torch.Tensor],
+    feats: list[torch.Tensor],
+    labels: torch.Tensor,
+    smoothing: float = 0.1,
+    margin: float = 0.3,
+) -> tuple[torch.Tensor, dict]:
     ce = sum(F.cross_entropy(lg, labels, label_smoothing=smoothing) for lg in logits) if logits else torch.zeros(())
     tri = sum(batch_hard_triplet(f, labels, margin) for f in feats)
     acc = (logits[0].argmax(1) == labels).float().mean() if logits else torch.zeros((), device=labels.device)

@@ -113,6 +113,13 @@ def rank_summary(query: np.ndarray, gallery: np.ndarray, q_pids, g_pids, q_camid
     cmc, mAP, mINP = evaluate_rank(cosine_distance(query, gallery), qp, gp, qc, gc)
     # queries without a same-identity gallery image from another camera have nothing to find and are not scored
     scored = int(((qp[:, None] == gp[None, :]) & (qc[:, None] != gc[None, :])).any(1).sum())
-    return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]), "rank10": float(cmc[min(9, len(cmc) - 1)]),
-            "mAP": float(mAP), "mINP": float(mINP), "cmc": [float(c) for c in cmc[:20]],
-            "queries_scored": scored, "queries": int(len(qp))}
+    return {
+        "rank1": float(cmc[0]),
+        "rank5": float(cmc[min(4, len(cmc) - 1)]),
+        "rank10": float(cmc[min(9, len(cmc) - 1)]),
+        "mAP": float(mAP),
+        "mINP": float(mINP),
+        "cmc": [float(c) for c in cmc[:20]],
+        "queries_scored": scored,
+        "queries": int(len(qp)),
+    }

@@ -20,8 +20,8 @@ import shutil
 import time
 from pathlib import Path
 
-from .console import console
 from . import cores as core_share
+from .console import console
 from .errors import MobileReIDError
 from .tomlconfig import deep_merge, is_type, read_toml
 from .worklock import folder_lock
@@ -30,12 +30,33 @@ DEFAULT_CONFIG = {
     "data": {"synthetic": True, "ids": 100, "cameras": 6, "seed": 0, "height": 256, "width": 128, "root": ""},
     "models": {
         "sclnet": {"preset": "sclnet_small", "epochs": 40, "lr": 1e-3, "p": 16, "k": 4, "options": {}},
-        "vit": {"preset": "vit_tiny", "epochs": 40, "lr": 3e-4, "p": 16, "k": 4, "options": {"img_size": [128, 64], "gelu": "tanh"}},
+        "vit": {
+            "preset": "vit_tiny",
+            "epochs": 40,
+            "lr": 3e-4,
+            "p": 16,
+            "k": 4,
+            "options": {"img_size": [128, 64], "gelu": "tanh"},
+        },
     },
     # the best measured combination (scripts/compress_sweep.py, README): parameter-free contrast scorer for patch
     # elimination, AMG heads -40 %, K/V tokens -60 %, MLP hidden units -40 % (Taylor importance)
-    "compress": {"model": "vit", "keep_ratio": 0.75, "scorer": "contrast", "head_ratio": 0.4, "token_rate": 0.6, "mlp_rate": 0.4, "mlp_epochs": 1, "rounds": 2, "epochs_per_round": 2,
-                 "arch_epochs": 2, "token_epochs": 1, "final_epochs": 3, "lr": 1e-4, "stat_images": 0},
+    "compress": {
+        "model": "vit",
+        "keep_ratio": 0.75,
+        "scorer": "contrast",
+        "head_ratio": 0.4,
+        "token_rate": 0.6,
+        "mlp_rate": 0.4,
+        "mlp_epochs": 1,
+        "rounds": 2,
+        "epochs_per_round": 2,
+        "arch_epochs": 2,
+        "token_epochs": 1,
+        "final_epochs": 3,
+        "lr": 1e-4,
+        "stat_images": 0,
+    },
     # quantization-consistency fine-tuning before export (mobilereid/quant_finetune.py, README): the SCL-net INT8
     # artifacts then agree with their float model at cosine ~0.993 instead of ~0.91; a model name or a list of them,
     # "" turns it off
@@ -43,10 +64,21 @@ DEFAULT_CONFIG = {
     # guard_every epochs and after the last (8: three checks of ~10 s each on one core instead of six; measured
     # 2026-12-01: 12 or 16 epochs instead of 24 end below the guard's floor, so the epochs stay); give_up_drop: a check
     # this far below the start ends the stage early (quant_finetune.py's _Guard: measured, no such run recovered)
-    "quant_finetune": {"model": "sclnet", "epochs": 24, "lr": 5e-4, "consistency": 100.0, "max_map_drop": 0.005, "guard_every": 8,
-                       "give_up_drop": 0.025},
+    "quant_finetune": {
+        "model": "sclnet",
+        "epochs": 24,
+        "lr": 5e-4,
+        "consistency": 100.0,
+        "max_map_drop": 0.005,
+        "guard_every": 8,
+        "give_up_drop": 0.025,
+    },
     # board: the tflm target's board profile (mobilereid/recipes/boards.toml); "" = the recipe's
-    "export": {"threads": 2, "board": "", "targets": {"sclnet": ["onnx", "executorch", "tflite", "edgetpu"], "vit": ["onnx", "executorch", "tflite"]}},
+    "export": {
+        "threads": 2,
+        "board": "",
+        "targets": {"sclnet": ["onnx", "executorch", "tflite", "edgetpu"], "vit": ["onnx", "executorch", "tflite"]},
+    },
     # device: local, ssh://..., adb, or qemu-arm64[:CPU] (the emulated board); limit: evaluate on N queries (0 = all)
     "evaluate": {"threads": 2, "device": "local", "limit": 0},
     # parallel: model chains side by side, cores split between them; chains: the [models.NAME] to run ([] = all), so
@@ -63,28 +95,50 @@ def load_config(path: Path | None) -> dict:
     user = read_toml(path, "pipeline config")
     unknown = set(user) - set(DEFAULT_CONFIG)
     if unknown:
-        raise MobileReIDError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(DEFAULT_CONFIG)}")
+        raise MobileReIDError(
+            f"{path}: unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(DEFAULT_CONFIG)}"
+        )
     for section, table in user.items():
         if section == "models" or not isinstance(table, dict):  # model tables take free-form options
             continue
         bad = set(table) - set(DEFAULT_CONFIG[section])
         if bad:
-            raise MobileReIDError(f"{path}: unknown key(s) {', '.join(sorted(bad))} in [{section}]; known: "
-                                  f"{', '.join(DEFAULT_CONFIG[section])}")
+            raise MobileReIDError(
+                f"{path}: unknown key(s) {', '.join(sorted(bad))} in [{section}]; known: "
+                f"{', '.join(DEFAULT_CONFIG[section])}"
+            )
     cfg = deep_merge(DEFAULT_CONFIG, user)
     check_values(cfg, path)
     return cfg
 
 
 MODEL_KEYS = {"preset": str, "epochs": int, "lr": float, "p": int, "k": int, "options": dict}
-MODEL_DEFAULTS = {"epochs": 40, "lr": 1e-3, "p": 16, "k": 4, "options": {}}  # for a [models.NAME] table the default lacks
-MINIMUMS = {("data", "ids"): 4, ("data", "cameras"): 2, ("data", "height"): 16, ("data", "width"): 16,
-            ("compress", "rounds"): 1, ("quant_finetune", "epochs"): 0, ("quant_finetune", "max_map_drop"): 0.0, ("quant_finetune", "guard_every"): 0, ("quant_finetune", "give_up_drop"): 0.0, ("export", "threads"): 1, ("evaluate", "threads"): 1,
-            ("evaluate", "limit"): 0}
+MODEL_DEFAULTS = {
+    "epochs": 40,
+    "lr": 1e-3,
+    "p": 16,
+    "k": 4,
+    "options": {},
+}  # for a [models.NAME] table the default lacks
+MINIMUMS = {
+    ("data", "ids"): 4,
+    ("data", "cameras"): 2,
+    ("data", "height"): 16,
+    ("data", "width"): 16,
+    ("compress", "rounds"): 1,
+    ("quant_finetune", "epochs"): 0,
+    ("quant_finetune", "max_map_drop"): 0.0,
+    ("quant_finetune", "guard_every"): 0,
+    ("quant_finetune", "give_up_drop"): 0.0,
+    ("export", "threads"): 1,
+    ("evaluate", "threads"): 1,
+    ("evaluate", "limit"): 0,
+}
 
 
 def check_values(cfg: dict, path: Path) -> None:
     """Each value has the default's type and a usable range: one line naming the key otherwise."""
+
     def fail(where: str, value, want: str):
         raise MobileReIDError(f"{path}: {where} = {value!r}: expected {want}")
 
@@ -114,7 +168,9 @@ def check_values(cfg: dict, path: Path) -> None:
             fail(f"[models.{name}]", table, "a table")
         unknown = set(table) - set(MODEL_KEYS)
         if unknown:
-            raise MobileReIDError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} in [models.{name}]; known: {', '.join(MODEL_KEYS)}")
+            raise MobileReIDError(
+                f"{path}: unknown key(s) {', '.join(sorted(unknown))} in [models.{name}]; known: {', '.join(MODEL_KEYS)}"
+            )
         if "preset" not in table:
             fail(f"[models.{name}] preset", None, "a model preset name")
         for key, value in MODEL_DEFAULTS.items():
@@ -150,8 +206,11 @@ def check_values(cfg: dict, path: Path) -> None:
 def compute_options(cfg: dict) -> dict:
     """``[pipeline]``'s device, precision and workers as the learning stages' config fields take them."""
     workers = cfg["pipeline"]["workers"]
-    return {"device": cfg["pipeline"]["device"], "precision": cfg["pipeline"]["precision"],
-            "workers": None if workers == "auto" else workers}
+    return {
+        "device": cfg["pipeline"]["device"],
+        "precision": cfg["pipeline"]["precision"],
+        "workers": None if workers == "auto" else workers,
+    }
 
 
 def _digest(obj) -> str:
@@ -191,11 +250,15 @@ class Stage:
 
     def check_owned(self) -> None:
         if self.dir.is_symlink() or (self.dir.exists() and not self.dir.is_dir()):
-            raise MobileReIDError(f"{self.dir}: exists and is not a folder the pipeline made; refusing to replace it "
-                                  "(move it away or choose another --workdir)")
+            raise MobileReIDError(
+                f"{self.dir}: exists and is not a folder the pipeline made; refusing to replace it "
+                "(move it away or choose another --workdir)"
+            )
         if self.dir.is_dir() and not (self.dir / OWNER_MARK).is_file() and any(self.dir.iterdir()):
-            raise MobileReIDError(f"{self.dir}: exists and was not made by `mobilereid pipeline`; refusing to delete it "
-                                  "(move it away or choose another --workdir)")
+            raise MobileReIDError(
+                f"{self.dir}: exists and was not made by `mobilereid pipeline`; refusing to delete it "
+                "(move it away or choose another --workdir)"
+            )
 
     def fresh(self, key: str, outputs: list[Path]) -> bool:
         self.check_owned()
@@ -213,7 +276,9 @@ class Stage:
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
-        (self.dir / OWNER_MARK).write_text("made by mobilereid pipeline; the pipeline may delete and rebuild this folder\n")
+        (self.dir / OWNER_MARK).write_text(
+            "made by mobilereid pipeline; the pipeline may delete and rebuild this folder\n"
+        )
         console.print(f"[{self.name}] running", markup=False)
 
     def done(self, key: str, info: dict, seconds: float) -> None:
@@ -310,8 +375,13 @@ def _run_locked(cfg: dict, workdir: Path) -> dict:
         reports.update(chains[n]["reports"])
 
     # 6. report
-    final = {"config": cfg, "workdir": str(workdir), "stages": stages, "evaluations": reports,
-             "wall_seconds": time.perf_counter() - t_start}
+    final = {
+        "config": cfg,
+        "workdir": str(workdir),
+        "stages": stages,
+        "evaluations": reports,
+        "wall_seconds": time.perf_counter() - t_start,
+    }
     path = write_pipeline_report(final, workdir / "report")
     console.print((path / "report.md").read_text(), markup=False, soft_wrap=True)
     console.print(f"final report: {path / 'report.md'} (JSON: {path / 'report.json'}; plots in {path})")
@@ -331,11 +401,22 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
     m = cfg["models"][name]
     stage = Stage(workdir, f"train_{name}")
     compute = compute_options(cfg)
-    tcfg = TrainConfig(model=m["preset"], epochs=m["epochs"], lr=m["lr"], p=m["p"], k=m["k"], model_options=m.get("options", {}),
-                       **compute)
+    tcfg = TrainConfig(
+        model=m["preset"],
+        epochs=m["epochs"],
+        lr=m["lr"],
+        p=m["p"],
+        k=m["k"],
+        model_options=m.get("options", {}),
+        **compute,
+    )
     ckpt = reference = users_model = stage.dir / "model.pt"  # the trained float model: the drift baseline
-    stages[stage.name] = run_stage(stage, _digest({"data": data_key, "train": tcfg.__dict__}), [ckpt],
-                                   lambda: {"metrics": train(tcfg, data_root, stage.dir)["metrics"]})
+    stages[stage.name] = run_stage(
+        stage,
+        _digest({"data": data_key, "train": tcfg.__dict__}),
+        [ckpt],
+        lambda: {"metrics": train(tcfg, data_root, stage.dir)["metrics"]},
+    )
     trained_metrics = stages[stage.name].get("metrics")  # of model.pt on this data's query/gallery
     targets = cfg["export"]["targets"].get(name) or []
 
@@ -349,9 +430,12 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
             result = compress(source, data_root, stage.dir, CompressConfig(**c, **compute))
             return {"before": result["before"], "after": result["after"]}
 
-        stages[stage.name] = run_stage(stage, _digest({"source": _file_digest(source), "data": data_key, "compress": c,
-                                                   "compute": compute}),
-                                       [ckpt], do_compress)
+        stages[stage.name] = run_stage(
+            stage,
+            _digest({"source": _file_digest(source), "data": data_key, "compress": c, "compute": compute}),
+            [ckpt],
+            do_compress,
+        )
         name = compressed_chain(name)
 
     q = dict(cfg["quant_finetune"])
@@ -366,12 +450,19 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
         def do_quant_finetune():
             qcfg = QuantFinetuneConfig(**q, p=m["p"], k=m["k"], **compute)
             result = quant_finetune(source, data_root, ckpt, qcfg, metrics_before=trained)
-            return {"before": result["metrics_before"], "after": result["metrics_after"], "history": result["history"],
-                    "guard": result["guard"]}
+            return {
+                "before": result["metrics_before"],
+                "after": result["metrics_after"],
+                "history": result["history"],
+                "guard": result["guard"],
+            }
 
-        stages[stage.name] = run_stage(stage, _digest({"source": _file_digest(source), "data": data_key, "quant_finetune": q,
-                                                   "compute": compute}),
-                                       [ckpt], do_quant_finetune)
+        stages[stage.name] = run_stage(
+            stage,
+            _digest({"source": _file_digest(source), "data": data_key, "quant_finetune": q, "compute": compute}),
+            [ckpt],
+            do_quant_finetune,
+        )
 
     if not targets:
         console.print(f"[{name}] no export targets configured: export and evaluation skipped", markup=False)
@@ -381,29 +472,66 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
     def do_export():
         # the longest targets in two processes once this chain has two cores (the other chain has finished; alone:
         # the machine's)
-        results = export_checkpoint(ckpt, ",".join(targets), data_root, stage.dir, int8=True, threads=cfg["export"]["threads"],
-                                    board=cfg["export"]["board"] or None, core_free=lambda: (core_share.share() or os.cpu_count() or 1) >= 2)
+        results = export_checkpoint(
+            ckpt,
+            ",".join(targets),
+            data_root,
+            stage.dir,
+            int8=True,
+            threads=cfg["export"]["threads"],
+            board=cfg["export"]["board"] or None,
+            core_free=lambda: (core_share.share() or os.cpu_count() or 1) >= 2,
+        )
         from .export.tflm.target import tflm_notes
 
-        return {"artifacts": [r["artifact"].name for r in results],
-                "below_drift_budget": [r["artifact"].name for r in results if not r["verification"]["passed"]],
-                "notes": [line for r in results if "tflm" in r for line in tflm_notes(r["tflm"])]}
+        return {
+            "artifacts": [r["artifact"].name for r in results],
+            "below_drift_budget": [r["artifact"].name for r in results if not r["verification"]["passed"]],
+            "notes": [line for r in results if "tflm" in r for line in tflm_notes(r["tflm"])],
+        }
 
-    stages[stage.name] = run_stage(stage, _digest({"ckpt": _file_digest(ckpt), "targets": targets, "data": data_key, "recipes": _recipes_digest(),
-                                                   **({"board": cfg["export"]["board"]} if "tflm" in targets else {})}),
-                                   [stage.dir], do_export)
+    stages[stage.name] = run_stage(
+        stage,
+        _digest(
+            {
+                "ckpt": _file_digest(ckpt),
+                "targets": targets,
+                "data": data_key,
+                "recipes": _recipes_digest(),
+                **({"board": cfg["export"]["board"]} if "tflm" in targets else {}),
+            }
+        ),
+        [stage.dir],
+        do_export,
+    )
     artifacts = [stage.dir / a for a in stages[stage.name]["artifacts"]]
 
     stage = Stage(workdir, f"evaluate_{name}")
 
     def do_eval():
-        evaluate_artifacts(artifacts, data_root, stage.dir, reference=reference, device=cfg["evaluate"]["device"],
-                           threads=cfg["evaluate"]["threads"], baseline=users_model if reference != users_model else None,
-                           limit=cfg["evaluate"].get("limit") or None, torch_device=compute["device"])
+        evaluate_artifacts(
+            artifacts,
+            data_root,
+            stage.dir,
+            reference=reference,
+            device=cfg["evaluate"]["device"],
+            threads=cfg["evaluate"]["threads"],
+            baseline=users_model if reference != users_model else None,
+            limit=cfg["evaluate"].get("limit") or None,
+            torch_device=compute["device"],
+        )
         return {"report": str(stage.dir / "report.json")}
 
-    key = _digest({"artifacts": [_file_digest(a) for a in artifacts], "ckpt": _file_digest(reference), "eval": cfg["evaluate"],
-                   "torch_device": compute["device"], "data": data_key, "baseline": _file_digest(users_model)})
+    key = _digest(
+        {
+            "artifacts": [_file_digest(a) for a in artifacts],
+            "ckpt": _file_digest(reference),
+            "eval": cfg["evaluate"],
+            "torch_device": compute["device"],
+            "data": data_key,
+            "baseline": _file_digest(users_model),
+        }
+    )
     stages[stage.name] = run_stage(stage, key, [stage.dir / "report.json"], do_eval)
     return {"stages": stages, "reports": {name: json.loads((stage.dir / "report.json").read_text())}}
 
@@ -429,16 +557,24 @@ def _run_chains_in_parallel(names: list[str], cfg: dict, workdir: Path, data_roo
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
     cores = os.cpu_count() or 2
-    console.print(f"running {len(names)} model chains side by side ({max(1, cores // len(names))} torch thread(s) each, "
-                  f"the cores of a finished chain go to those still running); logs in {logs}/", markup=False)
+    console.print(
+        f"running {len(names)} model chains side by side ({max(1, cores // len(names))} torch thread(s) each, "
+        f"the cores of a finished chain go to those still running); logs in {logs}/",
+        markup=False,
+    )
     results = {}
     context = multiprocessing.get_context("spawn")
     running = context.Value("i", len(names))  # chains still running: each takes cores // running threads (cores.py)
-    pool = ProcessPoolExecutor(len(names), mp_context=context, initializer=_chain_worker_start,
-                               initargs=(running, os.getpid()))
+    pool = ProcessPoolExecutor(
+        len(names), mp_context=context, initializer=_chain_worker_start, initargs=(running, os.getpid())
+    )
     try:
-        futures = {pool.submit(end_on_interrupt, _chain_in_child, n, cfg, workdir, data_root, data_key,
-                               logs / f"{n}.log", cores): n for n in names}
+        futures = {
+            pool.submit(
+                end_on_interrupt, _chain_in_child, n, cfg, workdir, data_root, data_key, logs / f"{n}.log", cores
+            ): n
+            for n in names
+        }
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=20, return_when=FIRST_COMPLETED)
@@ -450,7 +586,9 @@ def _run_chains_in_parallel(names: list[str], cfg: dict, workdir: Path, data_roo
                 except MobileReIDError as exc:
                     raise MobileReIDError(f"{n}: {exc} (log: {logs / (n + '.log')})") from None
                 except Exception as exc:
-                    raise MobileReIDError(f"{n} chain failed: {type(exc).__name__}: {exc} (log: {logs / (n + '.log')})") from None
+                    raise MobileReIDError(
+                        f"{n} chain failed: {type(exc).__name__}: {exc} (log: {logs / (n + '.log')})"
+                    ) from None
                 for stage_name, info in results[n]["stages"].items():
                     what = "up to date, skipped" if info.get("skipped") else f"done in {info['seconds']:.0f} s"
                     console.print(f"[{stage_name}] {what}", markup=False)

@@ -20,8 +20,15 @@ def signal_name(number: int) -> str:
         return f"{number}"
 
 
-def run_program(cmd: list[str], what: str, error: type[MobileReIDError] = MobileReIDError, timeout: int = 3600,
-                env: dict | None = None, max_chars: int | None = None, marker: str | None = None) -> str:
+def run_program(
+    cmd: list[str],
+    what: str,
+    error: type[MobileReIDError] = MobileReIDError,
+    timeout: int = 3600,
+    env: dict | None = None,
+    max_chars: int | None = None,
+    marker: str | None = None,
+) -> str:
     """``marker``: how the lines start that the program prints on stderr as it begins each step (the evaluator's
     ``evaluating PATH``); when it dies without an ``error:`` line of its own, the last of them says during what."""
     try:
@@ -36,7 +43,7 @@ def run_program(cmd: list[str], what: str, error: type[MobileReIDError] = Mobile
         during = f" while {steps[-1]}" if steps else ""
         said = lambda text: [l for l in (text or "").splitlines() if l.strip() and not step(l)]  # noqa: E731
         lines = said(proc.stderr) or said(proc.stdout)
-        errs = [l[len("error:"):].strip() for l in lines if l.startswith("error:")]
+        errs = [l[len("error:") :].strip() for l in lines if l.startswith("error:")]
         # faulthandler's line: a crash behind a shell or ssh, which turn the signal into an exit status
         fatal = [l.strip() for l in lines if l.startswith("Fatal Python error:")]
         if proc.returncode < 0:

@@ -118,7 +118,10 @@ def _qat_graph(model, example: torch.Tensor, family: str):
     """The training graph with fake quantization where export quantizes statically: everything XNNPACKQuantizer
     handles for SCL-net (its recipes are full-integer), the linear layers for ViTs except the MLP's second one, which
     the ViT's static recipe keeps dynamic (mobilereid/recipes/executorch_vit.toml: its post-GELU input is what static ranges miss)."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
     from torchao.quantization.pt2e import move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
@@ -163,8 +166,13 @@ def _set_quantization(graph, on: bool) -> None:
     graph.apply(enable_observer if on else disable_observer)
 
 
-def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: QuantFinetuneConfig | None = None,
-                   metrics_before: dict | None = None) -> dict:
+def quant_finetune(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    cfg: QuantFinetuneConfig | None = None,
+    metrics_before: dict | None = None,
+) -> dict:
     """Fine-tune ``checkpoint`` on ``data`` (its training split) and write the float checkpoint ``out``.
 
     ``metrics_before``: the starting model's query/gallery metrics on ``data`` when the caller already has them (the
@@ -183,15 +191,19 @@ def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cf
     if family not in NECKS:
         raise MobileReIDError(f"{checkpoint}: quant-finetune supports SCL-net and ViT checkpoints, not {family}")
     if getattr(model.cfg, "jpm", False):
-        raise MobileReIDError(f"{checkpoint}: quant-finetune does not support JPM models (the embedding has five necks)")
+        raise MobileReIDError(
+            f"{checkpoint}: quant-finetune does not support JPM models (the embedding has five necks)"
+        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     ds = load_dataset(data)
     labels = ds.train_labels()
     if model.cfg.num_classes != len(labels):
-        raise CheckpointError(f"{checkpoint}: trained for {model.cfg.num_classes} identities, {data} has {len(labels)} "
-                              "training identities (fine-tune on the data the model was trained on)")
+        raise CheckpointError(
+            f"{checkpoint}: trained for {model.cfg.num_classes} identities, {data} has {len(labels)} "
+            "training identities (fine-tune on the data the model was trained on)"
+        )
     activate(compute)
     rank, world = distributed.start(compute)
     say = console.print if rank == 0 else (lambda *a, **k: None)
@@ -199,8 +211,10 @@ def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cf
     sampler = PKBatches(ds.train, cfg.p, cfg.k, cfg.seed, rank, world)
     steps = len(sampler)
     if steps == 0:
-        raise MobileReIDError(f"{data}: too few identities with images for batches of P={cfg.p} x K={cfg.k}"
-                              f"{f' on {world} ranks' if world > 1 else ''}")
+        raise MobileReIDError(
+            f"{data}: too few identities with images for batches of P={cfg.p} x K={cfg.k}"
+            f"{f' on {world} ranks' if world > 1 else ''}"
+        )
     if metrics_before is None:
         metrics_before = distributed.decide_once(lambda: _float_metrics(model, ds, compute))
     images = ReIDImages(ds.train, preprocess_spec_for(model), labels, augment=True, ranks_on_host=local_rank()[1])
@@ -217,12 +231,24 @@ def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cf
     for epoch in range(cfg.epochs):
         rebalance()  # a pipeline chain takes over the cores of chains that finished (cores.py)
         with progress(f"quant-finetune epoch {epoch + 1}/{cfg.epochs}", steps, show=rank == 0) as advance:
-            row = _epoch(graph, train_graph, neck, loader.epoch(epoch), opt, scaler, compute, cfg,
-                         lambda i, e=epoch: lr_at(e * steps + i, cfg.epochs * steps, 0, cfg.lr), advance)
+            row = _epoch(
+                graph,
+                train_graph,
+                neck,
+                loader.epoch(epoch),
+                opt,
+                scaler,
+                compute,
+                cfg,
+                lambda i, e=epoch: lr_at(e * steps + i, cfg.epochs * steps, 0, cfg.lr),
+                advance,
+            )
         row = {"epoch": epoch + 1, **row}
         history.append(row)
-        say(f"epoch {epoch + 1}: task loss {row['task_loss']:.3f}  fake-quant vs float embedding cosine "
-            f"{row['embedding_cosine']:.4f}  {row['seconds']:.1f} s (data wait {row['data_wait_seconds']:.1f} s)")
+        say(
+            f"epoch {epoch + 1}: task loss {row['task_loss']:.3f}  fake-quant vs float embedding cosine "
+            f"{row['embedding_cosine']:.4f}  {row['seconds']:.1f} s (data wait {row['data_wait_seconds']:.1f} s)"
+        )
         if guard.due(epoch + 1):
             guard.check(epoch + 1, _float_state(graph, model, checkpoint))
             if guard.gave_up:
@@ -233,17 +259,31 @@ def quant_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, cf
         metrics_after = guard.final_metrics
     else:
         metrics_after = distributed.decide_once(lambda: _float_metrics(model, ds, compute))
-    extra = {"quant_finetune": {**asdict(cfg), "source": str(checkpoint)}, "history": history,
-             "metrics_before": metrics_before, "metrics_after": metrics_after, "guard": guard.record,
-             "compute": compute.record()}
+    extra = {
+        "quant_finetune": {**asdict(cfg), "source": str(checkpoint)},
+        "history": history,
+        "metrics_before": metrics_before,
+        "metrics_after": metrics_after,
+        "guard": guard.record,
+        "compute": compute.record(),
+    }
     if rank == 0:
         save_checkpoint(out, model, extra)
     distributed.stop()
-    return {"checkpoint": str(out), "history": history, "metrics_before": metrics_before, "metrics_after": metrics_after,
-            "guard": guard.record, "compute": compute.record(), "ranks": world}
+    return {
+        "checkpoint": str(out),
+        "history": history,
+        "metrics_before": metrics_before,
+        "metrics_after": metrics_after,
+        "guard": guard.record,
+        "compute": compute.record(),
+        "ranks": world,
+    }
 
 
-def _epoch(graph, train_graph, neck, batches, opt, scaler, compute, cfg: QuantFinetuneConfig, lr_of_step, advance) -> dict:
+def _epoch(
+    graph, train_graph, neck, batches, opt, scaler, compute, cfg: QuantFinetuneConfig, lr_of_step, advance
+) -> dict:
     """One epoch of consistency fine-tuning: per batch a float pass (fake quantization and observers off, no
     gradient) and a fake-quantized pass through the same weights; sums stay on the device (no sync per step)."""
     sums = torch.zeros(2, device=compute.device)
@@ -271,9 +311,12 @@ def _epoch(graph, train_graph, neck, batches, opt, scaler, compute, cfg: QuantFi
         n += 1
         advance()
     mean = (sums / max(1, n)).tolist()  # plain floats: checkpoints load with weights_only=True
-    return {"task_loss": mean[0], "embedding_cosine": 1 - mean[1], "seconds": time.perf_counter() - t_start,
-            "data_wait_seconds": timed.wait}
-
+    return {
+        "task_loss": mean[0],
+        "embedding_cosine": 1 - mean[1],
+        "seconds": time.perf_counter() - t_start,
+        "data_wait_seconds": timed.wait,
+    }
 
 
 def _float_state(graph, model, checkpoint) -> dict:
@@ -305,15 +348,24 @@ class _Guard:
     and recovered: early checks see the learning rate's peak, so the default checks every 8.)
     """
 
-    def __init__(self, model, ds, before: dict | None, cfg: QuantFinetuneConfig, compute: Compute = CPU, say=console.print):
+    def __init__(
+        self, model, ds, before: dict | None, cfg: QuantFinetuneConfig, compute: Compute = CPU, say=console.print
+    ):
         self.model, self.ds, self.cfg, self.compute, self.say = model, ds, cfg, compute, say
         self.active = bool(cfg.guard_every) and before is not None
         self.floor = before["mAP"] - cfg.max_map_drop if self.active else None
         self.kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.final_metrics = before if self.active else None
         self.give_up_below = before["mAP"] - cfg.give_up_drop if self.active and cfg.give_up_drop else None
-        self.record = {"max_map_drop": cfg.max_map_drop, "every": cfg.guard_every, "active": self.active, "checks": [],
-                       "kept_epoch": 0, "give_up_drop": cfg.give_up_drop, "gave_up_epoch": None}
+        self.record = {
+            "max_map_drop": cfg.max_map_drop,
+            "every": cfg.guard_every,
+            "active": self.active,
+            "checks": [],
+            "kept_epoch": 0,
+            "give_up_drop": cfg.give_up_drop,
+            "gave_up_epoch": None,
+        }
         self.last_epoch = cfg.epochs
 
     @property
@@ -331,20 +383,28 @@ class _Guard:
         self.record["checks"].append({"epoch": epoch, "mAP": metrics["mAP"], "passed": ok})
         if ok:
             self.kept, self.final_metrics, self.record["kept_epoch"] = state, metrics, epoch
-        self.say(f"guard after epoch {epoch}: float mAP {metrics['mAP']:.2%} "
-                      + ("within" if ok else "NOT within") + f" {self.cfg.max_map_drop:.2%} of the starting model's")
+        self.say(
+            f"guard after epoch {epoch}: float mAP {metrics['mAP']:.2%} "
+            + ("within" if ok else "NOT within")
+            + f" {self.cfg.max_map_drop:.2%} of the starting model's"
+        )
         if self.give_up_below is not None and metrics["mAP"] < self.give_up_below and epoch < self.last_epoch:
             self.record["gave_up_epoch"] = epoch
-            self.say(f"guard: float mAP is more than {self.cfg.give_up_drop:.2%} below the start after epoch {epoch}: "
-                          f"stopping early (measured: no run that fell this far recovered)")
+            self.say(
+                f"guard: float mAP is more than {self.cfg.give_up_drop:.2%} below the start after epoch {epoch}: "
+                f"stopping early (measured: no run that fell this far recovered)"
+            )
         return ok
 
     def restore_or_keep(self, state: dict) -> None:
         """Load the weights the stage hands on: the last checked state that passed, or the final state if unguarded."""
         self.model.load_state_dict(self.kept if self.active else state)
         if self.active and self.record["kept_epoch"] != self.last_epoch:
-            why = (f"stopped early after epoch {self.record['gave_up_epoch']}" if self.gave_up
-                   else "the final weights lost more float mAP than allowed")
+            why = (
+                f"stopped early after epoch {self.record['gave_up_epoch']}"
+                if self.gave_up
+                else "the final weights lost more float mAP than allowed"
+            )
             self.say(f"guard: {why}; keeping the weights of epoch {self.record['kept_epoch']}")
 
 

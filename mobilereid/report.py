@@ -27,45 +27,105 @@ def eval_markdown(report: dict) -> str:
     ref, base = report.get("reference"), report.get("baseline")
     if base:
         m = base["metrics"]
-        lines += [f"**Your float model** `{base['checkpoint']}` (torch): Rank-1 {_pct(m['rank1'])}, mAP {_pct(m['mAP'])}, mINP {_pct(m['mINP'])}. "
-                  "The first ΔmAP / cosine columns compare each artifact with it; the last ones with the float model our stages "
-                  "made from it and exported (what conversion and quantization alone cost).", ""]
+        lines += [
+            f"**Your float model** `{base['checkpoint']}` (torch): Rank-1 {_pct(m['rank1'])}, mAP {_pct(m['mAP'])}, mINP {_pct(m['mINP'])}. "
+            "The first ΔmAP / cosine columns compare each artifact with it; the last ones with the float model our stages "
+            "made from it and exported (what conversion and quantization alone cost).",
+            "",
+        ]
     if ref:
         m = ref["metrics"]
-        lines += [f"Float reference `{ref['checkpoint']}` (torch{', the exported float model' if base else ''}): Rank-1 {_pct(m['rank1'])}, "
-                  f"mAP {_pct(m['mAP'])}, mINP {_pct(m['mINP'])}", ""]
+        lines += [
+            f"Float reference `{ref['checkpoint']}` (torch{', the exported float model' if base else ''}): Rank-1 {_pct(m['rank1'])}, "
+            f"mAP {_pct(m['mAP'])}, mINP {_pct(m['mINP'])}",
+            "",
+        ]
     vs = " vs exported" if base else ""
-    head = (f"| artifact | runtime | precision | export verification | MB | Rank-1 | Rank-5 | mAP | mINP | "
-            + ("ΔmAP vs yours | cosine vs yours | top-1 agree vs yours | " if base else "") + f"ΔmAP{vs} | cosine{vs} | top-1 agree{vs} | p50 ms | p90 ms | p99 ms | img/s |")
+    head = (
+        "| artifact | runtime | precision | export verification | MB | Rank-1 | Rank-5 | mAP | mINP | "
+        + ("ΔmAP vs yours | cosine vs yours | top-1 agree vs yours | " if base else "")
+        + f"ΔmAP{vs} | cosine{vs} | top-1 agree{vs} | p50 ms | p90 ms | p99 ms | img/s |"
+    )
     lines += [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in report["artifacts"]:
         m, lat, d, bd = r["metrics"], r["latency"], r.get("drift"), r.get("drift_vs_baseline")
-        lines.append("| " + " | ".join([
-            r["name"], r["runtime"], r["precision"], r.get("verification", "missing"), f"{r['size_mb']:.2f}", _pct(m["rank1"]), _pct(m["rank5"]), _pct(m["mAP"]), _pct(m["mINP"])]
-            + ([f"**{100 * r['delta_mAP_vs_baseline']:+.2f}**", f"{bd['cosine_mean']:.4f}" if bd else "-",
-                f"{100 * bd['top1_agreement']:.1f}%" if bd else "-"] if base else []) + [
-            f"{100 * r['delta_mAP']:+.2f}" if "delta_mAP" in r else "-",
-            f"{d['cosine_mean']:.4f}" if d else "-", f"{100 * d['top1_agreement']:.1f}%" if d else "-",
-            *([f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}", f"{lat['p99_ms']:.2f}", f"{lat['throughput_per_s']:.1f}"] if lat else ["-"] * 4)]) + " |")
-    lines += ["", "Latency: per-image inference in the named runtime after warm-up, preprocessing excluded, batch 1, on the "
-              "device named above (host latency when the device is local). Metrics: Market-1501 protocol (same-pid-same-camera "
-              "gallery items removed, stable tie order).", ""]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["name"],
+                    r["runtime"],
+                    r["precision"],
+                    r.get("verification", "missing"),
+                    f"{r['size_mb']:.2f}",
+                    _pct(m["rank1"]),
+                    _pct(m["rank5"]),
+                    _pct(m["mAP"]),
+                    _pct(m["mINP"]),
+                ]
+                + (
+                    [
+                        f"**{100 * r['delta_mAP_vs_baseline']:+.2f}**",
+                        f"{bd['cosine_mean']:.4f}" if bd else "-",
+                        f"{100 * bd['top1_agreement']:.1f}%" if bd else "-",
+                    ]
+                    if base
+                    else []
+                )
+                + [
+                    f"{100 * r['delta_mAP']:+.2f}" if "delta_mAP" in r else "-",
+                    f"{d['cosine_mean']:.4f}" if d else "-",
+                    f"{100 * d['top1_agreement']:.1f}%" if d else "-",
+                    *(
+                        [
+                            f"{lat['p50_ms']:.2f}",
+                            f"{lat['p90_ms']:.2f}",
+                            f"{lat['p99_ms']:.2f}",
+                            f"{lat['throughput_per_s']:.1f}",
+                        ]
+                        if lat
+                        else ["-"] * 4
+                    ),
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "Latency: per-image inference in the named runtime after warm-up, preprocessing excluded, batch 1, on the "
+        "device named above (host latency when the device is local). Metrics: Market-1501 protocol (same-pid-same-camera "
+        "gallery items removed, stable tie order).",
+        "",
+    ]
     if report.get("limit"):
         lim = report["limit"]
-        lines += [f"Subset (--limit {lim['asked']}): {lim['queries']} queries of evenly spaced identities and {lim['gallery']} gallery "
-                  "images (those identities' and as many others, evenly spaced); every model of this report saw the same images.", ""]
+        lines += [
+            f"Subset (--limit {lim['asked']}): {lim['queries']} queries of evenly spaced identities and {lim['gallery']} gallery "
+            "images (those identities' and as many others, evenly spaced); every model of this report saw the same images.",
+            "",
+        ]
     lines += arm_markdown(report)
     counts = {(r["metrics"].get("queries_scored"), r["metrics"].get("queries")) for r in report["artifacts"]}
     for scored, total in sorted(c for c in counts if c[0] is not None):
         if scored < total:
-            lines += [f"Queries scored: {scored} of {total}; the other {total - scored} have no image of the same identity "
-                      "from another camera in the gallery (Market-1501 protocol) and are left out.", ""]
+            lines += [
+                f"Queries scored: {scored} of {total}; the other {total - scored} have no image of the same identity "
+                "from another camera in the gallery (Market-1501 protocol) and are left out.",
+                "",
+            ]
     baked = sorted({r["baked_camera"] for r in report["artifacts"] if r.get("baked_camera") is not None})
     if baked and ref:
-        lines += [f"Camera: the artifacts have camera {', '.join(map(str, baked))}'s SIE embedding baked in; the float reference "
-                  "uses each image's own camera (TransReID's protocol), so the drift includes what baking one camera costs.", ""]
-    bad = [f"{r['name']} ({'sha256 differs from its sidecar' if not r['integrity']['sha256_matches'] else 'not exported from the reference'})"
-           for r in report["artifacts"] if r.get("integrity") and (not r["integrity"]["sha256_matches"] or r["integrity"]["reference_is_source"] is False)]
+        lines += [
+            f"Camera: the artifacts have camera {', '.join(map(str, baked))}'s SIE embedding baked in; the float reference "
+            "uses each image's own camera (TransReID's protocol), so the drift includes what baking one camera costs.",
+            "",
+        ]
+    bad = [
+        f"{r['name']} ({'sha256 differs from its sidecar' if not r['integrity']['sha256_matches'] else 'not exported from the reference'})"
+        for r in report["artifacts"]
+        if r.get("integrity")
+        and (not r["integrity"]["sha256_matches"] or r["integrity"]["reference_is_source"] is False)
+    ]
     if bad:
         lines += ["**Evaluated with --allow-mismatch**: " + "; ".join(bad), ""]
     return "\n".join(lines)
@@ -76,18 +136,27 @@ def arm_markdown(report: dict) -> list[str]:
     rows = [r for r in report["artifacts"] if r.get("arm")]
     if not rows:
         return []
-    lines = [f"## On the emulated arm64 board ({rows[0]['arm']['cpu']}, {rows[0]['arm'].get('qemu') or 'qemu'})", "",
-             "| artifact | precision | ARM vs host: max abs diff | max output LSB | cosine min | identical rows | mAP ARM | mAP host | emulated ms/image |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## On the emulated arm64 board ({rows[0]['arm']['cpu']}, {rows[0]['arm'].get('qemu') or 'qemu'})",
+        "",
+        "| artifact | precision | ARM vs host: max abs diff | max output LSB | cosine min | identical rows | mAP ARM | mAP host | emulated ms/image |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         a, v = r["arm"], r["arm"]["vs_host"]
-        lines.append(f"| {r['name']} | {r['precision']} | {v['max_abs_diff']:.3g} | {v.get('max_output_lsb', '-')} | {v['cosine_min']:.6f} | "
-                     f"{100 * v['identical_fraction']:.1f}% ({v['images']} images) | {_pct(r['metrics']['mAP'])} | {_pct(a['host_metrics']['mAP'])} | "
-                     f"{a['emulated_ms_per_image_p50']:.0f} |")
-    lines += ["", "The main table's metrics and drift are computed from the ARM embeddings. The ARM run uses the real aarch64 "
-              "LiteRT wheel and its ARM kernels on a CPU model emulated by qemu-user; the time it takes there is emulation "
-              "time (the table's last column, for planning runs), not a latency, so the latency columns are left empty. "
-              "Latency and NPU delegates still need a real phone.", ""]
+        lines.append(
+            f"| {r['name']} | {r['precision']} | {v['max_abs_diff']:.3g} | {v.get('max_output_lsb', '-')} | {v['cosine_min']:.6f} | "
+            f"{100 * v['identical_fraction']:.1f}% ({v['images']} images) | {_pct(r['metrics']['mAP'])} | {_pct(a['host_metrics']['mAP'])} | "
+            f"{a['emulated_ms_per_image_p50']:.0f} |"
+        )
+    lines += [
+        "",
+        "The main table's metrics and drift are computed from the ARM embeddings. The ARM run uses the real aarch64 "
+        "LiteRT wheel and its ARM kernels on a CPU model emulated by qemu-user; the time it takes there is emulation "
+        "time (the table's last column, for planning runs), not a latency, so the latency columns are left empty. "
+        "Latency and NPU delegates still need a real phone.",
+        "",
+    ]
     return lines
 
 
@@ -130,12 +199,27 @@ def plot_eval(report: dict, folder: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in timed:
         ax.scatter(r["latency"]["p50_ms"], 100 * r["metrics"]["mAP"], s=30 + 20 * r["size_mb"])
-        ax.annotate(r["name"], (r["latency"]["p50_ms"], 100 * r["metrics"]["mAP"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            r["name"],
+            (r["latency"]["p50_ms"], 100 * r["metrics"]["mAP"]),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     if report.get("reference"):
         ax.axhline(100 * report["reference"]["metrics"]["mAP"], color="k", ls="--", lw=1, label="float reference mAP")
         ax.legend(fontsize=7)  # only when there is a labelled line
-    files.append(save_plot(fig, ax, folder / "accuracy_latency.png", f"median latency (ms, {report['device']}, {report['threads']} threads)",
-                            "mAP (%)", "accuracy vs latency (marker size ~ file size)", legend=False))
+    files.append(
+        save_plot(
+            fig,
+            ax,
+            folder / "accuracy_latency.png",
+            f"median latency (ms, {report['device']}, {report['threads']} threads)",
+            "mAP (%)",
+            "accuracy vs latency (marker size ~ file size)",
+            legend=False,
+        )
+    )
     return files
 
 
@@ -147,8 +231,9 @@ OUTPUT_MARK = ".mobilereid-output"  # inside every folder a report writes, so on
 def refuse_foreign_folder(dest: Path) -> None:
     """A report may replace a folder only if a report of ours wrote it (it holds OUTPUT_MARK)."""
     if dest.is_dir() and not (dest / OUTPUT_MARK).is_file():
-        raise MobileReIDError(f"{dest}: exists and was not written by mobilereid; refusing to replace it "
-                              "(choose another output folder)")
+        raise MobileReIDError(
+            f"{dest}: exists and was not written by mobilereid; refusing to replace it (choose another output folder)"
+        )
 
 
 def files_written_by_us(out: Path) -> set[str]:
@@ -168,8 +253,10 @@ def refuse_foreign_files(out: Path, names, force: bool = False) -> None:
         if dest.is_dir() and not dest.is_symlink():
             refuse_foreign_folder(dest)
         elif (dest.exists() or dest.is_symlink()) and name not in ours and not force:
-            raise MobileReIDError(f"{dest}: exists and was not written by mobilereid; refusing to overwrite it "
-                                  "(move it away, choose another output folder, or pass --force)")
+            raise MobileReIDError(
+                f"{dest}: exists and was not written by mobilereid; refusing to overwrite it "
+                "(move it away, choose another output folder, or pass --force)"
+            )
 
 
 @contextlib.contextmanager
@@ -189,7 +276,9 @@ def staged_folder(out: Path, force: bool = False):
             if item.is_dir():
                 (item / OUTPUT_MARK).write_text("written by mobilereid; a later report replaces this folder\n")
         manifest = out / f".{OUTPUT_MARK}.tmp{os.getpid()}"
-        manifest.write_text(json.dumps({"written_by": "mobilereid", "files": sorted(files_written_by_us(out) | set(names))}))
+        manifest.write_text(
+            json.dumps({"written_by": "mobilereid", "files": sorted(files_written_by_us(out) | set(names))})
+        )
         as_created_file(manifest)
         os.replace(manifest, out / OUTPUT_MARK)  # first: a file moved in below is then always listed
         for item in stage.iterdir():
@@ -214,53 +303,95 @@ def write_eval_report(report: dict, out: Path, raw: Path | None = None, force: b
 
 def pipeline_markdown(final: dict) -> str:
     st = final["stages"]
-    lines = ["# mobilereid pipeline report", "",
-             f"Work folder `{final['workdir']}`; wall time {final['wall_seconds'] / 60:.1f} min for this run "
-             "(stages that were up to date were skipped; their own times are in report.json).", ""]
-    lines += ["## Training (float models, torch)", "", "| model | Rank-1 | Rank-5 | mAP | mINP | train time s |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# mobilereid pipeline report",
+        "",
+        f"Work folder `{final['workdir']}`; wall time {final['wall_seconds'] / 60:.1f} min for this run "
+        "(stages that were up to date were skipped; their own times are in report.json).",
+        "",
+    ]
+    lines += [
+        "## Training (float models, torch)",
+        "",
+        "| model | Rank-1 | Rank-5 | mAP | mINP | train time s |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, s in st.items():
         if name.startswith("train_") and "metrics" in s:
             m = s["metrics"]
-            lines.append(f"| {name[6:]} | {_pct(m['rank1'])} | {_pct(m['rank5'])} | {_pct(m['mAP'])} | {_pct(m['mINP'])} | {s['seconds']:.0f} |")
+            lines.append(
+                f"| {name[6:]} | {_pct(m['rank1'])} | {_pct(m['rank5'])} | {_pct(m['mAP'])} | {_pct(m['mINP'])} | {s['seconds']:.0f} |"
+            )
     if "compress" in st:
         b, a = st["compress"]["before"], st["compress"]["after"]
-        lines += ["", "## Compression (patch elimination + AMG heads + MLP units + K/V tokens)", "", "| | before | after |", "|---|---|---|",
-                  f"| parameters (M) | {b['params'] / 1e6:.3f} | {a['params'] / 1e6:.3f} |",
-                  f"| executed GMAC | {b['gmacs']:.4f} | {a['gmacs']:.4f} ({100 * (1 - a['gmacs'] / b['gmacs']):.1f}% fewer) |",
-                  f"| patch tokens | {b['patch_tokens_kept']}/{b['patch_tokens']} | {a['patch_tokens_kept']}/{a['patch_tokens']} |",
-                  f"| heads per layer | {' '.join(map(str, b['heads_per_layer']))} | {' '.join(map(str, a['heads_per_layer']))} |",
-                  f"| K/V tokens per layer | all | {' '.join('all' if t is None else str(t) for t in a['kv_tokens_per_layer'])} |"]
+        lines += [
+            "",
+            "## Compression (patch elimination + AMG heads + MLP units + K/V tokens)",
+            "",
+            "| | before | after |",
+            "|---|---|---|",
+            f"| parameters (M) | {b['params'] / 1e6:.3f} | {a['params'] / 1e6:.3f} |",
+            f"| executed GMAC | {b['gmacs']:.4f} | {a['gmacs']:.4f} ({100 * (1 - a['gmacs'] / b['gmacs']):.1f}% fewer) |",
+            f"| patch tokens | {b['patch_tokens_kept']}/{b['patch_tokens']} | {a['patch_tokens_kept']}/{a['patch_tokens']} |",
+            f"| heads per layer | {' '.join(map(str, b['heads_per_layer']))} | {' '.join(map(str, a['heads_per_layer']))} |",
+            f"| K/V tokens per layer | all | {' '.join('all' if t is None else str(t) for t in a['kv_tokens_per_layer'])} |",
+        ]
         if "mlp_hidden_per_layer" in a and a["mlp_hidden_per_layer"] != b.get("mlp_hidden_per_layer"):
-            lines.append(f"| MLP hidden units per layer | {' '.join(map(str, b['mlp_hidden_per_layer']))} | "
-                         f"{' '.join(map(str, a['mlp_hidden_per_layer']))} |")
+            lines.append(
+                f"| MLP hidden units per layer | {' '.join(map(str, b['mlp_hidden_per_layer']))} | "
+                f"{' '.join(map(str, a['mlp_hidden_per_layer']))} |"
+            )
         for key, label in (("rank1", "Rank-1"), ("mAP", "mAP"), ("mINP", "mINP")):
             if key in b and key in a:
                 lines.append(f"| {label} | {_pct(b[key])} | {_pct(a[key])} |")
     for name, s in st.items():
         if name.startswith("quant_finetune_") and s.get("after") and s.get("before"):
             b, a, last = s["before"], s["after"], s["history"][-1]
-            lines += ["", f"## Quantization fine-tuning of `{name.removeprefix('quant_finetune_')}` (consistency between its INT8 and float embeddings)", "",
-                      "| | before | after |", "|---|---|---|"]
-            lines += [f"| float {label} | {_pct(b[key])} | {_pct(a[key])} |" for key, label in (("rank1", "Rank-1"), ("mAP", "mAP"))]
-            lines.append(f"| fake-quant vs float embedding cosine (last training epoch, training batches) | | {last['embedding_cosine']:.4f} |")
+            lines += [
+                "",
+                f"## Quantization fine-tuning of `{name.removeprefix('quant_finetune_')}` (consistency between its INT8 and float embeddings)",
+                "",
+                "| | before | after |",
+                "|---|---|---|",
+            ]
+            lines += [
+                f"| float {label} | {_pct(b[key])} | {_pct(a[key])} |"
+                for key, label in (("rank1", "Rank-1"), ("mAP", "mAP"))
+            ]
+            lines.append(
+                f"| fake-quant vs float embedding cosine (last training epoch, training batches) | | {last['embedding_cosine']:.4f} |"
+            )
             guard = s.get("guard") or {}
             if guard.get("active"):
-                lines += ["", f"Guard: float mAP may fall at most {100 * guard['max_map_drop']:.2f} points (checked every {guard['every']} "
-                          "epochs and after the last, on query/gallery): " + (
-                              (f"stopped after epoch {guard['gave_up_epoch']}, more than {100 * guard['give_up_drop']:.2f} points down"
-                               if guard.get("gave_up_epoch") else "the last epoch failed it")
-                              + f"; kept the weights of epoch {guard['kept_epoch']} (mAP after each check: "
-                              + ", ".join(f"{c['epoch']}: {100 * c['mAP']:.2f}" for c in guard["checks"]) + ")."
-                              if guard["checks"] and not guard["checks"][-1]["passed"] else
-                              f"the final weights passed ({len(guard['checks'])} checks, "
-                              f"{sum(not c['passed'] for c in guard['checks'])} failed on the way).")]
+                lines += [
+                    "",
+                    f"Guard: float mAP may fall at most {100 * guard['max_map_drop']:.2f} points (checked every {guard['every']} "
+                    "epochs and after the last, on query/gallery): "
+                    + (
+                        (
+                            f"stopped after epoch {guard['gave_up_epoch']}, more than {100 * guard['give_up_drop']:.2f} points down"
+                            if guard.get("gave_up_epoch")
+                            else "the last epoch failed it"
+                        )
+                        + f"; kept the weights of epoch {guard['kept_epoch']} (mAP after each check: "
+                        + ", ".join(f"{c['epoch']}: {100 * c['mAP']:.2f}" for c in guard["checks"])
+                        + ")."
+                        if guard["checks"] and not guard["checks"][-1]["passed"]
+                        else f"the final weights passed ({len(guard['checks'])} checks, "
+                        f"{sum(not c['passed'] for c in guard['checks'])} failed on the way)."
+                    ),
+                ]
     for name, s in st.items():
         if name.startswith("export_") and s.get("notes"):
             lines += ["", f"## Export notes of `{name.removeprefix('export_')}`", "", "```"] + s["notes"] + ["```"]
     for name, rep in final["evaluations"].items():
         lines += ["", f"## Artifacts of `{name}`", ""]
         lines += eval_markdown(rep).splitlines()[2:]
-    lines += ["", "Not verified here: real phones, Coral hardware and microcontrollers (latencies are host CPU latencies).", ""]
+    lines += [
+        "",
+        "Not verified here: real phones, Coral hardware and microcontrollers (latencies are host CPU latencies).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -277,9 +408,20 @@ def plot_pipeline(final: dict, folder: Path) -> list[str]:
         ys = [100 * r["metrics"]["mAP"] for r in timed]
         ax.scatter(xs, ys, label=name)
         for r, x, y in zip(timed, xs, ys):
-            ax.annotate(f"{r['runtime']} {r['precision']}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    return [save_plot(fig, ax, folder / "accuracy_latency_all.png", "median latency per image (ms, host CPU)", "mAP (%)",
-                       "every artifact: accuracy vs latency", legend=True)]
+            ax.annotate(
+                f"{r['runtime']} {r['precision']}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points"
+            )
+    return [
+        save_plot(
+            fig,
+            ax,
+            folder / "accuracy_latency_all.png",
+            "median latency per image (ms, host CPU)",
+            "mAP (%)",
+            "every artifact: accuracy vs latency",
+            legend=True,
+        )
+    ]
 
 
 def write_pipeline_report(final: dict, out: Path) -> Path:

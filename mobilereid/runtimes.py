@@ -70,8 +70,10 @@ class Runner:
         self._load()
         actual = self._input_shape()
         if actual is not None and list(actual) != list(self.input["shape"]):
-            raise ValueError(f"{self.path}: its sidecar says input shape {list(self.input['shape'])}, the artifact takes "
-                             f"{list(actual)}; the sidecar does not belong to this file")
+            raise ValueError(
+                f"{self.path}: its sidecar says input shape {list(self.input['shape'])}, the artifact takes "
+                f"{list(actual)}; the sidecar does not belong to this file"
+            )
 
     def _load(self):
         raise NotImplementedError
@@ -198,7 +200,12 @@ class TFLMRunner(Runner):
         return self.interp.get_output(0).copy()
 
 
-RUNNERS = {"onnxruntime": OnnxRunner, "litert": TFLiteRunner, "executorch": ExecuTorchRunner, "tflite-micro": TFLMRunner}
+RUNNERS = {
+    "onnxruntime": OnnxRunner,
+    "litert": TFLiteRunner,
+    "executorch": ExecuTorchRunner,
+    "tflite-micro": TFLMRunner,
+}
 
 
 def open_runner(artifact: str | Path, meta: dict | None = None, threads: int = 2, runtime: str | None = None) -> Runner:

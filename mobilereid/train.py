@@ -66,11 +66,16 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Values that would train nothing or crash later are refused up front, one line each."""
-        checks = [(self.epochs >= 1, f"--epochs {self.epochs}: must be >= 1"), (self.p >= 2, f"-p {self.p}: needs >= 2 identities per batch (triplet loss)"),
-                  (self.k >= 2, f"-k {self.k}: needs >= 2 images per identity (triplet loss)"), (self.lr > 0, f"--lr {self.lr}: must be > 0"),
-                  (self.warmup_epochs >= 0, f"--warmup {self.warmup_epochs}: must be >= 0"), (self.threads >= 0, f"--threads {self.threads}: must be >= 0"),
-                  (self.keep_checkpoints >= 0, f"--keep-checkpoints {self.keep_checkpoints}: must be >= 0"),
-                  (self.workers is None or self.workers >= 0, f"--workers {self.workers}: must be >= 0")]
+        checks = [
+            (self.epochs >= 1, f"--epochs {self.epochs}: must be >= 1"),
+            (self.p >= 2, f"-p {self.p}: needs >= 2 identities per batch (triplet loss)"),
+            (self.k >= 2, f"-k {self.k}: needs >= 2 images per identity (triplet loss)"),
+            (self.lr > 0, f"--lr {self.lr}: must be > 0"),
+            (self.warmup_epochs >= 0, f"--warmup {self.warmup_epochs}: must be >= 0"),
+            (self.threads >= 0, f"--threads {self.threads}: must be >= 0"),
+            (self.keep_checkpoints >= 0, f"--keep-checkpoints {self.keep_checkpoints}: must be >= 0"),
+            (self.workers is None or self.workers >= 0, f"--workers {self.workers}: must be >= 0"),
+        ]
         for ok, msg in checks:
             if not ok:
                 raise MobileReIDError(msg)
@@ -92,8 +97,15 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 
 @torch.no_grad()
-def extract_features(model, samples, spec: PreprocessSpec, batch_size: int = 64, desc: str | None = None,
-                     flip: bool = False, compute: Compute = CPU) -> np.ndarray:
+def extract_features(
+    model,
+    samples,
+    spec: PreprocessSpec,
+    batch_size: int = 64,
+    desc: str | None = None,
+    flip: bool = False,
+    compute: Compute = CPU,
+) -> np.ndarray:
     """Embeddings of `samples`; with ``flip`` the mean of each image's and its mirror's (as mobilereid/device/evaluator.py).
 
     Runs on ``compute.device`` in fp32 with exact matmuls (no TF32, no autocast): these are reference numbers for
@@ -102,12 +114,23 @@ def extract_features(model, samples, spec: PreprocessSpec, batch_size: int = 64,
     if getattr(model, "uses_camera", False) and samples:
         n, top = model.cfg.camera_num, max(s.camid for s in samples)
         if top >= n:
-            raise MobileReIDError(f"{samples[0].path.parent}: images of camera {top} (0-based), but the model's SIE "
-                                  f"camera embedding knows cameras 0..{n - 1}")
-    loader = DataLoader(ReIDImages(samples, spec, cache=False), batch_size=batch_size, shuffle=False,
-                        num_workers=compute.workers, pin_memory=compute.cuda)
+            raise MobileReIDError(
+                f"{samples[0].path.parent}: images of camera {top} (0-based), but the model's SIE "
+                f"camera embedding knows cameras 0..{n - 1}"
+            )
+    loader = DataLoader(
+        ReIDImages(samples, spec, cache=False),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=compute.workers,
+        pin_memory=compute.cuda,
+    )
     feats = []
-    with progress(desc or f"embedding {len(samples)} images", len(samples)) as advance, exact_matmuls(), fused_attention(model):
+    with (
+        progress(desc or f"embedding {len(samples)} images", len(samples)) as advance,
+        exact_matmuls(),
+        fused_attention(model),
+    ):
         for x, _, cam in loader:
             x, cam = compute.put(x), compute.put(cam)
             run = (lambda v: model(v, cam)) if getattr(model, "uses_camera", False) else model
@@ -128,15 +151,35 @@ def evaluate_model(model, ds: ReIDDataset, spec: PreprocessSpec | None = None, c
 def rank_metrics(q: np.ndarray, g: np.ndarray, ds: ReIDDataset) -> dict:
     cmc, mAP, mINP = evaluate_rank(
         cosine_distance(q, g),
-        np.array([s.pid for s in ds.query]), np.array([s.pid for s in ds.gallery]),
-        np.array([s.camid for s in ds.query]), np.array([s.camid for s in ds.gallery]),
+        np.array([s.pid for s in ds.query]),
+        np.array([s.pid for s in ds.gallery]),
+        np.array([s.camid for s in ds.query]),
+        np.array([s.camid for s in ds.gallery]),
     )
-    return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]), "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": mAP, "mINP": mINP}
+    return {
+        "rank1": float(cmc[0]),
+        "rank5": float(cmc[min(4, len(cmc) - 1)]),
+        "rank10": float(cmc[min(9, len(cmc) - 1)]),
+        "mAP": mAP,
+        "mINP": mINP,
+    }
 
 
-def train_one_epoch(model, batches, opt, lr_of_step, uses_cam: bool = False, smoothing: float = 0.1, margin: float = 0.3,
-                    teacher=None, distill_weight: float = 0.2, temperature: float = 1.0, on_step=None,
-                    compute: Compute = CPU, scaler=None) -> dict:
+def train_one_epoch(
+    model,
+    batches,
+    opt,
+    lr_of_step,
+    uses_cam: bool = False,
+    smoothing: float = 0.1,
+    margin: float = 0.3,
+    teacher=None,
+    distill_weight: float = 0.2,
+    temperature: float = 1.0,
+    on_step=None,
+    compute: Compute = CPU,
+    scaler=None,
+) -> dict:
     """One pass over PK batches ``(images, labels, cameras)`` (a `PKLoader` epoch); returns mean loss, ID accuracy,
     and the seconds spent waiting for data vs in all. With a teacher (a function (x, cam) -> logits), adds
     distillation ``distill_weight * KL(teacher || student)`` on the logits at ``temperature`` (AMG's fine-tuning:
@@ -167,7 +210,12 @@ def train_one_epoch(model, batches, opt, lr_of_step, uses_cam: bool = False, smo
                         t_logits = teacher(x, cam)
                     T = temperature
                     student = F.log_softmax(logits[0].float() / T, 1)
-                    kl = F.kl_div(student, F.log_softmax(t_logits.float() / T, 1), reduction="sum", log_target=True) * T * T / student.numel()
+                    kl = (
+                        F.kl_div(student, F.log_softmax(t_logits.float() / T, 1), reduction="sum", log_target=True)
+                        * T
+                        * T
+                        / student.numel()
+                    )
                     loss = loss + distill_weight * kl
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -179,14 +227,21 @@ def train_one_epoch(model, batches, opt, lr_of_step, uses_cam: bool = False, smo
             if on_step:
                 on_step(1)
     n = max(1, n)
-    return {"loss": float(loss_sum) / n, "acc": float(acc_sum) / n, "data_wait": timed.wait, "seconds": time.perf_counter() - t_start}
+    return {
+        "loss": float(loss_sum) / n,
+        "acc": float(acc_sum) / n,
+        "data_wait": timed.wait,
+        "seconds": time.perf_counter() - t_start,
+    }
 
 
 def build_for_training(cfg: TrainConfig, num_classes: int):
     if cfg.init_checkpoint:
         model, state = load_checkpoint(cfg.init_checkpoint)
         if model.cfg.num_classes != num_classes:
-            raise CheckpointError(f"{cfg.init_checkpoint}: trained for {model.cfg.num_classes} identities, this dataset has {num_classes}")
+            raise CheckpointError(
+                f"{cfg.init_checkpoint}: trained for {model.cfg.num_classes} identities, this dataset has {num_classes}"
+            )
         return model
     options = dict(cfg.model_options)
     options["num_classes"] = num_classes
@@ -201,7 +256,9 @@ def build_for_training(cfg: TrainConfig, num_classes: int):
         if not isinstance(model, ViTReID):
             raise MobileReIDError(f"--pretrained: only ViT presets load timm/DeiT/TransReID weights, not {cfg.model}")
         info = load_pretrained_vit(model, cfg.pretrained)
-        console.print(f"loaded {info['loaded']} tensors from {cfg.pretrained}; skipped {len(info['skipped'])}, new {len(info['missing'])}")
+        console.print(
+            f"loaded {info['loaded']} tensors from {cfg.pretrained}; skipped {len(info['skipped'])}, new {len(info['missing'])}"
+        )
     return model
 
 
@@ -236,38 +293,71 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
     images = ReIDImages(ds.train, spec, labels, augment=True, ranks_on_host=local_rank()[1])
     loader = PKLoader(images, sampler, cfg.seed, compute.workers, pin=compute.cuda)
     if rank == 0:
-        console.print(f"training on {compute.describe()}{f', {world} ranks' if world > 1 else ''}"
-                      f"{'' if images.cached else '; the decoded images do not fit in memory: decoding every epoch'}")
+        console.print(
+            f"training on {compute.describe()}{f', {world} ranks' if world > 1 else ''}"
+            f"{'' if images.cached else '; the decoded images do not fit in memory: decoding every epoch'}"
+        )
     total_steps = cfg.epochs * steps_per_epoch
     uses_cam = getattr(model.cfg, "camera_num", 0) > 0
     for epoch in range(start_epoch, cfg.epochs):
         rebalance()  # a pipeline chain takes over the cores of chains that finished (cores.py)
         desc = f"epoch {epoch + 1}/{cfg.epochs}"
         with progress(desc, steps_per_epoch, show=rank == 0) as advance:
-            sums = train_one_epoch(train_model, loader.epoch(epoch), opt,
-                                   lambda i: lr_at(epoch * steps_per_epoch + i, total_steps, cfg.warmup_epochs * steps_per_epoch, cfg.lr),
-                                   uses_cam, cfg.label_smoothing, cfg.margin, on_step=advance, compute=compute, scaler=scaler)
-        row = {"epoch": epoch + 1, "steps": steps_per_epoch, "loss": sums["loss"], "train_acc": sums["acc"],
-               "seconds": sums["seconds"], "data_wait_seconds": sums["data_wait"]}
+            sums = train_one_epoch(
+                train_model,
+                loader.epoch(epoch),
+                opt,
+                lambda i: lr_at(epoch * steps_per_epoch + i, total_steps, cfg.warmup_epochs * steps_per_epoch, cfg.lr),
+                uses_cam,
+                cfg.label_smoothing,
+                cfg.margin,
+                on_step=advance,
+                compute=compute,
+                scaler=scaler,
+            )
+        row = {
+            "epoch": epoch + 1,
+            "steps": steps_per_epoch,
+            "loss": sums["loss"],
+            "train_acc": sums["acc"],
+            "seconds": sums["seconds"],
+            "data_wait_seconds": sums["data_wait"],
+        }
         history.append(row)
         if rank == 0:
-            console.print(f"epoch {epoch + 1}: loss {row['loss']:.3f}  id-acc {row['train_acc']:.3f}  {row['seconds']:.1f} s"
-                          f" (data wait {row['data_wait_seconds']:.1f} s)")
-            extra = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "train_config": asdict(cfg), "history": history,
-                     "compute": compute.record(), **({"grad_scaler": scaler.state_dict()} if scaler.is_enabled() else {})}
+            console.print(
+                f"epoch {epoch + 1}: loss {row['loss']:.3f}  id-acc {row['train_acc']:.3f}  {row['seconds']:.1f} s"
+                f" (data wait {row['data_wait_seconds']:.1f} s)"
+            )
+            extra = {
+                "epoch": epoch + 1,
+                "optimizer": opt.state_dict(),
+                "train_config": asdict(cfg),
+                "history": history,
+                "compute": compute.record(),
+                **({"grad_scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
+            }
             save_checkpoint(out / "last.pt", model, extra)
             if cfg.keep_checkpoints > 0:
-                save_checkpoint(out / f"epoch_{epoch + 1:03d}.pt", model, {k: v for k, v in extra.items() if k not in ("optimizer", "grad_scaler")})
+                save_checkpoint(
+                    out / f"epoch_{epoch + 1:03d}.pt",
+                    model,
+                    {k: v for k, v in extra.items() if k not in ("optimizer", "grad_scaler")},
+                )
                 old = out / f"epoch_{epoch + 1 - cfg.keep_checkpoints:03d}.pt"
                 if epoch + 1 - cfg.keep_checkpoints >= 1:
                     old.unlink(missing_ok=True)  # one this run wrote: the window moves on
     result = {"history": history, "compute": compute.record(), "ranks": world}
     if rank == 0:
-        save_checkpoint(out / "model.pt", model, {"train_config": asdict(cfg), "history": history, "compute": compute.record()})
+        save_checkpoint(
+            out / "model.pt", model, {"train_config": asdict(cfg), "history": history, "compute": compute.record()}
+        )
         if evaluate:
             result["metrics"] = evaluate_model(model, ds, spec, compute)
             console.print(
-                "final: Rank-1 {rank1:.2%}  Rank-5 {rank5:.2%}  Rank-10 {rank10:.2%}  mAP {mAP:.2%}  mINP {mINP:.2%}".format(**result["metrics"])
+                "final: Rank-1 {rank1:.2%}  Rank-5 {rank5:.2%}  Rank-10 {rank10:.2%}  mAP {mAP:.2%}  mINP {mINP:.2%}".format(
+                    **result["metrics"]
+                )
             )
         atomic_write_text(out / "train_summary.json", json.dumps(result, indent=2))
     distributed.stop()
@@ -289,7 +379,7 @@ def _resume(last: Path, model, opt, scaler) -> tuple[int, list[dict]]:
         if scaler.is_enabled() and "grad_scaler" in extra:
             scaler.load_state_dict(extra["grad_scaler"])
     except (RuntimeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{last}: does not fit this model and optimizer ({str(exc).splitlines()[0][:160]})") from None
+        raise CheckpointError(
+            f"{last}: does not fit this model and optimizer ({str(exc).splitlines()[0][:160]})"
+        ) from None
     return int(extra["epoch"]), list(extra.get("history") or [])
-
-

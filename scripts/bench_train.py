@@ -112,8 +112,15 @@ def bench_one(name: str, data: Path, args) -> dict:
     opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=3.5e-4, weight_decay=5e-4)
     scaler = compute.scaler()
     uses_cam = getattr(model.cfg, "camera_num", 0) > 0
-    step = lambda n: train_one_epoch(model, itertools.islice(batches, n), opt, lambda i: lr_at(i, 1000, 0, 3.5e-4),  # noqa: E731
-                                     uses_cam, compute=compute, scaler=scaler)
+    step = lambda n: train_one_epoch(
+        model,
+        itertools.islice(batches, n),
+        opt,
+        lambda i: lr_at(i, 1000, 0, 3.5e-4),  # noqa: E731
+        uses_cam,
+        compute=compute,
+        scaler=scaler,
+    )
     step(args.warmup)
     if compute.cuda:
         torch.cuda.synchronize()
@@ -148,36 +155,59 @@ def bench_one(name: str, data: Path, args) -> dict:
     peak_kind = "given (--peak-tflops)" if args.peak_tflops else peak_kind
     train_flops_per_image = 3 * 2 * macs
     return {
-        "model": name, "preset": preset, "options": options, "batch": batch, "input": f"{spec.height}x{spec.width}",
-        "device": str(compute.device), "device_name": compute.record().get("device_name", "cpu"), "precision": args.precision,
-        "workers": compute.workers, "steps": args.steps, "warmup": args.warmup,
-        "train_images_per_s": train_ips, "step_ms": 1000 * timed["seconds"] / args.steps,
-        "data_wait_ms": 1000 * timed["data_wait"] / args.steps, "data_wait_share": timed["data_wait"] / timed["seconds"],
-        "embed_images_per_s": embed_ips, "embed_batch": eb, "peak_memory_bytes": peak_memory_bytes(compute),
-        "forward_gmacs_per_image": macs / 1e9, "train_tflops_per_s": train_flops_per_image * train_ips / 1e12,
-        "peak_tflops": peak, "peak_kind": peak_kind,
+        "model": name,
+        "preset": preset,
+        "options": options,
+        "batch": batch,
+        "input": f"{spec.height}x{spec.width}",
+        "device": str(compute.device),
+        "device_name": compute.record().get("device_name", "cpu"),
+        "precision": args.precision,
+        "workers": compute.workers,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "train_images_per_s": train_ips,
+        "step_ms": 1000 * timed["seconds"] / args.steps,
+        "data_wait_ms": 1000 * timed["data_wait"] / args.steps,
+        "data_wait_share": timed["data_wait"] / timed["seconds"],
+        "embed_images_per_s": embed_ips,
+        "embed_batch": eb,
+        "peak_memory_bytes": peak_memory_bytes(compute),
+        "forward_gmacs_per_image": macs / 1e9,
+        "train_tflops_per_s": train_flops_per_image * train_ips / 1e12,
+        "peak_tflops": peak,
+        "peak_kind": peak_kind,
         "mfu": None if not peak else train_flops_per_image * train_ips / (peak * 1e12),
-        "decode_images_per_s_per_core": rates["decode"], "augment_images_per_s_per_core": rates["augment"],
+        "decode_images_per_s_per_core": rates["decode"],
+        "augment_images_per_s_per_core": rates["augment"],
         "threads": torch.get_num_threads(),
     }
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
-    head = (f"# Training throughput ({meta['date']}, commit {meta['commit']})\n\n"
-            f"Device: {meta['device']}; host CPU: {meta['host_cpu']}; torch {meta['torch']}.\n\n"
-            "| model | precision | batch | train img/s | step ms | data wait | embed img/s | peak mem | fwd GMACs | "
-            "TFLOP/s | MFU (peak) | decode / augment img/s per core |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        f"# Training throughput ({meta['date']}, commit {meta['commit']})\n\n"
+        f"Device: {meta['device']}; host CPU: {meta['host_cpu']}; torch {meta['torch']}.\n\n"
+        "| model | precision | batch | train img/s | step ms | data wait | embed img/s | peak mem | fwd GMACs | "
+        "TFLOP/s | MFU (peak) | decode / augment img/s per core |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     lines = []
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {meta['precision']} | - | failed: {r['error']} |  |  |  |  |  |  |  |  |")
             continue
         mem = f"{r['peak_memory_bytes'] / 2**30:.2f} GiB" if r["peak_memory_bytes"] else "-"
-        mfu = f"{r['mfu']:.1%} ({r['peak_tflops']:.1f} TFLOPS, {r['peak_kind']})" if r["mfu"] is not None else "- (no peak known)"
-        lines.append(f"| {r['model']} | {r['precision']} | {r['batch']} | {r['train_images_per_s']:.1f} | {r['step_ms']:.0f} | "
-                     f"{r['data_wait_ms']:.1f} ms ({r['data_wait_share']:.1%}) | {r['embed_images_per_s']:.1f} | {mem} | "
-                     f"{r['forward_gmacs_per_image']:.2f} | {r['train_tflops_per_s']:.2f} | {mfu} | "
-                     f"{r['decode_images_per_s_per_core']:.0f} / {r['augment_images_per_s_per_core']:.0f} |")
+        mfu = (
+            f"{r['mfu']:.1%} ({r['peak_tflops']:.1f} TFLOPS, {r['peak_kind']})"
+            if r["mfu"] is not None
+            else "- (no peak known)"
+        )
+        lines.append(
+            f"| {r['model']} | {r['precision']} | {r['batch']} | {r['train_images_per_s']:.1f} | {r['step_ms']:.0f} | "
+            f"{r['data_wait_ms']:.1f} ms ({r['data_wait_share']:.1%}) | {r['embed_images_per_s']:.1f} | {mem} | "
+            f"{r['forward_gmacs_per_image']:.2f} | {r['train_tflops_per_s']:.2f} | {mfu} | "
+            f"{r['decode_images_per_s_per_core']:.0f} / {r['augment_images_per_s_per_core']:.0f} |"
+        )
     return head + "\n".join(lines) + "\n"
 
 
@@ -190,7 +220,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (cuDNN autotuning, allocator)")
     ap.add_argument("--workers", type=int, default=None, help="input workers (default: compute.py's)")
     ap.add_argument("--embed-batch", type=int, default=0, help="embedding batch (default 256 on CUDA, 64 on the CPU)")
-    ap.add_argument("--peak-tflops", type=float, default=None, help="the device's peak for MFU (default: see the docstring)")
+    ap.add_argument(
+        "--peak-tflops", type=float, default=None, help="the device's peak for MFU (default: see the docstring)"
+    )
     ap.add_argument("--data", type=Path, default=None, help="a dataset folder (default: a synthetic set made here)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_train"))
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one model, in a child process
@@ -219,10 +251,28 @@ def main() -> None:
         rows = []
         for name in names:
             result = Path(tmp) / f"{name}.json"
-            cmd = [sys.executable, __file__, "--one", name, "--result", str(result), "--data", str(data), "--device", args.device,
-                   "--precision", args.precision, "--steps", str(args.steps), "--warmup", str(args.warmup),
-                   "--embed-batch", str(args.embed_batch), *(["--workers", str(args.workers)] if args.workers is not None else []),
-                   *(["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else [])]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                name,
+                "--result",
+                str(result),
+                "--data",
+                str(data),
+                "--device",
+                args.device,
+                "--precision",
+                args.precision,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--embed-batch",
+                str(args.embed_batch),
+                *(["--workers", str(args.workers)] if args.workers is not None else []),
+                *(["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []),
+            ]
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0 or not result.is_file():
@@ -231,11 +281,24 @@ def main() -> None:
                 print(f"{name}: failed ({tail})", file=sys.stderr)
                 continue
             rows.append(json.loads(result.read_text()))
-            print(f"{name}: {rows[-1]['train_images_per_s']:.1f} train img/s ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    meta = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "host_cpu": host_cpu(), "torch": torch.__version__,
-            "device": compute.describe(), "precision": args.precision}
+            print(
+                f"{name}: {rows[-1]['train_images_per_s']:.1f} train img/s ({time.perf_counter() - t0:.0f} s)",
+                file=sys.stderr,
+            )
+    commit = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+        or "unknown"
+    )
+    meta = {
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": commit,
+        "host_cpu": host_cpu(),
+        "torch": torch.__version__,
+        "device": compute.describe(),
+        "precision": args.precision,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     md = markdown(meta, rows)
     for stem, text in (("bench_train.json", json.dumps({**meta, "rows": rows}, indent=2)), ("bench_train.md", md)):

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from mobilereid.export import export_checkpoint
-from mobilereid.host import host_cpu
 from mobilereid.export.calibration import calibration_files, load_batch
 from mobilereid.export.tflite.delegation import delegation_report
 from mobilereid.export.tflite.size import breakdown_line, size_breakdown
+from mobilereid.host import host_cpu
 from mobilereid.models.checkpoint import load_checkpoint
 from mobilereid.report import write_rows_table
 from mobilereid.runtimes import open_runner
@@ -60,7 +60,9 @@ def bench_checkpoint(ckpt: Path, data: Path, out: Path, threads: int, runs: int)
     # it drifts): the benchmark measures drift, it does not gate on it
     measure_all = dest / "recipe_tflite_benchmark.toml"
     measure_all.parent.mkdir(parents=True, exist_ok=True)
-    measure_all.write_text('target = "tflite"\nvariants = ["fp32", "dynamic", "int8", "int16x8"]\n\n[verify]\nmin_cosine = -1.0\n')
+    measure_all.write_text(
+        'target = "tflite"\nvariants = ["fp32", "dynamic", "int8", "int16x8"]\n\n[verify]\nmin_cosine = -1.0\n'
+    )
     results += export_checkpoint(ckpt, "tflite", data, dest, int8=True, recipe_path=measure_all, threads=threads)
     model, _ = load_checkpoint(ckpt)
     spec = preprocess_spec_for(model)
@@ -78,20 +80,42 @@ def bench_checkpoint(ckpt: Path, data: Path, out: Path, threads: int, runs: int)
     calls = [torch_fp32] + [lambda runner=runner, p=p: runner.run_prepared(p) for runner, p in zip(runners, prepared)]
     times = timed_interleaved(calls, runs)
     fp32_params = sum(p.numel() for n, p in model.state_dict().items() if "classifier" not in n) * 4
-    rows = [{"model": ckpt.parent.name, "runtime": "torch", "precision": "fp32", "size_mb": fp32_params / 1e6,
-             "p50_ms": float(np.median(times[0])), "p90_ms": float(np.percentile(times[0], 90)), "cosine_mean": 1.0}]
+    rows = [
+        {
+            "model": ckpt.parent.name,
+            "runtime": "torch",
+            "precision": "fp32",
+            "size_mb": fp32_params / 1e6,
+            "p50_ms": float(np.median(times[0])),
+            "p90_ms": float(np.percentile(times[0], 90)),
+            "cosine_mean": 1.0,
+        }
+    ]
     for r, runner, ms in zip(results, runners, times[1:]):
-        row = {"model": ckpt.parent.name, "runtime": runner.meta["runtime"], "precision": r["precision"], "artifact": r["artifact"].name,
-               "size_mb": r["artifact"].stat().st_size / 1e6, "p50_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
-               "cosine_mean": r["verification"]["cosine_mean"], "cosine_min": r["verification"]["cosine_min"]}
+        row = {
+            "model": ckpt.parent.name,
+            "runtime": runner.meta["runtime"],
+            "precision": r["precision"],
+            "artifact": r["artifact"].name,
+            "size_mb": r["artifact"].stat().st_size / 1e6,
+            "p50_ms": float(np.median(ms)),
+            "p90_ms": float(np.percentile(ms, 90)),
+            "cosine_mean": r["verification"]["cosine_mean"],
+            "cosine_min": r["verification"]["cosine_min"],
+        }
         if hasattr(runner, "interp"):  # LiteRT: which ops XNNPACK took, which ran on LiteRT's own kernels
             d = delegation_report(runner.interp)
-            row.update(partitions=d["partitions"], cpu_ops=dict(d["cpu_ops"]),
-                       size_breakdown=size_breakdown(r["artifact"].read_bytes()))
+            row.update(
+                partitions=d["partitions"],
+                cpu_ops=dict(d["cpu_ops"]),
+                size_breakdown=size_breakdown(r["artifact"].read_bytes()),
+            )
         elif "delegation" in runner.meta:  # ExecuTorch: XNNPACK subgraphs and the ops left on portable kernels
             deleg = runner.meta["delegation"]
-            row.update(partitions=deleg.get("delegated_subgraphs"),
-                       cpu_ops={k: v["not_delegated"] for k, v in deleg.get("ops", {}).items() if v["not_delegated"]})
+            row.update(
+                partitions=deleg.get("delegated_subgraphs"),
+                cpu_ops={k: v["not_delegated"] for k, v in deleg.get("ops", {}).items() if v["not_delegated"]},
+            )
         rows.append(row)
     by = {(r["runtime"], r["precision"]): r for r in rows}
     for r in rows:
@@ -103,18 +127,25 @@ def bench_checkpoint(ckpt: Path, data: Path, out: Path, threads: int, runs: int)
 
 
 def markdown(rows: list[dict], threads: int, runs: int, cpu: str) -> str:
-    lines = [f"Host CPU ({cpu}), {threads} threads, batch 1, {runs} timed runs per runtime in 5 interleaved blocks "
-             "(5 warm-up runs before each), same image for all.", "",
-             "| model | runtime | precision | MB | size vs fp32 | p50 ms | p90 ms | latency vs fp32 | cosine mean | cosine min | delegate partitions | ops outside the delegate |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Host CPU ({cpu}), {threads} threads, batch 1, {runs} timed runs per runtime in 5 interleaved blocks "
+        "(5 warm-up runs before each), same image for all.",
+        "",
+        "| model | runtime | precision | MB | size vs fp32 | p50 ms | p90 ms | latency vs fp32 | cosine mean | cosine min | delegate partitions | ops outside the delegate |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         cpu = ", ".join(f"{k} x{v}" for k, v in sorted(r.get("cpu_ops", {}).items(), key=lambda kv: -kv[1])) or "-"
-        lines.append(f"| {r['model']} | {r['runtime']} | {r['precision']} | {r['size_mb']:.2f} | "
-                     f"{r.get('size_vs_fp32', float('nan')):.2f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
-                     f"{r.get('latency_vs_fp32', float('nan')):.2f} | {r['cosine_mean']:.4f} | {r.get('cosine_min', 1.0):.4f} | "
-                     f"{r.get('partitions', '-')} | {cpu} |")
+        lines.append(
+            f"| {r['model']} | {r['runtime']} | {r['precision']} | {r['size_mb']:.2f} | "
+            f"{r.get('size_vs_fp32', float('nan')):.2f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+            f"{r.get('latency_vs_fp32', float('nan')):.2f} | {r['cosine_mean']:.4f} | {r.get('cosine_min', 1.0):.4f} | "
+            f"{r.get('partitions', '-')} | {cpu} |"
+        )
     lines += ["", "Where the bytes of each LiteRT model go (from the flatbuffer):", ""]
-    lines += [f"- {r['model']} {r['precision']}: {breakdown_line(r['size_breakdown'])}" for r in rows if "size_breakdown" in r]
+    lines += [
+        f"- {r['model']} {r['precision']}: {breakdown_line(r['size_breakdown'])}" for r in rows if "size_breakdown" in r
+    ]
     return "\n".join(lines).replace("| nan |", "| - |") + "\n"
 
 
@@ -130,8 +161,13 @@ def main():
     for ckpt in args.ckpt:
         rows += bench_checkpoint(ckpt, args.data, args.out, args.threads, args.runs)
     cpu = host_cpu()
-    write_rows_table(args.out, "benchmark", {"threads": args.threads, "runs": args.runs, "cpu": cpu}, rows,
-                     markdown(rows, args.threads, args.runs, cpu))
+    write_rows_table(
+        args.out,
+        "benchmark",
+        {"threads": args.threads, "runs": args.runs, "cpu": cpu},
+        rows,
+        markdown(rows, args.threads, args.runs, cpu),
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Floor numbers for a dataset: colour-histogram baseline and random-weight networks (no training).
 
-    python scripts/floors.py DATA_DIR [--out floors.json]
+python scripts/floors.py DATA_DIR [--out floors.json]
 """
 
 import argparse
@@ -22,7 +22,9 @@ args = ap.parse_args()
 ds = load_dataset(args.data)
 rows = {}
 t = time.perf_counter()
-rows["colour histogram (6 stripes, 8x8x8 RGB)"] = rank_metrics(histogram_features(ds.query), histogram_features(ds.gallery), ds)
+rows["colour histogram (6 stripes, 8x8x8 RGB)"] = rank_metrics(
+    histogram_features(ds.query), histogram_features(ds.gallery), ds
+)
 for name in args.models:
     torch.manual_seed(0)
     rows[f"{name} random init"] = evaluate_model(build_model(name).eval(), ds)

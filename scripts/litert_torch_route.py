@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mobilereid.export.calibration import calibration_files, load_batch  # noqa: E402
 from mobilereid.export.tflite.delegation import delegation_report  # noqa: E402
 from mobilereid.export.tflite.litert_torch_route import convert_with_litert_torch  # noqa: E402
-from mobilereid.report import write_rows_table  # noqa: E402
 from mobilereid.models.checkpoint import load_checkpoint  # noqa: E402
+from mobilereid.report import write_rows_table  # noqa: E402
 from mobilereid.train import preprocess_spec_for  # noqa: E402
 
 
@@ -59,8 +59,9 @@ def run_once(it, x_nhwc: np.ndarray) -> np.ndarray:
     return y.reshape(len(x_nhwc), -1)
 
 
-def measure(name: str, route: str, model_bytes: bytes, verify_nhwc: np.ndarray, reference: np.ndarray, threads: int,
-            runs: int) -> dict:
+def measure(
+    name: str, route: str, model_bytes: bytes, verify_nhwc: np.ndarray, reference: np.ndarray, threads: int, runs: int
+) -> dict:
     it = interpreter(model_bytes, threads)
     emb = np.concatenate([run_once(it, v[None]) for v in verify_nhwc])
     a = emb / np.linalg.norm(emb, axis=1, keepdims=True)
@@ -75,10 +76,18 @@ def measure(name: str, route: str, model_bytes: bytes, verify_nhwc: np.ndarray, 
         run_once(it, x)
         ms.append((time.perf_counter() - t0) * 1000)
     deleg = delegation_report(it)
-    return {"variant": name, "route": route, "size_mb": len(model_bytes) / 1e6, "p50_ms": float(np.median(ms)),
-            "p90_ms": float(np.percentile(ms, 90)), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-            "delegate_partitions": deleg["partitions"], "ops_outside_delegate": sum(deleg["cpu_ops"].values()),
-            "cpu_ops": dict(deleg["cpu_ops"])}
+    return {
+        "variant": name,
+        "route": route,
+        "size_mb": len(model_bytes) / 1e6,
+        "p50_ms": float(np.median(ms)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "cosine_mean": float(cos.mean()),
+        "cosine_min": float(cos.min()),
+        "delegate_partitions": deleg["partitions"],
+        "ops_outside_delegate": sum(deleg["cpu_ops"].values()),
+        "cpu_ops": dict(deleg["cpu_ops"]),
+    }
 
 
 def bench(ckpt: Path, onnx2tf_dir: Path | None, data: Path, threads: int, runs: int) -> list[dict]:
@@ -106,12 +115,17 @@ def bench(ckpt: Path, onnx2tf_dir: Path | None, data: Path, threads: int, runs: 
 
 
 def markdown(rows: list[dict], threads: int, runs: int) -> str:
-    lines = [f"LiteRT interpreter, XNNPACK, {threads} threads, batch 1, {runs} timed runs after 5 warm-up runs, same image.", "",
-             "| model | route | variant | MB | p50 ms | p90 ms | delegate partitions | ops outside delegate | cosine mean | cosine min |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"LiteRT interpreter, XNNPACK, {threads} threads, batch 1, {runs} timed runs after 5 warm-up runs, same image.",
+        "",
+        "| model | route | variant | MB | p50 ms | p90 ms | delegate partitions | ops outside delegate | cosine mean | cosine min |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['route']} | {r['variant']} | {r['size_mb']:.2f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
-                     f"{r['delegate_partitions']} | {r['ops_outside_delegate']} | {r['cosine_mean']:.4f} | {r['cosine_min']:.4f} |")
+        lines.append(
+            f"| {r['model']} | {r['route']} | {r['variant']} | {r['size_mb']:.2f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+            f"{r['delegate_partitions']} | {r['ops_outside_delegate']} | {r['cosine_mean']:.4f} | {r['cosine_min']:.4f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -119,8 +133,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--ckpt", type=Path, action="append", required=True)
-    ap.add_argument("--onnx2tf", type=Path, action="append", default=[],
-                    help="folder with the onnx2tf .tflite artifacts of the checkpoint at the same position")
+    ap.add_argument(
+        "--onnx2tf",
+        type=Path,
+        action="append",
+        default=[],
+        help="folder with the onnx2tf .tflite artifacts of the checkpoint at the same position",
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/litert_torch_route"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=100)
@@ -129,7 +148,9 @@ def main():
     rows = []
     for i, ckpt in enumerate(args.ckpt):
         rows += bench(ckpt, args.onnx2tf[i] if i < len(args.onnx2tf) else None, args.data, args.threads, args.runs)
-    write_rows_table(args.out, "route", {"threads": args.threads, "runs": args.runs}, rows, markdown(rows, args.threads, args.runs))
+    write_rows_table(
+        args.out, "route", {"threads": args.threads, "runs": args.runs}, rows, markdown(rows, args.threads, args.runs)
+    )
 
 
 if __name__ == "__main__":

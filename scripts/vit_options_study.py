@@ -30,7 +30,9 @@ args = ap.parse_args()
 rows = {}
 for name, opts in VARIANTS.items():
     out = args.out / name.replace(" ", "_").replace(",", "").replace(".", "")
-    cfg = TrainConfig(model=args.model, epochs=args.epochs, lr=3e-4, p=16, k=4, model_options={"img_size": args.img_size, **opts})
+    cfg = TrainConfig(
+        model=args.model, epochs=args.epochs, lr=3e-4, p=16, k=4, model_options={"img_size": args.img_size, **opts}
+    )
     result = train(cfg, args.data, out)
     model, _ = load_checkpoint(out / "model.pt")
     secs = sum(h["seconds"] for h in result["history"]) / len(result["history"])
@@ -38,4 +40,6 @@ for name, opts in VARIANTS.items():
     (args.out / "study.json").write_text(json.dumps(rows, indent=2))
 print("| variant | Rank-1 | mAP | mINP | executed GMAC | s/epoch |\n|---|---|---|---|---|---|")
 for name, r in rows.items():
-    print(f"| {name} | {r['rank1']:.1%} | {r['mAP']:.1%} | {r['mINP']:.1%} | {r['gmacs']:.4f} | {r['seconds_per_epoch']:.1f} |")
+    print(
+        f"| {name} | {r['rank1']:.1%} | {r['mAP']:.1%} | {r['mINP']:.1%} | {r['gmacs']:.4f} | {r['seconds_per_epoch']:.1f} |"
+    )

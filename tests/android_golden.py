@@ -43,14 +43,21 @@ def preprocess_case(rgb: np.ndarray, image_name: str, sidecar: dict, crop: tuple
     spec = PreprocessSpec.from_dict(sidecar["preprocess"])
     inp = sidecar["input"]
     layout = inp.get("layout") or "NCHW"
-    src = rgb if crop is None else rgb[crop[1]:crop[3], crop[0]:crop[2]]
+    src = rgb if crop is None else rgb[crop[1] : crop[3], crop[0] : crop[2]]
     x = preprocess_array(src, spec, layout).astype(np.float32)
     q = inp.get("quantization")
-    quantized = quantize(x, q["scale"], q["zero_point"], inp["dtype"]).astype(np.int32).reshape(-1).tolist() if q else None
+    quantized = (
+        quantize(x, q["scale"], q["zero_point"], inp["dtype"]).astype(np.int32).reshape(-1).tolist() if q else None
+    )
     return {
-        "image": image_name, "width": int(rgb.shape[1]), "height": int(rgb.shape[0]), "argb": argb_ints(rgb),
-        "crop": list(crop) if crop else None, "sidecar": sidecar["artifact"] + ".json",
-        "expected_float_bits": x.reshape(-1).view(np.int32).tolist(), "expected_quantized": quantized,
+        "image": image_name,
+        "width": int(rgb.shape[1]),
+        "height": int(rgb.shape[0]),
+        "argb": argb_ints(rgb),
+        "crop": list(crop) if crop else None,
+        "sidecar": sidecar["artifact"] + ".json",
+        "expected_float_bits": x.reshape(-1).view(np.int32).tolist(),
+        "expected_quantized": quantized,
     }
 
 
@@ -68,8 +75,10 @@ def reference_gallery(views: dict[str, list[np.ndarray]], probe: np.ndarray) -> 
 def gallery_cases(dim: int = 24, people: int = 5, probes: int = 24, threshold: float = 0.6, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(people, dim))
-    views = {f"person_{i}": [(centres[i] + 0.5 * rng.normal(size=dim)).astype(np.float32) for _ in range(1 + i % 3)]
-             for i in range(people)}
+    views = {
+        f"person_{i}": [(centres[i] + 0.5 * rng.normal(size=dim)).astype(np.float32) for _ in range(1 + i % 3)]
+        for i in range(people)
+    }
     cases = []
     while len(cases) < probes:
         who = int(rng.integers(people + 2))  # some probes are strangers
@@ -80,8 +89,14 @@ def gallery_cases(dim: int = 24, people: int = 5, probes: int = 24, threshold: f
         best = float(sims[order[0]])
         if abs(best - threshold) < 1e-4 or (len(order) > 1 and best - float(sims[order[1]]) < 1e-4):
             continue
-        cases.append({"probe": probe.tolist(), "best": names[order[0]], "similarity": best,
-                      "identity": names[order[0]] if best >= threshold else None})
+        cases.append(
+            {
+                "probe": probe.tolist(),
+                "best": names[order[0]],
+                "similarity": best,
+                "identity": names[order[0]] if best >= threshold else None,
+            }
+        )
     forget = "person_1"
     after = []
     rest = {k: v for k, v in views.items() if k != forget}
@@ -89,8 +104,14 @@ def gallery_cases(dim: int = 24, people: int = 5, probes: int = 24, threshold: f
         names, sims = reference_gallery(rest, np.asarray(c["probe"], dtype=np.float32))
         order = np.argsort(-sims, kind="stable")
         after.append({"best": names[order[0]], "similarity": float(sims[order[0]])})
-    return {"dim": dim, "threshold": threshold, "views": {k: [v.tolist() for v in vs] for k, vs in views.items()},
-            "probes": cases, "forget": forget, "after_forget": after}
+    return {
+        "dim": dim,
+        "threshold": threshold,
+        "views": {k: [v.tolist() for v in vs] for k, vs in views.items()},
+        "probes": cases,
+        "forget": forget,
+        "after_forget": after,
+    }
 
 
 def latency_cases(seed: int = 0) -> dict:
@@ -98,15 +119,27 @@ def latency_cases(seed: int = 0) -> dict:
     out = []
     for n in (1, 2, 7, 100, 513):
         s = rng.gamma(2.0, 3.0, size=n)
-        out.append({"samples": s.tolist(), **{f"p{p}": float(np.percentile(s, p)) for p in (50, 90, 99)}, "mean": float(s.mean())})
+        out.append(
+            {
+                "samples": s.tolist(),
+                **{f"p{p}": float(np.percentile(s, p)) for p in (50, 90, 99)},
+                "mean": float(s.mean()),
+            }
+        )
     return {"cases": out}
 
 
 def npz_case(seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    return {"query": rng.normal(size=(3, 8)).astype(np.float32).tolist(), "gallery": rng.normal(size=(5, 8)).astype(np.float32).tolist(),
-            "latency_ms": rng.gamma(2.0, 3.0, size=8).tolist(), "q_pids": [1, 2, 3], "g_pids": [1, 2, 3, 0, -1],
-            "q_camids": [0, 1, 2], "g_camids": [1, 0, 1, 2, 0]}
+    return {
+        "query": rng.normal(size=(3, 8)).astype(np.float32).tolist(),
+        "gallery": rng.normal(size=(5, 8)).astype(np.float32).tolist(),
+        "latency_ms": rng.gamma(2.0, 3.0, size=8).tolist(),
+        "q_pids": [1, 2, 3],
+        "g_pids": [1, 2, 3, 0, -1],
+        "q_camids": [0, 1, 2],
+        "g_camids": [1, 0, 1, 2, 0],
+    }
 
 
 def write_golden(out_dir: Path, data: Path, sidecars: list[Path], images_per_sidecar: int = 3) -> Path:
@@ -136,7 +169,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--data", type=Path, required=True, help="dataset folder whose query/gallery images are used")
-    ap.add_argument("--sidecar", type=Path, action="append", required=True, help="an artifact's .json sidecar (repeatable)")
+    ap.add_argument(
+        "--sidecar", type=Path, action="append", required=True, help="an artifact's .json sidecar (repeatable)"
+    )
     args = ap.parse_args(argv)
     write_golden(args.out, args.data, args.sidecar)
     return 0

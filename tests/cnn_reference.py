@@ -33,12 +33,23 @@ class Weights:
 
     def bn(self, key: str, c: int, scale: float = 1.0):
         u = lambda: torch.rand(c, generator=self.g)  # noqa: E731
-        self.sd.update({key + ".weight": (0.5 + u()) * scale, key + ".bias": torch.randn(c, generator=self.g) * 0.1,
-                        key + ".running_mean": torch.randn(c, generator=self.g) * 0.1, key + ".running_var": 0.5 + u(),
-                        key + ".num_batches_tracked": torch.tensor(7)})
+        self.sd.update(
+            {
+                key + ".weight": (0.5 + u()) * scale,
+                key + ".bias": torch.randn(c, generator=self.g) * 0.1,
+                key + ".running_mean": torch.randn(c, generator=self.g) * 0.1,
+                key + ".running_var": 0.5 + u(),
+                key + ".num_batches_tracked": torch.tensor(7),
+            }
+        )
 
     def inorm(self, key: str, c: int):
-        self.sd.update({key + ".weight": 0.5 + torch.rand(c, generator=self.g), key + ".bias": torch.randn(c, generator=self.g) * 0.1})
+        self.sd.update(
+            {
+                key + ".weight": 0.5 + torch.rand(c, generator=self.g),
+                key + ".bias": torch.randn(c, generator=self.g) * 0.1,
+            }
+        )
 
     def linear(self, key: str, cout: int, cin: int, bias: bool = True):
         self.sd[key + ".weight"] = torch.randn(cout, cin, generator=self.g) * (1.0 / cin) ** 0.5
@@ -48,11 +59,21 @@ class Weights:
 
 def _norm(x, sd, key):
     if key + ".running_mean" in sd:
-        return F.batch_norm(x, sd[key + ".running_mean"], sd[key + ".running_var"], sd[key + ".weight"], sd[key + ".bias"], False, 0.0, EPS)
+        return F.batch_norm(
+            x,
+            sd[key + ".running_mean"],
+            sd[key + ".running_var"],
+            sd[key + ".weight"],
+            sd[key + ".bias"],
+            False,
+            0.0,
+            EPS,
+        )
     return F.instance_norm(x, weight=sd[key + ".weight"], bias=sd[key + ".bias"], eps=EPS)
 
 
 # ---------------------------------------------------------------- OSNet (torchreid layout)
+
 
 def osnet_state_dict(channels, layers=(2, 2, 2), norm="bn", feature_dim=512, classes=10, seed=0) -> dict:
     w = Weights(seed)
@@ -68,8 +89,9 @@ def osnet_state_dict(channels, layers=(2, 2, 2), norm="bn", feature_dim=512, cla
             w.bn(p + "conv1.bn", mid)
             for t in range(1, 5):
                 for m in range(t):
-                    lp = (f"conv2.{t - 1}.layers.{m}." if ain else
-                          ("conv2a." if t == 1 else f"conv2{'abcd'[t - 1]}.{m}."))
+                    lp = (
+                        f"conv2.{t - 1}.layers.{m}." if ain else ("conv2a." if t == 1 else f"conv2{'abcd'[t - 1]}.{m}.")
+                    )
                     w.conv(p + lp + "conv1", mid, mid, 1)
                     w.conv(p + lp + "conv2", mid, 1, 3)
                     w.bn(p + lp + "bn", mid)
@@ -149,7 +171,11 @@ def osnet_forward(sd: dict, x: torch.Tensor) -> torch.Tensor:
     x = _conv_norm_relu(x, sd, "conv5")
     v = F.adaptive_avg_pool2d(x, 1).flatten(1)
     v = F.linear(v, sd["fc.0.weight"], sd["fc.0.bias"])
-    return F.relu(F.batch_norm(v, sd["fc.1.running_mean"], sd["fc.1.running_var"], sd["fc.1.weight"], sd["fc.1.bias"], False, 0.0, EPS))
+    return F.relu(
+        F.batch_norm(
+            v, sd["fc.1.running_mean"], sd["fc.1.running_var"], sd["fc.1.weight"], sd["fc.1.bias"], False, 0.0, EPS
+        )
+    )
 
 
 # ---------------------------------------------------------------- fast-reid Baseline (BoT / SBS)
@@ -158,14 +184,15 @@ PIXEL_MEAN_255 = (123.675, 116.28, 103.53)
 PIXEL_STD_255 = (58.395, 57.12, 57.375)
 
 
-def fastreid_state_dict(layers=(3, 4, 6, 3), width=64, ibn=False, non_local=(0, 0, 0, 0), gem=False, old_keys=False,
-                        classifier=True, seed=0) -> dict:
+def fastreid_state_dict(
+    layers=(3, 4, 6, 3), width=64, ibn=False, non_local=(0, 0, 0, 0), gem=False, old_keys=False, classifier=True, seed=0
+) -> dict:
     w = Weights(seed)
     w.conv("backbone.conv1", width, 3, 7)
     w.bn("backbone.bn1", width)
     cin = width
     for i, n in enumerate(layers):
-        planes = width * 2 ** i
+        planes = width * 2**i
         for b in range(n):
             p = f"backbone.layer{i + 1}.{b}."
             w.conv(p + "conv1", planes, cin, 1)

@@ -73,7 +73,9 @@ def sclnet_exports(sclnet_ckpt, tiny_dataset, run_shared) -> tuple[Path, list[di
     def build(folder: Path) -> list:
         from mobilereid.export import export_checkpoint
 
-        return json.loads(json.dumps(export_checkpoint(sclnet_ckpt, "all", tiny_dataset, folder / "out", int8=True), default=str))
+        return json.loads(
+            json.dumps(export_checkpoint(sclnet_ckpt, "all", tiny_dataset, folder / "out", int8=True), default=str)
+        )
 
     results = once_per_run(run_shared, "sclnet_exports", build)
     for r in results:

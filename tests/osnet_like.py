@@ -16,14 +16,21 @@ def conv_bn(cin, cout, k=1, stride=1, groups=1, relu=True):
 
 class LiteConv(nn.Sequential):
     def __init__(self, c):
-        super().__init__(nn.Conv2d(c, c, 1, bias=False), nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        super().__init__(
+            nn.Conv2d(c, c, 1, bias=False), nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False), nn.BatchNorm2d(c), nn.ReLU()
+        )
 
 
 class AggregationGate(nn.Module):
     def __init__(self, c, reduction=4):
         super().__init__()
-        self.fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, c // reduction, 1), nn.ReLU(),
-                                nn.Conv2d(c // reduction, c, 1), nn.Sigmoid())
+        self.fc = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(c, c // reduction, 1),
+            nn.ReLU(),
+            nn.Conv2d(c // reduction, c, 1),
+            nn.Sigmoid(),
+        )
 
     def forward(self, x):
         return x * self.fc(x)

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from android_golden import write_golden
+
 from mobilereid.evaluate import completed_summary
-from mobilereid.metrics import rank_summary
 from mobilereid.export import export_checkpoint
+from mobilereid.metrics import rank_summary
 from mobilereid.models import build_model
 from mobilereid.models.checkpoint import save_checkpoint
 
@@ -40,7 +40,9 @@ def _kotlinc(sources: Path, out_jar: Path, classpath: list[Path]) -> None:
         cmd += ["-cp", ":".join(str(p) for p in classpath)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     errors = [l for l in proc.stderr.splitlines() if "error:" in l]
-    assert proc.returncode == 0 and not errors, f"kotlinc failed on {sources}:\n" + "\n".join(errors or proc.stderr.splitlines()[-20:])
+    assert proc.returncode == 0 and not errors, f"kotlinc failed on {sources}:\n" + "\n".join(
+        errors or proc.stderr.splitlines()[-20:]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,11 @@ def golden(tmp_path_factory, small_dataset) -> Path:
     ckpt = save_checkpoint(tmp / "sclnet_test.pt", build_model("sclnet_test", num_classes=6).eval())
     export_checkpoint(ckpt, "onnx", small_dataset, tmp / "export")
     recipe = tmp / "int8_only.toml"
-    recipe.write_text((ROOT / "mobilereid" / "recipes" / "tflite_sclnet.toml").read_text().replace('variants = ["fp32", "dynamic", "int8"]', 'variants = ["int8"]'))
+    recipe.write_text(
+        (ROOT / "mobilereid" / "recipes" / "tflite_sclnet.toml")
+        .read_text()
+        .replace('variants = ["fp32", "dynamic", "int8"]', 'variants = ["int8"]')
+    )
     export_checkpoint(ckpt, "tflite", small_dataset, tmp / "export", int8=True, recipe_path=recipe)
     sidecars = sorted((tmp / "export").glob("*.json"))
     int8 = next(p for p in sidecars if p.name.endswith(".tflite.json"))
@@ -82,18 +88,39 @@ def test_kotlin_core_reproduces_python_golden_vectors(golden, tmp_path):
     build.mkdir()
     core_jar, tests_jar = build / "reid-core.jar", build / "reid-core-tests.jar"
     _kotlinc(CORE / "src" / "main" / "kotlin", core_jar, [])
-    _kotlinc(CORE / "src" / "test" / "kotlin", tests_jar,
-             [core_jar] + [JAVA_LIB / j for j in ("junit-jupiter-api.jar", "apiguardian-api.jar", "opentest4j.jar")])
+    _kotlinc(
+        CORE / "src" / "test" / "kotlin",
+        tests_jar,
+        [core_jar] + [JAVA_LIB / j for j in ("junit-jupiter-api.jar", "apiguardian-api.jar", "opentest4j.jar")],
+    )
     stdlib = KOTLINC.parents[1] / "lib" / "kotlin-stdlib.jar"
     out, reports = tmp_path / "kotlin_out", tmp_path / "reports"
-    cmd = ["java", f"-Dmobilereid.golden={golden}", f"-Dmobilereid.kotlin_out={out}", "-jar", str(JUNIT_CONSOLE),
-           "--class-path", ":".join(map(str, (core_jar, tests_jar, stdlib))), "--scan-class-path",
-           "--reports-dir", str(reports), "--disable-banner", "--details=summary"]
+    cmd = [
+        "java",
+        f"-Dmobilereid.golden={golden}",
+        f"-Dmobilereid.kotlin_out={out}",
+        "-jar",
+        str(JUNIT_CONSOLE),
+        "--class-path",
+        ":".join(map(str, (core_jar, tests_jar, stdlib))),
+        "--scan-class-path",
+        "--reports-dir",
+        str(reports),
+        "--disable-banner",
+        "--details=summary",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     suites = [ET.parse(p).getroot() for p in reports.glob("*.xml")]
     cases = [c for s in suites for c in s.iter("testcase")]
-    failed = [c.get("name") + ": " + (f.get("message") or "")[:300] for c in cases for f in list(c) if f.tag in ("failure", "error")]
-    assert proc.returncode == 0 and not failed, "JUnit failures:\n" + "\n".join(failed or proc.stdout.splitlines()[-30:])
+    failed = [
+        c.get("name") + ": " + (f.get("message") or "")[:300]
+        for c in cases
+        for f in list(c)
+        if f.tag in ("failure", "error")
+    ]
+    assert proc.returncode == 0 and not failed, "JUnit failures:\n" + "\n".join(
+        failed or proc.stdout.splitlines()[-30:]
+    )
     names = {c.get("name") for c in cases}
     assert len(cases) >= 14 and not [c for c in cases if c.find("skipped") is not None], names
     assert any("bit-identical" in n for n in names) and any("numpy" in n for n in names)
@@ -112,7 +139,8 @@ def test_kotlin_core_reproduces_python_golden_vectors(golden, tmp_path):
     # the host scores the phone's embeddings itself (the app writes no metrics)
     scored = completed_summary(out / "results", "model.tflite")
     assert "metrics" not in summary and scored["metrics"] == rank_summary(
-        npz["query"], npz["gallery"], want["q_pids"], want["g_pids"], want["q_camids"], want["g_camids"])
+        npz["query"], npz["gallery"], want["q_pids"], want["g_pids"], want["q_camids"], want["g_camids"]
+    )
 
 
 def test_golden_vectors_are_exact_python_preprocessing(golden):

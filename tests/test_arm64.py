@@ -45,14 +45,38 @@ def test_qemu_device_names_and_agreement_numbers():
 
 
 def test_report_of_an_emulated_run_has_no_latency_and_an_arm_section():
-    row = {"name": "m_int8.tflite", "runtime": "litert", "precision": "int8", "verification": "passed", "size_mb": 0.1,
-           "metrics": {"rank1": 0.5, "rank5": 0.7, "mAP": 0.4, "mINP": 0.2, "cmc": [0.5, 0.7]}, "latency": None,
-           "arm": {"cpu": "cortex-a55", "qemu": "qemu-aarch64 version 10.0.2", "emulated_ms_per_image_p50": 812.0,
-                   "host_metrics": {"mAP": 0.4},
-                   "vs_host": {"images": 8, "max_abs_diff": 0.0, "max_output_lsb": 0, "cosine_min": 1.0, "cosine_mean": 1.0,
-                               "identical_fraction": 1.0}}}
-    md = eval_markdown({"data": "d", "device": "qemu-arm64:cortex-a55", "threads": 1, "artifacts": [row],
-                        "limit": {"asked": 4, "queries": 4, "gallery": 12}})
+    row = {
+        "name": "m_int8.tflite",
+        "runtime": "litert",
+        "precision": "int8",
+        "verification": "passed",
+        "size_mb": 0.1,
+        "metrics": {"rank1": 0.5, "rank5": 0.7, "mAP": 0.4, "mINP": 0.2, "cmc": [0.5, 0.7]},
+        "latency": None,
+        "arm": {
+            "cpu": "cortex-a55",
+            "qemu": "qemu-aarch64 version 10.0.2",
+            "emulated_ms_per_image_p50": 812.0,
+            "host_metrics": {"mAP": 0.4},
+            "vs_host": {
+                "images": 8,
+                "max_abs_diff": 0.0,
+                "max_output_lsb": 0,
+                "cosine_min": 1.0,
+                "cosine_mean": 1.0,
+                "identical_fraction": 1.0,
+            },
+        },
+    }
+    md = eval_markdown(
+        {
+            "data": "d",
+            "device": "qemu-arm64:cortex-a55",
+            "threads": 1,
+            "artifacts": [row],
+            "limit": {"asked": 4, "queries": 4, "gallery": 12},
+        }
+    )
     assert "| - | - | - | - |" in md and "## On the emulated arm64 board (cortex-a55" in md and "not a latency" in md
     assert "Subset (--limit 4): 4 queries" in md
 
@@ -73,7 +97,9 @@ def arm_artifacts(sclnet_ckpt, sclnet_exports):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(board_missing, reason="no emulated arm64 board: run `mobilereid board setup arm64` as root (make test-deps does)")
+@pytest.mark.skipif(
+    board_missing, reason="no emulated arm64 board: run `mobilereid board setup arm64` as root (make test-deps does)"
+)
 @pytest.mark.parametrize("cpu", ["cortex-a53", "cortex-a55"])
 def test_int8_tflite_on_arm_matches_host(arm_artifacts, tiny_dataset, tmp_path, cpu):
     """Static INT8 .tflite: bit-identical ARM and x86 outputs on a NEON-only core (cortex-a53) and a dot-product core
@@ -82,8 +108,15 @@ def test_int8_tflite_on_arm_matches_host(arm_artifacts, tiny_dataset, tmp_path, 
     ckpt, by = arm_artifacts
     staged = lambda: set((Arm64Board().root / "tmp").glob("mobilereid-eval.*"))  # noqa: E731
     before = staged()
-    report = evaluate_artifacts([by["int8"], by["dynamic"]], tiny_dataset, tmp_path / "r", reference=ckpt,
-                                device=f"qemu-arm64:{cpu}", threads=1, limit=4)
+    report = evaluate_artifacts(
+        [by["int8"], by["dynamic"]],
+        tiny_dataset,
+        tmp_path / "r",
+        reference=ckpt,
+        device=f"qemu-arm64:{cpu}",
+        threads=1,
+        limit=4,
+    )
     rows = {r["precision"]: r for r in report["artifacts"]}
     static, dynamic = rows["int8"]["arm"], rows["dynamic"]["arm"]
     assert static["cpu"] == cpu and "qemu-aarch64 version 10" in static["qemu"]

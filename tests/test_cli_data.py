@@ -13,7 +13,9 @@ def test_version():
 
 def test_synth_then_check(tmp_path):
     out = tmp_path / "set"
-    r = runner.invoke(app, ["data", "synth", str(out), "--ids", "6", "--cameras", "3", "--height", "64", "--width", "32"])
+    r = runner.invoke(
+        app, ["data", "synth", str(out), "--ids", "6", "--cameras", "3", "--height", "64", "--width", "32"]
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["data", "check", str(out)])
     assert r.exit_code == 0, r.output
@@ -33,6 +35,12 @@ def test_synth_bad_option():
 
 
 def test_every_command_has_help():
-    for args in (["--help"], ["data", "--help"], ["data", "synth", "--help"], ["data", "check", "--help"], ["pipeline", "--help"]):
+    for args in (
+        ["--help"],
+        ["data", "--help"],
+        ["data", "synth", "--help"],
+        ["data", "check", "--help"],
+        ["pipeline", "--help"],
+    ):
         r = runner.invoke(app, args)
         assert r.exit_code == 0 and "Usage" in r.output

@@ -7,15 +7,20 @@ import re
 
 import pytest
 import torch
+from cnn_reference import fastreid_forward, fastreid_state_dict, osnet_forward, osnet_state_dict
 from typer.testing import CliRunner
 
-from cnn_reference import fastreid_forward, fastreid_state_dict, osnet_forward, osnet_state_dict
 from mobilereid.cli import app
 from mobilereid.errors import CheckpointError
 from mobilereid.models.checkpoint import load_checkpoint
 from mobilereid.models.importers import ImportOptions, import_weights
 
-WIDTHS = {"x1_0": (64, 256, 384, 512), "x0_75": (48, 192, 288, 384), "x0_5": (32, 128, 192, 256), "x0_25": (16, 64, 96, 128)}
+WIDTHS = {
+    "x1_0": (64, 256, 384, 512),
+    "x0_75": (48, 192, 288, 384),
+    "x0_5": (32, 128, 192, 256),
+    "x0_25": (16, 64, 96, 128),
+}
 SIZE = (128, 64)  # exactness does not depend on the input size; a quarter of 256x128's work
 
 
@@ -33,8 +38,11 @@ def _import(tmp_path, sd, name="w.pth", wrap=None, **opts):
     return res, model, state
 
 
-OSNETS = [(f"osnet_{w}", c, "bn") for w, c in WIDTHS.items()] + [("osnet_ibn_x1_0", WIDTHS["x1_0"], "ibn")] + \
-         [(f"osnet_ain_{w}", c, "ain") for w, c in WIDTHS.items()]
+OSNETS = (
+    [(f"osnet_{w}", c, "bn") for w, c in WIDTHS.items()]
+    + [("osnet_ibn_x1_0", WIDTHS["x1_0"], "ibn")]
+    + [(f"osnet_ain_{w}", c, "ain") for w, c in WIDTHS.items()]
+)
 
 
 @pytest.mark.parametrize("name,channels,norm", OSNETS, ids=[o[0] for o in OSNETS])
@@ -45,14 +53,25 @@ def test_osnet_import_is_exact(tmp_path, name, channels, norm):
     assert res.format == "torchreid" and model.preset == name and state["family"] == "osnet"
     x = _inputs()
     with torch.no_grad():
-        ref = osnet_forward(sd, (x - torch.tensor(model.cfg.pixel_mean).view(1, 3, 1, 1)) / torch.tensor(model.cfg.pixel_std).view(1, 3, 1, 1))
-        got = model((x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        ref = osnet_forward(
+            sd,
+            (x - torch.tensor(model.cfg.pixel_mean).view(1, 3, 1, 1))
+            / torch.tensor(model.cfg.pixel_std).view(1, 3, 1, 1),
+        )
+        got = model(
+            (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+            / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        )
     assert ref.shape == (3, 512) and ref.std() > 0.05  # a non-trivial feature
     assert (got - ref).abs().max() <= 1e-4
 
 
-FASTREID = [("bot_r50", {}), ("bot_r50_ibn", dict(ibn=True)), ("sbs_r50", dict(non_local=(0, 2, 3, 0), gem=True)),
-            ("sbs_r50_ibn", dict(ibn=True, non_local=(0, 2, 3, 0), gem=True))]
+FASTREID = [
+    ("bot_r50", {}),
+    ("bot_r50_ibn", dict(ibn=True)),
+    ("sbs_r50", dict(non_local=(0, 2, 3, 0), gem=True)),
+    ("sbs_r50_ibn", dict(ibn=True, non_local=(0, 2, 3, 0), gem=True)),
+]
 
 
 @pytest.mark.parametrize("name,kw", FASTREID, ids=[f[0] for f in FASTREID])
@@ -64,7 +83,10 @@ def test_fastreid_import_is_exact(tmp_path, name, kw):
     x255 = _inputs(scale=255.0)
     with torch.no_grad():
         ref = fastreid_forward(sd, x255)
-        got = model((x255 / 255 - torch.tensor(model.cfg.pixel_mean).view(1, 3, 1, 1)) / torch.tensor(model.cfg.pixel_std).view(1, 3, 1, 1))
+        got = model(
+            (x255 / 255 - torch.tensor(model.cfg.pixel_mean).view(1, 3, 1, 1))
+            / torch.tensor(model.cfg.pixel_std).view(1, 3, 1, 1)
+        )
     assert ref.shape == (3, 2048) and ref.std() > 0.05
     assert (got - ref).abs().max() <= 1e-4
     assert model.cfg.pixel_mean == pytest.approx((0.485, 0.456, 0.406), abs=1e-6)
@@ -76,7 +98,10 @@ def test_fastreid_old_zoo_keys_mean_legacy_maxpool(tmp_path):
     res, model, _ = _import(tmp_path, sd)
     assert model.cfg.maxpool == "legacy" and any("before Sep 2020" in n for n in res.notes)
     x255 = _inputs(scale=255.0)
-    norm = lambda x: (x / 255 - torch.tensor(model.cfg.pixel_mean).view(1, 3, 1, 1)) / torch.tensor(model.cfg.pixel_std).view(1, 3, 1, 1)  # noqa: E731
+    norm = lambda x: (
+        (x / 255 - torch.tensor(model.cfg.pixel_mean).view(1, 3, 1, 1))
+        / torch.tensor(model.cfg.pixel_std).view(1, 3, 1, 1)
+    )  # noqa: E731
     with torch.no_grad():
         legacy, ceil = fastreid_forward(sd, x255, maxpool="legacy"), fastreid_forward(sd, x255, maxpool="ceil")
         got = model(norm(x255))
@@ -87,12 +112,15 @@ def test_fastreid_old_zoo_keys_mean_legacy_maxpool(tmp_path):
         assert (model_ceil(norm(x255)) - ceil).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("change,expected", [
-    ("missing", "1 missing keys (e.g. conv3.0.gate.fc2.bias)"),
-    ("extra", "unexpected keys (e.g. conv9.weight"),
-    ("shape", "wrong shape"),
-    ("ain_pattern", "AIN variant this importer does not know"),
-])
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        ("missing", "1 missing keys (e.g. conv3.0.gate.fc2.bias)"),
+        ("extra", "unexpected keys (e.g. conv9.weight"),
+        ("shape", "wrong shape"),
+        ("ain_pattern", "AIN variant this importer does not know"),
+    ],
+)
 def test_torchreid_import_is_strict(tmp_path, change, expected):
     sd = osnet_state_dict(WIDTHS["x0_25"], norm="ain" if change == "ain_pattern" else "bn", seed=5)
     if change == "missing":

@@ -53,7 +53,7 @@ def test_head_surgery_equals_masked_unpruned_model_and_param_formula():
     with torch.no_grad():
         for bi, heads in remove.items():
             for h in heads:
-                masked.blocks[bi].attn.proj.weight[:, h * d:(h + 1) * d] = 0
+                masked.blocks[bi].attn.proj.weight[:, h * d : (h + 1) * d] = 0
         torch.testing.assert_close(pruned(x), masked(x), atol=1e-5, rtol=1e-5)
     C = model.cfg.embed_dim
     removed = 3
@@ -63,6 +63,7 @@ def test_head_surgery_equals_masked_unpruned_model_and_param_formula():
 
 def masked_attention_forward(keep):
     """Reference attention: all keys projected, removed keys masked with -inf before the softmax."""
+
     def forward(self, x):
         B, N, _ = x.shape
         H, d = self.num_heads, self.head_dim
@@ -72,6 +73,7 @@ def masked_attention_forward(keep):
         mask[keep] = 0.0
         attn = (logits + mask).softmax(-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(B, N, H * d))
+
     return forward
 
 
@@ -111,13 +113,29 @@ def test_token_scores_are_taylor_scores():
 def test_compressed_checkpoint_reloads_and_exports(tmp_path, tiny_dataset):
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test", num_heads=4, num_classes=6).eval())
-    cfg = CompressConfig(keep_ratio=0.75, head_ratio=0.5, token_rate=0.3, mlp_rate=0.5, rounds=2, epochs_per_round=1, arch_epochs=1,
-                         token_epochs=0, mlp_epochs=0, final_epochs=0, p=3, k=2)
+    cfg = CompressConfig(
+        keep_ratio=0.75,
+        head_ratio=0.5,
+        token_rate=0.3,
+        mlp_rate=0.5,
+        rounds=2,
+        epochs_per_round=1,
+        arch_epochs=1,
+        token_epochs=0,
+        mlp_epochs=0,
+        final_epochs=0,
+        p=3,
+        k=2,
+    )
     result = compress(ckpt, tiny_dataset, tmp_path / "out", cfg, evaluate=False)
     model, _ = load_checkpoint(result["checkpoint"])
     assert sum(model.cfg.heads_per_layer) == 4 and result["after"]["gmacs"] < 0.6 * result["before"]["gmacs"]
     full = result["before"]["mlp_hidden_per_layer"]
-    assert result["after"]["mlp_hidden_per_layer"] == [h // 2 for h in full] == [b.mlp.fc1.out_features for b in model.all_blocks()]
+    assert (
+        result["after"]["mlp_hidden_per_layer"]
+        == [h // 2 for h in full]
+        == [b.mlp.fc1.out_features for b in model.all_blocks()]
+    )
     assert [s["step"] for s in result["steps"]] == ["architecture", "heads", "heads", "mlp_units", "kv_tokens"]
     x = torch.randn(1, 3, *model.cfg.img_size)
     ep = torch.export.export(model, (x,))
@@ -126,12 +144,17 @@ def test_compressed_checkpoint_reloads_and_exports(tmp_path, tiny_dataset):
     assert not any(k.endswith("mask") for k in model.state_dict())
 
 
-@pytest.mark.parametrize("kwargs,msg", [
-    (dict(head_ratio=1.0), "head-ratio must be in"), (dict(head_ratio=-0.1), "head-ratio must be in"),
-    (dict(token_rate=1.5), "token-rate must be in"), (dict(keep_ratio=0.0), "keep-ratio must be in"),
-    (dict(mlp_rate=1.0), "mlp-rate must be in"),
-    (dict(head_ratio=0.9), "each of the 2 layers keeps one"),
-])
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [
+        (dict(head_ratio=1.0), "head-ratio must be in"),
+        (dict(head_ratio=-0.1), "head-ratio must be in"),
+        (dict(token_rate=1.5), "token-rate must be in"),
+        (dict(keep_ratio=0.0), "keep-ratio must be in"),
+        (dict(mlp_rate=1.0), "mlp-rate must be in"),
+        (dict(head_ratio=0.9), "each of the 2 layers keeps one"),
+    ],
+)
 def test_bad_ratios(tmp_path, tiny_dataset, kwargs, msg):
     ckpt = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test", num_heads=4, num_classes=6).eval())
     with pytest.raises(MobileReIDError, match=msg):
@@ -140,7 +163,9 @@ def test_bad_ratios(tmp_path, tiny_dataset, kwargs, msg):
 
 def test_cli_compress_rejects_cnn(tmp_path, tiny_dataset):
     ckpt = save_checkpoint(tmp_path / "cnn.pt", build_model("sclnet_test", num_classes=6).eval())
-    r = runner.invoke(app, ["compress", str(ckpt), "--data", str(tiny_dataset), "--head-ratio", "0.3", "-o", str(tmp_path / "o")])
+    r = runner.invoke(
+        app, ["compress", str(ckpt), "--data", str(tiny_dataset), "--head-ratio", "0.3", "-o", str(tmp_path / "o")]
+    )
     assert r.exit_code == 2 and "compression applies to ViT checkpoints" in r.output
 
 
@@ -154,7 +179,9 @@ def test_statistics_cover_the_whole_training_split_unless_capped(tiny_dataset):
     assert sorted(whole.stat_indices) == list(range(len(ds.train)))
     assert sum(len(x) for x in whole.stat_batches()) == len(ds.train)
     capped = Finetuner(ds, CompressConfig(stat_images=10), teacher)
-    assert len(capped.stat_indices) == 10 and capped.stat_indices[0] == 0 and capped.stat_indices[-1] == len(ds.train) - 1
+    assert (
+        len(capped.stat_indices) == 10 and capped.stat_indices[0] == 0 and capped.stat_indices[-1] == len(ds.train) - 1
+    )
     with pytest.raises(MobileReIDError, match="--stat-images must be >= 0"):
         CompressConfig(stat_images=-1).validate()
 
@@ -178,11 +205,19 @@ def test_distillation_is_deit_soft_kl_teacher_to_student_per_class(monkeypatch):
         def forward(self, x, cam=None):
             return [s_logits + self.w], []
 
-    monkeypatch.setattr(train_mod, "reid_loss", lambda logits, *a: (logits[0].sum() * 0.0, {"acc": torch.zeros(())}))  # only the KL left
+    monkeypatch.setattr(
+        train_mod, "reid_loss", lambda logits, *a: (logits[0].sum() * 0.0, {"acc": torch.zeros(())})
+    )  # only the KL left
     batches = [(torch.zeros(4, 3, 4, 4), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))]
     model = Fixed()
-    out = train_mod.train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.0), lambda i: 0.0,
-                                    teacher=lambda x, cam: t_logits, distill_weight=1.0)
+    out = train_mod.train_one_epoch(
+        model,
+        batches,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        lambda i: 0.0,
+        teacher=lambda x, cam: t_logits,
+        distill_weight=1.0,
+    )
     assert out["loss"] == pytest.approx(float(expected), rel=1e-5)
 
 

@@ -28,15 +28,18 @@ from mobilereid.train import TrainConfig, evaluate_model, preprocess_spec_for, t
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("device,precision,workers,msg", [
-    ("cuda", "fp32", None, "--device cuda: this torch sees no CUDA device"),
-    ("cuda:7", "fp32", None, "--device cuda:7: this torch sees no CUDA device"),
-    ("tpu", "fp32", None, "--device tpu: unknown device"),
-    ("cuda:x", "fp32", None, "no CUDA device"),
-    ("cpu", "fp16", None, "--precision fp16: not on the CPU"),
-    ("cpu", "fp8", None, "--precision fp8: unknown"),
-    ("cpu", "fp32", -1, "--workers -1: must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "device,precision,workers,msg",
+    [
+        ("cuda", "fp32", None, "--device cuda: this torch sees no CUDA device"),
+        ("cuda:7", "fp32", None, "--device cuda:7: this torch sees no CUDA device"),
+        ("tpu", "fp32", None, "--device tpu: unknown device"),
+        ("cuda:x", "fp32", None, "no CUDA device"),
+        ("cpu", "fp16", None, "--precision fp16: not on the CPU"),
+        ("cpu", "fp8", None, "--precision fp8: unknown"),
+        ("cpu", "fp32", -1, "--workers -1: must be >= 0"),
+    ],
+)
 def test_bad_compute_options_are_one_line(device, precision, workers, msg):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the no-CUDA refusals do not apply")
@@ -73,11 +76,16 @@ def test_cli_refuses_bad_devices_before_any_work(tiny_dataset, tmp_path, command
         pytest.skip("this machine has CUDA")
     source = save_checkpoint(tmp_path / "src.pt", build_model("vit_test", num_heads=4, num_classes=6))
     out = tmp_path / "out"
-    args = {"train": ["train", "--model", "sclnet_test"], "compress": ["compress", str(source)],
-            "quant-finetune": ["quant-finetune", str(source)]}[command]
-    for bad, msg in ((["--device", "cuda"], "error: --device cuda: this torch sees no CUDA device"),
-                     (["--precision", "fp16"], "error: --precision fp16: not on the CPU"),
-                     (["--workers", "-1"], "error: --workers -1: must be >= 0")):
+    args = {
+        "train": ["train", "--model", "sclnet_test"],
+        "compress": ["compress", str(source)],
+        "quant-finetune": ["quant-finetune", str(source)],
+    }[command]
+    for bad, msg in (
+        (["--device", "cuda"], "error: --device cuda: this torch sees no CUDA device"),
+        (["--precision", "fp16"], "error: --precision fp16: not on the CPU"),
+        (["--workers", "-1"], "error: --workers -1: must be >= 0"),
+    ):
         r = runner.invoke(app, [*args, "--data", str(tiny_dataset), "-o", str(out), *bad])
         assert r.exit_code == 2, r.output
         lines = [line for line in r.output.splitlines() if line.strip()]
@@ -89,15 +97,30 @@ def test_evaluate_torch_device_is_checked_before_any_work(tiny_dataset, tmp_path
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     ref = save_checkpoint(tmp_path / "ref.pt", build_model("sclnet_test", num_classes=6))
-    r = runner.invoke(app, ["evaluate", str(tmp_path / "missing.onnx"), "--data", str(tiny_dataset), "--reference", str(ref),
-                            "--torch-device", "cuda", "-o", str(tmp_path / "ev")])
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(tmp_path / "missing.onnx"),
+            "--data",
+            str(tiny_dataset),
+            "--reference",
+            str(ref),
+            "--torch-device",
+            "cuda",
+            "-o",
+            str(tmp_path / "ev"),
+        ],
+    )
     assert r.exit_code == 2 and "error: --torch-device cuda: this torch sees no CUDA device" in r.output, r.output
     assert not (tmp_path / "ev").exists()
 
 
 def _epoch_batches(dataset, workers: int, seed: int = 3, epoch: int = 1):
     ds = load_dataset(dataset)
-    images = ReIDImages(ds.train, preprocess_spec_for(build_model("sclnet_test", num_classes=6)), ds.train_labels(), augment=True)
+    images = ReIDImages(
+        ds.train, preprocess_spec_for(build_model("sclnet_test", num_classes=6)), ds.train_labels(), augment=True
+    )
     loader = PKLoader(images, PKBatches(ds.train, 3, 2, seed), seed, workers)
     return [tuple(t.clone() for t in b) for b in loader.epoch(epoch)]
 
@@ -117,7 +140,9 @@ def test_same_seed_same_batches_whatever_the_worker_count(tiny_dataset):
 
 def test_decoded_images_are_cached_and_shared(tiny_dataset):
     ds = load_dataset(tiny_dataset)
-    images = ReIDImages(ds.train, preprocess_spec_for(build_model("sclnet_test", num_classes=6)), ds.train_labels(), augment=True)
+    images = ReIDImages(
+        ds.train, preprocess_spec_for(build_model("sclnet_test", num_classes=6)), ds.train_labels(), augment=True
+    )
     assert images.cached
     first = images.resized(0).copy()
     assert images._cache.filled[0] == 1 and np.array_equal(images._cache.get(0), first)
@@ -147,8 +172,9 @@ def test_bf16_training_on_the_cpu_writes_fp32_cpu_checkpoints_and_resumes(tiny_d
     assert result["compute"]["precision"] == "bf16" and np.isfinite(result["history"][0]["loss"])
     assert 0 <= result["history"][0]["data_wait_seconds"] <= result["history"][0]["seconds"]
     last = read_checkpoint(tmp_path / "last.pt")
-    tensors = list(last["state_dict"].values()) + [t for s in last["extra"]["optimizer"]["state"].values()
-                                                    for t in s.values() if isinstance(t, torch.Tensor)]
+    tensors = list(last["state_dict"].values()) + [
+        t for s in last["extra"]["optimizer"]["state"].values() for t in s.values() if isinstance(t, torch.Tensor)
+    ]
     assert tensors and all(t.device.type == "cpu" for t in tensors)
     assert all(t.dtype == torch.float32 for t in last["state_dict"].values() if t.is_floating_point())
     assert "grad_scaler" not in last["extra"]  # bf16 needs none
@@ -180,22 +206,82 @@ def test_torchrun_compress_and_quant_finetune_on_two_gloo_ranks(tiny_dataset, tm
     """The choices (heads to prune) are made on rank 0 and broadcast, so both ranks cut the same weights; rank 0
     writes; quant-finetune's guard is scored on rank 0 and followed by both."""
     torch.manual_seed(0)
-    train(TrainConfig(model="vit_test", epochs=1, p=3, k=2, model_options={"num_heads": 4}), tiny_dataset, tmp_path / "t",
-          evaluate=False)
+    train(
+        TrainConfig(model="vit_test", epochs=1, p=3, k=2, model_options={"num_heads": 4}),
+        tiny_dataset,
+        tmp_path / "t",
+        evaluate=False,
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mobilereid.cli"]
-    proc = subprocess.run(run + ["compress", str(tmp_path / "t" / "model.pt"), "--data", str(tiny_dataset), "-o", str(tmp_path / "c"),
-                                 "--head-ratio", "0.25", "--rounds", "1", "--epochs-per-round", "1", "--arch-epochs", "0",
-                                 "--final-epochs", "1", "-p", "3", "-k", "2", "--stat-images", "16"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    run = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "mobilereid.cli",
+    ]
+    proc = subprocess.run(
+        run
+        + [
+            "compress",
+            str(tmp_path / "t" / "model.pt"),
+            "--data",
+            str(tiny_dataset),
+            "-o",
+            str(tmp_path / "c"),
+            "--head-ratio",
+            "0.25",
+            "--rounds",
+            "1",
+            "--epochs-per-round",
+            "1",
+            "--arch-epochs",
+            "0",
+            "--final-epochs",
+            "1",
+            "-p",
+            "3",
+            "-k",
+            "2",
+            "--stat-images",
+            "16",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "c" / "compress_report.json").read_text())
     assert report["ranks"] == 2 and report["steps"][0]["step"] == "heads"
     model, _ = load_checkpoint(tmp_path / "c" / "compressed.pt")
     assert sum(model.cfg.heads_per_layer) == 8 - 2  # 25 % of 2 x 4 heads
-    proc = subprocess.run(run + ["quant-finetune", str(tmp_path / "t" / "model.pt"), "--data", str(tiny_dataset), "-o", str(tmp_path / "q.pt"),
-                                 "--epochs", "1", "--guard-every", "1", "-p", "3", "-k", "2"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        run
+        + [
+            "quant-finetune",
+            str(tmp_path / "t" / "model.pt"),
+            "--data",
+            str(tiny_dataset),
+            "-o",
+            str(tmp_path / "q.pt"),
+            "--epochs",
+            "1",
+            "--guard-every",
+            "1",
+            "-p",
+            "3",
+            "-k",
+            "2",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     extra = read_checkpoint(tmp_path / "q.pt")["extra"]
     assert extra["guard"]["checks"][0]["epoch"] == 1 and extra["history"][0]["epoch"] == 1

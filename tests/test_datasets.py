@@ -94,8 +94,12 @@ def test_msmt17_lists_with_val_merged(tmp_path, tiny_dataset):
     root = tmp_path / "msmt"
     src = load_dataset(tiny_dataset)
     lines = {}
-    for split, samples, image_dir in (("train", src.train[::2], "train"), ("val", src.train[1::2], "train"),
-                                      ("query", src.query, "test"), ("gallery", src.gallery, "test")):
+    for split, samples, image_dir in (
+        ("train", src.train[::2], "train"),
+        ("val", src.train[1::2], "train"),
+        ("query", src.query, "test"),
+        ("gallery", src.gallery, "test"),
+    ):
         rows = []
         for i, s in enumerate(samples):
             rel = f"{s.pid:04d}/{s.pid:04d}_{i:03d}_{s.camid + 1:02d}_0303morning_{i:04d}_0.jpg"

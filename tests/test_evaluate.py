@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from mobilereid.cli import app
 from mobilereid.errors import MobileReIDError
 from mobilereid.evaluate import DEVICE_MODULES, evaluate_artifacts, make_bundle, parse_ssh
-from mobilereid.export import export_checkpoint
 from mobilereid.models import build_model
 from mobilereid.models.checkpoint import save_checkpoint
 
@@ -32,11 +31,18 @@ def test_device_bundle_runs_without_torch_or_tensorflow(tmp_path, artifacts, tin
     bundle = make_bundle(tmp_path / "bundle")
     assert all((bundle / rel).is_file() for rel in DEVICE_MODULES)
     onnx = next(a for a in artifacts[1] if a.suffix == ".onnx")
-    code = (f"import sys; sys.argv=['reid_eval', '--model', {str(onnx)!r}, '--data', {str(tiny_dataset)!r}, '--out', {str(tmp_path / 'r')!r}];"
-            f"sys.path.insert(0, {str(bundle)!r}); from mobilereid.device import evaluator as reid_eval; rc = reid_eval.main(sys.argv[1:]);"
-            f"assert reid_eval.__file__.startswith({str(bundle)!r}), reid_eval.__file__;"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorflow')]; assert not bad, bad; sys.exit(rc)")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    code = (
+        f"import sys; sys.argv=['reid_eval', '--model', {str(onnx)!r}, '--data', {str(tiny_dataset)!r}, '--out', {str(tmp_path / 'r')!r}];"
+        f"sys.path.insert(0, {str(bundle)!r}); from mobilereid.device import evaluator as reid_eval; rc = reid_eval.main(sys.argv[1:]);"
+        f"assert reid_eval.__file__.startswith({str(bundle)!r}), reid_eval.__file__;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorflow')]; assert not bad, bad; sys.exit(rc)"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
     summary = json.loads((tmp_path / "r" / f"{onnx.name}.summary.json").read_text())
     assert summary["runtime"] == "onnxruntime" and summary["latency"]["samples"] > 0
 
@@ -45,7 +51,13 @@ def test_device_bundle_runs_without_torch_or_tensorflow(tmp_path, artifacts, tin
 def test_evaluate_local_report(artifacts, tiny_dataset, tmp_path):
     ckpt, arts = artifacts
     report = evaluate_artifacts(arts, tiny_dataset, tmp_path / "rep", reference=ckpt)
-    assert {p.name for p in (tmp_path / "rep").iterdir()} >= {"report.json", "report.md", "cmc.png", "accuracy_latency.png", "raw"}
+    assert {p.name for p in (tmp_path / "rep").iterdir()} >= {
+        "report.json",
+        "report.md",
+        "cmc.png",
+        "accuracy_latency.png",
+        "raw",
+    }
     fp32 = next(r for r in report["artifacts"] if r["name"].endswith(".onnx"))
     # the fp32 artifact reproduces the float reference exactly (up to float noise)
     assert fp32["drift"]["cosine_mean"] > 0.9999 and fp32["drift"]["top1_agreement"] == 1.0
@@ -78,10 +90,16 @@ def test_evaluate_errors(artifacts, tiny_dataset, tmp_path):
 def test_missing_runtime_is_named(artifacts, tiny_dataset, tmp_path):
     """A device without the runtime: the evaluator's error names the package to install."""
 
-    code = ("import sys; sys.modules['onnxruntime'] = None; sys.path.insert(0, '.');"
-            "from mobilereid.runtimes import open_runner; open_runner(sys.argv[1])")
-    proc = subprocess.run([sys.executable, "-c", code, str(artifacts[1][0])], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None; sys.path.insert(0, '.');"
+        "from mobilereid.runtimes import open_runner; open_runner(sys.argv[1])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(artifacts[1][0])],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert proc.returncode != 0 and "pip install onnxruntime" in proc.stderr
 
 
@@ -159,13 +177,27 @@ def local_sshd(tmp_path):
     port = _free_port()
     Path("/run/sshd").mkdir(exist_ok=True)
     cfg = keydir / "sshd_config"
-    cfg.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keydir / 'host'}\nAuthorizedKeysFile {keydir / 'authorized_keys'}\n"
-                   "PasswordAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile none\n"
-                   "Subsystem sftp internal-sftp\n")
+    cfg.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keydir / 'host'}\nAuthorizedKeysFile {keydir / 'authorized_keys'}\n"
+        "PasswordAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile none\n"
+        "Subsystem sftp internal-sftp\n"
+    )
     proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(cfg)], stderr=subprocess.PIPE)
-    options = ["-i", str(keydir / "client"), "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={keydir / 'known'}"]
+    options = [
+        "-i",
+        str(keydir / "client"),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        f"UserKnownHostsFile={keydir / 'known'}",
+    ]
     for _ in range(50):
-        if subprocess.run(["ssh", "-p", str(port), "-o", "BatchMode=yes", *options, "root@127.0.0.1", "true"], capture_output=True).returncode == 0:
+        if (
+            subprocess.run(
+                ["ssh", "-p", str(port), "-o", "BatchMode=yes", *options, "root@127.0.0.1", "true"], capture_output=True
+            ).returncode
+            == 0
+        ):
             break
         time.sleep(0.2)
     yield port, options
@@ -178,25 +210,40 @@ def test_ssh_round_trip(local_sshd, artifacts, tiny_dataset, tmp_path):
     port, options = local_sshd
     ckpt, arts = artifacts
     onnx = [a for a in arts if a.suffix == ".onnx"]
-    report = evaluate_artifacts(onnx, tiny_dataset, tmp_path / "rep", reference=ckpt, device=f"ssh://root@127.0.0.1:{port}",
-                                remote_python=sys.executable, ssh_options=options)
+    report = evaluate_artifacts(
+        onnx,
+        tiny_dataset,
+        tmp_path / "rep",
+        reference=ckpt,
+        device=f"ssh://root@127.0.0.1:{port}",
+        remote_python=sys.executable,
+        ssh_options=options,
+    )
     assert report["artifacts"][0]["drift"]["cosine_mean"] > 0.9999
     assert report["artifacts"][0]["host"]["python"]
-    leftovers = subprocess.run(["ssh", "-p", str(port), *options, "root@127.0.0.1", "ls -d /tmp/mobilereid-eval.* 2>/dev/null | wc -l"],
-                               capture_output=True, text=True)
+    leftovers = subprocess.run(
+        ["ssh", "-p", str(port), *options, "root@127.0.0.1", "ls -d /tmp/mobilereid-eval.* 2>/dev/null | wc -l"],
+        capture_output=True,
+        text=True,
+    )
     assert leftovers.stdout.strip() == "0"  # the remote folder was removed
 
 
 def test_cli_evaluate(artifacts, tiny_dataset, tmp_path):
     ckpt, arts = artifacts
-    r = runner.invoke(app, ["evaluate", str(arts[0]), "--data", str(tiny_dataset), "--reference", str(ckpt), "-o", str(tmp_path / "rep")])
+    r = runner.invoke(
+        app,
+        ["evaluate", str(arts[0]), "--data", str(tiny_dataset), "--reference", str(ckpt), "-o", str(tmp_path / "rep")],
+    )
     assert r.exit_code == 0, r.output
     assert "report.md" in r.output and (tmp_path / "rep" / "accuracy_latency.png").is_file()
 
 
 def test_cli_benchmark_one_table(artifacts, tiny_dataset, tmp_path):
     ckpt, _ = artifacts
-    r = runner.invoke(app, ["benchmark", str(ckpt), "--data", str(tiny_dataset), "--target", "onnx", "-o", str(tmp_path / "b")])
+    r = runner.invoke(
+        app, ["benchmark", str(ckpt), "--data", str(tiny_dataset), "--target", "onnx", "-o", str(tmp_path / "b")]
+    )
     assert r.exit_code == 0, r.output
     assert "report.md" in r.output
     report = json.loads((tmp_path / "b" / "report" / "report.json").read_text())
@@ -225,7 +272,10 @@ def test_random_bytes_pte_and_foreign_sidecar_are_one_line_errors(artifacts, tin
     ckpt, arts = artifacts
     pte = next(a for a in arts if a.suffix == ".pte")
     onnx = next(a for a in arts if a.suffix == ".onnx")
-    for src, mutate, msg in ((pte, "bytes", "not an ExecuTorch program"), (onnx, "shape", "sidecar does not belong to this file")):
+    for src, mutate, msg in (
+        (pte, "bytes", "not an ExecuTorch program"),
+        (onnx, "shape", "sidecar does not belong to this file"),
+    ):
         work = tmp_path / mutate
         work.mkdir()
         dst = work / src.name

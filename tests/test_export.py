@@ -27,8 +27,15 @@ def sclnet_all(sclnet_exports):
 def test_every_target_exports_and_verifies(sclnet_all):
     out, results = sclnet_all
     got = {(r["target"], r["precision"]) for r in results}
-    assert got == {("onnx", "fp32"), ("executorch", "fp32"), ("executorch", "int8"), ("tflite", "fp32"),
-                   ("tflite", "dynamic"), ("tflite", "int8"), ("edgetpu", "int8")}
+    assert got == {
+        ("onnx", "fp32"),
+        ("executorch", "fp32"),
+        ("executorch", "int8"),
+        ("tflite", "fp32"),
+        ("tflite", "dynamic"),
+        ("tflite", "int8"),
+        ("edgetpu", "int8"),
+    }
     for r in results:
         v = r["verification"]
         assert v["passed"] and v["cosine_mean"] >= 0.99, (r["artifact"], v)
@@ -47,25 +54,32 @@ def test_sidecar_is_the_contract(sclnet_all, sclnet_ckpt, tiny_dataset):
     assert meta["preprocess"]["colour_order"] == "RGB" and meta["preprocess"]["mean"] == [0.485, 0.456, 0.406]
     assert meta["model"]["embedding_dim"] == 128 and meta["model"]["source_sha256"]
     import hashlib
+
     assert meta["sha256"] == hashlib.sha256(int8["artifact"].read_bytes()).hexdigest()
     assert meta["verification"]["runtime"] == "litert"
     # the .tflite carries its own description in the flatbuffer metadata table, equal to the sidecar's
     from mobilereid.export.tflite.metadata import read_metadata
+
     embedded = read_metadata(int8["artifact"])
     assert meta["embedded_metadata"] == "mobilereid"
     for key in ("input", "output", "preprocess", "model", "precision"):
         assert embedded[key] == meta[key], key
     # so does the Edge TPU model (the TFLite Micro one: tests/test_tflm.py)
     edgetpu = next(r["artifact"] for r in results if r["target"] == "edgetpu")
-    assert read_metadata(edgetpu)["input"] == read_sidecar(edgetpu)["input"] and read_metadata(edgetpu)["target"] == "edgetpu"
+    assert (
+        read_metadata(edgetpu)["input"] == read_sidecar(edgetpu)["input"]
+        and read_metadata(edgetpu)["target"] == "edgetpu"
+    )
     from tensorflow.lite.tools import flatbuffer_utils
+
     bare = flatbuffer_utils.read_model_from_bytearray(bytearray(int8["artifact"].read_bytes()))
     bare.metadata = [m for m in bare.metadata if m.name.decode() != "mobilereid"]
     with pytest.raises(ExportError, match="no embedded 'mobilereid' metadata"):
         read_metadata(bytes(flatbuffer_utils.convert_object_to_bytearray(bare)))
     # the same sidecar drives a fresh runner to the same numbers
-    from mobilereid.export.calibration import calibration_files, load_batch
     from mobilereid.data.preprocess import PreprocessSpec
+    from mobilereid.export.calibration import calibration_files, load_batch
+
     _, verify = calibration_files(tiny_dataset, 4, 4)
     x = load_batch(verify, PreprocessSpec.from_dict(meta["preprocess"]))
     emb = open_runner(int8["artifact"]).embed(x)
@@ -90,7 +104,9 @@ def test_size_breakdown_accounts_for_per_channel_quantization(sclnet_all, sclnet
 
     out, results = sclnet_all
     model, _ = load_checkpoint(sclnet_ckpt)
-    deployed = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and not name.startswith("shallow")]
+    deployed = [
+        m for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and not name.startswith("shallow")
+    ]
     pools = [b for name, b in model.named_buffers() if name.endswith("kernel")]  # AvgPool2x2 as depthwise conv
     weights = sum(m.weight.numel() for m in deployed) + sum(b.numel() for b in pools)
     channels = sum(m.out_channels for m in deployed) + sum(b.shape[0] for b in pools)
@@ -232,11 +248,14 @@ def test_batch_norm_vit_full_int8_tflite_has_no_layernorm_arithmetic(tiny_datase
     assert ops["batch"]["FULLY_CONNECTED"] == ops["layer"]["FULLY_CONNECTED"]
 
 
-@pytest.mark.parametrize("options,expected", [
-    ({}, ["block 0 class-token LayerNorm as a constant", "5 LayerNorm squares as MUL"]),
-    ({"windows": 2, "window_start": 0}, ["5 LayerNorm squares as MUL"]),  # block 0 runs once per window: not stored
-    ({"norm": "batch"}, []),
-])
+@pytest.mark.parametrize(
+    "options,expected",
+    [
+        ({}, ["block 0 class-token LayerNorm as a constant", "5 LayerNorm squares as MUL"]),
+        ({"windows": 2, "window_start": 0}, ["5 LayerNorm squares as MUL"]),  # block 0 runs once per window: not stored
+        ({"norm": "batch"}, []),
+    ],
+)
 def test_integer_friendly_rewrites_keep_the_function(options, expected):
     """export/integer_friendly.py: the rewritten ViT computes the same embeddings (float), the class-token row is
     stored only where block 0 sees one constant row, the user's model is left untouched, and a model without
@@ -248,7 +267,9 @@ def test_integer_friendly_rewrites_keep_the_function(options, expected):
     images = torch.randn(3, 3, 64, 32)
     for divide in (False, True):  # int8 graphs keep RSQRT, int16 graphs take SQRT + DIV
         rewritten, rewrites = integer_friendly(model, images, divide=divide)
-        assert rewrites == [r + (", reciprocal square roots as SQRT + DIV" if divide and "MUL" in r else "") for r in expected]
+        assert rewrites == [
+            r + (", reciprocal square roots as SQRT + DIV" if divide and "MUL" in r else "") for r in expected
+        ]
         assert not any(type(m).__name__ == "DecomposedLayerNorm" for m in model.modules())  # a copy was rewritten
         with torch.no_grad():
             assert torch.allclose(rewritten(images), model(images), atol=1e-4)
@@ -278,8 +299,10 @@ def test_int8_with_int16_op_types_is_full_integer_and_checked(tiny_dataset, tmp_
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test", gelu="tanh").eval())
     recipe = tmp_path / "mixed.toml"
-    recipe.write_text('target = "tflite"\nvariants = ["int8", "int16x8"]\n\n[int8]\nint16_ops = ["add"]\n'
-                      'activation_ranges = "minmax"\n\n[verify]\nmin_cosine = 0.5\n')
+    recipe.write_text(
+        'target = "tflite"\nvariants = ["int8", "int16x8"]\n\n[int8]\nint16_ops = ["add"]\n'
+        'activation_ranges = "minmax"\n\n[verify]\nmin_cosine = 0.5\n'
+    )
     mixed, int16x8 = export_checkpoint(ckpt, "tflite", tiny_dataset, tmp_path / "e", int8=True, recipe_path=recipe)
     assert mixed["artifact"].name == "vit_int8_int16.tflite" and mixed["precision"] == "int8+int16"
     assert mixed["verification"]["passed"] and mixed["float_ops_left"] == {}
@@ -290,11 +313,16 @@ def test_int8_with_int16_op_types_is_full_integer_and_checked(tiny_dataset, tmp_
     assert "float32" not in set().union(*types.values())
     assert int16x8["float_ops_left"] == {} and int16x8["verification"]["cosine_mean"] > 0.99
     assert "SQUARED_DIFFERENCE" not in op_counts(int16x8["artifact"])
-    assert read_sidecar(int16x8["artifact"])["graph_rewrites"][-1] == "5 LayerNorm squares as MUL, reciprocal square roots as SQRT + DIV"
+    assert (
+        read_sidecar(int16x8["artifact"])["graph_rewrites"][-1]
+        == "5 LayerNorm squares as MUL, reciprocal square roots as SQRT + DIV"
+    )
     assert read_sidecar(mixed["artifact"])["graph_rewrites"][-1] == "5 LayerNorm squares as MUL"  # int8: RSQRT stays
     # int16 headroom (the ViT recipe: 2): the int16x8 ranges are twice the calibrated extremes, the int8 ones are not
-    recipe.write_text('target = "tflite"\nvariants = ["int16x8"]\n\n[int8]\nactivation_ranges = "minmax"\n'
-                      'int16_headroom = 1.0\n\n[verify]\nmin_cosine = 0.5\n')
+    recipe.write_text(
+        'target = "tflite"\nvariants = ["int16x8"]\n\n[int8]\nactivation_ranges = "minmax"\n'
+        "int16_headroom = 1.0\n\n[verify]\nmin_cosine = 0.5\n"
+    )
     (tight,) = export_checkpoint(ckpt, "tflite", tiny_dataset, tmp_path / "h1", int8=True, recipe_path=recipe)
     wide, narrow = (read_sidecar(r["artifact"])["input"]["quantization"]["scale"] for r in (int16x8, tight))
     assert wide == pytest.approx(2 * narrow, rel=1e-4) and tight["verification"]["passed"]
@@ -306,8 +334,10 @@ def test_int8_with_int16_op_types_is_full_integer_and_checked(tiny_dataset, tmp_
     assert r["float_ops_left"] == {} and {"MAXIMUM", "EQUAL", "SELECT_V2"} <= set(op_counts(r["artifact"]))
     floats, ops = float_compute_ops(fp32["artifact"].read_bytes()), op_counts(fp32["artifact"])  # the check sees float
     assert all(floats[op] == ops[op] > 0 for op in ("FULLY_CONNECTED", "BATCH_MATMUL", "SOFTMAX", "MAXIMUM"))
-    for model, ops, msg in ((keep, ["LOGICAL_OR"], "names LOGICAL_OR, which has no int16 kernel configuration"),
-                            (ckpt, ["LOGISTIC"], "names 'LOGISTIC', but the LiteRT graph of vit has no LOGISTIC op")):
+    for model, ops, msg in (
+        (keep, ["LOGICAL_OR"], "names LOGICAL_OR, which has no int16 kernel configuration"),
+        (ckpt, ["LOGISTIC"], "names 'LOGISTIC', but the LiteRT graph of vit has no LOGISTIC op"),
+    ):
         recipe.write_text(f'target = "tflite"\nvariants = ["int8"]\n\n[int8]\nint16_ops = {json.dumps(ops)}\n')
         with pytest.raises(ExportError, match=msg):
             export_checkpoint(model, "tflite", tiny_dataset, tmp_path / "bad", int8=True, recipe_path=recipe)
@@ -330,7 +360,9 @@ def test_vit_tflite_default_route_is_litert_torch_and_takes_exact_gelu(tiny_data
         assert meta["input"]["shape"] == [1, 64, 32, 3]
         ops = op_counts(r["artifact"])
         assert "GELU" in ops and not any(o.startswith("Flex") for o in ops)  # exact GELU stays one builtin op
-        assert r["verification"]["passed"] and r["verification"]["cosine_mean"] > (0.9999 if r["precision"] == "fp32" else 0.99)
+        assert r["verification"]["passed"] and r["verification"]["cosine_mean"] > (
+            0.9999 if r["precision"] == "fp32" else 0.99
+        )
         # fp32 and dynamic: one XNNPACK partition, nothing left on LiteRT's own kernels
         report = delegation_report(open_runner(r["artifact"]).interp)
         assert report["partitions"] == 1 and not report["cpu_ops"], report
@@ -341,7 +373,9 @@ def test_vit_tflite_default_route_is_litert_torch_and_takes_exact_gelu(tiny_data
     assert int8["verification"]["passed"] and read_sidecar(int8["artifact"])["input"]["dtype"] == "int8"
     assert "FULLY_CONNECTED" in op_counts(int8["artifact"])
     recipe.write_text('target = "tflite"\nvariants = ["fp16"]\n')
-    with pytest.raises(ExportError, match=r"unknown TFLite variant 'fp16' \(choose from fp32, dynamic, int8, int16x8\)"):
+    with pytest.raises(
+        ExportError, match=r"unknown TFLite variant 'fp16' \(choose from fp32, dynamic, int8, int16x8\)"
+    ):
         export_checkpoint(exact, "tflite", tiny_dataset, tmp_path / "bad", int8=True, recipe_path=recipe)
 
 
@@ -384,24 +418,42 @@ def test_collapsed_model_is_refused_and_reference_spread_recorded(tiny_dataset, 
 
 
 def test_cli_export_onnx_and_errors(sclnet_ckpt, tiny_dataset, tmp_path):
-    r = runner.invoke(app, ["export", str(sclnet_ckpt), "--target", "onnx", "--calib", str(tiny_dataset), "-o", str(tmp_path)])
+    r = runner.invoke(
+        app, ["export", str(sclnet_ckpt), "--target", "onnx", "--calib", str(tiny_dataset), "-o", str(tmp_path)]
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "sclnet_test.onnx").is_file() and (tmp_path / "sclnet_test.onnx.json").is_file()
     spread = read_sidecar(tmp_path / "sclnet_test.onnx")["verification"]["reference_pairwise_cosine_mean"]
     assert -1.0 <= spread < 0.9999
-    r = runner.invoke(app, ["export", str(sclnet_ckpt), "--target", "tensorrt", "--calib", str(tiny_dataset), "-o", str(tmp_path)])
+    r = runner.invoke(
+        app, ["export", str(sclnet_ckpt), "--target", "tensorrt", "--calib", str(tiny_dataset), "-o", str(tmp_path)]
+    )
     assert r.exit_code == 2 and "unknown target 'tensorrt'" in r.output
 
 
 def test_cli_export_fails_when_below_drift_budget(sclnet_ckpt, tiny_dataset, tmp_path):
     recipe = tmp_path / "strict.toml"
-    recipe.write_text('target = "executorch"\nvariants = ["int8"]\n[verify]\nmin_cosine = 1.0\n')  # int8 never reaches 1.0
-    r = runner.invoke(app, ["export", str(sclnet_ckpt), "--target", "executorch", "--int8", "--calib", str(tiny_dataset), "--recipe",
-                            str(recipe), "-o", str(tmp_path / "o")])
+    recipe.write_text(
+        'target = "executorch"\nvariants = ["int8"]\n[verify]\nmin_cosine = 1.0\n'
+    )  # int8 never reaches 1.0
+    r = runner.invoke(
+        app,
+        [
+            "export",
+            str(sclnet_ckpt),
+            "--target",
+            "executorch",
+            "--int8",
+            "--calib",
+            str(tiny_dataset),
+            "--recipe",
+            str(recipe),
+            "-o",
+            str(tmp_path / "o"),
+        ],
+    )
     assert r.exit_code == 1 and "missed the recipe's drift budget" in r.output
     assert read_sidecar(tmp_path / "o" / "sclnet_test_xnnpack_int8.pte")["verification"]["passed"] is False
-
-
 
 
 @pytest.mark.slow
@@ -415,21 +467,33 @@ def test_vit_executorch_static_int8_quantizes_linears_and_keeps_fc2_dynamic(tiny
     r = export_checkpoint(ckpt, "executorch", tiny_dataset, tmp_path / "o", int8=True, recipe_path=recipe)[0]
     assert r["precision"] == "int8_static" and r["artifact"].name == "vit_xnnpack_int8_static.pte"
     assert r["verification"]["passed"]
-    ops = r["delegation"]["ops"]  # static scales (quantize_per_tensor.default) and run-time ones (choose_qparams) for fc2
-    assert "quantized_decomposed_quantize_per_tensor_default" in ops and "quantized_decomposed_choose_qparams_tensor" in ops
+    ops = r["delegation"][
+        "ops"
+    ]  # static scales (quantize_per_tensor.default) and run-time ones (choose_qparams) for fc2
+    assert (
+        "quantized_decomposed_quantize_per_tensor_default" in ops
+        and "quantized_decomposed_choose_qparams_tensor" in ops
+    )
     meta = read_sidecar(r["artifact"])
     assert meta["recipe"]["int8_static"]["dynamic_modules"] == ["mlp\\.fc2$"]
-    recipe.write_text('target = "executorch"\nvariants = ["int8_static"]\n[int8_static]\ndynamic_modules = ["no_such_layer"]\n')
+    recipe.write_text(
+        'target = "executorch"\nvariants = ["int8_static"]\n[int8_static]\ndynamic_modules = ["no_such_layer"]\n'
+    )
     with pytest.raises(ExportError, match="dynamic_modules .* no linear layer of the model matches"):
         export_checkpoint(ckpt, "executorch", tiny_dataset, tmp_path / "o2", int8=True, recipe_path=recipe)
 
 
 def test_static_recipe_values_are_checked(sclnet_ckpt, tiny_dataset, tmp_path):
     recipe = tmp_path / "r.toml"
-    for body, message in (('[int8_static]\nops = "linear"\n', "int8_static.ops must be a list of names"),
-                          ('[int8]\nsmooth_alpha = 2.0\n', r"int8.smooth_alpha must be a number in \(0, 1\]"),
-                          ('[int8_static]\ndynamic_modules = ["(unclosed"]\n', "is not a regular expression"),
-                          ('variants = ["int16x8"]\n', "variant int16x8 asks for int16 activations, but ExecuTorch's XNNPACK backend has no int16 kernels")):
+    for body, message in (
+        ('[int8_static]\nops = "linear"\n', "int8_static.ops must be a list of names"),
+        ("[int8]\nsmooth_alpha = 2.0\n", r"int8.smooth_alpha must be a number in \(0, 1\]"),
+        ('[int8_static]\ndynamic_modules = ["(unclosed"]\n', "is not a regular expression"),
+        (
+            'variants = ["int16x8"]\n',
+            "variant int16x8 asks for int16 activations, but ExecuTorch's XNNPACK backend has no int16 kernels",
+        ),
+    ):
         recipe.write_text('target = "executorch"\n' + body)
         with pytest.raises(ExportError, match=message):
             export_checkpoint(sclnet_ckpt, "executorch", tiny_dataset, tmp_path / "o", int8=True, recipe_path=recipe)
@@ -458,7 +522,10 @@ def test_standalone_batchnorms_become_affine_with_the_same_outputs(preset):
     an add; the calibrated graph computes the same embeddings, so convert_pt2e has no BatchNorm to search."""
     import copy
 
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     from mobilereid.export.pt2e_batchnorm import batchnorms_as_affine
@@ -467,7 +534,12 @@ def test_standalone_batchnorms_become_affine_with_the_same_outputs(preset):
     model = build_model(preset, num_classes=4).eval()
     for m in model.modules():  # running statistics away from the 0/1 defaults, so the rewrite has numbers to get wrong
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2), m.bias.data.uniform_(-1, 1)
+            (
+                m.running_mean.uniform_(-1, 1),
+                m.running_var.uniform_(0.5, 2),
+                m.weight.data.uniform_(0.5, 2),
+                m.bias.data.uniform_(-1, 1),
+            )
     x = torch.randn(4, 3, *model.cfg.img_size)
     quantizer = XNNPACKQuantizer()
     quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))

@@ -1,7 +1,6 @@
 """Exports in two processes side by side (export/second_process.py): the same artifacts as one process, errors and
 signals reach both processes, nothing temporary is left behind."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -39,8 +38,15 @@ def test_two_processes_give_the_same_artifacts_as_one(sclnet_ckpt, sclnet_export
     monkeypatch.setattr(second_process, "SecondProcess", Recorded)
     seen = []
     out = tmp_path / "two"
-    results = export_checkpoint(sclnet_ckpt, "onnx,tflite", tiny_dataset, out, int8=True, core_free=True,
-                                on_result=lambda r: seen.append(r["artifact"].name))
+    results = export_checkpoint(
+        sclnet_ckpt,
+        "onnx,tflite",
+        tiny_dataset,
+        out,
+        int8=True,
+        core_free=True,
+        on_result=lambda r: seen.append(r["artifact"].name),
+    )
     assert started == [["tflite"]]  # the longest unit went to the second process, onnx stayed here
     one = {r["artifact"].name: r for r in sclnet_exports[1] if r["target"] in ("onnx", "tflite")}
     assert [r["artifact"].name for r in results] == list(one)  # the order of a one-process export
@@ -49,10 +55,12 @@ def test_two_processes_give_the_same_artifacts_as_one(sclnet_ckpt, sclnet_export
     for r in results:
         ref = one[r["artifact"].name]
         # the float reference comes from torch with one thread there and two here: the same to float rounding
-        assert r["verification"]["cosine_mean"] == pytest.approx(ref["verification"]["cosine_mean"], abs=1e-6), r["artifact"].name
+        assert r["verification"]["cosine_mean"] == pytest.approx(ref["verification"]["cosine_mean"], abs=1e-6), r[
+            "artifact"
+        ].name
         a, b = open_runner(r["artifact"]), open_runner(ref["artifact"])
         for i in range(len(x)):  # TFLite files carry converter counters in names; what they compute is identical
-            np.testing.assert_array_equal(a.embed(x[i:i + 1]), b.embed(x[i:i + 1]))
+            np.testing.assert_array_equal(a.embed(x[i : i + 1]), b.embed(x[i : i + 1]))
         assert read_sidecar(r["artifact"])["verification"]["passed"] == ref["verification"]["passed"]
     assert hidden(out) == []
 
@@ -82,9 +90,28 @@ def _children(pid: int) -> set[int]:
 
 def test_sigterm_stops_both_processes_and_leaves_no_temporary_files(tmp_path, sclnet_ckpt, tiny_dataset):
     out = tmp_path / "o"
-    proc = subprocess.Popen([sys.executable, "-m", "mobilereid.cli", "export", str(sclnet_ckpt), "--target", "executorch,tflite",
-                             "--calib", str(tiny_dataset), "-o", str(out), "--int8", "--processes", "2"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mobilereid.cli",
+            "export",
+            str(sclnet_ckpt),
+            "--target",
+            "executorch,tflite",
+            "--calib",
+            str(tiny_dataset),
+            "-o",
+            str(out),
+            "--int8",
+            "--processes",
+            "2",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and len(hidden(out)) < 2:
         time.sleep(0.2)  # both processes have made their temporary folders

@@ -1,18 +1,17 @@
 """Any torch ReID model as a torch.export program (.pt2): exported to every target its ops allow, verified there."""
 
-import pickle
 import zipfile
 
 import numpy as np
 import pytest
 import torch
+from osnet_like import OSNetLike, save_osnet_pt2
 
 from mobilereid.errors import CheckpointError
 from mobilereid.export import export_checkpoint
 from mobilereid.models.checkpoint import load_checkpoint, load_model
 from mobilereid.models.external import ExternalReID
 from mobilereid.runtimes import read_sidecar
-from osnet_like import OSNetLike, save_osnet_pt2
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +39,14 @@ def test_pt2_loads_with_its_preprocessing_and_matches_the_module(osnet_pt2):
 def test_pt2_exports_to_every_target_and_verifies(osnet_pt2, tiny_dataset, tmp_path):
     results = export_checkpoint(osnet_pt2, "onnx,executorch,tflite", tiny_dataset, tmp_path / "exp", int8=True)
     got = sorted((r["target"], r["precision"]) for r in results)
-    assert got == [("executorch", "fp32"), ("executorch", "int8"), ("onnx", "fp32"), ("tflite", "dynamic"),
-                   ("tflite", "fp32"), ("tflite", "int8")]
+    assert got == [
+        ("executorch", "fp32"),
+        ("executorch", "int8"),
+        ("onnx", "fp32"),
+        ("tflite", "dynamic"),
+        ("tflite", "fp32"),
+        ("tflite", "int8"),
+    ]
     for r in results:
         meta = read_sidecar(r["artifact"])
         assert meta["model"]["family"] == "external" and meta["preprocess"]["std"] == [0.25, 0.25, 0.25]
@@ -78,7 +83,7 @@ def test_pt2_bad_inputs(tmp_path, osnet_pt2):
     (tmp_path / "net.toml").write_text('colour_order = "BGR"\n')
     with pytest.raises(CheckpointError, match="only RGB"):
         load_model(tmp_path / "net.pt2")
-    (tmp_path / "net.toml").write_text('mean = [0.5, 0.5]\n')
+    (tmp_path / "net.toml").write_text("mean = [0.5, 0.5]\n")
     with pytest.raises(CheckpointError, match="mean must be three numbers"):
         load_model(tmp_path / "net.pt2")
 
@@ -96,6 +101,7 @@ def test_pt2_with_a_pickle_payload_is_refused_before_unpickling(tmp_path, osnet_
             data = src.read(info.filename)
             if info.filename.endswith("sample_inputs/model.pt"):
                 import io
+
                 buf = io.BytesIO()
                 torch.save({"x": Payload()}, buf)
                 data = buf.getvalue()

@@ -55,9 +55,26 @@ def test_whole_export_request_is_validated_first():
 def test_sigterm_mid_export_leaves_no_temporary_files(tmp_path, tiny_dataset):
     ckpt = save_checkpoint(tmp_path / "m.pt", build_model("sclnet_test").eval())
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "mobilereid.cli", "export", str(ckpt), "--target", "tflite", "--int8",
-                             "--calib", str(tiny_dataset), "-o", str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mobilereid.cli",
+            "export",
+            str(ckpt),
+            "--target",
+            "tflite",
+            "--int8",
+            "--calib",
+            str(tiny_dataset),
+            "-o",
+            str(out),
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not (out.is_dir() and any(p.name.startswith(".") for p in out.iterdir())):
         time.sleep(0.2)  # wait until the export has made its temporary folder
@@ -68,14 +85,17 @@ def test_sigterm_mid_export_leaves_no_temporary_files(tmp_path, tiny_dataset):
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("text,msg", [
-    ('target = "onnx"\n[verify]\nmin_cosine = "high"\n', "min_cosine must be a number"),
-    ('target = "onnx"\n[verify]\nmin_cosine = 1.01\n', "min_cosine must be a number between -1 and 1"),
-    ('target = "onnx"\n[verify]\nimages = 0\n', "verify.images must be a whole number >= 1"),
-    ('target = "onnx"\nvariantz = ["fp32"]\n', "unknown key"),
-    ('target = "onnx"\n[int8]\ncalibration_image = 3\n', r"unknown key\(s\) calibration_image in \[int8\]"),
-    ('target = "onnx"\n[int8]\nint16_headroom = 0.5\n', "int8.int16_headroom must be a number from 1 to 256"),
-])
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        ('target = "onnx"\n[verify]\nmin_cosine = "high"\n', "min_cosine must be a number"),
+        ('target = "onnx"\n[verify]\nmin_cosine = 1.01\n', "min_cosine must be a number between -1 and 1"),
+        ('target = "onnx"\n[verify]\nimages = 0\n', "verify.images must be a whole number >= 1"),
+        ('target = "onnx"\nvariantz = ["fp32"]\n', "unknown key"),
+        ('target = "onnx"\n[int8]\ncalibration_image = 3\n', r"unknown key\(s\) calibration_image in \[int8\]"),
+        ('target = "onnx"\n[int8]\nint16_headroom = 0.5\n', "int8.int16_headroom must be a number from 1 to 256"),
+    ],
+)
 def test_bad_recipe_values_are_one_line_errors(tmp_path, tiny_dataset, text, msg):
     ckpt = save_checkpoint(tmp_path / "m.pt", build_model("sclnet_test").eval())
     (tmp_path / "r.toml").write_text(text)
@@ -84,14 +104,33 @@ def test_bad_recipe_values_are_one_line_errors(tmp_path, tiny_dataset, text, msg
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("target,text,msg", [
-    ("executorch", '[int8]\nint16_ops = ["ADD"]\n', "int16_ops asks for int16 activations, but ExecuTorch's XNNPACK backend has no int16 kernels"),
-    ("executorch", 'variants = ["int16x8"]\n', "variant int16x8 asks for int16 activations, but ExecuTorch's XNNPACK"),
-    ("edgetpu", '[int8]\nint16_ops = ["ADD"]\n', "the Edge TPU has no int16 kernels"),
-    ("tflm", '[int8]\nint16_ops = ["ADD"]\n', "TFLite Micro route converts through onnx2tf"),
-    ("tflite", 'converter = "onnx2tf"\n[int8]\nint16_ops = ["ADD"]\n', 'int16_ops needs converter = "litert-torch"'),
-    ("tflite", 'converter = "litert-torch"\n[int8]\nint16_ops = "ADD"\n', "int16_ops must be a list of TFLite op type names"),
-])
+@pytest.mark.parametrize(
+    "target,text,msg",
+    [
+        (
+            "executorch",
+            '[int8]\nint16_ops = ["ADD"]\n',
+            "int16_ops asks for int16 activations, but ExecuTorch's XNNPACK backend has no int16 kernels",
+        ),
+        (
+            "executorch",
+            'variants = ["int16x8"]\n',
+            "variant int16x8 asks for int16 activations, but ExecuTorch's XNNPACK",
+        ),
+        ("edgetpu", '[int8]\nint16_ops = ["ADD"]\n', "the Edge TPU has no int16 kernels"),
+        ("tflm", '[int8]\nint16_ops = ["ADD"]\n', "TFLite Micro route converts through onnx2tf"),
+        (
+            "tflite",
+            'converter = "onnx2tf"\n[int8]\nint16_ops = ["ADD"]\n',
+            'int16_ops needs converter = "litert-torch"',
+        ),
+        (
+            "tflite",
+            'converter = "litert-torch"\n[int8]\nint16_ops = "ADD"\n',
+            "int16_ops must be a list of TFLite op type names",
+        ),
+    ],
+)
 def test_int16_requests_where_no_int16_kernels_exist_are_one_line_errors(tmp_path, target, text, msg):
     """Issue 15's bad input: an int16 request on a runtime without int16 kernels (or on the TFLite route that cannot
     mix precisions per op) is refused when the recipe is read, before any model is loaded or file written."""
@@ -130,8 +169,24 @@ def test_corrupt_training_image_is_one_line_naming_it(tmp_path):
     generate(data, SynthConfig(ids=8, cameras=2, seed=3, height=32, width=16))
     victim = sorted((data / "bounding_box_train").glob("*.jpg"))[3]
     victim.write_bytes(b"\xff\xd8\xff truncated")
-    r = CliRunner().invoke(app, ["train", "--data", str(data), "--model", "sclnet_test", "--epochs", "1", "-p", "2", "-k", "2",
-                                 "-o", str(tmp_path / "o")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--model",
+            "sclnet_test",
+            "--epochs",
+            "1",
+            "-p",
+            "2",
+            "-k",
+            "2",
+            "-o",
+            str(tmp_path / "o"),
+        ],
+    )
     assert r.exit_code == 2 and victim.name in r.output and "cannot decode image" in r.output
     assert "Traceback" not in r.output
 
@@ -143,21 +198,41 @@ def test_unwritable_outputs_are_one_line_errors(tmp_path, tiny_dataset):
 
     ckpt = save_checkpoint(tmp_path / "m.pt", build_model("sclnet_test").eval())
     (tmp_path / "afile").write_text("x")
-    r = CliRunner().invoke(app, ["export", str(ckpt), "--target", "onnx", "--calib", str(tiny_dataset), "-o", str(tmp_path / "afile" / "out")])
+    r = CliRunner().invoke(
+        app,
+        ["export", str(ckpt), "--target", "onnx", "--calib", str(tiny_dataset), "-o", str(tmp_path / "afile" / "out")],
+    )
     assert r.exit_code == 2 and "afile" in r.output and "Traceback" not in r.output, r.output
-    r = CliRunner().invoke(app, ["export", str(tmp_path), "--target", "onnx", "--calib", str(tiny_dataset), "-o", str(tmp_path / "o")])
+    r = CliRunner().invoke(
+        app, ["export", str(tmp_path), "--target", "onnx", "--calib", str(tiny_dataset), "-o", str(tmp_path / "o")]
+    )
     assert r.exit_code == 2 and "is a directory" in r.output
 
 
 def test_library_chatter_is_silenced_unless_verbose(tmp_path, tiny_dataset):
     ckpt = save_checkpoint(tmp_path / "m.pt", build_model("sclnet_test").eval())
-    cmd = [sys.executable, "-m", "mobilereid.cli", "export", str(ckpt), "--target", "executorch", "--calib", str(tiny_dataset)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mobilereid.cli",
+        "export",
+        str(ckpt),
+        "--target",
+        "executorch",
+        "--calib",
+        str(tiny_dataset),
+    ]
     quiet = subprocess.run(cmd + ["-o", str(tmp_path / "q")], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert quiet.returncode == 0, quiet.stderr
     ours = ("exporting", "warning:")
     assert [l for l in quiet.stderr.splitlines() if l.strip() and not l.startswith(ours)] == []
-    loud = subprocess.run([sys.executable, "-m", "mobilereid.cli", "--verbose"] + cmd[3:] + ["-o", str(tmp_path / "v")], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    loud = subprocess.run(
+        [sys.executable, "-m", "mobilereid.cli", "--verbose"] + cmd[3:] + ["-o", str(tmp_path / "v")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert loud.returncode == 0 and [l for l in loud.stderr.splitlines() if l.strip() and not l.startswith(ours)]
 
 

@@ -89,18 +89,24 @@ def test_device_copy_of_a_symlinked_dataset(tiny_dataset, tmp_path):
 
 def test_killed_program_is_reported_as_a_crash_with_its_signal_and_step():
     """A runtime's abort or segfault: not its last chatter line, but the crash, the signal and the artifact."""
-    code = ("import os, signal, sys; print('evaluating a/model.onnx', file=sys.stderr, flush=True); "
-            "print('evaluating b/model.tflite', file=sys.stderr, flush=True); "
-            "print('INFO: Created TensorFlow Lite XNNPACK delegate for CPU.', file=sys.stderr, flush=True); "
-            "os.kill(os.getpid(), signal.SIGSEGV)")
+    code = (
+        "import os, signal, sys; print('evaluating a/model.onnx', file=sys.stderr, flush=True); "
+        "print('evaluating b/model.tflite', file=sys.stderr, flush=True); "
+        "print('INFO: Created TensorFlow Lite XNNPACK delegate for CPU.', file=sys.stderr, flush=True); "
+        "os.kill(os.getpid(), signal.SIGSEGV)"
+    )
     with pytest.raises(DeviceError) as info:
         run_program([sys.executable, "-c", code], "local evaluator", DeviceError, marker="evaluating ")
-    assert str(info.value) == ("local evaluator: crashed with signal SIGSEGV (Segmentation fault) "
-                               "while evaluating b/model.tflite")
+    assert str(info.value) == (
+        "local evaluator: crashed with signal SIGSEGV (Segmentation fault) while evaluating b/model.tflite"
+    )
     # behind a shell (ssh runs the evaluator through one) the signal is an exit status; faulthandler's line says it
-    shell = f"{sys.executable} -X faulthandler -c \"{code}\"; exit $?"
-    with pytest.raises(MobileReIDError, match=r"^evaluator on pi: Fatal Python error: Segmentation fault "
-                                              r"while evaluating b/model.tflite$"):
+    shell = f'{sys.executable} -X faulthandler -c "{code}"; exit $?'
+    with pytest.raises(
+        MobileReIDError,
+        match=r"^evaluator on pi: Fatal Python error: Segmentation fault "
+        r"while evaluating b/model.tflite$",
+    ):
         run_program(["sh", "-c", shell], "evaluator on pi", marker="evaluating ")
 
 

@@ -68,8 +68,9 @@ def test_full_disk_is_one_line_naming_the_file_and_keeps_nothing_half_written(sm
     with pytest.raises(WriteError, match=r"old.json: no space left on device \(write failed; the existing file is"):
         atomic_write_bytes(mnt / "run" / "old.json", bytes(200_000))
     assert (mnt / "run" / "old.json").read_bytes() == b"old"
-    r = runner.invoke(app, ["data", "synth", str(mnt / "d"), "--ids", "8", "--cameras", "2", "--height", "64",
-                            "--width", "32"])
+    r = runner.invoke(
+        app, ["data", "synth", str(mnt / "d"), "--ids", "8", "--cameras", "2", "--height", "64", "--width", "32"]
+    )
     (line,) = error_lines(r)
     assert r.exit_code == 2 and line.startswith(f"error: {mnt / 'd' / 'bounding_box_train'}/")
     assert line.endswith(".jpg: no space left on device (write failed; the partial dataset was removed)")
@@ -99,24 +100,28 @@ def stored(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("family,key,value,expected", [
-    ("sclnet", "img_size", [-64, 32], "[height, width], two multiples of 32 from 32 to 2048"),
-    ("sclnet", "img_size", [0, 0], "[height, width], two multiples of 32 from 32 to 2048"),
-    ("sclnet", "img_size", [100000, 100000], "[height, width], two multiples of 32 from 32 to 2048"),
-    ("sclnet", "width", 1000, "a number in (0, 8]"),
-    ("sclnet", "feature_dim", "many", "a whole number from 1 to 8192"),
-    ("vit", "embed_dim", 10**6, "a whole number from 1 to 8192"),
-    ("vit", "img_size", [0, 0], "[height, width], two whole numbers from 1 to 2048"),
-    ("vit", "patch_size", 100, "at most the input's smaller side (32)"),
-    ("vit", "keep_ratio", "most", "a number in (0, 1]"),
-    ("vit", "depth", 64, "a model of at most 1 billion parameters (this one has 51.5 billion)"),
-])
+@pytest.mark.parametrize(
+    "family,key,value,expected",
+    [
+        ("sclnet", "img_size", [-64, 32], "[height, width], two multiples of 32 from 32 to 2048"),
+        ("sclnet", "img_size", [0, 0], "[height, width], two multiples of 32 from 32 to 2048"),
+        ("sclnet", "img_size", [100000, 100000], "[height, width], two multiples of 32 from 32 to 2048"),
+        ("sclnet", "width", 1000, "a number in (0, 8]"),
+        ("sclnet", "feature_dim", "many", "a whole number from 1 to 8192"),
+        ("vit", "embed_dim", 10**6, "a whole number from 1 to 8192"),
+        ("vit", "img_size", [0, 0], "[height, width], two whole numbers from 1 to 2048"),
+        ("vit", "patch_size", 100, "at most the input's smaller side (32)"),
+        ("vit", "keep_ratio", "most", "a number in (0, 1]"),
+        ("vit", "depth", 64, "a model of at most 1 billion parameters (this one has 51.5 billion)"),
+    ],
+)
 def test_absurd_stored_config_is_one_line_before_anything_is_built(stored, tmp_path, family, key, value, expected):
     _, state = stored[family]
     config = dict(state["config"], **{key: value})
     if key == "depth":  # every value in range, the product not: refused before 200 GB are allocated
-        config.update(embed_dim=8192, num_heads=64, head_dim=None, heads_per_layer=None, mlp_hidden_per_layer=None,
-                      kv_index=None)
+        config.update(
+            embed_dim=8192, num_heads=64, head_dim=None, heads_per_layer=None, mlp_hidden_per_layer=None, kv_index=None
+        )
     bad = tmp_path / "bad.pt"
     torch.save(dict(state, config=config), bad)
     want = f"{bad}: stored config {key} = {value!r}: expected {expected}" if key != "depth" else expected
@@ -129,15 +134,22 @@ def test_absurd_stored_config_is_one_line_before_anything_is_built(stored, tmp_p
 
 def test_valid_stored_configs_still_load(stored, tmp_path):
     from mobilereid.models.configcheck import check_parameter_count, check_stored_config
-    from mobilereid.models.registry import PRESETS, _FAMILIES, preset_config
+    from mobilereid.models.registry import _FAMILIES, PRESETS, preset_config
 
     for name in PRESETS:  # every preset's config as a checkpoint stores it (config objects only: nothing is built)
         family, options = preset_config(name, num_classes=751)
         config = _FAMILIES[family][0](**options).to_dict()
         check_stored_config(family, config)
         check_parameter_count(family, config)
-    pruned = dict(stored["vit"][1]["config"], heads_per_layer=[1, 2], kv_index=[list(range(20)), None],
-                  mlp_hidden_per_layer=[100, 256], keep_ratio=0.7, windows=2, window_weights="separate")
+    pruned = dict(
+        stored["vit"][1]["config"],
+        heads_per_layer=[1, 2],
+        kv_index=[list(range(20)), None],
+        mlp_hidden_per_layer=[100, 256],
+        keep_ratio=0.7,
+        windows=2,
+        window_weights="separate",
+    )
     check_stored_config("vit", pruned)
     for family in ("sclnet", "vit"):
         path, _ = stored[family]
@@ -183,13 +195,18 @@ def test_stale_checkpoint_temporaries_are_removed(tmp_path):
     assert sweep_stale_temporaries(tmp_path) == []
 
 
-@pytest.mark.parametrize("args,message", [
-    (["export", "missing.pt", "--calib", "x", "--threads", "0"], "error: --threads 0: must be >= 1"),
-    (["evaluate", "missing.tflite", "--data", "x", "--threads", "-2"], "error: --threads -2: must be >= 1"),
-    (["quant-finetune", "missing.pt", "--data", "x", "-o", "y.pt", "--threads", "-2"],
-     "error: --threads -2: must be >= 0 (0 = torch default)"),
-    (["data", "synth", "never-written", "--ids", "3"], "error: --ids must be at least 4"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["export", "missing.pt", "--calib", "x", "--threads", "0"], "error: --threads 0: must be >= 1"),
+        (["evaluate", "missing.tflite", "--data", "x", "--threads", "-2"], "error: --threads -2: must be >= 1"),
+        (
+            ["quant-finetune", "missing.pt", "--data", "x", "-o", "y.pt", "--threads", "-2"],
+            "error: --threads -2: must be >= 0 (0 = torch default)",
+        ),
+        (["data", "synth", "never-written", "--ids", "3"], "error: --ids must be at least 4"),
+    ],
+)
 def test_options_below_their_minimum_are_refused(args, message):
     r = runner.invoke(app, args)
     assert r.exit_code == 2 and error_lines(r)[0].startswith(message), r.output
@@ -218,8 +235,12 @@ def test_resize_of_a_huge_photo_costs_no_float_copy_and_the_same_numbers():
     from mobilereid.data.preprocess import resize_bilinear
 
     rng = np.random.default_rng(0)
-    for shape, size in (((256, 128, 3), (256, 128)), ((301, 97, 3), (256, 128)), ((40, 21, 3), (256, 128)),
-                        ((1000, 500, 3), (64, 32))):
+    for shape, size in (
+        ((256, 128, 3), (256, 128)),
+        ((301, 97, 3), (256, 128)),
+        ((40, 21, 3), (256, 128)),
+        ((1000, 500, 3), (64, 32)),
+    ):
         img = rng.integers(0, 256, shape, dtype=np.uint8)
         assert np.array_equal(resize_bilinear(img, *size), _resize_float_first(img, *size))
     huge = np.zeros((4000, 3000, 3), np.uint8)  # 36 MB; made float32 whole it took 144 MB more

@@ -44,7 +44,7 @@ def _hidden(folder: Path) -> list[str]:
 
 # item 4: the parent is killed with SIGKILL -------------------------------------------------------------------------
 
-HELPER = '''
+HELPER = """
 import os, sys, time
 from pathlib import Path
 
@@ -60,9 +60,9 @@ def sleeper(marker, parent, mode):
         time.sleep(120)
     finally:  # SIGTERM unwinds
         Path(marker + ".unwound").write_text("")
-'''
+"""
 
-PARENT = '''
+PARENT = """
 import multiprocessing, os, sys, time
 sys.path.insert(0, sys.argv[1])
 mode, marker = sys.argv[2], sys.argv[3]
@@ -88,7 +88,7 @@ else:  # the export's second process, on a long target
     h = SecondProcess(["executorch"], dict(checkpoint=ckpt, calib=data, out_dir=out, int8=True))
     print(h._process.pid, flush=True)
 time.sleep(120)
-'''
+"""
 
 
 @pytest.mark.parametrize("mode", ["kernel", "watch", "pool", "export"])
@@ -98,8 +98,9 @@ def test_helpers_die_with_a_parent_killed_by_sigkill(tmp_path, mode, request):
     extra = []
     if mode == "export":
         extra = [str(request.getfixturevalue(name)) for name in ("sclnet_ckpt", "tiny_dataset")] + [str(tmp_path / "o")]
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path), mode, marker, *extra], cwd=REPO,
-                              stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path), mode, marker, *extra], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     try:
         kids = [int(p) for p in parent.stdout.readline().split()]
         assert kids, "the parent started no helper"
@@ -169,8 +170,13 @@ model = ""
 def test_sigterm_stops_a_parallel_pipeline_at_once(tmp_path):
     cfg, work = tmp_path / "c.toml", tmp_path / "w"
     cfg.write_text(TWO_CHAINS)
-    proc = subprocess.Popen([sys.executable, "-m", "mobilereid.cli", "pipeline", str(cfg), "-w", str(work)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mobilereid.cli", "pipeline", str(cfg), "-w", str(work)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         logs = [work / "logs" / "a.log", work / "logs" / "b.log"]
         training = lambda: all(log.exists() and "running" in log.read_text() for log in logs)  # noqa: E731
@@ -191,6 +197,7 @@ def test_sigterm_stops_a_parallel_pipeline_at_once(tmp_path):
 
 
 # item 6: one run per work folder ----------------------------------------------------------------------------------
+
 
 def test_a_second_run_on_a_locked_work_folder_stops_at_once_with_one_line(tmp_path, sclnet_ckpt, tiny_dataset):
     from mobilereid.export import export_checkpoint
@@ -217,8 +224,10 @@ def test_a_second_run_on_a_locked_work_folder_stops_at_once_with_one_line(tmp_pa
 def test_a_lock_dies_with_its_holder(tmp_path):
     from mobilereid.worklock import folder_lock
 
-    code = "import sys, time\nfrom mobilereid.worklock import folder_lock\nwith folder_lock(sys.argv[1]):\n" \
-           " print('held', flush=True)\n time.sleep(60)"
+    code = (
+        "import sys, time\nfrom mobilereid.worklock import folder_lock\nwith folder_lock(sys.argv[1]):\n"
+        " print('held', flush=True)\n time.sleep(60)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(Exception, match=f"pid {holder.pid}"):
@@ -231,6 +240,7 @@ def test_a_lock_dies_with_its_holder(tmp_path):
 
 
 # item 7: a stage whose files were damaged re-runs -----------------------------------------------------------------
+
 
 def test_a_stage_with_a_missing_or_changed_file_is_not_fresh(tmp_path):
     from mobilereid.pipeline import Stage
@@ -258,8 +268,10 @@ def test_run_chain_rebuilds_an_export_stage_missing_an_artifact(tmp_path, monkey
     import mobilereid.train
     from mobilereid.pipeline import load_config, run_chain
 
-    (tmp_path / "c.toml").write_text('[models.m]\npreset = "sclnet_test"\n[compress]\nmodel = ""\n'
-                                     '[quant_finetune]\nmodel = ""\n[export.targets]\nm = ["onnx"]\n')
+    (tmp_path / "c.toml").write_text(
+        '[models.m]\npreset = "sclnet_test"\n[compress]\nmodel = ""\n'
+        '[quant_finetune]\nmodel = ""\n[export.targets]\nm = ["onnx"]\n'
+    )
     cfg = load_config(tmp_path / "c.toml")
     exports = []
 

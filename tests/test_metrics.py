@@ -85,7 +85,9 @@ def test_distances():
     q = np.array([[1.0, 0.0], [0.0, 2.0]])
     g = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 4.0]])
     np.testing.assert_allclose(cosine_distance(q, g), [[0, 1, 0.4], [1, 0, 0.2]], atol=1e-6)
-    np.testing.assert_allclose(euclidean_distance(q, g), [[1, np.sqrt(2), np.sqrt(20)], [np.sqrt(8), 1, np.sqrt(13)]], atol=1e-5)
+    np.testing.assert_allclose(
+        euclidean_distance(q, g), [[1, np.sqrt(2), np.sqrt(20)], [np.sqrt(8), 1, np.sqrt(13)]], atol=1e-5
+    )
 
 
 def test_metrics_import_without_torch():

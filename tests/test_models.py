@@ -56,12 +56,24 @@ def test_vit_without_elimination_and_windows_is_a_plain_vit():
         torch.testing.assert_close(model(x), reference_vit(model, x), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("options", [
-    dict(), dict(keep_ratio=0.7), dict(keep_ratio=0.5, scorer="contrast"), dict(windows=2, window_start=1),
-    dict(windows=2, window_start=0, window_weights="separate"), dict(windows=2, keep_ratio=0.7, window_start=1),
-    dict(gelu="tanh"), dict(camera_num=3, sie_camera=1), dict(stride=6), dict(jpm=True, camera_num=3, sie_camera=0),
-    dict(jpm=True, keep_ratio=0.7, neck_feat="before"), dict(norm="batch"), dict(norm="batch", jpm=True, windows=1),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(keep_ratio=0.7),
+        dict(keep_ratio=0.5, scorer="contrast"),
+        dict(windows=2, window_start=1),
+        dict(windows=2, window_start=0, window_weights="separate"),
+        dict(windows=2, keep_ratio=0.7, window_start=1),
+        dict(gelu="tanh"),
+        dict(camera_num=3, sie_camera=1),
+        dict(stride=6),
+        dict(jpm=True, camera_num=3, sie_camera=0),
+        dict(jpm=True, keep_ratio=0.7, neck_feat="before"),
+        dict(norm="batch"),
+        dict(norm="batch", jpm=True, windows=1),
+    ],
+)
 def test_torch_export_for_vit_options(options):
     model = build_model("vit_test", **options).eval()
     x = rand_input(model, 1)

@@ -39,7 +39,9 @@ def test_evaluate_refuses_a_users_report_before_any_work(tmp_path, tiny_dataset)
 
     out = tmp_path / "rep"
     out.mkdir()
-    (out / "report.json").write_text("{\"mine\": 1}")
-    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "missing.onnx"), "--data", str(tiny_dataset), "-o", str(out)])
+    (out / "report.json").write_text('{"mine": 1}')
+    r = CliRunner().invoke(
+        app, ["evaluate", str(tmp_path / "missing.onnx"), "--data", str(tiny_dataset), "-o", str(out)]
+    )
     assert r.exit_code == 2 and "report.json: exists and was not written by mobilereid" in r.output, r.output
-    assert (out / "report.json").read_text() == "{\"mine\": 1}"
+    assert (out / "report.json").read_text() == '{"mine": 1}'

@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mobilereid.cli import app
-from mobilereid.pipeline import load_config
 from mobilereid.errors import MobileReIDError
+from mobilereid.pipeline import load_config
 
 runner = CliRunner()
 
@@ -69,14 +69,17 @@ def test_pipeline_end_to_end_and_skip(tmp_path):
     qft = report["stages"]["quant_finetune_sclnet"]
     assert len(qft["history"]) == 1 and 0.0 <= qft["after"]["mAP"] <= 1.0
     assert qft["before"] == report["stages"]["train_sclnet"]["metrics"]  # the train stage's scores of the same weights,
-    log = (work / "logs" / "sclnet.log").read_text()                   # not scored a second time before epoch 1:
+    log = (work / "logs" / "sclnet.log").read_text()  # not scored a second time before epoch 1:
     assert "query images" not in log.split("[quant_finetune_sclnet] running")[1].split("quant-finetune epoch 1/")[0]
     md = (work / "report" / "report.md").read_text()
     assert "## Compression" in md and "ΔmAP" in md and "## Quantization fine-tuning of `sclnet`" in md
     # drift is measured from the model the user trained (before compression / quant-finetune), the exported one second
     for name, chain in (("sclnet", "train_sclnet"), ("vit_compressed", "train_vit")):
         ev = report["evaluations"][name]
-        assert ev["baseline"]["checkpoint"].endswith(f"{chain}/model.pt") and ev["reference"]["checkpoint"] != ev["baseline"]["checkpoint"]
+        assert (
+            ev["baseline"]["checkpoint"].endswith(f"{chain}/model.pt")
+            and ev["reference"]["checkpoint"] != ev["baseline"]["checkpoint"]
+        )
         assert all("delta_mAP_vs_baseline" in r and "delta_mAP" in r for r in ev["artifacts"])
     assert "ΔmAP vs yours" in md and "top-1 agree vs yours" in md and "Your float model" in md
     assert (work / "report" / "accuracy_latency_all.png").is_file()
@@ -129,13 +132,19 @@ def test_stage_folder_it_made_is_rebuilt(tmp_path):
     assert not (st.dir / "old.pt").exists() and (st.dir / OWNER_MARK).is_file()
 
 
-@pytest.mark.parametrize("text,msg", [
-    ('[data]\nids = 1\n', r"\[data\] ids = 1: expected at least 4"),
-    ('[models.sclnet]\nepochs = "ten"\n', r"\[models.sclnet\] epochs = 'ten': expected a int"),
-    ('[models.vit]\nepoch = 3\n', r"unknown key\(s\) epoch in \[models.vit\]"),
-    ('[pipeline]\nparallel = 1\n', r"parallel = 1: expected a bool"),
-    ('[quant_finetune]\ngive_up_drop = 0.001\n', r"give_up_drop = 0.001: expected 0 \(never\) or at least max_map_drop"),
-])
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        ("[data]\nids = 1\n", r"\[data\] ids = 1: expected at least 4"),
+        ('[models.sclnet]\nepochs = "ten"\n', r"\[models.sclnet\] epochs = 'ten': expected a int"),
+        ("[models.vit]\nepoch = 3\n", r"unknown key\(s\) epoch in \[models.vit\]"),
+        ("[pipeline]\nparallel = 1\n", r"parallel = 1: expected a bool"),
+        (
+            "[quant_finetune]\ngive_up_drop = 0.001\n",
+            r"give_up_drop = 0.001: expected 0 \(never\) or at least max_map_drop",
+        ),
+    ],
+)
 def test_pipeline_values_of_the_wrong_type_or_range(tmp_path, text, msg):
     (tmp_path / "c.toml").write_text(text)
     with pytest.raises(MobileReIDError, match=msg):
@@ -155,7 +164,9 @@ def test_shipped_mcu_config_is_valid_and_runs_only_its_chain(tmp_path):
     assert cfg["pipeline"]["chains"] == ["mcu"] and cfg["export"]["targets"]["mcu"] == ["tflm"]
     assert cfg["models"]["mcu"]["preset"] == "sclnet_micro" and cfg["export"]["board"] == "cortex-m4"
     (tmp_path / "c.toml").write_text('[pipeline]\nchains = ["nope"]\n')
-    with pytest.raises(MobileReIDError, match=r"\[pipeline\] chains = \['nope'\]: expected names of \[models.NAME\] tables"):
+    with pytest.raises(
+        MobileReIDError, match=r"\[pipeline\] chains = \['nope'\]: expected names of \[models.NAME\] tables"
+    ):
         load_config(tmp_path / "c.toml")
     (tmp_path / "c.toml").write_text('[quant_finetune]\nmodel = ["sclnet", 3]\n')
     with pytest.raises(MobileReIDError, match=r"\[quant_finetune\] model"):
@@ -235,12 +246,35 @@ def test_report_says_when_the_quant_finetune_guard_gave_up():
     from mobilereid.report import pipeline_markdown
 
     metrics = {"rank1": 0.2, "mAP": 0.16}
-    guard = {"active": True, "max_map_drop": 0.005, "every": 8, "kept_epoch": 0, "give_up_drop": 0.025, "gave_up_epoch": 8,
-             "checks": [{"epoch": 8, "mAP": 0.1122, "passed": False}]}
-    final = {"workdir": "w", "wall_seconds": 60.0, "evaluations": {},
-             "stages": {"quant_finetune_sclnet": {"before": metrics, "after": metrics, "guard": guard,
-                                                  "history": [{"epoch": 8, "embedding_cosine": 0.98}]}}}
+    guard = {
+        "active": True,
+        "max_map_drop": 0.005,
+        "every": 8,
+        "kept_epoch": 0,
+        "give_up_drop": 0.025,
+        "gave_up_epoch": 8,
+        "checks": [{"epoch": 8, "mAP": 0.1122, "passed": False}],
+    }
+    final = {
+        "workdir": "w",
+        "wall_seconds": 60.0,
+        "evaluations": {},
+        "stages": {
+            "quant_finetune_sclnet": {
+                "before": metrics,
+                "after": metrics,
+                "guard": guard,
+                "history": [{"epoch": 8, "embedding_cosine": 0.98}],
+            }
+        },
+    }
     text = pipeline_markdown(final)
-    assert "stopped after epoch 8, more than 2.50 points down; kept the weights of epoch 0 (mAP after each check: 8: 11.22)" in text
-    guard.update(gave_up_epoch=None, checks=[{"epoch": 8, "mAP": 0.1122, "passed": False}, {"epoch": 24, "mAP": 0.15, "passed": False}])
+    assert (
+        "stopped after epoch 8, more than 2.50 points down; kept the weights of epoch 0 (mAP after each check: 8: 11.22)"
+        in text
+    )
+    guard.update(
+        gave_up_epoch=None,
+        checks=[{"epoch": 8, "mAP": 0.1122, "passed": False}, {"epoch": 24, "mAP": 0.15, "passed": False}],
+    )
     assert "the last epoch failed it; kept the weights of epoch 0" in pipeline_markdown(final)

@@ -10,7 +10,13 @@ def test_resize_matches_torch_bilinear_half_pixel(src, dst):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (*src, 3), dtype=np.uint8)
     ours = resize_bilinear(img, *dst)
-    ref = torch.nn.functional.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None].float(), size=dst, mode="bilinear", align_corners=False, antialias=False)
+    ref = torch.nn.functional.interpolate(
+        torch.from_numpy(img).permute(2, 0, 1)[None].float(),
+        size=dst,
+        mode="bilinear",
+        align_corners=False,
+        antialias=False,
+    )
     np.testing.assert_allclose(ours, ref[0].permute(1, 2, 0).numpy(), atol=1e-3)
 
 

@@ -64,22 +64,33 @@ def test_a_clean_archive_loads_and_matches(ok_pt2):
 def test_duplicate_member_names_with_an_opaque_pickle_are_refused_and_nothing_runs(ok_pt2, tmp_path):
     """Issue 33's critical case: zipfile reads the last of two same-named configs, torch the first."""
     pwned = tmp_path / "PWNED"
-    evil_config = json.dumps({"config": {"x": {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True,
-                                               "tensor_meta": None}}}).encode()
+    evil_config = json.dumps(
+        {"config": {"x": {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True, "tensor_meta": None}}}
+    ).encode()
     src = zipfile.ZipFile(ok_pt2)
     root = src.namelist()[0].split("/")[0]
     with pytest.warns(UserWarning, match="Duplicate name"):
-        evil = rewrite(src, tmp_path / "evil.pt2", before={"data/constants/model_constants_config.json": [
-            ("data/constants/model_constants_config.json", evil_config)]},
-            after=[(f"{root}/data/constants/opaque_obj_0", pickle.dumps(Touch(pwned)))])
+        evil = rewrite(
+            src,
+            tmp_path / "evil.pt2",
+            before={
+                "data/constants/model_constants_config.json": [
+                    ("data/constants/model_constants_config.json", evil_config)
+                ]
+            },
+            after=[(f"{root}/data/constants/opaque_obj_0", pickle.dumps(Touch(pwned)))],
+        )
     with pytest.raises(CheckpointError, match="two members named .*model_constants_config.json") as err:
         load_model(evil)
     assert str(evil) in str(err.value) and "\n" not in str(err.value)
     assert not pwned.exists()
     # the same payload without the duplicate: refused by what it is
-    single = rewrite(src, tmp_path / "single.pt2",
-                     change=lambda n, d: evil_config if n.endswith("model_constants_config.json") else d,
-                     after=[(f"{root}/data/constants/opaque_obj_0", pickle.dumps(Touch(pwned)))])
+    single = rewrite(
+        src,
+        tmp_path / "single.pt2",
+        change=lambda n, d: evil_config if n.endswith("model_constants_config.json") else d,
+        after=[(f"{root}/data/constants/opaque_obj_0", pickle.dumps(Touch(pwned)))],
+    )
     with pytest.raises(CheckpointError, match=r"pickled payload \(opaque_obj_0"):
         load_model(single)
     assert not pwned.exists()
@@ -102,21 +113,25 @@ def test_guard_code_that_torch_would_exec_is_refused(ok_pt2, tmp_path):
     assert not pwned.exists()
 
 
-@pytest.mark.parametrize("case,match", [
-    ("pickled_weight", "pickled payload"),
-    ("aoti", "AOTInductor package"),
-    ("legacy_weights", "legacy pickled weights"),
-    ("symbolic", "symbolic shapes"),
-    ("foreign_op", "only ATen operators"),
-    ("sample_inputs", "not plain tensors"),
-    ("outside_root", "outside the archive's root"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("pickled_weight", "pickled payload"),
+        ("aoti", "AOTInductor package"),
+        ("legacy_weights", "legacy pickled weights"),
+        ("symbolic", "symbolic shapes"),
+        ("foreign_op", "only ATen operators"),
+        ("sample_inputs", "not plain tensors"),
+        ("outside_root", "outside the archive's root"),
+    ],
+)
 def test_archive_contents_torch_would_execute_are_refused(ok_pt2, tmp_path, case, match):
     pwned = tmp_path / "PWNED"
     src = zipfile.ZipFile(ok_pt2)
     root = src.namelist()[0].split("/")[0]
     change, after = None, []
     if case == "pickled_weight":
+
         def change(n, d):
             if not n.endswith("model_weights_config.json"):
                 return d
@@ -128,6 +143,7 @@ def test_archive_contents_torch_would_execute_are_refused(ok_pt2, tmp_path, case
     elif case == "legacy_weights":
         after = [(f"{root}/data/weights/model.pt", pickle.dumps(Touch(pwned)))]
     elif case == "symbolic":
+
         def change(n, d):
             if not n.endswith("models/model.json"):
                 return d
@@ -135,9 +151,11 @@ def test_archive_contents_torch_would_execute_are_refused(ok_pt2, tmp_path, case
             p["range_constraints"] = {"__import__('os').system('touch x')": {"min_val": 1, "max_val": 2}}
             return json.dumps(p).encode()
     elif case == "foreign_op":
+
         def change(n, d):
             return d.replace(b"torch.ops.aten.conv2d.default", b"torch.os.system") if n.endswith("model.json") else d
     elif case == "sample_inputs":
+
         def change(n, d):
             return pickle.dumps(Touch(pwned)) if n.endswith("sample_inputs/model.pt") else d
     elif case == "outside_root":

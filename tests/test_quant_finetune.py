@@ -29,15 +29,18 @@ def test_quant_finetune_writes_a_checkpoint_that_exports(tiny_dataset, tmp_path)
     sd0, sd1 = before.state_dict(), after.state_dict()
     assert sd0.keys() == sd1.keys()
     assert any(not torch.equal(sd0[k], sd1[k]) for k in sd0 if sd0[k].is_floating_point())  # the weights were trained
-    (r,) = export_checkpoint(tmp_path / "qft.pt", "tflite", tiny_dataset, tmp_path / "e", int8=True,
-                             recipe_path=_int8_recipe(tmp_path))
+    (r,) = export_checkpoint(
+        tmp_path / "qft.pt", "tflite", tiny_dataset, tmp_path / "e", int8=True, recipe_path=_int8_recipe(tmp_path)
+    )
     assert r["verification"]["runtime"] == "litert" and r["verification"]["cosine_mean"] > 0.9
 
 
 def _int8_recipe(tmp_path):
     p = tmp_path / "int8.toml"
-    p.write_text('target = "tflite"\nfamily = "sclnet"\nvariants = ["int8"]\n\n[int8]\nactivation_ranges = "p90_minmax"\n\n'
-                 '[verify]\nimages = 8\nmin_cosine = 0.9\n')
+    p.write_text(
+        'target = "tflite"\nfamily = "sclnet"\nvariants = ["int8"]\n\n[int8]\nactivation_ranges = "p90_minmax"\n\n'
+        "[verify]\nimages = 8\nmin_cosine = 0.9\n"
+    )
     return p
 
 
@@ -50,7 +53,9 @@ def test_guard_stops_below_the_floor_and_hands_on_the_last_passing_weights(tiny_
     torch.manual_seed(0)
     model = build_model("sclnet_test", num_classes=6).eval()
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    guard = _Guard(model, load_dataset(tiny_dataset), {"mAP": 1.0}, QuantFinetuneConfig(epochs=3, max_map_drop=0.0, guard_every=2))
+    guard = _Guard(
+        model, load_dataset(tiny_dataset), {"mAP": 1.0}, QuantFinetuneConfig(epochs=3, max_map_drop=0.0, guard_every=2)
+    )
     assert [guard.due(e) for e in (1, 2, 3)] == [False, True, True]  # every 2 epochs and after the last
     moved = {k: (v + 0.5 if v.is_floating_point() else v) for k, v in start.items()}
     assert guard.check(2, moved) is False
@@ -87,13 +92,19 @@ def test_guard_gives_up_far_below_the_start_and_the_stage_stops_there(tiny_datas
     never.check(1, model.state_dict())
     assert not never.gave_up
     with pytest.raises(MobileReIDError, match="give_up_drop"):
-        quant_finetune(tiny_dataset, tiny_dataset, tmp_path / "o.pt", QuantFinetuneConfig(max_map_drop=0.01, give_up_drop=0.005))
+        quant_finetune(
+            tiny_dataset, tiny_dataset, tmp_path / "o.pt", QuantFinetuneConfig(max_map_drop=0.01, give_up_drop=0.005)
+        )
 
     torch.manual_seed(0)
     source = save_checkpoint(tmp_path / "src.pt", build_model("sclnet_test", num_classes=6).eval())
     scores = iter([0.5, 0.1])  # before the stage, then the check after epoch 1
-    result = quant_finetune(source, tiny_dataset, tmp_path / "qft.pt",
-                            QuantFinetuneConfig(epochs=4, p=3, k=2, guard_every=1, max_map_drop=0.05, give_up_drop=0.1))
+    result = quant_finetune(
+        source,
+        tiny_dataset,
+        tmp_path / "qft.pt",
+        QuantFinetuneConfig(epochs=4, p=3, k=2, guard_every=1, max_map_drop=0.05, give_up_drop=0.1),
+    )
     assert len(result["history"]) == 1 and result["guard"]["gave_up_epoch"] == 1 and result["guard"]["kept_epoch"] == 0
     start, _ = load_checkpoint(source)
     after, _ = load_checkpoint(tmp_path / "qft.pt")
@@ -107,13 +118,17 @@ def test_vit_quant_finetune_fake_quantizes_linears_and_exports_static(tiny_datas
     torch.manual_seed(0)
     source = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test", num_classes=6, gelu="tanh").eval())
     before, _ = load_checkpoint(source)
-    result = quant_finetune(source, tiny_dataset, tmp_path / "qft.pt", QuantFinetuneConfig(epochs=1, p=3, k=2, guard_every=0))
+    result = quant_finetune(
+        source, tiny_dataset, tmp_path / "qft.pt", QuantFinetuneConfig(epochs=1, p=3, k=2, guard_every=0)
+    )
     assert 0.0 < result["history"][0]["embedding_cosine"] < 1.0  # the fake-quantized pass differs from the float one
     after, _ = load_checkpoint(tmp_path / "qft.pt")
     assert not torch.equal(before.blocks[0].attn.qkv.weight, after.blocks[0].attn.qkv.weight)
     recipe = tmp_path / "r.toml"
     recipe.write_text('target = "executorch"\nvariants = ["int8_static"]\n[verify]\nmin_cosine = 0.9\n')
-    (r,) = export_checkpoint(tmp_path / "qft.pt", "executorch", tiny_dataset, tmp_path / "e", int8=True, recipe_path=recipe)
+    (r,) = export_checkpoint(
+        tmp_path / "qft.pt", "executorch", tiny_dataset, tmp_path / "e", int8=True, recipe_path=recipe
+    )
     assert r["precision"] == "int8_static" and r["verification"]["passed"]
 
 
@@ -125,7 +140,6 @@ def test_quant_finetune_refuses_wrong_checkpoints(tiny_dataset, tmp_path):
     with pytest.raises(CheckpointError, match="trained for 9 identities"):
         quant_finetune(other, tiny_dataset, tmp_path / "o.pt")
     assert not (tmp_path / "o.pt").exists()
-
 
 
 def test_vectorised_activation_fake_quant_matches_torchaos_fused_module():
@@ -144,8 +158,15 @@ def test_vectorised_activation_fake_quant_matches_torchaos_fused_module():
     from mobilereid.quant_finetune import _qat_graph, _set_quantization
 
     torch.manual_seed(0)
-    reference = torch.nn.Sequential(FusedMovingAvgObsFakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=-128,
-                                                                  quant_max=127, dtype=torch.int8, qscheme=torch.per_tensor_affine))
+    reference = torch.nn.Sequential(
+        FusedMovingAvgObsFakeQuantize(
+            observer=MovingAverageMinMaxObserver,
+            quant_min=-128,
+            quant_max=127,
+            dtype=torch.int8,
+            qscheme=torch.per_tensor_affine,
+        )
+    )
     fast = copy.deepcopy(reference)
     assert vectorise_activation_fake_quant(fast) == 1 and type(fast[0]) is VectorisedActivationFakeQuantize
     for step in range(6):
@@ -170,7 +191,9 @@ def test_vectorised_activation_fake_quant_matches_torchaos_fused_module():
     x = torch.randn(4, 3, *model.cfg.img_size)
     graph = _qat_graph(model, x, "sclnet")
     switched = [m for m in graph.modules() if type(m) is VectorisedActivationFakeQuantize]
-    assert switched and not [m for m in graph.modules() if type(m) is FusedMovingAvgObsFakeQuantize and not m.is_per_channel]
+    assert switched and not [
+        m for m in graph.modules() if type(m) is FusedMovingAvgObsFakeQuantize and not m.is_per_channel
+    ]
     reference_graph = copy.deepcopy(graph)
     for m in reference_graph.modules():
         if type(m) is VectorisedActivationFakeQuantize:

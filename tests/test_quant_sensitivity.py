@@ -21,7 +21,14 @@ def test_quant_sensitivity_ranks_layers_and_its_recipe_exports(sclnet_ckpt, tiny
     layers = report["layers"]
     assert len(layers) > 5 and all(a["rmse_over_scale"] >= b["rmse_over_scale"] for a, b in zip(layers, layers[1:]))
     names = [c["name"] for c in report["candidates"]]
-    assert names == ["int8, default ranges", "int8, mean_minmax ranges", "int8, p90_minmax ranges", "int8, 1 worst layer(s) float", "dynamic", "fp32"]
+    assert names == [
+        "int8, default ranges",
+        "int8, mean_minmax ranges",
+        "int8, p90_minmax ranges",
+        "int8, 1 worst layer(s) float",
+        "dynamic",
+        "fp32",
+    ]
     kept = report["candidates"][3]
     assert kept["float_nodes"] == [layers[0]["tensor"]] and kept["input_dtype"] == "float32"
     assert {c["input_dtype"] for c in report["candidates"][:3]} == {"int8"}
@@ -29,24 +36,47 @@ def test_quant_sensitivity_ranks_layers_and_its_recipe_exports(sclnet_ckpt, tiny
     assert report["chosen"] == min(ok, key=lambda c: c["p50_ms"])
     # ExecuTorch candidates: lowered, run in the ExecuTorch runtime, chosen by the same rule, written as a recipe
     et = report["executorch"]
-    assert [c["name"] for c in et["candidates"]] == ["int8, default ranges", "int8, mean_minmax ranges", "int8, p90_minmax ranges", "dynamic int8", "fp32"]
+    assert [c["name"] for c in et["candidates"]] == [
+        "int8, default ranges",
+        "int8, mean_minmax ranges",
+        "int8, p90_minmax ranges",
+        "dynamic int8",
+        "fp32",
+    ]
     fp32 = et["candidates"][-1]
     assert fp32["cosine_mean"] > 0.999 and fp32["delegated_subgraphs"] >= 1
     assert all(0 < c["size_bytes"] < fp32["size_bytes"] * 0.6 for c in et["candidates"][:3])  # static int8
-    assert et["chosen"] == min([c for c in et["candidates"] if c["cosine_mean"] >= report["drift_budget"]], key=lambda c: c["p50_ms"])
+    assert et["chosen"] == min(
+        [c for c in et["candidates"] if c["cosine_mean"] >= report["drift_budget"]], key=lambda c: c["p50_ms"]
+    )
     et_recipe = tomllib.loads((tmp_path / "s" / "recipe_executorch.toml").read_text())
     assert et_recipe["variants"] == [et["chosen"]["variant"]] and et_recipe["int8"]["mode"] == et["chosen"]["mode"]
-    r = export_checkpoint(sclnet_ckpt, "executorch", tiny_dataset, tmp_path / "et", int8=True, recipe_path=tmp_path / "s" / "recipe_executorch.toml")[0]
+    r = export_checkpoint(
+        sclnet_ckpt,
+        "executorch",
+        tiny_dataset,
+        tmp_path / "et",
+        int8=True,
+        recipe_path=tmp_path / "s" / "recipe_executorch.toml",
+    )[0]
     assert r["verification"]["passed"]
-    assert 0.0 < report["noise_cosine_1_grey_level"] <= 1.0 and "one grey level" in (tmp_path / "s" / "sensitivity.md").read_text()
-    assert (tmp_path / "s" / "sensitivity.png").stat().st_size > 10_000 and "Worst layers" in (tmp_path / "s" / "sensitivity.md").read_text()
+    assert (
+        0.0 < report["noise_cosine_1_grey_level"] <= 1.0
+        and "one grey level" in (tmp_path / "s" / "sensitivity.md").read_text()
+    )
+    assert (tmp_path / "s" / "sensitivity.png").stat().st_size > 10_000 and "Worst layers" in (
+        tmp_path / "s" / "sensitivity.md"
+    ).read_text()
     chosen = tomllib.loads((tmp_path / "s" / "recipe_tflite.toml").read_text())
     assert chosen["variants"] == [report["chosen"]["variant"]]
     assert chosen["int8"]["activation_ranges"] == report["chosen"]["activation_ranges"]
     # a recipe that keeps the worst layer in float, as the tool writes it, goes through export and verification
     recipe = tmp_path / "mixed.toml"
-    recipe.write_text((tmp_path / "s" / "recipe_tflite.toml").read_text().replace('variants = ["' + report["chosen"]["variant"] + '"]', 'variants = ["int8"]')
-                      .replace("float_nodes = []", "float_nodes = " + json.dumps([layers[0]["tensor"]])))
+    recipe.write_text(
+        (tmp_path / "s" / "recipe_tflite.toml")
+        .read_text()
+        .replace('variants = ["' + report["chosen"]["variant"] + '"]', 'variants = ["int8"]')
+        .replace("float_nodes = []", "float_nodes = " + json.dumps([layers[0]["tensor"]]))
+    )
     r = export_checkpoint(sclnet_ckpt, "tflite", tiny_dataset, tmp_path / "e", int8=True, recipe_path=recipe)[0]
     assert r["verification"]["passed"] and read_sidecar(r["artifact"])["input"]["dtype"] == "float32"
-

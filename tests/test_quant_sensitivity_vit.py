@@ -40,7 +40,7 @@ def test_quant_sensitivity_lists_vit_candidates_per_runtime(tiny_dataset, tmp_pa
         assert {"ADD", "SOFTMAX", "FULLY_CONNECTED", "GELU", "MUL"} <= alone and "RESHAPE" not in alone
         # the search: each step adds the next best single unit, and it stops at the first model within budget
         gains = [c for c in sorted(singles, key=lambda c: -c["cosine_mean"]) if c["cosine_mean"] > int8["cosine_mean"]]
-        steps = mine[2 + len(singles):]
+        steps = mine[2 + len(singles) :]
         chosen = list(gains[0]["int16_ops"]) if gains else []
         for k, step in enumerate(steps):
             chosen += gains[k + 1]["int16_ops"]
@@ -54,18 +54,34 @@ def test_quant_sensitivity_lists_vit_candidates_per_runtime(tiny_dataset, tmp_pa
     integer = report["chosen_full_integer"]
     assert integer == min([c for c in within if c["full_integer"]], key=lambda c: c["p50_ms"])
     plans = executorch_plans("vit")
-    assert [name for name, _, _ in plans] == ["int8 static, all XNNPACK ops", "int8 static linears",
-                                             "int8 static linears, fc2 dynamic", "dynamic int8", "fp32"]
+    assert [name for name, _, _ in plans] == [
+        "int8 static, all XNNPACK ops",
+        "int8 static linears",
+        "int8 static linears, fc2 dynamic",
+        "dynamic int8",
+        "fp32",
+    ]
     assert plans[2][2] == {"mode": "static", "ops": ["linear"], "dynamic_modules": [r"mlp\.fc2$"]}
     tfl = tomllib.loads((tmp_path / "s" / "recipe_tflite.toml").read_text())
     assert tfl["converter"] == "litert-torch" and tfl["variants"] == [report["chosen"]["variant"]]
-    r = export_checkpoint(ckpt, "tflite", tiny_dataset, tmp_path / "e", int8=True, recipe_path=tmp_path / "s" / "recipe_tflite.toml")[0]
+    r = export_checkpoint(
+        ckpt, "tflite", tiny_dataset, tmp_path / "e", int8=True, recipe_path=tmp_path / "s" / "recipe_tflite.toml"
+    )[0]
     assert r["verification"]["cosine_mean"] >= 0.99
     rec = tomllib.loads((tmp_path / "s" / "recipe_tflite_integer.toml").read_text())
     assert rec["variants"] == [integer["variant"]] and rec["int8"].get("int16_ops", []) == integer["int16_ops"]
     assert rec["int8"].get("activation_ranges", "default") == integer["activation_ranges"]
-    r = export_checkpoint(ckpt, "tflite", tiny_dataset, tmp_path / "i", int8=True, recipe_path=tmp_path / "s" / "recipe_tflite_integer.toml")[0]
+    r = export_checkpoint(
+        ckpt,
+        "tflite",
+        tiny_dataset,
+        tmp_path / "i",
+        int8=True,
+        recipe_path=tmp_path / "s" / "recipe_tflite_integer.toml",
+    )[0]
     assert r["verification"]["passed"] and r["float_ops_left"] == {}
     rewrites = read_sidecar(r["artifact"])["graph_rewrites"]
-    assert rewrites[0] == "block 0 class-token LayerNorm as a constant" and rewrites[1].startswith("5 LayerNorm squares as MUL")
+    assert rewrites[0] == "block 0 class-token LayerNorm as a constant" and rewrites[1].startswith(
+        "5 LayerNorm squares as MUL"
+    )
     assert (tmp_path / "s" / "sensitivity.png").stat().st_size > 10_000

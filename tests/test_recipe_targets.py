@@ -38,7 +38,13 @@ def test_a_recipe_with_several_targets_reaches_the_export(tmp_path, tiny_dataset
     ckpt = save_checkpoint(tmp_path / "m.pt", build_model("sclnet_test").eval())
     mine = recipe(tmp_path, "mine.toml", 'target = "tflite"\n[verify]\nimages = 4\n')
     export_checkpoint(ckpt, "all", tiny_dataset, tmp_path / "o", int8=True, recipe_path=[mine])
-    assert seen["tflite"] == str(mine) and seen["onnx"] != str(mine) and set(seen) == {"onnx", "executorch", "tflite", "edgetpu"}
-    with pytest.raises(ExportError, match="mine.toml: recipe is for target 'tflite', which this export does not produce"):
+    assert (
+        seen["tflite"] == str(mine)
+        and seen["onnx"] != str(mine)
+        and set(seen) == {"onnx", "executorch", "tflite", "edgetpu"}
+    )
+    with pytest.raises(
+        ExportError, match="mine.toml: recipe is for target 'tflite', which this export does not produce"
+    ):
         export_checkpoint(ckpt, "onnx,executorch", tiny_dataset, tmp_path / "o2", recipe_path=[mine])
     assert not (tmp_path / "o2").exists()

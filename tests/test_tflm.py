@@ -40,7 +40,11 @@ def test_tflm_runs_in_real_interpreter_and_matches_litert(tflm_export):
     from mobilereid.export.tflite.metadata import read_metadata
 
     embedded = read_metadata(r["artifact"])
-    assert embedded["target"] == "tflm" and embedded["input"] == meta["input"] and embedded["preprocess"] == meta["preprocess"]
+    assert (
+        embedded["target"] == "tflm"
+        and embedded["input"] == meta["input"]
+        and embedded["preprocess"] == meta["preprocess"]
+    )
     # the arena breakdown: TFLM's planned head holds at least the analysed peak of live tensors, head + tail = arena use
     arena = t["arena"]
     assert arena["peak"]["peak_bytes"] <= arena["measured"]["planned_head_bytes"]
@@ -67,13 +71,21 @@ def test_generated_sources_compile(tflm_export, tmp_path):
     root, ckpt, r = tflm_export
     out = r["artifact"].parent
     main = tmp_path / "main.cc"
-    main.write_text('#include "mcu_model_data.h"\n#include <cstdio>\n'
-                    "int main() { std::printf(\"%u %zu %d\\n\", mcu_model_data_len, mcu_arena_size, mcu_input_dims[1]);\n"
-                    "  return (reinterpret_cast<uintptr_t>(mcu_model_data) % 16) != 0; }\n")
+    main.write_text(
+        '#include "mcu_model_data.h"\n#include <cstdio>\n'
+        'int main() { std::printf("%u %zu %d\\n", mcu_model_data_len, mcu_arena_size, mcu_input_dims[1]);\n'
+        "  return (reinterpret_cast<uintptr_t>(mcu_model_data) % 16) != 0; }\n"
+    )
     exe = tmp_path / "probe"
-    subprocess.run(["g++", "-std=c++17", "-I", str(out), str(main), str(out / "mcu_model_data.cc"), "-o", str(exe)], check=True)
+    subprocess.run(
+        ["g++", "-std=c++17", "-I", str(out), str(main), str(out / "mcu_model_data.cc"), "-o", str(exe)], check=True
+    )
     printed = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
-    assert int(printed[0]) == r["tflm"]["flash_bytes"] and int(printed[1]) == r["tflm"]["arena_bytes"] and int(printed[2]) == 64
+    assert (
+        int(printed[0]) == r["tflm"]["flash_bytes"]
+        and int(printed[1]) == r["tflm"]["arena_bytes"]
+        and int(printed[2]) == 64
+    )
 
 
 @pytest.mark.slow
@@ -81,7 +93,9 @@ def test_no_fit_says_by_how_much(tflm_export, tiny_dataset, tmp_path):
     root, ckpt, r = tflm_export
     board = tmp_path / "tiny_board.toml"
     board.write_text("[postage-stamp]\nflash_kb = 64\nram_kb = 16\n")
-    with pytest.raises(ExportError, match=r"does not fit board postage-stamp: model needs \d+ KB flash.*short by \d+ KB.*arena needs"):
+    with pytest.raises(
+        ExportError, match=r"does not fit board postage-stamp: model needs \d+ KB flash.*short by \d+ KB.*arena needs"
+    ):
         export_checkpoint(ckpt, "tflm", tiny_dataset, tmp_path / "o", int8=True, board=str(board))
     assert not list((tmp_path / "o").glob("*.tflite"))
 
@@ -98,8 +112,9 @@ def test_board_and_target_errors(tiny_dataset, tmp_path):
 
 
 def test_unsupported_op_is_named():
-    from mobilereid.export.tflm.target import check_ops
     import tensorflow as tf
+
+    from mobilereid.export.tflm.target import check_ops
 
     class Gelu(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([1, 8], tf.float32)])
@@ -186,7 +201,9 @@ def test_slim_keeps_nonzero_zero_points_and_reorder_keeps_dependencies():
     m = Branchy()
     conv = tf.lite.TFLiteConverter.from_concrete_functions([m.__call__.get_concrete_function()], m)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([np.random.default_rng(i).normal(size=(1, 16, 16, 8)).astype(np.float32)] for i in range(8))
+    conv.representative_dataset = lambda: (
+        [np.random.default_rng(i).normal(size=(1, 16, 16, 8)).astype(np.float32)] for i in range(8)
+    )
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = conv.inference_output_type = tf.int8
     data = conv.convert()
@@ -196,14 +213,23 @@ def test_slim_keeps_nonzero_zero_points_and_reorder_keeps_dependencies():
     assert rec["peak_bytes_after"] <= rec["peak_bytes_before"] == peak_breakdown(data)["peak_bytes"]
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
-    per_channel = [t for t in model.subgraphs[0].tensors if t.quantization is not None and t.quantization.scale is not None
-                   and len(t.quantization.scale) > 1 and t.type == 9]  # INT8 weights
+    per_channel = [
+        t
+        for t in model.subgraphs[0].tensors
+        if t.quantization is not None
+        and t.quantization.scale is not None
+        and len(t.quantization.scale) > 1
+        and t.type == 9
+    ]  # INT8 weights
     assert per_channel
     per_channel[0].quantization.zeroPoint = [0] * (len(per_channel[0].quantization.scale) - 1) + [1]
     tampered = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
     slim = flatbuffer_utils.read_model_from_bytearray(bytearray(slim_for_micro(tampered)[0]))
-    kept = [t for t in slim.subgraphs[0].tensors if t.quantization is not None and t.quantization.zeroPoint is not None
-            and len(t.quantization.zeroPoint) > 1]
+    kept = [
+        t
+        for t in slim.subgraphs[0].tensors
+        if t.quantization is not None and t.quantization.zeroPoint is not None and len(t.quantization.zeroPoint) > 1
+    ]
     assert len(kept) == 1 and list(kept[0].quantization.zeroPoint)[-1] == 1
 
 

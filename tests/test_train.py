@@ -11,8 +11,8 @@ from mobilereid.cli import app
 from mobilereid.data.datasets import load_dataset
 from mobilereid.data.torchdata import PKBatches
 from mobilereid.errors import CheckpointError, MobileReIDError
-from mobilereid.models import build_model
 from mobilereid.losses import batch_hard_triplet
+from mobilereid.models import build_model
 from mobilereid.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from mobilereid.train import TrainConfig, lr_at, train
 
@@ -62,8 +62,15 @@ def test_train_writes_checkpoints_and_resumes(tiny_dataset, tmp_path):
     assert "optimizer" not in read_checkpoint(tmp_path / "epoch_003.pt")["extra"]
 
 
-@pytest.mark.parametrize("kw,msg", [(dict(epochs=-1), "--epochs -1: must be >= 1"), (dict(p=1), "-p 1"),
-                                    (dict(lr=0.0), "--lr 0.0"), (dict(keep_checkpoints=-2), "--keep-checkpoints")])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(epochs=-1), "--epochs -1: must be >= 1"),
+        (dict(p=1), "-p 1"),
+        (dict(lr=0.0), "--lr 0.0"),
+        (dict(keep_checkpoints=-2), "--keep-checkpoints"),
+    ],
+)
 def test_bad_training_values_are_refused(tiny_dataset, tmp_path, kw, msg):
     with pytest.raises(MobileReIDError, match=msg):
         train(TrainConfig(model="sclnet_test", **kw), tiny_dataset, tmp_path / "o")
@@ -83,8 +90,28 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_cli_train_vit_with_elimination(tiny_dataset, tmp_path):
-    r = runner.invoke(app, ["train", "--data", str(tiny_dataset), "--model", "vit_test", "--epochs", "1", "-p", "3", "-k", "2",
-                            "--opt", "keep_ratio=0.75", "--opt", "windows=2", "-o", str(tmp_path)])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(tiny_dataset),
+            "--model",
+            "vit_test",
+            "--epochs",
+            "1",
+            "-p",
+            "3",
+            "-k",
+            "2",
+            "--opt",
+            "keep_ratio=0.75",
+            "--opt",
+            "windows=2",
+            "-o",
+            str(tmp_path),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "final: Rank-1" in r.output
     model, _ = load_checkpoint(tmp_path / "model.pt")
@@ -92,15 +119,38 @@ def test_cli_train_vit_with_elimination(tiny_dataset, tmp_path):
 
 
 def test_cli_train_bad_option(tiny_dataset, tmp_path):
-    r = runner.invoke(app, ["train", "--data", str(tiny_dataset), "--model", "vit_test", "--opt", "keep_ratio=2", "-o", str(tmp_path)])
+    r = runner.invoke(
+        app, ["train", "--data", str(tiny_dataset), "--model", "vit_test", "--opt", "keep_ratio=2", "-o", str(tmp_path)]
+    )
     assert r.exit_code == 2 and "keep_ratio must be in (0, 1]" in r.output
 
 
 @pytest.mark.slow
 def test_torchrun_two_process_gloo(tiny_dataset, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mobilereid.cli",
-           "train", "--data", str(tiny_dataset), "--model", "sclnet_test", "--epochs", "1", "-p", "3", "-k", "2", "-o", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "mobilereid.cli",
+        "train",
+        "--data",
+        str(tiny_dataset),
+        "--model",
+        "sclnet_test",
+        "--epochs",
+        "1",
+        "-p",
+        "3",
+        "-k",
+        "2",
+        "-o",
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "train_summary.json").read_text())

@@ -21,15 +21,22 @@ def _block(sd, p, t, heads, qk_scale):
 
 
 def _bn(sd, p, x):
-    return F.batch_norm(x, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"], False, 0.0, 1e-5)
+    return F.batch_norm(
+        x, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"], False, 0.0, 1e-5
+    )
 
 
-def transreid_forward(sd, x, cam, *, heads, stride, jpm, neck_feat="before", sie_coe=3.0, shift=5, groups=2, divide=4,
-                      qk_scale=None):
+def transreid_forward(
+    sd, x, cam, *, heads, stride, jpm, neck_feat="before", sie_coe=3.0, shift=5, groups=2, divide=4, qk_scale=None
+):
     """Test-time feature of TransReID's build_transformer (jpm=False) / build_transformer_local (jpm=True)."""
     C = sd["base.cls_token"].shape[-1]
     B = x.shape[0]
-    t = F.conv2d(x, sd["base.patch_embed.proj.weight"], sd["base.patch_embed.proj.bias"], stride=stride).flatten(2).transpose(1, 2)
+    t = (
+        F.conv2d(x, sd["base.patch_embed.proj.weight"], sd["base.patch_embed.proj.bias"], stride=stride)
+        .flatten(2)
+        .transpose(1, 2)
+    )
     t = torch.cat([sd["base.cls_token"].expand(B, -1, -1), t], 1) + sd["base.pos_embed"]
     if "base.sie_embed" in sd:
         t = t + sie_coe * sd["base.sie_embed"][cam]
@@ -49,29 +56,46 @@ def transreid_forward(sd, x, cam, *, heads, stride, jpm, neck_feat="before", sie
         s = torch.cat([s, s[:, -2:-1]], 1)
     s = s.reshape(B, groups, -1, C).transpose(1, 2).reshape(B, -1, C)
     n = (t.shape[1] - 1) // divide
-    local = [ln(_block(sd, "b2.0", torch.cat([t[:, :1], s[:, k * n:(k + 1) * n]], 1), heads, qk_scale), "b2.1")[:, 0]
-             for k in range(4)]
+    local = [
+        ln(_block(sd, "b2.0", torch.cat([t[:, :1], s[:, k * n : (k + 1) * n]], 1), heads, qk_scale), "b2.1")[:, 0]
+        for k in range(4)
+    ]
     if neck_feat == "after":
         g, local = _bn(sd, "bottleneck", g), [_bn(sd, f"bottleneck_{k + 1}", f) for k, f in enumerate(local)]
     return torch.cat([g] + [f / 4 for f in local], 1)
 
 
-def random_transreid_state_dict(*, C=64, depth=3, patch=16, grid=(5, 2), cameras=6, jpm=True, classes=11, qkv_bias=True,
-                                mlp=4, seed=0):
+def random_transreid_state_dict(
+    *, C=64, depth=3, patch=16, grid=(5, 2), cameras=6, jpm=True, classes=11, qkv_bias=True, mlp=4, seed=0
+):
     """A TransReID-layout state dict with random weights (and non-trivial BN statistics)."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s, std=0.2: torch.randn(*s, generator=g) * std
-    sd = {"base.cls_token": r(1, 1, C), "base.pos_embed": r(1, 1 + grid[0] * grid[1], C),
-          "base.patch_embed.proj.weight": r(C, 3, patch, patch, std=0.05), "base.patch_embed.proj.bias": r(C),
-          "base.fc.weight": r(1000, C), "base.fc.bias": r(1000)}
+    sd = {
+        "base.cls_token": r(1, 1, C),
+        "base.pos_embed": r(1, 1 + grid[0] * grid[1], C),
+        "base.patch_embed.proj.weight": r(C, 3, patch, patch, std=0.05),
+        "base.patch_embed.proj.bias": r(C),
+        "base.fc.weight": r(1000, C),
+        "base.fc.bias": r(1000),
+    }
     if cameras:
         sd["base.sie_embed"] = r(cameras, 1, C)
 
     def block(p):
-        out = {f"{p}.norm1.weight": 1 + r(C), f"{p}.norm1.bias": r(C), f"{p}.attn.qkv.weight": r(3 * C, C),
-               f"{p}.attn.proj.weight": r(C, C), f"{p}.attn.proj.bias": r(C), f"{p}.norm2.weight": 1 + r(C),
-               f"{p}.norm2.bias": r(C), f"{p}.mlp.fc1.weight": r(mlp * C, C), f"{p}.mlp.fc1.bias": r(mlp * C),
-               f"{p}.mlp.fc2.weight": r(C, mlp * C), f"{p}.mlp.fc2.bias": r(C)}
+        out = {
+            f"{p}.norm1.weight": 1 + r(C),
+            f"{p}.norm1.bias": r(C),
+            f"{p}.attn.qkv.weight": r(3 * C, C),
+            f"{p}.attn.proj.weight": r(C, C),
+            f"{p}.attn.proj.bias": r(C),
+            f"{p}.norm2.weight": 1 + r(C),
+            f"{p}.norm2.bias": r(C),
+            f"{p}.mlp.fc1.weight": r(mlp * C, C),
+            f"{p}.mlp.fc1.bias": r(mlp * C),
+            f"{p}.mlp.fc2.weight": r(C, mlp * C),
+            f"{p}.mlp.fc2.bias": r(C),
+        }
         if qkv_bias:
             out[f"{p}.attn.qkv.bias"] = r(3 * C)
         return out
@@ -80,8 +104,13 @@ def random_transreid_state_dict(*, C=64, depth=3, patch=16, grid=(5, 2), cameras
         return {f"{p}.weight": 1 + r(C), f"{p}.bias": r(C)}
 
     def bn(p):
-        return {f"{p}.weight": 1 + r(C), f"{p}.bias": torch.zeros(C), f"{p}.running_mean": r(C),
-                f"{p}.running_var": 0.5 + r(C).abs(), f"{p}.num_batches_tracked": torch.tensor(100)}
+        return {
+            f"{p}.weight": 1 + r(C),
+            f"{p}.bias": torch.zeros(C),
+            f"{p}.running_mean": r(C),
+            f"{p}.running_var": 0.5 + r(C).abs(),
+            f"{p}.num_batches_tracked": torch.tensor(100),
+        }
 
     for i in range(depth):
         sd.update(block(f"base.blocks.{i}"))

@@ -32,10 +32,13 @@ def mean_attention_maps(model: ViTReID, batches) -> list[torch.Tensor]:
         def hook(module, attn):
             s = attn.detach().sum(0)
             if sums[i] is not None and sums[i].shape != s.shape:
-                raise ValueError("head statistics need every sequence through a block to have the same length "
-                                 "(windows of unequal size share blocks: use window_weights='separate')")
+                raise ValueError(
+                    "head statistics need every sequence through a block to have the same length "
+                    "(windows of unequal size share blocks: use window_weights='separate')"
+                )
             sums[i] = s if sums[i] is None else sums[i] + s
             counts[i] += attn.shape[0]
+
         return hook
 
     with attention_hooks(model, hook_for):
@@ -52,7 +55,9 @@ def head_entropy(mean_attn: torch.Tensor) -> torch.Tensor:
     return -(mean_attn * torch.log2(p)).sum(-1).mean(-1)
 
 
-def heads_to_remove(entropies: list[torch.Tensor], depths: list[int], n_remove: int, depth_weight: float = 0.02) -> dict[int, list[int]]:
+def heads_to_remove(
+    entropies: list[torch.Tensor], depths: list[int], n_remove: int, depth_weight: float = 0.02
+) -> dict[int, list[int]]:
     """Global ranking of depth-weighted entropies; returns {block index: [head indices to remove]}."""
     alive = [len(e) for e in entropies]
     removable = sum(a - 1 for a in alive)

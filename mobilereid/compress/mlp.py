@@ -38,6 +38,7 @@ def mlp_unit_scores(model: ViTReID, batches) -> list[torch.Tensor]:
         def hook(_module, _inputs, out):
             out.retain_grad()
             captured[i].append(out)
+
         return hook
 
     was_training = model.training

@@ -48,7 +48,9 @@ from .tokens import prune_kv_tokens, slots_to_keep, token_scores
 class CompressConfig:
     keep_ratio: float | None = None  # patch elimination
     scorer: str = "learned"
-    token_order: str = "spatial"  # kept patch tokens in image order, or "rank" (best score first, the order before 2026-11)
+    token_order: str = (
+        "spatial"  # kept patch tokens in image order, or "rank" (best score first, the order before 2026-11)
+    )
     windows: int | None = None
     window_start: int = 0
     head_ratio: float = 0.0  # fraction of all heads to remove
@@ -64,7 +66,9 @@ class CompressConfig:
     p: int = 8
     k: int = 4
     stat_images: int = 0  # images for the statistics passes; 0 = the whole training split
-    window_weights: str = "shared"  # windows: "shared" blocks or a "separate" copy per window (initialised from the shared one)
+    window_weights: str = (
+        "shared"  # windows: "shared" blocks or a "separate" copy per window (initialised from the shared one)
+    )
     distill_weight: float = 0.2
     seed: int = 0
     device: str = "auto"  # compute.py
@@ -92,20 +96,31 @@ class CompressConfig:
             raise MobileReIDError(f"--window-weights must be shared or separate, got {self.window_weights!r}")
 
 
-def with_architecture(model: ViTReID, keep_ratio: float | None, scorer: str, windows: int | None, window_start: int,
-                      window_weights: str = "shared", token_order: str = "spatial") -> ViTReID:
+def with_architecture(
+    model: ViTReID,
+    keep_ratio: float | None,
+    scorer: str,
+    windows: int | None,
+    window_start: int,
+    window_weights: str = "shared",
+    token_order: str = "spatial",
+) -> ViTReID:
     """The model with patch elimination and/or windows switched on, its trained weights carried over. Separate window
     weights start as copies of the shared blocks they replace (every window begins where the global model was)."""
     cfg = copy.deepcopy(model.cfg)
     if any(k is not None for k in cfg.kv_index):
-        raise MobileReIDError("this checkpoint's key/value tokens are already pruned: its K/V indices are positions in the "
-                              "current token layout, and patch elimination or windows would change that layout; compress "
-                              "the checkpoint from before K/V pruning instead")
+        raise MobileReIDError(
+            "this checkpoint's key/value tokens are already pruned: its K/V indices are positions in the "
+            "current token layout, and patch elimination or windows would change that layout; compress "
+            "the checkpoint from before K/V pruning instead"
+        )
     if keep_ratio is not None:
         cfg.keep_ratio, cfg.scorer, cfg.token_order = keep_ratio, scorer, token_order
     if windows is not None:
         if cfg.windows > 1:
-            raise MobileReIDError(f"this checkpoint already runs {cfg.windows} windows; windows cannot be changed again")
+            raise MobileReIDError(
+                f"this checkpoint already runs {cfg.windows} windows; windows cannot be changed again"
+            )
         cfg.windows, cfg.window_start = windows, window_start
     try:
         new = ViTReID(type(cfg)(**cfg.to_dict()))
@@ -126,14 +141,23 @@ def with_architecture(model: ViTReID, keep_ratio: float | None, scorer: str, win
 def summarize(model: ViTReID, metrics: dict | None) -> dict:
     cfg = model.cfg
     tokens = [len(k) if k is not None else None for k in cfg.kv_index]
-    return {"params": count_params(model), "gmacs": count_macs(model) / 1e9, "heads_per_layer": list(cfg.heads_per_layer),
-            "mlp_hidden_per_layer": list(cfg.mlp_hidden_per_layer),
-            "kv_tokens_per_layer": tokens, "patch_tokens_kept": sum(cfg.kept_per_group()), "patch_tokens": cfg.num_patches,
-            "windows": cfg.windows, **(metrics or {})}
+    return {
+        "params": count_params(model),
+        "gmacs": count_macs(model) / 1e9,
+        "heads_per_layer": list(cfg.heads_per_layer),
+        "mlp_hidden_per_layer": list(cfg.mlp_hidden_per_layer),
+        "kv_tokens_per_layer": tokens,
+        "patch_tokens_kept": sum(cfg.kept_per_group()),
+        "patch_tokens": cfg.num_patches,
+        "windows": cfg.windows,
+        **(metrics or {}),
+    }
 
 
 class Finetuner:
-    def __init__(self, ds, cfg: CompressConfig, teacher: ViTReID, compute: Compute = CPU, rank: int = 0, world: int = 1):
+    def __init__(
+        self, ds, cfg: CompressConfig, teacher: ViTReID, compute: Compute = CPU, rank: int = 0, world: int = 1
+    ):
         self.ds, self.cfg, self.compute, self.rank, self.world = ds, cfg, compute, rank, world
         self.labels = ds.train_labels()
         self.spec = preprocess_spec_for(teacher)
@@ -144,8 +168,10 @@ class Finetuner:
         self.uses_camera = teacher.uses_camera
         self.sampler = PKBatches(ds.train, cfg.p, cfg.k, cfg.seed, rank, world)
         if len(self.sampler) == 0:
-            raise MobileReIDError(f"{ds.root}: too few identities with images for batches of P={cfg.p} x K={cfg.k}"
-                                  f"{f' on {world} ranks' if world > 1 else ''}")
+            raise MobileReIDError(
+                f"{ds.root}: too few identities with images for batches of P={cfg.p} x K={cfg.k}"
+                f"{f' on {world} ranks' if world > 1 else ''}"
+            )
         self.loader = PKLoader(self.images, self.sampler, cfg.seed, compute.workers, pin=compute.cuda)
         n = len(ds.train) if cfg.stat_images == 0 else min(cfg.stat_images, len(ds.train))
         self.stat_indices = np.unique(np.linspace(0, len(ds.train) - 1, n).round().astype(int))
@@ -159,7 +185,9 @@ class Finetuner:
             chunk = [self.plain[int(i)] for i in self.stat_indices[s : s + size]]
             x = put(torch.stack([c[0] for c in chunk]))
             extra = (put(torch.tensor([c[2] for c in chunk])),) if self.uses_camera else ()  # SIE: each image's camera
-            yield (x, put(torch.tensor([c[1] for c in chunk])), *extra) if with_labels else ((x, *extra) if extra else x)
+            yield (
+                (x, put(torch.tensor([c[1] for c in chunk])), *extra) if with_labels else ((x, *extra) if extra else x)
+            )
 
     def run(self, model: ViTReID, epochs: int, what: str) -> None:
         if epochs <= 0:
@@ -171,18 +199,30 @@ class Finetuner:
             steps = len(self.sampler)
             total = epochs * steps
             with progress(f"fine-tune ({what}) {e + 1}/{epochs}", steps, show=self.rank == 0) as advance:
-                out = train_one_epoch(train_model, self.loader.epoch(self.epoch), opt, lambda i, e=e: lr_at(e * steps + i, total, 0, self.cfg.lr),
-                                      uses_cam=self.uses_camera, teacher=self.teacher, distill_weight=self.cfg.distill_weight,
-                                      on_step=advance, compute=self.compute, scaler=scaler)
+                out = train_one_epoch(
+                    train_model,
+                    self.loader.epoch(self.epoch),
+                    opt,
+                    lambda i, e=e: lr_at(e * steps + i, total, 0, self.cfg.lr),
+                    uses_cam=self.uses_camera,
+                    teacher=self.teacher,
+                    distill_weight=self.cfg.distill_weight,
+                    on_step=advance,
+                    compute=self.compute,
+                    scaler=scaler,
+                )
             self.epoch += 1
             if self.rank == 0:
-                console.print(f"  {what}: loss {out['loss']:.3f}  id-acc {out['acc']:.3f}  {out['seconds']:.1f} s "
-                              f"(data wait {out['data_wait']:.1f} s)")
+                console.print(
+                    f"  {what}: loss {out['loss']:.3f}  id-acc {out['acc']:.3f}  {out['seconds']:.1f} s "
+                    f"(data wait {out['data_wait']:.1f} s)"
+                )
         model.eval()
 
 
-
-def compress(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: CompressConfig, evaluate: bool = True) -> dict:
+def compress(
+    checkpoint: str | Path, data: str | Path, out: str | Path, cfg: CompressConfig, evaluate: bool = True
+) -> dict:
     try:
         return _compress(checkpoint, data, out, cfg, evaluate)
     except ValueError as exc:
@@ -200,12 +240,16 @@ def _compress(checkpoint, data, out, cfg: CompressConfig, evaluate: bool) -> dic
         raise MobileReIDError(f"{checkpoint}: has no ID classifier; compression fine-tunes with the training losses")
     ds = load_dataset(data)
     if len(ds.train_labels()) != model.cfg.num_classes:
-        raise MobileReIDError(f"{checkpoint}: trained for {model.cfg.num_classes} identities, {data} has {len(ds.train_labels())}")
+        raise MobileReIDError(
+            f"{checkpoint}: trained for {model.cfg.num_classes} identities, {data} has {len(ds.train_labels())}"
+        )
     n_heads = total_heads(model)
     n_remove = int(round(n_heads * cfg.head_ratio))
     if n_remove > n_heads - len(model.all_blocks()):
-        raise MobileReIDError(f"--head-ratio {cfg.head_ratio} removes {n_remove} of {n_heads} heads, but each of the "
-                              f"{len(model.all_blocks())} layers keeps one: at most {n_heads - len(model.all_blocks())} can go")
+        raise MobileReIDError(
+            f"--head-ratio {cfg.head_ratio} removes {n_remove} of {n_heads} heads, but each of the "
+            f"{len(model.all_blocks())} layers keeps one: at most {n_heads - len(model.all_blocks())} can go"
+        )
     activate(compute)
     rank, world = distributed.start(compute)
     main = rank == 0
@@ -218,8 +262,9 @@ def _compress(checkpoint, data, out, cfg: CompressConfig, evaluate: bool) -> dic
     before = summarize(model, evaluate_model(model, ds, compute=compute) if evaluate and main else None)
     steps = []
     if cfg.keep_ratio is not None or cfg.windows is not None:
-        model = with_architecture(model.cpu(), cfg.keep_ratio, cfg.scorer, cfg.windows, cfg.window_start, cfg.window_weights,
-                                  cfg.token_order).to(device)
+        model = with_architecture(
+            model.cpu(), cfg.keep_ratio, cfg.scorer, cfg.windows, cfg.window_start, cfg.window_weights, cfg.token_order
+        ).to(device)
         tuner.run(model, cfg.arch_epochs, "patch elimination / windows")
         steps.append({"step": "architecture", "keep_ratio": model.cfg.keep_ratio, "windows": model.cfg.windows})
     if n_remove:
@@ -232,14 +277,22 @@ def _compress(checkpoint, data, out, cfg: CompressConfig, evaluate: bool) -> dic
             tuner.run(model, cfg.epochs_per_round, f"heads round {r + 1}")
             steps.append({"step": "heads", "round": r + 1, "removed": {str(k): v for k, v in info["removed"].items()}})
     if cfg.mlp_rate > 0:
-        keep = distributed.decide_once(lambda: units_to_keep(mlp_unit_scores(model, tuner.stat_batches(with_labels=True)), cfg.mlp_rate))
+        keep = distributed.decide_once(
+            lambda: units_to_keep(mlp_unit_scores(model, tuner.stat_batches(with_labels=True)), cfg.mlp_rate)
+        )
         model = prune_mlp_units(model.cpu(), keep).to(device)
         say(f"MLP hidden units kept per layer: {[len(k) for k in keep]}")
         tuner.run(model, cfg.mlp_epochs, "MLP units")
         steps.append({"step": "mlp_units", "kept": [len(k) for k in keep]})
     if cfg.token_rate > 0:
-        keep = distributed.decide_once(lambda: slots_to_keep(token_scores(model, tuner.stat_batches(with_labels=True)),
-                                                             model.block_depths(), cfg.token_rate, current=model.cfg.kv_index))
+        keep = distributed.decide_once(
+            lambda: slots_to_keep(
+                token_scores(model, tuner.stat_batches(with_labels=True)),
+                model.block_depths(),
+                cfg.token_rate,
+                current=model.cfg.kv_index,
+            )
+        )
         model = prune_kv_tokens(model.cpu(), keep).to(device)
         say(f"K/V tokens kept per layer: {[len(k) for k in keep]}")
         tuner.run(model, cfg.token_epochs, "K/V tokens")
@@ -250,11 +303,22 @@ def _compress(checkpoint, data, out, cfg: CompressConfig, evaluate: bool) -> dic
     result = {"checkpoint": str(out / "compressed.pt"), "ranks": world}  # what the other ranks return
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(out / "compressed.pt", model, {"compress_config": asdict(cfg), "source": str(checkpoint), "steps": steps,
-                                                       "compute": compute.record()})
+        save_checkpoint(
+            out / "compressed.pt",
+            model,
+            {"compress_config": asdict(cfg), "source": str(checkpoint), "steps": steps, "compute": compute.record()},
+        )
         after = summarize(model, evaluate_model(model, ds, compute=compute) if evaluate else None)
-        result = {"before": before, "after": after, "config": asdict(cfg), "steps": steps, "seconds": time.perf_counter() - t0,
-                  "checkpoint": str(out / "compressed.pt"), "compute": compute.record(), "ranks": world}
+        result = {
+            "before": before,
+            "after": after,
+            "config": asdict(cfg),
+            "steps": steps,
+            "seconds": time.perf_counter() - t0,
+            "checkpoint": str(out / "compressed.pt"),
+            "compute": compute.record(),
+            "ranks": world,
+        }
         (out / "compress_report.json").write_text(json.dumps(result, indent=2))
         print_compress_table(result)
     distributed.stop()
@@ -263,12 +327,23 @@ def _compress(checkpoint, data, out, cfg: CompressConfig, evaluate: bool) -> dic
 
 def print_compress_table(result: dict) -> None:
     b, a = result["before"], result["after"]
-    rows = [["parameters (M)", b["params"] / 1e6, a["params"] / 1e6], ["executed GMAC", b["gmacs"], a["gmacs"]],
-            ["patch tokens kept", f"{b['patch_tokens_kept']}/{b['patch_tokens']}", f"{a['patch_tokens_kept']}/{a['patch_tokens']}"],
-            ["windows", b["windows"], a["windows"]],
-            ["heads per layer", " ".join(map(str, b["heads_per_layer"])), " ".join(map(str, a["heads_per_layer"]))],
-            ["MLP hidden units per layer", " ".join(map(str, b["mlp_hidden_per_layer"])), " ".join(map(str, a["mlp_hidden_per_layer"]))],
-            ["K/V tokens per layer", _tokens(b), _tokens(a)]]
+    rows = [
+        ["parameters (M)", b["params"] / 1e6, a["params"] / 1e6],
+        ["executed GMAC", b["gmacs"], a["gmacs"]],
+        [
+            "patch tokens kept",
+            f"{b['patch_tokens_kept']}/{b['patch_tokens']}",
+            f"{a['patch_tokens_kept']}/{a['patch_tokens']}",
+        ],
+        ["windows", b["windows"], a["windows"]],
+        ["heads per layer", " ".join(map(str, b["heads_per_layer"])), " ".join(map(str, a["heads_per_layer"]))],
+        [
+            "MLP hidden units per layer",
+            " ".join(map(str, b["mlp_hidden_per_layer"])),
+            " ".join(map(str, a["mlp_hidden_per_layer"])),
+        ],
+        ["K/V tokens per layer", _tokens(b), _tokens(a)],
+    ]
     for key, label in (("rank1", "Rank-1"), ("mAP", "mAP"), ("mINP", "mINP")):
         if key in b:
             rows.append([label, f"{100 * b[key]:.2f}%", f"{100 * a[key]:.2f}%"])

@@ -42,6 +42,7 @@ def token_scores(model: ViTReID, batches) -> list[torch.Tensor]:
         def hook(module, attn):
             attn.retain_grad()
             captured[i].append(attn)  # a shared window block is called once per window
+
         return hook
 
     try:
@@ -55,8 +56,10 @@ def token_scores(model: ViTReID, batches) -> list[torch.Tensor]:
                     B, H, Nq, _ = a.shape
                     s = (a * a.grad).sum(dim=(0, 1, 2)).abs().detach() / (B * H * Nq)
                     if scores[i] is not None and scores[i].shape != s.shape:
-                        raise ValueError("K/V token pruning needs every sequence through a block to have the same length "
-                                         "(windows of unequal size share blocks: use window_weights='separate')")
+                        raise ValueError(
+                            "K/V token pruning needs every sequence through a block to have the same length "
+                            "(windows of unequal size share blocks: use window_weights='separate')"
+                        )
                     scores[i] = s if scores[i] is None else scores[i] + s
     finally:
         model.zero_grad(set_to_none=True)
@@ -68,8 +71,13 @@ def token_scores(model: ViTReID, batches) -> list[torch.Tensor]:
     return out
 
 
-def slots_to_keep(scores: list[torch.Tensor], depths: list[int], rate: float, depth_weight: float = 0.03,
-                  current: list[list[int] | None] | None = None) -> list[list[int]]:
+def slots_to_keep(
+    scores: list[torch.Tensor],
+    depths: list[int],
+    rate: float,
+    depth_weight: float = 0.03,
+    current: list[list[int] | None] | None = None,
+) -> list[list[int]]:
     """Global ranking of L2-normalised, depth-weighted scores; returns the kept slot indices per block (sorted)."""
     if not 0.0 < rate < 1.0:
         raise ValueError(f"token pruning rate must be in (0, 1), got {rate}")

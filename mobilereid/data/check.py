@@ -22,7 +22,13 @@ def check_and_print(root: Path, images: bool = True, merge_val: bool = True):
     for split, samples in ds.splits().items():
         st = split_stats(samples)
         rows.append([split, st["identities"], st["images"], st["cameras"], st["distractors"], ds.skipped.get(split, 0)])
-    console.print(table(f"{root} ({ds.layout} layout)", ["split", "identities", "images", "cameras", "distractors (pid 0)", "junk skipped (pid -1)"], rows))
+    console.print(
+        table(
+            f"{root} ({ds.layout} layout)",
+            ["split", "identities", "images", "cameras", "distractors (pid 0)", "junk skipped (pid -1)"],
+            rows,
+        )
+    )
     for w in warnings:
         console.print(f"warning: {w}")
     console.print("ok" + (" (images decoded)" if images else " (images not decoded)"))

@@ -16,15 +16,20 @@ files are read (Market-1501 ships ``Thumbs.db`` files in its folders).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from ..errors import DatasetError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 MARKET_SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
-MSMT_LISTS = {"train": "list_train.txt", "val": "list_val.txt", "query": "list_query.txt", "gallery": "list_gallery.txt"}
+MSMT_LISTS = {
+    "train": "list_train.txt",
+    "val": "list_val.txt",
+    "query": "list_query.txt",
+    "gallery": "list_gallery.txt",
+}
 _NAME = re.compile(r"^(-?\d+)_c(\d+)")
 
 
@@ -95,7 +100,9 @@ def _read_msmt_list(root: Path, list_file: Path, image_dir: Path, split: str) ->
             rel, pid = parts[0], int(parts[1])
             camid = int(Path(rel).name.split("_")[2]) - 1
         except (IndexError, ValueError):
-            raise DatasetError(f"{list_file}:{lineno}: expected 'path/PPPP_SSS_CC_....jpg PID', got {line.strip()!r}") from None
+            raise DatasetError(
+                f"{list_file}:{lineno}: expected 'path/PPPP_SSS_CC_....jpg PID', got {line.strip()!r}"
+            ) from None
         if _keep(pid, split):
             samples.append(Sample(image_dir / rel, pid, camid))
         else:
@@ -187,7 +194,9 @@ def check_dataset(ds: ReIDDataset) -> list[str]:
     if no_match == len(ds.query):
         raise DatasetError(f"{ds.root}: no query has a match in the gallery from another camera; nothing can be scored")
     if no_match:
-        warnings.append(f"{no_match} of {len(ds.query)} queries have no cross-camera match in the gallery (skipped when scoring)")
+        warnings.append(
+            f"{no_match} of {len(ds.query)} queries have no cross-camera match in the gallery (skipped when scoring)"
+        )
     overlap = {s.pid for s in ds.train} & ({s.pid for s in ds.query} - {0})
     if overlap:
         warnings.append(f"{len(overlap)} identities appear in both train and query (test identities should be unseen)")

@@ -52,7 +52,7 @@ class PreprocessSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessSpec":
+    def from_dict(cls, d: dict) -> PreprocessSpec:
         keys = {"height", "width", "mean", "std", "scale", "colour_order", "resize"}
         kw = {k: d[k] for k in keys if k in d}
         for k in ("mean", "std"):

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import colorsys
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -62,7 +62,7 @@ class Identity:
     hat: tuple | None
 
     @classmethod
-    def sample(cls, rng: np.random.Generator) -> "Identity":
+    def sample(cls, rng: np.random.Generator) -> Identity:
         return cls(
             height=rng.uniform(0.70, 0.90),
             build=rng.uniform(0.85, 1.2),
@@ -95,7 +95,7 @@ class Camera:
     clutter: list
 
     @classmethod
-    def sample(cls, rng: np.random.Generator) -> "Camera":
+    def sample(cls, rng: np.random.Generator) -> Camera:
         bias = rng.dirichlet(np.ones(4) * 1.5)
         return cls(
             gain=rng.uniform(0.65, 1.3),
@@ -115,8 +115,12 @@ def _background(rng: np.random.Generator, cam: Camera, h: int, w: int) -> Image.
     y = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
     # the scene changes from image to image; the camera only biases it (real cameras watch changing scenes)
     mix = rng.uniform(0.3, 0.8)
-    sky_c = mix * np.asarray(cam.sky, np.float32) + (1 - mix) * np.asarray(_colour(rng, sat=(0.0, 0.5), val=(0.3, 0.95)), np.float32)
-    ground_c = mix * np.asarray(cam.ground, np.float32) + (1 - mix) * np.asarray(_colour(rng, sat=(0.0, 0.4), val=(0.2, 0.8)), np.float32)
+    sky_c = mix * np.asarray(cam.sky, np.float32) + (1 - mix) * np.asarray(
+        _colour(rng, sat=(0.0, 0.5), val=(0.3, 0.95)), np.float32
+    )
+    ground_c = mix * np.asarray(cam.ground, np.float32) + (1 - mix) * np.asarray(
+        _colour(rng, sat=(0.0, 0.4), val=(0.2, 0.8)), np.float32
+    )
     sky = sky_c * (1.1 - 0.3 * y)
     ground = ground_c * (0.8 + 0.3 * y)
     arr = np.where(np.arange(h)[:, None, None] < horizon, sky, ground) * np.ones((1, w, 1), np.float32)
@@ -124,7 +128,11 @@ def _background(rng: np.random.Generator, cam: Camera, h: int, w: int) -> Image.
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     d = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(3, 9))):  # buildings, poles, cars, signs
-        c = cam.clutter[rng.integers(len(cam.clutter))] if rng.random() < 0.5 else _colour(rng, sat=(0.0, 0.8), val=(0.15, 0.95))
+        c = (
+            cam.clutter[rng.integers(len(cam.clutter))]
+            if rng.random() < 0.5
+            else _colour(rng, sat=(0.0, 0.8), val=(0.15, 0.95))
+        )
         c = tuple(int(min(255, v * rng.uniform(0.8, 1.2))) for v in c)
         x0 = rng.uniform(-0.2, 1.0) * w
         bw = rng.uniform(0.05, 0.5) * w
@@ -136,7 +144,11 @@ def _background(rng: np.random.Generator, cam: Camera, h: int, w: int) -> Image.
             d.rectangle([x0, top, x0 + bw, bottom], fill=c)
     for _ in range(int(rng.integers(0, 4))):
         c = cam.clutter[rng.integers(len(cam.clutter))]
-        d.line([rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0, h)], fill=c, width=int(rng.integers(1, 4) * SS))
+        d.line(
+            [rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0, h)],
+            fill=c,
+            width=int(rng.integers(1, 4) * SS),
+        )
     return img
 
 
@@ -144,7 +156,9 @@ def _shade(c: tuple, f: float) -> tuple:
     return tuple(int(max(0, min(255, v * f))) for v in c)
 
 
-def _draw_person(d: ImageDraw.ImageDraw, p: Identity, cx: float, top: float, ph: float, view: str, phase: float, parts: str = "all") -> None:
+def _draw_person(
+    d: ImageDraw.ImageDraw, p: Identity, cx: float, top: float, ph: float, view: str, phase: float, parts: str = "all"
+) -> None:
     """Draw a person of pixel height ph with the head top at `top`, centred on cx."""
     side = view in ("left", "right")
     face_dir = -1 if view == "left" else 1
@@ -158,7 +172,9 @@ def _draw_person(d: ImageDraw.ImageDraw, p: Identity, cx: float, top: float, ph:
     if p.backpack and view != "front":
         bx = cx - face_dir * sw * (0.9 if side else 0.0)
         bw = sw * (0.55 if side else 0.8)
-        d.rounded_rectangle([bx - bw, y_neck + ph * 0.03, bx + bw, y_waist - ph * 0.04], radius=int(bw * 0.3), fill=p.backpack)
+        d.rounded_rectangle(
+            [bx - bw, y_neck + ph * 0.03, bx + bw, y_waist - ph * 0.04], radius=int(bw * 0.3), fill=p.backpack
+        )
 
     # legs
     leg_w = hip * 0.45
@@ -166,12 +182,39 @@ def _draw_person(d: ImageDraw.ImageDraw, p: Identity, cx: float, top: float, ph:
         lx = cx + sgn * hip * 0.45 + (sgn * swing if side else 0)
         foot_x = lx + (sgn * swing * 0.8 if side else 0)
         colour = p.bottom if p.bottom_kind == "trousers" else p.skin
-        d.polygon([(lx - leg_w, y_waist), (lx + leg_w, y_waist), (foot_x + leg_w * 0.8, y_foot), (foot_x - leg_w * 0.8, y_foot)], fill=colour)
+        d.polygon(
+            [
+                (lx - leg_w, y_waist),
+                (lx + leg_w, y_waist),
+                (foot_x + leg_w * 0.8, y_foot),
+                (foot_x - leg_w * 0.8, y_foot),
+            ],
+            fill=colour,
+        )
         if p.bottom_kind == "shorts":
-            d.polygon([(lx - leg_w * 1.1, y_waist), (lx + leg_w * 1.1, y_waist), (lx + leg_w * 1.1, y_knee - ph * 0.06), (lx - leg_w * 1.1, y_knee - ph * 0.06)], fill=p.bottom)
-        d.ellipse([foot_x - leg_w * 1.2 + face_dir * leg_w * 0.4 * side, y_foot - ph * 0.025, foot_x + leg_w * 1.2 + face_dir * leg_w * 0.4 * side, y_foot + ph * 0.03], fill=p.shoes)
+            d.polygon(
+                [
+                    (lx - leg_w * 1.1, y_waist),
+                    (lx + leg_w * 1.1, y_waist),
+                    (lx + leg_w * 1.1, y_knee - ph * 0.06),
+                    (lx - leg_w * 1.1, y_knee - ph * 0.06),
+                ],
+                fill=p.bottom,
+            )
+        d.ellipse(
+            [
+                foot_x - leg_w * 1.2 + face_dir * leg_w * 0.4 * side,
+                y_foot - ph * 0.025,
+                foot_x + leg_w * 1.2 + face_dir * leg_w * 0.4 * side,
+                y_foot + ph * 0.03,
+            ],
+            fill=p.shoes,
+        )
     if p.bottom_kind == "skirt":
-        d.polygon([(cx - hip, y_waist), (cx + hip, y_waist), (cx + hip * 1.5, y_knee), (cx - hip * 1.5, y_knee)], fill=p.bottom)
+        d.polygon(
+            [(cx - hip, y_waist), (cx + hip, y_waist), (cx + hip * 1.5, y_knee), (cx - hip * 1.5, y_knee)],
+            fill=p.bottom,
+        )
     else:
         d.rectangle([cx - hip, y_waist - ph * 0.01, cx + hip, y_waist + ph * 0.05], fill=p.bottom)
 
@@ -183,7 +226,10 @@ def _draw_person(d: ImageDraw.ImageDraw, p: Identity, cx: float, top: float, ph:
         n = 5
         for i in range(n):
             ya = y0 + (y1 - y0) * (i + 0.3) / n
-            d.rectangle([x0 + (hip - sw) * (ya - y0) / (y1 - y0) * -1 + 1, ya, x1 - 1, ya + (y1 - y0) * 0.35 / n], fill=p.pattern_colour)
+            d.rectangle(
+                [x0 + (hip - sw) * (ya - y0) / (y1 - y0) * -1 + 1, ya, x1 - 1, ya + (y1 - y0) * 0.35 / n],
+                fill=p.pattern_colour,
+            )
     elif p.top_pattern == "vstripes":
         for i in range(4):
             xa = x0 + (x1 - x0) * (i + 0.3) / 4
@@ -193,13 +239,23 @@ def _draw_person(d: ImageDraw.ImageDraw, p: Identity, cx: float, top: float, ph:
         for i in range(4):
             for j in range(int((y1 - y0) / cs) + 1):
                 if (i + j) % 2 == 0:
-                    d.rectangle([x0 + i * cs, y0 + j * cs, x0 + (i + 1) * cs, min(y1, y0 + (j + 1) * cs)], fill=p.pattern_colour)
-    elif p.top_pattern == "logo" and view == ("back" if p.backpack else "front") or (p.top_pattern == "logo" and not side):
+                    d.rectangle(
+                        [x0 + i * cs, y0 + j * cs, x0 + (i + 1) * cs, min(y1, y0 + (j + 1) * cs)], fill=p.pattern_colour
+                    )
+    elif (
+        p.top_pattern == "logo"
+        and view == ("back" if p.backpack else "front")
+        or (p.top_pattern == "logo" and not side)
+    ):
         r = sw * 0.35
         d.ellipse([cx - r, y0 + (y1 - y0) * 0.25, cx + r, y0 + (y1 - y0) * 0.25 + 2 * r], fill=p.pattern_colour)
     if p.backpack and view == "front":  # straps
         for sgn in (-1, 1):
-            d.line([(cx + sgn * sw * 0.55, y0), (cx + sgn * sw * 0.45, y1 - ph * 0.08)], fill=p.backpack, width=max(1, int(sw * 0.15)))
+            d.line(
+                [(cx + sgn * sw * 0.55, y0), (cx + sgn * sw * 0.45, y1 - ph * 0.08)],
+                fill=p.backpack,
+                width=max(1, int(sw * 0.15)),
+            )
 
     # arms
     arm_w = sw * (0.28 if side else 0.22)
@@ -209,7 +265,7 @@ def _draw_person(d: ImageDraw.ImageDraw, p: Identity, cx: float, top: float, ph:
         ax = cx + sgn * (sw + arm_w * 0.6) if not side else cx
         hand_x = ax + (-sgn * swing if side else sgn * ph * 0.01)
         hand_y = y_waist + ph * 0.02
-        sleeve_end = (hand_y if p.long_sleeves else y_neck + ph * 0.16)
+        sleeve_end = hand_y if p.long_sleeves else y_neck + ph * 0.16
         d.line([(ax, y_neck + ph * 0.04), (hand_x, hand_y)], fill=p.skin, width=max(1, int(arm_w * 2)))
         mid_x = ax + (hand_x - ax) * (sleeve_end - y_neck) / (hand_y - y_neck)
         d.line([(ax, y_neck + ph * 0.04), (mid_x, sleeve_end)], fill=p.top, width=max(1, int(arm_w * 2.2)))
@@ -227,10 +283,15 @@ def _draw_person(d: ImageDraw.ImageDraw, p: Identity, cx: float, top: float, ph:
     else:
         d.chord([hx - head_r * 0.9, top - head_r * 0.1, hx + head_r * 0.9, top + head_r * 1.4], 180, 360, fill=p.hair)
     if p.hair_long:
-        d.rectangle([hx - head_r * 0.9, top + head_r * 0.6, hx + head_r * 0.9 * (0.3 if side else 1), top + head_r * 2.8], fill=p.hair)
+        d.rectangle(
+            [hx - head_r * 0.9, top + head_r * 0.6, hx + head_r * 0.9 * (0.3 if side else 1), top + head_r * 2.8],
+            fill=p.hair,
+        )
     if p.hat:
         d.chord([hx - head_r * 0.95, top - head_r * 0.25, hx + head_r * 0.95, top + head_r * 1.1], 180, 360, fill=p.hat)
-        d.rectangle([hx - head_r * 1.25, top + head_r * 0.35, hx + head_r * 1.25, top + head_r * 0.5], fill=_shade(p.hat, 0.7))
+        d.rectangle(
+            [hx - head_r * 1.25, top + head_r * 0.35, hx + head_r * 1.25, top + head_r * 0.5], fill=_shade(p.hat, 0.7)
+        )
 
 
 def _finish(img: Image.Image, rng: np.random.Generator, cam: Camera, height: int, width: int) -> bytes:
@@ -279,7 +340,9 @@ def render_distractor(cam: Camera, rng: np.random.Generator, height: int, width:
         d = ImageDraw.Draw(img)
         ident = Identity.sample(rng)
         ph = H * rng.uniform(1.5, 3.0)  # zoomed-in fragment
-        _draw_person(d, ident, W * rng.uniform(0.2, 0.8), -rng.uniform(0.2, 0.6) * ph, ph, "front", rng.uniform(0, 6.28))
+        _draw_person(
+            d, ident, W * rng.uniform(0.2, 0.8), -rng.uniform(0.2, 0.6) * ph, ph, "front", rng.uniform(0, 6.28)
+        )
     return _finish(img, rng, cam, height, width)
 
 
@@ -328,7 +391,9 @@ def plan(cfg: SynthConfig) -> list[tuple[str, str, tuple]]:
         for k in range(max(1, int(round(n_gallery * frac)))):
             cam = int(rng.integers(cfg.cameras))
             frame += 25
-            items.append((MARKET_SPLITS["gallery"], f"{pid_str}_c{cam + 1}s1_{frame:06d}_{k:02d}.jpg", (kind, 0, cam, k)))
+            items.append(
+                (MARKET_SPLITS["gallery"], f"{pid_str}_c{cam + 1}s1_{frame:06d}_{k:02d}.jpg", (kind, 0, cam, k))
+            )
     return items
 
 
@@ -337,8 +402,16 @@ def render_item(cfg: SynthConfig, key: tuple) -> bytes:
     cam = Camera.sample(np.random.default_rng([cfg.seed, 3, cam_idx]))
     if kind == "person":
         ident = Identity.sample(np.random.default_rng([cfg.seed, 4, pid]))
-        return render_person_image(ident, cam, np.random.default_rng([cfg.seed, 5, pid, cam_idx, k]), cfg.height, cfg.width)
-    return render_distractor(cam, np.random.default_rng([cfg.seed, 6 if kind == "junk" else 7, cam_idx, k]), cfg.height, cfg.width, kind == "junk")
+        return render_person_image(
+            ident, cam, np.random.default_rng([cfg.seed, 5, pid, cam_idx, k]), cfg.height, cfg.width
+        )
+    return render_distractor(
+        cam,
+        np.random.default_rng([cfg.seed, 6 if kind == "junk" else 7, cam_idx, k]),
+        cfg.height,
+        cfg.width,
+        kind == "junk",
+    )
 
 
 def generate(out: str | Path, cfg: SynthConfig, on_step: Callable[[int], None] | None = None) -> int:

@@ -31,7 +31,6 @@ from ..errors import DatasetError
 from .datasets import Sample
 from .preprocess import PreprocessSpec, load_rgb, normalize, resize_bilinear
 
-
 CACHE_SHARE_OF_MEMORY = 0.5  # the decoded-image cache may take at most this share of the memory available at start
 
 
@@ -76,8 +75,15 @@ class ReIDImages(Dataset):
     """Images of ``samples`` as normalised CHW tensors with (label, camera). An index is an int, or (int, seed text)
     for augmented training items: the seed text names that item's own random generator (see `PKLoader`)."""
 
-    def __init__(self, samples: list[Sample], spec: PreprocessSpec, labels: dict[int, int] | None = None, augment: bool = False,
-                 cache: bool = True, ranks_on_host: int = 1):
+    def __init__(
+        self,
+        samples: list[Sample],
+        spec: PreprocessSpec,
+        labels: dict[int, int] | None = None,
+        augment: bool = False,
+        cache: bool = True,
+        ranks_on_host: int = 1,
+    ):
         self.samples, self.spec, self.labels, self.augment = samples, spec, labels, augment
         n, h, w = len(samples), spec.height, spec.width
         self.cached = cache and SharedImageCache.fits(n, h, w, ranks_on_host)
@@ -86,7 +92,7 @@ class ReIDImages(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def unaugmented(self) -> "ReIDImages":
+    def unaugmented(self) -> ReIDImages:
         """The same images without augmentation, sharing this one's decoded cache (statistics passes)."""
         twin = object.__new__(ReIDImages)
         twin.__dict__.update(self.__dict__)
@@ -226,9 +232,15 @@ class PKLoader:
     def __init__(self, images: ReIDImages, sampler: PKBatches, seed: int, workers: int = 0, pin: bool = False):
         self.sampler = sampler
         context = "fork" if workers and sys.platform.startswith("linux") else None  # the shared cache needs fork
-        self.loader = DataLoader(images, batch_sampler=_SeededBatches(sampler, seed), num_workers=workers, pin_memory=pin,
-                                 persistent_workers=workers > 0, multiprocessing_context=context,
-                                 prefetch_factor=4 if workers else None)
+        self.loader = DataLoader(
+            images,
+            batch_sampler=_SeededBatches(sampler, seed),
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=workers > 0,
+            multiprocessing_context=context,
+            prefetch_factor=4 if workers else None,
+        )
 
     def epoch(self, epoch: int):
         """The batches of ``epoch`` (a fresh iterator; persistent workers are reused)."""

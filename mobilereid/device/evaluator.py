@@ -38,7 +38,9 @@ from mobilereid.metrics import rank_summary  # noqa: E402
 from mobilereid.runtimes import open_runner, read_sidecar  # noqa: E402
 
 
-def embed_split(runner, samples, spec: PreprocessSpec, warmup: int, log=None, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def embed_split(
+    runner, samples, spec: PreprocessSpec, warmup: int, log=None, flip: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings (N, D) and per-image inference latency in ms (preprocessing excluded).
 
     ``flip``: test-time flip averaging, standard in ReID reports: the embedding is the mean of the image's and its
@@ -63,40 +65,76 @@ def embed_split(runner, samples, spec: PreprocessSpec, warmup: int, log=None, fl
 
 def latency_summary(ms: np.ndarray) -> dict:
     return {
-        "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)),
-        "mean_ms": float(ms.mean()), "throughput_per_s": float(1000.0 / ms.mean()), "samples": int(len(ms)),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "throughput_per_s": float(1000.0 / ms.mean()),
+        "samples": int(len(ms)),
     }
 
 
 def dataset_rank_summary(q: np.ndarray, g: np.ndarray, ds) -> dict:
-    return rank_summary(q, g, [s.pid for s in ds.query], [s.pid for s in ds.gallery],
-                        [s.camid for s in ds.query], [s.camid for s in ds.gallery])
+    return rank_summary(
+        q,
+        g,
+        [s.pid for s in ds.query],
+        [s.pid for s in ds.gallery],
+        [s.camid for s in ds.query],
+        [s.camid for s in ds.gallery],
+    )
 
 
-def evaluate_artifact(model: Path, data: Path, out: Path, threads: int = 2, warmup: int = 3, log=print,
-                      flip: bool = False, key: str | None = None) -> dict:
+def evaluate_artifact(
+    model: Path,
+    data: Path,
+    out: Path,
+    threads: int = 2,
+    warmup: int = 3,
+    log=print,
+    flip: bool = False,
+    key: str | None = None,
+) -> dict:
     key = key or model.name
     meta = read_sidecar(model)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     ds = load_dataset(data, need_train=False)
     runner = open_runner(model, meta, threads=threads)
-    log(f"{model.name}: {len(ds.query)} query + {len(ds.gallery)} gallery images, runtime {meta['runtime']}, {threads} threads")
+    log(
+        f"{model.name}: {len(ds.query)} query + {len(ds.gallery)} gallery images, runtime {meta['runtime']}, {threads} threads"
+    )
     q, tq = embed_split(runner, ds.query, spec, warmup, log, flip)
     g, tg = embed_split(runner, ds.gallery, spec, 0, log, flip)
     summary = {
         "artifact": model.name,
         "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
         "size_bytes": model.stat().st_size,
-        "target": meta["target"], "runtime": meta["runtime"], "precision": meta["precision"],
-        "threads": threads, "warmup": warmup, "flip": flip,
-        "host": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "target": meta["target"],
+        "runtime": meta["runtime"],
+        "precision": meta["precision"],
+        "threads": threads,
+        "warmup": warmup,
+        "flip": flip,
+        "host": {
+            "machine": platform.machine(),
+            "system": platform.system(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        },
         "metrics": dataset_rank_summary(q, g, ds),
         "latency": latency_summary(np.concatenate([tq, tg])),
     }
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / f"{key}.npz", query=q, gallery=g, latency_ms=np.concatenate([tq, tg]),
-             q_pids=[s.pid for s in ds.query], g_pids=[s.pid for s in ds.gallery],
-             q_camids=[s.camid for s in ds.query], g_camids=[s.camid for s in ds.gallery])
+    np.savez(
+        out / f"{key}.npz",
+        query=q,
+        gallery=g,
+        latency_ms=np.concatenate([tq, tg]),
+        q_pids=[s.pid for s in ds.query],
+        g_pids=[s.pid for s in ds.gallery],
+        q_camids=[s.camid for s in ds.query],
+        g_camids=[s.camid for s in ds.gallery],
+    )
     tmp = out / f".{key}.summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, out / f"{key}.summary.json")
@@ -118,14 +156,20 @@ def key_problem(keys: list[str], models: int) -> str | None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, type=Path, action="append", help="artifact with its .json sidecar (repeatable)")
+    ap.add_argument(
+        "--model", required=True, type=Path, action="append", help="artifact with its .json sidecar (repeatable)"
+    )
     ap.add_argument("--data", required=True, type=Path, help="dataset folder (Market-1501 layout)")
     ap.add_argument("--out", type=Path, default=Path("eval_results"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--flip", action="store_true", help="average each image's embedding with its mirror's")
-    ap.add_argument("--key", action="append", help="name of the result files of the --model at the same position "
-                    "(once per --model; default: the model's file name)")
+    ap.add_argument(
+        "--key",
+        action="append",
+        help="name of the result files of the --model at the same position "
+        "(once per --model; default: the model's file name)",
+    )
     args = ap.parse_args(argv)
     keys = args.key or [m.name for m in args.model]
     problem = key_problem(keys, len(args.model))
@@ -140,7 +184,9 @@ def main(argv=None) -> int:
             msg = " ".join(str(exc).split()) or type(exc).__name__
             print(f"error: {msg if str(m) in msg else f'{m}: {msg}'}", file=sys.stderr)
             return 2
-        print(f"{m.name}: Rank-1 {s['metrics']['rank1']:.2%}  mAP {s['metrics']['mAP']:.2%}  p50 {s['latency']['p50_ms']:.2f} ms")
+        print(
+            f"{m.name}: Rank-1 {s['metrics']['rank1']:.2%}  mAP {s['metrics']['mAP']:.2%}  p50 {s['latency']['p50_ms']:.2f} ms"
+        )
     return 0
 
 

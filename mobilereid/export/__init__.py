@@ -66,23 +66,35 @@ def bake_camera(model, checkpoint: Path, camera: int | None) -> None:
     n = int(sie.shape[0])
     if camera is None:
         if model.cfg.sie_camera is None:
-            raise ExportError(f"{checkpoint}: the model has an SIE camera embedding ({n} cameras) and artifacts have no "
-                              f"camera input: choose the camera to bake in with --camera K (0..{n - 1})")
+            raise ExportError(
+                f"{checkpoint}: the model has an SIE camera embedding ({n} cameras) and artifacts have no "
+                f"camera input: choose the camera to bake in with --camera K (0..{n - 1})"
+            )
         return
     if not 0 <= camera < n:
         raise ExportError(f"--camera {camera}: the model knows cameras 0..{n - 1}")
     model.cfg.sie_camera = camera
 
 
-def make_job(checkpoint: Path, model, state: dict, calib: str | Path, out_dir: str | Path, n_calib: int, n_verify: int,
-             threads: int) -> ExportJob:
+def make_job(
+    checkpoint: Path,
+    model,
+    state: dict,
+    calib: str | Path,
+    out_dir: str | Path,
+    n_calib: int,
+    n_verify: int,
+    threads: int,
+) -> ExportJob:
     """Calibration and held-out verification images through the project's preprocessing, plus float references."""
     spec = preprocess_spec_for(model)
     calib_files, verify_files = calibration_files(calib, n_calib, n_verify)
     calib_batch, verify_batch = load_batch(calib_files, spec), load_batch(verify_files, spec)  # unreadable images first
     if len(verify_files) < 2:
-        raise ExportError(f"{calib}: {len(verify_files)} held-out image(s) for verification; at least 2 are needed "
-                          f"(the recipe asks for {n_verify})")
+        raise ExportError(
+            f"{calib}: {len(verify_files)} held-out image(s) for verification; at least 2 are needed "
+            f"(the recipe asks for {n_verify})"
+        )
     notes = []
     if len(verify_files) < n_verify:
         notes.append(f"verified on {len(verify_files)} held-out images, the recipe asks for {n_verify}")
@@ -90,15 +102,36 @@ def make_job(checkpoint: Path, model, state: dict, calib: str | Path, out_dir: s
         notes.append("the folder is too small to hold images out: verification images are calibration images")
     for n in notes:
         err_console.print(f"warning: {calib}: {n}", markup=False)
-    return ExportJob(verify_notes=notes, model=model, family=model_family(model), preset=state.get("preset"), checkpoint=checkpoint,
-                     checkpoint_sha256=file_sha256(checkpoint), spec=spec, calib=calib_batch,
-                     verify=verify_batch, out_dir=Path(out_dir), threads=threads)
+    return ExportJob(
+        verify_notes=notes,
+        model=model,
+        family=model_family(model),
+        preset=state.get("preset"),
+        checkpoint=checkpoint,
+        checkpoint_sha256=file_sha256(checkpoint),
+        spec=spec,
+        calib=calib_batch,
+        verify=verify_batch,
+        out_dir=Path(out_dir),
+        threads=threads,
+    )
 
 
-def export_checkpoint(checkpoint: str | Path, target: str, calib: str | Path, out_dir: str | Path, int8: bool = False,
-                      recipe_path: str | Path | None = None, threads: int = 2, on_result=None, board: str | None = None,
-                      camera: int | None = None, core_free=None, image_counts: tuple[int, int] | None = None,
-                      lock_folder: bool = True) -> list[dict]:
+def export_checkpoint(
+    checkpoint: str | Path,
+    target: str,
+    calib: str | Path,
+    out_dir: str | Path,
+    int8: bool = False,
+    recipe_path: str | Path | None = None,
+    threads: int = 2,
+    on_result=None,
+    board: str | None = None,
+    camera: int | None = None,
+    core_free=None,
+    image_counts: tuple[int, int] | None = None,
+    lock_folder: bool = True,
+) -> list[dict]:
     """Export ``checkpoint`` to each target of ``target``, verifying every artifact in its runtime. ``core_free``: a
     callable saying whether a second core is free now (or True); then the longest targets run in two processes side
     by side (second_process.py). ``image_counts``: (calibration, verification) images, by default the most any
@@ -117,8 +150,10 @@ def export_checkpoint(checkpoint: str | Path, target: str, calib: str | Path, ou
         if not int8:
             r["variants"] = [v for v in r["variants"] if v == "fp32"]
         recipes[t] = r
-    n_calib, n_verify = image_counts or (max(int(r.get("int8", {}).get("calibration_images", 64)) for r in recipes.values()),
-                                         max(int(r["verify"]["images"]) for r in recipes.values()))
+    n_calib, n_verify = image_counts or (
+        max(int(r.get("int8", {}).get("calibration_images", 64)) for r in recipes.values()),
+        max(int(r["verify"]["images"]) for r in recipes.values()),
+    )
     job = make_job(checkpoint, model, state, calib, out_dir, n_calib, n_verify, threads)
     with _output_lock(Path(out_dir), lock_folder), Workdir(Path(out_dir), "export") as scratch:
         job.scratch = scratch
@@ -130,10 +165,21 @@ def export_checkpoint(checkpoint: str | Path, target: str, calib: str | Path, ou
             return run_here(targets)
         from .second_process import run_units, work_units
 
-        kwargs = dict(checkpoint=checkpoint, calib=calib, out_dir=out_dir, int8=int8, threads=threads, board=board, camera=camera,
-                      image_counts=(n_calib, n_verify), recipe_path={t: str(p) for t, p in user_recipes.items()},
-                      lock_folder=False)
-        results = run_units(work_units(targets), run_here, kwargs, core_free if callable(core_free) else lambda: True, on_result)
+        kwargs = dict(
+            checkpoint=checkpoint,
+            calib=calib,
+            out_dir=out_dir,
+            int8=int8,
+            threads=threads,
+            board=board,
+            camera=camera,
+            image_counts=(n_calib, n_verify),
+            recipe_path={t: str(p) for t, p in user_recipes.items()},
+            lock_folder=False,
+        )
+        results = run_units(
+            work_units(targets), run_here, kwargs, core_free if callable(core_free) else lambda: True, on_result
+        )
     order = {t: i for i, t in enumerate(targets)}
     return sorted(results, key=lambda r: order[r["target"]])  # sort is stable: a target's variants keep their order
 

@@ -76,8 +76,11 @@ def per_image_extremes(calibrated: bytes, tensors: list[int], images_nhwc: np.nd
     """(n_images, n_tensors) arrays of each image's minimum and maximum of each tensor, from LiteRT."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    it = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True,
-                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it = Interpreter(
+        model_content=calibrated,
+        experimental_preserve_all_tensors=True,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
     it.allocate_tensors()
     inp = it.get_input_details()[0]["index"]
     lo = np.empty((len(images_nhwc), len(tensors)), np.float64)

@@ -61,9 +61,11 @@ class ExportJob:
         unit = unit_rows(self.reference)
         pairs = (unit @ unit.T)[~np.eye(n, dtype=bool)]
         if pairs.min() > 0.9999:
-            raise ExportError(f"{self.checkpoint or self.stem}: the float model gives all {n} held-out images the same "
-                              "embedding (pairwise cosine > 0.9999), a collapsed model; verifying against it would be "
-                              "meaningless")
+            raise ExportError(
+                f"{self.checkpoint or self.stem}: the float model gives all {n} held-out images the same "
+                "embedding (pairwise cosine > 0.9999), a collapsed model; verifying against it would be "
+                "meaningless"
+            )
         return float(pairs.mean())
 
     @property
@@ -87,8 +89,9 @@ def unshare_weights(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             value = getattr(value, part)
         for i, user in enumerate(list(node.users)[1:]):
             name = f"{node.target.replace('.', '_')}_unshared{i}"
-            gm.register_buffer(name, value.detach().clone()) if not isinstance(value, torch.nn.Parameter) else \
-                gm.register_parameter(name, torch.nn.Parameter(value.detach().clone(), requires_grad=False))
+            gm.register_buffer(name, value.detach().clone()) if not isinstance(
+                value, torch.nn.Parameter
+            ) else gm.register_parameter(name, torch.nn.Parameter(value.detach().clone(), requires_grad=False))
             with gm.graph.inserting_before(user):
                 user.replace_input_with(node, gm.graph.get_attr(name))
     gm.graph.lint()
@@ -96,10 +99,12 @@ def unshare_weights(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
-def unshared_graph(job: "ExportJob", model: torch.nn.Module | None = None) -> "GraphModel":
+def unshared_graph(job: ExportJob, model: torch.nn.Module | None = None) -> GraphModel:
     """The job's model (or ``model``) captured by torch.export, each shared weight copied per op (see
     unshare_weights)."""
-    return GraphModel(unshare_weights(torch.export.export(job.model if model is None else model, (job.example(),)).module()))
+    return GraphModel(
+        unshare_weights(torch.export.export(job.model if model is None else model, (job.example(),)).module())
+    )
 
 
 class GraphModel(torch.nn.Module):
@@ -129,8 +134,17 @@ def tensor_spec(name: str, shape, layout: str | None, dtype: str, quant: tuple[f
     return d
 
 
-def describe_artifact(job: ExportJob, *, target: str, runtime: str, precision: str, input_spec: dict,
-                      output_spec: dict, recipe: dict, extra: dict | None = None) -> dict:
+def describe_artifact(
+    job: ExportJob,
+    *,
+    target: str,
+    runtime: str,
+    precision: str,
+    input_spec: dict,
+    output_spec: dict,
+    recipe: dict,
+    extra: dict | None = None,
+) -> dict:
     """What a runtime needs to know about an artifact (model, preprocessing, IO tensors, matching, recipe)."""
     meta = {
         "format": "mobilereid-artifact",
@@ -155,9 +169,13 @@ def describe_artifact(job: ExportJob, *, target: str, runtime: str, precision: s
     }
     cfg = job.model.cfg
     if getattr(cfg, "camera_num", 0) > 0:
-        meta["camera"] = {"embedding": "sie", "cameras": int(cfg.camera_num), "baked_camera": cfg.sie_camera,
-                          "note": "one camera's SIE embedding is a constant of this artifact; images of other cameras "
-                                  "are embedded as if seen by it"}
+        meta["camera"] = {
+            "embedding": "sie",
+            "cameras": int(cfg.camera_num),
+            "baked_camera": cfg.sie_camera,
+            "note": "one camera's SIE embedding is a constant of this artifact; images of other cameras "
+            "are embedded as if seen by it",
+        }
     meta.update(extra or {})
     return meta
 
@@ -165,8 +183,14 @@ def describe_artifact(job: ExportJob, *, target: str, runtime: str, precision: s
 def write_sidecar(job: ExportJob, artifact: Path, *, description: dict | None = None, **describe) -> dict:
     """Write ``<artifact>.json``: the description plus the file's name, hash, size and creation time."""
     meta = dict(description) if description is not None else describe_artifact(job, **describe)
-    meta.update({"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "artifact": artifact.name,
-                 "sha256": file_sha256(artifact), "size_bytes": artifact.stat().st_size})
+    meta.update(
+        {
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "artifact": artifact.name,
+            "sha256": file_sha256(artifact),
+            "size_bytes": artifact.stat().st_size,
+        }
+    )
     _write_json(sidecar_path(artifact), meta)
     return meta
 
@@ -195,10 +219,14 @@ def verify_artifact(job: ExportJob, artifact: Path, meta: dict, min_cosine: floa
     except Exception as exc:  # the runtime refused the artifact (e.g. a delegate failed to compile it)
         artifact.unlink(missing_ok=True)
         sidecar_path(artifact).unlink(missing_ok=True)
-        raise ExportError(f"{artifact}: {meta['runtime']} cannot run the exported artifact ({' '.join(str(exc).split())[:200]}); "
-                          "it was removed") from None
+        raise ExportError(
+            f"{artifact}: {meta['runtime']} cannot run the exported artifact ({' '.join(str(exc).split())[:200]}); "
+            "it was removed"
+        ) from None
     if emb.shape != job.reference.shape:
-        raise ExportError(f"{artifact}: runtime output shape {emb.shape} differs from the float model's {job.reference.shape}")
+        raise ExportError(
+            f"{artifact}: runtime output shape {emb.shape} differs from the float model's {job.reference.shape}"
+        )
     cos = cosine_rows(emb, job.reference)
     result = {
         "runtime": meta["runtime"],

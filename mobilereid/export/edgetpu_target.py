@@ -19,21 +19,53 @@ import subprocess
 from pathlib import Path
 
 from ..errors import ExportError
-from .common import ExportJob, Workdir, atomic_copy, atomic_write_bytes, verify_artifact, write_sidecar, _write_json
+from .common import ExportJob, Workdir, _write_json, atomic_copy, atomic_write_bytes, verify_artifact, write_sidecar
 from .tflite.ops import op_names
 from .tflite.target import build_tflite_variants, self_describing
 
 # Documented Edge TPU operations (coral.ai/docs/edgetpu/models-intro, "Supported operations"), TFLite names.
 EDGETPU_OPS = {
-    "ADD": "", "AVERAGE_POOL_2D": "no fused activation", "CONCATENATION": "no fused activation",
-    "CONV_2D": "same dilation in x and y", "DEPTHWISE_CONV_2D": "same dilation in x and y", "EXPAND_DIMS": "",
-    "FULLY_CONNECTED": "default weight format only", "L2_NORMALIZATION": "", "LOGISTIC": "", "LSTM": "unidirectional",
-    "MAXIMUM": "", "MAX_POOL_2D": "no fused activation", "MEAN": "no reduction over batch", "MINIMUM": "", "MUL": "",
-    "PACK": "not along batch", "PAD": "not along batch", "PRELU": "1-D alpha", "QUANTIZE": "", "REDUCE_MAX": "",
-    "REDUCE_MIN": "", "RELU": "", "RELU6": "", "RELU_N1_TO_1": "", "RESHAPE": "large reshapes may not map",
-    "RESIZE_BILINEAR": "3-D", "RESIZE_NEAREST_NEIGHBOR": "3-D", "RSQRT": "", "SLICE": "", "SOFTMAX": "1-D input, max 16000 elements",
-    "SPACE_TO_DEPTH": "", "SPLIT": "", "SQUEEZE": "", "STRIDED_SLICE": "", "SUB": "", "SUM": "", "SQUARED_DIFFERENCE": "",
-    "SQUARE": "", "TANH": "", "TRANSPOSE": "", "TRANSPOSE_CONV": "",
+    "ADD": "",
+    "AVERAGE_POOL_2D": "no fused activation",
+    "CONCATENATION": "no fused activation",
+    "CONV_2D": "same dilation in x and y",
+    "DEPTHWISE_CONV_2D": "same dilation in x and y",
+    "EXPAND_DIMS": "",
+    "FULLY_CONNECTED": "default weight format only",
+    "L2_NORMALIZATION": "",
+    "LOGISTIC": "",
+    "LSTM": "unidirectional",
+    "MAXIMUM": "",
+    "MAX_POOL_2D": "no fused activation",
+    "MEAN": "no reduction over batch",
+    "MINIMUM": "",
+    "MUL": "",
+    "PACK": "not along batch",
+    "PAD": "not along batch",
+    "PRELU": "1-D alpha",
+    "QUANTIZE": "",
+    "REDUCE_MAX": "",
+    "REDUCE_MIN": "",
+    "RELU": "",
+    "RELU6": "",
+    "RELU_N1_TO_1": "",
+    "RESHAPE": "large reshapes may not map",
+    "RESIZE_BILINEAR": "3-D",
+    "RESIZE_NEAREST_NEIGHBOR": "3-D",
+    "RSQRT": "",
+    "SLICE": "",
+    "SOFTMAX": "1-D input, max 16000 elements",
+    "SPACE_TO_DEPTH": "",
+    "SPLIT": "",
+    "SQUEEZE": "",
+    "STRIDED_SLICE": "",
+    "SUB": "",
+    "SUM": "",
+    "SQUARED_DIFFERENCE": "",
+    "SQUARE": "",
+    "TANH": "",
+    "TRANSPOSE": "",
+    "TRANSPOSE_CONV": "",
 }
 
 
@@ -59,9 +91,12 @@ def mapping_report(model_bytes: bytes) -> dict:
         "ops_on_cpu": len(rows) - on_tpu,
         "first_unsupported": None if first_bad is None else {"index": first_bad, "op": ops[first_bad]},
         "unsupported_ops": unsupported,
-        "summary": ("every operation maps to the Edge TPU" if first_bad is None else
-                    f"{on_tpu} of {len(rows)} operations map to the Edge TPU; from operation {first_bad} ({ops[first_bad]}) on, "
-                    f"the rest runs on the CPU (unsupported: {', '.join(unsupported)})"),
+        "summary": (
+            "every operation maps to the Edge TPU"
+            if first_bad is None
+            else f"{on_tpu} of {len(rows)} operations map to the Edge TPU; from operation {first_bad} ({ops[first_bad]}) on, "
+            f"the rest runs on the CPU (unsupported: {', '.join(unsupported)})"
+        ),
         "ops": rows,
     }
 
@@ -69,7 +104,10 @@ def mapping_report(model_bytes: bytes) -> dict:
 def run_compiler(model: Path, out_dir: Path) -> dict:
     exe = shutil.which("edgetpu_compiler")
     if exe is None:
-        return {"ran": False, "reason": "edgetpu_compiler not found on PATH; the mapping above is predicted from the documented op table"}
+        return {
+            "ran": False,
+            "reason": "edgetpu_compiler not found on PATH; the mapping above is predicted from the documented op table",
+        }
     proc = subprocess.run([exe, "-s", "-o", str(out_dir), str(model)], capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr
     mapped = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\S+)\s+(\d+)\s+Mapped to Edge TPU", log, re.M)}
@@ -82,7 +120,9 @@ def export_edgetpu(job: ExportJob, recipe: dict) -> list[dict]:
         raise ExportError(f"{recipe['source']}: the Edge TPU needs full-integer models (integer IO, no float ops)")
     with Workdir(job.out_dir, "edgetpu") as tmp:
         data = build_tflite_variants(job, ["int8"], qcfg, tmp)["int8"]
-        data, description = self_describing(job, data, target="edgetpu", runtime="litert", precision="int8", recipe=recipe)
+        data, description = self_describing(
+            job, data, target="edgetpu", runtime="litert", precision="int8", recipe=recipe
+        )
         # LiteRT ignores the metadata; whether edgetpu_compiler copies it into its output is not verified here (no compiler)
         report = mapping_report(data)
         out = job.out_dir / f"{job.stem}_edgetpu_ready_int8.tflite"
@@ -94,8 +134,12 @@ def export_edgetpu(job: ExportJob, recipe: dict) -> list[dict]:
             if produced.is_file():
                 compiled = job.out_dir / f"{job.stem}_edgetpu.tflite"
                 atomic_copy(produced, compiled)
-    extra = {"edgetpu": {"mapping": report, "compiler": compiler, "compiled_artifact": compiled.name if compiled else None}}
+    extra = {
+        "edgetpu": {"mapping": report, "compiler": compiler, "compiled_artifact": compiled.name if compiled else None}
+    }
     meta = write_sidecar(job, out, description={**description, **extra})
     verification = verify_artifact(job, out, meta, recipe["verify"]["min_cosine"])
     _write_json(job.out_dir / f"{job.stem}_edgetpu_report.json", extra["edgetpu"])
-    return [{"artifact": out, "precision": "int8", "verification": verification, "edgetpu": report, "compiler": compiler}]
+    return [
+        {"artifact": out, "precision": "int8", "verification": verification, "edgetpu": report, "compiler": compiler}
+    ]

@@ -16,9 +16,8 @@ import torch
 
 from ..errors import ExportError
 from .activation_ranges import executorch_activation_observer
+from .common import ExportJob, atomic_write_bytes, tensor_spec, unshare_weights, verify_artifact, write_sidecar
 from .pt2e_batchnorm import batchnorms_as_affine
-from .common import ExportJob, atomic_write_bytes, unshare_weights, tensor_spec, verify_artifact, write_sidecar
-
 
 QUANTIZABLE_OPS = {  # recipe name -> the aten op whose XNNPACKQuantizer patterns quantize it (looked up late: torch.ops)
     "linear": lambda: torch.ops.aten.linear.default,
@@ -49,8 +48,11 @@ def configure_quantizer(quantizer, config, qcfg: dict, model: torch.nn.Module) -
     patterns = list(qcfg.get("dynamic_modules", []))
     if patterns:
         dynamic = get_symmetric_quantization_config(is_per_channel=bool(qcfg.get("per_channel", True)), is_dynamic=True)
-        matched = [name for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)
-                   and any(re.search(p, name) for p in patterns)]
+        matched = [
+            name
+            for name, mod in model.named_modules()
+            if isinstance(mod, torch.nn.Linear) and any(re.search(p, name) for p in patterns)
+        ]
         if not matched:
             raise ExportError(f"int8.dynamic_modules {patterns}: no linear layer of the model matches")
         for name in matched:
@@ -75,8 +77,10 @@ def delegation_report(edge_program) -> dict:
 
 def io_spec(job: ExportJob) -> dict:
     """Input and output tensors of the lowered program (float NCHW image in, float embedding out)."""
-    return {"input": tensor_spec("x", (1, 3, job.spec.height, job.spec.width), "NCHW", "float32", None),
-            "output": tensor_spec("embedding", (1, job.reference.shape[1]), None, "float32", None)}
+    return {
+        "input": tensor_spec("x", (1, 3, job.spec.height, job.spec.width), "NCHW", "float32", None),
+        "output": tensor_spec("embedding", (1, job.reference.shape[1]), None, "float32", None),
+    }
 
 
 def lower(job: ExportJob, int8: bool, qcfg: dict, label: str) -> tuple[bytes, dict]:
@@ -86,7 +90,9 @@ def lower(job: ExportJob, int8: bool, qcfg: dict, label: str) -> tuple[bytes, di
     except ExportError:
         raise
     except Exception as exc:
-        raise ExportError(f"ExecuTorch lowering of {job.stem} ({label}) failed: {str(exc).splitlines()[0][:300]}") from None
+        raise ExportError(
+            f"ExecuTorch lowering of {job.stem} ({label}) failed: {str(exc).splitlines()[0][:300]}"
+        ) from None
 
 
 def _lower(job: ExportJob, int8: bool, qcfg: dict) -> tuple[bytes, dict]:
@@ -98,14 +104,21 @@ def _lower(job: ExportJob, int8: bool, qcfg: dict) -> tuple[bytes, dict]:
         warnings.simplefilter("ignore")
         ep = torch.export.export(job.model, example)
         if int8:
-            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+                XNNPACKQuantizer,
+                get_symmetric_quantization_config,
+            )
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
             dynamic = qcfg.get("mode", "static") == "dynamic"
-            config = get_symmetric_quantization_config(is_per_channel=bool(qcfg.get("per_channel", True)), is_dynamic=dynamic)
+            config = get_symmetric_quantization_config(
+                is_per_channel=bool(qcfg.get("per_channel", True)), is_dynamic=dynamic
+            )
             observer = None if dynamic else executorch_activation_observer(qcfg.get("activation_ranges", "default"))
             if observer is not None:  # same activation range rule as the TFLite route (activation_ranges.py)
-                act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=observer.with_args(eps=2**-12))
+                act = dataclasses.replace(
+                    config.input_activation, observer_or_fake_quant_ctr=observer.with_args(eps=2**-12)
+                )
                 config = dataclasses.replace(config, input_activation=act, output_activation=act)
             quantizer = XNNPACKQuantizer()
             n = int(qcfg.get("calibration_images", 64))
@@ -150,14 +163,30 @@ def export_executorch(job: ExportJob, recipe: dict) -> list[dict]:
         int8 = variant != "fp32"
         qcfg = variant_settings(recipe, variant)
         buffer, report = lower(job, int8, qcfg, variant)
-        precision = "fp32" if not int8 else ("int8_dynamic" if qcfg.get("mode") == "dynamic" else
-                                             "int8_static" if variant == "int8_static" else "int8")
+        precision = (
+            "fp32"
+            if not int8
+            else (
+                "int8_dynamic"
+                if qcfg.get("mode") == "dynamic"
+                else "int8_static"
+                if variant == "int8_static"
+                else "int8"
+            )
+        )
         out = job.out_dir / f"{job.stem}_xnnpack_{variant}.pte"
         atomic_write_bytes(out, buffer)
         io = io_spec(job)
         meta = write_sidecar(
-            job, out, target="executorch", runtime="executorch", precision=precision,
-            input_spec=io["input"], output_spec=io["output"], recipe=recipe, extra={"delegation": report, "backend": "XNNPACK"},
+            job,
+            out,
+            target="executorch",
+            runtime="executorch",
+            precision=precision,
+            input_spec=io["input"],
+            output_spec=io["output"],
+            recipe=recipe,
+            extra={"delegation": report, "backend": "XNNPACK"},
         )
         verification = verify_artifact(job, out, meta, recipe["verify"]["min_cosine"])
         results.append({"artifact": out, "precision": precision, "verification": verification, "delegation": report})

@@ -50,7 +50,13 @@ class DecomposedLayerNorm(nn.Module):
 
     def __init__(self, norm: nn.LayerNorm, divide: bool = False, std_floor: float = 0.0):
         super().__init__()
-        self.weight, self.bias, self.eps, self.divide, self.std_floor = norm.weight, norm.bias, norm.eps, divide, std_floor
+        self.weight, self.bias, self.eps, self.divide, self.std_floor = (
+            norm.weight,
+            norm.bias,
+            norm.eps,
+            divide,
+            std_floor,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xc = x - x.mean(-1, keepdim=True)
@@ -74,8 +80,9 @@ class ConstantFirstTokenNorm(nn.Module):
         return torch.cat([self.first_row.expand(x.shape[0], -1, -1), self.norm(x[:, 1:])], dim=1)
 
 
-def integer_friendly(model: nn.Module, images: torch.Tensor, divide: bool = False,
-                     headroom: float = 1.0) -> tuple[nn.Module, list[str]]:
+def integer_friendly(
+    model: nn.Module, images: torch.Tensor, divide: bool = False, headroom: float = 1.0
+) -> tuple[nn.Module, list[str]]:
     """A copy of ``model`` with the rewrites that apply to it, and their names (empty: the model itself). ``images``:
     preprocessed images (at least two: block 0's first row must be the same for two of them; the calibration
     images for ``divide``: reciprocal square roots as SQRT + DIV, for int16 graphs, module docstring 3)."""
@@ -89,7 +96,9 @@ def integer_friendly(model: nn.Module, images: torch.Tensor, divide: bool = Fals
     floors = _std_floors(model, images, headroom) if divide else {}
     swapped = _decompose_layer_norms(model, divide, floors)
     if swapped:
-        rewrites.append(f"{swapped} LayerNorm squares as MUL" + (", reciprocal square roots as SQRT + DIV" if divide else ""))
+        rewrites.append(
+            f"{swapped} LayerNorm squares as MUL" + (", reciprocal square roots as SQRT + DIV" if divide else "")
+        )
     return model, rewrites
 
 
@@ -121,7 +130,7 @@ def _std_floors(model: nn.Module, images: torch.Tensor, headroom: float = 1.0) -
     try:
         with torch.no_grad():
             for start in range(0, len(images), 16):
-                model(images[start:start + 16])
+                model(images[start : start + 16])
     finally:
         for h in hooks:
             h.remove()

@@ -12,20 +12,30 @@ from pathlib import Path
 import torch
 
 from ..errors import ExportError
-from .common import ExportJob, Workdir, atomic_copy, unshared_graph, tensor_spec, verify_artifact, write_sidecar
+from .common import ExportJob, Workdir, atomic_copy, tensor_spec, unshared_graph, verify_artifact, write_sidecar
 
 INPUT_NAME, OUTPUT_NAME = "images", "embedding"
 
 
 def write_onnx(job: ExportJob, path: Path) -> None:
     model = job.model
-    if getattr(model, "family", None) == "external":  # a captured graph: one copy of each weight per op (unshare_weights)
+    if (
+        getattr(model, "family", None) == "external"
+    ):  # a captured graph: one copy of each weight per op (unshare_weights)
         model = unshared_graph(job)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model, (job.example(),), str(path), dynamo=False, opset_version=17,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True)
+            torch.onnx.export(
+                model,
+                (job.example(),),
+                str(path),
+                dynamo=False,
+                opset_version=17,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                do_constant_folding=True,
+            )
         except Exception as exc:
             raise ExportError(f"ONNX export of {job.stem} failed: {str(exc).splitlines()[0]}") from None
 
@@ -37,9 +47,15 @@ def export_onnx(job: ExportJob, recipe: dict) -> list[dict]:
         atomic_copy(tmp / out.name, out)
     h, w = job.spec.height, job.spec.width
     meta = write_sidecar(
-        job, out, target="onnx", runtime="onnxruntime", precision="fp32",
+        job,
+        out,
+        target="onnx",
+        runtime="onnxruntime",
+        precision="fp32",
         input_spec=tensor_spec(INPUT_NAME, (1, 3, h, w), "NCHW", "float32", None),
-        output_spec=tensor_spec(OUTPUT_NAME, job.reference.shape[1:] and (1, job.reference.shape[1]), None, "float32", None),
+        output_spec=tensor_spec(
+            OUTPUT_NAME, job.reference.shape[1:] and (1, job.reference.shape[1]), None, "float32", None
+        ),
         recipe=recipe,
     )
     verification = verify_artifact(job, out, meta, recipe["verify"]["min_cosine"])

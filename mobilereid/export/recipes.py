@@ -24,16 +24,33 @@ def default_recipe_path(target: str, family: str) -> Path:
     raise ExportError(f"no default recipe for target {target!r} and model family {family!r} in {RECIPE_DIR}")
 
 
-INT8_KEYS = {"mode", "ops", "dynamic_modules", "smooth_alpha", "per_channel", "calibration_images", "activation_ranges", "io_dtype",
-             "float_ops", "float_nodes", "int16_ops", "int16_headroom"}
+INT8_KEYS = {
+    "mode",
+    "ops",
+    "dynamic_modules",
+    "smooth_alpha",
+    "per_channel",
+    "calibration_images",
+    "activation_ranges",
+    "io_dtype",
+    "float_ops",
+    "float_nodes",
+    "int16_ops",
+    "int16_headroom",
+}
 # int16 activations: only LiteRT through litert-torch + ai-edge-quantizer can mix them into an int8 model per op type
-NO_INT16 = {"executorch": "ExecuTorch's XNNPACK backend has no int16 kernels",
-            "edgetpu": "the Edge TPU has no int16 kernels",
-            "tflm": "the TFLite Micro route converts through onnx2tf, which has no per-op int16 choice"}
-KNOWN = {"": {"target", "family", "converter", "variants", "board", "int8", "int8_static", "verify", "micro", "source"},
-         "int8": INT8_KEYS, "int8_static": INT8_KEYS,
-         "verify": {"images", "min_cosine"},
-         "micro": {"reorder_operators", "slim"}}
+NO_INT16 = {
+    "executorch": "ExecuTorch's XNNPACK backend has no int16 kernels",
+    "edgetpu": "the Edge TPU has no int16 kernels",
+    "tflm": "the TFLite Micro route converts through onnx2tf, which has no per-op int16 choice",
+}
+KNOWN = {
+    "": {"target", "family", "converter", "variants", "board", "int8", "int8_static", "verify", "micro", "source"},
+    "int8": INT8_KEYS,
+    "int8_static": INT8_KEYS,
+    "verify": {"images", "min_cosine"},
+    "micro": {"reorder_operators", "slim"},
+}
 
 
 def validate_recipe(recipe: dict, where: str) -> None:
@@ -44,8 +61,10 @@ def validate_recipe(recipe: dict, where: str) -> None:
             raise ExportError(f"{where}: [{section}] must be a table")
         unknown = sorted(set(table) - known)
         if unknown:
-            raise ExportError(f"{where}: unknown key(s) {', '.join(unknown)} in {f'[{section}]' if section else 'the recipe'} "
-                              f"(known: {', '.join(sorted(known - {'source'}))})")
+            raise ExportError(
+                f"{where}: unknown key(s) {', '.join(unknown)} in {f'[{section}]' if section else 'the recipe'} "
+                f"(known: {', '.join(sorted(known - {'source'}))})"
+            )
     v, q = recipe.get("verify", {}), recipe.get("int8", {})
     mc = v.get("min_cosine")
     if not is_type(mc, float) or not -1.0 <= mc <= 1.0:
@@ -65,7 +84,9 @@ def validate_recipe(recipe: dict, where: str) -> None:
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ExportError(f"{where}: {section}.dynamic_modules: {pattern!r} is not a regular expression ({exc})") from None
+                raise ExportError(
+                    f"{where}: {section}.dynamic_modules: {pattern!r} is not a regular expression ({exc})"
+                ) from None
         headroom = table.get("int16_headroom", 1.0)
         if not is_type(headroom, float) or not 1.0 <= headroom <= 256.0:
             raise ExportError(f"{where}: {section}.int16_headroom must be a number from 1 to 256, got {headroom!r}")
@@ -91,8 +112,10 @@ def check_int16_request(recipe: dict, where: str) -> None:
         if ops and target in NO_INT16:
             raise ExportError(f"{where}: {section}.int16_ops asks for int16 activations, but {NO_INT16[target]}")
         if ops and target == "tflite" and recipe.get("converter", "onnx2tf") != "litert-torch":
-            raise ExportError(f"{where}: {section}.int16_ops needs converter = \"litert-torch\" (the onnx2tf route's "
-                              "TensorFlow converter cannot mix int8 and int16 per op)")
+            raise ExportError(
+                f'{where}: {section}.int16_ops needs converter = "litert-torch" (the onnx2tf route\'s '
+                "TensorFlow converter cannot mix int8 and int16 per op)"
+            )
     if "int16x8" in recipe.get("variants", []) and target in NO_INT16:
         raise ExportError(f"{where}: variant int16x8 asks for int16 activations, but {NO_INT16[target]}")
 
@@ -112,12 +135,15 @@ def recipe_paths_by_target(targets: list[str], paths) -> dict[str, Path]:
         named = read_toml(path, "recipe file", ExportError).get("target")
         if named is None:
             if len(targets) != 1:
-                raise ExportError(f"{path}: the recipe names no target and {len(targets)} targets were asked for "
-                                  f"({', '.join(targets)}); add target = \"...\" to it")
+                raise ExportError(
+                    f"{path}: the recipe names no target and {len(targets)} targets were asked for "
+                    f'({", ".join(targets)}); add target = "..." to it'
+                )
             named = targets[0]
         if named not in targets:
-            raise ExportError(f"{path}: recipe is for target {named!r}, which this export does not produce "
-                              f"({', '.join(targets)})")
+            raise ExportError(
+                f"{path}: recipe is for target {named!r}, which this export does not produce ({', '.join(targets)})"
+            )
         if named in chosen:
             raise ExportError(f"{path}: a second recipe for target {named!r} (the first: {chosen[named]})")
         chosen[named] = path

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import ExportError, MobileReIDError
 
@@ -51,8 +50,11 @@ class SecondProcess:
         self.targets = targets
         context = multiprocessing.get_context("spawn")
         self._receive, send = context.Pipe(duplex=False)
-        self._process = context.Process(target=_export_in_child, args=(send, {**kwargs, "target": ",".join(targets)},
-                                                                       os.getpid()), name=f"export-{'-'.join(targets)}")
+        self._process = context.Process(
+            target=_export_in_child,
+            args=(send, {**kwargs, "target": ",".join(targets)}, os.getpid()),
+            name=f"export-{'-'.join(targets)}",
+        )
         self._process.start()
         send.close()
 
@@ -61,8 +63,10 @@ class SecondProcess:
             kind, payload = self._receive.recv()
         except EOFError:  # the process died without a word (killed, out of memory)
             self._process.join()
-            raise ExportError(f"the second export process ({', '.join(self.targets)}) ended with exit status "
-                              f"{self._process.exitcode} before sending its artifacts") from None
+            raise ExportError(
+                f"the second export process ({', '.join(self.targets)}) ended with exit status "
+                f"{self._process.exitcode} before sending its artifacts"
+            ) from None
         self._process.join()
         if kind == "ok":
             return payload
@@ -81,8 +85,13 @@ class SecondProcess:
         self._receive.close()
 
 
-def run_units(units: list[list[str]], run_here: Callable[[list[str]], list[dict]], kwargs: dict,
-              core_free: Callable[[], bool], on_result=None) -> list[dict]:
+def run_units(
+    units: list[list[str]],
+    run_here: Callable[[list[str]], list[dict]],
+    kwargs: dict,
+    core_free: Callable[[], bool],
+    on_result=None,
+) -> list[dict]:
     """Run ``units`` one after the other here, except the first pending unit worth a process, which goes to a second
     process as soon as ``core_free()`` says so (checked now and every POLL_SECONDS while this process works).
     ``kwargs``: export_checkpoint's arguments for the second process. Returns every result, in no particular order."""

@@ -51,15 +51,14 @@ import numpy as np
 from ..console import console, progress, table
 from ..errors import ExportError
 from ..models.checkpoint import load_model
+from .activation_ranges import RULES as RANGE_RULES
 from .common import Workdir, cosine_rows
 from .onnx_target import write_onnx
-from .activation_ranges import RULES as RANGE_RULES
 from .recipes import load_recipe
 from .tflite.ops import float_compute_ops
 from .tflite.target import calibrated_converter, convert_variant, image_dataset, io_specs, onnx_to_saved_model, quiet
 
-
-ROUNDING_FLOOR = 12 ** -0.5  # RMSE of uniform rounding noise, in quantization steps
+ROUNDING_FLOOR = 12**-0.5  # RMSE of uniform rounding noise, in quantization steps
 
 
 def layer_statistics(saved_model: Path, calib_nhwc: np.ndarray, debug_nhwc: np.ndarray, qcfg: dict) -> list[dict]:
@@ -77,15 +76,30 @@ def layer_statistics(saved_model: Path, calib_nhwc: np.ndarray, debug_nhwc: np.n
     for r in csv.DictReader(io.StringIO(buf.getvalue())):
         scale = float(r["scale"]) if r.get("scale") else 0.0
         mse = float(r["mean_squared_error"])
-        rows.append({"op": r["op_name"], "tensor": r["tensor_name"], "scale": scale, "rmse": mse ** 0.5,
-                     "rmse_over_scale": (mse ** 0.5) / scale if scale > 0 else float("inf"),
-                     "max_abs_error": float(r["max_abs_error"]), "num_elements": int(float(r["num_elements"]))})
+        rows.append(
+            {
+                "op": r["op_name"],
+                "tensor": r["tensor_name"],
+                "scale": scale,
+                "rmse": mse**0.5,
+                "rmse_over_scale": (mse**0.5) / scale if scale > 0 else float("inf"),
+                "max_abs_error": float(r["max_abs_error"]),
+                "num_elements": int(float(r["num_elements"])),
+            }
+        )
     rows.sort(key=lambda r: -r["rmse_over_scale"])
     return rows
 
 
-def measure(model_bytes: bytes, verify_nchw: np.ndarray, reference: np.ndarray, threads: int, repeats: int,
-            runtime: str = "litert", io: dict | None = None) -> dict:
+def measure(
+    model_bytes: bytes,
+    verify_nchw: np.ndarray,
+    reference: np.ndarray,
+    threads: int,
+    repeats: int,
+    runtime: str = "litert",
+    io: dict | None = None,
+) -> dict:
     """Cosine to the float model on every held-out image and the median/p90 single-image latency, in ``runtime``
     (LiteRT for .tflite bytes, whose IO is read from the model; ExecuTorch for .pte bytes, IO given by ``io``)."""
     from ..runtimes import RUNNERS
@@ -99,9 +113,18 @@ def measure(model_bytes: bytes, verify_nchw: np.ndarray, reference: np.ndarray, 
         path.write_bytes(model_bytes)
         try:
             runner = RUNNERS[runtime](path, io, threads=threads)
-        except RuntimeError as exc:  # e.g. XNNPACK cannot prepare this int8 graph: the candidate is out, the study goes on
-            return {"cosine_mean": -1.0, "cosine_min": -1.0, "p50_ms": -1.0, "p90_ms": -1.0, "size_bytes": len(model_bytes),
-                    "input_dtype": io["input"]["dtype"], "error": " ".join(str(exc).split())[:200]}
+        except (
+            RuntimeError
+        ) as exc:  # e.g. XNNPACK cannot prepare this int8 graph: the candidate is out, the study goes on
+            return {
+                "cosine_mean": -1.0,
+                "cosine_min": -1.0,
+                "p50_ms": -1.0,
+                "p90_ms": -1.0,
+                "size_bytes": len(model_bytes),
+                "input_dtype": io["input"]["dtype"],
+                "error": " ".join(str(exc).split())[:200],
+            }
         emb = runner.embed(verify_nchw)
         x = runner.prepare(verify_nchw[0])
         for _ in range(3):
@@ -112,8 +135,14 @@ def measure(model_bytes: bytes, verify_nchw: np.ndarray, reference: np.ndarray, 
             runner.run_prepared(x)
             times.append((time.perf_counter() - t0) * 1000)
     cos = cosine_rows(emb, reference)
-    return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "p50_ms": float(np.median(times)),
-            "p90_ms": float(np.percentile(times, 90)), "size_bytes": len(model_bytes), "input_dtype": io["input"]["dtype"]}
+    return {
+        "cosine_mean": float(cos.mean()),
+        "cosine_min": float(cos.min()),
+        "p50_ms": float(np.median(times)),
+        "p90_ms": float(np.percentile(times, 90)),
+        "size_bytes": len(model_bytes),
+        "input_dtype": io["input"]["dtype"],
+    }
 
 
 def noise_sensitivity(job, grey_levels: float = 1.0, seed: int = 0) -> float:
@@ -123,7 +152,9 @@ def noise_sensitivity(job, grey_levels: float = 1.0, seed: int = 0) -> float:
 
     rng = np.random.default_rng(seed)
     std = np.asarray(job.spec.std, np.float32).reshape(1, 3, 1, 1)
-    noisy = job.verify + rng.normal(0.0, 1.0, job.verify.shape).astype(np.float32) * (grey_levels * job.spec.scale / std)
+    noisy = job.verify + rng.normal(0.0, 1.0, job.verify.shape).astype(np.float32) * (
+        grey_levels * job.spec.scale / std
+    )
     with torch.no_grad():
         moved = job.model(torch.from_numpy(noisy.astype(np.float32))).numpy()
     return float(cosine_rows(moved, job.reference).mean())
@@ -134,9 +165,15 @@ def executorch_plans(family: str) -> list[tuple[str, str, dict]]:
     ViTs: static INT8 for every op XNNPACKQuantizer takes (linears, adds, muls, cats), for the linears only, and for the
     linears with the MLP's fc2 dynamic (the shipped ViT recipe's int8_static)."""
     if family == "vit":
-        static = [("int8 static, all XNNPACK ops", "int8", {"mode": "static"}),
-                  ("int8 static linears", "int8", {"mode": "static", "ops": ["linear"]}),
-                  ("int8 static linears, fc2 dynamic", "int8", {"mode": "static", "ops": ["linear"], "dynamic_modules": [r"mlp\.fc2$"]})]
+        static = [
+            ("int8 static, all XNNPACK ops", "int8", {"mode": "static"}),
+            ("int8 static linears", "int8", {"mode": "static", "ops": ["linear"]}),
+            (
+                "int8 static linears, fc2 dynamic",
+                "int8",
+                {"mode": "static", "ops": ["linear"], "dynamic_modules": [r"mlp\.fc2$"]},
+            ),
+        ]
     else:
         static = [(f"int8, {r} ranges", "int8", {"mode": "static", "activation_ranges": r}) for r in RANGE_RULES]
     return static + [("dynamic int8", "int8", {"mode": "dynamic"}), ("fp32", "fp32", {})]
@@ -151,17 +188,25 @@ def executorch_candidates(job, qcfg: dict, threads: int, repeats: int, advance) 
     for name, variant, extra in executorch_plans(job.family):
         cfg = {**{k: v for k, v in qcfg.items() if k not in ("ops", "dynamic_modules", "smooth_alpha")}, **extra}
         buffer, delegation = lower(job, variant == "int8", cfg, f"candidate {name}")
-        results.append({"name": name, "variant": variant, "mode": cfg.get("mode", "static"),
-                        "activation_ranges": cfg.get("activation_ranges", "default"),
-                        **{k: cfg[k] for k in ("ops", "dynamic_modules") if k in cfg},
-                        "delegated_subgraphs": delegation["delegated_subgraphs"],
-                        "not_delegated_ops": delegation["not_delegated_ops"],
-                        **measure(buffer, job.verify, job.reference, threads, repeats, runtime="executorch", io=io)})
+        results.append(
+            {
+                "name": name,
+                "variant": variant,
+                "mode": cfg.get("mode", "static"),
+                "activation_ranges": cfg.get("activation_ranges", "default"),
+                **{k: cfg[k] for k in ("ops", "dynamic_modules") if k in cfg},
+                "delegated_subgraphs": delegation["delegated_subgraphs"],
+                "not_delegated_ops": delegation["not_delegated_ops"],
+                **measure(buffer, job.verify, job.reference, threads, repeats, runtime="executorch", io=io),
+            }
+        )
         advance()
     return results
 
 
-def onnx2tf_candidates(job, qcfg: dict, threads: int, repeats: int, ks, tmp: Path, checkpoint: Path) -> tuple[list, list]:
+def onnx2tf_candidates(
+    job, qcfg: dict, threads: int, repeats: int, ks, tmp: Path, checkpoint: Path
+) -> tuple[list, list]:
     """CNNs (the onnx2tf route): the per-layer ranking, then full INT8 with each range rule, INT8 with the k worst
     layers float, dynamic and fp32, each converted by TensorFlow's converter and measured in LiteRT."""
     calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))
@@ -174,28 +219,64 @@ def onnx2tf_candidates(job, qcfg: dict, threads: int, repeats: int, ks, tmp: Pat
     if not layers:
         raise ExportError(f"{checkpoint}: the quantization debugger found no quantized layers")
     rule = qcfg.get("activation_ranges", "default")
-    candidates = ([(f"int8, {r} ranges", "int8", [], r) for r in RANGE_RULES]
-                  + [(f"int8, {k} worst layer(s) float", "int8", [l["tensor"] for l in layers[:k]], rule) for k in ks if k <= len(layers)]
-                  + [("dynamic", "dynamic", [], rule), ("fp32", "fp32", [], rule)])
+    candidates = (
+        [(f"int8, {r} ranges", "int8", [], r) for r in RANGE_RULES]
+        + [
+            (f"int8, {k} worst layer(s) float", "int8", [l["tensor"] for l in layers[:k]], rule)
+            for k in ks
+            if k <= len(layers)
+        ]
+        + [("dynamic", "dynamic", [], rule), ("fp32", "fp32", [], rule)]
+    )
     results = []
     with progress("convert, verify and time each candidate", len(candidates)) as advance:
         for name, variant, nodes, ranges in candidates:
             with quiet():
-                data = convert_variant(saved, variant, calib_nhwc, {**qcfg, "float_nodes": nodes, "activation_ranges": ranges})
+                data = convert_variant(
+                    saved, variant, calib_nhwc, {**qcfg, "float_nodes": nodes, "activation_ranges": ranges}
+                )
             left = dict(sorted(float_compute_ops(data).items())) if variant == "int8" else None
-            results.append({"name": name, "variant": variant, "float_nodes": nodes, "activation_ranges": ranges,
-                            "full_integer": left == {}, "float_ops_left": left,
-                            **measure(data, job.verify, job.reference, threads, repeats)})
+            results.append(
+                {
+                    "name": name,
+                    "variant": variant,
+                    "float_nodes": nodes,
+                    "activation_ranges": ranges,
+                    "full_integer": left == {},
+                    "float_ops_left": left,
+                    **measure(data, job.verify, job.reference, threads, repeats),
+                }
+            )
             advance()
     return layers, results
 
 
-LAYOUT_OPS = {"RESHAPE", "TRANSPOSE", "SLICE", "STRIDED_SLICE", "CONCATENATION", "SPLIT", "PACK", "UNPACK", "GATHER",
-              "GATHER_ND", "BROADCAST_TO", "PAD", "PADV2", "MIRROR_PAD", "SPACE_TO_DEPTH", "SELECT", "SELECT_V2",
-              "DYNAMIC_UPDATE_SLICE"}  # move values, compute nothing: not searched for int16 on their own
+LAYOUT_OPS = {
+    "RESHAPE",
+    "TRANSPOSE",
+    "SLICE",
+    "STRIDED_SLICE",
+    "CONCATENATION",
+    "SPLIT",
+    "PACK",
+    "UNPACK",
+    "GATHER",
+    "GATHER_ND",
+    "BROADCAST_TO",
+    "PAD",
+    "PADV2",
+    "MIRROR_PAD",
+    "SPACE_TO_DEPTH",
+    "SELECT",
+    "SELECT_V2",
+    "DYNAMIC_UPDATE_SLICE",
+}  # move values, compute nothing: not searched for int16 on their own
 
 
-SEARCH_RULES = ("default", "minmax")  # litert-torch route: ai-edge-quantizer's moving average, the extremes of all images
+SEARCH_RULES = (
+    "default",
+    "minmax",
+)  # litert-torch route: ai-edge-quantizer's moving average, the extremes of all images
 
 
 def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int, budget: float) -> list[dict]:
@@ -206,26 +287,48 @@ def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int, budget:
     INT8 with int16 for the best two, three, ... until the mean cosine meets ``budget`` (issue 15: int16 where int8
     does not hold, chosen by the measured sensitivity). Each candidate is measured in LiteRT and checked for float ops
     left in its graph."""
-    from .tflite.litert_torch_route import (STATIC_BITS, calibrate, convert_fp32, convert_with_litert_torch, has_int16_config,
-                                            integer_graph, quantize_static, widened)
+    from .tflite.litert_torch_route import (
+        STATIC_BITS,
+        calibrate,
+        convert_fp32,
+        convert_with_litert_torch,
+        has_int16_config,
+        integer_graph,
+        quantize_static,
+        widened,
+    )
     from .tflite.ops import op_counts
 
     calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))[: int(qcfg.get("calibration_images", 64))]
     with progress("litert-torch: convert the model and its integer-friendly graphs", None), quiet():
         models = convert_with_litert_torch(job.model, calib_nhwc, ["fp32", "dynamic"], threads, job.stem)
         headroom = float(qcfg.get("int16_headroom", 1.0))
-        graphs = {v: convert_fp32(integer_graph(job, v, headroom)[0], calib_nhwc[:1], job.stem) for v in ("int8", "int16x8")}
+        graphs = {
+            v: convert_fp32(integer_graph(job, v, headroom)[0], calib_nhwc[:1], job.stem) for v in ("int8", "int16x8")
+        }
         capable = [t for t in sorted(op_counts(graphs["int8"])) if has_int16_config(t)]
     layout = [t for t in capable if t in LAYOUT_OPS]
     units = [[t] for t in capable if t not in LAYOUT_OPS] + ([layout] if layout else [])
 
     def candidate(name: str, variant: str, rule: str, recorded: dict | None = None, int16_ops: list[str] = ()) -> dict:
         with quiet():
-            data = models[variant] if variant in models else quantize_static(
-                graphs[variant], recorded[variant], STATIC_BITS[variant], list(int16_ops), job.stem)
+            data = (
+                models[variant]
+                if variant in models
+                else quantize_static(
+                    graphs[variant], recorded[variant], STATIC_BITS[variant], list(int16_ops), job.stem
+                )
+            )
         left = dict(sorted(float_compute_ops(data).items())) if variant in ("int8", "int16x8") else None
-        return {"name": name, "variant": variant, "activation_ranges": rule, "int16_ops": list(int16_ops),
-                "full_integer": left == {}, "float_ops_left": left, **measure(data, job.verify, job.reference, threads, repeats)}
+        return {
+            "name": name,
+            "variant": variant,
+            "activation_ranges": rule,
+            "int16_ops": list(int16_ops),
+            "full_integer": left == {},
+            "float_ops_left": left,
+            **measure(data, job.verify, job.reference, threads, repeats),
+        }
 
     def label(unit: list[str]) -> str:
         return f"layout ops ({', '.join(unit)})" if unit == layout and len(unit) > 1 else " + ".join(unit)
@@ -243,7 +346,9 @@ def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int, budget:
                 recorded["int16x8"] = widened(recorded["int16x8"], headroom)
             done = len(results)
             results.append(candidate(f"int8 (full integer), {rule} ranges", "int8", rule, recorded))
-            results.append(candidate(f"int16x8 (int16 activations, int8 weights), {rule} ranges", "int16x8", rule, recorded))
+            results.append(
+                candidate(f"int16x8 (int16 activations, int8 weights), {rule} ranges", "int16x8", rule, recorded)
+            )
             advance(2)
             singles = []
             for unit in units:
@@ -251,14 +356,25 @@ def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int, budget:
                 advance()
             results += singles
             base = results[done]["cosine_mean"]
-            gains = [c for c in sorted(singles, key=lambda c: -c["cosine_mean"]) if c["cosine_mean"] > base and "error" not in c]
+            gains = [
+                c
+                for c in sorted(singles, key=lambda c: -c["cosine_mean"])
+                if c["cosine_mean"] > base and "error" not in c
+            ]
             chosen, best = (list(gains[0]["int16_ops"]), gains[0]["cosine_mean"]) if gains else ([], budget)
             for c in gains[1:]:  # the best single unit is measured already; add the next ones until within budget
                 if best >= budget:
                     break
                 chosen = chosen + c["int16_ops"]
-                results.append(candidate(f"int8, {' + '.join(label(u) for u in units if set(u) <= set(chosen))} int16, {rule} ranges",
-                                         "int8", rule, recorded, chosen))
+                results.append(
+                    candidate(
+                        f"int8, {' + '.join(label(u) for u in units if set(u) <= set(chosen))} int16, {rule} ranges",
+                        "int8",
+                        rule,
+                        recorded,
+                        chosen,
+                    )
+                )
                 best = results[-1]["cosine_mean"]
                 advance()
             advance(done + per_rule - len(results))  # the search stopped early: its remaining steps are not needed
@@ -268,12 +384,24 @@ def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int, budget:
 def fastest_within(candidates: list[dict], budget: float, full_integer: bool = False) -> dict | None:
     """The fastest candidate whose mean cosine meets ``budget``; ``full_integer``: among those with no float op (the
     models integer-only accelerators need), whatever their speed on this CPU."""
-    ok = [c for c in candidates if c["cosine_mean"] >= budget and "error" not in c and (c.get("full_integer") or not full_integer)]
+    ok = [
+        c
+        for c in candidates
+        if c["cosine_mean"] >= budget and "error" not in c and (c.get("full_integer") or not full_integer)
+    ]
     return min(ok, key=lambda c: c["p50_ms"]) if ok else None
 
 
-def run_sensitivity(checkpoint: str | Path, calib: str | Path, out_dir: str | Path, min_cosine: float | None = None,
-                    threads: int = 2, repeats: int = 30, ks: tuple[int, ...] = (1, 2, 4, 8), executorch: bool = True) -> dict:
+def run_sensitivity(
+    checkpoint: str | Path,
+    calib: str | Path,
+    out_dir: str | Path,
+    min_cosine: float | None = None,
+    threads: int = 2,
+    repeats: int = 30,
+    ks: tuple[int, ...] = (1, 2, 4, 8),
+    executorch: bool = True,
+) -> dict:
     from . import make_job
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
@@ -290,18 +418,38 @@ def run_sensitivity(checkpoint: str | Path, calib: str | Path, out_dir: str | Pa
         et_results = []
         if executorch:
             et_recipe = load_recipe("executorch", job.family, None)
-            with progress("ExecuTorch candidates: lower, verify and time", len(executorch_plans(job.family))) as advance:
+            with progress(
+                "ExecuTorch candidates: lower, verify and time", len(executorch_plans(job.family))
+            ) as advance:
                 et_results = executorch_candidates(job, dict(et_recipe.get("int8", {})), threads, repeats, advance)
-    report = {"checkpoint": str(checkpoint), "family": job.family, "drift_budget": budget, "threads": threads,
-              "noise_cosine_1_grey_level": noise_sensitivity(job),
-              "layers": layers, "candidates": results, "chosen": fastest_within(results, budget),
-              "chosen_full_integer": fastest_within(results, budget, full_integer=True),
-              "executorch": {"candidates": et_results, "chosen": fastest_within(et_results, budget)} if executorch else None,
-              "converter": recipe.get("converter", "onnx2tf"),
-              "not_covered": "; ".join(([] if layers else ["a per-layer ranking for the litert-torch route (TensorFlow's "
-                                                          "QuantizationDebugger needs the TensorFlow converter)"])
-                                       + (["a per-layer ranking for ExecuTorch (whole-model ExecuTorch recipes only)"] if executorch
-                                          else ["ExecuTorch candidates (run without them)"]))}
+    report = {
+        "checkpoint": str(checkpoint),
+        "family": job.family,
+        "drift_budget": budget,
+        "threads": threads,
+        "noise_cosine_1_grey_level": noise_sensitivity(job),
+        "layers": layers,
+        "candidates": results,
+        "chosen": fastest_within(results, budget),
+        "chosen_full_integer": fastest_within(results, budget, full_integer=True),
+        "executorch": {"candidates": et_results, "chosen": fastest_within(et_results, budget)} if executorch else None,
+        "converter": recipe.get("converter", "onnx2tf"),
+        "not_covered": "; ".join(
+            (
+                []
+                if layers
+                else [
+                    "a per-layer ranking for the litert-torch route (TensorFlow's "
+                    "QuantizationDebugger needs the TensorFlow converter)"
+                ]
+            )
+            + (
+                ["a per-layer ranking for ExecuTorch (whole-model ExecuTorch recipes only)"]
+                if executorch
+                else ["ExecuTorch candidates (run without them)"]
+            )
+        ),
+    }
     write_outputs(report, out_dir, {"tflite": recipe, "executorch": et_recipe if executorch else None})
     return report
 
@@ -314,31 +462,64 @@ def write_outputs(report: dict, out_dir: Path, base_recipes: dict) -> None:
     with staged_folder(out_dir) as stage:
         _write_files(report, stage, base_recipes)
     et = report.get("executorch") or {}
-    for name, chosen in (("recipe_tflite.toml", report["chosen"]), ("recipe_tflite_integer.toml", report.get("chosen_full_integer")),
-                         ("recipe_executorch.toml", et.get("chosen"))):
+    for name, chosen in (
+        ("recipe_tflite.toml", report["chosen"]),
+        ("recipe_tflite_integer.toml", report.get("chosen_full_integer")),
+        ("recipe_executorch.toml", et.get("chosen")),
+    ):
         if chosen is None:  # a recipe left by an earlier run must not pass for this run's choice
             (out_dir / name).unlink(missing_ok=True)
-    for title, cands in (("INT8 candidates (LiteRT)", report["candidates"]), ("INT8 candidates (ExecuTorch)", et.get("candidates", []))):
+    for title, cands in (
+        ("INT8 candidates (LiteRT)", report["candidates"]),
+        ("INT8 candidates (ExecuTorch)", et.get("candidates", [])),
+    ):
         if cands:
-            console.print(table(title, ["candidate", "KB", "p50 ms", "cosine", "budget"],
-                                [[c["name"], c["size_bytes"] / 1e3, c["p50_ms"], c["cosine_mean"],
-                                  "ok" if c["cosine_mean"] >= report["drift_budget"] else "no"] for c in cands]))
+            console.print(
+                table(
+                    title,
+                    ["candidate", "KB", "p50 ms", "cosine", "budget"],
+                    [
+                        [
+                            c["name"],
+                            c["size_bytes"] / 1e3,
+                            c["p50_ms"],
+                            c["cosine_mean"],
+                            "ok" if c["cosine_mean"] >= report["drift_budget"] else "no",
+                        ]
+                        for c in cands
+                    ],
+                )
+            )
 
 
 def _candidate_rows(cands: list[dict], budget: float) -> list[str]:
     integer = any("full_integer" in c for c in cands)
-    rows = ["| candidate | KB | p50 ms | p90 ms | cosine mean | cosine min | within budget |" + (" float ops left |" if integer else ""),
-            "|---|---|---|---|---|---|---|" + ("---|" if integer else "")]
+    rows = [
+        "| candidate | KB | p50 ms | p90 ms | cosine mean | cosine min | within budget |"
+        + (" float ops left |" if integer else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if integer else ""),
+    ]
     for c in cands:
         left = ""
         if integer:
             ops = c.get("float_ops_left")
-            left = " - |" if ops is None else " none (full integer) |" if not ops else f" {', '.join(f'{k} x{v}' for k, v in ops.items())} |"
+            left = (
+                " - |"
+                if ops is None
+                else " none (full integer) |"
+                if not ops
+                else f" {', '.join(f'{k} x{v}' for k, v in ops.items())} |"
+            )
         if "error" in c:
-            rows.append(f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | - | - | - | - | no: the runtime refused it ({c['error']}) |" + left)
+            rows.append(
+                f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | - | - | - | - | no: the runtime refused it ({c['error']}) |"
+                + left
+            )
             continue
-        rows.append(f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['cosine_mean']:.4f} | "
-                    f"{c['cosine_min']:.4f} | {'yes' if c['cosine_mean'] >= budget else 'no'} |" + left)
+        rows.append(
+            f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['cosine_mean']:.4f} | "
+            f"{c['cosine_min']:.4f} | {'yes' if c['cosine_mean'] >= budget else 'no'} |" + left
+        )
     return rows
 
 
@@ -348,22 +529,38 @@ def _verify_section(base: dict, budget: float) -> str:
 
 def _tflite_recipe_text(report: dict, chosen: dict, base: dict, budget: float) -> str:
     """A TFLite recipe that `mobilereid export --recipe` applies to make ``chosen``."""
-    head = (f"# Chosen by mobilereid quant-sensitivity for {report['checkpoint']}: {chosen['name']}\n"
-            f"# cosine {chosen['cosine_mean']:.4f}, p50 {chosen['p50_ms']:.2f} ms on {report['threads']} threads\n"
-            f'target = "tflite"\nfamily = "{report["family"]}"\n')
+    head = (
+        f"# Chosen by mobilereid quant-sensitivity for {report['checkpoint']}: {chosen['name']}\n"
+        f"# cosine {chosen['cosine_mean']:.4f}, p50 {chosen['p50_ms']:.2f} ms on {report['threads']} threads\n"
+        f'target = "tflite"\nfamily = "{report["family"]}"\n'
+    )
     calib = int(base.get("int8", {}).get("calibration_images", 64))
     if report.get("converter") == "litert-torch":
-        return (head + f'converter = "litert-torch"\nvariants = ["{chosen["variant"]}"]\n\n[int8]\ncalibration_images = {calib}\n'
-                + (f"int16_ops = {json.dumps(chosen['int16_ops'])}\n" if chosen.get("int16_ops") else "")
-                + (f'activation_ranges = "{chosen["activation_ranges"]}"\n' if chosen.get("activation_ranges", "-") != "-" else "")
-                + (f"int16_headroom = {float(base.get('int8', {}).get('int16_headroom', 1.0))}\n" if chosen["variant"] == "int16x8" else "")
-                + "\n" + _verify_section(base, budget))
+        return (
+            head
+            + f'converter = "litert-torch"\nvariants = ["{chosen["variant"]}"]\n\n[int8]\ncalibration_images = {calib}\n'
+            + (f"int16_ops = {json.dumps(chosen['int16_ops'])}\n" if chosen.get("int16_ops") else "")
+            + (
+                f'activation_ranges = "{chosen["activation_ranges"]}"\n'
+                if chosen.get("activation_ranges", "-") != "-"
+                else ""
+            )
+            + (
+                f"int16_headroom = {float(base.get('int8', {}).get('int16_headroom', 1.0))}\n"
+                if chosen["variant"] == "int16x8"
+                else ""
+            )
+            + "\n"
+            + _verify_section(base, budget)
+        )
     nodes = ", ".join(json.dumps(n) for n in chosen["float_nodes"])
-    return (head + f'variants = ["{chosen["variant"]}"]\n\n[int8]\n'
-            f"per_channel = {str(bool(base.get('int8', {}).get('per_channel', True))).lower()}\n"
-            f"calibration_images = {calib}\n"
-            f'io_dtype = "{base.get("int8", {}).get("io_dtype", "int8")}"\nfloat_nodes = [{nodes}]\n'
-            f'activation_ranges = "{chosen["activation_ranges"]}"\n\n' + _verify_section(base, budget))
+    return (
+        head + f'variants = ["{chosen["variant"]}"]\n\n[int8]\n'
+        f"per_channel = {str(bool(base.get('int8', {}).get('per_channel', True))).lower()}\n"
+        f"calibration_images = {calib}\n"
+        f'io_dtype = "{base.get("int8", {}).get("io_dtype", "int8")}"\nfloat_nodes = [{nodes}]\n'
+        f'activation_ranges = "{chosen["activation_ranges"]}"\n\n' + _verify_section(base, budget)
+    )
 
 
 def _write_files(report: dict, out_dir: Path, base_recipes: dict) -> None:
@@ -371,34 +568,62 @@ def _write_files(report: dict, out_dir: Path, base_recipes: dict) -> None:
     budget = report["drift_budget"]
     lines = [f"# INT8 sensitivity of {report['checkpoint']} ({report['threads']} threads)", ""]
     if report["layers"]:
-        lines += ["## Worst layers, TFLite (RMSE of the quantization error / quantization scale)", "",
-                  "| # | op | tensor | RMSE/scale | max abs error |", "|---|---|---|---|---|"]
+        lines += [
+            "## Worst layers, TFLite (RMSE of the quantization error / quantization scale)",
+            "",
+            "| # | op | tensor | RMSE/scale | max abs error |",
+            "|---|---|---|---|---|",
+        ]
     for i, l in enumerate(report["layers"][:15]):
-        lines.append(f"| {i + 1} | {l['op']} | `{l['tensor']}` | {l['rmse_over_scale']:.2f} | {l['max_abs_error']:.4g} |")
+        lines.append(
+            f"| {i + 1} | {l['op']} | `{l['tensor']}` | {l['rmse_over_scale']:.2f} | {l['max_abs_error']:.4g} |"
+        )
     worst = report["layers"][0]["rmse_over_scale"] if report["layers"] else None
     if worst is not None and worst < 2 * ROUNDING_FLOOR:
-        lines += ["", f"Every layer's error is within 2x the rounding floor (1/sqrt(12) = {ROUNDING_FLOOR:.3f} of a quantization step; "
-                      f"worst {worst:.2f}): no layer is badly quantized on its own, so keeping a few layers in float cannot "
-                      "help much; a drift that remains comes from the network amplifying rounding noise layer after layer."]
+        lines += [
+            "",
+            f"Every layer's error is within 2x the rounding floor (1/sqrt(12) = {ROUNDING_FLOOR:.3f} of a quantization step; "
+            f"worst {worst:.2f}): no layer is badly quantized on its own, so keeping a few layers in float cannot "
+            "help much; a drift that remains comes from the network amplifying rounding noise layer after layer.",
+        ]
     noise = report["noise_cosine_1_grey_level"]
-    lines += ["", f"Float model's own sensitivity: its embeddings move to mean cosine {noise:.4f} when one grey level of Gaussian "
-                  "noise is added to the input (no quantization at all)."]
+    lines += [
+        "",
+        f"Float model's own sensitivity: its embeddings move to mean cosine {noise:.4f} when one grey level of Gaussian "
+        "noise is added to the input (no quantization at all).",
+    ]
     if noise < budget:
-        lines += ["That is already below the drift budget: static INT8 adds noise of about that size to every activation, "
-                  "so no static INT8 recipe can be expected to meet the budget for this model; a model trained to agree with its INT8 version "
-                  "is what would: for SCL-net, `mobilereid quant-finetune` (quantization-consistency QAT) measured 0.907 -> 0.993 in `make run`."]
-    lines += ["", f"## TFLite candidates, LiteRT (drift budget: mean cosine >= {budget})", ""] + _candidate_rows(report["candidates"], budget)
+        lines += [
+            "That is already below the drift budget: static INT8 adds noise of about that size to every activation, "
+            "so no static INT8 recipe can be expected to meet the budget for this model; a model trained to agree with its INT8 version "
+            "is what would: for SCL-net, `mobilereid quant-finetune` (quantization-consistency QAT) measured 0.907 -> 0.993 in `make run`."
+        ]
+    lines += ["", f"## TFLite candidates, LiteRT (drift budget: mean cosine >= {budget})", ""] + _candidate_rows(
+        report["candidates"], budget
+    )
     chosen, integer = report["chosen"], report.get("chosen_full_integer")
-    lines += ["", f"**Chosen:** {chosen['name']} (fastest candidate within the drift budget)" if chosen
-              else "**No candidate meets the drift budget.**"]
-    lines += ["", f"**Chosen full-integer model** (no float op: for NPUs and integer-only accelerators; its speed on this "
-                  f"x86 CPU says little about theirs): {integer['name']}" if integer
-              else "**No full-integer candidate meets the drift budget.**"]
+    lines += [
+        "",
+        f"**Chosen:** {chosen['name']} (fastest candidate within the drift budget)"
+        if chosen
+        else "**No candidate meets the drift budget.**",
+    ]
+    lines += [
+        "",
+        f"**Chosen full-integer model** (no float op: for NPUs and integer-only accelerators; its speed on this "
+        f"x86 CPU says little about theirs): {integer['name']}"
+        if integer
+        else "**No full-integer candidate meets the drift budget.**",
+    ]
     et = report.get("executorch")
     if et:
         lines += ["", "## ExecuTorch candidates, XNNPACK", ""] + _candidate_rows(et["candidates"], budget)
-        lines += ["", f"**Chosen:** {et['chosen']['name']} (fastest candidate within the drift budget)" if et["chosen"]
-                  else "**No candidate meets the drift budget.**"]
+        lines += [
+            "",
+            f"**Chosen:** {et['chosen']['name']} (fastest candidate within the drift budget)"
+            if et["chosen"]
+            else "**No candidate meets the drift budget.**",
+        ]
     lines += ["", f"Not covered: {report['not_covered']}."]
     (out_dir / "sensitivity.md").write_text("\n".join(lines) + "\n")
     for name, c in (("recipe_tflite.toml", chosen), ("recipe_tflite_integer.toml", integer)):
@@ -413,7 +638,10 @@ def _write_files(report: dict, out_dir: Path, base_recipes: dict) -> None:
             f'mode = "{c["mode"]}"\nper_channel = {str(bool(base.get("int8", {}).get("per_channel", True))).lower()}\n'
             f"calibration_images = {int(base.get('int8', {}).get('calibration_images', 64))}\n"
             f'activation_ranges = "{c["activation_ranges"]}"\n'
-            + "".join(f"{k} = {json.dumps(c[k])}\n" for k in ("ops", "dynamic_modules") if k in c) + "\n" + _verify_section(base, budget))
+            + "".join(f"{k} = {json.dumps(c[k])}\n" for k in ("ops", "dynamic_modules") if k in c)
+            + "\n"
+            + _verify_section(base, budget)
+        )
     _plot(report, out_dir / "sensitivity.png")
 
 
@@ -426,7 +654,9 @@ def _plot(report: dict, path: Path) -> None:
     if report["layers"]:  # the per-layer ranking exists for the onnx2tf route only
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5))
         worst = report["layers"][:15][::-1]
-        a1.barh([f"{l['op']} {l['tensor'][-28:]}" for l in worst], [l["rmse_over_scale"] for l in worst], color="#c62828")
+        a1.barh(
+            [f"{l['op']} {l['tensor'][-28:]}" for l in worst], [l["rmse_over_scale"] for l in worst], color="#c62828"
+        )
         a1.axvline(ROUNDING_FLOOR, color="#555", ls=":", lw=1)
         a1.text(ROUNDING_FLOOR, -0.9, " rounding floor 1/sqrt(12)", fontsize=7, color="#555")
         a1.set_xlabel("RMSE / quantization scale")
@@ -434,10 +664,19 @@ def _plot(report: dict, path: Path) -> None:
         a1.tick_params(axis="y", labelsize=7)
     else:
         fig, a2 = plt.subplots(1, 1, figsize=(8, 5))
-    for runtime, marker, cands in (("LiteRT", "o", report["candidates"]), ("ExecuTorch", "s", (report.get("executorch") or {}).get("candidates", []))):
+    for runtime, marker, cands in (
+        ("LiteRT", "o", report["candidates"]),
+        ("ExecuTorch", "s", (report.get("executorch") or {}).get("candidates", [])),
+    ):
         for c in [c for c in cands if "error" not in c]:
             a2.scatter(c["p50_ms"], c["cosine_mean"], s=50, marker=marker)
-            a2.annotate(f"{runtime}: {c['name']}", (c["p50_ms"], c["cosine_mean"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            a2.annotate(
+                f"{runtime}: {c['name']}",
+                (c["p50_ms"], c["cosine_mean"]),
+                textcoords="offset points",
+                xytext=(4, 3),
+                fontsize=7,
+            )
     a2.axhline(report["drift_budget"], color="#2e7d32", ls="--", lw=1)
     a2.set_xlabel("p50 latency (ms), o LiteRT, s ExecuTorch")
     a2.set_ylabel("mean cosine to float")

@@ -52,13 +52,14 @@ def smooth_layernorm_outputs(model: torch.nn.Module, images: np.ndarray, alpha: 
         def hook(_module, _inputs, out):
             m = out.detach().abs().reshape(-1, out.shape[-1]).amax(0)
             maxima[i] = m if i not in maxima else torch.maximum(maxima[i], m)
+
         return hook
 
     handles = [norm.register_forward_hook(hook_for(i)) for i, (norm, _) in enumerate(pairs)]
     try:
         with torch.no_grad():
             for start in range(0, len(images), 16):
-                model(torch.from_numpy(np.ascontiguousarray(images[start:start + 16])))
+                model(torch.from_numpy(np.ascontiguousarray(images[start : start + 16])))
     finally:
         for h in handles:
             h.remove()

@@ -108,8 +108,10 @@ def safe_torch_load(path: str | Path, what: str):
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} file not found")
     if not _torch_file_magic(path):
-        raise CheckpointError(f"{path}: not a loadable {what}: not a torch file at all (neither the zip archive "
-                              "torch.save writes nor a pickle)")
+        raise CheckpointError(
+            f"{path}: not a loadable {what}: not a torch file at all (neither the zip archive "
+            "torch.save writes nor a pickle)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -119,10 +121,14 @@ def safe_torch_load(path: str | Path, what: str):
             m = re.search(r"(Unsupported global: GLOBAL [\w.]+|[\w.]+ was not an allowed global)", text)
             if m is None:  # e.g. "Unsupported operand 56": bytes no torch.save writes, not a reference to code
                 op = re.search(r"Unsupported operand \d+", text)
-                raise CheckpointError(f"{path}: not a loadable {what}: not a torch checkpoint (its pickle data is "
-                                      f"damaged or foreign{': ' + op.group(0) if op else ''})") from None
-            raise CheckpointError(f"{path}: not a loadable {what}: it holds objects other than tensors and plain values"
-                                  f": {m.group(1)}; refused, since loading it would run code") from None
+                raise CheckpointError(
+                    f"{path}: not a loadable {what}: not a torch checkpoint (its pickle data is "
+                    f"damaged or foreign{': ' + op.group(0) if op else ''})"
+                ) from None
+            raise CheckpointError(
+                f"{path}: not a loadable {what}: it holds objects other than tensors and plain values"
+                f": {m.group(1)}; refused, since loading it would run code"
+            ) from None
         reason = " ".join(text.split())[:200] if text else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable {what} ({reason})") from None
 
@@ -140,11 +146,15 @@ def _torch_file_magic(path: Path) -> bool:
 def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if path.suffix == ".pt2":
-        raise CheckpointError(f"{path}: a torch.export program (.pt2) can be exported and evaluated, but not trained, "
-                              "compressed or fine-tuned here (it has no model code to change)")
+        raise CheckpointError(
+            f"{path}: a torch.export program (.pt2) can be exported and evaluated, but not trained, "
+            "compressed or fine-tuned here (it has no model code to change)"
+        )
     state = safe_torch_load(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a mobilereid checkpoint (no '{FORMAT}' header); import trained foreign weights with `mobilereid import`")
+        raise CheckpointError(
+            f"{path}: not a mobilereid checkpoint (no '{FORMAT}' header); import trained foreign weights with `mobilereid import`"
+        )
     return state
 
 
@@ -197,7 +207,9 @@ def load_state_dict_checked(model: nn.Module, sd: dict, path: Path | str) -> Non
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
         raise CheckpointError(f"{path}: weights do not match the model: {'; '.join(parts)}")
-    bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if tuple(sd[k].shape) != tuple(v.shape)]
+    bad = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if tuple(sd[k].shape) != tuple(v.shape)
+    ]
     if bad:
         raise CheckpointError(f"{path}: {len(bad)} tensors have the wrong shape (checkpoint vs model), e.g. {bad[0]}")
     model.load_state_dict(sd)

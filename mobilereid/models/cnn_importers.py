@@ -29,7 +29,9 @@ def looks_like_torchreid(keys: set[str]) -> bool:
 
 
 def looks_like_fastreid(keys: set[str]) -> bool:
-    return any(k.startswith("backbone.") for k in keys) and (any(k.startswith("heads.") for k in keys) or "pixel_mean" in keys)
+    return any(k.startswith("backbone.") for k in keys) and (
+        any(k.startswith("heads.") for k in keys) or "pixel_mean" in keys
+    )
 
 
 def _block_count(sd: dict, stage: str) -> int:
@@ -49,8 +51,9 @@ def _fill_batch_counters(model: torch.nn.Module, sd: dict, notes: list[str]) -> 
     return sd
 
 
-def osnet_config_from_weights(sd: dict, path: Path, img_size: tuple[int, int], pixel_mean=None,
-                              pixel_std=None) -> tuple[OSNetConfig, str]:
+def osnet_config_from_weights(
+    sd: dict, path: Path, img_size: tuple[int, int], pixel_mean=None, pixel_std=None
+) -> tuple[OSNetConfig, str]:
     """The OSNet variant the tensor shapes describe, and its preset-style name (osnet_ain_x0_25, ...)."""
     what = "a torchreid OSNet state dict"
     ain = any(k.startswith(("pool2.", "conv2.0.conv2.0.layers.")) for k in sd)
@@ -61,31 +64,49 @@ def osnet_config_from_weights(sd: dict, path: Path, img_size: tuple[int, int], p
         raise CheckpointError(f"{path}: {exc}") from None
     if min(layers) < 1:
         raise CheckpointError(f"{path}: a stage without blocks (blocks per stage {list(layers)}): not {what}")
-    channels = (c0,) + tuple(int(need_tensor(sd, f"{s}.0.conv3.conv.weight", path, what).shape[0]) for s in ("conv2", "conv3", "conv4"))
+    channels = (c0,) + tuple(
+        int(need_tensor(sd, f"{s}.0.conv3.conv.weight", path, what).shape[0]) for s in ("conv2", "conv3", "conv4")
+    )
     feature_dim = int(need_tensor(sd, "fc.0.weight", path, what).shape[0])
     mid = channels[1] // 4
     hidden = int(need_tensor(sd, "conv2.0.gate.fc1.weight", path, what).shape[0])
     if hidden < 1 or mid % hidden:
-        raise CheckpointError(f"{path}: conv2.0.gate.fc1.weight has {hidden} outputs for {mid} channels: no gate reduction fits")
+        raise CheckpointError(
+            f"{path}: conv2.0.gate.fc1.weight has {hidden} outputs for {mid} channels: no gate reduction fits"
+        )
     stem_in = "conv1.bn.running_mean" not in sd
     if ain:
-        found = tuple(tuple(f"{s}.{b}.IN.weight" in sd for b in range(n)) for s, n in zip(("conv2", "conv3", "conv4"), layers))
+        found = tuple(
+            tuple(f"{s}.{b}.IN.weight" in sd for b in range(n)) for s, n in zip(("conv2", "conv3", "conv4"), layers)
+        )
         if found != AIN_PATTERN:
-            raise CheckpointError(f"{path}: OSNet-AIN blocks with InstanceNorm {found}, expected the searched pattern "
-                                  f"{AIN_PATTERN}: an AIN variant this importer does not know")
+            raise CheckpointError(
+                f"{path}: OSNet-AIN blocks with InstanceNorm {found}, expected the searched pattern "
+                f"{AIN_PATTERN}: an AIN variant this importer does not know"
+            )
         norm = "ain"
     elif any(re.match(r"conv2\.\d+\.IN\.weight$", k) for k in sd) or stem_in:
         if not stem_in:
-            raise CheckpointError(f"{path}: stage-2 blocks have InstanceNorm but the stem has BatchNorm statistics: "
-                                  "neither osnet_ibn nor osnet_ain")
+            raise CheckpointError(
+                f"{path}: stage-2 blocks have InstanceNorm but the stem has BatchNorm statistics: "
+                "neither osnet_ibn nor osnet_ain"
+            )
         norm = "ibn"
     else:
         norm = "bn"
     classes = int(sd["classifier.weight"].shape[0]) if "classifier.weight" in sd else 0
     try:
-        cfg = OSNetConfig(img_size=img_size, channels=channels, layers=layers, feature_dim=feature_dim, norm=norm,
-                          gate_reduction=mid // hidden, num_classes=classes,
-                          pixel_mean=pixel_mean or IMAGENET_MEAN, pixel_std=pixel_std or IMAGENET_STD)
+        cfg = OSNetConfig(
+            img_size=img_size,
+            channels=channels,
+            layers=layers,
+            feature_dim=feature_dim,
+            norm=norm,
+            gate_reduction=mid // hidden,
+            num_classes=classes,
+            pixel_mean=pixel_mean or IMAGENET_MEAN,
+            pixel_std=pixel_std or IMAGENET_STD,
+        )
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     width = next((w for w, c in WIDTHS.items() if c == channels), None)
@@ -116,8 +137,10 @@ def stem_maxpool(keys: set[str], choice: str) -> tuple[str, str]:
         return "legacy", "stem max pool 'legacy' (padding 1): the heads.bnneck keys date the file before Sep 2020"
     if "heads.weight" in keys:
         return "ceil", "stem max pool 'ceil': the heads.weight classifier key dates the file after Mar 2021"
-    return "ceil", ("stem max pool 'ceil' (fast-reid since Nov 2020) is a guess: the keys do not date this file; "
-                    "pass --maxpool legacy for weights trained before Nov 2020")
+    return "ceil", (
+        "stem max pool 'ceil' (fast-reid since Nov 2020) is a guess: the keys do not date this file; "
+        "pass --maxpool legacy for weights trained before Nov 2020"
+    )
 
 
 def fastreid_config_from_weights(sd: dict, path: Path, opts, maxpool: str) -> tuple[ResNetReIDConfig, str]:
@@ -130,25 +153,40 @@ def fastreid_config_from_weights(sd: dict, path: Path, opts, maxpool: str) -> tu
             raise CheckpointError(f"{path}: backbone.layer{i} has blocks {sorted(n)}: not {what}")
         layers.append(len(n))
     if "backbone.layer1.0.conv3.weight" not in sd:
-        raise CheckpointError(f"{path}: no backbone.layer1.0.conv3.weight: basic-block ResNets (R18/R34) are not "
-                              "supported, only bottleneck ones (R50, R101)")
+        raise CheckpointError(
+            f"{path}: no backbone.layer1.0.conv3.weight: basic-block ResNets (R18/R34) are not "
+            "supported, only bottleneck ones (R50, R101)"
+        )
     if any(k.startswith("backbone.") and ".se." in k for k in sd):
         raise CheckpointError(f"{path}: squeeze-excitation blocks (WITH_SE) are not supported")
     if "heads.bottleneck.0.weight" in sd and sd["heads.bottleneck.0.weight"].ndim == 4:
         raise CheckpointError(f"{path}: an embedding convolution in the head (EMBEDDING_DIM > 0) is not supported")
-    non_local = [len({int(m.group(1)) for k in sd if (m := re.match(rf"backbone\.NL_{i}\.(\d+)\.g\.weight$", k))})
-                 for i in range(1, 5)]
+    non_local = [
+        len({int(m.group(1)) for k in sd if (m := re.match(rf"backbone\.NL_{i}\.(\d+)\.g\.weight$", k))})
+        for i in range(1, 5)
+    ]
     inter = next((int(v.shape[0]) for k, v in sd.items() if re.match(r"backbone\.NL_\d\.0\.g\.weight$", k)), 1)
     has_p = "heads.pool_layer.p" in sd
     pooling = opts.pooling or ("gem" if has_p else "avg")
     if has_p and pooling != "gem":
-        raise CheckpointError(f"{path}: the weights hold a learned GeM exponent (heads.pool_layer.p) but --pooling {pooling}")
+        raise CheckpointError(
+            f"{path}: the weights hold a learned GeM exponent (heads.pool_layer.p) but --pooling {pooling}"
+        )
     mean, std = _fastreid_pixels(sd, path, opts)
     try:
-        cfg = ResNetReIDConfig(img_size=tuple(opts.img_size), layers=tuple(layers), base_width=width,
-                               last_stride=opts.last_stride, ibn="backbone.layer1.0.bn1.IN.weight" in sd,
-                               non_local=tuple(non_local), non_local_inter=inter, pooling=pooling,
-                               maxpool=maxpool, pixel_mean=mean, pixel_std=std)
+        cfg = ResNetReIDConfig(
+            img_size=tuple(opts.img_size),
+            layers=tuple(layers),
+            base_width=width,
+            last_stride=opts.last_stride,
+            ibn="backbone.layer1.0.bn1.IN.weight" in sd,
+            non_local=tuple(non_local),
+            non_local_inter=inter,
+            pooling=pooling,
+            maxpool=maxpool,
+            pixel_mean=mean,
+            pixel_std=std,
+        )
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     depth = {(3, 4, 6, 3): "r50", (3, 4, 23, 3): "r101"}.get(tuple(layers), "r" + "-".join(map(str, layers)))
@@ -169,9 +207,11 @@ def _fastreid_pixels(sd: dict, path: Path, opts) -> tuple[tuple, tuple]:
     for k, default in (("pixel_mean", IMAGENET_MEAN), ("pixel_std", IMAGENET_STD)):
         given = getattr(opts, k)
         if given and k in stored and max(abs(a - b) for a, b in zip(given, stored[k])) > 1e-4:
-            raise CheckpointError(f"{path}: its {k} is {[round(v * FASTREID_SCALE, 3) for v in stored[k]]} on 0-255 "
-                                  f"pixels ({[round(v, 5) for v in stored[k]]} on 0-1), but --{k.replace('_', '-')} "
-                                  f"gives {list(given)}")
+            raise CheckpointError(
+                f"{path}: its {k} is {[round(v * FASTREID_SCALE, 3) for v in stored[k]]} on 0-255 "
+                f"pixels ({[round(v, 5) for v in stored[k]]} on 0-1), but --{k.replace('_', '-')} "
+                f"gives {list(given)}"
+            )
         out.append(tuple(given or stored.get(k) or default))
     return out[0], out[1]
 
@@ -179,10 +219,17 @@ def _fastreid_pixels(sd: dict, path: Path, opts) -> tuple[tuple, tuple]:
 def import_fastreid(sd: dict, path: Path, opts) -> tuple[ResNetReID, list[str], list[str]]:
     maxpool, why = stem_maxpool(set(sd), opts.maxpool)
     notes = [why, f"last stride {opts.last_stride} (not stored in the weights)"]
-    sd = {("heads.bottleneck.0." + k[len("heads.bnneck."):] if k.startswith("heads.bnneck.") else k): v for k, v in sd.items()}
-    unused = sorted(k for k in sd if k in ("heads.weight", "heads.classifier.weight") or k.startswith("heads.classifier."))
+    sd = {
+        ("heads.bottleneck.0." + k[len("heads.bnneck.") :] if k.startswith("heads.bnneck.") else k): v
+        for k, v in sd.items()
+    }
+    unused = sorted(
+        k for k in sd if k in ("heads.weight", "heads.classifier.weight") or k.startswith("heads.classifier.")
+    )
     if not any(k.startswith("heads.bottleneck.") for k in sd):
-        raise CheckpointError(f"{path}: no BNNeck (heads.bottleneck.0.* or heads.bnneck.*): not a fast-reid BoT/SBS model")
+        raise CheckpointError(
+            f"{path}: no BNNeck (heads.bottleneck.0.* or heads.bnneck.*): not a fast-reid BoT/SBS model"
+        )
     cfg, name = fastreid_config_from_weights(sd, path, opts, maxpool)
     if (any(cfg.non_local) or cfg.pooling == "gem") and tuple(opts.img_size) == (256, 128):
         notes.append("fast-reid's SBS configs test at 384x128: pass --img-size 384x128 if yours did")

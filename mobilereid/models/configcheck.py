@@ -13,7 +13,7 @@ added later) is left to its config class.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 MAX_SIDE = 2048  # pixels per side of the model input
 MAX_PATCHES = 65536  # ViT tokens per image (attention is quadratic in them)
@@ -48,6 +48,7 @@ def number(lo: float, hi: float, open_low: bool = True) -> Check:
     def check(v):
         ok = _is_num(v) and (lo < v if open_low else lo <= v) and v <= hi
         return None if ok else f"a number in {'(' if open_low else '['}{lo:g}, {hi:g}]"
+
     return check
 
 
@@ -68,6 +69,7 @@ def whole_list(lo: int, hi: int, length: int | None = None, max_len: int = 4096)
         ok = isinstance(v, (list, tuple)) and (len(v) == length if length else len(v) <= max_len)
         ok = ok and all(_is_int(x) and lo <= x <= hi for x in v)
         return None if ok else f"{length or 'a list of'} whole numbers from {lo} to {hi}"
+
     return check
 
 
@@ -82,6 +84,7 @@ def triple(positive: bool) -> Check:
     def check(v):
         ok = isinstance(v, (list, tuple)) and len(v) == 3 and all(_is_num(x) and (x > 0 or not positive) for x in v)
         return None if ok else f"3 {'positive ' if positive else ''}numbers (R, G, B)"
+
     return check
 
 
@@ -91,44 +94,86 @@ def image_size(multiple: int = 1) -> Check:
         ok = ok and all(x % multiple == 0 for x in v)
         unit = f" multiples of {multiple}" if multiple > 1 else " whole numbers"
         return None if ok else f"[height, width], two{unit} from {multiple} to {MAX_SIDE}"
+
     return check
 
 
 SCLNET = {
-    "img_size": image_size(32), "width": number(0, 8), "channels": whole_list(1, 4096, 4),
-    "units": whole_list(1, 16, 3), "feature_dim": whole(1, 8192), "shallow_head": flag,
+    "img_size": image_size(32),
+    "width": number(0, 8),
+    "channels": whole_list(1, 4096, 4),
+    "units": whole_list(1, 16, 3),
+    "feature_dim": whole(1, 8192),
+    "shallow_head": flag,
     "num_classes": whole(0, 1_000_000),
 }
 VIT = {
-    "img_size": image_size(), "patch_size": whole(1, 512), "stride": whole(1, 512), "embed_dim": whole(1, 8192),
-    "depth": whole(1, 64), "num_heads": whole(1, 1024), "mlp_ratio": number(0, 16), "qkv_bias": flag,
-    "gelu": choice("exact", "tanh"), "norm": choice("layer", "batch"), "num_classes": whole(0, 1_000_000),
-    "camera_num": whole(0, 10_000), "camera_lambda": number(-1e3, 1e3, open_low=False), "keep_ratio": number(0, 1),
-    "scorer": choice("learned", "contrast"), "token_order": choice("spatial", "rank"), "windows": whole(1, 1024),
-    "window_start": whole(0, 64), "window_weights": choice("shared", "separate"),
-    "heads_per_layer": optional(whole_list(1, 1024)), "kv_index": optional(kv_lists),
-    "mlp_hidden_per_layer": optional(whole_list(1, 131072)), "head_dim": optional(whole(1, 8192)),
-    "qk_scale": optional(number(0, 1e3)), "neck_feat": choice("before", "after"),
-    "sie_camera": optional(whole(0, 9_999)), "jpm": flag, "jpm_shift": whole(1, MAX_PATCHES),
-    "jpm_groups": whole(1, MAX_PATCHES), "jpm_divide": whole(1, MAX_PATCHES), "jpm_rearrange": flag,
-    "pixel_mean": triple(False), "pixel_std": triple(True),
+    "img_size": image_size(),
+    "patch_size": whole(1, 512),
+    "stride": whole(1, 512),
+    "embed_dim": whole(1, 8192),
+    "depth": whole(1, 64),
+    "num_heads": whole(1, 1024),
+    "mlp_ratio": number(0, 16),
+    "qkv_bias": flag,
+    "gelu": choice("exact", "tanh"),
+    "norm": choice("layer", "batch"),
+    "num_classes": whole(0, 1_000_000),
+    "camera_num": whole(0, 10_000),
+    "camera_lambda": number(-1e3, 1e3, open_low=False),
+    "keep_ratio": number(0, 1),
+    "scorer": choice("learned", "contrast"),
+    "token_order": choice("spatial", "rank"),
+    "windows": whole(1, 1024),
+    "window_start": whole(0, 64),
+    "window_weights": choice("shared", "separate"),
+    "heads_per_layer": optional(whole_list(1, 1024)),
+    "kv_index": optional(kv_lists),
+    "mlp_hidden_per_layer": optional(whole_list(1, 131072)),
+    "head_dim": optional(whole(1, 8192)),
+    "qk_scale": optional(number(0, 1e3)),
+    "neck_feat": choice("before", "after"),
+    "sie_camera": optional(whole(0, 9_999)),
+    "jpm": flag,
+    "jpm_shift": whole(1, MAX_PATCHES),
+    "jpm_groups": whole(1, MAX_PATCHES),
+    "jpm_divide": whole(1, MAX_PATCHES),
+    "jpm_rearrange": flag,
+    "pixel_mean": triple(False),
+    "pixel_std": triple(True),
 }
 OSNET = {
-    "img_size": image_size(), "channels": whole_list(4, 8192, 4), "layers": whole_list(1, 64, 3),
-    "feature_dim": whole(1, 8192), "norm": choice("bn", "ibn", "ain"), "gate_reduction": whole(1, 1024),
-    "num_classes": whole(0, 1_000_000), "pixel_mean": triple(False), "pixel_std": triple(True),
+    "img_size": image_size(),
+    "channels": whole_list(4, 8192, 4),
+    "layers": whole_list(1, 64, 3),
+    "feature_dim": whole(1, 8192),
+    "norm": choice("bn", "ibn", "ain"),
+    "gate_reduction": whole(1, 1024),
+    "num_classes": whole(0, 1_000_000),
+    "pixel_mean": triple(False),
+    "pixel_std": triple(True),
 }
 RESNET = {
-    "img_size": image_size(), "layers": whole_list(1, 64, 4), "base_width": whole(2, 1024),
-    "last_stride": whole(1, 2), "ibn": flag, "non_local": whole_list(0, 64, 4), "non_local_inter": whole(1, 8192),
-    "pooling": choice("avg", "gem"), "maxpool": choice("ceil", "legacy"), "num_classes": whole(0, 1_000_000),
-    "pixel_mean": triple(False), "pixel_std": triple(True),
+    "img_size": image_size(),
+    "layers": whole_list(1, 64, 4),
+    "base_width": whole(2, 1024),
+    "last_stride": whole(1, 2),
+    "ibn": flag,
+    "non_local": whole_list(0, 64, 4),
+    "non_local_inter": whole(1, 8192),
+    "pooling": choice("avg", "gem"),
+    "maxpool": choice("ceil", "legacy"),
+    "num_classes": whole(0, 1_000_000),
+    "pixel_mean": triple(False),
+    "pixel_std": triple(True),
 }
 FIELDS = {"sclnet": SCLNET, "vit": VIT, "osnet": OSNET, "resnet": RESNET}
-SIZE_KEYS = {"sclnet": ("width", "channels", "units", "feature_dim", "num_classes"),
-             "vit": ("embed_dim", "depth", "mlp_ratio", "num_classes", "mlp_hidden_per_layer"),
-             "osnet": ("channels", "layers", "feature_dim", "num_classes"),
-             "resnet": ("layers", "base_width", "num_classes")}
+SIZE_KEYS = {
+    "sclnet": ("width", "channels", "units", "feature_dim", "num_classes"),
+    "vit": ("embed_dim", "depth", "mlp_ratio", "num_classes", "mlp_hidden_per_layer"),
+    "osnet": ("channels", "layers", "feature_dim", "num_classes"),
+    "resnet": ("layers", "base_width", "num_classes"),
+}
 
 
 def check_stored_config(family: str, config) -> None:
@@ -172,8 +217,11 @@ def check_parameter_count(family: str, config: dict) -> None:
     if n > MAX_PARAMS:
         keys = [k for k in SIZE_KEYS[family] if config.get(k) is not None]
         key, value = (keys[0], config[keys[0]]) if len(keys) == 1 else (", ".join(keys), [config[k] for k in keys])
-        raise bad_value(key, value, f"a model of at most {MAX_PARAMS / 1e9:g} billion parameters "
-                                    f"(this one has {n / 1e9:.1f} billion)")
+        raise bad_value(
+            key,
+            value,
+            f"a model of at most {MAX_PARAMS / 1e9:g} billion parameters (this one has {n / 1e9:.1f} billion)",
+        )
 
 
 def _vit_weights(config: dict) -> int:

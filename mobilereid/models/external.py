@@ -37,8 +37,13 @@ class ExternalConfig:
     preprocess_source: str = "assumed ImageNet statistics (no TOML beside the .pt2)"
 
     def to_dict(self) -> dict:
-        return {"img_size": list(self.img_size), "embedding_dim": self.embedding_dim, "pixel_mean": list(self.pixel_mean),
-                "pixel_std": list(self.pixel_std), "preprocess_source": self.preprocess_source}
+        return {
+            "img_size": list(self.img_size),
+            "embedding_dim": self.embedding_dim,
+            "pixel_mean": list(self.pixel_mean),
+            "pixel_std": list(self.pixel_std),
+            "preprocess_source": self.preprocess_source,
+        }
 
 
 class ExternalReID(nn.Module):
@@ -64,7 +69,7 @@ class ExternalReID(nn.Module):
         """The program was captured for batch 1: larger batches run image by image."""
         if x.shape[0] == 1:
             return self.program(x)
-        return torch.cat([self.program(x[i:i + 1]) for i in range(x.shape[0])])
+        return torch.cat([self.program(x[i : i + 1]) for i in range(x.shape[0])])
 
 
 def read_preprocess(path: Path) -> dict:
@@ -76,12 +81,16 @@ def read_preprocess(path: Path) -> dict:
     if unknown:
         raise CheckpointError(f"{side}: unknown keys {sorted(unknown)} (known: mean, std, colour_order)")
     if d.get("colour_order", "RGB") != "RGB":
-        raise CheckpointError(f"{side}: colour_order {d['colour_order']!r}: only RGB inputs are supported (re-export with the channel flip inside the model)")
+        raise CheckpointError(
+            f"{side}: colour_order {d['colour_order']!r}: only RGB inputs are supported (re-export with the channel flip inside the model)"
+        )
     out = {"preprocess_source": str(side)}
     for k in ("mean", "std"):
         if k in d:
             v = d[k]
-            if not (isinstance(v, list) and len(v) == 3 and all(isinstance(t, (int, float)) for t in v)) or (k == "std" and min(v) <= 0):
+            if not (isinstance(v, list) and len(v) == 3 and all(isinstance(t, (int, float)) for t in v)) or (
+                k == "std" and min(v) <= 0
+            ):
                 raise CheckpointError(f"{side}: {k} must be three numbers{' > 0' if k == 'std' else ''}, got {v!r}")
             out[f"pixel_{k}"] = tuple(float(t) for t in v)
     return out
@@ -112,7 +121,9 @@ def load_pt2(path: str | Path) -> tuple[ExternalReID, dict]:
         with torch.no_grad():
             out = module(torch.zeros(1, 3, h, w))
     except Exception as exc:
-        raise CheckpointError(f"{path}: the program fails on a (1, 3, {h}, {w}) image ({str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(
+            f"{path}: the program fails on a (1, 3, {h}, {w}) image ({str(exc).splitlines()[0][:200]})"
+        ) from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise CheckpointError(f"{path}: the program must return one (1, D) embedding, it returns {shape}")

@@ -55,7 +55,9 @@ ARCHS: dict[str, dict] = {
 @dataclass
 class ImportOptions:
     format: str | None = None  # transreid | timm | deit; None = detect from the keys
-    model: str | None = None  # an ARCHS name; None = from the width (768 -> 12 heads, 8 blocks of 768 -> TransReID vit_small)
+    model: str | None = (
+        None  # an ARCHS name; None = from the width (768 -> 12 heads, 8 blocks of 768 -> TransReID vit_small)
+    )
     heads: int | None = None  # attention heads of a custom width (instead of --model)
     img_size: tuple[int, int] = (256, 128)
     stride: int | None = None  # None = from the position embedding (TransReID) or 16
@@ -90,7 +92,7 @@ def plain_state_dict(path: Path) -> dict[str, torch.Tensor]:
     bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: not a plain state dict: entry {bad[0]!r} is not a tensor")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in sd.items()}
 
 
 def detect_format(sd: dict, path: Path) -> str:
@@ -109,8 +111,10 @@ def detect_format(sd: dict, path: Path) -> str:
         return "timm"
     if "format" in keys or "state_dict" in keys:
         raise CheckpointError(f"{path}: this is not a foreign state dict; mobilereid checkpoints need no import")
-    raise CheckpointError(f"{path}: cannot tell the format from its keys (no 'base.' prefix, no 'blocks.' + 'head.'): "
-                          f"pass --format {'|'.join(FORMATS)}")
+    raise CheckpointError(
+        f"{path}: cannot tell the format from its keys (no 'base.' prefix, no 'blocks.' + 'head.'): "
+        f"pass --format {'|'.join(FORMATS)}"
+    )
 
 
 def need_tensor(sd: dict, key: str, path: Path, what: str = "a ViT state dict of the given format") -> torch.Tensor:
@@ -129,20 +133,26 @@ def infer_architecture(sd: dict, path: Path, opts: ImportOptions) -> dict:
     if depth < 1:
         raise CheckpointError(f"{path}: no transformer blocks (blocks.N.*) found")
     fc1 = need_tensor(sd, "blocks.0.mlp.fc1.weight", path)
-    common = dict(embed_dim=C, depth=depth, patch_size=P, mlp_ratio=fc1.shape[0] / C, qkv_bias="blocks.0.attn.qkv.bias" in sd)
+    common = dict(
+        embed_dim=C, depth=depth, patch_size=P, mlp_ratio=fc1.shape[0] / C, qkv_bias="blocks.0.attn.qkv.bias" in sd
+    )
     if opts.heads is not None and opts.model is None:
         if opts.heads < 1 or C % opts.heads:
             raise CheckpointError(f"--heads {opts.heads}: must divide the width {C}")
         return dict(common, num_heads=opts.heads, qk_scale=None, arch=f"vit_{C}x{depth}")
-    name = opts.model or ("vit_small_transreid" if (C, depth) == (768, 8) else {768: "vit_base", 384: "vit_small", 192: "vit_tiny"}.get(C))
+    name = opts.model or (
+        "vit_small_transreid" if (C, depth) == (768, 8) else {768: "vit_base", 384: "vit_small", 192: "vit_tiny"}.get(C)
+    )
     if name is None:
         raise CheckpointError(f"{path}: width {C} matches no known ViT: pass --model ({', '.join(ARCHS)})")
     if name not in ARCHS:
         raise CheckpointError(f"--model {name!r}: choose one of {', '.join(ARCHS)}")
     arch = ARCHS[name]
     if arch["expect"] != dict(embed_dim=C, depth=depth):
-        raise CheckpointError(f"{path}: weights are {C} wide with {depth} blocks, --model {name} expects "
-                              f"{arch['expect']['embed_dim']} wide with {arch['expect']['depth']} blocks")
+        raise CheckpointError(
+            f"{path}: weights are {C} wide with {depth} blocks, --model {name} expects "
+            f"{arch['expect']['embed_dim']} wide with {arch['expect']['depth']} blocks"
+        )
     return dict(common, num_heads=arch["num_heads"], qk_scale=arch.get("qk_scale"), arch=name)
 
 
@@ -161,7 +171,7 @@ def _transreid_to_timm(sd: dict, depth_hint: int, jpm: bool) -> tuple[dict, list
     last = depth_hint - 1
     for k, v in sd.items():
         if k.startswith("base."):
-            b = k[len("base."):]
+            b = k[len("base.") :]
             if b.startswith("fc."):
                 unused.append(k)  # the ImageNet head of the backbone, never used for ReID
             elif jpm and (b.startswith(f"blocks.{last}.") or b.startswith("norm.")):
@@ -169,13 +179,13 @@ def _transreid_to_timm(sd: dict, depth_hint: int, jpm: bool) -> tuple[dict, list
             else:
                 out[b] = v
         elif k.startswith("b1.0."):
-            out[f"blocks.{last}." + k[len("b1.0."):]] = v
+            out[f"blocks.{last}." + k[len("b1.0.") :]] = v
         elif k.startswith("b1.1."):
-            out["norm." + k[len("b1.1."):]] = v
+            out["norm." + k[len("b1.1.") :]] = v
         elif k.startswith("b2.0."):
-            out["jpm_block." + k[len("b2.0."):]] = v
+            out["jpm_block." + k[len("b2.0.") :]] = v
         elif k.startswith("b2.1."):
-            out["jpm_norm." + k[len("b2.1."):]] = v
+            out["jpm_norm." + k[len("b2.1.") :]] = v
         elif m := re.match(r"bottleneck_([1-4])\.(.*)", k):
             out[f"jpm_bottlenecks.{int(m.group(1)) - 1}.{m.group(2)}"] = v
         elif m := re.match(r"classifier_([1-4])\.(.*)", k):
@@ -229,18 +239,36 @@ def import_state_dict(sd: dict, path: Path, opts: ImportOptions) -> ImportResult
     arch = infer_architecture(mapped, path, opts)
     pos = need_tensor(mapped, "pos_embed", path)
     if pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[2] != arch["embed_dim"]:
-        raise CheckpointError(f"{path}: pos_embed has shape {tuple(pos.shape)}, expected (1, 1 + N, {arch['embed_dim']})")
-    stride = opts.stride or infer_stride(pos.shape[1] - 1, opts.img_size, arch["patch_size"], path) or arch["patch_size"]
+        raise CheckpointError(
+            f"{path}: pos_embed has shape {tuple(pos.shape)}, expected (1, 1 + N, {arch['embed_dim']})"
+        )
+    stride = (
+        opts.stride or infer_stride(pos.shape[1] - 1, opts.img_size, arch["patch_size"], path) or arch["patch_size"]
+    )
     cameras = int(mapped["sie_embed"].shape[0]) if "sie_embed" in mapped else 0
     if opts.cameras is not None and opts.cameras != cameras:
         raise CheckpointError(f"{path}: --cameras {opts.cameras} but the weights hold {cameras} SIE camera rows")
     classes = int(mapped["classifier.weight"].shape[0]) if "classifier.weight" in mapped else 0
     try:
-        cfg = ViTConfig(img_size=tuple(opts.img_size), patch_size=arch["patch_size"], stride=stride,
-                        embed_dim=arch["embed_dim"], depth=arch["depth"], num_heads=arch["num_heads"],
-                        mlp_ratio=arch["mlp_ratio"], qkv_bias=arch["qkv_bias"], qk_scale=arch["qk_scale"],
-                        gelu=opts.gelu, num_classes=classes, camera_num=cameras, camera_lambda=opts.sie_coefficient,
-                        neck_feat=opts.neck_feat, jpm=jpm, pixel_mean=opts.pixel_mean or mean, pixel_std=opts.pixel_std or std)
+        cfg = ViTConfig(
+            img_size=tuple(opts.img_size),
+            patch_size=arch["patch_size"],
+            stride=stride,
+            embed_dim=arch["embed_dim"],
+            depth=arch["depth"],
+            num_heads=arch["num_heads"],
+            mlp_ratio=arch["mlp_ratio"],
+            qkv_bias=arch["qkv_bias"],
+            qk_scale=arch["qk_scale"],
+            gelu=opts.gelu,
+            num_classes=classes,
+            camera_num=cameras,
+            camera_lambda=opts.sie_coefficient,
+            neck_feat=opts.neck_feat,
+            jpm=jpm,
+            pixel_mean=opts.pixel_mean or mean,
+            pixel_std=opts.pixel_std or std,
+        )
         model = ViTReID(cfg)
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
@@ -249,7 +277,9 @@ def import_state_dict(sd: dict, path: Path, opts: ImportOptions) -> ImportResult
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     if tuple(pos.shape[1:2]) != (cfg.num_patches + 1,):
-        notes.append(f"position embedding resized bilinearly from {pos.shape[1] - 1} patches to the {cfg.grid[0]}x{cfg.grid[1]} grid")
+        notes.append(
+            f"position embedding resized bilinearly from {pos.shape[1] - 1} patches to the {cfg.grid[0]}x{cfg.grid[1]} grid"
+        )
     own = model.state_dict()
     if "bottleneck.weight" not in mapped:
         if cfg.neck_feat == "after":
@@ -275,10 +305,16 @@ def import_weights(path: str | Path, out: str | Path, opts: ImportOptions) -> Im
     """Convert a foreign state dict file into a mobilereid checkpoint at `out` (written atomically)."""
     path, out = Path(path), Path(out)
     result = import_state_dict(plain_state_dict(path), path, opts)
-    extra = {"imported": {
-        "source": str(path), "source_sha256": file_sha256(path), "format": result.format, "architecture": result.model.preset,
-        "test_feature": test_feature(result),
-        "unused_source_tensors": result.unused, "notes": result.notes,
-    }}
+    extra = {
+        "imported": {
+            "source": str(path),
+            "source_sha256": file_sha256(path),
+            "format": result.format,
+            "architecture": result.model.preset,
+            "test_feature": test_feature(result),
+            "unused_source_tensors": result.unused,
+            "notes": result.notes,
+        }
+    }
     save_checkpoint(out, result.model, extra=extra)
     return result

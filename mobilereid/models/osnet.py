@@ -34,8 +34,12 @@ from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD, checked_pixel_stats
 NORMS = ("bn", "ibn", "ain")
 # OSNet-AIN x1.0 (TPAMI 2021, its searched architecture): per stage, per block, whether IN sits in the residual
 AIN_PATTERN = ((True, True), (False, True), (True, False))
-WIDTHS = {"x1_0": (64, 256, 384, 512), "x0_75": (48, 192, 288, 384), "x0_5": (32, 128, 192, 256),
-          "x0_25": (16, 64, 96, 128)}
+WIDTHS = {
+    "x1_0": (64, 256, 384, 512),
+    "x0_75": (48, 192, 288, 384),
+    "x0_5": (32, 128, 192, 256),
+    "x0_25": (16, 64, 96, 128),
+}
 
 
 @dataclass
@@ -54,7 +58,9 @@ class OSNetConfig:
         self.img_size, self.channels, self.layers = tuple(self.img_size), tuple(self.channels), tuple(self.layers)
         self.pixel_mean, self.pixel_std = checked_pixel_stats(self.pixel_mean, self.pixel_std)
         if len(self.channels) != 4 or len(self.layers) != 3 or min(self.layers) < 1:
-            raise ValueError(f"OSNet needs 4 channel counts and 3 stage depths >= 1, got {self.channels} / {self.layers}")
+            raise ValueError(
+                f"OSNet needs 4 channel counts and 3 stage depths >= 1, got {self.channels} / {self.layers}"
+            )
         if min(self.channels) < 4 or any(c % 4 for c in self.channels[1:]):
             raise ValueError(f"OSNet stage channels must be multiples of 4, got {self.channels}")
         if self.norm not in NORMS:
@@ -143,8 +149,15 @@ class OSBlock(nn.Module):
     osnet.py), ``"ain"`` a list conv2.0..3 of streams (osnet_ain.py). ``post_in``: IBN's InstanceNorm after the add;
     ``residual_in``: AIN's InstanceNorm in the residual branch in place of conv3's BN."""
 
-    def __init__(self, cin: int, cout: int, layout: str = "osnet", post_in: bool = False, residual_in: bool = False,
-                 gate_reduction: int = 16):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        layout: str = "osnet",
+        post_in: bool = False,
+        residual_in: bool = False,
+        gate_reduction: int = 16,
+    ):
         super().__init__()
         mid = cout // 4
         self.layout = layout
@@ -195,9 +208,16 @@ class OSNet(nn.Module):
         def stage(i: int, transition_inside: bool) -> nn.Sequential:
             blocks = []
             for b in range(n[i]):
-                blocks.append(OSBlock(c[i] if b == 0 else c[i + 1], c[i + 1], layout,
-                                      post_in=cfg.norm == "ibn" and i == 0, residual_in=ain and AIN_PATTERN[i][b],
-                                      gate_reduction=cfg.gate_reduction))
+                blocks.append(
+                    OSBlock(
+                        c[i] if b == 0 else c[i + 1],
+                        c[i + 1],
+                        layout,
+                        post_in=cfg.norm == "ibn" and i == 0,
+                        residual_in=ain and AIN_PATTERN[i][b],
+                        gate_reduction=cfg.gate_reduction,
+                    )
+                )
             if transition_inside:
                 blocks.append(_transition(c[i + 1]))
             return nn.Sequential(*blocks)
@@ -210,7 +230,9 @@ class OSNet(nn.Module):
             self.pool3 = _transition(c[2])
         self.conv4 = stage(2, False)
         self.conv5 = ConvLayer(c[3], c[3], 1)
-        self.fc = nn.Sequential(nn.Linear(c[3], cfg.feature_dim), nn.BatchNorm1d(cfg.feature_dim), nn.ReLU(inplace=True))
+        self.fc = nn.Sequential(
+            nn.Linear(c[3], cfg.feature_dim), nn.BatchNorm1d(cfg.feature_dim), nn.ReLU(inplace=True)
+        )
         self.classifier = nn.Linear(cfg.feature_dim, cfg.num_classes) if cfg.num_classes > 0 else None
         self._init_weights()
 

@@ -22,8 +22,9 @@ from .checkpoint import safe_torch_load
 from .vit import ViTReID
 
 
-def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], src_grid: tuple[int, int] | None = None,
-                     mode: str = "bilinear") -> torch.Tensor:
+def resize_pos_embed(
+    pos: torch.Tensor, grid: tuple[int, int], src_grid: tuple[int, int] | None = None, mode: str = "bilinear"
+) -> torch.Tensor:
     """(1, 1+N_src, C) -> (1, 1+gh*gw, C); the source grid is square unless given."""
     cls, patches = pos[:, :1], pos[:, 1:]
     n_src = patches.shape[1]
@@ -56,7 +57,7 @@ def load_pretrained_vit(model: ViTReID, path: str | Path, src_grid: tuple[int, i
     for k, v in sd.items():
         for prefix in ("module.", "base."):
             if k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         if k.startswith("head.") or k.startswith("fc.") or k.startswith("head_dist.") or k == "dist_token":
             continue
         clean[k] = v
@@ -64,7 +65,9 @@ def load_pretrained_vit(model: ViTReID, path: str | Path, src_grid: tuple[int, i
         clean["pos_embed"] = torch.cat([clean["pos_embed"][:, :1], clean["pos_embed"][:, 2:]], dim=1)
     for core in ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight"):
         if core not in clean or tuple(clean[core].shape) != tuple(own[core].shape):
-            raise CheckpointError(f"{path}: core ViT weights do not fit the model ({core} missing or of another shape: wrong width, patch size or not a ViT state dict)")
+            raise CheckpointError(
+                f"{path}: core ViT weights do not fit the model ({core} missing or of another shape: wrong width, patch size or not a ViT state dict)"
+            )
     if "pos_embed" in clean:
         try:
             clean["pos_embed"] = resize_pos_embed(clean["pos_embed"], model.cfg.grid, src_grid)

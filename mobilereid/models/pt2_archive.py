@@ -37,7 +37,9 @@ from ..errors import CheckpointError
 MAX_TOTAL_BYTES = 4 << 30  # the whole archive unpacked: ViT-L float is ~1.2 GB
 MAX_JSON_BYTES = 256 << 20  # the serialized graph and the payload configs
 MAX_SMALL_BYTES = 64 << 20  # sample inputs, extra files, version markers
-ALLOWED_TARGET = re.compile(r"(torch\.ops\.(aten|quantized_decomposed|prims)\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+|_operator\.getitem)")
+ALLOWED_TARGET = re.compile(
+    r"(torch\.ops\.(aten|quantized_decomposed|prims)\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+|_operator\.getitem)"
+)
 WEIGHTS_CONFIG = "data/weights/model_weights_config.json"
 CONSTANTS_CONFIG = "data/constants/model_constants_config.json"
 SAMPLE_INPUTS = "data/sample_inputs/model.pt"
@@ -45,8 +47,10 @@ MODEL_JSON = "models/model.json"
 MARKERS = re.compile(r"(archive_format|archive_version|byteorder|version|\.data/[a-z_]+)")
 REFUSED = [  # (member pattern under the root, why): named so the error says what the archive holds
     (re.compile(r"data/aotinductor/.*"), "an AOTInductor package (compiled code that loading would run)"),
-    (re.compile(r"data/constants/(custom_obj|opaque_obj)_.*"), "a pickled Python or TorchScript object (loading "
-     "would unpickle it)"),
+    (
+        re.compile(r"data/constants/(custom_obj|opaque_obj)_.*"),
+        "a pickled Python or TorchScript object (loading would unpickle it)",
+    ),
     (re.compile(r"data/(weights|constants)/[^/]*\.pt"), "legacy pickled weights (loaded with weights_only=False)"),
 ]
 
@@ -152,15 +156,20 @@ def _check_program(path: Path, data: bytes) -> None:
     except (ValueError, KeyError, TypeError, AssertionError):
         fail(path, f"member {MODEL_JSON} is not a serialized exported program")
     if program.get("guards_code"):
-        fail(path, "the program carries guard code (ExportedProgram.module() would exec it); export with static "
-                   "shapes")
+        fail(path, "the program carries guard code (ExportedProgram.module() would exec it); export with static shapes")
     if program.get("range_constraints"):
-        fail(path, "the program has symbolic shapes (their expressions would be evaluated by sympy); export with "
-                   "static shapes, batch 1")
+        fail(
+            path,
+            "the program has symbolic shapes (their expressions would be evaluated by sympy); export with "
+            "static shapes, batch 1",
+        )
     for d in _walk(program):
         if "as_expr" in d or "expr_str" in d:
-            fail(path, "the program has symbolic shapes (their expressions would be evaluated by sympy); export "
-                       "with static shapes, batch 1")
+            fail(
+                path,
+                "the program has symbolic shapes (their expressions would be evaluated by sympy); export "
+                "with static shapes, batch 1",
+            )
         if d.get("custom_obj_values") or "as_custom_obj" in d:
             fail(path, "the program holds custom (TorchScript) objects, which loading would unpickle")
         if "target" in d and "inputs" in d and "outputs" in d:  # a graph node
@@ -175,8 +184,10 @@ def _check_sample_inputs(path: Path, data: bytes) -> None:
     try:
         torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:
-        fail(path, f"member {SAMPLE_INPUTS} holds pickled objects that are not plain tensors (it would run code on "
-                   "loading)")
+        fail(
+            path,
+            f"member {SAMPLE_INPUTS} holds pickled objects that are not plain tensors (it would run code on loading)",
+        )
 
 
 @contextlib.contextmanager
@@ -228,4 +239,3 @@ def _copy_capped(src, dst, size: int) -> int:
         dst.write(chunk)
         copied += len(chunk)
     return copied
-

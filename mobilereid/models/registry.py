@@ -39,19 +39,27 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "bot_r50_ibn": ("resnet", dict(ibn=True)),
     "sbs_r50": ("resnet", dict(non_local=R50_NON_LOCAL, pooling="gem")),
     "sbs_r50_ibn": ("resnet", dict(ibn=True, non_local=R50_NON_LOCAL, pooling="gem")),
-    "resnet_test": ("resnet", dict(layers=(1, 1, 1, 1), base_width=8, non_local=(0, 1, 1, 0), pooling="gem",
-                                   img_size=(64, 32))),
+    "resnet_test": (
+        "resnet",
+        dict(layers=(1, 1, 1, 1), base_width=8, non_local=(0, 1, 1, 0), pooling="gem", img_size=(64, 32)),
+    ),
 }
 
-_FAMILIES = {"vit": (ViTConfig, ViTReID), "sclnet": (SCLNetConfig, SCLNet), "osnet": (OSNetConfig, OSNet),
-             "resnet": (ResNetReIDConfig, ResNetReID)}
+_FAMILIES = {
+    "vit": (ViTConfig, ViTReID),
+    "sclnet": (SCLNetConfig, SCLNet),
+    "osnet": (OSNetConfig, OSNet),
+    "resnet": (ResNetReIDConfig, ResNetReID),
+}
 FAMILIES = tuple(_FAMILIES)
 
 
 def model_family(model: nn.Module) -> str:
     if isinstance(model, ViTReID):
         return "vit"
-    return getattr(model, "family", "sclnet")  # OSNet / ResNetReID name theirs  # "external": a torch.export program (models/external.py)
+    return getattr(
+        model, "family", "sclnet"
+    )  # OSNet / ResNetReID name theirs  # "external": a torch.export program (models/external.py)
 
 
 def preset_config(name: str, **options) -> tuple[str, dict]:

@@ -93,7 +93,7 @@ class IBN(nn.Module):
         self.BN = nn.BatchNorm2d(planes - self.half)
 
     def forward(self, x):
-        return torch.cat((self.IN(x[:, : self.half]), self.BN(x[:, self.half:])), dim=1)
+        return torch.cat((self.IN(x[:, : self.half]), self.BN(x[:, self.half :])), dim=1)
 
 
 class Bottleneck(nn.Module):
@@ -110,7 +110,9 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or cin != planes * 4:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, planes * 4, 1, stride=stride, bias=False), nn.BatchNorm2d(planes * 4))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, planes * 4, 1, stride=stride, bias=False), nn.BatchNorm2d(planes * 4)
+            )
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
@@ -158,13 +160,19 @@ class Backbone(nn.Module):
         cin = w
         strides = (1, 2, 2, cfg.last_stride)
         for i, (n, stride) in enumerate(zip(cfg.layers, strides)):
-            planes = w * 2 ** i
-            blocks = [Bottleneck(cin if b == 0 else planes * 4, planes, stride if b == 0 else 1, cfg.ibn and i < 3)
-                      for b in range(n)]
+            planes = w * 2**i
+            blocks = [
+                Bottleneck(cin if b == 0 else planes * 4, planes, stride if b == 0 else 1, cfg.ibn and i < 3)
+                for b in range(n)
+            ]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             cin = planes * 4
             if cfg.non_local[i]:
-                setattr(self, f"NL_{i + 1}", nn.ModuleList(NonLocal(cin, cfg.non_local_inter) for _ in range(cfg.non_local[i])))
+                setattr(
+                    self,
+                    f"NL_{i + 1}",
+                    nn.ModuleList(NonLocal(cin, cfg.non_local_inter) for _ in range(cfg.non_local[i])),
+                )
         # a stage's non-local blocks follow its last blocks, in order (fast-reid's NL_k_idx)
         self.nl_after = [sorted(n - 1 - j for j in range(k)) for n, k in zip(cfg.layers, cfg.non_local)]
 
@@ -232,4 +240,3 @@ class ResNetReID(nn.Module):
             return neck
         logits = [self.heads.classifier(neck)] if self.heads.classifier is not None else []
         return logits, [feat]
-

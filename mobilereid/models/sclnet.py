@@ -69,8 +69,13 @@ class SCLNetConfig:
         return d
 
 
-def conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1, dilation: int = 1, relu: bool = True) -> nn.Sequential:
-    layers = [nn.Conv2d(cin, cout, k, stride, padding=dilation * (k // 2), dilation=dilation, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+def conv_bn(
+    cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1, dilation: int = 1, relu: bool = True
+) -> nn.Sequential:
+    layers = [
+        nn.Conv2d(cin, cout, k, stride, padding=dilation * (k // 2), dilation=dilation, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
@@ -114,7 +119,6 @@ class SCUnit(nn.Module):
         y = self._fuse(combined)
         identity = x if self.shortcut is None else self.shortcut(x)
         return self.act(y + identity)
-
 
     def _fuse(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """A 1x1 conv over concat(parts), written as the sum of one 1x1 conv per part: the same function and MACs,

@@ -84,13 +84,17 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     gelu: str = "exact"  # "exact" (erf) or "tanh" (TFLite builtins only)
-    norm: str = "layer"  # "layer" (ViT's LayerNorm) or "batch" (TokenBatchNorm: an affine at inference, full-integer friendly)
+    norm: str = (
+        "layer"  # "layer" (ViT's LayerNorm) or "batch" (TokenBatchNorm: an affine at inference, full-integer friendly)
+    )
     num_classes: int = 0
     camera_num: int = 0
     camera_lambda: float = 3.0
     keep_ratio: float = 1.0  # patch elimination: fraction of patch tokens kept
     scorer: str = "learned"  # "learned" or "contrast"
-    token_order: str = "spatial"  # kept patch tokens in image order ("spatial") or best score first ("rank", before 2026-11)
+    token_order: str = (
+        "spatial"  # kept patch tokens in image order ("spatial") or best score first ("rank", before 2026-11)
+    )
     windows: int = 1  # number of horizontal windows (1 = global attention everywhere)
     window_start: int = 0  # first block that runs per window
     window_weights: str = "shared"  # "shared" or "separate"
@@ -119,7 +123,9 @@ class ViTConfig:
         if self.jpm and not (1 <= self.jpm_groups and 1 <= self.jpm_divide and self.jpm_shift >= 1):
             raise ValueError("jpm_shift, jpm_groups and jpm_divide must be >= 1")
         if self.sie_camera is not None and not 0 <= self.sie_camera < max(self.camera_num, 1):
-            raise ValueError(f"sie_camera must be between 0 and camera_num - 1 ({self.camera_num - 1}), got {self.sie_camera}")
+            raise ValueError(
+                f"sie_camera must be between 0 and camera_num - 1 ({self.camera_num - 1}), got {self.sie_camera}"
+            )
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
         if self.gelu not in ("exact", "tanh"):
@@ -133,7 +139,9 @@ class ViTConfig:
         if self.window_weights not in ("shared", "separate"):
             raise ValueError(f"window_weights must be 'shared' or 'separate', got {self.window_weights!r}")
         if self.windows < 1 or self.windows > self.grid[0]:
-            raise ValueError(f"windows must be between 1 and the number of patch rows ({self.grid[0]}), got {self.windows}")
+            raise ValueError(
+                f"windows must be between 1 and the number of patch rows ({self.grid[0]}), got {self.windows}"
+            )
         if not 0 <= self.window_start <= self.depth:
             raise ValueError(f"window_start must be between 0 and depth ({self.depth}), got {self.window_start}")
         if self.head_dim is None:
@@ -147,7 +155,9 @@ class ViTConfig:
         if self.mlp_hidden_per_layer is None:
             self.mlp_hidden_per_layer = [int(self.embed_dim * self.mlp_ratio)] * self.num_blocks
         if len(self.mlp_hidden_per_layer) != self.num_blocks or min(self.mlp_hidden_per_layer) < 1:
-            raise ValueError(f"mlp_hidden_per_layer needs {self.num_blocks} entries >= 1, got {self.mlp_hidden_per_layer}")
+            raise ValueError(
+                f"mlp_hidden_per_layer needs {self.num_blocks} entries >= 1, got {self.mlp_hidden_per_layer}"
+            )
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -199,12 +209,19 @@ class ViTConfig:
         p = n // self.jpm_divide
         if p < 1:
             raise ValueError(f"jpm: {n} patch tokens cannot be divided into parts of N // {self.jpm_divide}")
-        return [seq[k * p:(k + 1) * p] for k in range(4)]
+        return [seq[k * p : (k + 1) * p] for k in range(4)]
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, head_dim: int, qkv_bias: bool = True, kv_index: list[int] | None = None,
-                 qk_scale: float | None = None):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        head_dim: int,
+        qkv_bias: bool = True,
+        kv_index: list[int] | None = None,
+        qk_scale: float | None = None,
+    ):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, head_dim
         inner = num_heads * head_dim
@@ -322,7 +339,10 @@ def topk_onehot(scores: torch.Tensor, k: int, spatial: bool = True) -> torch.Ten
     # kernels in LiteRT's quantizer, GREATER has none (it stayed the one float op of a full-integer ViT)
     beats = (torch.maximum(other, this) == other) & ((other != this) | (idx[None, None, :] < idx[None, :, None]))
     rank = beats.sum(-1)  # (B, N), 0-based
-    one, zero = torch.ones((), dtype=scores.dtype, device=scores.device), torch.zeros((), dtype=scores.dtype, device=scores.device)
+    one, zero = (
+        torch.ones((), dtype=scores.dtype, device=scores.device),
+        torch.zeros((), dtype=scores.dtype, device=scores.device),
+    )
     if not spatial:
         return torch.where(rank[:, None, :] == torch.arange(k, device=scores.device)[None, :, None], one, zero)
     kept = rank < k  # (B, N)
@@ -344,6 +364,7 @@ class ViTReID(nn.Module):
         self.scorer = nn.Linear(C, 1) if cfg.keep_ratio < 1.0 and cfg.scorer == "learned" else None
         windowed = cfg.windows > 1
         n_global = cfg.window_start if windowed and cfg.window_weights == "separate" else cfg.depth
+
         def block(i: int) -> Block:  # block i of all_blocks() order, with its pruned heads, K/V slots and MLP width
             return Block(cfg, cfg.heads_per_layer[i], cfg.kv_index[i], cfg.mlp_hidden_per_layer[i])
 
@@ -432,7 +453,9 @@ class ViTReID(nn.Module):
         out = []
         gate = torch.sigmoid(scores) if self.scorer is not None and self.training else None
         for g, k in zip(groups, cfg.kept_per_group()):
-            onehot = topk_onehot(scores.index_select(1, g), k, cfg.token_order == "spatial").to(x.dtype)  # (B, k, n_group), 0/1
+            onehot = topk_onehot(scores.index_select(1, g), k, cfg.token_order == "spatial").to(
+                x.dtype
+            )  # (B, k, n_group), 0/1
             tokens = onehot @ x.index_select(1, g)
             if gate is not None:
                 s = onehot @ gate.index_select(1, g).unsqueeze(-1)
@@ -446,8 +469,10 @@ class ViTReID(nn.Module):
             return None
         if cam is None:
             if self.cfg.sie_camera is None:
-                raise ValueError("this model has a camera embedding (SIE): pass each image's camera, or bake one "
-                                 "camera in (sie_camera, `mobilereid export --camera K`)")
+                raise ValueError(
+                    "this model has a camera embedding (SIE): pass each image's camera, or bake one "
+                    "camera in (sie_camera, `mobilereid export --camera K`)"
+                )
             return self.cfg.camera_lambda * self.sie_embed[self.cfg.sie_camera].expand(batch, 1, -1)
         return self.cfg.camera_lambda * self.sie_embed[cam]
 
@@ -460,7 +485,9 @@ class ViTReID(nn.Module):
             x, cls = x + sie, cls + sie
         return cls, self._select(x, img)
 
-    def forward_parts(self, img: torch.Tensor, cam: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_parts(
+        self, img: torch.Tensor, cam: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """JPM: the global feature and the four local features, all before their BNNecks."""
         cls, groups = self._embed_tokens(img, cam)
         t = torch.cat([cls] + groups, dim=1)
@@ -554,7 +581,9 @@ def separate_window_weights(model: ViTReID) -> ViTReID:
     if cfg.windows == 1:
         raise ValueError("windows must be > 1 to separate window weights")
     cfg.window_weights = "separate"
-    cfg.heads_per_layer = cfg.heads_per_layer[: cfg.window_start] + cfg.heads_per_layer[cfg.window_start :] * cfg.windows
+    cfg.heads_per_layer = (
+        cfg.heads_per_layer[: cfg.window_start] + cfg.heads_per_layer[cfg.window_start :] * cfg.windows
+    )
     cfg.kv_index = cfg.kv_index[: cfg.window_start] + cfg.kv_index[cfg.window_start :] * cfg.windows
     hidden = cfg.mlp_hidden_per_layer
     cfg.mlp_hidden_per_layer = hidden[: cfg.window_start] + hidden[cfg.window_start :] * cfg.windows

@@ -57,12 +57,18 @@ CONVERTER_NAME = "litert-torch 0.10.0 + ai-edge-quantizer 0.10.0"
 def check_recipe(variants: list[str], qcfg: dict) -> None:
     for v in variants:
         if v not in VARIANTS:
-            raise ExportError(f"the litert-torch route makes {', '.join(VARIANTS)}, not {v!r} (use converter = \"onnx2tf\")")
+            raise ExportError(
+                f'the litert-torch route makes {", ".join(VARIANTS)}, not {v!r} (use converter = "onnx2tf")'
+            )
     if "int8" in variants and (qcfg.get("float_ops") or qcfg.get("float_nodes")):
-        raise ExportError("int8.float_ops / float_nodes are applied by the onnx2tf route only (use converter = \"onnx2tf\")")
+        raise ExportError(
+            'int8.float_ops / float_nodes are applied by the onnx2tf route only (use converter = "onnx2tf")'
+        )
     rule = qcfg.get("activation_ranges", "default")
     if rule not in RANGE_RULES:
-        raise ExportError(f"int8.activation_ranges {rule!r} is not a rule of the litert-torch route (choose from {', '.join(RANGE_RULES)})")
+        raise ExportError(
+            f"int8.activation_ranges {rule!r} is not a rule of the litert-torch route (choose from {', '.join(RANGE_RULES)})"
+        )
 
 
 def build_litert_torch_variants(job: ExportJob, variants: list[str], qcfg: dict) -> dict[str, bytes]:
@@ -77,8 +83,18 @@ def build_litert_torch_variants(job: ExportJob, variants: list[str], qcfg: dict)
     headroom = float(qcfg.get("int16_headroom", 1.0))
     for v in (v for v in variants if v in STATIC_BITS):
         graph, job.graph_rewrites[v] = integer_graph(job, v, headroom)
-        out.update(convert_with_litert_torch(graph, calib_nhwc, [v], job.threads, job.stem, int16_ops=qcfg.get("int16_ops", []),
-                                             ranges=qcfg.get("activation_ranges", "default"), int16_headroom=headroom))
+        out.update(
+            convert_with_litert_torch(
+                graph,
+                calib_nhwc,
+                [v],
+                job.threads,
+                job.stem,
+                int16_ops=qcfg.get("int16_ops", []),
+                ranges=qcfg.get("activation_ranges", "default"),
+                int16_headroom=headroom,
+            )
+        )
     return {v: out[v] for v in variants}
 
 
@@ -88,14 +104,22 @@ def integer_graph(job: ExportJob, variant: str, int16_headroom: float = 1.0) -> 
     one copy of each weight per op (see unshare_weights), and the names of the rewrites."""
     from ..integer_friendly import integer_friendly
 
-    model, rewrites = integer_friendly(job.model, torch.from_numpy(job.calib.copy()), divide=variant == "int16x8",
-                                       headroom=int16_headroom)
+    model, rewrites = integer_friendly(
+        job.model, torch.from_numpy(job.calib.copy()), divide=variant == "int16x8", headroom=int16_headroom
+    )
     return unshared_graph(job, model), rewrites
 
 
-def convert_with_litert_torch(model: torch.nn.Module, calib_nhwc: np.ndarray, variants: list[str], threads: int,
-                              name: str = "model", int16_ops: list[str] = (), ranges: str = "default",
-                              int16_headroom: float = 1.0) -> dict[str, bytes]:
+def convert_with_litert_torch(
+    model: torch.nn.Module,
+    calib_nhwc: np.ndarray,
+    variants: list[str],
+    threads: int,
+    name: str = "model",
+    int16_ops: list[str] = (),
+    ranges: str = "default",
+    int16_headroom: float = 1.0,
+) -> dict[str, bytes]:
     """``{variant: .tflite bytes}`` for fp32 / dynamic / int8 / int16x8 of an eval-mode model taking NCHW images;
     ``int16_ops``: TFLite op types the int8 variant keeps in int16; ``ranges``: the activation range rule;
     ``int16_headroom``: the int16x8 variant's ranges widened by this factor (module docstring)."""
@@ -121,7 +145,9 @@ def convert_fp32(model: torch.nn.Module, example_nhwc: np.ndarray, name: str) ->
     try:
         import litert_torch
     except ImportError as exc:
-        raise ExportError(f"the litert-torch route needs litert-torch and ai-edge-quantizer ({exc}); run `make setup`") from None
+        raise ExportError(
+            f"the litert-torch route needs litert-torch and ai-edge-quantizer ({exc}); run `make setup`"
+        ) from None
     try:
         channel_last = litert_torch.to_channel_last_io(model, args=[0]).eval()
         return bytes(litert_torch.convert(channel_last, (torch.from_numpy(example_nhwc[:1].copy()),)).model_content())
@@ -136,11 +162,19 @@ def static_recipe(activation_bits: int, other_ops: list[str] = ()):
     from ai_edge_quantizer import qtyping, recipe_manager
 
     manager = recipe_manager.RecipeManager()
-    manager.add_static_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-                              activation_num_bits=activation_bits, weight_num_bits=8)
+    manager.add_static_config(
+        regex=".*",
+        operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+        activation_num_bits=activation_bits,
+        weight_num_bits=8,
+    )
     for op in other_ops:
-        manager.add_static_config(regex=".*", operation_name=qtyping.TFLOperationName(op),
-                                  activation_num_bits=16 if activation_bits == 8 else 8, weight_num_bits=8)
+        manager.add_static_config(
+            regex=".*",
+            operation_name=qtyping.TFLOperationName(op),
+            activation_num_bits=16 if activation_bits == 8 else 8,
+            weight_num_bits=8,
+        )
     return manager.get_quantization_recipe()
 
 
@@ -154,11 +188,15 @@ def check_int16_ops(fp32: bytes, int16_ops: list[str], name: str) -> list[str]:
     for raw in int16_ops:
         op = str(raw).upper()
         if op not in present:
-            raise ExportError(f"int8.int16_ops names {raw!r}, but the LiteRT graph of {name} has no {op} op "
-                              f"(its op types: {', '.join(sorted(present))})")
+            raise ExportError(
+                f"int8.int16_ops names {raw!r}, but the LiteRT graph of {name} has no {op} op "
+                f"(its op types: {', '.join(sorted(present))})"
+            )
         if not has_int16_config(op):
-            raise ExportError(f"int8.int16_ops names {op}, which has no int16 kernel configuration in "
-                              f"ai-edge-quantizer (it would leave the op unquantized)")
+            raise ExportError(
+                f"int8.int16_ops names {op}, which has no int16 kernel configuration in "
+                f"ai-edge-quantizer (it would leave the op unquantized)"
+            )
         ops.append(op)
     return ops
 
@@ -170,12 +208,16 @@ def has_int16_config(op: str) -> bool:
 
     config = qtyping.OpQuantizationConfig(
         activation_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, symmetric=True),
-        weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=8, symmetric=True,
-                                                              granularity=qtyping.QuantGranularity.CHANNELWISE),
-        compute_precision=qtyping.ComputePrecision.INTEGER, explicit_dequantize=False)
+        weight_tensor_config=qtyping.TensorQuantizationConfig(
+            num_bits=8, symmetric=True, granularity=qtyping.QuantGranularity.CHANNELWISE
+        ),
+        compute_precision=qtyping.ComputePrecision.INTEGER,
+        explicit_dequantize=False,
+    )
     try:
-        algorithm_manager.check_op_quantization_config(algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT,
-                                                       qtyping.TFLOperationName(op), config)
+        algorithm_manager.check_op_quantization_config(
+            algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT, qtyping.TFLOperationName(op), config
+        )
     except ValueError:  # an op type ai-edge-quantizer does not know, or one without an int16 configuration
         return False
     return True
@@ -209,8 +251,12 @@ def widened(recorded: dict, factor: float) -> dict:
     extremes, paid for with log2(factor) of int16's 16 bits (module docstring)."""
     if factor == 1.0:
         return recorded
-    return {t: ({**q, "min": np.asarray(q["min"]) * factor, "max": np.asarray(q["max"]) * factor} if q and "min" in q else q)
-            for t, q in recorded.items()}
+    return {
+        t: (
+            {**q, "min": np.asarray(q["min"]) * factor, "max": np.asarray(q["max"]) * factor} if q and "min" in q else q
+        )
+        for t, q in recorded.items()
+    }
 
 
 def _record_extremes(qsv: dict, new: dict) -> dict:
@@ -227,18 +273,26 @@ def _combined(qsv: dict, rule: str) -> dict:
         return qsv
     if "lows" not in qsv:  # seen in one image only
         qsv = {"lows": [qsv["min"]], "highs": [qsv["max"]]}
-    lo, hi = combine_extremes(rule, np.stack([np.asarray(v) for v in qsv["lows"]]), np.stack([np.asarray(v) for v in qsv["highs"]]))
+    lo, hi = combine_extremes(
+        rule, np.stack([np.asarray(v) for v in qsv["lows"]]), np.stack([np.asarray(v) for v in qsv["highs"]])
+    )
     return {"min": np.asarray(lo, np.float32), "max": np.asarray(hi, np.float32)}
 
 
 def quantize_static(fp32: bytes, ranges: dict, activation_bits: int, other_ops: list[str], name: str) -> bytes:
     from ai_edge_quantizer import quantizer
 
-    label = {8: "int8", 16: "int16x8"}[activation_bits] + (f" (other width for {', '.join(other_ops)})" if other_ops else "")
+    label = {8: "int8", 16: "int16x8"}[activation_bits] + (
+        f" (other width for {', '.join(other_ops)})" if other_ops else ""
+    )
     try:
-        return bytes(quantizer.Quantizer(fp32, static_recipe(activation_bits, other_ops)).quantize(ranges).quantized_model)
+        return bytes(
+            quantizer.Quantizer(fp32, static_recipe(activation_bits, other_ops)).quantize(ranges).quantized_model
+        )
     except Exception as exc:
-        raise ExportError(f"ai-edge-quantizer could not make the {label} model of {name}: {' '.join(str(exc).split())[:300]}") from None
+        raise ExportError(
+            f"ai-edge-quantizer could not make the {label} model of {name}: {' '.join(str(exc).split())[:300]}"
+        ) from None
 
 
 def _signature_input(model_bytes: bytes) -> tuple[str, str]:

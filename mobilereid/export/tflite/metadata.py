@@ -19,8 +19,19 @@ from ...errors import ExportError
 METADATA_NAME = "mobilereid"
 
 # what a device needs to run and match with the model, without the sidecar
-EMBEDDED_KEYS = ("format", "format_version", "created_by", "target", "runtime", "precision", "model", "preprocess",
-                 "input", "output", "matching")
+EMBEDDED_KEYS = (
+    "format",
+    "format_version",
+    "created_by",
+    "target",
+    "runtime",
+    "precision",
+    "model",
+    "preprocess",
+    "input",
+    "output",
+    "matching",
+)
 
 
 def _schema():

@@ -26,13 +26,15 @@ def _pads_for(n: int, k: int, s: int, begin: int, end: int, ceil: bool) -> tuple
 def zero_pad_relu_maxpools(model) -> int:
     """Rewrite, in place, every 2-D MaxPool with padding or ceil_mode whose input is produced by a Relu; returns how
     many were rewritten. Needs static input shapes (the project exports fixed-size graphs)."""
+    import numpy as np
     import onnx
     from onnx import helper, numpy_helper
-    import numpy as np
 
     inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    }
     producer = {out: node for node in model.graph.node for out in node.output}
     nodes, rewritten = [], 0
     for node in model.graph.node:
@@ -43,9 +45,16 @@ def zero_pad_relu_maxpools(model) -> int:
         pads, ceil = list(attrs.get("pads", [0, 0, 0, 0])), bool(attrs.get("ceil_mode", 0))
         src = producer.get(node.input[0])
         shape = shapes.get(node.input[0], [])
-        if (len(pads) != 4 or not (any(pads) or ceil) or src is None or src.op_type != "Relu"
-                or len(shape) != 4 or not all(shape[2:]) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
-                or any(d != 1 for d in attrs.get("dilations", [1, 1]))):
+        if (
+            len(pads) != 4
+            or not (any(pads) or ceil)
+            or src is None
+            or src.op_type != "Relu"
+            or len(shape) != 4
+            or not all(shape[2:])
+            or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
+            or any(d != 1 for d in attrs.get("dilations", [1, 1]))
+        ):
             nodes.append(node)
             continue
         (kh, kw), (sh, sw) = attrs["kernel_shape"], attrs.get("strides", [1, 1])
@@ -53,9 +62,13 @@ def zero_pad_relu_maxpools(model) -> int:
         left, right = _pads_for(shape[3], kw, sw, pads[1], pads[3], ceil)
         name = node.name or node.output[0]
         pad_value = f"{name}_zero_pads"
-        model.graph.initializer.append(numpy_helper.from_array(np.array([0, 0, top, left, 0, 0, bottom, right], np.int64), pad_value))
+        model.graph.initializer.append(
+            numpy_helper.from_array(np.array([0, 0, top, left, 0, 0, bottom, right], np.int64), pad_value)
+        )
         padded = f"{name}_zero_padded"
-        nodes.append(helper.make_node("Pad", [node.input[0], pad_value], [padded], name=f"{name}_zero_pad", mode="constant"))
+        nodes.append(
+            helper.make_node("Pad", [node.input[0], pad_value], [padded], name=f"{name}_zero_pad", mode="constant")
+        )
         kept = {k: v for k, v in attrs.items() if k not in ("pads", "ceil_mode", "auto_pad")}
         nodes.append(helper.make_node("MaxPool", [padded], list(node.output), name=name, **kept))
         rewritten += 1

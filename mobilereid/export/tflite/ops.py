@@ -54,7 +54,12 @@ def float_compute_ops(model_bytes: bytes) -> Counter:
     for name, op in zip(names, graph.operators if names else []):
         if name in ("QUANTIZE", "DEQUANTIZE"):
             continue
-        tensors = [i for i in list(op.inputs if op.inputs is not None else []) + list(op.outputs if op.outputs is not None else []) if i >= 0]
+        tensors = [
+            i
+            for i in list(op.inputs if op.inputs is not None else [])
+            + list(op.outputs if op.outputs is not None else [])
+            if i >= 0
+        ]
         if any(graph.tensors[i].type in floats for i in tensors):
             found[name] += 1
     return found

@@ -56,7 +56,9 @@ def breakdown_line(b: dict) -> str:
     """One human-readable line, e.g. for the benchmark table's notes."""
     kb = lambda n: f"{n / 1024:.0f} KiB"  # noqa: E731
     parts = [f"{name} constants {kb(n)}" for name, n in b["constant_bytes"].items()]
-    parts.append(f"quantization parameters {kb(b['quantization_parameter_bytes'])} "
-                 f"({b['per_channel_entries']} per-channel entries in {b['per_channel_tensors']} tensors)")
+    parts.append(
+        f"quantization parameters {kb(b['quantization_parameter_bytes'])} "
+        f"({b['per_channel_entries']} per-channel entries in {b['per_channel_tensors']} tensors)"
+    )
     parts.append(f"graph and metadata {kb(b['other_bytes'])}")
     return f"{kb(b['total_bytes'])}: " + ", ".join(parts)

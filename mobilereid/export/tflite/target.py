@@ -32,8 +32,17 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ExportError
-from ..activation_ranges import RULES as RANGE_RULES, apply_range_rule
-from ..common import ExportJob, Workdir, atomic_write_bytes, describe_artifact, tensor_spec, verify_artifact, write_sidecar
+from ..activation_ranges import RULES as RANGE_RULES
+from ..activation_ranges import apply_range_rule
+from ..common import (
+    ExportJob,
+    Workdir,
+    atomic_write_bytes,
+    describe_artifact,
+    tensor_spec,
+    verify_artifact,
+    write_sidecar,
+)
 from ..onnx_target import write_onnx
 from .metadata import METADATA_NAME, embed_metadata
 from .onnx_rewrites import zero_pad_relu_maxpools
@@ -52,8 +61,11 @@ def quiet():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     buf = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(buf), \
-            (contextlib.nullcontext() if verbose() else contextlib.redirect_stderr(buf)):
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(buf),
+        contextlib.nullcontext() if verbose() else contextlib.redirect_stderr(buf),
+    ):
         warnings.simplefilter("ignore")
         yield buf
 
@@ -88,10 +100,17 @@ def onnx_to_saved_model(job: ExportJob, onnx_path: Path, out_dir: Path) -> Path:
     try:
         with quiet() as log:
             try:
-                onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(out_dir), non_verbose=True,
-                                not_use_onnxsim=True, copy_onnx_input_output_names_to_tflite=True)
+                onnx2tf.convert(
+                    input_onnx_file_path=str(onnx_path),
+                    output_folder_path=str(out_dir),
+                    non_verbose=True,
+                    not_use_onnxsim=True,
+                    copy_onnx_input_output_names_to_tflite=True,
+                )
             except SystemExit:
-                raise ExportError(f"onnx2tf could not convert {job.stem}: {log.getvalue().strip().splitlines()[-1:] }") from None
+                raise ExportError(
+                    f"onnx2tf could not convert {job.stem}: {log.getvalue().strip().splitlines()[-1:]}"
+                ) from None
     finally:
         o2t_module.download_test_image_data = original
     if not (out_dir / "saved_model.pb").is_file():
@@ -101,9 +120,11 @@ def onnx_to_saved_model(job: ExportJob, onnx_path: Path, out_dir: Path) -> Path:
 
 def image_dataset(images_nhwc: np.ndarray):
     """A TF converter dataset (callable yielding single-image batches) over NHWC float images."""
+
     def gen():
         for x in images_nhwc:
             yield [x[None].astype(np.float32)]
+
     return gen
 
 
@@ -137,16 +158,26 @@ def convert_variant(saved_model: Path, variant: str, calib_nhwc: np.ndarray, qcf
     io_dtype = qcfg.get("io_dtype", "int8")
     rule = qcfg.get("activation_ranges", "default")
     if rule != "default":
-        return quantize_with_range_rule(conv, calib_nhwc[: int(qcfg.get("calibration_images", 64))], rule, io_dtype,
-                                        float_ops, float_nodes, bool(qcfg.get("per_channel", True)))
+        return quantize_with_range_rule(
+            conv,
+            calib_nhwc[: int(qcfg.get("calibration_images", 64))],
+            rule,
+            io_dtype,
+            float_ops,
+            float_nodes,
+            bool(qcfg.get("per_channel", True)),
+        )
     if float_ops or float_nodes:
         # selective quantization: named op types / layers (tensor names, from `mobilereid quant-sensitivity`)
         # stay float, so the model keeps float IO around them
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
         debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=conv, debug_dataset=conv.representative_dataset,
-            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=float_ops or None,
-                                                                         denylisted_nodes=float_nodes or None))
+            converter=conv,
+            debug_dataset=conv.representative_dataset,
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(
+                denylisted_ops=float_ops or None, denylisted_nodes=float_nodes or None
+            ),
+        )
         return debugger.get_nondebug_quantized_model()
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     if io_dtype != "float32":
@@ -155,8 +186,15 @@ def convert_variant(saved_model: Path, variant: str, calib_nhwc: np.ndarray, qcf
     return conv.convert()
 
 
-def quantize_with_range_rule(conv, images_nhwc: np.ndarray, rule: str, io_dtype: str, float_ops: list[str],
-                             float_nodes: list[str], per_channel: bool) -> bytes:
+def quantize_with_range_rule(
+    conv,
+    images_nhwc: np.ndarray,
+    rule: str,
+    io_dtype: str,
+    float_ops: list[str],
+    float_nodes: list[str],
+    per_channel: bool,
+) -> bytes:
     """Full-integer model whose activation ranges follow ``rule`` (`activation_ranges`): the converter calibrates
     only, the ranges are replaced, and TensorFlow's MLIR quantizer (the converter's own next step) quantizes.
     Named float ops/layers keep float IO around them, as in the converter path."""
@@ -166,9 +204,19 @@ def quantize_with_range_rule(conv, images_nhwc: np.ndarray, rule: str, io_dtype:
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv._experimental_calibrate_only = True
     calibrated = apply_range_rule(conv.convert(), images_nhwc, rule)
-    io = tf.float32 if float_ops or float_nodes or io_dtype == "float32" else {"int8": tf.int8, "uint8": tf.uint8}[io_dtype]
-    return mlir_quantize(calibrated, disable_per_channel=not per_channel, input_data_type=io, output_data_type=io,
-                         denylisted_ops=float_ops or None, denylisted_nodes=float_nodes or None)
+    io = (
+        tf.float32
+        if float_ops or float_nodes or io_dtype == "float32"
+        else {"int8": tf.int8, "uint8": tf.uint8}[io_dtype]
+    )
+    return mlir_quantize(
+        calibrated,
+        disable_per_channel=not per_channel,
+        input_data_type=io,
+        output_data_type=io,
+        denylisted_ops=float_ops or None,
+        denylisted_nodes=float_nodes or None,
+    )
 
 
 def io_specs(model_bytes: bytes) -> tuple[dict, dict]:
@@ -180,7 +228,9 @@ def io_specs(model_bytes: bytes) -> tuple[dict, dict]:
     def spec(d, layout):
         scale, zp = d["quantization"]
         dtype = np.dtype(d["dtype"]).name
-        return tensor_spec(d["name"], d["shape"], layout, dtype, (scale, zp) if dtype in ("int8", "uint8", "int16") and scale else None)
+        return tensor_spec(
+            d["name"], d["shape"], layout, dtype, (scale, zp) if dtype in ("int8", "uint8", "int16") and scale else None
+        )
 
     return spec(i, "NHWC"), spec(o, None)
 
@@ -188,8 +238,9 @@ def io_specs(model_bytes: bytes) -> tuple[dict, dict]:
 CONVERTERS = ("onnx2tf", "litert-torch")
 
 
-def build_tflite_variants(job: ExportJob, variants: list[str], qcfg: dict, workdir: Path,
-                          converter: str = "onnx2tf") -> dict[str, bytes]:
+def build_tflite_variants(
+    job: ExportJob, variants: list[str], qcfg: dict, workdir: Path, converter: str = "onnx2tf"
+) -> dict[str, bytes]:
     if converter not in CONVERTERS:
         raise ExportError(f"unknown TFLite converter {converter!r} (choose from {', '.join(CONVERTERS)})")
     for v in variants:
@@ -206,7 +257,9 @@ def build_tflite_variants(job: ExportJob, variants: list[str], qcfg: dict, workd
     if qcfg.get("activation_ranges") == "minmax":  # TensorFlow's converter records the extremes of all images itself
         qcfg = {**qcfg, "activation_ranges": "default"}
     if qcfg.get("activation_ranges", "default") not in RANGE_RULES:
-        raise ExportError(f"unknown int8.activation_ranges {qcfg['activation_ranges']!r} (choose from {', '.join(RANGE_RULES + ('minmax',))})")
+        raise ExportError(
+            f"unknown int8.activation_ranges {qcfg['activation_ranges']!r} (choose from {', '.join(RANGE_RULES + ('minmax',))})"
+        )
     saved = job.saved_model
     if saved is None or not (saved / "saved_model.pb").is_file():
         onnx_path = workdir / f"{job.stem}.onnx"
@@ -224,8 +277,10 @@ def build_tflite_variants(job: ExportJob, variants: list[str], qcfg: dict, workd
                 text = " ".join(str(exc).split())
                 needs_tf = select_tf_ops_in_error(text)
                 if needs_tf:
-                    raise ExportError(f"TFLite {v} conversion of {job.stem} needs Select-TF (Flex) ops {', '.join('Flex' + n for n in needs_tf)}, which builtin LiteRT cannot run"
-                                      + (" (exact GELU: rebuild with --opt gelu=tanh)" if "Erf" in needs_tf else "")) from None
+                    raise ExportError(
+                        f"TFLite {v} conversion of {job.stem} needs Select-TF (Flex) ops {', '.join('Flex' + n for n in needs_tf)}, which builtin LiteRT cannot run"
+                        + (" (exact GELU: rebuild with --opt gelu=tanh)" if "Erf" in needs_tf else "")
+                    ) from None
                 raise ExportError(f"TFLite {v} conversion of {job.stem} failed: {text[:400]}") from None
         _refuse_flex(job, v, data)
         out[v] = data
@@ -245,8 +300,10 @@ def select_tf_ops_in_error(text: str) -> list[str]:
 def _refuse_flex(job: ExportJob, variant: str, data: bytes) -> None:
     flex = flex_ops(data)
     if flex:
-        raise ExportError(f"TFLite {variant} model of {job.stem} needs Select-TF ops {', '.join(flex)}, which builtin LiteRT cannot run"
-                          + (" (exact GELU: rebuild with --opt gelu=tanh)" if "FlexErf" in flex else ""))
+        raise ExportError(
+            f"TFLite {variant} model of {job.stem} needs Select-TF ops {', '.join(flex)}, which builtin LiteRT cannot run"
+            + (" (exact GELU: rebuild with --opt gelu=tanh)" if "FlexErf" in flex else "")
+        )
 
 
 def converter_description(converter: str) -> str:
@@ -257,13 +314,22 @@ def converter_description(converter: str) -> str:
     return "onnx2tf 1.29.24 -> tf.lite.TFLiteConverter"
 
 
-def self_describing(job: ExportJob, data: bytes, *, target: str, runtime: str, precision: str, recipe: dict,
-                    extra: dict | None = None) -> tuple[bytes, dict]:
+def self_describing(
+    job: ExportJob, data: bytes, *, target: str, runtime: str, precision: str, recipe: dict, extra: dict | None = None
+) -> tuple[bytes, dict]:
     """The model with its description embedded as flatbuffer metadata (`tflite.metadata`), and that description
     (IO specs read from the model itself) for the sidecar. Shared by the tflite, edgetpu and tflm targets."""
     in_spec, out_spec = io_specs(data)
-    description = describe_artifact(job, target=target, runtime=runtime, precision=precision, input_spec=in_spec,
-                                    output_spec=out_spec, recipe=recipe, extra={**(extra or {}), "embedded_metadata": METADATA_NAME})
+    description = describe_artifact(
+        job,
+        target=target,
+        runtime=runtime,
+        precision=precision,
+        input_spec=in_spec,
+        output_spec=out_spec,
+        recipe=recipe,
+        extra={**(extra or {}), "embedded_metadata": METADATA_NAME},
+    )
     return embed_metadata(data, description), description
 
 
@@ -285,11 +351,18 @@ def export_tflite(job: ExportJob, recipe: dict) -> list[dict]:
                 extra["graph_rewrites"] = list(job.graph_rewrites[variant])
         if mixed:
             extra["int16_ops"] = int16_ops
-        data, description = self_describing(job, data, target="tflite", runtime="litert", precision=precision, recipe=recipe,
-                                            extra=extra)
+        data, description = self_describing(
+            job, data, target="tflite", runtime="litert", precision=precision, recipe=recipe, extra=extra
+        )
         atomic_write_bytes(out, data)
         meta = write_sidecar(job, out, description=description)
         verification = verify_artifact(job, out, meta, recipe["verify"]["min_cosine"])
-        results.append({"artifact": out, "precision": precision, "verification": verification,
-                        **({"float_ops_left": extra["float_ops_left"]} if "float_ops_left" in extra else {})})
+        results.append(
+            {
+                "artifact": out,
+                "precision": precision,
+                "verification": verification,
+                **({"float_ops_left": extra["float_ops_left"]} if "float_ops_left" in extra else {}),
+            }
+        )
     return results

@@ -41,8 +41,20 @@ def _model(model_bytes: bytes):
 def _dtype_sizes() -> dict[int, int]:
     from tensorflow.lite.python import schema_py_generated as schema
 
-    sizes = {"FLOAT32": 4, "FLOAT16": 2, "INT32": 4, "UINT8": 1, "INT64": 8, "BOOL": 1, "INT16": 2, "INT8": 1,
-             "FLOAT64": 8, "UINT32": 4, "UINT16": 2, "INT4": 1}
+    sizes = {
+        "FLOAT32": 4,
+        "FLOAT16": 2,
+        "INT32": 4,
+        "UINT8": 1,
+        "INT64": 8,
+        "BOOL": 1,
+        "INT16": 2,
+        "INT8": 1,
+        "FLOAT64": 8,
+        "UINT32": 4,
+        "UINT16": 2,
+        "INT4": 1,
+    }
     return {getattr(schema.TensorType, k): v for k, v in sizes.items() if hasattr(schema.TensorType, k)}
 
 
@@ -54,7 +66,10 @@ class _Graph:
         sg = model.subgraphs[0]
         sizes = _dtype_sizes()
         self.model, self.subgraph = model, sg
-        self.names = [t.name.decode() if isinstance(t.name, bytes) else str(t.name or f"tensor{i}") for i, t in enumerate(sg.tensors)]
+        self.names = [
+            t.name.decode() if isinstance(t.name, bytes) else str(t.name or f"tensor{i}")
+            for i, t in enumerate(sg.tensors)
+        ]
         self.shapes = [[int(s) for s in t.shape] if t.shape is not None else [] for t in sg.tensors]
 
         def constant(i):
@@ -69,8 +84,12 @@ class _Graph:
                 self.bytes[i] = -(-n * sizes.get(t.type, 4) // _ALIGN) * _ALIGN
         ops = sg.operators or []
         self.n_ops = len(ops)
-        self.reads = [[i for i in (op.inputs if op.inputs is not None else []) if i >= 0 and i in self.bytes] for op in ops]
-        self.writes = [[i for i in (op.outputs if op.outputs is not None else []) if i >= 0 and i in self.bytes] for op in ops]
+        self.reads = [
+            [i for i in (op.inputs if op.inputs is not None else []) if i >= 0 and i in self.bytes] for op in ops
+        ]
+        self.writes = [
+            [i for i in (op.outputs if op.outputs is not None else []) if i >= 0 and i in self.bytes] for op in ops
+        ]
         self.inputs = [i for i in sg.inputs if i in self.bytes]
         self.outputs = set(int(i) for i in sg.outputs)
         self.producer = {t: k for k, outs in enumerate(self.writes) for t in outs}
@@ -111,9 +130,18 @@ def peak_breakdown(model_bytes: bytes, names_from: bytes | None = None, top: int
     from ..tflite.ops import op_names
 
     ops = op_names(model_bytes)
-    rows = sorted(({"tensor": named.names[t], "shape": g.shapes[t], "bytes": g.bytes[t],
-                    "written_by": f"#{g.producer[t]} {ops[g.producer[t]]}" if t in g.producer else "graph input"}
-                   for t in live), key=lambda r: -r["bytes"])
+    rows = sorted(
+        (
+            {
+                "tensor": named.names[t],
+                "shape": g.shapes[t],
+                "bytes": g.bytes[t],
+                "written_by": f"#{g.producer[t]} {ops[g.producer[t]]}" if t in g.producer else "graph input",
+            }
+            for t in live
+        ),
+        key=lambda r: -r["bytes"],
+    )
     return {"peak_bytes": int(total), "step": step, "op": ops[step], "live_tensors": len(rows), "live": rows[:top]}
 
 
@@ -128,7 +156,12 @@ def reorder_for_memory(model_bytes: bytes, max_states: int = 200_000) -> tuple[b
     order, method = _best_order(g, max_states)
     after = g.peak(order)
     if after >= before:
-        return model_bytes, {"peak_bytes_before": before, "peak_bytes_after": before, "method": method, "reordered": False}
+        return model_bytes, {
+            "peak_bytes_before": before,
+            "peak_bytes_after": before,
+            "method": method,
+            "reordered": False,
+        }
     sg = g.subgraph
     sg.operators = [sg.operators[k] for k in order]
     data = bytes(flatbuffer_utils.convert_object_to_bytearray(g.model))
@@ -213,12 +246,16 @@ runtime.Interpreter.from_file(sys.argv[1], arena_size=int(sys.argv[2])).print_al
 def measured_arena_sections(path: Path, arena: int) -> dict:
     """TFLM's recording allocator, asked in a child process (it prints from C++): the planned head (live tensors),
     the persistent tail and what the tail holds, in bytes."""
-    proc = subprocess.run([sys.executable, "-c", _PRINT_ALLOCATIONS, str(path), str(arena)], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PRINT_ALLOCATIONS, str(path), str(arena)], capture_output=True, text=True, timeout=300
+    )
     text = proc.stdout + proc.stderr
     sections = {k: int(v) for k, v in _SECTION.findall(text)}
     if proc.returncode != 0 or "head" not in sections:
         raise ExportError(f"{path.name}: TFLite Micro's recording allocator gave no arena breakdown")
-    return {"planned_head_bytes": sections["head"], "persistent_tail_bytes": sections["tail"],
-            "total_bytes": sections.get("total", sections["head"] + sections["tail"]),
-            "tail_parts": {k: int(v) for k, v in _USE.findall(text)}}
+    return {
+        "planned_head_bytes": sections["head"],
+        "persistent_tail_bytes": sections["tail"],
+        "total_bytes": sections.get("total", sections["head"] + sections["tail"]),
+        "tail_parts": {k: int(v) for k, v in _USE.findall(text)},
+    }

@@ -8,7 +8,6 @@ rest (graph, metadata); RAM split into TFLM's planned tensors and its persistent
 from __future__ import annotations
 
 
-
 def plot_tflm_memory(t: dict, title: str) -> bytes:
     """The PNG bytes (the exporter writes them atomically, like every artifact)."""
     import io
@@ -21,7 +20,10 @@ def plot_tflm_memory(t: dict, title: str) -> bytes:
     b, size = t["board"], t["size"]
     kb = 1024.0
     flash = [(f"{dtype} constants", n) for dtype, n in size["constant_bytes"].items()]
-    flash += [("quantization parameters", size["quantization_parameter_bytes"]), ("graph and metadata", size["other_bytes"])]
+    flash += [
+        ("quantization parameters", size["quantization_parameter_bytes"]),
+        ("graph and metadata", size["other_bytes"]),
+    ]
     measured = t["arena"]["measured"]
     ram = [("planned tensors (live activations)", measured["planned_head_bytes"])]
     tail = sorted(measured["tail_parts"].items(), key=lambda kv: -kv[1])
@@ -36,11 +38,19 @@ def plot_tflm_memory(t: dict, title: str) -> bytes:
         for i, (name, n) in enumerate(parts):
             if n < 512:
                 continue
-            ax.barh(row, n / kb, left=left, color=colours[(i + 6 * row) % len(colours)], edgecolor="white",
-                    label=f"{label}: {name} ({n / kb:.0f} KB)")
+            ax.barh(
+                row,
+                n / kb,
+                left=left,
+                color=colours[(i + 6 * row) % len(colours)],
+                edgecolor="white",
+                label=f"{label}: {name} ({n / kb:.0f} KB)",
+            )
             left += n / kb
         ax.plot([budgets[label]] * 2, [row - 0.45, row + 0.45], color="black", linewidth=2)
-        ax.annotate(f"budget {budgets[label]:.0f} KB", (budgets[label], row + 0.45), fontsize=7, ha="center", va="bottom")
+        ax.annotate(
+            f"budget {budgets[label]:.0f} KB", (budgets[label], row + 0.45), fontsize=7, ha="center", va="bottom"
+        )
     ax.set_yticks([0, 1], ["flash", "RAM (arena)"])
     ax.set_xlabel("KB")
     ax.set_title(f"{title}: TFLite Micro memory on {b['name']}", fontsize=9)

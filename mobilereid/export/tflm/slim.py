@@ -35,7 +35,13 @@ def slim_for_micro(model_bytes: bytes) -> tuple[bytes, dict]:
     biases = set()
     for subgraph_index, subgraph in enumerate(model.subgraphs):
         for k, op in enumerate(subgraph.operators or []):
-            if subgraph_index == 0 and ops[k] in _BIAS_OPS and op.inputs is not None and len(op.inputs) > 2 and op.inputs[2] >= 0:
+            if (
+                subgraph_index == 0
+                and ops[k] in _BIAS_OPS
+                and op.inputs is not None
+                and len(op.inputs) > 2
+                and op.inputs[2] >= 0
+            ):
                 bias = subgraph.tensors[op.inputs[2]]
                 if bias.type == schema.TensorType.INT32:
                     biases.add((subgraph_index, int(op.inputs[2])))
@@ -59,7 +65,12 @@ def slim_for_micro(model_bytes: bytes) -> tuple[bytes, dict]:
     flatbuffer_utils.strip_strings(model)
     dropped_buffers = _drop_unused_buffers(model)
     data = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-    return data, {**counts, "unused_buffers": dropped_buffers, "bytes_before": len(model_bytes), "bytes_after": len(data)}
+    return data, {
+        **counts,
+        "unused_buffers": dropped_buffers,
+        "bytes_before": len(model_bytes),
+        "bytes_after": len(data),
+    }
 
 
 def _drop_unused_buffers(model) -> int:

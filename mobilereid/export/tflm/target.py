@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ExportError
-from ..common import ExportJob, Workdir, atomic_write_bytes, verify_artifact, write_sidecar, _write_json
+from ..common import ExportJob, Workdir, _write_json, atomic_write_bytes, verify_artifact, write_sidecar
 from ..recipes import RECIPE_DIR
 from ..tflite.ops import op_names
 from ..tflite.size import size_breakdown
@@ -39,15 +39,94 @@ from .plot import plot_tflm_memory
 from .slim import slim_for_micro
 
 TFLM_OPS = {
-    "ABS", "ADD", "ADD_N", "ARG_MAX", "ARG_MIN", "AVERAGE_POOL_2D", "BATCH_MATMUL", "BATCH_TO_SPACE_ND", "BROADCAST_ARGS",
-    "BROADCAST_TO", "CAST", "CEIL", "CONCATENATION", "CONV_2D", "COS", "CUMSUM", "DEPTH_TO_SPACE", "DEPTHWISE_CONV_2D",
-    "DEQUANTIZE", "DIV", "ELU", "EQUAL", "EXP", "EXPAND_DIMS", "FILL", "FLOOR", "FLOOR_DIV", "FLOOR_MOD", "FULLY_CONNECTED",
-    "GATHER", "GATHER_ND", "GREATER", "GREATER_EQUAL", "HARD_SWISH", "L2_NORMALIZATION", "L2_POOL_2D", "LEAKY_RELU", "LESS",
-    "LESS_EQUAL", "LOG", "LOGICAL_AND", "LOGICAL_NOT", "LOGICAL_OR", "LOGISTIC", "LOG_SOFTMAX", "MAXIMUM", "MAX_POOL_2D",
-    "MEAN", "MINIMUM", "MIRROR_PAD", "MUL", "NEG", "NOT_EQUAL", "PACK", "PAD", "PADV2", "PRELU", "QUANTIZE", "REDUCE_MAX",
-    "RELU", "RELU6", "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "ROUND", "RSQRT", "SELECT_V2", "SHAPE", "SIN",
-    "SLICE", "SOFTMAX", "SPACE_TO_BATCH_ND", "SPACE_TO_DEPTH", "SPLIT", "SPLIT_V", "SQRT", "SQUARE", "SQUARED_DIFFERENCE",
-    "SQUEEZE", "STRIDED_SLICE", "SUB", "SUM", "SVDF", "TANH", "TRANSPOSE", "TRANSPOSE_CONV", "UNPACK", "ZEROS_LIKE",
+    "ABS",
+    "ADD",
+    "ADD_N",
+    "ARG_MAX",
+    "ARG_MIN",
+    "AVERAGE_POOL_2D",
+    "BATCH_MATMUL",
+    "BATCH_TO_SPACE_ND",
+    "BROADCAST_ARGS",
+    "BROADCAST_TO",
+    "CAST",
+    "CEIL",
+    "CONCATENATION",
+    "CONV_2D",
+    "COS",
+    "CUMSUM",
+    "DEPTH_TO_SPACE",
+    "DEPTHWISE_CONV_2D",
+    "DEQUANTIZE",
+    "DIV",
+    "ELU",
+    "EQUAL",
+    "EXP",
+    "EXPAND_DIMS",
+    "FILL",
+    "FLOOR",
+    "FLOOR_DIV",
+    "FLOOR_MOD",
+    "FULLY_CONNECTED",
+    "GATHER",
+    "GATHER_ND",
+    "GREATER",
+    "GREATER_EQUAL",
+    "HARD_SWISH",
+    "L2_NORMALIZATION",
+    "L2_POOL_2D",
+    "LEAKY_RELU",
+    "LESS",
+    "LESS_EQUAL",
+    "LOG",
+    "LOGICAL_AND",
+    "LOGICAL_NOT",
+    "LOGICAL_OR",
+    "LOGISTIC",
+    "LOG_SOFTMAX",
+    "MAXIMUM",
+    "MAX_POOL_2D",
+    "MEAN",
+    "MINIMUM",
+    "MIRROR_PAD",
+    "MUL",
+    "NEG",
+    "NOT_EQUAL",
+    "PACK",
+    "PAD",
+    "PADV2",
+    "PRELU",
+    "QUANTIZE",
+    "REDUCE_MAX",
+    "RELU",
+    "RELU6",
+    "RESHAPE",
+    "RESIZE_BILINEAR",
+    "RESIZE_NEAREST_NEIGHBOR",
+    "ROUND",
+    "RSQRT",
+    "SELECT_V2",
+    "SHAPE",
+    "SIN",
+    "SLICE",
+    "SOFTMAX",
+    "SPACE_TO_BATCH_ND",
+    "SPACE_TO_DEPTH",
+    "SPLIT",
+    "SPLIT_V",
+    "SQRT",
+    "SQUARE",
+    "SQUARED_DIFFERENCE",
+    "SQUEEZE",
+    "STRIDED_SLICE",
+    "SUB",
+    "SUM",
+    "SVDF",
+    "TANH",
+    "TRANSPOSE",
+    "TRANSPOSE_CONV",
+    "UNPACK",
+    "ZEROS_LIKE",
 }
 
 
@@ -80,7 +159,9 @@ def check_ops(model_bytes: bytes, stem: str) -> list[str]:
     ops = op_names(model_bytes)
     bad = sorted({o for o in ops if o not in TFLM_OPS})
     if bad:
-        raise ExportError(f"{stem}: TFLite Micro has no kernel for {', '.join(bad)}; this model cannot run on a microcontroller")
+        raise ExportError(
+            f"{stem}: TFLite Micro has no kernel for {', '.join(bad)}; this model cannot run on a microcontroller"
+        )
     return ops
 
 
@@ -108,7 +189,9 @@ def find_arena(path: Path, start: int = 16 << 10, limit: int = 64 << 20, step: i
     while not _runs(path, hi):
         hi *= 2
         if hi > limit:
-            raise ExportError(f"{path.name}: the TFLite Micro interpreter could not run it even with a {limit >> 20} MB arena")
+            raise ExportError(
+                f"{path.name}: the TFLite Micro interpreter could not run it even with a {limit >> 20} MB arena"
+            )
     lo = hi // 2 if hi > start else 0
     while hi - lo > step:
         mid = (lo + hi) // 2 // step * step
@@ -142,10 +225,10 @@ extern const unsigned char {ident}_model_data[];
 extern const unsigned int {ident}_model_data_len;
 
 constexpr size_t {ident}_arena_size = {arena};  // measured in the TFLite Micro interpreter (host), bytes
-constexpr int {ident}_input_dims[] = {{{dims(in_spec['shape'])}}};  // NHWC
+constexpr int {ident}_input_dims[] = {{{dims(in_spec["shape"])}}};  // NHWC
 constexpr float {ident}_input_scale = {isc!r}f;
 constexpr int {ident}_input_zero_point = {izp};
-constexpr int {ident}_output_dims[] = {{{dims(out_spec['shape'])}}};
+constexpr int {ident}_output_dims[] = {{{dims(out_spec["shape"])}}};
 constexpr float {ident}_output_scale = {osc!r}f;
 constexpr int {ident}_output_zero_point = {ozp};
 
@@ -168,7 +251,9 @@ def _quantized_inputs(job: ExportJob, in_spec: dict) -> list[np.ndarray]:
     from ...data.preprocess import quantize
 
     q = in_spec["quantization"]
-    return [np.ascontiguousarray(quantize(img.transpose(1, 2, 0)[None], q["scale"], q["zero_point"])) for img in job.verify]
+    return [
+        np.ascontiguousarray(quantize(img.transpose(1, 2, 0)[None], q["scale"], q["zero_point"])) for img in job.verify
+    ]
 
 
 def _litert_interpreters(job: ExportJob, data: bytes):
@@ -180,8 +265,10 @@ def _litert_interpreters(job: ExportJob, data: bytes):
     try:
         lite.allocate_tensors()
     except RuntimeError as exc:
-        raise ExportError(f"{job.stem}: LiteRT's XNNPACK delegate cannot prepare the full-integer model "
-                          f"({' '.join(str(exc).split())[:160]}); no TFLite Micro artifact written") from None
+        raise ExportError(
+            f"{job.stem}: LiteRT's XNNPACK delegate cannot prepare the full-integer model "
+            f"({' '.join(str(exc).split())[:160]}); no TFLite Micro artifact written"
+        ) from None
     try:
         from ai_edge_litert.interpreter import OpResolverType
 
@@ -204,7 +291,9 @@ def _run_micro(interp, x: np.ndarray) -> np.ndarray:
     return interp.get_output(0).astype(np.int32)
 
 
-def compare_runtimes(job: ExportJob, full: bytes, final: bytes, final_path: Path, arena: int, inputs: list[np.ndarray]) -> dict:
+def compare_runtimes(
+    job: ExportJob, full: bytes, final: bytes, final_path: Path, arena: int, inputs: list[np.ndarray]
+) -> dict:
     """TFLM runs the artifact; its outputs must equal TFLM's on the model before slimming (bit for bit) and stay
     within 1 LSB of LiteRT's reference kernels (the same reference maths); the gap to LiteRT's XNNPACK kernels
     (different rounding) is reported. Returns the LSB figures and the host latencies of the artifact."""
@@ -220,15 +309,23 @@ def compare_runtimes(job: ExportJob, full: bytes, final: bytes, final_path: Path
         a = _run_micro(micro, x)
         times.append((time.perf_counter() - t0) * 1000)
         if unslimmed is not None and not np.array_equal(a, _run_micro(unslimmed, x)):
-            raise ExportError(f"{job.stem}: the slimmed TFLite Micro model gives different outputs from the full one; "
-                              "set [micro] slim = false in the recipe and report this")
+            raise ExportError(
+                f"{job.stem}: the slimmed TFLite Micro model gives different outputs from the full one; "
+                "set [micro] slim = false in the recipe and report this"
+            )
         max_lsb = max(max_lsb, int(np.abs(a - _run_litert(lite, x)).max()))
         if ref is not None:
             max_lsb_ref = max(max_lsb_ref, int(np.abs(a - _run_litert(ref, x)).max()))
     if ref is not None and max_lsb_ref > 1:
-        raise ExportError(f"{job.stem}: TFLite Micro output differs from LiteRT's reference kernels by {max_lsb_ref} LSB (more than 1)")
-    return {"max_output_lsb_vs_litert": max_lsb, "max_output_lsb_vs_litert_reference_kernels": max_lsb_ref,
-            "slim_outputs_identical": unslimmed is not None, "host_latency_ms_median": float(np.median(times))}
+        raise ExportError(
+            f"{job.stem}: TFLite Micro output differs from LiteRT's reference kernels by {max_lsb_ref} LSB (more than 1)"
+        )
+    return {
+        "max_output_lsb_vs_litert": max_lsb,
+        "max_output_lsb_vs_litert_reference_kernels": max_lsb_ref,
+        "slim_outputs_identical": unslimmed is not None,
+        "host_latency_ms_median": float(np.median(times)),
+    }
 
 
 def mcu_latency_estimate(board: dict, macs: int) -> dict | None:
@@ -236,9 +333,13 @@ def mcu_latency_estimate(board: dict, macs: int) -> dict | None:
     clock, per_cycle = board.get("clock_mhz"), board.get("int8_macs_per_cycle")
     if not clock or not per_cycle:
         return None
-    return {"ms": macs / (per_cycle * clock * 1e6) * 1e3, "clock_mhz": clock, "int8_macs_per_cycle": per_cycle,
-            "note": f"estimate, not measured: {macs / 1e6:.1f} MMAC at an assumed {per_cycle} int8 MAC/cycle "
-                    f"(CMSIS-NN-class kernels) and {clock} MHz (mobilereid/recipes/boards.toml says where the assumption comes from)"}
+    return {
+        "ms": macs / (per_cycle * clock * 1e6) * 1e3,
+        "clock_mhz": clock,
+        "int8_macs_per_cycle": per_cycle,
+        "note": f"estimate, not measured: {macs / 1e6:.1f} MMAC at an assumed {per_cycle} int8 MAC/cycle "
+        f"(CMSIS-NN-class kernels) and {clock} MHz (mobilereid/recipes/boards.toml says where the assumption comes from)",
+    }
 
 
 def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> list[dict]:
@@ -251,7 +352,9 @@ def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> 
         converted = build_tflite_variants(job, ["int8"], qcfg, tmp)["int8"]
         ops = check_ops(converted, job.stem)
         # the description travels inside the flatbuffer (and so inside the C array); it counts in the flash budget
-        converted, description = self_describing(job, converted, target="tflm", runtime="tflite-micro", precision="int8", recipe=recipe)
+        converted, description = self_describing(
+            job, converted, target="tflm", runtime="tflite-micro", precision="int8", recipe=recipe
+        )
         in_spec, out_spec = description["input"], description["output"]
         full, order = reorder_for_memory(converted) if micro["reorder_operators"] else (converted, {"reordered": False})
         data, slim = slim_for_micro(full) if micro["slim"] else (full, None)
@@ -269,9 +372,13 @@ def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> 
     ram_budget = (board["ram_kb"] - board["reserve_ram_kb"]) * 1024
     problems = []
     if len(data) > flash_budget:
-        problems.append(f"model needs {len(data) / 1024:.0f} KB flash, {board['name']} leaves {flash_budget / 1024:.0f} KB (short by {(len(data) - flash_budget) / 1024:.0f} KB)")
+        problems.append(
+            f"model needs {len(data) / 1024:.0f} KB flash, {board['name']} leaves {flash_budget / 1024:.0f} KB (short by {(len(data) - flash_budget) / 1024:.0f} KB)"
+        )
     if arena > ram_budget:
-        problems.append(f"arena needs {arena / 1024:.0f} KB RAM, {board['name']} leaves {ram_budget / 1024:.0f} KB (short by {(arena - ram_budget) / 1024:.0f} KB)")
+        problems.append(
+            f"arena needs {arena / 1024:.0f} KB RAM, {board['name']} leaves {ram_budget / 1024:.0f} KB (short by {(arena - ram_budget) / 1024:.0f} KB)"
+        )
     if problems:
         raise ExportError(f"{job.stem} does not fit board {board['name']}: " + "; ".join(problems))
     out = job.out_dir / f"{job.stem}_tflm_int8.tflite"
@@ -282,10 +389,20 @@ def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> 
     from ...flops import count_macs
 
     macs = int(count_macs(job.model))
-    tflm = {"board": board, "flash_bytes": len(data), "arena_bytes": arena, "macs": macs, "ops": sorted(set(ops)),
-            **checks, "latency_note": "TFLite Micro interpreter on the host CPU, not an MCU",
-            "mcu_latency_estimate": mcu_latency_estimate(board, macs), "operator_order": order, "slim": slim,
-            "size": size_breakdown(data), "arena": memory}
+    tflm = {
+        "board": board,
+        "flash_bytes": len(data),
+        "arena_bytes": arena,
+        "macs": macs,
+        "ops": sorted(set(ops)),
+        **checks,
+        "latency_note": "TFLite Micro interpreter on the host CPU, not an MCU",
+        "mcu_latency_estimate": mcu_latency_estimate(board, macs),
+        "operator_order": order,
+        "slim": slim,
+        "size": size_breakdown(data),
+        "arena": memory,
+    }
     meta = write_sidecar(job, out, description={**description, "tflm": tflm})
     verification = verify_artifact(job, out, meta, recipe["verify"]["min_cosine"])
     _write_json(job.out_dir / f"{job.stem}_tflm_report.json", {**tflm, "verification": verification})
@@ -298,27 +415,43 @@ def tflm_notes(t: dict) -> list[str]:
     agreement with LiteRT, host latency and the MCU estimate (labelled as such)."""
     kb = lambda n: f"{n / 1024:.0f} KB"  # noqa: E731
     b = t["board"]
-    lines = [f"TFLite Micro ({b['name']}): flash {kb(t['flash_bytes'])} of {kb((b['flash_kb'] - b['reserve_flash_kb']) * 1024)}, "
-             f"arena {kb(t['arena_bytes'])} of {kb((b['ram_kb'] - b['reserve_ram_kb']) * 1024)}, {t['macs'] / 1e6:.1f} MMAC"]
+    lines = [
+        f"TFLite Micro ({b['name']}): flash {kb(t['flash_bytes'])} of {kb((b['flash_kb'] - b['reserve_flash_kb']) * 1024)}, "
+        f"arena {kb(t['arena_bytes'])} of {kb((b['ram_kb'] - b['reserve_ram_kb']) * 1024)}, {t['macs'] / 1e6:.1f} MMAC"
+    ]
     arena = t.get("arena")
     if arena:
         m, p = arena["measured"], arena["peak"]
-        parts = ", ".join(f"{k} {kb(v)}" for k, v in sorted(m["tail_parts"].items(), key=lambda kv: -kv[1]) if v >= 1024)
-        lines.append(f"  arena = planned tensors {kb(m['planned_head_bytes'])} + persistent {kb(m['persistent_tail_bytes'])} ({parts})")
-        live = "; ".join(f"{'x'.join(str(s) for s in r['shape'])} {kb(r['bytes'])} from {r['written_by']}" for r in p["live"])
-        lines.append(f"  peak at op #{p['step']} {p['op']}: {p['live_tensors']} tensors live, {kb(p['peak_bytes'])}: {live}")
+        parts = ", ".join(
+            f"{k} {kb(v)}" for k, v in sorted(m["tail_parts"].items(), key=lambda kv: -kv[1]) if v >= 1024
+        )
+        lines.append(
+            f"  arena = planned tensors {kb(m['planned_head_bytes'])} + persistent {kb(m['persistent_tail_bytes'])} ({parts})"
+        )
+        live = "; ".join(
+            f"{'x'.join(str(s) for s in r['shape'])} {kb(r['bytes'])} from {r['written_by']}" for r in p["live"]
+        )
+        lines.append(
+            f"  peak at op #{p['step']} {p['op']}: {p['live_tensors']} tensors live, {kb(p['peak_bytes'])}: {live}"
+        )
     order = t.get("operator_order") or {}
     if order.get("reordered"):
-        lines.append(f"  operator reordering: arena {kb(order['arena_bytes_converter_order'])} in the converter's order -> "
-                     f"{kb(order['arena_bytes'])} ({order['method']} least-peak order, same outputs)")
+        lines.append(
+            f"  operator reordering: arena {kb(order['arena_bytes_converter_order'])} in the converter's order -> "
+            f"{kb(order['arena_bytes'])} ({order['method']} least-peak order, same outputs)"
+        )
     if t.get("slim"):
         s = t["slim"]
-        lines.append(f"  slimmed for TFLM: {kb(s['bytes_before'])} -> {kb(s['bytes_after'])} ({s['zero_point_entries']} zero points, "
-                     f"{s['bias_quantization_entries']} bias quantization entries, names, {s['unused_buffers']} unused buffers dropped; "
-                     "bit-identical outputs in TFLM)")
-    lines.append(f"  max {t['max_output_lsb_vs_litert_reference_kernels']} LSB from LiteRT reference kernels "
-                 f"({t['max_output_lsb_vs_litert']} from XNNPACK); host latency {t['host_latency_ms_median']:.1f} ms "
-                 "(TFLM interpreter on this x86 host, not an MCU)")
+        lines.append(
+            f"  slimmed for TFLM: {kb(s['bytes_before'])} -> {kb(s['bytes_after'])} ({s['zero_point_entries']} zero points, "
+            f"{s['bias_quantization_entries']} bias quantization entries, names, {s['unused_buffers']} unused buffers dropped; "
+            "bit-identical outputs in TFLM)"
+        )
+    lines.append(
+        f"  max {t['max_output_lsb_vs_litert_reference_kernels']} LSB from LiteRT reference kernels "
+        f"({t['max_output_lsb_vs_litert']} from XNNPACK); host latency {t['host_latency_ms_median']:.1f} ms "
+        "(TFLM interpreter on this x86 host, not an MCU)"
+    )
     est = t.get("mcu_latency_estimate")
     if est:
         lines.append(f"  MCU latency ~{est['ms']:.0f} ms on {b['name']}: {est['note']}")
