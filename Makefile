@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-deps clean
+.PHONY: setup run test test-fast lint docs test-deps clean
 
 setup: $(STAMP)
 
@@ -28,13 +28,14 @@ KOTLINC := android_demo/tools/node_modules/kotlin-compiler/bin/kotlinc
 
 # System tools the tests use, installed when running as root: a real sshd on localhost for the ssh evaluator
 # (Debian's openssh-server), JUnit 5's console launcher (Debian's junit5) and a JDK for the Android demo's Kotlin
-# core; the Kotlin compiler itself comes from npm, pinned by android_demo/tools/package-lock.json; the emulated
+# core, a headless browser that opens report.html (Debian's chromium); the Kotlin compiler itself comes from npm, pinned by android_demo/tools/package-lock.json; the emulated
 # arm64 board (debootstrap + qemu-user 10 from Debian, aarch64 wheels from PyPI).
 test-deps: setup $(KOTLINC)
 	@missing=""; \
 	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	[ -f /usr/share/java/junit-platform-console-standalone.jar ] || missing="$$missing junit5"; \
 	command -v javac >/dev/null || missing="$$missing default-jdk-headless"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	@# the emulated arm64 board (tests/test_arm64.py): built once into ~/.cache/mobilereid/arm64 (~8 min, ~450 MB),
@@ -49,6 +50,20 @@ $(KOTLINC): android_demo/tools/package-lock.json
 # two workers, one test file each at a time (module fixtures that share exported artifacts stay in one worker)
 test: setup test-deps
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# the edit loop: everything but the converter and end-to-end tests (CI runs `make lint` and the whole `make test`)
+test-fast: setup
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not convert and not e2e"
+
+# ruff check + format check (line length 120, pyproject.toml), and the generated reference pages of docs/ in date
+lint: setup
+	$(BIN)/ruff check mobilereid tests scripts
+	$(BIN)/ruff format --check mobilereid tests scripts
+	$(BIN)/python scripts/gen_docs.py --check
+
+# rewrite the generated docs pages (cli, pipeline-config, recipes, targets) from the code
+docs: setup
+	$(BIN)/python scripts/gen_docs.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -22,8 +22,9 @@ Choices (measured by the arm64 probe of this round, shared/arm64/PROBE.md, and r
   folder is a hazard for anyone who deletes that folder). qemu 10 emulates ``/proc/cpuinfo`` itself; a fake
   ``/sys/devices/system/cpu`` with the model's MIDR is written for cpuinfo-reading code.
 * **Disk and time**: 466 MB in all (root, wheels, qemu binary), 4.7 min from nothing on a 2-core host (measured;
-  the debootstrap second stage under emulation is most of it). The ExecuTorch runtime is not installed: on aarch64 it needs torch, whose PyPI wheel pulls 2.7 GB
-  of CUDA wheels (the probe replaced them with generated stub libraries; not carried over, see the README).
+  the debootstrap second stage under emulation is most of it). The ExecuTorch runtime is not installed: on aarch64
+  it needs torch, whose PyPI wheel pulls 2.7 GB of CUDA wheels (the probe replaced them with generated stub
+  libraries; not carried over, see the README).
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ class Arm64Board:
             )
         if os.geteuid() != 0:
             raise BoardError(
-                "board setup needs root (apt, binfmt_misc, debootstrap, chroot): run `sudo mobilereid board setup arm64`"
+                "board setup needs root (apt, binfmt_misc, debootstrap, chroot): "
+                "run `sudo mobilereid board setup arm64`"
             )
         for tool in ("apt-get", "dpkg"):
             if shutil.which(tool) is None:
@@ -158,7 +160,8 @@ class Arm64Board:
         step(f"3/6 binfmt_misc entry {BINFMT_NAME} ({qemu_version})")
         self._register_binfmt()
         step(
-            f"4/6 arm64 Debian {SUITE} root (debootstrap; the second stage runs under emulation, ~6-8 min) -> {self.root}"
+            f"4/6 arm64 Debian {SUITE} root (debootstrap; the second stage runs under emulation, ~6-8 min) "
+            f"-> {self.root}"
         )
         if (
             not (self.root / PYTHON.lstrip("/")).exists()

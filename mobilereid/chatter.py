@@ -1,10 +1,11 @@
 """Third-party log chatter stays out of the user's way unless `--verbose` (environment MOBILEREID_VERBOSE=1).
 
-An export used to print 10-15 lines nobody asked for: torchao's optional CUDA kernels, ExecuTorch's cpuinfo probe
-(C++ writes straight to file descriptor 2), TensorFlow's oneDNN/CUDA-stub notes (hidden by log level, nothing is switched off), absl's pre-init warning and torch
-pytree deprecations. Python-level noise is filtered (warnings, library loggers); native noise is cut at the file
-descriptor: fd 2 goes to /dev/null while Python's own `sys.stderr` (our progress lines, one-line errors and any
-traceback of a real bug) keeps writing to the terminal through a duplicate of the original descriptor.
+An export used to print 10-15 lines nobody asked for: torchao's optional CUDA kernels, ExecuTorch's cpuinfo probe (C++
+writes straight to file descriptor 2), TensorFlow's oneDNN/CUDA-stub notes (hidden by log level, nothing is switched
+off), absl's pre-init warning and torch pytree deprecations. Python-level noise is filtered (warnings, library loggers);
+native noise is cut at the file descriptor: fd 2 goes to /dev/null while Python's own `sys.stderr` (our progress lines,
+one-line errors and any traceback of a real bug) keeps writing to the terminal through a duplicate of the original
+descriptor.
 """
 
 from __future__ import annotations

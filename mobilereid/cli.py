@@ -15,6 +15,16 @@ import typer
 from . import __version__
 from .console import console, err_console, progress, table
 from .errors import MobileReIDError
+from .export.targets import cli_help as target_help
+from .options import (
+    CompressConfig,
+    EvaluateOptions,
+    ExportOptions,
+    QuantFinetuneConfig,
+    SynthOptions,
+    TrainConfig,
+)
+from .settings import cli_options
 
 app = typer.Typer(
     add_completion=False,
@@ -65,27 +75,6 @@ def _check_threads(command: str, threads) -> None:
         raise MobileReIDError(f"--threads {threads}: must be >= {least}{' (0 = torch default)' if least == 0 else ''}")
 
 
-def _device_option():
-    return typer.Option(
-        "auto",
-        "--device",
-        help="Where to compute: auto (the first CUDA GPU if any, else cpu), cpu, cuda, cuda:N. "
-        "Under torchrun each rank takes the GPU of its LOCAL_RANK.",
-    )
-
-
-def _precision_option():
-    return typer.Option(
-        "fp32", "--precision", help="fp32, bf16 (autocast; CPUs too) or fp16 (autocast + gradient scaler; GPUs only)."
-    )
-
-
-def _workers_option():
-    return typer.Option(
-        None, "--workers", help="Input worker processes (default: 0 on the CPU, min(8, cores - 1) per GPU)."
-    )
-
-
 def _version(value: bool):
     if value:
         console.print(f"mobilereid {__version__}")
@@ -117,22 +106,19 @@ def main(
 
 @data_app.command("synth")
 @user_errors
+@cli_options(SynthOptions)
 def data_synth(
     out: Path = typer.Argument(..., help="Output folder (must not exist or be empty)."),
-    ids: int = typer.Option(100, help="Number of identities (half train, half test)."),
-    cameras: int = typer.Option(6, help="Number of cameras."),
-    seed: int = typer.Option(0, help="Random seed; the same seed gives byte-identical files."),
-    height: int = typer.Option(256, help="Image height in pixels."),
-    width: int = typer.Option(128, help="Image width in pixels."),
+    *,
+    settings: SynthOptions,
 ):
     """Generate a synthetic ReID dataset in the Market-1501 layout."""
+    from dataclasses import asdict
+
     from .data.synth import SynthConfig, generate, plan
 
-    cfg = SynthConfig(ids=ids, cameras=cameras, seed=seed, height=height, width=width)
-    try:
-        total = len(plan(cfg))
-    except ValueError as exc:
-        raise MobileReIDError(str(exc)) from None
+    cfg = SynthConfig(**asdict(settings))
+    total = len(plan(cfg))
     t0 = time.perf_counter()
     with progress(f"synthesising {total} images", total) as advance:
         generate(out, cfg, on_step=advance)
@@ -153,7 +139,8 @@ def data_check(
 
 
 def _parse_options(options: list[str]) -> dict:
-    """`--opt keep_ratio=0.7 --opt windows=2` -> {"keep_ratio": 0.7, "windows": 2} (values parsed as JSON when possible)."""
+    """`--opt keep_ratio=0.7 --opt windows=2` -> {"keep_ratio": 0.7, "windows": 2} (values parsed as JSON when
+    possible)."""
     import json
 
     out = {}
@@ -170,22 +157,10 @@ def _parse_options(options: list[str]) -> dict:
 
 @app.command("train")
 @user_errors
+@cli_options(TrainConfig)
 def train_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Dataset folder (Market-1501 layout or MSMT17)."),
-    model: str = typer.Option(
-        "sclnet",
-        "--model",
-        "-m",
-        help="Preset: vit_base, vit_small, vit_tiny, vit_test, sclnet, sclnet_small, sclnet_micro, sclnet_test, osnet_x1_0 ... osnet_x0_25, osnet_ibn_x1_0, osnet_ain_x1_0 ... osnet_ain_x0_25, bot_r50(_ibn), sbs_r50(_ibn) (`mobilereid info NAME`).",
-    ),
     out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Output folder for checkpoints and the summary."),
-    epochs: int = typer.Option(10, help="Epochs."),
-    p: int = typer.Option(8, "-p", help="Identities per batch (P of PK sampling)."),
-    k: int = typer.Option(4, "-k", help="Images per identity per batch (K of PK sampling)."),
-    lr: float = typer.Option(3.5e-4, help="Peak learning rate (Adam), reached after warm-up."),
-    warmup: int = typer.Option(1, help="Warm-up epochs."),
-    seed: int = typer.Option(0, help="Random seed."),
-    threads: int = typer.Option(0, help="Torch CPU threads (0 = default)."),
     opt: list[str] = typer.Option(
         [],
         "--opt",
@@ -194,39 +169,19 @@ def train_cmd(
     pretrained: Path | None = typer.Option(None, help="Local timm/DeiT/TransReID state dict to start a ViT from."),
     init: Path | None = typer.Option(None, help="Start from a mobilereid checkpoint (fine-tuning)."),
     resume: bool = typer.Option(False, help="Continue from OUT/last.pt."),
-    keep_checkpoints: int = typer.Option(
-        0,
-        "--keep-checkpoints",
-        help="Also keep the last N epochs' checkpoints (weights only); last.pt and model.pt are always written.",
-    ),
-    device: str = _device_option(),
-    precision: str = _precision_option(),
-    workers: int | None = _workers_option(),
+    *,
+    settings: TrainConfig,
 ):
     """Train a ReID model (PK sampling, label-smoothed CE + batch-hard triplet, warm-up + cosine LR).
 
     Multi-process data-parallel: `torchrun --nproc_per_node 2 -m mobilereid.cli train ...`.
     """
-    from .train import TrainConfig, train
+    from .train import train
 
-    cfg = TrainConfig(
-        model=model,
-        epochs=epochs,
-        p=p,
-        k=k,
-        lr=lr,
-        warmup_epochs=warmup,
-        seed=seed,
-        threads=threads,
-        model_options=_parse_options(opt),
-        pretrained=str(pretrained) if pretrained else None,
-        init_checkpoint=str(init) if init else None,
-        keep_checkpoints=keep_checkpoints,
-        device=device,
-        precision=precision,
-        workers=workers,
-    )
-    train(cfg, data, out, resume=resume)
+    settings.model_options = _parse_options(opt)
+    settings.pretrained = str(pretrained) if pretrained else None
+    settings.init_checkpoint = str(init) if init else None
+    train(settings, data, out, resume=resume)
     console.print(f"checkpoint: {out / 'model.pt'}")
 
 
@@ -255,7 +210,8 @@ def _parse_triple(text: str | None, flag: str) -> tuple[float, float, float] | N
 def import_cmd(
     weights: Path = typer.Argument(
         ...,
-        help="A trained foreign state dict (.pth/.pt): TransReID, timm, DeiT, torchreid (OSNet) or fast-reid (BoT/SBS).",
+        help="A trained foreign state dict (.pth/.pt): TransReID, timm, DeiT, torchreid (OSNet) "
+        "or fast-reid (BoT/SBS).",
     ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="The mobilereid checkpoint to write (refused if it exists, unless --force)."
@@ -266,7 +222,8 @@ def import_cmd(
     model: str | None = typer.Option(
         None,
         "--model",
-        help="Architecture: vit_base, vit_small (timm ViT-S), vit_small_transreid, deit_small, deit_tiny, ... (default: from the width).",
+        help="Architecture: vit_base, vit_small (timm ViT-S), vit_small_transreid, deit_small, deit_tiny, ... "
+        "(default: from the width).",
     ),
     heads: int | None = typer.Option(None, "--heads", help="Attention heads, for a width no --model name covers."),
     stride: int | None = typer.Option(
@@ -292,7 +249,8 @@ def import_cmd(
     maxpool: str = typer.Option(
         "auto",
         "--maxpool",
-        help="fast-reid stem max pool: ceil (since Nov 2020), legacy (padding 1), auto (from the key names, else ceil).",
+        help="fast-reid stem max pool: ceil (since Nov 2020), legacy (padding 1), "
+        "auto (from the key names, else ceil).",
     ),
     last_stride: int = typer.Option(
         1, "--last-stride", help="fast-reid layer4 stride (1 in BoT and SBS; not in the weights)."
@@ -302,8 +260,10 @@ def import_cmd(
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ):
-    """Convert a trained TransReID / timm / DeiT / torchreid OSNet / fast-reid BoT-SBS state dict into a mobilereid checkpoint (no training), with its
-    preprocessing and test feature, ready for compress, export and evaluate."""
+    """Convert a trained TransReID, timm, DeiT, torchreid (OSNet) or fast-reid (BoT/SBS) state dict into a checkpoint.
+
+    No training: the weights are loaded exactly, with their preprocessing and test feature, ready for compress,
+    export and evaluate (docs/bring-your-own-model.md)."""
     from .models.importers import ImportOptions, import_weights
 
     if out.exists() and not force:
@@ -342,14 +302,16 @@ def import_cmd(
     else:
         console.print(
             f"{weights}: {res.format} {res.model.preset}, {cfg.img_size[0]}x{cfg.img_size[1]} stride {cfg.stride}, "
-            f"{cfg.camera_num} SIE cameras, JPM {'on' if cfg.jpm else 'off'}, feature {res.model.feature_dim} ({cfg.neck_feat} BNNeck), "
+            f"{cfg.camera_num} SIE cameras, JPM {'on' if cfg.jpm else 'off'}, "
+            f"feature {res.model.feature_dim} ({cfg.neck_feat} BNNeck), "
             f"mean {list(cfg.pixel_mean)} std {list(cfg.pixel_std)}"
         )
     for n in res.notes:
         console.print(f"note: {n}")
     if res.unused:
         console.print(
-            f"not used by the source's own inference: {len(res.unused)} tensors ({', '.join(res.unused[:4])}{', ...' if len(res.unused) > 4 else ''})"
+            f"not used by the source's own inference: {len(res.unused)} tensors "
+            f"({', '.join(res.unused[:4])}{', ...' if len(res.unused) > 4 else ''})"
         )
     console.print(f"checkpoint: {out}")
 
@@ -399,13 +361,14 @@ def info_cmd(
 
 @app.command("export")
 @user_errors
+@cli_options(ExportOptions)
 def export_cmd(
     checkpoint: Path = typer.Argument(..., help="A mobilereid checkpoint (.pt)."),
     target: str = typer.Option(
         "all",
         "--target",
         "-t",
-        help="onnx, executorch, tflite, edgetpu, tflm, a comma list, or all (onnx, executorch, tflite, and edgetpu with --int8).",
+        help=target_help(),
     ),
     calib: Path = typer.Option(
         ...,
@@ -420,11 +383,9 @@ def export_cmd(
     ),
     recipe: list[Path] | None = typer.Option(
         None,
-        help='A quantization recipe TOML, applied to the target it names (target = "..."; a recipe without one needs a single --target); repeat for several targets. Default: the shipped recipe of each target and model family.',
-    ),
-    threads: int = typer.Option(2, help="Runtime threads for verification."),
-    board: str | None = typer.Option(
-        None, help="tflm: board profile from mobilereid/recipes/boards.toml (cortex-m7, esp32-s3, cortex-m4)."
+        help='A quantization recipe TOML, applied to the target it names (target = "..."; a recipe without one '
+        "needs a single --target); repeat for several targets. Default: the shipped recipe of each target and "
+        "model family (docs/recipes.md).",
     ),
     camera: int | None = typer.Option(
         None,
@@ -436,8 +397,11 @@ def export_cmd(
         "--processes",
         min=1,
         max=2,
-        help="2: ExecuTorch and the TFLite family (tflite, edgetpu, tflm) in two processes side by side (needs two free cores).",
+        help="2: ExecuTorch and the TFLite family (tflite, edgetpu, tflm) in two processes side by side (needs two "
+        "free cores).",
     ),
+    *,
+    settings: ExportOptions,
 ):
     """Export, quantize and verify every artifact in its real runtime (exit 1 when one misses its drift budget)."""
     from .export import export_checkpoint
@@ -448,7 +412,8 @@ def export_cmd(
     def show(r):
         v = r["verification"]
         console.print(
-            f"{r['target']:<10} {r['precision']:<12} {r['artifact']}  cosine mean {v['cosine_mean']:.4f} min {v['cosine_min']:.4f}  "
+            f"{r['target']:<10} {r['precision']:<12} {r['artifact']}  "
+            f"cosine mean {v['cosine_mean']:.4f} min {v['cosine_min']:.4f}  "
             f"{'ok' if v['passed'] else 'BELOW ' + str(v['threshold'])}"
         )
         rows.append(r)
@@ -461,9 +426,9 @@ def export_cmd(
             out,
             int8=int8,
             recipe_path=recipe or None,
-            threads=threads,
+            threads=settings.threads,
             on_result=show,
-            board=board,
+            board=settings.board,
             camera=camera,
             core_free=True if processes == 2 else None,
         )
@@ -504,7 +469,8 @@ def export_cmd(
         err_console.print(
             f"error: {len(failed)} artifact(s) missed the recipe's drift budget: "
             + ", ".join(
-                f"{r['artifact'].name} (cosine {r['verification']['cosine_mean']:.4f} < {r['verification']['threshold']})"
+                f"{r['artifact'].name} "
+                f"(cosine {r['verification']['cosine_mean']:.4f} < {r['verification']['threshold']})"
                 for r in failed
             ),
             markup=False,
@@ -529,7 +495,8 @@ def quant_sensitivity_cmd(
     threads: int = typer.Option(2, help="Runtime threads for verification and timing."),
     executorch: bool = typer.Option(True, "--executorch/--no-executorch", help="Also measure ExecuTorch candidates."),
 ):
-    """Per-layer INT8 error of the TFLite model, then the fastest measured recipe within the drift budget, per runtime."""
+    """Per-layer INT8 error of the TFLite model, then the fastest measured recipe within the drift budget, per \
+runtime."""
     from .export.sensitivity import run_sensitivity
 
     report = run_sensitivity(checkpoint, calib, out, min_cosine=min_cosine, threads=threads, executorch=executorch)
@@ -548,7 +515,8 @@ def quant_sensitivity_cmd(
             )
         else:
             err_console.print(
-                f"error: no {target} candidate meets mean cosine >= {report['drift_budget']} (see {out / 'sensitivity.md'})",
+                f"error: no {target} candidate meets mean cosine >= {report['drift_budget']} "
+                f"(see {out / 'sensitivity.md'})",
                 markup=False,
             )
     integer = report.get("chosen_full_integer")
@@ -563,20 +531,15 @@ def quant_sensitivity_cmd(
 
 @app.command("evaluate")
 @user_errors
+@cli_options(EvaluateOptions)
 def evaluate_cmd(
     artifacts: list[Path] = typer.Argument(..., help="Exported artifacts (each with its .json sidecar)."),
     data: Path = typer.Option(..., "--data", "-d", help="Dataset folder with query/ and bounding_box_test/."),
     reference: Path | None = typer.Option(
         None, help="Float checkpoint: reference metrics, per-image cosine, top-1 agreement."
     ),
-    device: str = typer.Option(
-        "local",
-        help="local, ssh://user@host[:port], adb[:serial] (not verified without a phone), or "
-        "qemu-arm64[:CPU] (the emulated arm64 board of `mobilereid board setup arm64`; CPU e.g. cortex-a55, neoverse-n1).",
-    ),
-    threads: int = typer.Option(2, help="Runtime threads on the device."),
     out: Path = typer.Option(
-        Path("runs/evaluate"), "--out", "-o", help="Report folder (report.json, report.md, PNG plots)."
+        Path("runs/evaluate"), "--out", "-o", help="Report folder (report.html, report.md, report.json, PNG plots)."
     ),
     remote_python: str = typer.Option(
         "python3", help="Python on the ssh device (needs numpy, Pillow and the artifact's runtime)."
@@ -592,12 +555,8 @@ def evaluate_cmd(
     baseline: Path | None = typer.Option(
         None,
         "--baseline",
-        help="Your own float model, when compress or quant-finetune changed it before export: drift against it is the headline.",
-    ),
-    limit: int | None = typer.Option(
-        None,
-        "--limit",
-        help="Evaluate on a deterministic subset: the queries (up to N) of evenly spaced identities, their gallery images and as many others.",
+        help="Your own float model, when compress or quant-finetune changed it before export: "
+        "drift against it is the headline.",
     ),
     force: bool = typer.Option(
         False, "--force", help="Overwrite files in --out that mobilereid did not write (report.md, report.json, plots)."
@@ -605,8 +564,11 @@ def evaluate_cmd(
     torch_device: str = typer.Option(
         "auto",
         "--torch-device",
-        help="Where the torch --reference/--baseline embed: auto, cpu, cuda, cuda:N (--device is the artifacts' machine).",
+        help="Where the torch --reference/--baseline embed: auto, cpu, cuda, cuda:N "
+        "(--device is the artifacts' machine).",
     ),
+    *,
+    settings: EvaluateOptions,
 ):
     """Accuracy drift, latency and size of artifacts, measured by the on-device evaluator.
 
@@ -619,19 +581,20 @@ def evaluate_cmd(
         data,
         out,
         reference=reference,
-        device=device,
-        threads=threads,
+        device=settings.device,
+        threads=settings.threads,
         remote_python=remote_python,
         flip=flip,
         allow_mismatch=allow_mismatch,
         baseline=baseline,
-        limit=limit,
+        limit=settings.limit or None,
         force=force,
         torch_device=torch_device,
     )
     console.print(eval_markdown(report), markup=False, soft_wrap=True)
     console.print(
-        f"report: {out / 'report.md'}, {out / 'report.json'}, plots: {', '.join(str(out / p) for p in report['plots'])}"
+        f"report: {out / 'report.html'} (also report.md, report.json; plots: "
+        f"{', '.join(str(out / p) for p in report['plots'])})"
     )
 
 
@@ -669,62 +632,25 @@ def board_setup(
 
 @app.command("quant-finetune")
 @user_errors
+@cli_options(QuantFinetuneConfig)
 def quant_finetune_cmd(
     checkpoint: Path = typer.Argument(..., help="A trained SCL-net or ViT checkpoint (.pt)."),
     data: Path = typer.Option(..., "--data", "-d", help="The dataset it was trained on (Market-1501 layout)."),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Output checkpoint (.pt), a float model that quantizes with less drift."
     ),
-    epochs: int = typer.Option(24, help="Epochs."),
-    lr: float = typer.Option(5e-4, help="Peak learning rate (Adam, cosine decay)."),
-    consistency: float = typer.Option(
-        100.0, help="Weight of (1 - cosine) between the fake-quantized and the float exported embeddings."
-    ),
-    threads: int = typer.Option(0, help="Torch CPU threads (0 = torch default)."),
-    max_map_drop: float = typer.Option(
-        0.5,
-        help="Guard: float mAP (query/gallery) may fall at most this many points below "
-        "the starting model's; otherwise the weights of the last passing check are kept.",
-    ),
-    guard_every: int = typer.Option(8, help="Epochs between guard checks (also after the last epoch); 0 = no guard."),
-    give_up_drop: float = typer.Option(
-        2.5,
-        help="Guard: a check this many mAP points below the start ends the stage early "
-        "(keeping the last passing weights); 0 = never.",
-    ),
-    p: int = typer.Option(16, "-p", help="PK sampling: identities per batch."),
-    k: int = typer.Option(4, "-k", help="PK sampling: images per identity."),
-    device: str = _device_option(),
-    precision: str = _precision_option(),
-    workers: int | None = _workers_option(),
+    *,
+    settings: QuantFinetuneConfig,
 ):
     """Quantization-consistency fine-tuning (PT2E QAT): the INT8 model then agrees with its float model."""
-    from .quant_finetune import QuantFinetuneConfig, quant_finetune
+    from .quant_finetune import quant_finetune
 
-    result = quant_finetune(
-        checkpoint,
-        data,
-        out,
-        QuantFinetuneConfig(
-            epochs=epochs,
-            lr=lr,
-            consistency=consistency,
-            threads=threads,
-            max_map_drop=max_map_drop / 100,
-            guard_every=guard_every,
-            give_up_drop=give_up_drop / 100,
-            p=p,
-            k=k,
-            device=device,
-            precision=precision,
-            workers=workers,
-        ),
-    )
-
+    result = quant_finetune(checkpoint, data, out, settings)
     last, before, after = result["history"][-1], result["metrics_before"], result["metrics_after"]
     if before and after:
         console.print(
-            f"float model: Rank-1 {before['rank1']:.2%} -> {after['rank1']:.2%}, mAP {before['mAP']:.2%} -> {after['mAP']:.2%}"
+            f"float model: Rank-1 {before['rank1']:.2%} -> {after['rank1']:.2%}, "
+            f"mAP {before['mAP']:.2%} -> {after['mAP']:.2%}"
         )
     console.print(
         f"wrote {result['checkpoint']} (fake-quant vs float embedding cosine {last['embedding_cosine']:.4f}); "
@@ -734,75 +660,22 @@ def quant_finetune_cmd(
 
 @app.command("compress")
 @user_errors
+@cli_options(CompressConfig)
 def compress_cmd(
     checkpoint: Path = typer.Argument(..., help="A ViT checkpoint trained by mobilereid (with its ID classifier)."),
     data: Path = typer.Option(..., "--data", "-d", help="The training dataset (statistics and fine-tuning)."),
     out: Path = typer.Option(
         Path("runs/compress"), "--out", "-o", help="Output folder (compressed.pt, compress_report.json)."
     ),
-    keep_ratio: float | None = typer.Option(
-        None, help="Patch elimination: fraction of patch tokens kept (e.g. 0.7)."
-    ),
-    scorer: str = typer.Option("learned", help="Patch scorer: learned or contrast."),
-    token_order: str = typer.Option(
-        "spatial",
-        help="Kept patch tokens in image order (spatial: a K/V position is a region) or best score first (rank).",
-    ),
-    windows: int | None = typer.Option(None, help="Windowed attention: number of horizontal windows."),
-    window_start: int = typer.Option(0, help="First block that runs per window."),
-    window_weights: str = typer.Option(
-        "shared",
-        help="Windows: shared blocks, or a separate copy of each windowed block per window (better for unequal windows).",
-    ),
-    head_ratio: float = typer.Option(0.0, help="AMG: fraction of all attention heads to remove."),
-    token_rate: float = typer.Option(0.0, help="AMG: fraction of key/value token slots to remove."),
-    mlp_rate: float = typer.Option(
-        0.0, help="Fraction of each MLP's hidden units to remove (first-order Taylor importance)."
-    ),
-    mlp_epochs: int = typer.Option(1, help="Fine-tuning epochs after MLP unit pruning."),
-    rounds: int = typer.Option(4, help="Head-pruning rounds (statistics -> prune -> fine-tune)."),
-    epochs_per_round: int = typer.Option(1, help="Fine-tuning epochs after each head-pruning round."),
-    arch_epochs: int = typer.Option(2, help="Fine-tuning epochs after patch elimination / windows."),
-    token_epochs: int = typer.Option(1, help="Fine-tuning epochs after K/V token pruning."),
-    final_epochs: int = typer.Option(2, help="Final fine-tuning epochs."),
-    lr: float = typer.Option(1e-4, help="Fine-tuning learning rate (Adam)."),
-    p: int = typer.Option(8, "-p", help="PK sampling: identities per batch."),
-    k: int = typer.Option(4, "-k", help="PK sampling: images per identity."),
-    stat_images: int = typer.Option(
-        0, "--stat-images", help="Images for the AMG statistics passes (0 = the whole training split, as AMG does)."
-    ),
-    device: str = _device_option(),
-    precision: str = _precision_option(),
-    workers: int | None = _workers_option(),
+    *,
+    settings: CompressConfig,
 ):
-    """Compress a ViT: patch elimination, windows, AMG head and K/V token pruning, MLP unit pruning (real weight surgery)."""
-    from .compress.pipeline import CompressConfig, compress
+    """Compress a ViT: patch elimination, windows, AMG head, K/V token and MLP unit pruning (weight surgery).
 
-    cfg = CompressConfig(
-        keep_ratio=keep_ratio,
-        scorer=scorer,
-        windows=windows,
-        window_start=window_start,
-        head_ratio=head_ratio,
-        token_rate=token_rate,
-        rounds=rounds,
-        epochs_per_round=epochs_per_round,
-        arch_epochs=arch_epochs,
-        token_epochs=token_epochs,
-        final_epochs=final_epochs,
-        lr=lr,
-        p=p,
-        k=k,
-        stat_images=stat_images,
-        window_weights=window_weights,
-        token_order=token_order,
-        mlp_rate=mlp_rate,
-        mlp_epochs=mlp_epochs,
-        device=device,
-        precision=precision,
-        workers=workers,
-    )
-    result = compress(checkpoint, data, out, cfg)
+    Methods, papers and measured results: docs/compression.md."""
+    from .compress.pipeline import compress
+
+    result = compress(checkpoint, data, out, settings)
     console.print(f"checkpoint: {result['checkpoint']}")
 
 
@@ -865,7 +738,7 @@ def benchmark_cmd(
             rows,
         )
     )
-    console.print(f"report: {out / 'report' / 'report.md'}")
+    console.print(f"report: {out / 'report' / 'report.html'} (also report.md, report.json)")
 
 
 if __name__ == "__main__":

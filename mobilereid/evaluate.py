@@ -1,5 +1,5 @@
-"""`mobilereid evaluate`: run artifacts through the on-device evaluator (mobilereid/device/evaluator.py) locally, over ssh or
-through adb, compare with the float reference, and write one report (JSON, Markdown, CMC and
+"""`mobilereid evaluate`: run artifacts through the on-device evaluator (mobilereid/device/evaluator.py) locally,
+over ssh or through adb, compare with the float reference, and write one report (JSON, Markdown, CMC and
 accuracy-vs-latency plots).
 
 The device side is always the same plain script with the same numpy modules the host uses, started as a separate
@@ -8,8 +8,8 @@ checkpoint in torch on the same images; per-image cosine and top-1 agreement say
 
 Devices:
 * ``local``: a subprocess on this machine.
-* ``ssh://user@host[:port]``: copies the evaluator and the numpy modules, the artifacts and the query/gallery images to a
-  temporary folder on the host (scp), runs the script there with ``--remote-python``, pulls the results back and
+* ``ssh://user@host[:port]``: copies the evaluator and the numpy modules, the artifacts and the query/gallery images
+  to a temporary folder on the host (scp), runs the script there with ``--remote-python``, pulls the results back and
   removes the folder. Uses the user's ssh configuration and keys (BatchMode, so it never prompts).
 * ``adb[:serial]``: pushes artifacts and images to the phone and starts the Android demo's evaluation mode with
   ``am start`` extras, then pulls its embeddings/timings. Implemented against the demo's documented contract but
@@ -116,6 +116,7 @@ def evaluator_args(where: str, artifacts: list[Path], threads: int, flip: bool) 
     return args
 
 
+REPORT_FILES = ["raw", "report.md", "report.json", "report.html", "cmc.png", "accuracy_latency.png"]  # what it writes
 MARKER = "evaluating "  # the evaluator's line on stderr before each model
 
 
@@ -189,7 +190,10 @@ def completed_summary(raw: Path, name: str) -> dict:
 
 
 def _run(cmd: list[str], what: str, timeout: int = 3600, marker: str | None = None) -> str:
-    return run_program(cmd, what, DeviceError, timeout, marker=marker)
+    """Run a device program; its ``marker`` lines (``evaluating PATH``) are shown as they come: the progress of a
+    long evaluation, and the pipeline's status line."""
+    say = (lambda line: err_console.print(line, markup=False)) if marker else None
+    return run_program(cmd, what, DeviceError, timeout, marker=marker, on_step=say)
 
 
 def run_local(
@@ -456,8 +460,8 @@ def reference_embeddings(
     """The user's float model on query and gallery (SIE models: with each image's camera, TransReID's protocol),
     on ``compute``'s device in exact fp32 (no TF32, no autocast: a reference, see compute.py)."""
     from .compute import CPU
+    from .embeddings import extract_features, preprocess_spec_for, rank_metrics
     from .models.checkpoint import load_model
-    from .train import extract_features, preprocess_spec_for, rank_metrics
 
     compute = compute or CPU
     model, _ = load_model(checkpoint)
@@ -507,7 +511,8 @@ def evaluate_artifacts(
     user gets compared with what they gave us. ``force``: overwrite files in ``out`` that mobilereid did not write.
     ``torch_device``: where the torch reference and baseline embed (``--torch-device``; ``device`` is the runtime's
     machine)."""
-    from .report import refuse_foreign_files, write_eval_report
+    from .filesafety import refuse_foreign_files
+    from .report import write_eval_report
 
     data = Path(data)
     if flip and (device == "adb" or device.startswith("adb:")):
@@ -517,7 +522,7 @@ def evaluate_artifacts(
         from .compute import resolve  # torch only when there is a torch model to run
 
         compute = resolve(torch_device, "fp32", None, device_flag="--torch-device")
-    refuse_foreign_files(Path(out), ["raw", "report.md", "report.json"], force)  # before the work, not after it
+    refuse_foreign_files(Path(out), REPORT_FILES, force)  # before the work, not after it
     qemu = device == "qemu-arm64" or device.startswith("qemu-arm64:")
     if qemu:
         parse_qemu(device)
@@ -538,7 +543,8 @@ def evaluate_artifacts(
             for a, m in zip(artifacts, metas):
                 if m["model"]["embedding_dim"] != dim:
                     raise MobileReIDError(
-                        f"{a}: embedding size {m['model']['embedding_dim']} does not match the reference {reference} ({dim})"
+                        f"{a}: embedding size {m['model']['embedding_dim']} "
+                        f"does not match the reference {reference} ({dim})"
                     )
             ref = {"checkpoint": str(reference), "metrics": ref_metrics}
         base = None

@@ -7,12 +7,12 @@ its float model -> one final report (Markdown + JSON + plots).
 Re-runs skip a stage whose inputs have not changed: each stage writes ``<workdir>/<stage>/stamp.json`` holding a
 hash of its configuration and of the files it consumed, and the name and size of every file it wrote; a stage re-runs
 when that hash differs or one of its files is missing or changed size. One run at a time per work folder (a lock:
-worklock.py). The default configuration (DEFAULT_CONFIG) is sized to finish in about 15 minutes on 2 CPU cores.
+worklock.py). The default job is a config file like any user's (configs/default.toml), sized to finish in about 15
+minutes on 2 CPU cores; every key and its default: docs/pipeline-config.md.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -23,194 +23,120 @@ from pathlib import Path
 from . import cores as core_share
 from .console import console
 from .errors import MobileReIDError
-from .tomlconfig import deep_merge, is_type, read_toml
+from .filesafety import STAGE_MARK
+from .settings import section_from_table
+from .tomlconfig import deep_merge, read_toml
 from .worklock import folder_lock
 
-DEFAULT_CONFIG = {
-    "data": {"synthetic": True, "ids": 100, "cameras": 6, "seed": 0, "height": 256, "width": 128, "root": ""},
-    "models": {
-        "sclnet": {"preset": "sclnet_small", "epochs": 40, "lr": 1e-3, "p": 16, "k": 4, "options": {}},
-        "vit": {
-            "preset": "vit_tiny",
-            "epochs": 40,
-            "lr": 3e-4,
-            "p": 16,
-            "k": 4,
-            "options": {"img_size": [128, 64], "gelu": "tanh"},
-        },
-    },
-    # the best measured combination (scripts/compress_sweep.py, README): parameter-free contrast scorer for patch
-    # elimination, AMG heads -40 %, K/V tokens -60 %, MLP hidden units -40 % (Taylor importance)
-    "compress": {
-        "model": "vit",
-        "keep_ratio": 0.75,
-        "scorer": "contrast",
-        "head_ratio": 0.4,
-        "token_rate": 0.6,
-        "mlp_rate": 0.4,
-        "mlp_epochs": 1,
-        "rounds": 2,
-        "epochs_per_round": 2,
-        "arch_epochs": 2,
-        "token_epochs": 1,
-        "final_epochs": 3,
-        "lr": 1e-4,
-        "stat_images": 0,
-    },
-    # quantization-consistency fine-tuning before export (mobilereid/quant_finetune.py, README): the SCL-net INT8
-    # artifacts then agree with their float model at cosine ~0.993 instead of ~0.91; a model name or a list of them,
-    # "" turns it off
-    # max_map_drop: the guard on float mAP (0.005 = 0.5 points below the model the stage starts from), checked every
-    # guard_every epochs and after the last (8: three checks of ~10 s each on one core instead of six; measured
-    # 2026-12-01: 12 or 16 epochs instead of 24 end below the guard's floor, so the epochs stay); give_up_drop: a check
-    # this far below the start ends the stage early (quant_finetune.py's _Guard: measured, no such run recovered)
-    "quant_finetune": {
-        "model": "sclnet",
-        "epochs": 24,
-        "lr": 5e-4,
-        "consistency": 100.0,
-        "max_map_drop": 0.005,
-        "guard_every": 8,
-        "give_up_drop": 0.025,
-    },
-    # board: the tflm target's board profile (mobilereid/recipes/boards.toml); "" = the recipe's
-    "export": {
-        "threads": 2,
-        "board": "",
-        "targets": {"sclnet": ["onnx", "executorch", "tflite", "edgetpu"], "vit": ["onnx", "executorch", "tflite"]},
-    },
-    # device: local, ssh://..., adb, or qemu-arm64[:CPU] (the emulated board); limit: evaluate on N queries (0 = all)
-    "evaluate": {"threads": 2, "device": "local", "limit": 0},
-    # parallel: model chains side by side, cores split between them; chains: the [models.NAME] to run ([] = all), so
-    # an opt-in config (mcu (mobilereid/configs/mcu.toml)) can run its own model alone; device / precision / workers:
-    # where train, compress, quant-finetune and the torch reference compute (compute.py; workers "auto" = from the
-    # device and cores)
-    "pipeline": {"parallel": True, "chains": [], "device": "auto", "precision": "fp32", "workers": "auto"},
-}
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "default.toml"  # the default job, a config file
+COMPUTE_KEYS = ("device", "precision", "workers")  # [pipeline]'s; the stages' own sections do not take them
 
 
 def load_config(path: Path | None) -> dict:
-    if path is None:
-        return copy.deepcopy(DEFAULT_CONFIG)
-    user = read_toml(path, "pipeline config")
-    unknown = set(user) - set(DEFAULT_CONFIG)
-    if unknown:
-        raise MobileReIDError(
-            f"{path}: unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(DEFAULT_CONFIG)}"
-        )
-    for section, table in user.items():
-        if section == "models" or not isinstance(table, dict):  # model tables take free-form options
-            continue
-        bad = set(table) - set(DEFAULT_CONFIG[section])
-        if bad:
-            raise MobileReIDError(
-                f"{path}: unknown key(s) {', '.join(sorted(bad))} in [{section}]; known: "
-                f"{', '.join(DEFAULT_CONFIG[section])}"
-            )
-    cfg = deep_merge(DEFAULT_CONFIG, user)
-    check_values(cfg, path)
-    return cfg
-
-
-MODEL_KEYS = {"preset": str, "epochs": int, "lr": float, "p": int, "k": int, "options": dict}
-MODEL_DEFAULTS = {
-    "epochs": 40,
-    "lr": 1e-3,
-    "p": 16,
-    "k": 4,
-    "options": {},
-}  # for a [models.NAME] table the default lacks
-MINIMUMS = {
-    ("data", "ids"): 4,
-    ("data", "cameras"): 2,
-    ("data", "height"): 16,
-    ("data", "width"): 16,
-    ("compress", "rounds"): 1,
-    ("quant_finetune", "epochs"): 0,
-    ("quant_finetune", "max_map_drop"): 0.0,
-    ("quant_finetune", "guard_every"): 0,
-    ("quant_finetune", "give_up_drop"): 0.0,
-    ("export", "threads"): 1,
-    ("evaluate", "threads"): 1,
-    ("evaluate", "limit"): 0,
-}
-
-
-def check_values(cfg: dict, path: Path) -> None:
-    """Each value has the default's type and a usable range: one line naming the key otherwise."""
-
-    def fail(where: str, value, want: str):
-        raise MobileReIDError(f"{path}: {where} = {value!r}: expected {want}")
-
-    for section, table in DEFAULT_CONFIG.items():
-        if section == "models":
-            continue
-        for key, default in table.items():
-            value = cfg[section][key]
-            if isinstance(default, dict):
-                continue
-            kind = float if isinstance(default, float) else type(default)
-            if (section, key) == ("pipeline", "workers"):
-                if value != "auto" and not (is_type(value, int) and value >= 0):
-                    fail("[pipeline] workers", value, '"auto" or a number >= 0')
-                continue
-            if (section, key) == ("quant_finetune", "model") and isinstance(value, list):
-                kind = list
-            if not is_type(value, kind):
-                fail(f"[{section}] {key}", value, f"a {kind.__name__}")
-            low = MINIMUMS.get((section, key))
-            if low is not None and value < low:
-                fail(f"[{section}] {key}", value, f"at least {low}")
-    if not isinstance(cfg["models"], dict) or not cfg["models"]:
-        fail("[models]", cfg["models"], "one or more [models.NAME] tables")
-    for name, table in cfg["models"].items():
-        if not isinstance(table, dict):
-            fail(f"[models.{name}]", table, "a table")
-        unknown = set(table) - set(MODEL_KEYS)
+    """The default job (configs/default.toml) with the user's config laid over it key by key, every section
+    checked against its stage's declared options (options.py): unknown keys, types and ranges are one line naming
+    ``FILE: [section] key``; keys neither file sets take the declared defaults. Returns the checked config, each
+    section under the stage config's field names."""
+    merged = read_toml(DEFAULT_CONFIG_PATH, "pipeline config")
+    where = str(path) if path is not None else str(DEFAULT_CONFIG_PATH)
+    if path is not None:
+        user = read_toml(path, "pipeline config")
+        unknown = sorted(set(user) - set(SECTIONS))
         if unknown:
-            raise MobileReIDError(
-                f"{path}: unknown key(s) {', '.join(sorted(unknown))} in [models.{name}]; known: {', '.join(MODEL_KEYS)}"
-            )
-        if "preset" not in table:
-            fail(f"[models.{name}] preset", None, "a model preset name")
-        for key, value in MODEL_DEFAULTS.items():
-            table.setdefault(key, copy.deepcopy(value))
-        for key, kind in MODEL_KEYS.items():
-            if key in table and not is_type(table[key], kind):
-                fail(f"[models.{name}] {key}", table[key], f"a {kind.__name__}")
-        for key, low in (("epochs", 1), ("p", 2), ("k", 2)):
-            if table.get(key, low) < low:
-                fail(f"[models.{name}] {key}", table[key], f"at least {low}")
-        if table.get("lr", 1.0) <= 0:
-            fail(f"[models.{name}] lr", table["lr"], "a number > 0")
+            raise MobileReIDError(f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+        merged = deep_merge(merged, user)
+    return check_config(merged, where)
+
+
+def _is_str(value) -> str | None:
+    return None if isinstance(value, str) else "expected a string"
+
+
+def _names(value) -> str | None:
+    ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(n, str) for n in value))
+    return None if ok else "expected a model name or a list of names"
+
+
+def _targets(value) -> str | None:
+    ok = isinstance(value, dict) and all(
+        isinstance(v, list) and all(isinstance(t, str) for t in v) for v in value.values()
+    )
+    return None if ok else "expected a table of [models.NAME] = [target, ...]"
+
+
+def _is_bool(value) -> str | None:
+    return None if isinstance(value, bool) else "expected true or false"
+
+
+SECTIONS = ("data", "models", "compress", "quant_finetune", "export", "evaluate", "pipeline")
+
+
+def check_config(cfg: dict, where: str) -> dict:
+    from .options import (
+        CompressConfig,
+        EvaluateOptions,
+        ExportOptions,
+        PipelineOptions,
+        QuantFinetuneConfig,
+        SynthOptions,
+        TrainConfig,
+    )
+
+    stage = COMPUTE_KEYS + ("threads",)  # set per run by [pipeline] and the core share
+    out = {
+        "data": section_from_table(
+            SynthOptions,
+            cfg.get("data", {}),
+            where,
+            "data",
+            extra={"synthetic": (_is_bool, True), "root": (_is_str, "")},
+        ),
+        "compress": section_from_table(
+            CompressConfig, cfg.get("compress", {}), where, "compress", extra={"model": (_is_str, "")}, exclude=stage
+        ),
+        "quant_finetune": section_from_table(
+            QuantFinetuneConfig,
+            cfg.get("quant_finetune", {}),
+            where,
+            "quant_finetune",
+            extra={"model": (_names, "")},
+            exclude=stage,
+        ),
+        "export": section_from_table(
+            ExportOptions, cfg.get("export", {}), where, "export", extra={"targets": (_targets, {})}
+        ),
+        "evaluate": section_from_table(EvaluateOptions, cfg.get("evaluate", {}), where, "evaluate"),
+        "pipeline": section_from_table(PipelineOptions, cfg.get("pipeline", {}), where, "pipeline"),
+    }
+    models = cfg.get("models")
+    if not isinstance(models, dict) or not models:
+        raise MobileReIDError(f"{where}: [models] = {models!r}: expected one or more [models.NAME] tables")
+    out["models"] = {}
+    for name, table in models.items():
+        if not isinstance(table, dict) or "preset" not in table:
+            raise MobileReIDError(f'{where}: [models.{name}] needs preset = "NAME" (a model preset)')
+        out["models"][name] = section_from_table(TrainConfig, table, where, f"models.{name}", exclude=stage)
+    guard = QuantFinetuneConfig(**{k: v for k, v in out["quant_finetune"].items() if k != "model"}).guard_problem()
+    if guard:
+        raise MobileReIDError(f"{where}: [quant_finetune] {guard}")
+    chains = out["pipeline"]["chains"]
+    if not all(isinstance(n, str) and n in out["models"] for n in chains):
+        raise MobileReIDError(
+            f"{where}: [pipeline] chains = {chains!r}: "
+            f"expected names of [models.NAME] tables ({', '.join(out['models'])})"
+        )
     from .compute import resolve
 
     try:  # before any stage: a bad device is one line now, not a CUDA error after the data stage
-        resolve(cfg["pipeline"]["device"], cfg["pipeline"]["precision"], compute_options(cfg)["workers"])
+        resolve(**compute_options(out))
     except MobileReIDError as exc:
-        raise MobileReIDError(f"{path}: [pipeline] {str(exc).lstrip('-')}") from None
-    chains = cfg["pipeline"]["chains"]
-    if not all(isinstance(n, str) and n in cfg["models"] for n in chains):
-        fail("[pipeline] chains", chains, f"names of [models.NAME] tables ({', '.join(cfg['models'])})")
-    qft = cfg["quant_finetune"]["model"]
-    if isinstance(qft, list) and not all(isinstance(n, str) for n in qft):
-        fail("[quant_finetune] model", qft, "a model name or a list of names")
-    from .quant_finetune import QuantFinetuneConfig
-
-    guard = {key: cfg["quant_finetune"][key] for key in ("max_map_drop", "guard_every", "give_up_drop")}
-    problem = QuantFinetuneConfig(**guard).guard_problem()
-    if problem:
-        raise MobileReIDError(f"{path}: [quant_finetune] {problem}")
+        raise MobileReIDError(f"{where}: [pipeline] {str(exc).lstrip('-')}") from None
+    return out
 
 
 def compute_options(cfg: dict) -> dict:
     """``[pipeline]``'s device, precision and workers as the learning stages' config fields take them."""
-    workers = cfg["pipeline"]["workers"]
-    return {
-        "device": cfg["pipeline"]["device"],
-        "precision": cfg["pipeline"]["precision"],
-        "workers": None if workers == "auto" else workers,
-    }
+    return {key: cfg["pipeline"][key] for key in COMPUTE_KEYS}
 
 
 def _digest(obj) -> str:
@@ -230,7 +156,7 @@ def _file_digest(path: Path) -> str:
     return file_sha256(path)[:16]
 
 
-OWNER_MARK = ".mobilereid-stage"  # written into every stage folder the pipeline creates
+OWNER_MARK = STAGE_MARK  # filesafety.py: written into every stage folder the pipeline creates
 
 
 class Stage:
@@ -350,7 +276,7 @@ def _run_locked(cfg: dict, workdir: Path) -> dict:
     if d.get("synthetic", True):
         data_stage = Stage(workdir, "data")
         data_root = data_stage.dir / "synth"
-        synth = SynthConfig(ids=d["ids"], cameras=d["cameras"], seed=d["seed"], height=d["height"], width=d["width"])
+        synth = SynthConfig(**{k: v for k, v in d.items() if k not in ("synthetic", "root")})
 
         def make_data():
             generate(data_root, synth)
@@ -384,7 +310,7 @@ def _run_locked(cfg: dict, workdir: Path) -> dict:
     }
     path = write_pipeline_report(final, workdir / "report")
     console.print((path / "report.md").read_text(), markup=False, soft_wrap=True)
-    console.print(f"final report: {path / 'report.md'} (JSON: {path / 'report.json'}; plots in {path})")
+    console.print(f"final report: {path / 'report.html'} (also report.md, report.json; plots in {path})")
     return final
 
 
@@ -401,15 +327,7 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
     m = cfg["models"][name]
     stage = Stage(workdir, f"train_{name}")
     compute = compute_options(cfg)
-    tcfg = TrainConfig(
-        model=m["preset"],
-        epochs=m["epochs"],
-        lr=m["lr"],
-        p=m["p"],
-        k=m["k"],
-        model_options=m.get("options", {}),
-        **compute,
-    )
+    tcfg = TrainConfig(**m, **compute)
     ckpt = reference = users_model = stage.dir / "model.pt"  # the trained float model: the drift baseline
     stages[stage.name] = run_stage(
         stage,
@@ -448,7 +366,7 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
         trained = trained_metrics if source == users_model else None  # the same weights on the same split, scored once
 
         def do_quant_finetune():
-            qcfg = QuantFinetuneConfig(**q, p=m["p"], k=m["k"], **compute)
+            qcfg = QuantFinetuneConfig(**q, **compute)
             result = quant_finetune(source, data_root, ckpt, qcfg, metrics_before=trained)
             return {
                 "before": result["metrics_before"],
@@ -479,7 +397,7 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
             stage.dir,
             int8=True,
             threads=cfg["export"]["threads"],
-            board=cfg["export"]["board"] or None,
+            board=cfg["export"]["board"],
             core_free=lambda: (core_share.share() or os.cpu_count() or 1) >= 2,
         )
         from .export.tflm.target import tflm_notes
@@ -517,7 +435,7 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
             device=cfg["evaluate"]["device"],
             threads=cfg["evaluate"]["threads"],
             baseline=users_model if reference != users_model else None,
-            limit=cfg["evaluate"].get("limit") or None,
+            limit=cfg["evaluate"]["limit"] or None,
             torch_device=compute["device"],
         )
         return {"report": str(stage.dir / "report.json")}

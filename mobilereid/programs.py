@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
+from collections.abc import Callable
 
 from .errors import MobileReIDError
 
@@ -28,11 +30,13 @@ def run_program(
     env: dict | None = None,
     max_chars: int | None = None,
     marker: str | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> str:
     """``marker``: how the lines start that the program prints on stderr as it begins each step (the evaluator's
-    ``evaluating PATH``); when it dies without an ``error:`` line of its own, the last of them says during what."""
+    ``evaluating PATH``); each is passed to ``on_step`` as it comes (progress for the user), and when the program dies
+    without an ``error:`` line of its own, the last of them says during what."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = _run_streaming(cmd, env, timeout, marker, on_step)
     except FileNotFoundError:
         raise error(f"{what}: '{cmd[0]}' is not installed") from None
     except subprocess.TimeoutExpired:
@@ -54,3 +58,31 @@ def run_program(
             line = (fatal or lines or ["exit status " + str(proc.returncode)])[-1] + during
         raise error(f"{what}: {line[:max_chars] if max_chars else line}")
     return proc.stdout
+
+
+def _run_streaming(cmd, env, timeout: int, marker: str | None, on_step) -> subprocess.CompletedProcess:
+    """``subprocess.run(capture_output=True, timeout=...)`` that also hands each ``marker`` line of stderr to
+    ``on_step`` while the program runs (stdout is read by a thread, so neither pipe can fill up and stall it)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    fired = []
+    timer = threading.Timer(timeout, lambda: (fired.append(True), proc.kill()))
+    timer.start()
+    err = []
+    try:
+        for line in proc.stderr:
+            err.append(line)
+            if on_step and marker and line.startswith(marker):
+                on_step(line.strip())
+        proc.wait()
+        reader.join()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:  # an exception here (Ctrl-C): the program does not outlive the command
+            proc.kill()
+            proc.wait()
+    if fired:
+        raise subprocess.TimeoutExpired(cmd, timeout)
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(out), "".join(err))

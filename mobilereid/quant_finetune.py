@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -72,41 +72,14 @@ from .console import console, progress
 from .cores import rebalance
 from .data.datasets import load_dataset
 from .data.torchdata import PKBatches, PKLoader, ReIDImages, TimedBatches
+from .embeddings import evaluate_model, preprocess_spec_for
 from .errors import CheckpointError, MobileReIDError
 from .losses import reid_loss
 from .models.checkpoint import load_checkpoint, save_checkpoint
 from .models.registry import model_family
-from .train import evaluate_model, lr_at, preprocess_spec_for
-
-
-@dataclass
-class QuantFinetuneConfig:
-    epochs: int = 24
-    lr: float = 5e-4
-    consistency: float = 100.0  # weight of (1 - cosine) between the fake-quantized and the float exported embeddings
-    p: int = 16
-    k: int = 4
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    margin: float = 0.3
-    seed: int = 0
-    threads: int = 0  # 0 = torch default
-    max_map_drop: float = 0.005  # guard: float mAP on query/gallery may fall at most this much (0.005 = 0.5 points)
-    guard_every: int = 8  # epochs between guard checks (and after the last epoch); 0 = no guard
-    give_up_drop: float = 0.025  # a check this far below the start (0.025 = 2.5 points) ends the stage early; 0 = never
-    device: str = "auto"  # compute.py
-    precision: str = "fp32"
-    workers: int | None = None
-
-    def guard_problem(self) -> str | None:
-        """What is wrong with the guard's values, as ``key = value: expected ...`` (None when they fit together);
-        the pipeline checks its config with it before any stage runs, quant_finetune before any file is read."""
-        for key in ("max_map_drop", "guard_every"):
-            if getattr(self, key) < 0:
-                return f"{key} = {getattr(self, key)!r}: expected at least 0"
-        if self.give_up_drop and self.give_up_drop < self.max_map_drop:
-            return f"give_up_drop = {self.give_up_drop!r}: expected 0 (never) or at least max_map_drop ({self.max_map_drop})"
-        return None
+from .options import QuantFinetuneConfig
+from .settings import check_cli
+from .train import lr_at
 
 
 def _module_path(node) -> str:
@@ -117,7 +90,8 @@ def _module_path(node) -> str:
 def _qat_graph(model, example: torch.Tensor, family: str):
     """The training graph with fake quantization where export quantizes statically: everything XNNPACKQuantizer
     handles for SCL-net (its recipes are full-integer), the linear layers for ViTs except the MLP's second one, which
-    the ViT's static recipe keeps dynamic (mobilereid/recipes/executorch_vit.toml: its post-GELU input is what static ranges miss)."""
+    the ViT's static recipe keeps dynamic (mobilereid/recipes/executorch_vit.toml: its post-GELU input is what static
+    ranges miss)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -182,6 +156,7 @@ def quant_finetune(
     the same decision; rank 0 writes ``out``."""
     cfg = cfg or QuantFinetuneConfig()
     checkpoint, out = Path(checkpoint), Path(out)
+    check_cli(cfg)
     problem = cfg.guard_problem()
     if problem:
         raise MobileReIDError(f"quant-finetune: {problem}")
@@ -353,17 +328,17 @@ class _Guard:
     ):
         self.model, self.ds, self.cfg, self.compute, self.say = model, ds, cfg, compute, say
         self.active = bool(cfg.guard_every) and before is not None
-        self.floor = before["mAP"] - cfg.max_map_drop if self.active else None
+        self.floor = before["mAP"] - cfg.max_map_drop / 100 if self.active else None
         self.kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.final_metrics = before if self.active else None
-        self.give_up_below = before["mAP"] - cfg.give_up_drop if self.active and cfg.give_up_drop else None
+        self.give_up_below = before["mAP"] - cfg.give_up_drop / 100 if self.active and cfg.give_up_drop else None
         self.record = {
-            "max_map_drop": cfg.max_map_drop,
+            "max_map_drop": cfg.max_map_drop / 100,  # fractions, as metrics are
             "every": cfg.guard_every,
             "active": self.active,
             "checks": [],
             "kept_epoch": 0,
-            "give_up_drop": cfg.give_up_drop,
+            "give_up_drop": cfg.give_up_drop / 100,
             "gave_up_epoch": None,
         }
         self.last_epoch = cfg.epochs
@@ -386,12 +361,13 @@ class _Guard:
         self.say(
             f"guard after epoch {epoch}: float mAP {metrics['mAP']:.2%} "
             + ("within" if ok else "NOT within")
-            + f" {self.cfg.max_map_drop:.2%} of the starting model's"
+            + f" {self.cfg.max_map_drop:.2f} points of the starting model's"
         )
         if self.give_up_below is not None and metrics["mAP"] < self.give_up_below and epoch < self.last_epoch:
             self.record["gave_up_epoch"] = epoch
             self.say(
-                f"guard: float mAP is more than {self.cfg.give_up_drop:.2%} below the start after epoch {epoch}: "
+                f"guard: float mAP is more than {self.cfg.give_up_drop:.2f} points below the start "
+                f"after epoch {epoch}: "
                 f"stopping early (measured: no run that fell this far recovered)"
             )
         return ok

@@ -1,4 +1,5 @@
-"""Reports people read: Markdown tables, JSON, and PNG plots (CMC curves, accuracy vs latency).
+"""Reports people read: Markdown tables, JSON, PNG plots (CMC curves, accuracy vs latency) and one self-contained
+HTML page (report.html: the Markdown with sortable tables and the plots embedded, html_report.py).
 
 Every report is staged in a temporary folder and moved into place only when complete, so a failure leaves no
 partial report.
@@ -6,15 +7,11 @@ partial report.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from .errors import MobileReIDError
-from .fsmodes import as_created_dir, as_created_file
+from .filesafety import staged_folder
 
 
 def _pct(x: float) -> str:
@@ -28,15 +25,18 @@ def eval_markdown(report: dict) -> str:
     if base:
         m = base["metrics"]
         lines += [
-            f"**Your float model** `{base['checkpoint']}` (torch): Rank-1 {_pct(m['rank1'])}, mAP {_pct(m['mAP'])}, mINP {_pct(m['mINP'])}. "
-            "The first ΔmAP / cosine columns compare each artifact with it; the last ones with the float model our stages "
+            f"**Your float model** `{base['checkpoint']}` (torch): "
+            f"Rank-1 {_pct(m['rank1'])}, mAP {_pct(m['mAP'])}, mINP {_pct(m['mINP'])}. "
+            "The first ΔmAP / cosine columns compare each artifact with it; "
+            "the last ones with the float model our stages "
             "made from it and exported (what conversion and quantization alone cost).",
             "",
         ]
     if ref:
         m = ref["metrics"]
         lines += [
-            f"Float reference `{ref['checkpoint']}` (torch{', the exported float model' if base else ''}): Rank-1 {_pct(m['rank1'])}, "
+            f"Float reference `{ref['checkpoint']}` (torch{', the exported float model' if base else ''}): "
+            f"Rank-1 {_pct(m['rank1'])}, "
             f"mAP {_pct(m['mAP'])}, mINP {_pct(m['mINP'])}",
             "",
         ]
@@ -93,15 +93,18 @@ def eval_markdown(report: dict) -> str:
     lines += [
         "",
         "Latency: per-image inference in the named runtime after warm-up, preprocessing excluded, batch 1, on the "
-        "device named above (host latency when the device is local). Metrics: Market-1501 protocol (same-pid-same-camera "
+        "device named above (host latency when the device is local). "
+        "Metrics: Market-1501 protocol (same-pid-same-camera "
         "gallery items removed, stable tie order).",
         "",
     ]
     if report.get("limit"):
         lim = report["limit"]
         lines += [
-            f"Subset (--limit {lim['asked']}): {lim['queries']} queries of evenly spaced identities and {lim['gallery']} gallery "
-            "images (those identities' and as many others, evenly spaced); every model of this report saw the same images.",
+            f"Subset (--limit {lim['asked']}): {lim['queries']} queries of evenly spaced identities "
+            f"and {lim['gallery']} gallery "
+            "images (those identities' and as many others, evenly spaced); "
+            "every model of this report saw the same images.",
             "",
         ]
     lines += arm_markdown(report)
@@ -116,12 +119,19 @@ def eval_markdown(report: dict) -> str:
     baked = sorted({r["baked_camera"] for r in report["artifacts"] if r.get("baked_camera") is not None})
     if baked and ref:
         lines += [
-            f"Camera: the artifacts have camera {', '.join(map(str, baked))}'s SIE embedding baked in; the float reference "
+            f"Camera: the artifacts have camera {', '.join(map(str, baked))}'s SIE embedding baked in; "
+            "the float reference "
             "uses each image's own camera (TransReID's protocol), so the drift includes what baking one camera costs.",
             "",
         ]
     bad = [
-        f"{r['name']} ({'sha256 differs from its sidecar' if not r['integrity']['sha256_matches'] else 'not exported from the reference'})"
+        f"{r['name']} ("
+        + (
+            "sha256 differs from its sidecar"
+            if not r["integrity"]["sha256_matches"]
+            else "not exported from the reference"
+        )
+        + ")"
         for r in report["artifacts"]
         if r.get("integrity")
         and (not r["integrity"]["sha256_matches"] or r["integrity"]["reference_is_source"] is False)
@@ -139,14 +149,17 @@ def arm_markdown(report: dict) -> list[str]:
     lines = [
         f"## On the emulated arm64 board ({rows[0]['arm']['cpu']}, {rows[0]['arm'].get('qemu') or 'qemu'})",
         "",
-        "| artifact | precision | ARM vs host: max abs diff | max output LSB | cosine min | identical rows | mAP ARM | mAP host | emulated ms/image |",
+        "| artifact | precision | ARM vs host: max abs diff | max output LSB | cosine min | identical rows "
+        "| mAP ARM | mAP host | emulated ms/image |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         a, v = r["arm"], r["arm"]["vs_host"]
         lines.append(
-            f"| {r['name']} | {r['precision']} | {v['max_abs_diff']:.3g} | {v.get('max_output_lsb', '-')} | {v['cosine_min']:.6f} | "
-            f"{100 * v['identical_fraction']:.1f}% ({v['images']} images) | {_pct(r['metrics']['mAP'])} | {_pct(a['host_metrics']['mAP'])} | "
+            f"| {r['name']} | {r['precision']} | {v['max_abs_diff']:.3g} | {v.get('max_output_lsb', '-')} "
+            f"| {v['cosine_min']:.6f} | "
+            f"{100 * v['identical_fraction']:.1f}% ({v['images']} images) | {_pct(r['metrics']['mAP'])} "
+            f"| {_pct(a['host_metrics']['mAP'])} | "
             f"{a['emulated_ms_per_image_p50']:.0f} |"
         )
     lines += [
@@ -223,73 +236,6 @@ def plot_eval(report: dict, folder: Path) -> list[str]:
     return files
 
 
-OUTPUT_MARK = ".mobilereid-output"  # inside every folder a report writes, so only those are ever replaced
-# in an output folder itself, OUTPUT_MARK lists the files reports wrote there (JSON: {"files": [...]}): only those
-# are ever overwritten, so a user's own report.md beside ours is safe
-
-
-def refuse_foreign_folder(dest: Path) -> None:
-    """A report may replace a folder only if a report of ours wrote it (it holds OUTPUT_MARK)."""
-    if dest.is_dir() and not (dest / OUTPUT_MARK).is_file():
-        raise MobileReIDError(
-            f"{dest}: exists and was not written by mobilereid; refusing to replace it (choose another output folder)"
-        )
-
-
-def files_written_by_us(out: Path) -> set[str]:
-    try:
-        files = json.loads((out / OUTPUT_MARK).read_text()).get("files", [])
-        return {f for f in files if isinstance(f, str)}
-    except (OSError, ValueError, AttributeError):
-        return set()
-
-
-def refuse_foreign_files(out: Path, names, force: bool = False) -> None:
-    """Each of ``names`` in ``out`` is absent, or a file a report of ours wrote there, or a folder of ours;
-    ``force`` lets files be overwritten (folders of someone else's are still never deleted)."""
-    ours = files_written_by_us(out)
-    for name in names:
-        dest = out / name
-        if dest.is_dir() and not dest.is_symlink():
-            refuse_foreign_folder(dest)
-        elif (dest.exists() or dest.is_symlink()) and name not in ours and not force:
-            raise MobileReIDError(
-                f"{dest}: exists and was not written by mobilereid; refusing to overwrite it "
-                "(move it away, choose another output folder, or pass --force)"
-            )
-
-
-@contextlib.contextmanager
-def staged_folder(out: Path, force: bool = False):
-    """A temporary folder beside `out`; when the block succeeds its files replace those in `out`, so a failure
-    leaves no partial report. Only files and folders a report of ours wrote are replaced (refuse_foreign_files)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield stage
-        for item in stage.rglob("*"):  # files made by mkstemp-based helpers and mkdtemp folders: umask modes
-            as_created_dir(item) if item.is_dir() else as_created_file(item)
-        names = sorted(item.name for item in stage.iterdir())
-        refuse_foreign_files(out, names, force)
-        out.mkdir(parents=True, exist_ok=True)
-        for item in stage.iterdir():
-            if item.is_dir():
-                (item / OUTPUT_MARK).write_text("written by mobilereid; a later report replaces this folder\n")
-        manifest = out / f".{OUTPUT_MARK}.tmp{os.getpid()}"
-        manifest.write_text(
-            json.dumps({"written_by": "mobilereid", "files": sorted(files_written_by_us(out) | set(names))})
-        )
-        as_created_file(manifest)
-        os.replace(manifest, out / OUTPUT_MARK)  # first: a file moved in below is then always listed
-        for item in stage.iterdir():
-            dest = out / item.name
-            if dest.is_dir() and not dest.is_symlink():
-                shutil.rmtree(dest)  # a folder an earlier report of ours wrote (it holds OUTPUT_MARK)
-            os.replace(item, dest)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
 def write_eval_report(report: dict, out: Path, raw: Path | None = None, force: bool = False) -> Path:
     out = Path(out)
     with staged_folder(out, force) as stage:
@@ -297,8 +243,16 @@ def write_eval_report(report: dict, out: Path, raw: Path | None = None, force: b
             shutil.copytree(raw, stage / "raw")
         report["plots"] = plot_eval(report, stage)
         (stage / "report.json").write_text(json.dumps(report, indent=2))
-        (stage / "report.md").write_text(eval_markdown(report))
+        write_markdown_and_html(stage, eval_markdown(report), "mobilereid evaluation", report["plots"])
     return out
+
+
+def write_markdown_and_html(folder: Path, markdown: str, title: str, plots: list[str]) -> None:
+    """``report.md`` and ``report.html`` (the same text as one self-contained page, plots embedded: html_report.py)."""
+    from .html_report import render_html
+
+    (folder / "report.md").write_text(markdown)
+    (folder / "report.html").write_text(render_html(markdown, title, [folder / p for p in plots]))
 
 
 def pipeline_markdown(final: dict) -> str:
@@ -320,7 +274,8 @@ def pipeline_markdown(final: dict) -> str:
         if name.startswith("train_") and "metrics" in s:
             m = s["metrics"]
             lines.append(
-                f"| {name[6:]} | {_pct(m['rank1'])} | {_pct(m['rank5'])} | {_pct(m['mAP'])} | {_pct(m['mINP'])} | {s['seconds']:.0f} |"
+                f"| {name[6:]} | {_pct(m['rank1'])} | {_pct(m['rank5'])} | {_pct(m['mAP'])} | {_pct(m['mINP'])} "
+                f"| {s['seconds']:.0f} |"
             )
     if "compress" in st:
         b, a = st["compress"]["before"], st["compress"]["after"]
@@ -331,10 +286,14 @@ def pipeline_markdown(final: dict) -> str:
             "| | before | after |",
             "|---|---|---|",
             f"| parameters (M) | {b['params'] / 1e6:.3f} | {a['params'] / 1e6:.3f} |",
-            f"| executed GMAC | {b['gmacs']:.4f} | {a['gmacs']:.4f} ({100 * (1 - a['gmacs'] / b['gmacs']):.1f}% fewer) |",
-            f"| patch tokens | {b['patch_tokens_kept']}/{b['patch_tokens']} | {a['patch_tokens_kept']}/{a['patch_tokens']} |",
-            f"| heads per layer | {' '.join(map(str, b['heads_per_layer']))} | {' '.join(map(str, a['heads_per_layer']))} |",
-            f"| K/V tokens per layer | all | {' '.join('all' if t is None else str(t) for t in a['kv_tokens_per_layer'])} |",
+            f"| executed GMAC | {b['gmacs']:.4f} | {a['gmacs']:.4f} "
+            f"({100 * (1 - a['gmacs'] / b['gmacs']):.1f}% fewer) |",
+            f"| patch tokens | {b['patch_tokens_kept']}/{b['patch_tokens']} "
+            f"| {a['patch_tokens_kept']}/{a['patch_tokens']} |",
+            f"| heads per layer | {' '.join(map(str, b['heads_per_layer']))} "
+            f"| {' '.join(map(str, a['heads_per_layer']))} |",
+            f"| K/V tokens per layer | all "
+            f"| {' '.join('all' if t is None else str(t) for t in a['kv_tokens_per_layer'])} |",
         ]
         if "mlp_hidden_per_layer" in a and a["mlp_hidden_per_layer"] != b.get("mlp_hidden_per_layer"):
             lines.append(
@@ -349,7 +308,8 @@ def pipeline_markdown(final: dict) -> str:
             b, a, last = s["before"], s["after"], s["history"][-1]
             lines += [
                 "",
-                f"## Quantization fine-tuning of `{name.removeprefix('quant_finetune_')}` (consistency between its INT8 and float embeddings)",
+                f"## Quantization fine-tuning of `{name.removeprefix('quant_finetune_')}` "
+                "(consistency between its INT8 and float embeddings)",
                 "",
                 "| | before | after |",
                 "|---|---|---|",
@@ -359,17 +319,20 @@ def pipeline_markdown(final: dict) -> str:
                 for key, label in (("rank1", "Rank-1"), ("mAP", "mAP"))
             ]
             lines.append(
-                f"| fake-quant vs float embedding cosine (last training epoch, training batches) | | {last['embedding_cosine']:.4f} |"
+                "| fake-quant vs float embedding cosine (last training epoch, training batches) | "
+                f"| {last['embedding_cosine']:.4f} |"
             )
             guard = s.get("guard") or {}
             if guard.get("active"):
                 lines += [
                     "",
-                    f"Guard: float mAP may fall at most {100 * guard['max_map_drop']:.2f} points (checked every {guard['every']} "
+                    f"Guard: float mAP may fall at most {100 * guard['max_map_drop']:.2f} points "
+                    f"(checked every {guard['every']} "
                     "epochs and after the last, on query/gallery): "
                     + (
                         (
-                            f"stopped after epoch {guard['gave_up_epoch']}, more than {100 * guard['give_up_drop']:.2f} points down"
+                            f"stopped after epoch {guard['gave_up_epoch']}, "
+                            f"more than {100 * guard['give_up_drop']:.2f} points down"
                             if guard.get("gave_up_epoch")
                             else "the last epoch failed it"
                         )
@@ -435,7 +398,7 @@ def write_pipeline_report(final: dict, out: Path) -> Path:
                     shutil.copy(src / png, stage / f"{name}_{png}")
                     final["plots"].append(f"{name}_{png}")
         (stage / "report.json").write_text(json.dumps(final, indent=2, default=str))
-        (stage / "report.md").write_text(pipeline_markdown(final))
+        write_markdown_and_html(stage, pipeline_markdown(final), "mobilereid pipeline report", final["plots"])
     return out
 
 

@@ -1,7 +1,7 @@
 """Run exported artifacts in their real runtimes, driven only by the metadata sidecar (numpy only here).
 
-Used by export verification on the host and, unchanged, by the on-device evaluator (mobilereid/device/), so host and device
-feed models identically. Runtimes are imported lazily: a device needs only the one it runs.
+Used by export verification on the host and, unchanged, by the on-device evaluator (mobilereid/device/), so host and
+device feed models identically. Runtimes are imported lazily: a device needs only the one it runs.
 
 * ``.tflite``: ai-edge-litert's Interpreter, else tflite-runtime, else tensorflow's tf.lite (that order: the
   first two are what boards and phones have). ``num_threads`` is always passed (LiteRT's Python default is 1).

@@ -20,73 +20,26 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from . import distributed
-from .atomic import atomic_write_text
-from .compute import CPU, Compute, activate, exact_matmuls, local_rank, resolve
+from .compute import CPU, Compute, activate, local_rank, resolve
 from .console import console, progress
 from .cores import rebalance
-from .data.datasets import ReIDDataset, load_dataset
-from .data.preprocess import PreprocessSpec
+from .data.datasets import load_dataset
 from .data.torchdata import PKBatches, PKLoader, ReIDImages, TimedBatches
+from .embeddings import evaluate_model, preprocess_spec_for
 from .errors import CheckpointError, MobileReIDError
+from .filesafety import atomic_write_text
 from .losses import reid_loss
-from .metrics import cosine_distance, evaluate_rank
 from .models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, sweep_stale_temporaries
 from .models.registry import build_model
 from .models.vit import fused_attention
-
-
-@dataclass
-class TrainConfig:
-    model: str = "sclnet"
-    epochs: int = 10
-    p: int = 8
-    k: int = 4
-    lr: float = 3.5e-4
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    label_smoothing: float = 0.1
-    margin: float = 0.3
-    seed: int = 0
-    threads: int = 0  # 0 = torch default
-    model_options: dict = field(default_factory=dict)
-    pretrained: str | None = None
-    init_checkpoint: str | None = None  # start from a mobilereid checkpoint (e.g. fine-tuning a compressed model)
-    keep_checkpoints: int = 0  # per-epoch copies kept besides last.pt and model.pt
-    device: str = "auto"  # auto, cpu, cuda, cuda:N (compute.py)
-    precision: str = "fp32"  # fp32, bf16, fp16
-    workers: int | None = None  # input worker processes; None = from the device and cores
-
-    def validate(self) -> None:
-        """Values that would train nothing or crash later are refused up front, one line each."""
-        checks = [
-            (self.epochs >= 1, f"--epochs {self.epochs}: must be >= 1"),
-            (self.p >= 2, f"-p {self.p}: needs >= 2 identities per batch (triplet loss)"),
-            (self.k >= 2, f"-k {self.k}: needs >= 2 images per identity (triplet loss)"),
-            (self.lr > 0, f"--lr {self.lr}: must be > 0"),
-            (self.warmup_epochs >= 0, f"--warmup {self.warmup_epochs}: must be >= 0"),
-            (self.threads >= 0, f"--threads {self.threads}: must be >= 0"),
-            (self.keep_checkpoints >= 0, f"--keep-checkpoints {self.keep_checkpoints}: must be >= 0"),
-            (self.workers is None or self.workers >= 0, f"--workers {self.workers}: must be >= 0"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise MobileReIDError(msg)
-
-
-def preprocess_spec_for(model) -> PreprocessSpec:
-    """The input a model's weights expect: its size and the normalisation recorded in its config (ImageNet
-    statistics unless the model was imported with others, e.g. TransReID's mean = std = 0.5)."""
-    h, w = model.cfg.img_size
-    kw = {k: tuple(getattr(model.cfg, f"pixel_{k}")) for k in ("mean", "std") if hasattr(model.cfg, f"pixel_{k}")}
-    return PreprocessSpec(height=h, width=w, **kw)
+from .options import TrainConfig
+from .settings import check_cli
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -94,75 +47,6 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
         return base * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
     return base * 0.5 * (1 + math.cos(math.pi * t))
-
-
-@torch.no_grad()
-def extract_features(
-    model,
-    samples,
-    spec: PreprocessSpec,
-    batch_size: int = 64,
-    desc: str | None = None,
-    flip: bool = False,
-    compute: Compute = CPU,
-) -> np.ndarray:
-    """Embeddings of `samples`; with ``flip`` the mean of each image's and its mirror's (as mobilereid/device/evaluator.py).
-
-    Runs on ``compute.device`` in fp32 with exact matmuls (no TF32, no autocast): these are reference numbers for
-    metrics and drift; attention goes through the fused kernel, which computes the same function."""
-    model.eval()
-    if getattr(model, "uses_camera", False) and samples:
-        n, top = model.cfg.camera_num, max(s.camid for s in samples)
-        if top >= n:
-            raise MobileReIDError(
-                f"{samples[0].path.parent}: images of camera {top} (0-based), but the model's SIE "
-                f"camera embedding knows cameras 0..{n - 1}"
-            )
-    loader = DataLoader(
-        ReIDImages(samples, spec, cache=False),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=compute.workers,
-        pin_memory=compute.cuda,
-    )
-    feats = []
-    with (
-        progress(desc or f"embedding {len(samples)} images", len(samples)) as advance,
-        exact_matmuls(),
-        fused_attention(model),
-    ):
-        for x, _, cam in loader:
-            x, cam = compute.put(x), compute.put(cam)
-            run = (lambda v: model(v, cam)) if getattr(model, "uses_camera", False) else model
-            out = run(x) if not flip else (run(x) + run(x.flip(3))) / 2
-            feats.append(out.float().cpu().numpy())
-            advance(len(x))
-    return np.concatenate(feats)
-
-
-def evaluate_model(model, ds: ReIDDataset, spec: PreprocessSpec | None = None, compute: Compute = CPU) -> dict:
-    """Float evaluation on query/gallery: Rank-1/5/10, mAP, mINP (fractions)."""
-    spec = spec or preprocess_spec_for(model)
-    q = extract_features(model, ds.query, spec, desc=f"embedding {len(ds.query)} query images", compute=compute)
-    g = extract_features(model, ds.gallery, spec, desc=f"embedding {len(ds.gallery)} gallery images", compute=compute)
-    return rank_metrics(q, g, ds)
-
-
-def rank_metrics(q: np.ndarray, g: np.ndarray, ds: ReIDDataset) -> dict:
-    cmc, mAP, mINP = evaluate_rank(
-        cosine_distance(q, g),
-        np.array([s.pid for s in ds.query]),
-        np.array([s.pid for s in ds.gallery]),
-        np.array([s.camid for s in ds.query]),
-        np.array([s.camid for s in ds.gallery]),
-    )
-    return {
-        "rank1": float(cmc[0]),
-        "rank5": float(cmc[min(4, len(cmc) - 1)]),
-        "rank10": float(cmc[min(9, len(cmc) - 1)]),
-        "mAP": mAP,
-        "mINP": mINP,
-    }
 
 
 def train_one_epoch(
@@ -257,13 +141,14 @@ def build_for_training(cfg: TrainConfig, num_classes: int):
             raise MobileReIDError(f"--pretrained: only ViT presets load timm/DeiT/TransReID weights, not {cfg.model}")
         info = load_pretrained_vit(model, cfg.pretrained)
         console.print(
-            f"loaded {info['loaded']} tensors from {cfg.pretrained}; skipped {len(info['skipped'])}, new {len(info['missing'])}"
+            f"loaded {info['loaded']} tensors from {cfg.pretrained}; "
+            f"skipped {len(info['skipped'])}, new {len(info['missing'])}"
         )
     return model
 
 
 def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = False, evaluate: bool = True) -> dict:
-    cfg.validate()
+    check_cli(cfg)
     compute = resolve(cfg.device, cfg.precision, cfg.workers)
     activate(compute)
     rank, world = distributed.start(compute)
@@ -355,9 +240,10 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
         if evaluate:
             result["metrics"] = evaluate_model(model, ds, spec, compute)
             console.print(
-                "final: Rank-1 {rank1:.2%}  Rank-5 {rank5:.2%}  Rank-10 {rank10:.2%}  mAP {mAP:.2%}  mINP {mINP:.2%}".format(
-                    **result["metrics"]
-                )
+                (
+                    "final: Rank-1 {rank1:.2%}  Rank-5 {rank5:.2%}  Rank-10 {rank10:.2%}  "
+                    "mAP {mAP:.2%}  mINP {mINP:.2%}"
+                ).format(**result["metrics"])
             )
         atomic_write_text(out / "train_summary.json", json.dumps(result, indent=2))
     distributed.stop()

@@ -90,10 +90,11 @@ def bench_one(name: str, data: Path, args) -> dict:
     from mobilereid.compute import activate, peak_memory_bytes, resolve
     from mobilereid.data.datasets import load_dataset
     from mobilereid.data.torchdata import PKBatches, PKLoader, ReIDImages
+    from mobilereid.embeddings import preprocess_spec_for
     from mobilereid.flops import count_macs
     from mobilereid.models.registry import build_model
     from mobilereid.models.vit import fused_attention
-    from mobilereid.train import lr_at, preprocess_spec_for, train_one_epoch
+    from mobilereid.train import lr_at, train_one_epoch
 
     preset, options, (p, k) = MODELS[name]
     compute = resolve(args.device, args.precision, args.workers)

@@ -3,15 +3,15 @@
     python scripts/benchmark_export.py --data DATA --ckpt runs/default/train_sclnet/model.pt \
         --ckpt runs/default/compress/compressed.pt --out runs/bench_export [--threads 2] [--runs 100]
 
-For each checkpoint: exports ONNX, ExecuTorch (fp32 + the recipe's int8 variants: dynamic and static for ViTs) with
-the default recipes and TFLite fp32, dynamic, full int8 and int16x8 (for every family, with the drift gate off: drift is measured here, not enforced), then times torch
-fp32 and every artifact **in one process, on the same preprocessed image, with the same thread count**, in
-interleaved blocks (so a load change on a shared machine hits every runtime alike). The CPU model and its int8
-dot-product extensions are recorded: whether int8 beats fp32 on a CPU depends on them. Ratios (INT8 size / fp32
-size, INT8 latency / fp32 latency of the same runtime) are computed from numbers measured side by side in this run.
-For LiteRT rows the file's bytes are broken down by role (weights, biases, per-channel quantization parameters,
-graph; ``mobilereid.export.tflite.size``), and the XNNPACK partitions and the ops left outside them are read from
-the interpreter; for ExecuTorch from the sidecar's delegation report. Writes ``benchmark.json`` and
+For each checkpoint: exports ONNX, ExecuTorch (fp32 + the recipe's int8 variants: dynamic and static for ViTs) with the
+default recipes and TFLite fp32, dynamic, full int8 and int16x8 (for every family, with the drift gate off: drift is
+measured here, not enforced), then times torch fp32 and every artifact **in one process, on the same preprocessed image,
+with the same thread count**, in interleaved blocks (so a load change on a shared machine hits every runtime alike). The
+CPU model and its int8 dot-product extensions are recorded: whether int8 beats fp32 on a CPU depends on them. Ratios
+(INT8 size / fp32 size, INT8 latency / fp32 latency of the same runtime) are computed from numbers measured side by side
+in this run. For LiteRT rows the file's bytes are broken down by role (weights, biases, per-channel quantization
+parameters, graph; ``mobilereid.export.tflite.size``), and the XNNPACK partitions and the ops left outside them are read
+from the interpreter; for ExecuTorch from the sidecar's delegation report. Writes ``benchmark.json`` and
 ``benchmark.md``; prints the table. Latency is host-CPU latency, not a phone's.
 """
 
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mobilereid.embeddings import preprocess_spec_for
 from mobilereid.export import export_checkpoint
 from mobilereid.export.calibration import calibration_files, load_batch
 from mobilereid.export.tflite.delegation import delegation_report
@@ -32,7 +33,6 @@ from mobilereid.host import host_cpu
 from mobilereid.models.checkpoint import load_checkpoint
 from mobilereid.report import write_rows_table
 from mobilereid.runtimes import open_runner
-from mobilereid.train import preprocess_spec_for
 
 
 def timed_interleaved(fns: list, runs: int, warmup: int = 5, rounds: int = 5) -> list[np.ndarray]:
@@ -131,7 +131,8 @@ def markdown(rows: list[dict], threads: int, runs: int, cpu: str) -> str:
         f"Host CPU ({cpu}), {threads} threads, batch 1, {runs} timed runs per runtime in 5 interleaved blocks "
         "(5 warm-up runs before each), same image for all.",
         "",
-        "| model | runtime | precision | MB | size vs fp32 | p50 ms | p90 ms | latency vs fp32 | cosine mean | cosine min | delegate partitions | ops outside the delegate |",
+        "| model | runtime | precision | MB | size vs fp32 | p50 ms | p90 ms | latency vs fp32 | cosine mean | "
+        "cosine min | delegate partitions | ops outside the delegate |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -26,18 +26,18 @@ VARIANTS = {
     "patch keep 0.75": {"keep_ratio": 0.75},
     "patch keep 0.6": {"keep_ratio": 0.6},
     "2 windows from block 6": {"windows": 2, "window_start": 6},
-    "heads -25%": {"head_ratio": 0.25},
-    "heads -40%": {"head_ratio": 0.4},
+    "heads -25%": {"head_rate": 0.25},
+    "heads -40%": {"head_rate": 0.4},
     "K/V tokens -20%": {"token_rate": 0.2},
     "K/V tokens -40%": {"token_rate": 0.4},
-    "combined (keep .75, heads .25, K/V .2)": {"keep_ratio": 0.75, "head_ratio": 0.25, "token_rate": 0.2},
-    "combined (keep .6, heads .4, K/V .4)": {"keep_ratio": 0.6, "head_ratio": 0.4, "token_rate": 0.4},
-    "AMG only (heads .4, K/V .6)": {"head_ratio": 0.4, "token_rate": 0.6},
+    "combined (keep .75, heads .25, K/V .2)": {"keep_ratio": 0.75, "head_rate": 0.25, "token_rate": 0.2},
+    "combined (keep .6, heads .4, K/V .4)": {"keep_ratio": 0.6, "head_rate": 0.4, "token_rate": 0.4},
+    "AMG only (heads .4, K/V .6)": {"head_rate": 0.4, "token_rate": 0.6},
     "patch keep 0.75, contrast scorer": {"keep_ratio": 0.75, "scorer": "contrast"},
     "combined (keep .75 contrast, heads .4, K/V .6)": {
         "keep_ratio": 0.75,
         "scorer": "contrast",
-        "head_ratio": 0.4,
+        "head_rate": 0.4,
         "token_rate": 0.6,
     },
     "MLP units -25%": {"mlp_rate": 0.25},
@@ -45,14 +45,14 @@ VARIANTS = {
     "combined + MLP -25% (keep .75 contrast, heads .4, K/V .6)": {
         "keep_ratio": 0.75,
         "scorer": "contrast",
-        "head_ratio": 0.4,
+        "head_rate": 0.4,
         "token_rate": 0.6,
         "mlp_rate": 0.25,
     },
     "combined + MLP -40% (keep .75 contrast, heads .4, K/V .6)": {
         "keep_ratio": 0.75,
         "scorer": "contrast",
-        "head_ratio": 0.4,
+        "head_rate": 0.4,
         "token_rate": 0.6,
         "mlp_rate": 0.4,
     },
@@ -73,7 +73,7 @@ def config_for(opts: dict, budget: int) -> CompressConfig:
     cfg = CompressConfig(rounds=2, epochs_per_round=2, arch_epochs=2, token_epochs=1, lr=1e-4, **opts)
     used = (
         (cfg.arch_epochs if (cfg.keep_ratio is not None or cfg.windows is not None) else 0)
-        + (cfg.rounds * cfg.epochs_per_round if cfg.head_ratio > 0 else 0)
+        + (cfg.rounds * cfg.epochs_per_round if cfg.head_rate > 0 else 0)
         + (cfg.token_epochs if cfg.token_rate > 0 else 0)
         + (cfg.mlp_epochs if cfg.mlp_rate > 0 else 0)
     )
@@ -158,13 +158,15 @@ def main() -> None:
     for name, r in rows.items():
         lines.append(
             f"| {name} | {r['gmacs']:.4f} | {100 * (r['gmacs'] / base['gmacs'] - 1):+.1f}% | {r['params'] / 1e6:.2f} | "
-            f"{100 * r['rank1']:.1f}% | {100 * r['mAP']:.2f}% | {100 * (r['mAP'] - base['mAP']):+.2f} | {100 * r['mINP']:.2f}% |"
+            f"{100 * r['rank1']:.1f}% | {100 * r['mAP']:.2f}% | {100 * (r['mAP'] - base['mAP']):+.2f} | "
+            f"{100 * r['mINP']:.2f}% |"
         )
     for name, change in SEED_FIGURES.items():
         lines.append(f"| {name} | — | {change:+.1f}% | — | — | — | — | — |")
     u = base["unpruned"]
     lines.append(
-        f"\nunpruned checkpoint before fine-tuning: {u['gmacs']:.4f} GMAC, Rank-1 {100 * u['rank1']:.1f}%, mAP {100 * u['mAP']:.2f}%"
+        f"\nunpruned checkpoint before fine-tuning: {u['gmacs']:.4f} GMAC, "
+        f"Rank-1 {100 * u['rank1']:.1f}%, mAP {100 * u['mAP']:.2f}%"
     )
     (args.out / "sweep.md").write_text("\n".join(lines) + "\n")
     plot(rows, args.out / "sweep.png")

@@ -11,8 +11,8 @@ import torch
 
 from mobilereid.baselines import histogram_features
 from mobilereid.data.datasets import load_dataset
+from mobilereid.embeddings import evaluate_model, rank_metrics
 from mobilereid.models import build_model
-from mobilereid.train import evaluate_model, rank_metrics
 
 ap = argparse.ArgumentParser()
 ap.add_argument("data")

@@ -38,7 +38,7 @@ step synth 60 cli data synth "$OUT/synth" --ids 100
 step train_fp32 60 cli train -d "$OUT/synth" -m sclnet_small --epochs 12 -p 16 -k 4 --lr 1e-3 --device cuda --precision fp32 -o "$OUT/sclnet_fp32"
 step train_bf16 60 cli train -d "$OUT/synth" -m sclnet_small --epochs 12 -p 16 -k 4 --lr 1e-3 --device cuda --precision bf16 -o "$OUT/sclnet_bf16"
 step train_vit 60 cli train -d "$OUT/synth" -m vit_small --epochs 6 -p 16 -k 4 --lr 3e-4 --device cuda --precision bf16 -o "$OUT/vit"
-step compress 90 cli compress "$OUT/vit/model.pt" -d "$OUT/synth" -o "$OUT/vit_compressed" --head-ratio 0.25 --mlp-rate 0.25 \
+step compress 90 cli compress "$OUT/vit/model.pt" -d "$OUT/synth" -o "$OUT/vit_compressed" --head-rate 0.25 --mlp-rate 0.25 \
   --token-rate 0.3 --rounds 1 --device cuda --precision bf16
 step quant_finetune 90 cli quant-finetune "$OUT/sclnet_fp32/model.pt" -d "$OUT/synth" -o "$OUT/sclnet_qft.pt" --epochs 4 \
   --guard-every 4 --device cuda --precision bf16

@@ -27,12 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mobilereid.embeddings import preprocess_spec_for  # noqa: E402
 from mobilereid.export.calibration import calibration_files, load_batch  # noqa: E402
 from mobilereid.export.tflite.delegation import delegation_report  # noqa: E402
 from mobilereid.export.tflite.litert_torch_route import convert_with_litert_torch  # noqa: E402
 from mobilereid.models.checkpoint import load_checkpoint  # noqa: E402
 from mobilereid.report import write_rows_table  # noqa: E402
-from mobilereid.train import preprocess_spec_for  # noqa: E402
 
 
 def interpreter(model_bytes: bytes, threads: int):
@@ -118,13 +118,16 @@ def markdown(rows: list[dict], threads: int, runs: int) -> str:
     lines = [
         f"LiteRT interpreter, XNNPACK, {threads} threads, batch 1, {runs} timed runs after 5 warm-up runs, same image.",
         "",
-        "| model | route | variant | MB | p50 ms | p90 ms | delegate partitions | ops outside delegate | cosine mean | cosine min |",
+        "| model | route | variant | MB | p50 ms | p90 ms | delegate partitions | ops outside delegate | "
+        "cosine mean | cosine min |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['route']} | {r['variant']} | {r['size_mb']:.2f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
-            f"{r['delegate_partitions']} | {r['ops_outside_delegate']} | {r['cosine_mean']:.4f} | {r['cosine_min']:.4f} |"
+            f"| {r['model']} | {r['route']} | {r['variant']} | {r['size_mb']:.2f} | "
+            f"{r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+            f"{r['delegate_partitions']} | {r['ops_outside_delegate']} | "
+            f"{r['cosine_mean']:.4f} | {r['cosine_min']:.4f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -41,5 +41,6 @@ for name, opts in VARIANTS.items():
 print("| variant | Rank-1 | mAP | mINP | executed GMAC | s/epoch |\n|---|---|---|---|---|---|")
 for name, r in rows.items():
     print(
-        f"| {name} | {r['rank1']:.1%} | {r['mAP']:.1%} | {r['mINP']:.1%} | {r['gmacs']:.4f} | {r['seconds_per_epoch']:.1f} |"
+        f"| {name} | {r['rank1']:.1%} | {r['mAP']:.1%} | {r['mINP']:.1%} | {r['gmacs']:.4f} | "
+        f"{r['seconds_per_epoch']:.1f} |"
     )

@@ -81,3 +81,59 @@ def sclnet_exports(sclnet_ckpt, tiny_dataset, run_shared) -> tuple[Path, list[di
     for r in results:
         r["artifact"] = Path(r["artifact"])
     return run_shared / "sclnet_exports" / "out", results
+
+
+# Files whose tests convert models or run a whole chain: `make test-fast` leaves them out (CI runs everything).
+CONVERT_FILES = {
+    "test_export.py",
+    "test_export_processes.py",
+    "test_external.py",
+    "test_tflm.py",
+    "test_cnn_families.py",
+    "test_quant_sensitivity.py",
+    "test_quant_sensitivity_vit.py",
+    "test_import.py",
+    "test_android_core.py",
+    "test_arm64.py",
+    "test_recipe_targets.py",
+    "test_quant_finetune.py",
+    "test_evaluate.py",
+    "test_hardening_eval.py",
+}
+E2E_FILES = {"test_pipeline.py", "test_wheel.py"}
+
+
+# The longest files first (measured with --durations): `make test` runs files on two workers (--dist loadfile), so a
+# long file picked up last would leave one core idle at the end; in this order the short files fill the gaps.
+LONGEST_FIRST = [
+    "test_quant_sensitivity.py",
+    "test_external.py",
+    "test_import.py",
+    "test_export.py",
+    "test_cnn_families.py",
+    "test_pipeline.py",
+    "test_quant_finetune.py",
+    "test_hardening.py",
+    "test_compute.py",
+    "test_tflm.py",
+    "test_hardening_lifecycle.py",
+    "test_android_core.py",
+    "test_train.py",
+    "test_export_processes.py",
+    "test_quant_sensitivity_vit.py",
+    "test_arm64.py",
+    "test_cnn_import.py",
+    "test_evaluate.py",
+    "test_wheel.py",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+    for item in items:
+        name = item.path.name
+        if name in CONVERT_FILES:
+            item.add_marker(pytest.mark.convert)
+        if name in E2E_FILES:
+            item.add_marker(pytest.mark.e2e)

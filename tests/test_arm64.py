@@ -104,7 +104,8 @@ def arm_artifacts(sclnet_ckpt, sclnet_exports):
 def test_int8_tflite_on_arm_matches_host(arm_artifacts, tiny_dataset, tmp_path, cpu):
     """Static INT8 .tflite: bit-identical ARM and x86 outputs on a NEON-only core (cortex-a53) and a dot-product core
     (cortex-a55), as measured (README "On ARM"). Dynamic-range .tflite: identical on NEON-only; on dot-product cores
-    XNNPACK's KleidiAI kernels quantize activations per row, a real ARM-vs-x86 difference, bounded by what we measured."""
+    XNNPACK's KleidiAI kernels quantize activations per row, a real ARM-vs-x86 difference, bounded by what we
+    measured."""
     ckpt, by = arm_artifacts
     staged = lambda: set((Arm64Board().root / "tmp").glob("mobilereid-eval.*"))  # noqa: E731
     before = staged()

@@ -31,7 +31,7 @@ def test_check_missing_folder_is_one_line_error(tmp_path):
 
 def test_synth_bad_option():
     r = runner.invoke(app, ["data", "synth", "/tmp/never-written", "--ids", "1"])
-    assert r.exit_code == 2 and "--ids must be at least 4" in r.output
+    assert r.exit_code == 2 and "--ids 1: must be >= 4" in r.output
 
 
 def test_every_command_has_help():

@@ -12,6 +12,7 @@ from mobilereid.errors import MobileReIDError
 from mobilereid.flops import count_macs, count_params
 from mobilereid.models import build_model
 from mobilereid.models.checkpoint import load_checkpoint, save_checkpoint
+from mobilereid.settings import check_cli
 
 runner = CliRunner()
 
@@ -115,7 +116,7 @@ def test_compressed_checkpoint_reloads_and_exports(tmp_path, tiny_dataset):
     ckpt = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test", num_heads=4, num_classes=6).eval())
     cfg = CompressConfig(
         keep_ratio=0.75,
-        head_ratio=0.5,
+        head_rate=0.5,
         token_rate=0.3,
         mlp_rate=0.5,
         rounds=2,
@@ -147,12 +148,12 @@ def test_compressed_checkpoint_reloads_and_exports(tmp_path, tiny_dataset):
 @pytest.mark.parametrize(
     "kwargs,msg",
     [
-        (dict(head_ratio=1.0), "head-ratio must be in"),
-        (dict(head_ratio=-0.1), "head-ratio must be in"),
-        (dict(token_rate=1.5), "token-rate must be in"),
-        (dict(keep_ratio=0.0), "keep-ratio must be in"),
-        (dict(mlp_rate=1.0), "mlp-rate must be in"),
-        (dict(head_ratio=0.9), "each of the 2 layers keeps one"),
+        (dict(head_rate=1.0), "--head-rate 1.0: must be >= 0 and < 1"),
+        (dict(head_rate=-0.1), "--head-rate -0.1: must be >= 0 and < 1"),
+        (dict(token_rate=1.5), "--token-rate 1.5: must be >= 0 and < 1"),
+        (dict(keep_ratio=0.0), r"--keep-ratio 0.0: must be > 0 and <= 1"),
+        (dict(mlp_rate=1.0), "--mlp-rate 1.0: must be >= 0 and < 1"),
+        (dict(head_rate=0.9), "each of the 2 layers keeps one"),
     ],
 )
 def test_bad_ratios(tmp_path, tiny_dataset, kwargs, msg):
@@ -164,7 +165,7 @@ def test_bad_ratios(tmp_path, tiny_dataset, kwargs, msg):
 def test_cli_compress_rejects_cnn(tmp_path, tiny_dataset):
     ckpt = save_checkpoint(tmp_path / "cnn.pt", build_model("sclnet_test", num_classes=6).eval())
     r = runner.invoke(
-        app, ["compress", str(ckpt), "--data", str(tiny_dataset), "--head-ratio", "0.3", "-o", str(tmp_path / "o")]
+        app, ["compress", str(ckpt), "--data", str(tiny_dataset), "--head-rate", "0.3", "-o", str(tmp_path / "o")]
     )
     assert r.exit_code == 2 and "compression applies to ViT checkpoints" in r.output
 
@@ -182,8 +183,8 @@ def test_statistics_cover_the_whole_training_split_unless_capped(tiny_dataset):
     assert (
         len(capped.stat_indices) == 10 and capped.stat_indices[0] == 0 and capped.stat_indices[-1] == len(ds.train) - 1
     )
-    with pytest.raises(MobileReIDError, match="--stat-images must be >= 0"):
-        CompressConfig(stat_images=-1).validate()
+    with pytest.raises(MobileReIDError, match="--stat-images -1: must be >= 0"):
+        check_cli(CompressConfig(stat_images=-1))
 
 
 def test_distillation_is_deit_soft_kl_teacher_to_student_per_class(monkeypatch):

@@ -19,11 +19,12 @@ from mobilereid.cli import app
 from mobilereid.compute import resolve
 from mobilereid.data.datasets import load_dataset
 from mobilereid.data.torchdata import PKBatches, PKLoader, ReIDImages
+from mobilereid.embeddings import evaluate_model, preprocess_spec_for
 from mobilereid.errors import MobileReIDError
 from mobilereid.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from mobilereid.models.registry import build_model
 from mobilereid.models.vit import fused_attention
-from mobilereid.train import TrainConfig, evaluate_model, preprocess_spec_for, train
+from mobilereid.train import TrainConfig, train
 
 runner = CliRunner()
 
@@ -232,7 +233,7 @@ def test_torchrun_compress_and_quant_finetune_on_two_gloo_ranks(tiny_dataset, tm
             str(tiny_dataset),
             "-o",
             str(tmp_path / "c"),
-            "--head-ratio",
+            "--head-rate",
             "0.25",
             "--rounds",
             "1",

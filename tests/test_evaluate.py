@@ -32,10 +32,13 @@ def test_device_bundle_runs_without_torch_or_tensorflow(tmp_path, artifacts, tin
     assert all((bundle / rel).is_file() for rel in DEVICE_MODULES)
     onnx = next(a for a in artifacts[1] if a.suffix == ".onnx")
     code = (
-        f"import sys; sys.argv=['reid_eval', '--model', {str(onnx)!r}, '--data', {str(tiny_dataset)!r}, '--out', {str(tmp_path / 'r')!r}];"
-        f"sys.path.insert(0, {str(bundle)!r}); from mobilereid.device import evaluator as reid_eval; rc = reid_eval.main(sys.argv[1:]);"
+        f"import sys; sys.argv=['reid_eval', '--model', {str(onnx)!r}, '--data', {str(tiny_dataset)!r}, "
+        f"'--out', {str(tmp_path / 'r')!r}];"
+        f"sys.path.insert(0, {str(bundle)!r}); from mobilereid.device import evaluator as reid_eval; "
+        "rc = reid_eval.main(sys.argv[1:]);"
         f"assert reid_eval.__file__.startswith({str(bundle)!r}), reid_eval.__file__;"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorflow')]; assert not bad, bad; sys.exit(rc)"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorflow')]; assert not bad, bad; "
+        "sys.exit(rc)"
     )
     subprocess.run(
         [sys.executable, "-c", code],
@@ -178,7 +181,8 @@ def local_sshd(tmp_path):
     Path("/run/sshd").mkdir(exist_ok=True)
     cfg = keydir / "sshd_config"
     cfg.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keydir / 'host'}\nAuthorizedKeysFile {keydir / 'authorized_keys'}\n"
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keydir / 'host'}\n"
+        f"AuthorizedKeysFile {keydir / 'authorized_keys'}\n"
         "PasswordAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile none\n"
         "Subsystem sftp internal-sftp\n"
     )

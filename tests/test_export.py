@@ -374,7 +374,7 @@ def test_vit_tflite_default_route_is_litert_torch_and_takes_exact_gelu(tiny_data
     assert "FULLY_CONNECTED" in op_counts(int8["artifact"])
     recipe.write_text('target = "tflite"\nvariants = ["fp16"]\n')
     with pytest.raises(
-        ExportError, match=r"unknown TFLite variant 'fp16' \(choose from fp32, dynamic, int8, int16x8\)"
+        ExportError, match=r"unknown tflite variant\(s\) fp16 \(choose from fp32, dynamic, int8, int16x8\)"
     ):
         export_checkpoint(exact, "tflite", tiny_dataset, tmp_path / "bad", int8=True, recipe_path=recipe)
 
@@ -458,14 +458,14 @@ def test_cli_export_fails_when_below_drift_budget(sclnet_ckpt, tiny_dataset, tmp
 
 @pytest.mark.slow
 def test_vit_executorch_static_int8_quantizes_linears_and_keeps_fc2_dynamic(tiny_dataset, tmp_path):
-    """The ViT recipe's int8_static variant: static int8 linears (their quantize nodes hold calibrated scales), fc2
+    """The ViT recipe's static int8 variant: static int8 linears (their quantize nodes hold calibrated scales), fc2
     dynamic, measured in the ExecuTorch runtime like every artifact; precision names it apart from the dynamic one."""
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test", gelu="tanh").eval())
     recipe = tmp_path / "r.toml"
-    recipe.write_text('target = "executorch"\nvariants = ["int8_static"]\n[verify]\nmin_cosine = 0.9\n')
+    recipe.write_text('target = "executorch"\nvariants = ["int8"]\n[verify]\nmin_cosine = 0.9\n')
     r = export_checkpoint(ckpt, "executorch", tiny_dataset, tmp_path / "o", int8=True, recipe_path=recipe)[0]
-    assert r["precision"] == "int8_static" and r["artifact"].name == "vit_xnnpack_int8_static.pte"
+    assert r["precision"] == "int8" and r["artifact"].name == "vit_xnnpack_int8.pte"
     assert r["verification"]["passed"]
     ops = r["delegation"][
         "ops"
@@ -477,7 +477,7 @@ def test_vit_executorch_static_int8_quantizes_linears_and_keeps_fc2_dynamic(tiny
     meta = read_sidecar(r["artifact"])
     assert meta["recipe"]["int8_static"]["dynamic_modules"] == ["mlp\\.fc2$"]
     recipe.write_text(
-        'target = "executorch"\nvariants = ["int8_static"]\n[int8_static]\ndynamic_modules = ["no_such_layer"]\n'
+        'target = "executorch"\nvariants = ["int8"]\n[int8_static]\ndynamic_modules = ["no_such_layer"]\n'
     )
     with pytest.raises(ExportError, match="dynamic_modules .* no linear layer of the model matches"):
         export_checkpoint(ckpt, "executorch", tiny_dataset, tmp_path / "o2", int8=True, recipe_path=recipe)

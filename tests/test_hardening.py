@@ -224,7 +224,7 @@ def test_library_chatter_is_silenced_unless_verbose(tmp_path, tiny_dataset):
     ]
     quiet = subprocess.run(cmd + ["-o", str(tmp_path / "q")], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert quiet.returncode == 0, quiet.stderr
-    ours = ("exporting", "warning:")
+    ours = ("exporting", "warning:", "executorch: converting", "verifying ")  # our progress lines
     assert [l for l in quiet.stderr.splitlines() if l.strip() and not l.startswith(ours)] == []
     loud = subprocess.run(
         [sys.executable, "-m", "mobilereid.cli", "--verbose"] + cmd[3:] + ["-o", str(tmp_path / "v")],
@@ -251,7 +251,7 @@ def test_checkpoint_whose_state_dict_holds_a_non_tensor(tmp_path):
 
 def test_reports_replace_only_folders_they_wrote(tmp_path):
     from mobilereid.errors import MobileReIDError
-    from mobilereid.report import staged_folder
+    from mobilereid.filesafety import staged_folder
 
     out = tmp_path / "rep"
     (out / "raw").mkdir(parents=True)

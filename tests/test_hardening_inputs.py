@@ -202,9 +202,9 @@ def test_stale_checkpoint_temporaries_are_removed(tmp_path):
         (["evaluate", "missing.tflite", "--data", "x", "--threads", "-2"], "error: --threads -2: must be >= 1"),
         (
             ["quant-finetune", "missing.pt", "--data", "x", "-o", "y.pt", "--threads", "-2"],
-            "error: --threads -2: must be >= 0 (0 = torch default)",
+            "error: --threads -2: must be >= 0",
         ),
-        (["data", "synth", "never-written", "--ids", "3"], "error: --ids must be at least 4"),
+        (["data", "synth", "never-written", "--ids", "3"], "error: --ids 3: must be >= 4"),
     ],
 )
 def test_options_below_their_minimum_are_refused(args, message):

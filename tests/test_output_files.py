@@ -4,7 +4,7 @@
 import pytest
 
 from mobilereid.errors import MobileReIDError
-from mobilereid.report import staged_folder
+from mobilereid.filesafety import staged_folder
 
 
 def write(out, **files):

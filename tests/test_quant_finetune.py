@@ -80,7 +80,7 @@ def test_guard_gives_up_far_below_the_start_and_the_stage_stops_there(tiny_datas
     ds = load_dataset(tiny_dataset)
     scores = iter([0.42, 0.20])
     monkeypatch.setattr(qft, "_float_metrics", lambda m, d, c=None: {"mAP": next(scores), "rank1": 0.0})
-    cfg = QuantFinetuneConfig(epochs=4, max_map_drop=0.05, guard_every=1, give_up_drop=0.1)
+    cfg = QuantFinetuneConfig(epochs=4, max_map_drop=5.0, guard_every=1, give_up_drop=10.0)
     guard = _Guard(model, ds, {"mAP": 0.5}, cfg)
     assert guard.check(1, model.state_dict()) is False and not guard.gave_up  # 0.08 down: fails, keeps going
     assert guard.check(2, model.state_dict()) is False and guard.gave_up and guard.record["gave_up_epoch"] == 2
@@ -93,7 +93,7 @@ def test_guard_gives_up_far_below_the_start_and_the_stage_stops_there(tiny_datas
     assert not never.gave_up
     with pytest.raises(MobileReIDError, match="give_up_drop"):
         quant_finetune(
-            tiny_dataset, tiny_dataset, tmp_path / "o.pt", QuantFinetuneConfig(max_map_drop=0.01, give_up_drop=0.005)
+            tiny_dataset, tiny_dataset, tmp_path / "o.pt", QuantFinetuneConfig(max_map_drop=1.0, give_up_drop=0.5)
         )
 
     torch.manual_seed(0)
@@ -103,7 +103,7 @@ def test_guard_gives_up_far_below_the_start_and_the_stage_stops_there(tiny_datas
         source,
         tiny_dataset,
         tmp_path / "qft.pt",
-        QuantFinetuneConfig(epochs=4, p=3, k=2, guard_every=1, max_map_drop=0.05, give_up_drop=0.1),
+        QuantFinetuneConfig(epochs=4, p=3, k=2, guard_every=1, max_map_drop=5.0, give_up_drop=10.0),
     )
     assert len(result["history"]) == 1 and result["guard"]["gave_up_epoch"] == 1 and result["guard"]["kept_epoch"] == 0
     start, _ = load_checkpoint(source)
@@ -125,11 +125,11 @@ def test_vit_quant_finetune_fake_quantizes_linears_and_exports_static(tiny_datas
     after, _ = load_checkpoint(tmp_path / "qft.pt")
     assert not torch.equal(before.blocks[0].attn.qkv.weight, after.blocks[0].attn.qkv.weight)
     recipe = tmp_path / "r.toml"
-    recipe.write_text('target = "executorch"\nvariants = ["int8_static"]\n[verify]\nmin_cosine = 0.9\n')
+    recipe.write_text('target = "executorch"\nvariants = ["int8"]\n[verify]\nmin_cosine = 0.9\n')
     (r,) = export_checkpoint(
         tmp_path / "qft.pt", "executorch", tiny_dataset, tmp_path / "e", int8=True, recipe_path=recipe
     )
-    assert r["precision"] == "int8_static" and r["verification"]["passed"]
+    assert r["precision"] == "int8" and r["verification"]["passed"]
 
 
 def test_quant_finetune_refuses_wrong_checkpoints(tiny_dataset, tmp_path):

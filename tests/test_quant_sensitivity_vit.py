@@ -61,7 +61,7 @@ def test_quant_sensitivity_lists_vit_candidates_per_runtime(tiny_dataset, tmp_pa
         "dynamic int8",
         "fp32",
     ]
-    assert plans[2][2] == {"mode": "static", "ops": ["linear"], "dynamic_modules": [r"mlp\.fc2$"]}
+    assert plans[2][2] == {"ops": ["linear"], "dynamic_modules": [r"mlp\.fc2$"]}
     tfl = tomllib.loads((tmp_path / "s" / "recipe_tflite.toml").read_text())
     assert tfl["converter"] == "litert-torch" and tfl["variants"] == [report["chosen"]["variant"]]
     r = export_checkpoint(

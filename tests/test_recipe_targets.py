@@ -31,7 +31,7 @@ def test_each_recipe_goes_to_the_target_it_names(tmp_path):
 
 def test_a_recipe_with_several_targets_reaches_the_export(tmp_path, tiny_dataset, monkeypatch):
     """Before: with more than one target (the default `all` too) the recipe was dropped and the shipped one used."""
-    import mobilereid.export as export
+    import mobilereid.export.run as export
 
     seen = {}
     monkeypatch.setattr(export, "_run_target", lambda job, t, r, *a: seen.setdefault(t, r["source"]) and [])

@@ -34,7 +34,8 @@ def test_pk_batches_hold_p_ids_of_k_images(tiny_dataset):
 def test_batch_hard_triplet_hand_case():
     feat = torch.tensor([[0.0], [1.0], [3.0], [3.5]])
     labels = torch.tensor([0, 0, 1, 1])
-    # anchor 0: pos 1.0, neg 3.0 -> 0; anchor 1: pos 1.0, neg 2.0 -> 0; anchor 2: pos .5, neg 2 -> 0; anchor 3: .5 vs 2.5
+    # anchor 0: pos 1.0, neg 3.0 -> 0; anchor 1: pos 1.0, neg 2.0 -> 0; anchor 2: pos .5, neg 2 -> 0;
+    # anchor 3: .5 vs 2.5
     assert float(batch_hard_triplet(feat, labels, margin=1.5)) == pytest.approx((0.5 + 0 + 0 + 0) / 4)
 
 

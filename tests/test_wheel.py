@@ -89,7 +89,8 @@ def test_installed_wheel_exports_and_evaluates_from_another_folder(wheel_venv, t
     ).stdout.strip()
     assert str(venv) in where and str(REPO) not in where
     code = (
-        "import torch; from mobilereid.models import build_model; from mobilereid.models.checkpoint import save_checkpoint;"
+        "import torch; from mobilereid.models import build_model; "
+        "from mobilereid.models.checkpoint import save_checkpoint;"
         "save_checkpoint('m.pt', build_model('sclnet_test').eval())"
     )
     subprocess.run([py, "-c", code], cwd=work, env=env, check=True, timeout=300)

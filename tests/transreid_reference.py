@@ -50,7 +50,8 @@ def transreid_forward(
     for i in range(depth - 1):  # the base runs all but its last block and returns every token, un-normalised
         t = _block(sd, f"base.blocks.{i}", t, heads, qk_scale)
     g = ln(_block(sd, "b1.0", t, heads, qk_scale), "b1.1")[:, 0]
-    # shift: the patch tokens from `shift` on, then tokens 1..shift-1; shuffle: split into `groups` rows, read by columns
+    # shift: the patch tokens from `shift` on, then tokens 1..shift-1;
+    # shuffle: split into `groups` rows, read by columns
     s = torch.cat([t[:, shift:], t[:, 1:shift]], 1)
     if s.shape[1] % groups:
         s = torch.cat([s, s[:, -2:-1]], 1)

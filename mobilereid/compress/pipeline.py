@@ -6,8 +6,9 @@ fine-tuned before any statistics are taken; (2) head pruning in rounds of {atten
 1/rounds of the target -> fine-tune with distillation from the uncompressed model (CE + triplet + 0.2 KL, T=1)}
 as the official AMG schedule does (24 rounds there; configurable here); (3) MLP hidden units by first-order Taylor
 importance (`mlp.py`), then fine-tuning; (4) K/V token pruning from gradient scores on the pruned model, then
-fine-tuning (scored last, so its static indices are chosen on the final block shapes); (5) final fine-tuning epochs. Every step is optional. The
-result is a plain checkpoint (no masks, no hooks) that `load_checkpoint` rebuilds and `torch.export` accepts.
+fine-tuning (scored last, so its static indices are chosen on the final block shapes); (5) final fine-tuning
+epochs. Every step is optional. The result is a plain checkpoint (no masks, no hooks) that `load_checkpoint`
+rebuilds and `torch.export` accepts.
 
 Statistics (attention entropy for heads, gradient scores for K/V tokens) come from a pass over the whole training
 split, as AMG's code does, unless ``stat_images`` caps it (evenly spaced images, for quick runs).
@@ -23,7 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,66 +35,17 @@ from ..compute import CPU, Compute, activate, local_rank, resolve
 from ..console import console, progress, table
 from ..data.datasets import load_dataset
 from ..data.torchdata import PKBatches, PKLoader, ReIDImages
+from ..embeddings import evaluate_model, preprocess_spec_for
 from ..errors import MobileReIDError
 from ..flops import count_macs, count_params
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.vit import ViTReID, separate_window_weights
-from ..train import evaluate_model, lr_at, preprocess_spec_for, train_one_epoch
+from ..options import CompressConfig
+from ..settings import check_cli
+from ..train import lr_at, train_one_epoch
 from .heads import choose_heads, prune_heads, schedule, total_heads
 from .mlp import mlp_unit_scores, prune_mlp_units, units_to_keep
 from .tokens import prune_kv_tokens, slots_to_keep, token_scores
-
-
-@dataclass
-class CompressConfig:
-    keep_ratio: float | None = None  # patch elimination
-    scorer: str = "learned"
-    token_order: str = (
-        "spatial"  # kept patch tokens in image order, or "rank" (best score first, the order before 2026-11)
-    )
-    windows: int | None = None
-    window_start: int = 0
-    head_ratio: float = 0.0  # fraction of all heads to remove
-    token_rate: float = 0.0  # fraction of K/V token slots to remove
-    mlp_rate: float = 0.0  # fraction of each MLP's hidden units to remove (Taylor importance, compress/mlp.py)
-    mlp_epochs: int = 1
-    rounds: int = 4
-    epochs_per_round: int = 1
-    arch_epochs: int = 2
-    token_epochs: int = 1
-    final_epochs: int = 2
-    lr: float = 1e-4
-    p: int = 8
-    k: int = 4
-    stat_images: int = 0  # images for the statistics passes; 0 = the whole training split
-    window_weights: str = (
-        "shared"  # windows: "shared" blocks or a "separate" copy per window (initialised from the shared one)
-    )
-    distill_weight: float = 0.2
-    seed: int = 0
-    device: str = "auto"  # compute.py
-    precision: str = "fp32"
-    workers: int | None = None
-
-    def validate(self):
-        if self.workers is not None and self.workers < 0:
-            raise MobileReIDError(f"--workers {self.workers}: must be >= 0")
-        if self.keep_ratio is not None and not 0.0 < self.keep_ratio <= 1.0:
-            raise MobileReIDError(f"--keep-ratio must be in (0, 1], got {self.keep_ratio}")
-        if not 0.0 <= self.head_ratio < 1.0:
-            raise MobileReIDError(f"--head-ratio must be in [0, 1), got {self.head_ratio}")
-        if not 0.0 <= self.token_rate < 1.0:
-            raise MobileReIDError(f"--token-rate must be in [0, 1), got {self.token_rate}")
-        if not 0.0 <= self.mlp_rate < 1.0:
-            raise MobileReIDError(f"--mlp-rate must be in [0, 1), got {self.mlp_rate}")
-        if self.rounds < 1:
-            raise MobileReIDError(f"--rounds must be >= 1, got {self.rounds}")
-        if self.stat_images < 0:
-            raise MobileReIDError(f"--stat-images must be >= 0 (0 = the whole training split), got {self.stat_images}")
-        if self.token_order not in ("spatial", "rank"):
-            raise MobileReIDError(f"--token-order must be spatial or rank, got {self.token_order!r}")
-        if self.window_weights not in ("shared", "separate"):
-            raise MobileReIDError(f"--window-weights must be shared or separate, got {self.window_weights!r}")
 
 
 def with_architecture(
@@ -230,7 +182,7 @@ def compress(
 
 
 def _compress(checkpoint, data, out, cfg: CompressConfig, evaluate: bool) -> dict:
-    cfg.validate()
+    check_cli(cfg)
     compute = resolve(cfg.device, cfg.precision, cfg.workers)
     torch.manual_seed(cfg.seed)
     model, state = load_checkpoint(checkpoint)
@@ -244,10 +196,10 @@ def _compress(checkpoint, data, out, cfg: CompressConfig, evaluate: bool) -> dic
             f"{checkpoint}: trained for {model.cfg.num_classes} identities, {data} has {len(ds.train_labels())}"
         )
     n_heads = total_heads(model)
-    n_remove = int(round(n_heads * cfg.head_ratio))
+    n_remove = int(round(n_heads * cfg.head_rate))
     if n_remove > n_heads - len(model.all_blocks()):
         raise MobileReIDError(
-            f"--head-ratio {cfg.head_ratio} removes {n_remove} of {n_heads} heads, but each of the "
+            f"--head-rate {cfg.head_rate} removes {n_remove} of {n_heads} heads, but each of the "
             f"{len(model.all_blocks())} layers keeps one: at most {n_heads - len(model.all_blocks())} can go"
         )
     activate(compute)

@@ -143,7 +143,8 @@ def load_dataset(root: str | Path, merge_val: bool = True, need_train: bool = Tr
                 continue
             if not (root / folder).is_dir():
                 raise DatasetError(
-                    f"{root}: missing split folder '{folder}/' (Market-1501 layout: bounding_box_train/, query/, bounding_box_test/)"
+                    f"{root}: missing split folder '{folder}/' "
+                    "(Market-1501 layout: bounding_box_train/, query/, bounding_box_test/)"
                 )
         for split, folder in MARKET_SPLITS.items():
             if (root / folder).is_dir():

@@ -28,6 +28,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import write_failure
+from ..options import SynthOptions
+from ..settings import check_cli
 from .datasets import MARKET_SPLITS
 
 SS = 2  # supersampling factor
@@ -347,12 +349,9 @@ def render_distractor(cam: Camera, rng: np.random.Generator, height: int, width:
 
 
 @dataclass
-class SynthConfig:
-    ids: int = 100
-    cameras: int = 6
-    seed: int = 0
-    height: int = 256
-    width: int = 128
+class SynthConfig(SynthOptions):
+    """The set's size (SynthOptions: the options users set) and how many images each identity gets per camera."""
+
     train_images_per_camera: tuple[int, int] = (1, 4)
     test_images_per_camera: tuple[int, int] = (2, 4)
     distractor_fraction: float = 0.05
@@ -361,12 +360,7 @@ class SynthConfig:
 
 def plan(cfg: SynthConfig) -> list[tuple[str, str, tuple]]:
     """The list of (split folder, file name, render key) the generator writes; cheap, deterministic."""
-    if cfg.ids < 4:  # training draws P >= 2 identities per batch, and a test split of one identity has no distractor
-        raise ValueError("--ids must be at least 4 (half train, half test, and training needs 2 identities)")
-    if cfg.cameras < 2:
-        raise ValueError("--cameras must be at least 2 (queries need a match from another camera)")
-    if cfg.height < 32 or cfg.width < 16:
-        raise ValueError("image size must be at least 32x16")
+    check_cli(cfg)  # ranges declared in options.SynthOptions
     items = []
     num_train = cfg.ids // 2
     frame = 0
@@ -438,7 +432,8 @@ def generate(out: str | Path, cfg: SynthConfig, on_step: Callable[[int], None] |
                 on_step(1)
         current = out / "SYNTHETIC.txt"
         (tmp / "SYNTHETIC.txt").write_text(
-            f"mobilereid synthetic ReID dataset: ids={cfg.ids} cameras={cfg.cameras} seed={cfg.seed} size={cfg.height}x{cfg.width}\n"
+            f"mobilereid synthetic ReID dataset: ids={cfg.ids} cameras={cfg.cameras} seed={cfg.seed} "
+            f"size={cfg.height}x{cfg.width}\n"
         )
         current = out
         if out.exists():

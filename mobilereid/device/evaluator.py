@@ -101,7 +101,8 @@ def evaluate_artifact(
     ds = load_dataset(data, need_train=False)
     runner = open_runner(model, meta, threads=threads)
     log(
-        f"{model.name}: {len(ds.query)} query + {len(ds.gallery)} gallery images, runtime {meta['runtime']}, {threads} threads"
+        f"{model.name}: {len(ds.query)} query + {len(ds.gallery)} gallery images, "
+        f"runtime {meta['runtime']}, {threads} threads"
     )
     q, tq = embed_split(runner, ds.query, spec, warmup, log, flip)
     g, tg = embed_split(runner, ds.gallery, spec, 0, log, flip)
@@ -185,7 +186,8 @@ def main(argv=None) -> int:
             print(f"error: {msg if str(m) in msg else f'{m}: {msg}'}", file=sys.stderr)
             return 2
         print(
-            f"{m.name}: Rank-1 {s['metrics']['rank1']:.2%}  mAP {s['metrics']['mAP']:.2%}  p50 {s['latency']['p50_ms']:.2f} ms"
+            f"{m.name}: Rank-1 {s['metrics']['rank1']:.2%}  mAP {s['metrics']['mAP']:.2%}  "
+            f"p50 {s['latency']['p50_ms']:.2f} ms"
         )
     return 0
 

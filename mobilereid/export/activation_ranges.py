@@ -35,9 +35,9 @@ trained LayerNorm vit_tiny (32 held-out images, mean cosine): int16x8 0.516 (def
 hurts; with int8 the finer steps of a clipped range can win (BatchNorm ViT full int8: 0.972 default, 0.946 minmax),
 so `mobilereid quant-sensitivity` measures both rules.
 
-Mechanics (onnx2tf route): the converter calibrates only (``_experimental_calibrate_only``: a float model whose tensors carry the
-recorded min/max), the per-image extremes of those same tensors are read by running that model in LiteRT with every
-tensor preserved (builtin kernels, no delegate), the recorded ranges are replaced, and TensorFlow's MLIR quantizer
+Mechanics (onnx2tf route): the converter calibrates only (``_experimental_calibrate_only``: a float model whose tensors
+carry the recorded min/max), the per-image extremes of those same tensors are read by running that model in LiteRT with
+every tensor preserved (builtin kernels, no delegate), the recorded ranges are replaced, and TensorFlow's MLIR quantizer
 (the step the converter itself runs next) quantizes the model.
 """
 

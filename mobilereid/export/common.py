@@ -1,15 +1,13 @@
 """What every export target shares: the job description, atomic writes, the metadata sidecar, verification.
 
-The sidecar (``<artifact>.json``) is the single contract with every consumer (mobilereid/device/, the Android demo, users):
-input size, layout, colour order, scale/mean/std, dtype and quantization of input and output, embedding size,
+The sidecar (``<artifact>.json``) is the single contract with every consumer (mobilereid/device/, the Android demo,
+users): input size, layout, colour order, scale/mean/std, dtype and quantization of input and output, embedding size,
 source checkpoint hash, recipe, sha256 of the artifact and the verification result.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +16,10 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..atomic import atomic_write_bytes  # the targets import it from here
+from ..console import err_console
 from ..data.preprocess import PreprocessSpec
 from ..errors import ExportError
+from ..filesafety import atomic_write_bytes  # noqa: F401 (the targets import it from here)
 from ..models.checkpoint import file_sha256
 from ..runtimes import open_runner, sidecar_path
 
@@ -209,6 +208,9 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def verify_artifact(job: ExportJob, artifact: Path, meta: dict, min_cosine: float) -> dict:
     """Run the artifact in its real runtime on held-out images; record cosine to the float model in the sidecar."""
+    err_console.print(
+        f"verifying {artifact.name} in {meta['runtime']} on {len(job.verify)} held-out images", markup=False
+    )
     try:
         runner = open_runner(artifact, meta, threads=job.threads)
         t0 = time.perf_counter()
@@ -243,18 +245,3 @@ def verify_artifact(job: ExportJob, artifact: Path, meta: dict, min_cosine: floa
     meta["verification"] = result
     _write_json(sidecar_path(artifact), meta)
     return result
-
-
-class Workdir:
-    """A temporary folder beside the output that is removed whatever happens."""
-
-    def __init__(self, out_dir: Path, name: str):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
-
-    def __enter__(self) -> Path:
-        return self.path
-
-    def __exit__(self, *exc):
-        shutil.rmtree(self.path, ignore_errors=True)
-        return False

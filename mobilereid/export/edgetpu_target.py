@@ -19,7 +19,8 @@ import subprocess
 from pathlib import Path
 
 from ..errors import ExportError
-from .common import ExportJob, Workdir, _write_json, atomic_copy, atomic_write_bytes, verify_artifact, write_sidecar
+from ..filesafety import Workdir
+from .common import ExportJob, _write_json, atomic_copy, atomic_write_bytes, verify_artifact, write_sidecar
 from .tflite.ops import op_names
 from .tflite.target import build_tflite_variants, self_describing
 
@@ -94,7 +95,8 @@ def mapping_report(model_bytes: bytes) -> dict:
         "summary": (
             "every operation maps to the Edge TPU"
             if first_bad is None
-            else f"{on_tpu} of {len(rows)} operations map to the Edge TPU; from operation {first_bad} ({ops[first_bad]}) on, "
+            else f"{on_tpu} of {len(rows)} operations map to the Edge TPU; "
+            f"from operation {first_bad} ({ops[first_bad]}) on, "
             f"the rest runs on the CPU (unsupported: {', '.join(unsupported)})"
         ),
         "ops": rows,
@@ -123,7 +125,8 @@ def export_edgetpu(job: ExportJob, recipe: dict) -> list[dict]:
         data, description = self_describing(
             job, data, target="edgetpu", runtime="litert", precision="int8", recipe=recipe
         )
-        # LiteRT ignores the metadata; whether edgetpu_compiler copies it into its output is not verified here (no compiler)
+        # LiteRT ignores the metadata; whether edgetpu_compiler copies it into its output is not verified here
+        # (no compiler)
         report = mapping_report(data)
         out = job.out_dir / f"{job.stem}_edgetpu_ready_int8.tflite"
         atomic_write_bytes(out, data)

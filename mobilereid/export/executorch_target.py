@@ -18,8 +18,10 @@ from ..errors import ExportError
 from .activation_ranges import executorch_activation_observer
 from .common import ExportJob, atomic_write_bytes, tensor_spec, unshare_weights, verify_artifact, write_sidecar
 from .pt2e_batchnorm import batchnorms_as_affine
+from .targets import TARGETS
 
-QUANTIZABLE_OPS = {  # recipe name -> the aten op whose XNNPACKQuantizer patterns quantize it (looked up late: torch.ops)
+# recipe name -> the aten op whose XNNPACKQuantizer patterns quantize it (looked up late: torch.ops)
+QUANTIZABLE_OPS = {
     "linear": lambda: torch.ops.aten.linear.default,
     "conv2d": lambda: torch.ops.aten.conv2d.default,
     "add": lambda: torch.ops.aten.add.Tensor,
@@ -143,16 +145,17 @@ def _lower(job: ExportJob, int8: bool, qcfg: dict) -> tuple[bytes, dict]:
     return program.buffer, report
 
 
-VARIANTS = ("fp32", "int8", "int8_static")
-
-
 def variant_settings(recipe: dict, variant: str) -> dict:
-    """``[int8]`` for the ``int8`` variant; ``int8_static``: ``[int8]`` overridden by ``[int8_static]``, always static
-    (a second INT8 artifact next to a dynamic one, so both are measured side by side)."""
+    """The variant names the mode (targets.py): ``dynamic`` takes ``[int8]`` with activations quantized at run time;
+    ``int8`` takes ``[int8]`` overridden by ``[int8_static]`` (settings only the static model uses, e.g. the ViT's
+    ``dynamic_modules``), with calibrated static activations."""
     base = dict(recipe.get("int8", {}))
-    if variant == "int8_static":
-        return {**base, **recipe.get("int8_static", {}), "mode": "static"}
-    return base
+    if variant == "dynamic":
+        return {**base, "mode": "dynamic"}
+    return {**base, **recipe.get("int8_static", {}), "mode": "static"}
+
+
+VARIANTS = TARGETS["executorch"].variants
 
 
 def export_executorch(job: ExportJob, recipe: dict) -> list[dict]:
@@ -163,17 +166,7 @@ def export_executorch(job: ExportJob, recipe: dict) -> list[dict]:
         int8 = variant != "fp32"
         qcfg = variant_settings(recipe, variant)
         buffer, report = lower(job, int8, qcfg, variant)
-        precision = (
-            "fp32"
-            if not int8
-            else (
-                "int8_dynamic"
-                if qcfg.get("mode") == "dynamic"
-                else "int8_static"
-                if variant == "int8_static"
-                else "int8"
-            )
-        )
+        precision = variant  # fp32, dynamic or int8: the file name ends in it
         out = job.out_dir / f"{job.stem}_xnnpack_{variant}.pte"
         atomic_write_bytes(out, buffer)
         io = io_spec(job)

@@ -16,8 +16,8 @@ which clips every image that runs beyond the average, 0.516 → 0.962):
    tiny (0.001 against ~1 for patch tokens), so with one quantization scale per tensor the first LayerNorm's
    variance and reciprocal square root cannot resolve it, and the error is a bias every image carries through the
    network. ``ConstantFirstTokenNorm`` puts the float result for that row in the graph and normalises only the
-   patch tokens: 0.962 → 0.981 on vit_tiny; on the compressed vit_tiny of ``make run`` (the pipeline's ViT) int16x8 reaches
-   0.993. It is applied only when that row is checked to be the same for two different calibration images.
+   patch tokens: 0.962 → 0.981 on vit_tiny; on the compressed vit_tiny of ``make run`` (the pipeline's ViT) int16x8
+   reaches 0.993. It is applied only when that row is checked to be the same for two different calibration images.
 
 3. **For int16 graphs, the reciprocal square root as SQRT + DIV.** What was left was RSQRT: LiteRT's int16 RSQRT
    kernel errs by 17-37 % on inputs in the lowest 0.3 % of its range (measured on a lone ADD + RSQRT graph, inputs

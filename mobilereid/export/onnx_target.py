@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ExportError
-from .common import ExportJob, Workdir, atomic_copy, tensor_spec, unshared_graph, verify_artifact, write_sidecar
+from ..filesafety import Workdir
+from .common import ExportJob, atomic_copy, tensor_spec, unshared_graph, verify_artifact, write_sidecar
 
 INPUT_NAME, OUTPUT_NAME = "images", "embedding"
 

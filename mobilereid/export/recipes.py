@@ -1,4 +1,5 @@
-"""Quantization recipes: editable TOML files, one per target and model family, shipped inside the package (mobilereid/recipes/).
+"""Quantization recipes: editable TOML files, one per target and model family, shipped inside the package
+(mobilereid/recipes/).
 
 A recipe says which variants to produce, how to quantize (static or dynamic, per-channel or not, calibration
 size, IO dtype, ops kept in float) and the drift budget the verification enforces. `--recipe FILE` replaces the
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from ..errors import ExportError
 from ..tomlconfig import deep_merge, is_type, read_toml
+from .targets import TARGETS
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"  # package data: a wheel ships them
 
@@ -24,32 +26,51 @@ def default_recipe_path(target: str, family: str) -> Path:
     raise ExportError(f"no default recipe for target {target!r} and model family {family!r} in {RECIPE_DIR}")
 
 
-INT8_KEYS = {
-    "mode",
-    "ops",
-    "dynamic_modules",
-    "smooth_alpha",
-    "per_channel",
-    "calibration_images",
-    "activation_ranges",
-    "io_dtype",
-    "float_ops",
-    "float_nodes",
-    "int16_ops",
-    "int16_headroom",
+_INT8_SCHEMA = {
+    "ops": (
+        "list of names",
+        "every op the quantizer takes",
+        "ExecuTorch: quantize only these op types (linear, conv2d, ...)",
+    ),
+    "dynamic_modules": ("list of regexes", "[]", "ExecuTorch: linears whose module name matches get dynamic int8"),
+    "smooth_alpha": ("number in (0, 1]", "off", "ExecuTorch: SmoothQuant scale migration strength"),
+    "per_channel": ("bool", "true", "per-output-channel weight scales"),
+    "calibration_images": ("int >= 1", "64", "images that calibrate static activation ranges"),
+    "activation_ranges": (
+        "name",
+        "default",
+        "range rule: default (the converter's), minmax, mean_minmax, p90_minmax (activation_ranges.py)",
+    ),
+    "io_dtype": ("name", "int8 (edgetpu: uint8)", "input/output tensor type of full-integer LiteRT models"),
+    "float_ops": ("list of op names", "[]", "LiteRT: op types kept in float (refused on integer-only targets)"),
+    "float_nodes": ("list of names", "[]", "LiteRT: single nodes kept in float (from quant-sensitivity)"),
+    "int16_ops": ("list of op names", "[]", "LiteRT (litert-torch route): op types with int16 activations"),
+    "int16_headroom": ("number 1..256", "1.0", "widen int16 activation ranges by this factor"),
 }
-# int16 activations: only LiteRT through litert-torch + ai-edge-quantizer can mix them into an int8 model per op type
-NO_INT16 = {
-    "executorch": "ExecuTorch's XNNPACK backend has no int16 kernels",
-    "edgetpu": "the Edge TPU has no int16 kernels",
-    "tflm": "the TFLite Micro route converts through onnx2tf, which has no per-op int16 choice",
+# Every recipe key: (type, default, meaning). The validation refuses any other key; docs/recipes.md is generated from
+# this table (scripts/gen_docs.py). `source` is set by the loader (the file a recipe came from), never by users.
+RECIPE_SCHEMA = {
+    "": {
+        "target": ("name", "the file's", "the target the recipe is for (targets.py); needed with several --target"),
+        "family": ("name", "the file's", "model family: vit, sclnet, osnet, resnet, external, any"),
+        "converter": ("name", "onnx2tf", "TFLite route: onnx2tf or litert-torch"),
+        "variants": ("list of precisions", "the shipped recipe's", "precisions to produce (targets.py)"),
+        "board": ("name", "cortex-m7", "tflm: board profile (recipes/boards.toml)"),
+    },
+    "int8": _INT8_SCHEMA,
+    "int8_static": {k: (kind, "[int8]'s", meaning) for k, (kind, _, meaning) in _INT8_SCHEMA.items()},
+    "verify": {
+        "images": ("int >= 1", "16", "held-out images every artifact is verified on"),
+        "min_cosine": ("number in [-1, 1]", "0.99", "the drift budget: mean cosine to the float model"),
+    },
+    "micro": {
+        "reorder_operators": ("bool", "true", "tflm: reorder operators to lower the peak arena"),
+        "slim": ("bool", "true", "tflm: drop what the interpreter does not need from the flatbuffer"),
+    },
 }
 KNOWN = {
-    "": {"target", "family", "converter", "variants", "board", "int8", "int8_static", "verify", "micro", "source"},
-    "int8": INT8_KEYS,
-    "int8_static": INT8_KEYS,
-    "verify": {"images", "min_cosine"},
-    "micro": {"reorder_operators", "slim"},
+    section: set(keys) | ({"int8", "int8_static", "verify", "micro", "source"} if not section else set())
+    for section, keys in RECIPE_SCHEMA.items()
 }
 
 
@@ -94,6 +115,12 @@ def validate_recipe(recipe: dict, where: str) -> None:
         if not is_type(alpha, float) or not 0.0 < alpha <= 1.0:
             raise ExportError(f"{where}: {section}.smooth_alpha must be a number in (0, 1], got {alpha!r}")
     check_int16_request(recipe, where)
+    target = TARGETS.get(recipe.get("target", ""))
+    unknown = [v for v in recipe["variants"] if target is not None and v not in target.variants]
+    if unknown:
+        raise ExportError(
+            f"{where}: unknown {target.name} variant(s) {', '.join(unknown)} (choose from {', '.join(target.variants)})"
+        )
     flags = [("int8.per_channel", q.get("per_channel", True))]
     flags += [(f"micro.{k}", val) for k, val in recipe.get("micro", {}).items()]
     for key, val in flags:
@@ -109,15 +136,17 @@ def check_int16_request(recipe: dict, where: str) -> None:
         ops = recipe.get(section, {}).get("int16_ops", [])
         if not isinstance(ops, list) or not all(isinstance(x, str) and x for x in ops):
             raise ExportError(f"{where}: {section}.int16_ops must be a list of TFLite op type names, got {ops!r}")
-        if ops and target in NO_INT16:
-            raise ExportError(f"{where}: {section}.int16_ops asks for int16 activations, but {NO_INT16[target]}")
+        if ops and target in TARGETS and TARGETS[target].no_int16:
+            raise ExportError(
+                f"{where}: {section}.int16_ops asks for int16 activations, but {TARGETS[target].no_int16}"
+            )
         if ops and target == "tflite" and recipe.get("converter", "onnx2tf") != "litert-torch":
             raise ExportError(
                 f'{where}: {section}.int16_ops needs converter = "litert-torch" (the onnx2tf route\'s '
                 "TensorFlow converter cannot mix int8 and int16 per op)"
             )
-    if "int16x8" in recipe.get("variants", []) and target in NO_INT16:
-        raise ExportError(f"{where}: variant int16x8 asks for int16 activations, but {NO_INT16[target]}")
+    if "int16x8" in recipe.get("variants", []) and target in TARGETS and TARGETS[target].no_int16:
+        raise ExportError(f"{where}: variant int16x8 asks for int16 activations, but {TARGETS[target].no_int16}")
 
 
 def recipe_paths_by_target(targets: list[str], paths) -> dict[str, Path]:

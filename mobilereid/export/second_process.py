@@ -38,7 +38,8 @@ def work_units(targets: list[str]) -> list[list[str]]:
     """Targets grouped so that targets sharing work stay in one process, longest unit first."""
     family = [t for t in targets if t in SHARED_WORK]
     units = [[t] for t in targets if t not in SHARED_WORK] + ([family] if family else [])
-    return sorted(units, key=lambda u: min(COST_ORDER.index(t) for t in u))
+    cost = {t: i for i, t in enumerate(COST_ORDER)}  # a target not ranked yet goes last
+    return sorted(units, key=lambda u: min(cost.get(t, len(cost)) for t in u))
 
 
 class SecondProcess:

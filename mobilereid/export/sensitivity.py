@@ -19,15 +19,16 @@
 3. **ExecuTorch candidates, measured the same way.** Static INT8 (PT2E, XNNPACKQuantizer) with each activation-range
    rule, dynamic INT8 and fp32, lowered to XNNPACK and run in the ExecuTorch runtime on the same images and threads.
    ViTs: static INT8 for every op XNNPACKQuantizer takes, for the linears only, and for the linears with ``mlp.fc2``
-   dynamic (the shipped recipe's ``int8_static``), then dynamic INT8 and fp32.
+   dynamic (the shipped recipe's static ``int8``), then dynamic INT8 and fp32.
    (XNNPACKQuantizer's dynamic mode covers only part of a CNN: the trained sclnet_small's dynamic .pte is 1.26 MB
    against 2.24 MB fp32 and 0.74 MB static int8, and it runs slower than fp32.)
 4. **The choice, per runtime.** The fastest candidate whose mean cosine meets the drift budget; written as recipe
    TOMLs that `mobilereid export --target tflite|executorch --recipe` use directly (TFLite keys ``variants``,
    ``int8.float_nodes``, ``int8.activation_ranges``, or ``converter`` and ``int8.int16_ops`` for ViTs; ExecuTorch
-   ``variants``, ``int8.mode``, ``int8.activation_ranges``, ``int8.ops``, ``int8.dynamic_modules``). On LiteRT the
-   fastest *full-integer* candidate (no float op) is chosen apart (``recipe_tflite_integer.toml``): that is the model
-   an integer-only accelerator needs, however it compares on this x86 CPU, where dynamic-range int8 usually wins.
+   ``variants`` (which names the mode), ``int8.activation_ranges``, ``int8.ops``, ``int8.dynamic_modules``). On
+   LiteRT the fastest *full-integer* candidate (no float op) is chosen apart (``recipe_tflite_integer.toml``): that is
+   the model an integer-only accelerator needs, however it compares on this x86 CPU, where dynamic-range int8
+   usually wins.
 5. **The float model's own noise sensitivity.** Mean cosine between the float embeddings of each held-out image and
    of the same image plus Gaussian noise of one grey level (sigma = 1/255 before normalisation). INT8 adds noise of
    about that size to every activation, so a model that already moves more than the drift budget under one grey
@@ -50,9 +51,10 @@ import numpy as np
 
 from ..console import console, progress, table
 from ..errors import ExportError
+from ..filesafety import Workdir
 from ..models.checkpoint import load_model
 from .activation_ranges import RULES as RANGE_RULES
-from .common import Workdir, cosine_rows
+from .common import cosine_rows
 from .onnx_target import write_onnx
 from .recipes import load_recipe
 from .tflite.ops import float_compute_ops
@@ -163,20 +165,20 @@ def noise_sensitivity(job, grey_levels: float = 1.0, seed: int = 0) -> float:
 def executorch_plans(family: str) -> list[tuple[str, str, dict]]:
     """(name, variant, int8 settings) of each ExecuTorch candidate. CNNs: static INT8 with each activation-range rule.
     ViTs: static INT8 for every op XNNPACKQuantizer takes (linears, adds, muls, cats), for the linears only, and for the
-    linears with the MLP's fc2 dynamic (the shipped ViT recipe's int8_static)."""
+    linears with the MLP's fc2 dynamic (the shipped ViT recipe's static int8)."""
     if family == "vit":
         static = [
-            ("int8 static, all XNNPACK ops", "int8", {"mode": "static"}),
-            ("int8 static linears", "int8", {"mode": "static", "ops": ["linear"]}),
+            ("int8 static, all XNNPACK ops", "int8", {}),
+            ("int8 static linears", "int8", {"ops": ["linear"]}),
             (
                 "int8 static linears, fc2 dynamic",
                 "int8",
-                {"mode": "static", "ops": ["linear"], "dynamic_modules": [r"mlp\.fc2$"]},
+                {"ops": ["linear"], "dynamic_modules": [r"mlp\.fc2$"]},
             ),
         ]
     else:
-        static = [(f"int8, {r} ranges", "int8", {"mode": "static", "activation_ranges": r}) for r in RANGE_RULES]
-    return static + [("dynamic int8", "int8", {"mode": "dynamic"}), ("fp32", "fp32", {})]
+        static = [(f"int8, {r} ranges", "int8", {"activation_ranges": r}) for r in RANGE_RULES]
+    return static + [("dynamic int8", "dynamic", {}), ("fp32", "fp32", {})]
 
 
 def executorch_candidates(job, qcfg: dict, threads: int, repeats: int, advance) -> list[dict]:
@@ -187,12 +189,12 @@ def executorch_candidates(job, qcfg: dict, threads: int, repeats: int, advance) 
     results = []
     for name, variant, extra in executorch_plans(job.family):
         cfg = {**{k: v for k, v in qcfg.items() if k not in ("ops", "dynamic_modules", "smooth_alpha")}, **extra}
-        buffer, delegation = lower(job, variant == "int8", cfg, f"candidate {name}")
+        cfg["mode"] = "dynamic" if variant == "dynamic" else "static"  # the variant names the mode
+        buffer, delegation = lower(job, variant != "fp32", cfg, f"candidate {name}")
         results.append(
             {
                 "name": name,
                 "variant": variant,
-                "mode": cfg.get("mode", "static"),
                 "activation_ranges": cfg.get("activation_ranges", "default"),
                 **{k: cfg[k] for k in ("ops", "dynamic_modules") if k in cfg},
                 "delegated_subgraphs": delegation["delegated_subgraphs"],
@@ -457,7 +459,7 @@ def run_sensitivity(
 def write_outputs(report: dict, out_dir: Path, base_recipes: dict) -> None:
     """sensitivity.{json,md,png} and recipe_{tflite,executorch}.toml, written in a staged folder and moved in
     together."""
-    from ..report import staged_folder
+    from ..filesafety import staged_folder
 
     with staged_folder(out_dir) as stage:
         _write_files(report, stage, base_recipes)
@@ -512,12 +514,13 @@ def _candidate_rows(cands: list[dict], budget: float) -> list[str]:
             )
         if "error" in c:
             rows.append(
-                f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | - | - | - | - | no: the runtime refused it ({c['error']}) |"
-                + left
+                f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | - | - | - | - | "
+                f"no: the runtime refused it ({c['error']}) |" + left
             )
             continue
         rows.append(
-            f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['cosine_mean']:.4f} | "
+            f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | "
+            f"{c['cosine_mean']:.4f} | "
             f"{c['cosine_min']:.4f} | {'yes' if c['cosine_mean'] >= budget else 'no'} |" + left
         )
     return rows
@@ -538,7 +541,10 @@ def _tflite_recipe_text(report: dict, chosen: dict, base: dict, budget: float) -
     if report.get("converter") == "litert-torch":
         return (
             head
-            + f'converter = "litert-torch"\nvariants = ["{chosen["variant"]}"]\n\n[int8]\ncalibration_images = {calib}\n'
+            + (
+                f'converter = "litert-torch"\nvariants = ["{chosen["variant"]}"]\n\n'
+                f"[int8]\ncalibration_images = {calib}\n"
+            )
             + (f"int16_ops = {json.dumps(chosen['int16_ops'])}\n" if chosen.get("int16_ops") else "")
             + (
                 f'activation_ranges = "{chosen["activation_ranges"]}"\n'
@@ -582,21 +588,25 @@ def _write_files(report: dict, out_dir: Path, base_recipes: dict) -> None:
     if worst is not None and worst < 2 * ROUNDING_FLOOR:
         lines += [
             "",
-            f"Every layer's error is within 2x the rounding floor (1/sqrt(12) = {ROUNDING_FLOOR:.3f} of a quantization step; "
+            "Every layer's error is within 2x the rounding floor "
+            f"(1/sqrt(12) = {ROUNDING_FLOOR:.3f} of a quantization step; "
             f"worst {worst:.2f}): no layer is badly quantized on its own, so keeping a few layers in float cannot "
             "help much; a drift that remains comes from the network amplifying rounding noise layer after layer.",
         ]
     noise = report["noise_cosine_1_grey_level"]
     lines += [
         "",
-        f"Float model's own sensitivity: its embeddings move to mean cosine {noise:.4f} when one grey level of Gaussian "
+        f"Float model's own sensitivity: its embeddings move to mean cosine {noise:.4f} "
+        "when one grey level of Gaussian "
         "noise is added to the input (no quantization at all).",
     ]
     if noise < budget:
         lines += [
             "That is already below the drift budget: static INT8 adds noise of about that size to every activation, "
-            "so no static INT8 recipe can be expected to meet the budget for this model; a model trained to agree with its INT8 version "
-            "is what would: for SCL-net, `mobilereid quant-finetune` (quantization-consistency QAT) measured 0.907 -> 0.993 in `make run`."
+            "so no static INT8 recipe can be expected to meet the budget for this model; "
+            "a model trained to agree with its INT8 version "
+            "is what would: for SCL-net, `mobilereid quant-finetune` (quantization-consistency QAT) "
+            "measured 0.907 -> 0.993 in `make run`."
         ]
     lines += ["", f"## TFLite candidates, LiteRT (drift budget: mean cosine >= {budget})", ""] + _candidate_rows(
         report["candidates"], budget
@@ -635,7 +645,7 @@ def _write_files(report: dict, out_dir: Path, base_recipes: dict) -> None:
             f"# Chosen by mobilereid quant-sensitivity for {report['checkpoint']}: {c['name']}\n"
             f"# cosine {c['cosine_mean']:.4f}, p50 {c['p50_ms']:.2f} ms on {report['threads']} threads\n"
             f'target = "executorch"\nfamily = "{report["family"]}"\nvariants = ["{c["variant"]}"]\n\n[int8]\n'
-            f'mode = "{c["mode"]}"\nper_channel = {str(bool(base.get("int8", {}).get("per_channel", True))).lower()}\n'
+            f"per_channel = {str(bool(base.get('int8', {}).get('per_channel', True))).lower()}\n"
             f"calibration_images = {int(base.get('int8', {}).get('calibration_images', 64))}\n"
             f'activation_ranges = "{c["activation_ranges"]}"\n'
             + "".join(f"{k} = {json.dumps(c[k])}\n" for k in ("ops", "dynamic_modules") if k in c)

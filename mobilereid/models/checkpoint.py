@@ -153,7 +153,8 @@ def read_checkpoint(path: str | Path) -> dict:
     state = safe_torch_load(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
-            f"{path}: not a mobilereid checkpoint (no '{FORMAT}' header); import trained foreign weights with `mobilereid import`"
+            f"{path}: not a mobilereid checkpoint (no '{FORMAT}' header); "
+            "import trained foreign weights with `mobilereid import`"
         )
     return state
 

@@ -82,7 +82,8 @@ def read_preprocess(path: Path) -> dict:
         raise CheckpointError(f"{side}: unknown keys {sorted(unknown)} (known: mean, std, colour_order)")
     if d.get("colour_order", "RGB") != "RGB":
         raise CheckpointError(
-            f"{side}: colour_order {d['colour_order']!r}: only RGB inputs are supported (re-export with the channel flip inside the model)"
+            f"{side}: colour_order {d['colour_order']!r}: only RGB inputs are supported "
+            "(re-export with the channel flip inside the model)"
         )
     out = {"preprocess_source": str(side)}
     for k in ("mean", "std"):

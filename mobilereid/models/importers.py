@@ -278,7 +278,8 @@ def import_state_dict(sd: dict, path: Path, opts: ImportOptions) -> ImportResult
         raise CheckpointError(f"{path}: {exc}") from None
     if tuple(pos.shape[1:2]) != (cfg.num_patches + 1,):
         notes.append(
-            f"position embedding resized bilinearly from {pos.shape[1] - 1} patches to the {cfg.grid[0]}x{cfg.grid[1]} grid"
+            f"position embedding resized bilinearly from {pos.shape[1] - 1} patches "
+            f"to the {cfg.grid[0]}x{cfg.grid[1]} grid"
         )
     own = model.state_dict()
     if "bottleneck.weight" not in mapped:

@@ -66,7 +66,8 @@ def load_pretrained_vit(model: ViTReID, path: str | Path, src_grid: tuple[int, i
     for core in ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight"):
         if core not in clean or tuple(clean[core].shape) != tuple(own[core].shape):
             raise CheckpointError(
-                f"{path}: core ViT weights do not fit the model ({core} missing or of another shape: wrong width, patch size or not a ViT state dict)"
+                f"{path}: core ViT weights do not fit the model ({core} missing or of another shape: "
+                "wrong width, patch size or not a ViT state dict)"
             )
     if "pos_embed" in clean:
         try:

@@ -19,8 +19,8 @@ block runs on fewer tokens (executed FLOPs fall roughly with the keep ratio; the
   but it is fooled by cluttered backgrounds.
 
 Static shapes: a fixed count K = round(keep * N) per image (per window when windows are on), chosen by top-k on
-the score and gathered with a one-hot matmul (`topk_onehot`, no TopK/Gather ops in exported graphs); position (and camera) embeddings are added *before* the gather, which
-is the same as gathering them with the same indices.
+the score and gathered with a one-hot matmul (`topk_onehot`, no TopK/Gather ops in exported graphs); position (and
+camera) embeddings are added *before* the gather, which is the same as gathering them with the same indices.
 
 **Windowed attention** (same paper). Patch rows are split into ``windows`` horizontal body stripes. Blocks before
 ``window_start`` run globally; from there each window is a separate token sequence with its own class token (the

@@ -47,8 +47,9 @@ import torch
 
 from ...errors import ExportError
 from ..common import ExportJob, unshared_graph
+from ..targets import TARGETS
 
-VARIANTS = ("fp32", "dynamic", "int8", "int16x8")
+VARIANTS = TARGETS["tflite"].variants
 RANGE_RULES = ("default", "minmax", "mean_minmax", "p90_minmax")
 STATIC_BITS = {"int8": 8, "int16x8": 16}
 CONVERTER_NAME = "litert-torch 0.10.0 + ai-edge-quantizer 0.10.0"
@@ -67,7 +68,8 @@ def check_recipe(variants: list[str], qcfg: dict) -> None:
     rule = qcfg.get("activation_ranges", "default")
     if rule not in RANGE_RULES:
         raise ExportError(
-            f"int8.activation_ranges {rule!r} is not a rule of the litert-torch route (choose from {', '.join(RANGE_RULES)})"
+            f"int8.activation_ranges {rule!r} is not a rule of the litert-torch route "
+            f"(choose from {', '.join(RANGE_RULES)})"
         )
 
 

@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ExportError
+from ...filesafety import Workdir
 from ..activation_ranges import RULES as RANGE_RULES
 from ..activation_ranges import apply_range_rule
 from ..common import (
     ExportJob,
-    Workdir,
     atomic_write_bytes,
     describe_artifact,
     tensor_spec,
@@ -44,11 +44,12 @@ from ..common import (
     write_sidecar,
 )
 from ..onnx_target import write_onnx
+from ..targets import TARGETS
 from .metadata import METADATA_NAME, embed_metadata
 from .onnx_rewrites import zero_pad_relu_maxpools
 from .ops import flex_ops, float_compute_ops
 
-VARIANTS = ("fp32", "dynamic", "int8", "int16x8")
+VARIANTS = TARGETS["tflite"].variants
 
 
 @contextlib.contextmanager
@@ -258,7 +259,8 @@ def build_tflite_variants(
         qcfg = {**qcfg, "activation_ranges": "default"}
     if qcfg.get("activation_ranges", "default") not in RANGE_RULES:
         raise ExportError(
-            f"unknown int8.activation_ranges {qcfg['activation_ranges']!r} (choose from {', '.join(RANGE_RULES + ('minmax',))})"
+            f"unknown int8.activation_ranges {qcfg['activation_ranges']!r} "
+            f"(choose from {', '.join(RANGE_RULES + ('minmax',))})"
         )
     saved = job.saved_model
     if saved is None or not (saved / "saved_model.pb").is_file():
@@ -278,7 +280,8 @@ def build_tflite_variants(
                 needs_tf = select_tf_ops_in_error(text)
                 if needs_tf:
                     raise ExportError(
-                        f"TFLite {v} conversion of {job.stem} needs Select-TF (Flex) ops {', '.join('Flex' + n for n in needs_tf)}, which builtin LiteRT cannot run"
+                        f"TFLite {v} conversion of {job.stem} needs Select-TF (Flex) ops "
+                        f"{', '.join('Flex' + n for n in needs_tf)}, which builtin LiteRT cannot run"
                         + (" (exact GELU: rebuild with --opt gelu=tanh)" if "Erf" in needs_tf else "")
                     ) from None
                 raise ExportError(f"TFLite {v} conversion of {job.stem} failed: {text[:400]}") from None
@@ -301,7 +304,8 @@ def _refuse_flex(job: ExportJob, variant: str, data: bytes) -> None:
     flex = flex_ops(data)
     if flex:
         raise ExportError(
-            f"TFLite {variant} model of {job.stem} needs Select-TF ops {', '.join(flex)}, which builtin LiteRT cannot run"
+            f"TFLite {variant} model of {job.stem} needs Select-TF ops {', '.join(flex)}, "
+            "which builtin LiteRT cannot run"
             + (" (exact GELU: rebuild with --opt gelu=tanh)" if "FlexErf" in flex else "")
         )
 

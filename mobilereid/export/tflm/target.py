@@ -10,8 +10,8 @@
   the flatbuffer is slimmed of what TFLM never reads (slim.py); both keep the outputs bit-identical, which is
   checked in the TFLM interpreter. The report names the tensors live at the arena's peak, TFLM's own split of the
   arena (planned tensors vs persistent op data) and the arena the converter's order would have needed.
-* Fit: the board profile (mobilereid/recipes/boards.toml) gives flash and RAM minus reserves; export fails when the model or
-  the arena does not fit, saying by how much.
+* Fit: the board profile (mobilereid/recipes/boards.toml) gives flash and RAM minus reserves; export fails when the
+  model or the arena does not fit, saying by how much.
 * C sources: ``<stem>_model_data.h/.cc`` with the model as a 16-byte-aligned byte array, its length, input/output
   shapes and quantization parameters and the arena size, ready to drop into a TFLM project.
 * Latency is measured in the TFLM interpreter on the host and labelled as host latency (no MCU here); next to it an
@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ExportError
-from ..common import ExportJob, Workdir, _write_json, atomic_write_bytes, verify_artifact, write_sidecar
+from ...filesafety import Workdir
+from ..common import ExportJob, _write_json, atomic_write_bytes, verify_artifact, write_sidecar
 from ..recipes import RECIPE_DIR
 from ..tflite.ops import op_names
 from ..tflite.size import size_breakdown
@@ -131,7 +132,8 @@ TFLM_OPS = {
 
 
 def load_board(name: str) -> dict:
-    """A profile from mobilereid/recipes/boards.toml by name, or the first table of a user's TOML file given as a path."""
+    """A profile from mobilereid/recipes/boards.toml by name, or the first table of a user's TOML file given as a
+    path."""
     if name.endswith(".toml"):
         path = Path(name)
         if not path.is_file():
@@ -318,7 +320,8 @@ def compare_runtimes(
             max_lsb_ref = max(max_lsb_ref, int(np.abs(a - _run_litert(ref, x)).max()))
     if ref is not None and max_lsb_ref > 1:
         raise ExportError(
-            f"{job.stem}: TFLite Micro output differs from LiteRT's reference kernels by {max_lsb_ref} LSB (more than 1)"
+            f"{job.stem}: TFLite Micro output differs from LiteRT's reference kernels by {max_lsb_ref} LSB "
+            "(more than 1)"
         )
     return {
         "max_output_lsb_vs_litert": max_lsb,
@@ -329,7 +332,8 @@ def compare_runtimes(
 
 
 def mcu_latency_estimate(board: dict, macs: int) -> dict | None:
-    """MACs / (int8 MACs per cycle x clock): an estimate under the board profile's stated assumption, not a measurement."""
+    """MACs / (int8 MACs per cycle x clock): an estimate under the board profile's stated assumption, not a
+    measurement."""
     clock, per_cycle = board.get("clock_mhz"), board.get("int8_macs_per_cycle")
     if not clock or not per_cycle:
         return None
@@ -338,7 +342,8 @@ def mcu_latency_estimate(board: dict, macs: int) -> dict | None:
         "clock_mhz": clock,
         "int8_macs_per_cycle": per_cycle,
         "note": f"estimate, not measured: {macs / 1e6:.1f} MMAC at an assumed {per_cycle} int8 MAC/cycle "
-        f"(CMSIS-NN-class kernels) and {clock} MHz (mobilereid/recipes/boards.toml says where the assumption comes from)",
+        f"(CMSIS-NN-class kernels) and {clock} MHz "
+        "(mobilereid/recipes/boards.toml says where the assumption comes from)",
     }
 
 
@@ -373,11 +378,13 @@ def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> 
     problems = []
     if len(data) > flash_budget:
         problems.append(
-            f"model needs {len(data) / 1024:.0f} KB flash, {board['name']} leaves {flash_budget / 1024:.0f} KB (short by {(len(data) - flash_budget) / 1024:.0f} KB)"
+            f"model needs {len(data) / 1024:.0f} KB flash, {board['name']} leaves {flash_budget / 1024:.0f} KB "
+            f"(short by {(len(data) - flash_budget) / 1024:.0f} KB)"
         )
     if arena > ram_budget:
         problems.append(
-            f"arena needs {arena / 1024:.0f} KB RAM, {board['name']} leaves {ram_budget / 1024:.0f} KB (short by {(arena - ram_budget) / 1024:.0f} KB)"
+            f"arena needs {arena / 1024:.0f} KB RAM, {board['name']} leaves {ram_budget / 1024:.0f} KB "
+            f"(short by {(arena - ram_budget) / 1024:.0f} KB)"
         )
     if problems:
         raise ExportError(f"{job.stem} does not fit board {board['name']}: " + "; ".join(problems))
@@ -416,7 +423,8 @@ def tflm_notes(t: dict) -> list[str]:
     kb = lambda n: f"{n / 1024:.0f} KB"  # noqa: E731
     b = t["board"]
     lines = [
-        f"TFLite Micro ({b['name']}): flash {kb(t['flash_bytes'])} of {kb((b['flash_kb'] - b['reserve_flash_kb']) * 1024)}, "
+        f"TFLite Micro ({b['name']}): "
+        f"flash {kb(t['flash_bytes'])} of {kb((b['flash_kb'] - b['reserve_flash_kb']) * 1024)}, "
         f"arena {kb(t['arena_bytes'])} of {kb((b['ram_kb'] - b['reserve_ram_kb']) * 1024)}, {t['macs'] / 1e6:.1f} MMAC"
     ]
     arena = t.get("arena")
@@ -426,7 +434,8 @@ def tflm_notes(t: dict) -> list[str]:
             f"{k} {kb(v)}" for k, v in sorted(m["tail_parts"].items(), key=lambda kv: -kv[1]) if v >= 1024
         )
         lines.append(
-            f"  arena = planned tensors {kb(m['planned_head_bytes'])} + persistent {kb(m['persistent_tail_bytes'])} ({parts})"
+            f"  arena = planned tensors {kb(m['planned_head_bytes'])} "
+            f"+ persistent {kb(m['persistent_tail_bytes'])} ({parts})"
         )
         live = "; ".join(
             f"{'x'.join(str(s) for s in r['shape'])} {kb(r['bytes'])} from {r['written_by']}" for r in p["live"]
@@ -443,8 +452,10 @@ def tflm_notes(t: dict) -> list[str]:
     if t.get("slim"):
         s = t["slim"]
         lines.append(
-            f"  slimmed for TFLM: {kb(s['bytes_before'])} -> {kb(s['bytes_after'])} ({s['zero_point_entries']} zero points, "
-            f"{s['bias_quantization_entries']} bias quantization entries, names, {s['unused_buffers']} unused buffers dropped; "
+            f"  slimmed for TFLM: {kb(s['bytes_before'])} -> {kb(s['bytes_after'])} "
+            f"({s['zero_point_entries']} zero points, "
+            f"{s['bias_quantization_entries']} bias quantization entries, names, "
+            f"{s['unused_buffers']} unused buffers dropped; "
             "bit-identical outputs in TFLM)"
         )
     lines.append(
