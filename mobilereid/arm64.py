@@ -24,7 +24,7 @@ Choices (measured by the arm64 probe of this round, shared/arm64/PROBE.md, and r
 * **Disk and time**: 466 MB in all (root, wheels, qemu binary), 4.7 min from nothing on a 2-core host (measured;
   the debootstrap second stage under emulation is most of it). The ExecuTorch runtime is not installed: on aarch64
   it needs torch, whose PyPI wheel pulls 2.7 GB of CUDA wheels (the probe replaced them with generated stub
-  libraries; not carried over, see the README).
+  libraries; not carried over).
 """
 
 from __future__ import annotations

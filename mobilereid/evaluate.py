@@ -55,6 +55,7 @@ DEVICE_MODULES = [
     "mobilereid/device/__init__.py",
     "mobilereid/device/evaluator.py",
     "mobilereid/errors.py",
+    "mobilereid/host.py",
     "mobilereid/metrics.py",
     "mobilereid/runtimes.py",
     "mobilereid/data/__init__.py",

@@ -35,3 +35,34 @@ def host_cpu() -> str:
         "bf16",
     ]
     return f"{model}; {' '.join(f for f in wanted if f in flags) or 'none of ' + '/'.join(wanted)}"
+
+
+def measurement_stamp(repo: Path | None = None) -> dict:
+    """Date, commit (``git rev-parse --short HEAD`` of ``repo``, "unknown" outside a checkout), host name and CPU:
+    what every dated results file carries."""
+    import subprocess
+    import time
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=repo or Path.cwd(), timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": commit or "unknown",
+        "host": platform.node() or "host",
+        "host_cpu": host_cpu(),
+    }
+
+
+def write_results_file(folder: Path, topic: str, stamp: dict, markdown: str) -> Path:
+    """``folder/<date>-<commit>-<host>-<topic>.md``: a benchmark's table as a dated results file (docs/results/)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stamp['date']}-{stamp['commit']}-{stamp['host']}-{topic}.md"
+    header = f"<!-- {stamp['date']}, commit {stamp['commit']}, host {stamp['host']} ({stamp['host_cpu']}) -->\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(header + markdown)
+    tmp.replace(path)
+    return path

@@ -7,17 +7,16 @@ weights fail, the weights of the last passing check (or the starting weights) ar
 The reports show drift against the model the stage started from, and what the stage changed, next to each other.
 
 ViTs: fake quantization goes where the ViT's static ExecuTorch recipe quantizes (every linear except ``mlp.fc2``,
-which that recipe keeps dynamic); the consistency term acts on the BN-neck output as for SCL-net. Measured on the
-compressed vit_tiny of a fresh ``make run`` (2026-12-01, float mAP 18.05): fake-quant vs float cosine is 0.9992 from
-the first epoch (static PTQ alone verifies at 0.996), and fine-tuning only cost float mAP (lr 5e-4: 13.90 after 8
-epochs; 5e-5: 15.72 / 13.73 after 8 / 16): the guard gave up both times, so the pipeline does not run it for ViTs.
+which that recipe keeps dynamic); the consistency term acts on the BN-neck output as for SCL-net. On the compressed
+vit_tiny of ``make run`` it only cost float mAP (static PTQ already verifies at 0.996), so the pipeline does not run
+it for ViTs (docs/experiments/vit-quant-finetune.md).
 
 Why: the trained ``sclnet_small`` is hypersensitive to small perturbations (one grey level of input noise moves its
 embedding to cosine ~0.92), so post-training INT8 stays at cosine ~0.91 to the float model whatever the activation
-ranges (README, Known limits). Plain quantization-aware training (task loss on the fake-quantized model; Jacob et
-al. 2018, "Quantization and training of neural networks for efficient integer-arithmetic-only inference") did not
-change that (measured: 0.905 after 3 epochs): it optimises the quantized model's loss, not its agreement with the
-float weights, and agreement is what export verification and a user's float validation measure.
+ranges (docs/experiments/sclnet-int8-sensitivity.md). Plain quantization-aware training (task loss on the
+fake-quantized model; Jacob et al. 2018, "Quantization and training of neural networks for efficient
+integer-arithmetic-only inference") does not change that: it optimises the quantized model's loss, not its agreement
+with the float weights, and agreement is what export verification and a user's float validation measure.
 
 What: PT2E QAT on the training graph (XNNPACKQuantizer with ``is_qat=True``: per-channel int8 weights, fake-quantized
 activations with moving-average ranges, conv-BN folding simulated). Each step runs the batch twice through the same
@@ -25,36 +24,12 @@ weights: once with fake quantization and observers off (the float embedding, no 
 the loss is the ReID loss of the fake-quantized pass plus ``consistency * (1 - cos(emb_int8, emb_float))``, where
 ``emb`` is the exported embedding: the BN-neck with its running statistics applied to the pass's pooled features
 (the consistency term in the spirit of self-distillation from the full-precision model, e.g. Mishra & Marr 2018,
-"Apprentice", here with the float and quantized copies sharing weights). The result is an ordinary float checkpoint
-with the same state-dict keys, which every export route quantizes after training with its own calibration (the
-fine-tuned weights, not the QAT graph, are the product).
-
-Measured on the trained ``sclnet_small`` of ``make run`` (float mAP 13.15; ``mobilereid quant-finetune
-runs/default/train_sclnet/model.pt -d runs/default/data/synth -o OUT.pt [--epochs E --consistency C]``, lr 5e-4,
-then ``mobilereid export OUT.pt --target executorch,tflite --int8``: INT8 cosine to the fine-tuned float model on
-16 held-out images, ExecuTorch / LiteRT; float mAP on the 200 query / 414 gallery images):
-
-| consistency on | epochs | weight | INT8 cosine mean (worst) | float mAP | minutes (2 cores) |
-|---|---|---|---|---|---|
-| - (post-training INT8 only) | 0 | - | 0.907 / 0.905 (0.84) | 13.15 | - |
-| pooled features | 8 | 100 | 0.974 / 0.974 (0.95) | 12.72 | 1.7 |
-| pooled features | 24 | 100 | 0.982 / 0.982 (0.97) | 14.58 | 5 |
-| pooled features | 24 | 400 | 0.991 / - (0.976) | 7.39 | 5 |
-| **exported embedding (the default)** | 24 | 100 | **0.9925 / 0.9930** (0.976) | 14.00 | 5 |
-
-The first version put the consistency on the pooled features before the BN-neck: they carry a large component
-shared by all images, which inflates their cosine (0.97-0.98 during training) while the exported embedding, the
-neck's centred output, agreed only to 0.98, and reaching 0.99 that way cost half the float mAP (weight 400).
-On the exported embedding the same weight reaches 0.99 with no accuracy loss (dynamic int8: 0.9989). Tried and
-not kept (measured): BatchNorm frozen to its running statistics in both passes with this embedding consistency
-(the model collapsed to one embedding for every image, cosine 1.0: export now refuses such a model), and
-distillation of both passes to the original checkpoint's embedding (fake-quant vs float agreement fell to
-0.85-0.88 while training); a 2-epoch linear learning-rate warm-up (2026-12-01, on two other trained models, float mAP
-11.91 and 13.32: the dip after 8 epochs stayed, 11.29 and 10.86, one model ended 0.3 below its start and the other
-failed the guard with 10.73; fake-quant cosine 0.981 and 0.977, no better than without warm-up).
-
-Speed: the fake-quantized pass uses vectorised activation fake quantization (fast_fake_quant.py): one step of
-sclnet_small (batch 64, one core) 2.85 -> 2.37 s measured side by side in one process; same numbers.
+"Apprentice", here with the float and quantized copies sharing weights). The consistency acts on the exported
+embedding, not on the pooled features before the neck, whose large shared component inflates their cosine. The
+result is an ordinary float checkpoint with the same state-dict keys, which every export route quantizes after
+training with its own calibration (the fine-tuned weights, not the QAT graph, are the product). Measurements and
+the variants tried and not kept: docs/results/2026-11-27-sclnet-quant-finetune.md,
+docs/experiments/quant-finetune-variants.md. Speed: vectorised activation fake quantization (fast_fake_quant.py).
 """
 
 from __future__ import annotations

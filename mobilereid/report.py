@@ -98,6 +98,17 @@ def eval_markdown(report: dict) -> str:
         "gallery items removed, stable tie order).",
         "",
     ]
+    cpus = sorted(
+        {r["host"]["cpu"] for r in report["artifacts"] if isinstance(r.get("host"), dict) and r["host"].get("cpu")}
+    )
+    if cpus:
+        versions = sorted({r["runtime_version"] for r in report["artifacts"] if r.get("runtime_version")})
+        lines += [
+            f"Measured on: {'; '.join(cpus)} (CPU model and the ISA extensions that decide the kernels)"
+            + (f"; runtimes {', '.join(versions)}" if versions else "")
+            + ".",
+            "",
+        ]
     if report.get("limit"):
         lim = report["limit"]
         lines += [

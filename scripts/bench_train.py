@@ -226,6 +226,7 @@ def main() -> None:
     )
     ap.add_argument("--data", type=Path, default=None, help="a dataset folder (default: a synthetic set made here)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_train"))
+    ap.add_argument("--results", type=Path, help="also write DIR/<date>-<commit>-<host>-bench-train.md (docs/results)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one model, in a child process
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -241,7 +242,7 @@ def main() -> None:
 
     from mobilereid.compute import resolve
     from mobilereid.data.synth import SynthConfig, generate
-    from mobilereid.host import host_cpu
+    from mobilereid.host import measurement_stamp, write_results_file
 
     compute = resolve(args.device, args.precision, args.workers)  # a bad device: one line before any work
     with tempfile.TemporaryDirectory() as tmp:
@@ -286,16 +287,9 @@ def main() -> None:
                 f"{name}: {rows[-1]['train_images_per_s']:.1f} train img/s ({time.perf_counter() - t0:.0f} s)",
                 file=sys.stderr,
             )
-    commit = (
-        subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-        ).stdout.strip()
-        or "unknown"
-    )
+    stamp = measurement_stamp(Path(__file__).parent)
     meta = {
-        "date": time.strftime("%Y-%m-%d"),
-        "commit": commit,
-        "host_cpu": host_cpu(),
+        **stamp,
         "torch": torch.__version__,
         "device": compute.describe(),
         "precision": args.precision,
@@ -307,6 +301,8 @@ def main() -> None:
         tmp_path.write_text(text)
         os.replace(tmp_path, args.out / stem)
     print(md)
+    if args.results:
+        print(f"results file: {write_results_file(args.results, 'bench-train', stamp, md)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from the interpreter; for ExecuTorch from the sidecar's delegation report. Write
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from mobilereid.export import export_checkpoint
 from mobilereid.export.calibration import calibration_files, load_batch
 from mobilereid.export.tflite.delegation import delegation_report
 from mobilereid.export.tflite.size import breakdown_line, size_breakdown
-from mobilereid.host import host_cpu
+from mobilereid.host import measurement_stamp, write_results_file
 from mobilereid.models.checkpoint import load_checkpoint
 from mobilereid.report import write_rows_table
 from mobilereid.runtimes import open_runner
@@ -157,18 +158,19 @@ def main():
     ap.add_argument("--out", type=Path, default=Path("runs/bench_export"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument(
+        "--results", type=Path, help="also write DIR/<date>-<commit>-<host>-export-benchmark.md (docs/results)"
+    )
     args = ap.parse_args()
     rows = []
     for ckpt in args.ckpt:
         rows += bench_checkpoint(ckpt, args.data, args.out, args.threads, args.runs)
-    cpu = host_cpu()
-    write_rows_table(
-        args.out,
-        "benchmark",
-        {"threads": args.threads, "runs": args.runs, "cpu": cpu},
-        rows,
-        markdown(rows, args.threads, args.runs, cpu),
-    )
+    stamp = measurement_stamp(Path(__file__).parent)
+    cpu = stamp["host_cpu"]
+    md = markdown(rows, args.threads, args.runs, cpu)
+    write_rows_table(args.out, "benchmark", {"threads": args.threads, "runs": args.runs, "cpu": cpu, **stamp}, rows, md)
+    if args.results:
+        print(f"results file: {write_results_file(args.results, 'export-benchmark', stamp, md)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 
 from mobilereid.data.datasets import load_dataset  # noqa: E402
 from mobilereid.data.preprocess import PreprocessSpec, preprocess_file  # noqa: E402
+from mobilereid.host import host_cpu  # noqa: E402
 from mobilereid.metrics import rank_summary  # noqa: E402
 from mobilereid.runtimes import open_runner, read_sidecar  # noqa: E402
 
@@ -112,6 +113,7 @@ def evaluate_artifact(
         "size_bytes": model.stat().st_size,
         "target": meta["target"],
         "runtime": meta["runtime"],
+        "runtime_version": runtime_version(meta["runtime"]),
         "precision": meta["precision"],
         "threads": threads,
         "warmup": warmup,
@@ -121,6 +123,7 @@ def evaluate_artifact(
             "system": platform.system(),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
+            "cpu": host_cpu(),  # model and ISA flags: what the latency was measured on,
         },
         "metrics": dataset_rank_summary(q, g, ds),
         "latency": latency_summary(np.concatenate([tq, tg])),
@@ -140,6 +143,26 @@ def evaluate_artifact(
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, out / f"{key}.summary.json")
     return summary
+
+
+RUNTIME_PACKAGES = {
+    "litert": ("ai-edge-litert", "tflite-runtime", "tensorflow"),
+    "executorch": ("executorch",),
+    "onnxruntime": ("onnxruntime",),
+    "tflite-micro": ("tflite-micro",),
+}
+
+
+def runtime_version(runtime: str) -> str:
+    """The installed package that runs ``runtime`` and its version (latency records name it: kernels change)."""
+    from importlib import metadata
+
+    for name in RUNTIME_PACKAGES.get(runtime, ()):
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 def key_problem(keys: list[str], models: int) -> str | None:

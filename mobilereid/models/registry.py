@@ -4,11 +4,10 @@ ViT presets follow the timm/DeiT sizes (ViT-B/16, DeiT-S, DeiT-Ti); ``vit_test``
 presets for fast export tests (two blocks / quarter width, 64x32 input). ``sclnet_small`` is the half-width
 variant (128x64) for phones and Cortex-M7-class boards.
 
-``sclnet_micro`` (quarter width, one SC-unit per stage, 128x64: 0.096 M parameters, 11.4 MMAC) is the Cortex-M4
-model, chosen by measurement (README "Microcontrollers"): the INT8 TFLite Micro artifact takes 132 KB of flash and
-a 152 KB arena. Two SC-units per stage (quarter width) took 193 KB / 204 KB and trained worse on the synthetic set
-(mAP 9.4 vs 14.7, one run each); 96x48 is not an option (SCL-net needs multiples of 32), 64x32 leaves 8x4 cells
-at the last stage.
+``sclnet_micro`` (quarter width, one SC-unit per stage, 128x64: 0.10 M parameters, 11.4 MMAC) is the Cortex-M4
+model, chosen by measurement (docs/results/2026-11-30-mcu-sclnet-micro.md): its INT8 TFLite Micro artifact fits a
+Cortex-M4's flash and RAM, where two SC-units per stage did not and trained worse; 96x48 is not an option (SCL-net
+needs multiples of 32), 64x32 leaves 8x4 cells at the last stage.
 """
 
 from __future__ import annotations

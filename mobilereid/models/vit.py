@@ -52,11 +52,7 @@ every LayerNorm's place with BatchNorm over the channels, pooled over batch and 
 replacement studied by Yao et al. 2021, "Leveraging Batch Normalization for Vision Transformers", ICCVW). Why: at
 inference a BatchNorm is a per-channel multiply-add with constants, so a full-integer graph holds no LayerNorm,
 whose integer decomposition (mean, squared difference, rsqrt on one per-tensor scale) is what collapses a full-int8
-LiteRT ViT. Measured side by side on the synthetic set (vit_tiny 128x64, tanh GELU, 40 epochs, same recipe, one
-run each; LiteRT full int8 through litert-torch + ai-edge-quantizer, 64 calibration images, 200 queries): LayerNorm
-float mAP 12.92, full int8 cosine 0.316, mAP 5.25; BatchNorm (two training runs) float mAP 16.72 / 14.68, full int8
-cosine 0.975 / 0.974, mAP 15.78 / 14.53; with int16 activations (int16x8, still no float op) cosine 0.992, mAP
-14.47 (README "Static INT8 for the ViT").
+LiteRT ViT (measured side by side: docs/results/2026-12-01-vit-batchnorm-int8.md).
 """
 
 from __future__ import annotations
