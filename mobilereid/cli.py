@@ -588,6 +588,7 @@ def evaluate_cmd(
         allow_mismatch=allow_mismatch,
         baseline=baseline,
         limit=settings.limit or None,
+        far=settings.far,
         force=force,
         torch_device=torch_device,
     )

@@ -117,7 +117,15 @@ def evaluator_args(where: str, artifacts: list[Path], threads: int, flip: bool) 
     return args
 
 
-REPORT_FILES = ["raw", "report.md", "report.json", "report.html", "cmc.png", "accuracy_latency.png"]  # what it writes
+REPORT_FILES = [
+    "raw",
+    "report.md",
+    "report.json",
+    "report.html",
+    "cmc.png",
+    "accuracy_latency.png",
+    "roc.png",
+]  # what it writes
 MARKER = "evaluating "  # the evaluator's line on stderr before each model
 
 
@@ -455,6 +463,25 @@ def check_artifacts(artifacts: list[Path], reference: Path | None = None, allow_
     return metas
 
 
+def add_matching(row: dict, npz, summary: dict, far: float, base_embeddings=None, ref_embeddings=None) -> None:
+    """The deployment numbers of one artifact (matching.py): same-person decision metrics with a threshold calibrated
+    on half of the identities and measured on the other; compatibility with the user's model (the baseline when given,
+    else the reference), with a one-line warning when a gallery enrolled with that model would not work."""
+    from .matching import compatibility, compatibility_problem, verification
+
+    labels = (npz["q_pids"], npz["g_pids"], npz["q_camids"], npz["g_camids"])
+    row["matching"] = verification(npz["query"], npz["gallery"], *labels, target_far=far)
+    user = base_embeddings or ref_embeddings
+    if user is None or user[0].shape[1] != npz["query"].shape[1]:
+        return
+    uq, ug = user
+    row["compatibility"] = compatibility(npz["query"], ug, uq, npz["gallery"], *labels)
+    problem = compatibility_problem(row["compatibility"], summary["metrics"]["mAP"])
+    if problem:
+        row["compatibility"]["warning"] = problem
+        err_console.print(f"warning: {row['name']}: {problem}", markup=False)
+
+
 def reference_embeddings(
     checkpoint: Path, data: Path, cache: Path, flip: bool = False, compute=None
 ) -> tuple[np.ndarray, np.ndarray, dict, int]:
@@ -503,6 +530,7 @@ def evaluate_artifacts(
     limit: int | None = None,
     force: bool = False,
     torch_device: str = "auto",
+    far: float = 1e-3,
 ) -> dict:
     """Run every artifact through the evaluator on `device` and score it.
 
@@ -604,6 +632,14 @@ def evaluate_artifacts(
                     "emulated_ms_per_image_p50": row["latency"]["p50_ms"],
                 }
                 row["latency"] = None  # emulation time, not a latency (see the report)
+            add_matching(
+                row,
+                npz,
+                summary,
+                far,
+                base_embeddings=(bq, bg) if base is not None else None,
+                ref_embeddings=(rq, rg) if ref is not None else None,
+            )
             rows.append(row)
         report = {
             **extra,
@@ -612,6 +648,7 @@ def evaluate_artifacts(
             "flip": flip,
             "reference": ref,
             "baseline": base,
+            "target_far": far,
             "artifacts": rows,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

@@ -186,6 +186,12 @@ class EvaluateOptions:
         "emulated arm64 board of `mobilereid board setup arm64`; CPU e.g. cortex-a55, neoverse-n1).",
     )
     threads: int = setting(2, "Runtime threads on the device.", minimum=1)
+    far: float = setting(
+        1e-3,
+        "Target false accept rate of the same-person threshold calibrated for each artifact (docs/devices.md).",
+        above=0,
+        below=1,
+    )
     limit: int = setting(
         0,
         "Evaluate on a deterministic subset: the queries (up to N) of evenly spaced identities, their gallery "

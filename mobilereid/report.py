@@ -118,6 +118,7 @@ def eval_markdown(report: dict) -> str:
             "every model of this report saw the same images.",
             "",
         ]
+    lines += matching_markdown(report)
     lines += arm_markdown(report)
     counts = {(r["metrics"].get("queries_scored"), r["metrics"].get("queries")) for r in report["artifacts"]}
     for scored, total in sorted(c for c in counts if c[0] is not None):
@@ -150,6 +151,45 @@ def eval_markdown(report: dict) -> str:
     if bad:
         lines += ["**Evaluated with --allow-mismatch**: " + "; ".join(bad), ""]
     return "\n".join(lines)
+
+
+def matching_markdown(report: dict) -> list[str]:
+    """Same-person decision metrics and compatibility with the user's model (matching.py)."""
+    rows = [r for r in report["artifacts"] if r.get("matching")]
+    if not rows:
+        return []
+    far = report.get("target_far", rows[0]["matching"]["threshold"]["target_far"])
+    compat = any(r.get("compatibility") for r in rows)
+    lines = [
+        "## Deployment matching",
+        "",
+        f"Same person when the cosine similarity is above the threshold; cross-camera query x gallery pairs. The "
+        f"threshold for FAR {far:g} is fitted on even person ids and measured on odd ones (held out)."
+        + (" Mixed search: queries embedded by the artifact, gallery by your float model." if compat else ""),
+        "",
+        "| artifact | EER | TAR @ FAR 1e-2 | TAR @ FAR 1e-3 | threshold | held-out FAR | held-out TAR |"
+        + (" cosine vs yours | mixed-search mAP | own mAP |" if compat else ""),
+        "|" + "---|" * (7 + (3 if compat else 0)),
+    ]
+    for r in rows:
+        m, t, c = r["matching"], r["matching"]["threshold"], r.get("compatibility")
+        cells = [
+            r["name"],
+            f"{100 * m['eer']:.2f}%",
+            f"{100 * m['tar_at_far']['0.01']:.1f}%",
+            f"{100 * m['tar_at_far']['0.001']:.1f}%",
+            f"{t['value']:.3f}",
+            f"{t['held_out_far']:.2g}",
+            f"{100 * t['held_out_tar']:.1f}%",
+        ]
+        if compat:
+            cells += [f"{c['cosine_mean']:.3f}", _pct(c["mixed_mAP"]), _pct(r["metrics"]["mAP"])] if c else ["-"] * 3
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for r in rows:
+        if (r.get("compatibility") or {}).get("warning"):
+            lines += [f"**Warning** `{r['name']}`: {r['compatibility']['warning']}.", ""]
+    return lines
 
 
 def arm_markdown(report: dict) -> list[str]:
@@ -217,6 +257,24 @@ def plot_eval(report: dict, folder: Path) -> list[str]:
         ax.plot(range(1, len(cmc) + 1), [100 * c for c in cmc], marker=".", label=f"{r['name']} ({r['runtime']})")
     files.append(save_plot(fig, ax, folder / "cmc.png", "rank", "matching rate (%)", "CMC", legend=True))
 
+    with_roc = [r for r in report["artifacts"] if r.get("matching")]
+    if with_roc:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in with_roc:
+            roc = r["matching"]["roc"]
+            ax.plot(roc["far"], [100 * t for t in roc["tar"]], label=f"{r['name']} ({r['runtime']})")
+        ax.set_xscale("log")
+        files.append(
+            save_plot(
+                fig,
+                ax,
+                folder / "roc.png",
+                "false accept rate (cross-camera pairs)",
+                "true accept rate (%)",
+                "same-person decision (ROC)",
+                legend=True,
+            )
+        )
     timed = [r for r in report["artifacts"] if r.get("latency")]
     if not timed:  # an emulated device: no latency to plot
         return files

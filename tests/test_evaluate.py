@@ -70,6 +70,15 @@ def test_evaluate_local_report(artifacts, tiny_dataset, tmp_path):
         assert 0 <= r["metrics"]["mAP"] <= 1
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "ΔmAP" in md and fp32["name"] in md
+    # deployment matching: a threshold fitted on half of the identities and measured on the other half, and the
+    # fp32 artifact fully compatible with the float model it came from (mixed search = its own search)
+    assert {"roc.png", "report.html"} <= {p.name for p in (tmp_path / "rep").iterdir()}
+    t = fp32["matching"]["threshold"]
+    assert t["target_far"] == 1e-3 and -1 <= t["value"] <= 1 and t["held_out_pairs"]["negative"] > 0
+    assert 0 <= fp32["matching"]["eer"] <= 1
+    c = fp32["compatibility"]
+    assert c["cosine_mean"] > 0.9999 and abs(c["mixed_mAP"] - fp32["metrics"]["mAP"]) < 1e-6 and "warning" not in c
+    assert "## Deployment matching" in md
 
 
 def test_evaluate_errors(artifacts, tiny_dataset, tmp_path):

@@ -1,0 +1,127 @@
+"""Deployment matching: the numbers a ReID deployment decides with, beyond Rank-k and mAP.
+
+* **Same-person decision** (face-verification style, as ReID deployments use it: a new crop is "the same person" when
+  its cosine similarity to an enrolled embedding is above a threshold). Pairs are every query x gallery pair from
+  different cameras (the Market-1501 protocol's cross-camera rule); same identity = positive, different identity
+  (distractors included) = negative; junk (pid -1) is left out. Reported: TAR at FAR 1e-2 and 1e-3, the equal error
+  rate, and the threshold at a target FAR. The threshold is *calibrated* on half of the identities (even pids) and its
+  FAR and TAR are *measured* on the other half (odd pids), so the report says how well a threshold chosen on one
+  population holds on another, instead of quoting the FAR it was fitted to.
+* **Compatibility with the user's model**: a gallery enrolled with the user's float model and queried with the
+  artifact (mixed search): its mAP and Rank-1 next to the artifact's own. Cosine to the user's embeddings says whether
+  the spaces agree; mixed-search mAP says whether it matters for retrieval.
+
+numpy only (no torch), so the same code can run beside the on-device evaluator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .metrics import l2_normalize, rank_summary
+
+FARS = (1e-2, 1e-3)
+
+
+def pair_scores(q, g, q_pids, g_pids, q_cams, g_cams) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarities of cross-camera query x gallery pairs: (positives, negatives)."""
+    qp, gp, qc, gc = (np.asarray(a) for a in (q_pids, g_pids, q_cams, g_cams))
+    sim = l2_normalize(np.asarray(q, np.float64)) @ l2_normalize(np.asarray(g, np.float64)).T
+    usable = (qc[:, None] != gc[None, :]) & (gp[None, :] != -1) & (qp[:, None] != -1)
+    same = qp[:, None] == gp[None, :]
+    return sim[usable & same], sim[usable & ~same]
+
+
+def threshold_at_far(negatives: np.ndarray, far: float) -> float:
+    """The lowest threshold whose false accept rate on ``negatives`` is at most ``far`` (accept: score > threshold)."""
+    if len(negatives) == 0:
+        return float("nan")
+    ordered = np.sort(negatives)[::-1]
+    k = int(np.floor(far * len(ordered)))  # at most k negatives may score above the threshold
+    return float(ordered[k]) if k < len(ordered) else float(ordered[-1])
+
+
+def rates(positives: np.ndarray, negatives: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(TAR, FAR) when scores above ``threshold`` are accepted."""
+    tar = float((positives > threshold).mean()) if len(positives) else float("nan")
+    far = float((negatives > threshold).mean()) if len(negatives) else float("nan")
+    return tar, far
+
+
+def equal_error_rate(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """The error rate where false rejects equal false accepts (thresholds swept over every score)."""
+    if len(positives) == 0 or len(negatives) == 0:
+        return float("nan")
+    thresholds = np.unique(np.concatenate([positives, negatives]))
+    pos, neg = np.sort(positives), np.sort(negatives)
+    frr = np.searchsorted(pos, thresholds, side="right") / len(pos)  # positives at or below: rejected
+    far = 1.0 - np.searchsorted(neg, thresholds, side="right") / len(neg)  # negatives above: accepted
+    i = int(np.argmin(np.abs(frr - far)))
+    return float((frr[i] + far[i]) / 2)
+
+
+def roc_curve(positives: np.ndarray, negatives: np.ndarray, points: int = 200) -> dict:
+    """TAR against FAR on a log grid of FARs from 1e-4 to 1 (for the ROC plot)."""
+    fars = np.logspace(-4, 0, points)
+    tars = [rates(positives, negatives, threshold_at_far(negatives, f))[0] for f in fars]
+    return {"far": [float(f) for f in fars], "tar": [float(t) for t in tars]}
+
+
+def verification(q, g, q_pids, g_pids, q_cams, g_cams, target_far: float = 1e-3) -> dict:
+    """Same-person decision numbers on all pairs, and the threshold calibrated on even pids, measured on odd pids."""
+    pos, neg = pair_scores(q, g, q_pids, g_pids, q_cams, g_cams)
+    out = {
+        "pairs": {"positive": int(len(pos)), "negative": int(len(neg))},
+        "eer": equal_error_rate(pos, neg),
+        "tar_at_far": {str(f): rates(pos, neg, threshold_at_far(neg, f))[0] for f in FARS},
+        "roc": roc_curve(pos, neg),
+    }
+    qp, gp = np.asarray(q_pids), np.asarray(g_pids)
+    halves = []
+    for parity in (0, 1):  # identities by pid parity (the distractors, pid 0, fall in the even half)
+        qs, gs = qp % 2 == parity, gp % 2 == parity
+        halves.append(
+            pair_scores(
+                np.asarray(q)[qs], np.asarray(g)[gs], qp[qs], gp[gs], np.asarray(q_cams)[qs], np.asarray(g_cams)[gs]
+            )
+        )
+    (fit_pos, fit_neg), (test_pos, test_neg) = halves
+    threshold = threshold_at_far(fit_neg, target_far)
+    tar, far = rates(test_pos, test_neg, threshold)
+    out["threshold"] = {
+        "target_far": target_far,
+        "value": threshold,
+        "fitted_on": f"even person ids ({len(fit_pos)} positive, {len(fit_neg)} negative pairs)",
+        "held_out_far": far,
+        "held_out_tar": tar,
+        "held_out_pairs": {"positive": int(len(test_pos)), "negative": int(len(test_neg))},
+    }
+    return out
+
+
+def compatibility(q_artifact, g_user, q_user, g_artifact, q_pids, g_pids, q_cams, g_cams) -> dict:
+    """Mixed search against the user's model: the artifact's queries against a gallery the user's model enrolled,
+    and the reverse; plus the mean cosine of the artifact's embeddings to the user's, image by image."""
+    forward = rank_summary(q_artifact, g_user, q_pids, g_pids, q_cams, g_cams)
+    backward = rank_summary(q_user, g_artifact, q_pids, g_pids, q_cams, g_cams)
+    a = l2_normalize(np.concatenate([q_artifact, g_artifact]).astype(np.float64))
+    u = l2_normalize(np.concatenate([q_user, g_user]).astype(np.float64))
+    return {
+        "mixed_mAP": forward["mAP"],
+        "mixed_rank1": forward["rank1"],
+        "mixed_mAP_reverse": backward["mAP"],
+        "cosine_mean": float((a * u).sum(1).mean()),
+    }
+
+
+def compatibility_problem(
+    compat: dict, own_mAP: float, min_cosine: float = 0.9, max_map_gap: float = 0.01
+) -> str | None:
+    """Why a gallery enrolled with the user's model would not work with this artifact (None when it would)."""
+    gap = own_mAP - compat["mixed_mAP"]
+    if compat["cosine_mean"] < min_cosine or gap > max_map_gap:
+        return (
+            f"embeddings are not compatible with your model (cosine {compat['cosine_mean']:.3f}, mixed-search mAP "
+            f"{100 * compat['mixed_mAP']:.2f} vs its own {100 * own_mAP:.2f}): re-enrol the gallery with this artifact"
+        )
+    return None

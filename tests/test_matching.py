@@ -1,0 +1,73 @@
+"""Deployment matching numbers (mobilereid/matching.py) on embeddings whose answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mobilereid.matching import (
+    compatibility,
+    compatibility_problem,
+    equal_error_rate,
+    pair_scores,
+    rates,
+    threshold_at_far,
+    verification,
+)
+from mobilereid.metrics import rank_summary
+
+
+def _split(seed: int = 0, ids: int = 40, dim: int = 32, noise: float = 0.5):
+    """Query and gallery embeddings of ``ids`` people (an identity centre plus noise), cameras 0/1 for query/gallery,
+    and a few gallery distractors (pid 0)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(ids + 1, dim))
+    q_pids = np.repeat(np.arange(1, ids + 1), 2)
+    g_pids = np.concatenate([np.repeat(np.arange(1, ids + 1), 3), np.zeros(10, int)])
+    q = centres[q_pids] + noise * rng.normal(size=(len(q_pids), dim))
+    g = centres[g_pids] + noise * rng.normal(size=(len(g_pids), dim))
+    return q, g, q_pids, g_pids, np.zeros(len(q_pids), int), np.ones(len(g_pids), int)
+
+
+def test_pairs_are_cross_camera_and_leave_junk_out():
+    q = np.eye(3)
+    g = np.eye(3)
+    pos, neg = pair_scores(q, g, [1, 2, -1], [1, 2, 2], [0, 0, 0], [1, 0, 1])
+    # positives: q1-g1 (similarity 1) and q2-g3 (0); gallery 2 shares query 2's camera: left out; junk query left out
+    assert sorted(pos.tolist()) == [0.0, 1.0] and len(neg) == 2  # q1-g3 and q2-g1
+
+
+def test_threshold_keeps_the_false_accept_rate_at_most_the_target():
+    neg = np.linspace(-1, 1, 10001)
+    for far in (1e-1, 1e-2, 1e-3):
+        t = threshold_at_far(neg, far)
+        assert rates(np.array([2.0]), neg, t)[1] <= far
+        assert rates(np.array([2.0]), neg, t - 1e-3)[1] > far  # and it is the lowest such threshold
+
+
+def test_equal_error_rate_of_separable_and_of_identical_scores():
+    assert equal_error_rate(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 0.0
+    rng = np.random.default_rng(0)
+    same = rng.normal(size=20000)
+    assert equal_error_rate(same, rng.normal(size=20000)) == pytest.approx(0.5, abs=0.02)
+
+
+def test_threshold_fitted_on_one_half_is_measured_on_the_other():
+    v = verification(*_split(), target_far=1e-2)
+    t = v["threshold"]
+    assert t["held_out_pairs"]["positive"] > 0 and t["held_out_pairs"]["negative"] > 0
+    assert 0 <= t["held_out_far"] <= 0.1 and t["held_out_tar"] > 0.5
+    assert 0 <= v["eer"] < 0.2 and v["tar_at_far"]["0.01"] >= v["tar_at_far"]["0.001"]
+    assert len(v["roc"]["far"]) == len(v["roc"]["tar"])
+
+
+def test_compatibility_of_the_same_space_and_of_a_rotated_one():
+    q, g, qp, gp, qc, gc = _split()
+    same = compatibility(q, g, q, g, qp, gp, qc, gc)
+    assert same["cosine_mean"] == pytest.approx(1.0) and compatibility_problem(same, same["mixed_mAP"]) is None
+    rotation, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(q.shape[1], q.shape[1])))
+    moved = compatibility(q @ rotation, g, q, g @ rotation, qp, gp, qc, gc)  # an artifact in another space
+    own = rank_summary(q @ rotation, g @ rotation, qp, gp, qc, gc)["mAP"]  # rotation keeps its own retrieval
+    assert moved["cosine_mean"] < 0.5 and moved["mixed_mAP"] < same["mixed_mAP"] - 0.3
+    problem = compatibility_problem(moved, own)
+    assert problem is not None and "re-enrol the gallery" in problem
