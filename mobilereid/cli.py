@@ -589,6 +589,7 @@ def evaluate_cmd(
         baseline=baseline,
         limit=settings.limit or None,
         far=settings.far,
+        gallery_formats=settings.gallery_formats,
         force=force,
         torch_device=torch_device,
     )

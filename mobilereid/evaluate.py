@@ -531,6 +531,7 @@ def evaluate_artifacts(
     force: bool = False,
     torch_device: str = "auto",
     far: float = 1e-3,
+    gallery_formats: str = "",
 ) -> dict:
     """Run every artifact through the evaluator on `device` and score it.
 
@@ -552,6 +553,9 @@ def evaluate_artifacts(
 
         compute = resolve(torch_device, "fp32", None, device_flag="--torch-device")
     refuse_foreign_files(Path(out), REPORT_FILES, force)  # before the work, not after it
+    from .gallery import parse_formats
+
+    formats = parse_formats(gallery_formats)
     qemu = device == "qemu-arm64" or device.startswith("qemu-arm64:")
     if qemu:
         parse_qemu(device)
@@ -640,6 +644,11 @@ def evaluate_artifacts(
                 base_embeddings=(bq, bg) if base is not None else None,
                 ref_embeddings=(rq, rg) if ref is not None else None,
             )
+            if formats:
+                from .gallery import compare_formats
+
+                labels = (npz["q_pids"], npz["g_pids"], npz["q_camids"], npz["g_camids"])
+                row["gallery_formats"] = compare_formats(npz["query"], npz["gallery"], *labels, formats)
             rows.append(row)
         report = {
             **extra,

@@ -192,6 +192,11 @@ class EvaluateOptions:
         above=0,
         below=1,
     )
+    gallery_formats: str = setting(
+        "",
+        "Also measure gallery storage formats, a comma list of float16, int8, binary: mAP change, bytes per item, "
+        "search time per query at 1k / 10k / 100k stored items (docs/devices.md).",
+    )
     limit: int = setting(
         0,
         "Evaluate on a deterministic subset: the queries (up to N) of evenly spaced identities, their gallery "

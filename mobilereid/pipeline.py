@@ -437,6 +437,7 @@ def run_chain(name: str, cfg: dict, workdir: Path, data_root: Path, data_key: st
             baseline=users_model if reference != users_model else None,
             limit=cfg["evaluate"]["limit"] or None,
             far=cfg["evaluate"]["far"],
+            gallery_formats=cfg["evaluate"]["gallery_formats"],
             torch_device=compute["device"],
         )
         return {"report": str(stage.dir / "report.json")}

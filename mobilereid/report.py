@@ -119,6 +119,7 @@ def eval_markdown(report: dict) -> str:
             "",
         ]
     lines += matching_markdown(report)
+    lines += gallery_markdown(report)
     lines += arm_markdown(report)
     counts = {(r["metrics"].get("queries_scored"), r["metrics"].get("queries")) for r in report["artifacts"]}
     for scored, total in sorted(c for c in counts if c[0] is not None):
@@ -190,6 +191,33 @@ def matching_markdown(report: dict) -> list[str]:
         if (r.get("compatibility") or {}).get("warning"):
             lines += [f"**Warning** `{r['name']}`: {r['compatibility']['warning']}.", ""]
     return lines
+
+
+def gallery_markdown(report: dict) -> list[str]:
+    """Gallery storage formats (gallery.py): retrieval cost, storage and search time per query on this host."""
+    rows = [r for r in report["artifacts"] if r.get("gallery_formats")]
+    if not rows:
+        return []
+    sizes = list(rows[0]["gallery_formats"][0]["search_ms"])
+    lines = [
+        "## Gallery formats",
+        "",
+        "The gallery stored in each format and searched with the artifact's queries; search time: one query against "
+        "N random stored items, top-1, numpy on this host (no int8 or popcount kernels: device kernels are faster).",
+        "",
+        "| artifact | format | mAP (Δ vs float32) | bytes per item | smaller | "
+        + " | ".join(f"search ms @ {int(n):,}" for n in sizes)
+        + " |",
+        "|" + "---|" * (5 + len(sizes)),
+    ]
+    for r in rows:
+        for f in r["gallery_formats"]:
+            times = " | ".join(f"{f['search_ms'][n]:.2f}" for n in sizes)
+            lines.append(
+                f"| {r['name']} | {f['format']} | {_pct(f['mAP'])} ({100 * f['delta_mAP']:+.2f}) | "
+                f"{f['bytes_per_item']} | {f['storage_ratio']:.0f}x | {times} |"
+            )
+    return lines + [""]
 
 
 def arm_markdown(report: dict) -> list[str]:

@@ -106,24 +106,24 @@ E2E_FILES = {"test_pipeline.py", "test_wheel.py"}
 # The longest files first (measured with --durations): `make test` runs files on two workers (--dist loadfile), so a
 # long file picked up last would leave one core idle at the end; in this order the short files fill the gaps.
 LONGEST_FIRST = [
-    "test_quant_sensitivity.py",
-    "test_external.py",
-    "test_import.py",
     "test_export.py",
-    "test_cnn_families.py",
+    "test_quant_sensitivity.py",
+    "test_import.py",
+    "test_external.py",
     "test_pipeline.py",
-    "test_quant_finetune.py",
+    "test_cnn_families.py",
     "test_hardening.py",
+    "test_quant_finetune.py",
+    "test_train.py",
     "test_compute.py",
     "test_tflm.py",
     "test_hardening_lifecycle.py",
     "test_android_core.py",
-    "test_train.py",
     "test_export_processes.py",
     "test_quant_sensitivity_vit.py",
+    "test_evaluate.py",
     "test_arm64.py",
     "test_cnn_import.py",
-    "test_evaluate.py",
     "test_wheel.py",
 ]
 

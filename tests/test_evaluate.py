@@ -246,10 +246,24 @@ def test_cli_evaluate(artifacts, tiny_dataset, tmp_path):
     ckpt, arts = artifacts
     r = runner.invoke(
         app,
-        ["evaluate", str(arts[0]), "--data", str(tiny_dataset), "--reference", str(ckpt), "-o", str(tmp_path / "rep")],
+        [
+            "evaluate",
+            str(arts[0]),
+            "--data",
+            str(tiny_dataset),
+            "--reference",
+            str(ckpt),
+            "-o",
+            str(tmp_path / "rep"),
+            "--gallery-formats",
+            "int8,binary",
+        ],
     )
     assert r.exit_code == 0, r.output
     assert "report.md" in r.output and (tmp_path / "rep" / "accuracy_latency.png").is_file()
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert [f["format"] for f in rep["artifacts"][0]["gallery_formats"]] == ["float32", "int8", "binary"]
+    assert "## Gallery formats" in (tmp_path / "rep" / "report.md").read_text()
 
 
 def test_cli_benchmark_one_table(artifacts, tiny_dataset, tmp_path):
