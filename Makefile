@@ -47,13 +47,14 @@ $(KOTLINC): android_demo/tools/package-lock.json
 	cd android_demo/tools && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# two workers, one test file each at a time (module fixtures that share exported artifacts stay in one worker)
+# two workers, one test file each at a time (module fixtures that share exported artifacts stay in one worker), the
+# files in the order of tests/conftest.py (longest first)
 test: setup test-deps
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # the edit loop: everything but the converter and end-to-end tests (CI runs `make lint` and the whole `make test`)
 test-fast: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not convert and not e2e"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not convert and not e2e"
 
 # ruff check + format check (line length 120, pyproject.toml), and the generated reference pages of docs/ in date
 lint: setup

@@ -104,7 +104,8 @@ E2E_FILES = {"test_pipeline.py", "test_wheel.py"}
 
 
 # The longest files first (measured with --durations): `make test` runs files on two workers (--dist loadfile), so a
-# long file picked up last would leave one core idle at the end; in this order the short files fill the gaps.
+# long file picked up last would leave one core idle at the end; in this order the short files fill the gaps (the
+# Makefile passes --no-loadscope-reorder, else xdist reorders files by their number of tests).
 LONGEST_FIRST = [
     "test_export.py",
     "test_quant_sensitivity.py",
