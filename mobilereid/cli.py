@@ -561,6 +561,12 @@ def evaluate_cmd(
     force: bool = typer.Option(
         False, "--force", help="Overwrite files in --out that mobilereid did not write (report.md, report.json, plots)."
     ),
+    write_threshold: bool = typer.Option(
+        False,
+        "--write-threshold",
+        help="Write each artifact's calibrated same-person threshold (at --far) into its sidecar (`match`), where the "
+        "Android demo's matcher reads it.",
+    ),
     torch_device: str = typer.Option(
         "auto",
         "--torch-device",
@@ -594,6 +600,11 @@ def evaluate_cmd(
         torch_device=torch_device,
     )
     console.print(eval_markdown(report), markup=False, soft_wrap=True)
+    if write_threshold:
+        from .evaluate import write_thresholds
+
+        for side in write_thresholds(report, data):
+            console.print(f"threshold written: {side}", markup=False)
     console.print(
         f"report: {out / 'report.html'} (also report.md, report.json; plots: "
         f"{', '.join(str(out / p) for p in report['plots'])})"

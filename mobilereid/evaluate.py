@@ -482,6 +482,35 @@ def add_matching(row: dict, npz, summary: dict, far: float, base_embeddings=None
         err_console.print(f"warning: {row['name']}: {problem}", markup=False)
 
 
+def write_thresholds(report: dict, data: Path) -> list[Path]:
+    """Each artifact's calibrated same-person threshold into its sidecar (``match``: threshold, FAR it was set for,
+    the held-out FAR and TAR, the data, and the sha256 of the artifact it belongs to): the Android core's matcher
+    starts from it. The sidecar is rewritten atomically; everything else in it is kept."""
+    from .filesafety import atomic_write_text
+    from .runtimes import sidecar_path
+
+    written = []
+    for r in report["artifacts"]:
+        t = r.get("matching", {}).get("threshold")
+        if not t:
+            continue
+        side = sidecar_path(r["artifact"])
+        meta = json.loads(side.read_text())
+        meta["match"] = {
+            "threshold": t["value"],
+            "far": t["target_far"],
+            "held_out_far": t["held_out_far"],
+            "held_out_tar": t["held_out_tar"],
+            "fitted_on": t["fitted_on"],
+            "data": str(data),
+            "artifact_sha256": meta.get("sha256", ""),
+            "written_by": "mobilereid evaluate --write-threshold",
+        }
+        atomic_write_text(side, json.dumps(meta, indent=2))
+        written.append(side)
+    return written
+
+
 def reference_embeddings(
     checkpoint: Path, data: Path, cache: Path, flip: bool = False, compute=None
 ) -> tuple[np.ndarray, np.ndarray, dict, int]:

@@ -266,6 +266,40 @@ def test_cli_evaluate(artifacts, tiny_dataset, tmp_path):
     assert "## Gallery formats" in (tmp_path / "rep" / "report.md").read_text()
 
 
+def test_write_threshold_puts_the_calibrated_threshold_into_the_sidecar(artifacts, tiny_dataset, tmp_path):
+    """`--write-threshold`: the artifact's own same-person threshold lands in its sidecar (`match`), tied to its
+    sha256, where the Android core's matcher reads it (tested in Kotlin: MetadataAndJsonTest)."""
+    ckpt, arts = artifacts
+    work = tmp_path / "w"
+    work.mkdir()
+    art = work / arts[0].name
+    shutil.copy(arts[0], art)
+    shutil.copy(arts[0].with_name(arts[0].name + ".json"), art.with_name(art.name + ".json"))
+    before = json.loads(art.with_name(art.name + ".json").read_text())
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(art),
+            "-d",
+            str(tiny_dataset),
+            "--reference",
+            str(ckpt),
+            "-o",
+            str(tmp_path / "rep"),
+            "--far",
+            "0.01",
+            "--write-threshold",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    meta = json.loads(art.with_name(art.name + ".json").read_text())
+    t = json.loads((tmp_path / "rep" / "report.json").read_text())["artifacts"][0]["matching"]["threshold"]
+    assert meta["match"]["threshold"] == t["value"] and meta["match"]["far"] == 0.01
+    assert meta["match"]["artifact_sha256"] == meta["sha256"] == before["sha256"]
+    assert {k: v for k, v in meta.items() if k != "match"} == before  # nothing else in the sidecar changed
+
+
 def test_cli_benchmark_one_table(artifacts, tiny_dataset, tmp_path):
     ckpt, _ = artifacts
     r = runner.invoke(

@@ -137,6 +137,8 @@ class MainActivity : AppCompatActivity() {
             preprocessor = Preprocessor(m.metadata)
             gallery = Gallery(m.metadata.embeddingDim)
             overlay.modelAspect = m.metadata.preprocess.height / m.metadata.preprocess.width.toFloat()
+            threshold = m.metadata.defaultThreshold()  // the artifact's calibrated threshold; the slider overrides it
+            runOnUiThread { findViewById<SeekBar>(R.id.threshold).progress = (threshold * 100).toInt() }
         } catch (e: Exception) {
             overlay.showResult(listOf("${m.file.name}: ${e.message}"), false)
         }

@@ -60,6 +60,19 @@ data class CameraSpec(val cameras: Int, val bakedCamera: Int?) {
 }
 
 /**
+ * The `match` block `mobilereid evaluate --write-threshold` adds to a sidecar: the same-person cosine threshold
+ * calibrated for this artifact at false accept rate [far] (fitted on half of the evaluation identities, measured on
+ * the other half), and the sha256 of the artifact it was calibrated for. INT8 shifts the score distribution, so an
+ * artifact's own threshold replaces a hand-set one.
+ */
+data class MatchSpec(val threshold: Double, val far: Double, val artifactSha256: String) {
+    init {
+        require(threshold in -1.0..1.0) { "match.threshold $threshold is not a cosine similarity in [-1, 1]" }
+        require(far > 0.0 && far < 1.0) { "match.far $far is outside (0, 1)" }
+    }
+}
+
+/**
  * The metadata sidecar (`<artifact>.json`) that `mobilereid export` writes beside every artifact: which runtime
  * runs it, its input/output tensors (layout NCHW or NHWC, float or int8/uint8 with scale and zero point), the
  * preprocessing, and the embedding size. The app never guesses any of these.
@@ -77,8 +90,13 @@ data class ArtifactMetadata(
     /** Models with a camera embedding (TransReID SIE): how many cameras it knows and which one's embedding is baked
      *  into this artifact (it has no camera input; frames from any camera are embedded as if seen by that one). */
     val camera: CameraSpec? = null,
+    /** The calibrated same-person threshold, when the artifact was evaluated with `--write-threshold`. */
+    val match: MatchSpec? = null,
 ) {
     val layout: String get() = input.layout ?: "NCHW"
+
+    /** The threshold the matcher starts from: the artifact's calibrated one, else [fallback] (a hand-set value). */
+    fun defaultThreshold(fallback: Double = 0.6): Double = match?.threshold ?: fallback
 
     companion object {
         const val FORMAT = "mobilereid-artifact"
@@ -105,6 +123,7 @@ data class ArtifactMetadata(
                     preprocess = PreprocessSpec.fromJson(m.obj("preprocess")),
                     input = input, output = tensor(m.obj("output")),
                     camera = m.objOrNull("camera")?.let { CameraSpec(it.int("cameras"), (it["baked_camera"] as? Number)?.toInt()) },
+                    match = m.objOrNull("match")?.let { matchSpec(it, (m["sha256"] as? String) ?: "") },
                 )
             } catch (e: IllegalArgumentException) {
                 throw IllegalArgumentException("$source: ${e.message}")
@@ -118,6 +137,18 @@ data class ArtifactMetadata(
 
         /** `model.tflite` -> `model.tflite.json`, the exporter's naming. */
         fun sidecarFor(artifact: File): File = File(artifact.path + ".json")
+
+        /** A `match` block, refused when it was calibrated for another artifact (its sha256 differs). */
+        private fun matchSpec(m: Map<String, Any?>, artifactSha256: String): MatchSpec {
+            val spec = MatchSpec(m.num("threshold"), m.num("far"), m.str("artifact_sha256"))
+            if (artifactSha256.isNotEmpty() && spec.artifactSha256 != artifactSha256) {
+                throw IllegalArgumentException(
+                    "match.threshold was calibrated for another artifact (sha256 ${spec.artifactSha256.take(12)}..., " +
+                        "this one ${artifactSha256.take(12)}...)"
+                )
+            }
+            return spec
+        }
 
         private fun tensor(m: Map<String, Any?>): TensorSpec {
             val q = m.objOrNull("quantization")

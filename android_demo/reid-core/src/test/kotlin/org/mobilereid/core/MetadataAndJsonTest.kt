@@ -35,6 +35,25 @@ class MetadataAndJsonTest {
     }
 
     @Test
+    fun `the calibrated threshold of a sidecar is the matcher's default, and only for its own artifact`() {
+        fun sidecar(match: String) = """{"format": "mobilereid-artifact", "artifact": "m.tflite", "sha256": "abc123",
+            "target": "tflite", "runtime": "litert", "precision": "int8", "model": {"embedding_dim": 4},
+            "preprocess": {"height": 8, "width": 4, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "scale": 0.00392156862745098},
+            "input": {"shape": [1, 8, 4, 3], "dtype": "float32", "layout": "NHWC"}, "output": {"shape": [1, 4], "dtype": "float32"}$match}"""
+        val calibrated = ArtifactMetadata.parse(sidecar(""", "match": {"threshold": 0.8125, "far": 0.001, "artifact_sha256": "abc123"}"""))
+        assertEquals(MatchSpec(0.8125, 0.001, "abc123"), calibrated.match)
+        assertEquals(0.8125, calibrated.defaultThreshold())
+        assertEquals(0.6, ArtifactMetadata.parse(sidecar("")).defaultThreshold())  // no calibration: the hand-set value
+        val other = assertThrows(IllegalArgumentException::class.java) {
+            ArtifactMetadata.parse(sidecar(""", "match": {"threshold": 0.5, "far": 0.001, "artifact_sha256": "fff"}"""), "m.json")
+        }
+        assertTrue(other.message!!.startsWith("m.json:") && "another artifact" in other.message!!, other.message)
+        assertThrows(IllegalArgumentException::class.java) {
+            ArtifactMetadata.parse(sidecar(""", "match": {"threshold": 0.5, "far": 1.5, "artifact_sha256": "abc123"}"""))
+        }
+    }
+
+    @Test
     fun `json round trip and errors`() {
         val text = """{"a": [1, 2.5, -3e2, true, null, "x\"\u00e9\n"], "b": {}}"""
         val v = Json.parse(text)
