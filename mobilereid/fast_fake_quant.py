@@ -1,11 +1,10 @@
 """Per-tensor activation fake quantization for quantization-aware fine-tuning, vectorised.
 
-Why: a profile of one quant-finetune step of ``sclnet_small`` (batch 64, one core) spent 0.80 s of the 1.27 s
-fake-quantized forward pass in ``aten::_fake_quantize_per_tensor_affine_cachemask_tensor_qparams`` (170 calls,
-4.7 ms each), the kernel behind torchao's ``FusedMovingAvgObsFakeQuantize``: on this torch build (2.13 CPU) it runs
-one scalar loop per element (7.6 ns per element measured on a 3.1 M-element activation), where a chain of
-vectorised element-wise ops does the same arithmetic: forward + backward on that tensor 113 -> 30 ms, one fine-tuning
-step 2.85 -> 2.37 s (one core, both measured side by side in one process, 2026-12-01).
+Why: in a profile of quant-finetune most of the fake-quantized forward pass was
+``aten::_fake_quantize_per_tensor_affine_cachemask_tensor_qparams``, the kernel behind torchao's
+``FusedMovingAvgObsFakeQuantize``: on this torch build (2.13 CPU) it runs one scalar loop per element, where a chain
+of vectorised element-wise ops does the same arithmetic several times faster (measured side by side:
+docs/results/2026-12-01-fast-fake-quant.md).
 
 What: the same moving-average observer the fused module carries (``MovingAverageMinMaxObserver``: running min/max
 with averaging constant 0.01, then affine int8 scale and zero point), and the same forward numbers,

@@ -17,23 +17,16 @@ higher, which is where the worst per-image drift came from (a percentile over pe
 of percentile calibration, Wu et al. 2020, "Integer quantization for deep learning inference", section 4.1;
 here taken over images rather than over values, so no single image sets the scale but no common image is clipped).
 
-Measured on the trained ``sclnet_small`` of ``make run`` (16 held-out images, mean embedding cosine to the float
-model; same graph, same weights, same int8 IO): LiteRT int8 0.51 (default) -> 0.92 (mean_minmax), ExecuTorch int8
-0.63 -> 0.92. On a ViT (full int8, not a default recipe) it does not help: 0.39 -> 0.32, so ViT recipes keep the
-default. ``p90_minmax``, measured by ``mobilereid quant-sensitivity`` on a newer trained ``sclnet_small`` (32
-held-out images, mean / worst-image cosine, same weights for every rule): LiteRT int8 0.491 / 0.210 (default),
-0.875 / 0.608 (mean_minmax), 0.907 / 0.840 (p90_minmax); ExecuTorch int8 0.649 / 0.458, 0.875 / 0.633,
-0.909 / 0.847. A torch simulation of the same int8 graph placed the best percentile between 85 and 90 (p85 0.947,
-p90 0.946, p95 0.940, p98 0.927, max 0.657 on another trained model), so SCL-net recipes use ``p90_minmax``.
+Measured (docs/results/2026-11-24-export-benchmark.md, docs/experiments/sclnet-int8-sensitivity.md): on trained
+SCL-nets the per-image rules lift static INT8 from cosine ~0.5-0.6 to ~0.9, the 90th percentile best, so SCL-net
+recipes use ``p90_minmax``; on a LayerNorm ViT's full int8 they do not help.
 
 On the litert-torch route (ViTs, `tflite.litert_torch_route.calibrate`) ``"default"`` is ai-edge-quantizer's own
 calibration, an exponential moving average (factor 0.95) of each image's extremes, which clips every image that
 runs beyond the average; the other rules record each image's extremes there and combine them the same way, and
-``"minmax"`` (the extremes of all images, what TensorFlow's converter does by default) is added. Measured on the
-trained LayerNorm vit_tiny (32 held-out images, mean cosine): int16x8 0.516 (default) → 0.962 (minmax), 0.532
-(mean_minmax), 0.916 (p90_minmax); full int8 0.29 → 0.46. With int16 there are steps to spare and clipping is what
-hurts; with int8 the finer steps of a clipped range can win (BatchNorm ViT full int8: 0.972 default, 0.946 minmax),
-so `mobilereid quant-sensitivity` measures both rules.
+``"minmax"`` (the extremes of all images, what TensorFlow's converter does by default) is added. On int16x8 ViTs
+the extremes of all images win by far (docs/results/2026-12-01-vit-int16x8.md); with int8 the finer steps of a
+clipped range can win, so `mobilereid quant-sensitivity` measures both rules.
 
 Mechanics (onnx2tf route): the converter calibrates only (``_experimental_calibrate_only``: a float model whose tensors
 carry the recorded min/max), the per-image extremes of those same tensors are read by running that model in LiteRT with

@@ -2,13 +2,12 @@
 
 Why: the converters are mostly single-threaded Python (ExecuTorch's XNNPACK lowering, onnx2tf and the TFLite
 converter), so one export of several targets keeps one core busy. ExecuTorch is the longest target of every model
-(sclnet_small: ~100 s of a ~145 s export, the compressed vit_tiny: ~185 s of ~230 s), and the TFLite family
+(about two thirds of an export), and the TFLite family
 (tflite, edgetpu, tflm: one onnx2tf SavedModel per export, shared) is most of the rest, so those two run in two
 processes when the caller says a core is free: from the start (`mobilereid export --processes 2`) or as soon as
 one frees up (the pipeline asks its core share between the chains, cores.py, every 2 s).
 
-Measured (fresh-clone `make run`, 2 cores): the SCL-net export stage, which runs after the ViT chain has finished,
-76 s in two processes against 111-132 s in one (five earlier fresh runs).
+Measured: docs/results/2026-12-01-make-run.md (the SCL-net export stage about 1.5x faster in two processes).
 
 The second process is started with `spawn` (a fork of a process whose torch and OpenMP threads are running is not
 safe), loads the checkpoint and the calibration/verification images itself (the same files, the same order) and

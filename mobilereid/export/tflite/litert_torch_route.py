@@ -1,12 +1,11 @@
 """TFLite straight from PyTorch: litert-torch conversion + ai-edge-quantizer recipes (recipe ``converter =
 "litert-torch"``), the default TFLite route for ViTs.
 
-Why it is the ViT default (measured side by side in one LiteRT process by ``scripts/litert_torch_route.py`` on the
-trained vit_tiny of ``make run``, 2 threads): fp32 1.22 ms vs 1.42 ms through onnx2tf, dynamic int8 0.58 ms vs
-0.70 ms at the same drift (cosine 0.9934 vs 0.9929); the whole model is one XNNPACK partition (GELU stays a builtin
-op, exact GELU included, so no Flex), where onnx2tf leaves a GATHER outside. For SCL-net the onnx2tf route stays the
-default: its dynamic-range model is fully delegated (litert-torch's leaves 36 depthwise convs outside, 1.55 ms vs
-0.42 ms) and it makes the int8-IO models the Edge TPU and TFLite Micro need.
+Why it is the ViT default (measured side by side by ``scripts/litert_torch_route.py``:
+docs/results/2026-11-24-tflite-routes.md): faster at the same drift, and the whole model is one XNNPACK partition
+(GELU stays a builtin op, exact GELU included, so no Flex), where onnx2tf leaves a GATHER outside. For SCL-net the
+onnx2tf route stays the default: its dynamic-range model is fully delegated (litert-torch's leaves the depthwise convs
+outside) and it makes the int8-IO models the Edge TPU and TFLite Micro need.
 
 Variants: ``fp32``; ``dynamic`` (ai-edge-quantizer ``dynamic_wi8_afp32``: int8 per-channel weights, activations
 quantized at run time); ``int8`` (static int8 weights and activations, calibrated on the recipe's images through the
