@@ -463,18 +463,23 @@ def check_artifacts(artifacts: list[Path], reference: Path | None = None, allow_
     return metas
 
 
-def add_matching(row: dict, npz, summary: dict, far: float, base_embeddings=None, ref_embeddings=None) -> None:
+def npz_labels(npz) -> tuple:
+    """(query pids, gallery pids, query cameras, gallery cameras) of an evaluator's results file."""
+    return npz["q_pids"], npz["g_pids"], npz["q_camids"], npz["g_camids"]
+
+
+def add_matching(row: dict, npz, summary: dict, far: float, user_embeddings=None) -> None:
     """The deployment numbers of one artifact (matching.py): same-person decision metrics with a threshold calibrated
-    on half of the identities and measured on the other; compatibility with the user's model (the baseline when given,
-    else the reference), with a one-line warning when a gallery enrolled with that model would not work."""
+    on half of the identities and measured on the other; compatibility with the user's model (``user_embeddings``:
+    its query and gallery embeddings), with a one-line warning when a gallery enrolled with that model would not
+    work."""
     from .matching import compatibility, compatibility_problem, verification
 
-    labels = (npz["q_pids"], npz["g_pids"], npz["q_camids"], npz["g_camids"])
+    labels = npz_labels(npz)
     row["matching"] = verification(npz["query"], npz["gallery"], *labels, target_far=far)
-    user = base_embeddings or ref_embeddings
-    if user is None or user[0].shape[1] != npz["query"].shape[1]:
+    if user_embeddings is None or user_embeddings[0].shape[1] != npz["query"].shape[1]:
         return
-    uq, ug = user
+    uq, ug = user_embeddings
     row["compatibility"] = compatibility(npz["query"], ug, uq, npz["gallery"], *labels)
     problem = compatibility_problem(row["compatibility"], summary["metrics"]["mAP"])
     if problem:
@@ -487,15 +492,14 @@ def write_thresholds(report: dict, data: Path) -> list[Path]:
     the held-out FAR and TAR, the data, and the sha256 of the artifact it belongs to): the Android core's matcher
     starts from it. The sidecar is rewritten atomically; everything else in it is kept."""
     from .filesafety import atomic_write_text
-    from .runtimes import sidecar_path
+    from .runtimes import read_sidecar, sidecar_path
 
     written = []
     for r in report["artifacts"]:
         t = r.get("matching", {}).get("threshold")
         if not t:
             continue
-        side = sidecar_path(r["artifact"])
-        meta = json.loads(side.read_text())
+        side, meta = sidecar_path(r["artifact"]), read_sidecar(r["artifact"])
         meta["match"] = {
             "threshold": t["value"],
             "far": t["target_far"],
@@ -665,19 +669,12 @@ def evaluate_artifacts(
                     "emulated_ms_per_image_p50": row["latency"]["p50_ms"],
                 }
                 row["latency"] = None  # emulation time, not a latency (see the report)
-            add_matching(
-                row,
-                npz,
-                summary,
-                far,
-                base_embeddings=(bq, bg) if base is not None else None,
-                ref_embeddings=(rq, rg) if ref is not None else None,
-            )
+            user = (bq, bg) if base is not None else (rq, rg) if ref is not None else None  # the model the user gave
+            add_matching(row, npz, summary, far, user)
             if formats:
                 from .gallery import compare_formats
 
-                labels = (npz["q_pids"], npz["g_pids"], npz["q_camids"], npz["g_camids"])
-                row["gallery_formats"] = compare_formats(npz["query"], npz["gallery"], *labels, formats)
+                row["gallery_formats"] = compare_formats(npz["query"], npz["gallery"], *npz_labels(npz), formats)
             rows.append(row)
         report = {
             **extra,

@@ -59,10 +59,9 @@ def measurement_stamp(repo: Path | None = None) -> dict:
 
 def write_results_file(folder: Path, topic: str, stamp: dict, markdown: str) -> Path:
     """``folder/<date>-<commit>-<host>-<topic>.md``: a benchmark's table as a dated results file (docs/results/)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    from .filesafety import atomic_write_text  # not at the top: host.py also runs on devices, without filesafety.py
+
     path = folder / f"{stamp['date']}-{stamp['commit']}-{stamp['host']}-{topic}.md"
     header = f"<!-- {stamp['date']}, commit {stamp['commit']}, host {stamp['host']} ({stamp['host_cpu']}) -->\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(header + markdown)
-    tmp.replace(path)
+    atomic_write_text(path, header + markdown)
     return path

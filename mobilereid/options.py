@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import MobileReIDError
 from .settings import setting
 
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
@@ -33,9 +32,6 @@ class ComputeOptions:
     workers: int | None = setting(
         None, "Input worker processes (auto: 0 on the CPU, min(8, cores - 1) per GPU).", minimum=0, auto=True
     )
-
-    def compute_options(self) -> dict:
-        return {"device": self.device, "precision": self.precision, "workers": self.workers}
 
 
 @dataclass
@@ -147,11 +143,6 @@ class QuantFinetuneConfig(ComputeOptions):
                 f"expected 0 (never) or at least max_map_drop ({self.max_map_drop})"
             )
         return None
-
-    def check_guard(self) -> None:
-        bad = self.guard_problem()
-        if bad:
-            raise MobileReIDError(bad)
 
 
 @dataclass
