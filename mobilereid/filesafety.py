@@ -24,6 +24,7 @@ from .errors import MobileReIDError, write_failure
 from .fsmodes import as_created_dir, as_created_file
 
 STAGE_MARK = ".mobilereid-stage"  # in every stage folder the pipeline creates (pipeline.Stage)
+SCRATCH_MARK = ".mobilereid-scratch"  # in every scratch folder Workdir creates
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -52,11 +53,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 class Workdir:
-    """A temporary folder beside the output that is removed whatever happens."""
+    """A temporary folder beside the output that is removed whatever happens; it holds ``SCRATCH_MARK``, so that a
+    later run may sweep it after a SIGKILL (`stale_scratch_folders`) and never a user's folder of a similar name."""
 
     def __init__(self, out_dir: Path, name: str):
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
+        (self.path / SCRATCH_MARK).write_text("scratch folder of mobilereid; removed when its command ends\n")
 
     def __enter__(self) -> Path:
         return self.path
@@ -64,6 +67,12 @@ class Workdir:
     def __exit__(self, *exc):
         shutil.rmtree(self.path, ignore_errors=True)
         return False
+
+
+def stale_scratch_folders(out_dir: Path, name: str) -> list[Path]:
+    """The scratch folders ``Workdir(out_dir, name)`` made and left (a SIGKILL cannot remove them): real folders of its
+    name pattern holding its mark. The caller removes them while it holds the folder's lock (no run is using them)."""
+    return [p for p in out_dir.glob(f".{name}.*") if p.is_dir() and not p.is_symlink() and (p / SCRATCH_MARK).is_file()]
 
 
 OUTPUT_MARK = ".mobilereid-output"  # inside every folder a report writes, so only those are ever replaced

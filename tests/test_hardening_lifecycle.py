@@ -212,11 +212,13 @@ def test_a_second_run_on_a_locked_work_folder_stops_at_once_with_one_line(tmp_pa
     assert r.output.strip() == f"error: {work}: another mobilereid run is using this work folder (pid {os.getpid()})"
     assert not (work / LOCK_NAME).exists()  # released: removed
     out = tmp_path / "o"
-    (out / ".export.stale").mkdir(parents=True)  # left by an export that was killed
+    from mobilereid.filesafety import Workdir
+
+    stale = Workdir(out, "export").path  # left by an export that was killed (its __exit__ never ran)
     busy = pytest.raises(FolderInUseError, match="using this output folder$")
     with folder_lock(out, "output folder", in_file=False), busy:
         export_checkpoint(sclnet_ckpt, "onnx", tiny_dataset, out)
-    assert (out / ".export.stale").is_dir()  # not touched while another run holds the folder
+    assert stale.is_dir()  # not touched while another run holds the folder
     (result,) = export_checkpoint(sclnet_ckpt, "onnx", tiny_dataset, out)
     assert sorted(p.name for p in out.iterdir()) == sorted([result["artifact"].name, result["artifact"].name + ".json"])
 

@@ -45,3 +45,19 @@ def test_evaluate_refuses_a_users_report_before_any_work(tmp_path, tiny_dataset)
     )
     assert r.exit_code == 2 and "report.json: exists and was not written by mobilereid" in r.output, r.output
     assert (out / "report.json").read_text() == '{"mine": 1}'
+
+
+def test_only_scratch_folders_we_made_are_swept(tmp_path):
+    """An export sweeps the scratch folders a SIGKILL left in its output folder: those holding Workdir's mark, not a
+    user's folder that happens to share the name pattern."""
+    from mobilereid.export.run import _output_lock
+    from mobilereid.filesafety import Workdir
+
+    out = tmp_path / "o"
+    left = Workdir(out, "export").path  # as a killed export leaves it: __exit__ never ran
+    users = out / ".export.notes"
+    users.mkdir()
+    (users / "todo.txt").write_text("mine")
+    with _output_lock(out, True):
+        pass
+    assert not left.exists() and (users / "todo.txt").read_text() == "mine"

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..console import err_console
 from ..embeddings import preprocess_spec_for
 from ..errors import ExportError
-from ..filesafety import Workdir
+from ..filesafety import Workdir, stale_scratch_folders
 from ..models.checkpoint import file_sha256, load_model
 from ..models.registry import model_family
 from .calibration import calibration_files, load_batch
@@ -159,9 +159,8 @@ def _output_lock(out_dir: Path, lock: bool):
     from ..worklock import folder_lock
 
     with folder_lock(out_dir, "output folder", in_file=False):  # no file among the artifacts
-        for p in out_dir.glob(".export.*"):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
+        for p in stale_scratch_folders(out_dir, "export"):
+            shutil.rmtree(p, ignore_errors=True)
         yield
 
 
