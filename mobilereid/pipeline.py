@@ -156,13 +156,10 @@ def _file_digest(path: Path) -> str:
     return file_sha256(path)[:16]
 
 
-OWNER_MARK = STAGE_MARK  # filesafety.py: written into every stage folder the pipeline creates
-
-
 class Stage:
     """A stage folder with a stamp: `fresh(key)` says whether its outputs are up to date for that key.
 
-    The pipeline deletes a stage folder to re-run it only when it made that folder itself (it holds OWNER_MARK); a
+    The pipeline deletes a stage folder to re-run it only when it made that folder itself (it holds STAGE_MARK); a
     folder of that name the user made (their dataset under ``W/data``, a ``-w .`` inside a project) is never
     touched: the run stops with a one-line error instead. An empty folder is taken over.
 
@@ -180,7 +177,7 @@ class Stage:
                 f"{self.dir}: exists and is not a folder the pipeline made; refusing to replace it "
                 "(move it away or choose another --workdir)"
             )
-        if self.dir.is_dir() and not (self.dir / OWNER_MARK).is_file() and any(self.dir.iterdir()):
+        if self.dir.is_dir() and not (self.dir / STAGE_MARK).is_file() and any(self.dir.iterdir()):
             raise MobileReIDError(
                 f"{self.dir}: exists and was not made by `mobilereid pipeline`; refusing to delete it "
                 "(move it away or choose another --workdir)"
@@ -188,7 +185,7 @@ class Stage:
 
     def fresh(self, key: str, outputs: list[Path]) -> bool:
         self.check_owned()
-        if not (self.dir / OWNER_MARK).is_file() or not self.stamp.is_file() or not all(p.exists() for p in outputs):
+        if not (self.dir / STAGE_MARK).is_file() or not self.stamp.is_file() or not all(p.exists() for p in outputs):
             return False
         try:
             stamp = json.loads(self.stamp.read_text())
@@ -202,7 +199,7 @@ class Stage:
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
-        (self.dir / OWNER_MARK).write_text(
+        (self.dir / STAGE_MARK).write_text(
             "made by mobilereid pipeline; the pipeline may delete and rebuild this folder\n"
         )
         console.print(f"[{self.name}] running", markup=False)

@@ -121,7 +121,8 @@ def test_pipeline_never_deletes_a_folder_it_did_not_make(tmp_path):
 
 
 def test_stage_folder_it_made_is_rebuilt(tmp_path):
-    from mobilereid.pipeline import OWNER_MARK, Stage
+    from mobilereid.filesafety import STAGE_MARK
+    from mobilereid.pipeline import Stage
 
     st = Stage(tmp_path, "train_x")
     st.start("k1")
@@ -129,7 +130,7 @@ def test_stage_folder_it_made_is_rebuilt(tmp_path):
     st.done("k1", {}, 0.0)
     assert st.fresh("k1", [st.dir / "old.pt"]) and not st.fresh("k2", [st.dir / "old.pt"])
     st.start("k2")
-    assert not (st.dir / "old.pt").exists() and (st.dir / OWNER_MARK).is_file()
+    assert not (st.dir / "old.pt").exists() and (st.dir / STAGE_MARK).is_file()
 
 
 @pytest.mark.parametrize(
