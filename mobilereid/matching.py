@@ -7,6 +7,8 @@
   rate, and the threshold at a target FAR. The threshold is *calibrated* on half of the identities (even pids) and its
   FAR and TAR are *measured* on the other half (odd pids), so the report says how well a threshold chosen on one
   population holds on another, instead of quoting the FAR it was fitted to.
+* **Open set** (`open_set`): with that threshold, on the held-out half, how often a search for an enrolled person
+  returns them, rejects them or returns someone else, and how often a person who never enrolled is matched to someone.
 * **Compatibility with the user's model**: a gallery enrolled with the user's float model and queried with the
   artifact (mixed search): its mAP and Rank-1 next to the artifact's own. Cosine to the user's embeddings says whether
   the spaces agree; mixed-search mAP says whether it matters for retrieval.
@@ -88,6 +90,16 @@ def verification(q, g, q_pids, g_pids, q_cams, g_cams, target_far: float = 1e-3)
     (fit_pos, fit_neg), (test_pos, test_neg) = halves
     threshold = threshold_at_far(fit_neg, target_far)
     tar, far = rates(test_pos, test_neg, threshold)
+    odd_q, odd_g = qp % 2 == 1, gp % 2 == 1
+    out["open_set"] = open_set(
+        np.asarray(q)[odd_q],
+        np.asarray(g)[odd_g],
+        qp[odd_q],
+        gp[odd_g],
+        np.asarray(q_cams)[odd_q],
+        np.asarray(g_cams)[odd_g],
+        threshold,
+    )
     out["threshold"] = {
         "target_far": target_far,
         "value": threshold,
@@ -97,6 +109,40 @@ def verification(q, g, q_pids, g_pids, q_cams, g_cams, target_far: float = 1e-3)
         "held_out_pairs": {"positive": int(len(test_pos)), "negative": int(len(test_neg))},
     }
     return out
+
+
+def open_set(q, g, q_pids, g_pids, q_cams, g_cams, threshold: float) -> dict:
+    """What the calibrated threshold does to searches, as a deployment sees them (top-1 over the cross-camera gallery,
+    accepted when its score is above ``threshold``).
+
+    Known people (queries whose identity is in the gallery from another camera): the fraction matched to the right
+    person, rejected (top score at or below the threshold), or matched to someone else. Unknown people: each of
+    those queries again with its own identity taken out of the gallery (leave-one-identity-out: the same crops, as
+    if the person had never enrolled), plus the distractor queries (pid 0) where the data has them; the fraction
+    wrongly matched to an enrolled person is the open-set false match rate."""
+    qp, gp, qc, gc = (np.asarray(a) for a in (q_pids, g_pids, q_cams, g_cams))
+    sim = l2_normalize(np.asarray(q, np.float64)) @ l2_normalize(np.asarray(g, np.float64)).T
+    usable = (qc[:, None] != gc[None, :]) & (gp[None, :] != -1)
+    same = qp[:, None] == gp[None, :]
+    known = (usable & same).any(1) & (qp > 0)
+    best = np.where(usable, sim, -np.inf)
+    top = best.argmax(1) if len(gp) else np.zeros(len(qp), int)
+    top_score = best[np.arange(len(qp)), top] if len(gp) else np.full(len(qp), -np.inf)
+    accepted = top_score > threshold
+    right = gp[top] == qp if len(gp) else np.zeros(len(qp), bool)
+    without_self = np.where(usable & ~same, sim, -np.inf).max(1) if len(gp) else np.full(len(qp), -np.inf)
+    unknown = np.concatenate([without_self[known], top_score[qp == 0]])
+    n_known = int(known.sum())
+    share = lambda mask: float(mask[known].sum() / n_known) if n_known else float("nan")  # noqa: E731
+    return {
+        "known_queries": n_known,
+        "known_matched_right": share(accepted & right),
+        "known_rejected": share(~accepted),
+        "known_matched_wrong": share(accepted & ~right),
+        "unknown_queries": int(len(unknown)),
+        "unknown_false_match": float((unknown > threshold).mean()) if len(unknown) else float("nan"),
+        "distractor_queries": int((qp == 0).sum()),
+    }
 
 
 def compatibility(q_artifact, g_user, q_user, g_artifact, q_pids, g_pids, q_cams, g_cams) -> dict:

@@ -169,8 +169,9 @@ def matching_markdown(report: dict) -> list[str]:
         + (" Mixed search: queries embedded by the artifact, gallery by your float model." if compat else ""),
         "",
         "| artifact | EER | TAR @ FAR 1e-2 | TAR @ FAR 1e-3 | threshold | held-out FAR | held-out TAR |"
+        + " enrolled: found / rejected / wrong person | not enrolled: matched |"
         + (" cosine vs yours | mixed-search mAP | own mAP |" if compat else ""),
-        "|" + "---|" * (7 + (3 if compat else 0)),
+        "|" + "---|" * (9 + (3 if compat else 0)),
     ]
     for r in rows:
         m, t, c = r["matching"], r["matching"]["threshold"], r.get("compatibility")
@@ -182,15 +183,33 @@ def matching_markdown(report: dict) -> list[str]:
             f"{t['value']:.3f}",
             f"{t['held_out_far']:.2g}",
             f"{100 * t['held_out_tar']:.1f}%",
+            *_open_set_cells(m.get("open_set")),
         ]
         if compat:
             cells += [f"{c['cosine_mean']:.3f}", _pct(c["mixed_mAP"]), _pct(r["metrics"]["mAP"])] if c else ["-"] * 3
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    lines += [
+        "Open set (held-out half, at the threshold): a search for an enrolled person finds them, rejects them (best "
+        "score below the threshold) or returns someone else; a person not enrolled (each query with its own identity "
+        "removed from the gallery, plus distractor queries) is wrongly matched to an enrolled one.",
+        "",
+    ]
     for r in rows:
         if (r.get("compatibility") or {}).get("warning"):
             lines += [f"**Warning** `{r['name']}`: {r['compatibility']['warning']}.", ""]
     return lines
+
+
+def _open_set_cells(o: dict | None) -> list[str]:
+    if not o:
+        return ["-", "-"]
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    return [
+        f"{pct(o['known_matched_right'])} / {pct(o['known_rejected'])} / {pct(o['known_matched_wrong'])} "
+        f"({o['known_queries']} queries)",
+        f"{pct(o['unknown_false_match'])} ({o['unknown_queries']} queries)",
+    ]
 
 
 def gallery_markdown(report: dict) -> list[str]:

@@ -9,6 +9,7 @@ from mobilereid.matching import (
     compatibility,
     compatibility_problem,
     equal_error_rate,
+    open_set,
     pair_scores,
     rates,
     threshold_at_far,
@@ -71,3 +72,26 @@ def test_compatibility_of_the_same_space_and_of_a_rotated_one():
     assert moved["cosine_mean"] < 0.5 and moved["mixed_mAP"] < same["mixed_mAP"] - 0.3
     problem = compatibility_problem(moved, own)
     assert problem is not None and "re-enrol the gallery" in problem
+
+
+def test_open_set_rates_of_hand_made_searches():
+    # 2-D embeddings: queries 1 and 2 find themselves; query 3 is closest to person 1; a distractor query (pid 0)
+    q = np.array([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.7, 0.7]])
+    g = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    o = open_set(q, g, [1, 2, 3, 0], [1, 2, 3], [0, 0, 0, 0], [1, 1, 1], threshold=0.5)
+    assert o["known_queries"] == 3 and o["distractor_queries"] == 1
+    assert o["known_matched_right"] == pytest.approx(2 / 3) and o["known_matched_wrong"] == pytest.approx(1 / 3)
+    assert o["known_rejected"] == 0.0
+    # not enrolled: q1 without person 1 (best 0.0), q2 without person 2 (0.0), q3 without 3 (0.99: matched), pid 0
+    # query (0.71: matched)
+    assert o["unknown_queries"] == 4 and o["unknown_false_match"] == pytest.approx(0.5)
+    strict = open_set(q, g, [1, 2, 3, 0], [1, 2, 3], [0, 0, 0, 0], [1, 1, 1], threshold=0.995)
+    # q3's best score is 0.994: now rejected; q1 and q2 still found (1.0)
+    assert strict["known_rejected"] == pytest.approx(1 / 3) and strict["known_matched_right"] == pytest.approx(2 / 3)
+    assert strict["unknown_false_match"] == 0.0
+
+
+def test_verification_reports_open_set_on_the_held_out_half():
+    o = verification(*_split(), target_far=1e-2)["open_set"]
+    assert o["known_queries"] == 40  # the odd half of 40 identities, two queries each
+    assert o["known_matched_right"] > 0.8 and o["unknown_false_match"] < 0.5
