@@ -611,6 +611,31 @@ def evaluate_cmd(
     )
 
 
+@app.command("inspect")
+@user_errors
+def inspect_cmd(
+    artifact: Path = typer.Argument(..., help="An exported .pte or .tflite (with its .json sidecar)."),
+    reference: Path = typer.Option(..., "--reference", help="The float checkpoint the artifact was exported from."),
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder: query/gallery images run through the model."),
+    out: Path = typer.Option(Path("runs/inspect"), "--out", "-o", help="Report folder."),
+    images: int = typer.Option(4, "--images", min=1, help="Images for the numerics (time uses the first)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="Runtime threads."),
+    runs: int = typer.Option(50, "--runs", min=5, help="Timed runs per measurement (median)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite files in --out that mobilereid did not write."),
+):
+    """Where an artifact spends its time and loses accuracy, op by op: per-op time (ExecuTorch: ETDump; LiteRT:
+    prefix cuts), what runs outside XNNPACK, and each op output against the float model (LiteRT)."""
+    from .filesafety import refuse_foreign_files
+    from .inspection.report import FILES, markdown, write
+    from .inspection.run import inspect_artifact
+
+    refuse_foreign_files(out, FILES, force)
+    report = inspect_artifact(artifact, reference, data, images=images, threads=threads, runs=runs)
+    write(report, out, force)
+    console.print(markdown(report), markup=False, soft_wrap=True)
+    console.print(f"report: {out / 'report.html'} (also report.md, report.json, ops.png)", markup=False)
+
+
 @board_app.command("setup")
 @user_errors
 def board_setup(

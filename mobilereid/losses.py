@@ -27,3 +27,20 @@ def reid_loss(
     acc = (logits[0].argmax(1) == labels).float().mean() if logits else torch.zeros((), device=labels.device)
     # detached device tensors, not Python floats: reading them would wait for the GPU on every step
     return ce + tri, {"ce": ce.detach(), "triplet": tri.detach(), "acc": acc.detach()}
+
+
+def deployed_embedding(neck: torch.nn.BatchNorm1d | None, feat: torch.Tensor) -> torch.Tensor:
+    """The embedding a deployed model outputs, as a function of a training pass's pre-neck features: the BN-neck
+    with its running statistics (eval mode, what export traces), or the features themselves when the model exports
+    them before the neck (``neck=None``). Differentiable in ``feat`` and in the neck's affine weights."""
+    if neck is None:
+        return feat
+    return F.batch_norm(feat, neck.running_mean, neck.running_var, neck.weight, neck.bias, False, 0.0, neck.eps)
+
+
+def compatibility_loss(student: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 - cos(student, reference)`` per image: feature distillation towards the embeddings of the model the
+    user deployed first, so that a gallery it enrolled still matches (backward-compatible training in the sense of
+    Shen et al. 2020, "Towards backward-compatible representation learning", here with the cosine the matcher uses
+    instead of their influence loss through the old classifier)."""
+    return (1 - F.cosine_similarity(student.float(), reference.float(), dim=1)).mean()

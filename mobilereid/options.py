@@ -102,6 +102,12 @@ class CompressConfig(ComputeOptions):
         0, "Images for the AMG statistics passes (0 = the whole training split, as AMG does).", minimum=0
     )
     distill_weight: float = setting(0.2, "Weight of the distillation loss from the uncompressed model.", minimum=0)
+    compat_weight: float = setting(
+        0.0,
+        "Weight of (1 - cosine) between the compressed and the uncompressed model's exported embeddings (keeps "
+        "galleries enrolled with your model usable); 0 = off (measured: docs/compatibility.md).",
+        minimum=0,
+    )
     seed: int = setting(0, "Random seed.")
 
 
@@ -113,6 +119,12 @@ class QuantFinetuneConfig(ComputeOptions):
     lr: float = setting(5e-4, "Peak learning rate (Adam, cosine decay).", above=0)
     consistency: float = setting(
         100.0, "Weight of (1 - cosine) between the fake-quantized and the float exported embeddings.", minimum=0
+    )
+    compat_weight: float = setting(
+        0.0,
+        "Weight of (1 - cosine) between the fake-quantized embedding and the starting model's (keeps galleries "
+        "enrolled with your model usable); 0 = off (measured: docs/compatibility.md).",
+        minimum=0,
     )
     p: int = setting(16, "PK sampling: identities per batch.", minimum=2, flag="-p")
     k: int = setting(4, "PK sampling: images per identity.", minimum=2, flag="-k")

@@ -30,10 +30,16 @@ result is an ordinary float checkpoint with the same state-dict keys, which ever
 training with its own calibration (the fine-tuned weights, not the QAT graph, are the product). Measurements and
 the variants tried and not kept: docs/results/2026-11-27-sclnet-quant-finetune.md,
 docs/experiments/quant-finetune-variants.md. Speed: vectorised activation fake quantization (fast_fake_quant.py).
+
+Compatibility: consistency alone lets the float and the quantized copies agree with each other in a new embedding
+space (measured: cosine 0.44 to the user's model after 24 epochs), so a gallery enrolled with the user's model stops
+matching. ``compat_weight * (1 - cos(emb_int8, emb_start))`` pulls the fake-quantized embedding towards the frozen
+starting model's (`losses.compatibility_loss`); trade-off measured in docs/compatibility.md.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from dataclasses import asdict
@@ -49,7 +55,7 @@ from .data.datasets import load_dataset
 from .data.torchdata import PKBatches, PKLoader, ReIDImages, TimedBatches
 from .embeddings import evaluate_model, preprocess_spec_for
 from .errors import CheckpointError, MobileReIDError
-from .losses import reid_loss
+from .losses import compatibility_loss, reid_loss
 from .models.checkpoint import load_checkpoint, save_checkpoint
 from .models.registry import model_family
 from .options import QuantFinetuneConfig
@@ -174,6 +180,7 @@ def quant_finetune(
     graph = _qat_graph(model, example, family)
     neck = _deployed_neck(graph, model.get_submodule(NECKS[family]).eps, NECKS[family])
     guard = _Guard(model, ds, metrics_before, cfg, compute, say)
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)  # the starting model: the compatibility target
     opt = torch.optim.Adam([p for p in graph.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = compute.scaler()
     train_graph = distributed.wrap(graph, compute)  # the float pass runs on `graph` itself: no gradient to reduce
@@ -185,6 +192,7 @@ def quant_finetune(
                 graph,
                 train_graph,
                 neck,
+                teacher,
                 loader.epoch(epoch),
                 opt,
                 scaler,
@@ -195,9 +203,11 @@ def quant_finetune(
             )
         row = {"epoch": epoch + 1, **row}
         history.append(row)
+        to_start = f"  vs the starting model {row['cosine_to_start']:.4f}" if cfg.compat_weight else ""
         say(
             f"epoch {epoch + 1}: task loss {row['task_loss']:.3f}  fake-quant vs float embedding cosine "
-            f"{row['embedding_cosine']:.4f}  {row['seconds']:.1f} s (data wait {row['data_wait_seconds']:.1f} s)"
+            f"{row['embedding_cosine']:.4f}{to_start}  {row['seconds']:.1f} s "
+            f"(data wait {row['data_wait_seconds']:.1f} s)"
         )
         if guard.due(epoch + 1):
             guard.check(epoch + 1, _float_state(graph, model, checkpoint))
@@ -232,11 +242,12 @@ def quant_finetune(
 
 
 def _epoch(
-    graph, train_graph, neck, batches, opt, scaler, compute, cfg: QuantFinetuneConfig, lr_of_step, advance
+    graph, train_graph, neck, teacher, batches, opt, scaler, compute, cfg: QuantFinetuneConfig, lr_of_step, advance
 ) -> dict:
     """One epoch of consistency fine-tuning: per batch a float pass (fake quantization and observers off, no
-    gradient) and a fake-quantized pass through the same weights; sums stay on the device (no sync per step)."""
-    sums = torch.zeros(2, device=compute.device)
+    gradient), the starting model's embedding (``teacher``, frozen, when ``compat_weight`` > 0) and a fake-quantized
+    pass through the same weights; sums stay on the device (no sync per step)."""
+    sums = torch.zeros(3, device=compute.device)
     n, t_start = 0, time.perf_counter()
     timed = TimedBatches(batches)
     for x, y, _ in timed:
@@ -247,23 +258,27 @@ def _epoch(
             _set_quantization(graph, False)
             with torch.no_grad():
                 _, float_feats = graph(x)
+                reference = teacher(x) if cfg.compat_weight else None
             _set_quantization(graph, True)
             logits, feats = train_graph(x)
-            agree = torch.nn.functional.cosine_similarity(neck(feats[0].float()), neck(float_feats[0].float()))
-            disagreement = (1 - agree).mean()
+            quantized = neck(feats[0].float())
+            disagreement = compatibility_loss(quantized, neck(float_feats[0].float()))
             task, _ = reid_loss(logits, feats, y, cfg.label_smoothing, cfg.margin)
             loss = task + cfg.consistency * disagreement
+            incompatibility = compatibility_loss(quantized, reference) if cfg.compat_weight else torch.zeros_like(task)
+            loss = loss + cfg.compat_weight * incompatibility
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
-        sums += torch.stack([task.detach().float(), disagreement.detach().float()])
+        sums += torch.stack([task.detach().float(), disagreement.detach().float(), incompatibility.detach().float()])
         n += 1
         advance()
     mean = (sums / max(1, n)).tolist()  # plain floats: checkpoints load with weights_only=True
     return {
         "task_loss": mean[0],
         "embedding_cosine": 1 - mean[1],
+        "cosine_to_start": 1 - mean[2] if cfg.compat_weight else None,
         "seconds": time.perf_counter() - t_start,
         "data_wait_seconds": timed.wait,
     }

@@ -208,6 +208,26 @@ RUNNERS = {
 }
 
 
+RUNTIME_PACKAGES = {
+    "litert": ("ai-edge-litert", "tflite-runtime", "tensorflow"),
+    "executorch": ("executorch",),
+    "onnxruntime": ("onnxruntime",),
+    "tflite-micro": ("tflite-micro",),
+}
+
+
+def runtime_version(runtime: str) -> str:
+    """The installed package that runs ``runtime`` and its version (latency records name it: kernels change)."""
+    from importlib import metadata
+
+    for name in RUNTIME_PACKAGES.get(runtime, ()):
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
 def open_runner(artifact: str | Path, meta: dict | None = None, threads: int = 2, runtime: str | None = None) -> Runner:
     meta = meta if meta is not None else read_sidecar(artifact)
     name = runtime or meta["runtime"]

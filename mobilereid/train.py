@@ -34,7 +34,7 @@ from .data.torchdata import PKBatches, PKLoader, ReIDImages, TimedBatches
 from .embeddings import evaluate_model, preprocess_spec_for
 from .errors import CheckpointError, MobileReIDError
 from .filesafety import atomic_write_text
-from .losses import reid_loss
+from .losses import compatibility_loss, reid_loss
 from .models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, sweep_stale_temporaries
 from .models.registry import build_model
 from .models.vit import fused_attention
@@ -60,14 +60,18 @@ def train_one_epoch(
     teacher=None,
     distill_weight: float = 0.2,
     temperature: float = 1.0,
+    compat_weight: float = 0.0,
+    student_embedding=None,
     on_step=None,
     compute: Compute = CPU,
     scaler=None,
 ) -> dict:
     """One pass over PK batches ``(images, labels, cameras)`` (a `PKLoader` epoch); returns mean loss, ID accuracy,
-    and the seconds spent waiting for data vs in all. With a teacher (a function (x, cam) -> logits), adds
-    distillation ``distill_weight * KL(teacher || student)`` on the logits at ``temperature`` (AMG's fine-tuning:
-    CE + 0.2 KL, T=1).
+    and the seconds spent waiting for data vs in all. With a teacher (a function (x, cam) -> (logits, deployed
+    embedding)), adds distillation ``distill_weight * KL(teacher || student)`` on the logits at ``temperature``
+    (AMG's fine-tuning: CE + 0.2 KL, T=1) and, when ``compat_weight`` > 0, ``compat_weight * (1 - cos)`` between the
+    student's deployed embedding (``student_embedding(pre-neck features)``) and the teacher's
+    (`losses.compatibility_loss`).
 
     The KL is summed over batch and classes and divided by their product, as DeiT's soft distillation loss does
     (AMG's code uses it): per class, not per image, so on Market-1501's 751 identities it weighs 751x less than a
@@ -91,7 +95,9 @@ def train_one_epoch(
                 loss, parts = reid_loss(logits, feats, y, smoothing, margin)
                 if teacher is not None and logits:
                     with torch.no_grad():
-                        t_logits = teacher(x, cam)
+                        t_logits, t_embedding = teacher(x, cam)
+                    if compat_weight:
+                        loss = loss + compat_weight * compatibility_loss(student_embedding(feats[0]), t_embedding)
                     T = temperature
                     student = F.log_softmax(logits[0].float() / T, 1)
                     kl = (

@@ -99,6 +99,7 @@ CONVERT_FILES = {
     "test_quant_finetune.py",
     "test_evaluate.py",
     "test_hardening_eval.py",
+    "test_inspect.py",
 }
 E2E_FILES = {"test_pipeline.py", "test_wheel.py"}
 

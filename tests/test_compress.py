@@ -216,8 +216,49 @@ def test_distillation_is_deit_soft_kl_teacher_to_student_per_class(monkeypatch):
         batches,
         torch.optim.SGD(model.parameters(), lr=0.0),
         lambda i: 0.0,
-        teacher=lambda x, cam: t_logits,
+        teacher=lambda x, cam: (t_logits, None),
         distill_weight=1.0,
+    )
+    assert out["loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_compatibility_term_is_one_minus_cosine_of_the_deployed_embeddings(monkeypatch):
+    """compat_weight * mean(1 - cos(student's deployed embedding, teacher's)), through the BN-neck in eval mode."""
+    import torch.nn.functional as F
+
+    import mobilereid.train as train_mod
+    from mobilereid.losses import deployed_embedding
+
+    torch.manual_seed(0)
+    feats, t_emb = torch.randn(4, 5), torch.randn(4, 5)
+    neck = torch.nn.BatchNorm1d(5)
+    neck.running_mean.normal_()
+    neck.running_var.uniform_(0.5, 2.0)
+    expected = (
+        2.0
+        * (1 - F.cosine_similarity((feats - neck.running_mean) / (neck.running_var + neck.eps).sqrt(), t_emb)).mean()
+    )
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, cam=None):
+            return [torch.zeros(4, 3) + self.w], [feats + self.w]
+
+    monkeypatch.setattr(train_mod, "reid_loss", lambda logits, *a: (logits[0].sum() * 0.0, {"acc": torch.zeros(())}))
+    batches = [(torch.zeros(4, 3, 4, 4), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))]
+    model = Fixed()
+    out = train_mod.train_one_epoch(
+        model,
+        batches,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        lambda i: 0.0,
+        teacher=lambda x, cam: (torch.zeros(4, 3), t_emb),
+        distill_weight=0.0,
+        compat_weight=2.0,
+        student_embedding=lambda f: deployed_embedding(neck, f),
     )
     assert out["loss"] == pytest.approx(float(expected), rel=1e-5)
 

@@ -68,6 +68,7 @@ def test_every_command_recipe_key_and_target_is_documented():
         "compress",
         "pipeline",
         "benchmark",
+        "inspect",
         "data synth",
         "data check",
         "board setup",

@@ -21,7 +21,7 @@ def test_quant_finetune_writes_a_checkpoint_that_exports(tiny_dataset, tmp_path)
     result = quant_finetune(source, tiny_dataset, tmp_path / "qft.pt", cfg)
     assert result["guard"]["active"] is False
     assert [h["epoch"] for h in result["history"]] == [1, 2]
-    assert all(0.0 < h["embedding_cosine"] <= 1.0 for h in result["history"])
+    assert all(0.0 < h["embedding_cosine"] <= 1.0 and h["cosine_to_start"] is None for h in result["history"])
     after, state = load_checkpoint(tmp_path / "qft.pt")
     assert state["extra"]["quant_finetune"]["consistency"] == cfg.consistency
     for key in ("metrics_before", "metrics_after"):  # the float model's accuracy before and after, on query/gallery
@@ -119,9 +119,13 @@ def test_vit_quant_finetune_fake_quantizes_linears_and_exports_static(tiny_datas
     source = save_checkpoint(tmp_path / "vit.pt", build_model("vit_test", num_classes=6, gelu="tanh").eval())
     before, _ = load_checkpoint(source)
     result = quant_finetune(
-        source, tiny_dataset, tmp_path / "qft.pt", QuantFinetuneConfig(epochs=1, p=3, k=2, guard_every=0)
+        source,
+        tiny_dataset,
+        tmp_path / "qft.pt",
+        QuantFinetuneConfig(epochs=1, p=3, k=2, guard_every=0, compat_weight=10.0),
     )
     assert 0.0 < result["history"][0]["embedding_cosine"] < 1.0  # the fake-quantized pass differs from the float one
+    assert 0.0 < result["history"][0]["cosine_to_start"] < 1.0  # and from the frozen starting model (compat term)
     after, _ = load_checkpoint(tmp_path / "qft.pt")
     assert not torch.equal(before.blocks[0].attn.qkv.weight, after.blocks[0].attn.qkv.weight)
     recipe = tmp_path / "r.toml"

@@ -7,7 +7,11 @@ fine-tuned before any statistics are taken; (2) head pruning in rounds of {atten
 as the official AMG schedule does (24 rounds there; configurable here); (3) MLP hidden units by first-order Taylor
 importance (`mlp.py`), then fine-tuning; (4) K/V token pruning from gradient scores on the pruned model, then
 fine-tuning (scored last, so its static indices are chosen on the final block shapes); (5) final fine-tuning
-epochs. Every step is optional. The result is a plain checkpoint (no masks, no hooks) that `load_checkpoint`
+epochs. Every step is optional. Every fine-tuning step also pulls the student's deployed embedding towards the
+uncompressed model's (``compat_weight * (1 - cos)``, `losses.compatibility_loss`): without it the fine-tuning is free
+to rotate the embedding space, and a gallery enrolled with the user's model no longer matches (measured on
+``make run``'s ViT: cosine 0.78 to the user's model; the weight's trade-off: docs/compatibility.md).
+The result is a plain checkpoint (no masks, no hooks) that `load_checkpoint`
 rebuilds and `torch.export` accepts.
 
 Statistics (attention entropy for heads, gradient scores for K/V tokens) come from a pass over the whole training
@@ -25,6 +29,7 @@ import copy
 import json
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +43,7 @@ from ..data.torchdata import PKBatches, PKLoader, ReIDImages
 from ..embeddings import evaluate_model, preprocess_spec_for
 from ..errors import MobileReIDError
 from ..flops import count_macs, count_params
+from ..losses import deployed_embedding
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.vit import ViTReID, separate_window_weights
 from ..options import CompressConfig
@@ -106,6 +112,18 @@ def summarize(model: ViTReID, metrics: dict | None) -> dict:
     }
 
 
+def _neck(model: ViTReID):
+    """The BN-neck whose output the model exports, or None when it exports the features before it."""
+    return model.bottleneck if model.cfg.neck_feat == "after" else None
+
+
+def _logits_and_embedding(teacher: ViTReID, x, cam):
+    """The uncompressed model's ID logits (the KL target) and its deployed embedding (the compatibility target)."""
+    feat = teacher.forward_features(x, cam)
+    bn = teacher.bottleneck(feat)
+    return teacher.classifier(bn), deployed_embedding(_neck(teacher), feat)
+
+
 class Finetuner:
     def __init__(
         self, ds, cfg: CompressConfig, teacher: ViTReID, compute: Compute = CPU, rank: int = 0, world: int = 1
@@ -115,7 +133,7 @@ class Finetuner:
         self.spec = preprocess_spec_for(teacher)
         self.images = ReIDImages(ds.train, self.spec, self.labels, augment=True, ranks_on_host=local_rank()[1])
         teacher = copy.deepcopy(teacher).eval()  # its own copy: surgery moves the student to the CPU and back in place
-        self.teacher = lambda x, cam: teacher.classifier(teacher.bottleneck(teacher.forward_features(x, cam)))
+        self.teacher = lambda x, cam: _logits_and_embedding(teacher, x, cam)
         self.epoch = 0
         self.uses_camera = teacher.uses_camera
         self.sampler = PKBatches(ds.train, cfg.p, cfg.k, cfg.seed, rank, world)
@@ -159,6 +177,8 @@ class Finetuner:
                     uses_cam=self.uses_camera,
                     teacher=self.teacher,
                     distill_weight=self.cfg.distill_weight,
+                    compat_weight=self.cfg.compat_weight,
+                    student_embedding=partial(deployed_embedding, _neck(model)),
                     on_step=advance,
                     compute=self.compute,
                     scaler=scaler,

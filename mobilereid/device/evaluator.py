@@ -36,7 +36,7 @@ from mobilereid.data.datasets import load_dataset  # noqa: E402
 from mobilereid.data.preprocess import PreprocessSpec, preprocess_file  # noqa: E402
 from mobilereid.host import host_cpu  # noqa: E402
 from mobilereid.metrics import rank_summary  # noqa: E402
-from mobilereid.runtimes import open_runner, read_sidecar  # noqa: E402
+from mobilereid.runtimes import open_runner, read_sidecar, runtime_version  # noqa: E402
 
 
 def embed_split(
@@ -143,26 +143,6 @@ def evaluate_artifact(
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, out / f"{key}.summary.json")
     return summary
-
-
-RUNTIME_PACKAGES = {
-    "litert": ("ai-edge-litert", "tflite-runtime", "tensorflow"),
-    "executorch": ("executorch",),
-    "onnxruntime": ("onnxruntime",),
-    "tflite-micro": ("tflite-micro",),
-}
-
-
-def runtime_version(runtime: str) -> str:
-    """The installed package that runs ``runtime`` and its version (latency records name it: kernels change)."""
-    from importlib import metadata
-
-    for name in RUNTIME_PACKAGES.get(runtime, ()):
-        try:
-            return f"{name} {metadata.version(name)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return "unknown"
 
 
 def key_problem(keys: list[str], models: int) -> str | None:

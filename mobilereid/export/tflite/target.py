@@ -98,6 +98,11 @@ def onnx_to_saved_model(job: ExportJob, onnx_path: Path, out_dir: Path) -> Path:
     calib_nhwc = np.ascontiguousarray(job.calib.transpose(0, 2, 3, 1))
     original = o2t_module.download_test_image_data
     o2t_module.download_test_image_data = lambda: calib_nhwc  # offline: never fetch sample data
+    import tf_keras
+
+    # Keras numbers layer names per process (model_11/tf.math.add_42); a fresh session makes the converted graph's
+    # tensor names depend on the model only, so `mobilereid inspect` can match them with a reference conversion
+    tf_keras.backend.clear_session()
     try:
         with quiet() as log:
             try:

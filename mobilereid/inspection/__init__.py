@@ -1,0 +1,6 @@
+"""`mobilereid inspect`: where an artifact spends its time and where it loses accuracy, op by op.
+
+Layers: `executorch_ops` (ETDump profiling of a .pte), `litert_ops` (per-op timing and intermediate tensors of a
+.tflite), `numerics` (error statistics, numpy only), `float_reference` (the float model's tensors under the
+artifact's names), `run` (the command), `report` (Markdown, JSON, PNG, Model Explorer node data).
+"""

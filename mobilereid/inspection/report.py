@@ -1,0 +1,187 @@
+"""The inspection report: report.md / report.html, report.json, ops.png (time and error per op in execution order)
+and, for .tflite, Model Explorer node data (``model_explorer_time.json``, ``model_explorer_sqnr.json``: the
+``ModelNodeData`` format keyed by output tensor name, which Model Explorer matches to the graph's nodes, to colour
+the graph by time or by error)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+FILES = ["report.md", "report.html", "report.json", "ops.png", "model_explorer_time.json", "model_explorer_sqnr.json"]
+
+
+def outside_delegate(time: dict) -> list[dict]:
+    """Kernels outside XNNPACK grouped by op: count and total ms (ExecuTorch)."""
+    groups = defaultdict(lambda: {"calls": 0, "ms": 0.0})
+    for r in time["rows"]:
+        if not r.get("delegated", True):
+            groups[r["op"]]["calls"] += 1
+            groups[r["op"]]["ms"] += r["ms"]
+    return sorted(({"op": k, **v} for k, v in groups.items()), key=lambda g: -g["ms"])
+
+
+def fine_rows(time: dict) -> list[dict]:
+    """The finest rows there are: XNNPACK operators inside each delegate call (plus the call's own overhead: its
+    time minus theirs), kernels outside, LiteRT ops."""
+    out = []
+    for r in time["rows"]:
+        if r.get("inner"):
+            for op in r["inner"]:
+                out.append(
+                    {
+                        "index": r["index"],
+                        "op": op["name"].split(" #")[0],
+                        "name": f"{r['name']}: {op['name']}",
+                        "ms": op["ms"],
+                        "delegated": True,
+                    }
+                )
+            rest = r["ms"] - sum(op["ms"] for op in r["inner"])
+            out.append(
+                {
+                    "index": r["index"],
+                    "op": "delegate call, not in its ops (overhead, µs rounding)",
+                    "name": r["name"],
+                    "ms": rest,
+                    "delegated": True,
+                }
+            )
+        else:
+            out.append(r)
+    return out
+
+
+def by_op_type(time: dict) -> list[dict]:
+    groups = defaultdict(lambda: {"count": 0, "ms": 0.0})
+    for r in fine_rows(time):
+        key = r["op"] if r.get("kind") != "ops" else "several ops (one cut)"
+        groups[key]["count"] += 1
+        groups[key]["ms"] += r["ms"]
+    return sorted(({"op": k, **v} for k, v in groups.items()), key=lambda g: -g["ms"])
+
+
+def markdown(report: dict, top: int = 15) -> str:
+    t, n = report["time"], report["numerics"]
+    lines = [
+        f"# mobilereid inspect: `{Path(report['artifact']).name}`",
+        "",
+        f"{report['runtime']} ({report['runtime_version']}), {report['precision']}, {report['threads']} thread(s), "
+        f"on {report['cpu']}; reference `{report['reference']}`; {len(report['images'])} images of the data set.",
+        "",
+        "## Time",
+        "",
+        f"End-to-end {t['e2e_ms']:.3f} ms (median), load {t['load_ms']:.1f} ms"
+        + (f", peak resident memory {t['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in t else "")
+        + f". Per-op method: {t['method']}. Sum of the rows {t['sum_ms']:.3f} ms = "
+        f"{100 * t['sum_over_e2e']:.0f} % of end-to-end"
+        + (f" of the traced runs ({t['traced_e2e_ms']:.3f} ms)." if "traced_e2e_ms" in t else "."),
+        "",
+        "| # | op | name | ms | share |",
+        "|---|---|---|---|---|",
+    ]
+    for r in sorted(fine_rows(t), key=lambda r: -r["ms"])[:top]:
+        lines.append(
+            f"| {r['index']} | {r['op']} | `{r['name'][:70]}` | {r['ms']:.4f} | {100 * r['ms'] / t['e2e_ms']:.1f} % |"
+        )
+    lines += ["", "By op type:", "", "| op | count | ms | share |", "|---|---|---|---|"]
+    lines += [
+        f"| {g['op']} | {g['count']} | {g['ms']:.4f} | {100 * g['ms'] / t['e2e_ms']:.1f} % |"
+        for g in by_op_type(t)[:top]
+    ]
+    outside = outside_delegate(t)
+    if outside:
+        total = sum(g["ms"] for g in outside)
+        lines += [
+            "",
+            f"Outside XNNPACK: {sum(g['calls'] for g in outside)} kernel calls, {total:.3f} ms "
+            f"({100 * total / t['e2e_ms']:.1f} % of end-to-end):",
+            "",
+            "| op | calls | ms |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {g['op']} | {g['calls']} | {g['ms']:.4f} |" for g in outside[:top]]
+    lines += ["", "## Numerics against the float model", ""]
+    if not n["available"]:
+        lines += [f"Not available for this runtime: {n['why']}.", ""]
+    else:
+        lines += [
+            f"{n['matched']} of {n['tensors']} op outputs matched ({100 * n['matched_fraction']:.0f} %): "
+            f"{n['matching']}. Worst first (mean over images; LSB: of the tensor's own int8 scale).",
+            "",
+            "| position | op | tensor | SQNR dB | cosine | max abs error | max error LSB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in sorted(n["rows"], key=lambda r: r["sqnr_db"])[:top]:
+            lsb = f"{r['max_error_lsb']:.1f}" if "max_error_lsb" in r else "-"
+            lines.append(
+                f"| {r['position']} | {r['op']} | `{r['name'][:70]}` | {r['sqnr_db']:.1f} | {r['cosine']:.4f} | "
+                f"{r['max_abs_error']:.4g} | {lsb} |"
+            )
+        if n["unmatched"]:
+            lines += [
+                "",
+                "Unmatched (no float tensor of that name): " + ", ".join(f"`{u}`" for u in n["unmatched"][:10]),
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = fine_rows(report["time"])
+    numerics = report["numerics"]
+    panels = 2 if numerics.get("available") else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(10, 3.2 * panels), squeeze=False)
+    ax = axes[0][0]
+    ax.bar(range(len(rows)), [r["ms"] for r in rows], color=["C0" if r.get("delegated", True) else "C3" for r in rows])
+    ax.set_ylabel("ms")
+    ax.set_xlabel("op (execution order; red: outside XNNPACK)")
+    ax.set_title(f"time per op, {Path(report['artifact']).name}")
+    ax.grid(alpha=0.3)
+    if panels == 2:
+        ax = axes[1][0]
+        nr = numerics["rows"]
+        ax.plot([r["position"] for r in nr], [min(r["sqnr_db"], 80) for r in nr], ".-")
+        ax.set_ylabel("SQNR dB vs float (capped at 80)")
+        ax.set_xlabel("op output (execution order)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def model_explorer_data(report: dict, key: str, graph: str = "main") -> dict | None:
+    """``ModelNodeData`` JSON (graph id -> results keyed by output tensor name) for time or SQNR; None for .pte
+    (Model Explorer has no .pte adapter)."""
+    if report["runtime"] != "litert":
+        return None
+    if key == "time":
+        results = {r["name"]: {"value": round(r["ms"], 5)} for r in report["time"]["rows"] if r["name"]}
+        gradient = [{"stop": 0, "bgColor": "#ffffff"}, {"stop": 1, "bgColor": "#d62728"}]
+    else:
+        if not report["numerics"].get("available"):
+            return None
+        results = {r["name"]: {"value": round(min(r["sqnr_db"], 99.0), 2)} for r in report["numerics"]["rows"]}
+        gradient = [{"stop": 0, "bgColor": "#d62728"}, {"stop": 1, "bgColor": "#ffffff"}]
+    return {graph: {"name": f"mobilereid {key}", "results": results, "gradient": gradient}}
+
+
+def write(report: dict, out: Path, force: bool = False) -> Path:
+    from ..filesafety import staged_folder
+    from ..report import write_markdown_and_html
+
+    with staged_folder(Path(out), force) as stage:
+        plots = [plot(report, stage / "ops.png")]
+        for key, name in (("time", "model_explorer_time.json"), ("sqnr", "model_explorer_sqnr.json")):
+            data = model_explorer_data(report, key)
+            if data is not None:
+                (stage / name).write_text(json.dumps(data, indent=1))
+        (stage / "report.json").write_text(json.dumps(report, indent=1, default=float))
+        write_markdown_and_html(stage, markdown(report), "mobilereid inspect", plots)
+    return Path(out)

@@ -1,0 +1,109 @@
+"""`mobilereid inspect ARTIFACT --reference CKPT --data DIR`: per-op time, delegation and numerics of one artifact.
+
+Inputs are real images of ``--data`` (query and gallery, evenly spaced) through the artifact's own preprocessing
+(its sidecar), prepared as the evaluator prepares them. The same integrity rules as `evaluate`: the artifact must
+match its sidecar, and ``--reference`` must be its source checkpoint.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.datasets import load_dataset
+from ..data.preprocess import PreprocessSpec, preprocess_file
+from ..errors import MobileReIDError
+from ..host import host_cpu
+from ..runtimes import open_runner, runtime_version
+from .numerics import mean_over_images, tensor_error
+
+RUNTIMES = ("executorch", "litert")
+
+
+def sample_images(data, n: int) -> list:
+    ds = load_dataset(data, need_train=False)
+    pool = list(ds.query) + list(ds.gallery)
+    if not pool:
+        raise MobileReIDError(f"{data}: no query or gallery images to inspect with")
+    idx = np.unique(np.linspace(0, len(pool) - 1, min(n, len(pool))).round().astype(int))
+    return [pool[i] for i in idx]
+
+
+def inspect_artifact(artifact, reference, data, images: int = 4, threads: int = 1, runs: int = 50) -> dict:
+    from ..evaluate import check_artifacts
+
+    meta = check_artifacts([artifact], reference)[0]
+    if meta["runtime"] not in RUNTIMES:
+        raise MobileReIDError(
+            f"{artifact}: inspect reads ExecuTorch (.pte) and LiteRT (.tflite) artifacts, not {meta['runtime']}"
+        )
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    samples = sample_images(data, images)
+    runner = open_runner(artifact, meta, threads=threads)
+    inputs = [runner.prepare(preprocess_file(s.path, spec, "NCHW")) for s in samples]
+    report = {
+        "artifact": str(artifact),
+        "runtime": meta["runtime"],
+        "runtime_version": runtime_version(meta["runtime"]),
+        "precision": meta["precision"],
+        "reference": str(reference),
+        "threads": threads,
+        "images": [str(s.path) for s in samples],
+        "cpu": host_cpu(),
+    }
+    if meta["runtime"] == "executorch":
+        from .executorch_ops import profile_pte
+
+        report["time"] = profile_pte(artifact, inputs, threads, runs)
+        report["numerics"] = {
+            "available": False,
+            "why": "ExecuTorch logs no tensors inside XNNPACK delegates, and mapping delegate outputs to the model "
+            "needs the export's ETRecord, which mobilereid export does not write",
+        }
+    else:
+        from .float_reference import float_tflite_like
+        from .litert_ops import profile_tflite
+
+        report["time"] = profile_tflite(artifact, inputs[0], threads, runs)
+        float_model = float_tflite_like(meta, reference, data, threads)
+        float_runner_input = [preprocess_file(s.path, spec, "NCHW").transpose(1, 2, 0)[None].copy() for s in samples]
+        report["numerics"] = tflite_numerics(artifact, inputs, float_model, float_runner_input)
+    t = report["time"]
+    t["sum_ms"] = float(sum(r["ms"] for r in t["rows"]))
+    basis = t.get("traced_e2e_ms", t["e2e_ms"])  # ETDump: the traced runs themselves
+    t["sum_over_e2e"] = t["sum_ms"] / basis if basis else float("nan")
+    return report
+
+
+def tflite_numerics(artifact, inputs: list[np.ndarray], float_model: bytes, float_inputs: list[np.ndarray]) -> dict:
+    """Each op output of the artifact against the same-named tensor of the float model, over the images."""
+    from .litert_ops import intermediates
+
+    per_tensor: dict[str, list] = {}
+    order, ops, names, unmatched = [], {}, {}, set()
+    for x, xf in zip(inputs, float_inputs):
+        got, want = intermediates(artifact, x), intermediates(float_model, np.ascontiguousarray(xf, np.float32))
+        for name, t in got.items():
+            if name not in per_tensor and name not in unmatched:
+                order.append(name)
+            ops[name], names[name] = t["op"], t["name"]
+            ref = want.get(name)
+            if ref is None or ref["value"].shape != t["value"].shape:
+                unmatched.add(name)
+                continue
+            per_tensor.setdefault(name, []).append(tensor_error(t["value"], ref["value"], t["scale"]))
+    rows = [
+        {"position": i, "name": names[n], "op": ops[n], **mean_over_images(per_tensor[n])}
+        for i, n in enumerate(order)
+        if n in per_tensor and n not in unmatched
+    ]
+    total = len(order)
+    return {
+        "available": True,
+        "matching": "tensor name (Keras model scope dropped) against the fp32 .tflite of --reference through the "
+        "artifact's converter",
+        "tensors": total,
+        "matched": len(rows),
+        "matched_fraction": len(rows) / total if total else 0.0,
+        "unmatched": sorted({f"{ops[n]} {names[n]}" for n in unmatched})[:50],
+        "rows": rows,
+    }
