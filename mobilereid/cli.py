@@ -494,12 +494,21 @@ def quant_sensitivity_cmd(
     ),
     threads: int = typer.Option(2, help="Runtime threads for verification and timing."),
     executorch: bool = typer.Option(True, "--executorch/--no-executorch", help="Also measure ExecuTorch candidates."),
+    max_map_drop: float | None = typer.Option(
+        None,
+        "--max-map-drop",
+        min=0,
+        help="Choose by retrieval instead: the fastest candidate whose mAP (query/gallery of --calib, even person "
+        "ids) is at most this many points below the float model's; checked on the odd ids.",
+    ),
 ):
     """Per-layer INT8 error of the TFLite model, then the fastest measured recipe within the drift budget, per \
 runtime."""
     from .export.sensitivity import run_sensitivity
 
-    report = run_sensitivity(checkpoint, calib, out, min_cosine=min_cosine, threads=threads, executorch=executorch)
+    report = run_sensitivity(
+        checkpoint, calib, out, min_cosine=min_cosine, threads=threads, executorch=executorch, max_map_drop=max_map_drop
+    )
     if report["layers"]:  # the per-layer ranking exists on the onnx2tf route only
         worst = report["layers"][0]
         console.print(f"worst layer: {worst['op']} {worst['tensor']} (RMSE/scale {worst['rmse_over_scale']:.2f})")
@@ -514,11 +523,12 @@ runtime."""
                 f"(use: mobilereid export CKPT --target {target} --int8 --recipe {out / f'recipe_{target}.toml'} ...)"
             )
         else:
-            err_console.print(
-                f"error: no {target} candidate meets mean cosine >= {report['drift_budget']} "
-                f"(see {out / 'sensitivity.md'})",
-                markup=False,
+            rule = (
+                f"mAP within {max_map_drop} points"
+                if max_map_drop is not None
+                else f"mean cosine >= {report['drift_budget']}"
             )
+            err_console.print(f"error: no {target} candidate meets {rule} (see {out / 'sensitivity.md'})", markup=False)
     integer = report.get("chosen_full_integer")
     console.print(
         f"tflite full integer: chosen {integer['name']} -> {out / 'recipe_tflite_integer.toml'}"

@@ -123,3 +123,23 @@ def rank_summary(query: np.ndarray, gallery: np.ndarray, q_pids, g_pids, q_camid
         "queries_scored": scored,
         "queries": int(len(qp)),
     }
+
+
+def per_query_scores(query, gallery, q_pids, g_pids, q_camids, g_camids) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's average precision and whether its rank-1 is right, under the same protocol as `evaluate_rank`
+    (same-pid-same-camera gallery items removed, cosine distance, stable order); NaN AP (and False) for a query with
+    no match from another camera. Per-item numbers are what a drift budget on mAP can be attributed with."""
+    dist = cosine_distance(query, gallery)
+    qp, gp, qc, gc = (np.asarray(a) for a in (q_pids, g_pids, q_camids, g_camids))
+    ap = np.full(len(qp), np.nan)
+    top1 = np.zeros(len(qp), bool)
+    for i in range(len(qp)):
+        order = np.argsort(dist[i], kind="stable")
+        keep = ~((gp[order] == qp[i]) & (gc[order] == qc[i]))
+        hit = (gp[order] == qp[i])[keep]
+        if not hit.any():
+            continue
+        ranks = np.flatnonzero(hit) + 1
+        ap[i] = float((np.arange(1, len(ranks) + 1) / ranks).mean())
+        top1[i] = bool(hit[0])
+    return ap, top1

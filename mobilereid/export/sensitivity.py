@@ -101,6 +101,7 @@ def measure(
     repeats: int,
     runtime: str = "litert",
     io: dict | None = None,
+    retrieval=None,
 ) -> dict:
     """Cosine to the float model on every held-out image and the median/p90 single-image latency, in ``runtime``
     (LiteRT for .tflite bytes, whose IO is read from the model; ExecuTorch for .pte bytes, IO given by ``io``)."""
@@ -128,6 +129,7 @@ def measure(
                 "error": " ".join(str(exc).split())[:200],
             }
         emb = runner.embed(verify_nchw)
+        scored = {"retrieval": retrieval.score(runner)} if retrieval is not None else {}
         x = runner.prepare(verify_nchw[0])
         for _ in range(3):
             runner.run_prepared(x)
@@ -144,6 +146,7 @@ def measure(
         "p90_ms": float(np.percentile(times, 90)),
         "size_bytes": len(model_bytes),
         "input_dtype": io["input"]["dtype"],
+        **scored,
     }
 
 
@@ -181,7 +184,7 @@ def executorch_plans(family: str) -> list[tuple[str, str, dict]]:
     return static + [("dynamic int8", "dynamic", {}), ("fp32", "fp32", {})]
 
 
-def executorch_candidates(job, qcfg: dict, threads: int, repeats: int, advance) -> list[dict]:
+def executorch_candidates(job, qcfg: dict, threads: int, repeats: int, advance, retrieval=None) -> list[dict]:
     """`executorch_plans`, lowered to XNNPACK and measured in the ExecuTorch runtime."""
     from .executorch_target import io_spec, lower
 
@@ -199,7 +202,16 @@ def executorch_candidates(job, qcfg: dict, threads: int, repeats: int, advance) 
                 **{k: cfg[k] for k in ("ops", "dynamic_modules") if k in cfg},
                 "delegated_subgraphs": delegation["delegated_subgraphs"],
                 "not_delegated_ops": delegation["not_delegated_ops"],
-                **measure(buffer, job.verify, job.reference, threads, repeats, runtime="executorch", io=io),
+                **measure(
+                    buffer,
+                    job.verify,
+                    job.reference,
+                    threads,
+                    repeats,
+                    runtime="executorch",
+                    io=io,
+                    retrieval=retrieval,
+                ),
             }
         )
         advance()
@@ -207,7 +219,7 @@ def executorch_candidates(job, qcfg: dict, threads: int, repeats: int, advance) 
 
 
 def onnx2tf_candidates(
-    job, qcfg: dict, threads: int, repeats: int, ks, tmp: Path, checkpoint: Path
+    job, qcfg: dict, threads: int, repeats: int, ks, tmp: Path, checkpoint: Path, retrieval=None
 ) -> tuple[list, list]:
     """CNNs (the onnx2tf route): the per-layer ranking, then full INT8 with each range rule, INT8 with the k worst
     layers float, dynamic and fp32, each converted by TensorFlow's converter and measured in LiteRT."""
@@ -246,11 +258,48 @@ def onnx2tf_candidates(
                     "activation_ranges": ranges,
                     "full_integer": left == {},
                     "float_ops_left": left,
-                    **measure(data, job.verify, job.reference, threads, repeats),
+                    **measure(data, job.verify, job.reference, threads, repeats, retrieval=retrieval),
                 }
             )
             advance()
+    if retrieval is not None:
+        results += query_ranked_candidates(job, saved, calib_nhwc, qcfg, results, retrieval, threads, repeats, ks)
     return layers, results
+
+
+def query_ranked_candidates(job, saved, calib_nhwc, qcfg, results, retrieval, threads, repeats, ks) -> list[dict]:
+    """ΔmAP mode, onnx2tf route: the layers ranked again on the worst queries of full INT8 (the recipe's range rule)
+    and their gallery matches, then INT8 with the k worst of those layers float, k = 1, 2, 4, ... until a candidate
+    is within the mAP budget on the search half (greedy: no larger k is tried after that)."""
+    rule = qcfg.get("activation_ranges", "default")
+    base = next(c for c in results if c["name"] == f"int8, {rule} ranges")
+    if "retrieval" not in base:
+        return []
+    debug = np.ascontiguousarray(retrieval.worst_query_images(base).transpose(0, 2, 3, 1))
+    with progress("per-layer error on the worst queries", None):
+        ranked = layer_statistics(saved, calib_nhwc, debug, qcfg)
+    out = []
+    for k in ks:
+        if k > len(ranked):
+            break
+        nodes = [l["tensor"] for l in ranked[:k]]
+        with quiet():
+            data = convert_variant(saved, "int8", calib_nhwc, {**qcfg, "float_nodes": nodes, "activation_ranges": rule})
+        left = dict(sorted(float_compute_ops(data).items()))
+        out.append(
+            {
+                "name": f"int8, {k} worst layer(s) on the worst queries float",
+                "variant": "int8",
+                "float_nodes": nodes,
+                "activation_ranges": rule,
+                "full_integer": left == {},
+                "float_ops_left": left,
+                **measure(data, job.verify, job.reference, threads, repeats, retrieval=retrieval),
+            }
+        )
+        if retrieval.within(out[-1]):
+            break
+    return out
 
 
 LAYOUT_OPS = {
@@ -281,7 +330,7 @@ SEARCH_RULES = (
 )  # litert-torch route: ai-edge-quantizer's moving average, the extremes of all images
 
 
-def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int, budget: float) -> list[dict]:
+def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int, budget: float, retrieval=None) -> list[dict]:
     """ViTs (the litert-torch route): dynamic-range and fp32 from the model as it is; then, from the integer-friendly
     graphs (`integer_friendly`, one per static precision), for each activation-range rule of ``SEARCH_RULES``, full
     INT8, int16x8, INT8 with int16 activations for one op type at a time (every computing op type of the graph that
@@ -329,7 +378,7 @@ def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int, budget:
             "int16_ops": list(int16_ops),
             "full_integer": left == {},
             "float_ops_left": left,
-            **measure(data, job.verify, job.reference, threads, repeats),
+            **measure(data, job.verify, job.reference, threads, repeats, retrieval=retrieval),
         }
 
     def label(unit: list[str]) -> str:
@@ -364,8 +413,9 @@ def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int, budget:
                 if c["cosine_mean"] > base and "error" not in c
             ]
             chosen, best = (list(gains[0]["int16_ops"]), gains[0]["cosine_mean"]) if gains else ([], budget)
+            within = retrieval is None or retrieval.within(gains[0]) if gains else True
             for c in gains[1:]:  # the best single unit is measured already; add the next ones until within budget
-                if best >= budget:
+                if best >= budget and within:
                     break
                 chosen = chosen + c["int16_ops"]
                 results.append(
@@ -378,18 +428,22 @@ def litert_torch_candidates(job, qcfg: dict, threads: int, repeats: int, budget:
                     )
                 )
                 best = results[-1]["cosine_mean"]
+                within = retrieval is None or retrieval.within(results[-1])
                 advance()
             advance(done + per_rule - len(results))  # the search stopped early: its remaining steps are not needed
     return results
 
 
-def fastest_within(candidates: list[dict], budget: float, full_integer: bool = False) -> dict | None:
-    """The fastest candidate whose mean cosine meets ``budget``; ``full_integer``: among those with no float op (the
-    models integer-only accelerators need), whatever their speed on this CPU."""
+def fastest_within(candidates: list[dict], budget: float, full_integer: bool = False, retrieval=None) -> dict | None:
+    """The fastest candidate whose mean cosine meets ``budget`` (or, given ``retrieval``, whose mAP drop on the
+    search half is within its budget); ``full_integer``: among those with no float op (the models integer-only
+    accelerators need), whatever their speed on this CPU."""
     ok = [
         c
         for c in candidates
-        if c["cosine_mean"] >= budget and "error" not in c and (c.get("full_integer") or not full_integer)
+        if "error" not in c
+        and (c.get("full_integer") or not full_integer)
+        and (retrieval.within(c) if retrieval is not None else c["cosine_mean"] >= budget)
     ]
     return min(ok, key=lambda c: c["p50_ms"]) if ok else None
 
@@ -403,7 +457,10 @@ def run_sensitivity(
     repeats: int = 30,
     ks: tuple[int, ...] = (1, 2, 4, 8),
     executorch: bool = True,
+    max_map_drop: float | None = None,
 ) -> dict:
+    """``max_map_drop``: choose by retrieval instead (`map_budget`): the fastest candidate whose mAP on the search
+    half is at most that many points below the float model's; the cosine choice is kept beside it."""
     from . import make_job
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
@@ -412,18 +469,26 @@ def run_sensitivity(
     recipe = load_recipe("tflite", job.family, None)
     qcfg = dict(recipe.get("int8", {}))
     budget = float(min_cosine if min_cosine is not None else recipe["verify"]["min_cosine"])
+    retrieval = None
+    if max_map_drop is not None:
+        from .map_budget import RetrievalBudget
+
+        with progress("float model on query/gallery (the mAP budget's reference)", None):
+            retrieval = RetrievalBudget(job.model, calib, job.spec, max_map_drop)
     with Workdir(out_dir, "sensitivity") as tmp:
         if recipe.get("converter", "onnx2tf") == "litert-torch":
-            layers, results = [], litert_torch_candidates(job, qcfg, threads, repeats, budget)
+            layers, results = [], litert_torch_candidates(job, qcfg, threads, repeats, budget, retrieval)
         else:
-            layers, results = onnx2tf_candidates(job, qcfg, threads, repeats, ks, tmp, checkpoint)
+            layers, results = onnx2tf_candidates(job, qcfg, threads, repeats, ks, tmp, checkpoint, retrieval)
         et_results = []
         if executorch:
             et_recipe = load_recipe("executorch", job.family, None)
             with progress(
                 "ExecuTorch candidates: lower, verify and time", len(executorch_plans(job.family))
             ) as advance:
-                et_results = executorch_candidates(job, dict(et_recipe.get("int8", {})), threads, repeats, advance)
+                et_results = executorch_candidates(
+                    job, dict(et_recipe.get("int8", {})), threads, repeats, advance, retrieval
+                )
     report = {
         "checkpoint": str(checkpoint),
         "family": job.family,
@@ -432,9 +497,13 @@ def run_sensitivity(
         "noise_cosine_1_grey_level": noise_sensitivity(job),
         "layers": layers,
         "candidates": results,
-        "chosen": fastest_within(results, budget),
-        "chosen_full_integer": fastest_within(results, budget, full_integer=True),
-        "executorch": {"candidates": et_results, "chosen": fastest_within(et_results, budget)} if executorch else None,
+        "chosen": fastest_within(results, budget, retrieval=retrieval),
+        "chosen_full_integer": fastest_within(results, budget, full_integer=True, retrieval=retrieval),
+        "executorch": {"candidates": et_results, "chosen": fastest_within(et_results, budget, retrieval=retrieval)}
+        if executorch
+        else None,
+        "max_map_drop": max_map_drop,
+        "candidates_tried": len(results) + len(et_results),
         "converter": recipe.get("converter", "onnx2tf"),
         "not_covered": "; ".join(
             (
@@ -452,6 +521,12 @@ def run_sensitivity(
             )
         ),
     }
+    if retrieval is not None:  # the cosine rule's picks beside the retrieval rule's, from the same measurements
+        report["by_cosine"] = {
+            "tflite": fastest_within(results, budget),
+            "tflite_full_integer": fastest_within(results, budget, full_integer=True),
+            "executorch": fastest_within(et_results, budget) if executorch else None,
+        }
     write_outputs(report, out_dir, {"tflite": recipe, "executorch": et_recipe if executorch else None})
     return report
 
@@ -486,7 +561,7 @@ def write_outputs(report: dict, out_dir: Path, base_recipes: dict) -> None:
                             c["size_bytes"] / 1e3,
                             c["p50_ms"],
                             c["cosine_mean"],
-                            "ok" if c["cosine_mean"] >= report["drift_budget"] else "no",
+                            "ok" if _within(c, report["drift_budget"], report.get("max_map_drop")) else "no",
                         ]
                         for c in cands
                     ],
@@ -494,12 +569,28 @@ def write_outputs(report: dict, out_dir: Path, base_recipes: dict) -> None:
             )
 
 
-def _candidate_rows(cands: list[dict], budget: float) -> list[str]:
+def _within(c: dict, budget: float, max_map_drop: float | None) -> bool:
+    if max_map_drop is not None:
+        return "retrieval" in c and c["retrieval"]["search"]["delta_map"] <= max_map_drop
+    return c["cosine_mean"] >= budget
+
+
+def _retrieval_cells(c: dict) -> str:
+    r = c.get("retrieval")
+    if not r:
+        return " - | - | - |"
+    return f" {r['search']['delta_map']:+.2f} | {r['held_out']['delta_map']:+.2f} | {r['search']['rank1_flips']} |"
+
+
+def _candidate_rows(cands: list[dict], budget: float, max_map_drop: float | None = None) -> list[str]:
     integer = any("full_integer" in c for c in cands)
+    mapped = max_map_drop is not None
     rows = [
-        "| candidate | KB | p50 ms | p90 ms | cosine mean | cosine min | within budget |"
+        "| candidate | KB | p50 ms | p90 ms | cosine mean | cosine min |"
+        + (" ΔmAP search | ΔmAP held-out | rank-1 flips |" if mapped else "")
+        + " within budget |"
         + (" float ops left |" if integer else ""),
-        "|---|---|---|---|---|---|---|" + ("---|" if integer else ""),
+        "|---|---|---|---|---|---|" + ("---|---|---|" if mapped else "") + "---|" + ("---|" if integer else ""),
     ]
     for c in cands:
         left = ""
@@ -514,14 +605,18 @@ def _candidate_rows(cands: list[dict], budget: float) -> list[str]:
             )
         if "error" in c:
             rows.append(
-                f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | - | - | - | - | "
-                f"no: the runtime refused it ({c['error']}) |" + left
+                f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | - | - | - | - |"
+                + (" - | - | - |" if mapped else "")
+                + f" no: the runtime refused it ({c['error']}) |"
+                + left
             )
             continue
         rows.append(
             f"| {c['name']} | {c['size_bytes'] / 1e3:.0f} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | "
-            f"{c['cosine_mean']:.4f} | "
-            f"{c['cosine_min']:.4f} | {'yes' if c['cosine_mean'] >= budget else 'no'} |" + left
+            f"{c['cosine_mean']:.4f} | {c['cosine_min']:.4f} |"
+            + (_retrieval_cells(c) if mapped else "")
+            + f" {'yes' if _within(c, budget, max_map_drop) else 'no'} |"
+            + left
         )
     return rows
 
@@ -608,8 +703,14 @@ def _write_files(report: dict, out_dir: Path, base_recipes: dict) -> None:
             "is what would: for SCL-net, `mobilereid quant-finetune` (quantization-consistency QAT) "
             "measured 0.907 -> 0.993 in `make run`."
         ]
-    lines += ["", f"## TFLite candidates, LiteRT (drift budget: mean cosine >= {budget})", ""] + _candidate_rows(
-        report["candidates"], budget
+    mdrop = report.get("max_map_drop")
+    rule = (
+        f"mAP at most {mdrop} points below the float model's on the search half"
+        if mdrop is not None
+        else (f"mean cosine >= {budget}")
+    )
+    lines += ["", f"## TFLite candidates, LiteRT (budget: {rule})", ""] + _candidate_rows(
+        report["candidates"], budget, mdrop
     )
     chosen, integer = report["chosen"], report.get("chosen_full_integer")
     lines += [
@@ -627,18 +728,22 @@ def _write_files(report: dict, out_dir: Path, base_recipes: dict) -> None:
     ]
     et = report.get("executorch")
     if et:
-        lines += ["", "## ExecuTorch candidates, XNNPACK", ""] + _candidate_rows(et["candidates"], budget)
+        lines += ["", "## ExecuTorch candidates, XNNPACK", ""] + _candidate_rows(et["candidates"], budget, mdrop)
         lines += [
             "",
             f"**Chosen:** {et['chosen']['name']} (fastest candidate within the drift budget)"
             if et["chosen"]
             else "**No candidate meets the drift budget.**",
         ]
+    if mdrop is not None:
+        lines += _side_by_side(report)
     lines += ["", f"Not covered: {report['not_covered']}."]
     (out_dir / "sensitivity.md").write_text("\n".join(lines) + "\n")
     for name, c in (("recipe_tflite.toml", chosen), ("recipe_tflite_integer.toml", integer)):
         if c:
-            (out_dir / name).write_text(_tflite_recipe_text(report, c, base_recipes["tflite"], budget))
+            (out_dir / name).write_text(
+                _tflite_recipe_text(report, c, base_recipes["tflite"], _recipe_min_cosine(report, c))
+            )
     if et and et["chosen"]:
         base, c = base_recipes["executorch"], et["chosen"]
         (out_dir / "recipe_executorch.toml").write_text(
@@ -650,9 +755,49 @@ def _write_files(report: dict, out_dir: Path, base_recipes: dict) -> None:
             f'activation_ranges = "{c["activation_ranges"]}"\n'
             + "".join(f"{k} = {json.dumps(c[k])}\n" for k in ("ops", "dynamic_modules") if k in c)
             + "\n"
-            + _verify_section(base, budget)
+            + _verify_section(base, _recipe_min_cosine(report, c))
         )
     _plot(report, out_dir / "sensitivity.png")
+
+
+def _recipe_min_cosine(report: dict, chosen: dict) -> float:
+    """The export verification floor written into a chosen recipe: the cosine budget, or under a mAP budget the
+    chosen candidate's own measured cosine less 0.005 (so that export verifies what was chosen)."""
+    budget = report["drift_budget"]
+    if report.get("max_map_drop") is None:
+        return budget
+    return min(budget, float(np.floor((chosen["cosine_mean"] - 0.005) * 1000) / 1000))
+
+
+def _side_by_side(report: dict) -> list[str]:
+    """The mAP rule's picks next to the cosine rule's, from the same measurements."""
+    lines = [
+        "",
+        f"## Choice by retrieval (mAP drop <= {report['max_map_drop']} points) vs by cosine (>= "
+        f"{report['drift_budget']})",
+        "",
+        f"{report['candidates_tried']} candidates measured. Search half: even person ids (the choice); held-out half: "
+        "odd person ids (does it hold on people it was not chosen on).",
+        "",
+        "| runtime | rule | candidate | p50 ms | cosine | ΔmAP search | ΔmAP held-out | rank-1 flips |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    et = report.get("executorch") or {}
+    picks = (
+        ("LiteRT", report["chosen"], report["by_cosine"]["tflite"]),
+        ("LiteRT full integer", report.get("chosen_full_integer"), report["by_cosine"]["tflite_full_integer"]),
+        ("ExecuTorch", et.get("chosen"), report["by_cosine"].get("executorch")),
+    )
+    for runtime, by_map, by_cos in picks:
+        for rule, c in (("mAP", by_map), ("cosine", by_cos)):
+            if c is None:
+                lines.append(f"| {runtime} | {rule} | none within budget | - | - | - | - | - |")
+                continue
+            lines.append(
+                f"| {runtime} | {rule} | {c['name']} | {c['p50_ms']:.2f} | {c['cosine_mean']:.4f} |"
+                + _retrieval_cells(c)
+            )
+    return lines
 
 
 def _plot(report: dict, path: Path) -> None:
