@@ -593,9 +593,18 @@ def evaluate_artifacts(
     if qemu:
         parse_qemu(device)
     metas = check_artifacts(artifacts, reference, allow_mismatch)
-    load_dataset(data, need_train=False)  # fail early on a bad dataset
+    source = load_dataset(data, need_train=False)  # fail early on a bad dataset
+    from .gallery import pca_dims
+
+    pca_formats = [f for f in formats if pca_dims(f)]
+    if pca_formats and not source.train:
+        raise MobileReIDError(
+            f"--gallery-formats {pca_formats[0]}: PCA is fitted on the training split, and {data} has none "
+            "(bounding_box_train/)"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         extra = {"data": str(data)}
+        fit = fit_embeddings(artifacts, source, Path(tmp), threads) if pca_formats else {}
         if limit is not None:
             data = limited_split(data, Path(tmp) / "subset", limit)
             extra["limit"] = {
@@ -633,7 +642,7 @@ def evaluate_artifacts(
                 raise MobileReIDError(
                     f"--device {device!r}: expected local, ssh://user@host[:port], adb[:serial] or qemu-arm64[:CPU]"
                 )
-        rows = []
+        rows, projections = [], {}
         for a, m, key in zip(artifacts, metas, result_keys(artifacts)):
             summary = completed_summary(raw, key)
             row = {
@@ -674,7 +683,12 @@ def evaluate_artifacts(
             if formats:
                 from .gallery import compare_formats
 
-                row["gallery_formats"] = compare_formats(npz["query"], npz["gallery"], *npz_labels(npz), formats)
+                row["gallery_formats"] = compare_formats(
+                    npz["query"], npz["gallery"], *npz_labels(npz), formats, fit=fit.get(key)
+                )
+                for f in row["gallery_formats"]:
+                    if "pca" in f:  # the projection travels as a file next to the report, not in the JSON
+                        projections[f"{key}.{f['format']}.npz"] = f.pop("pca")
             rows.append(row)
         report = {
             **extra,
@@ -687,5 +701,27 @@ def evaluate_artifacts(
             "artifacts": rows,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        for name, pca in projections.items():
+            np.savez(raw / name, **{k: v for k, v in pca.items()})
+            report.setdefault("pca_files", []).append(f"raw/{name}")
         write_eval_report(report, out, raw, force)
     return report
+
+
+FIT_IMAGES = 500  # training images embedded to fit pcaK gallery formats
+
+
+def fit_embeddings(artifacts: list[Path], ds, tmp: Path, threads: int) -> dict:
+    """Each artifact's embeddings of up to `FIT_IMAGES` evenly spaced training images, on this host in the
+    artifact's runtime (a deployment fits a projection offline and ships it): the local evaluator runs on a folder
+    whose queries are those images and whose gallery is the same images under another camera id (so that it
+    scores; the scores are not used)."""
+    picks = np.unique(np.linspace(0, len(ds.train) - 1, min(FIT_IMAGES, len(ds.train))).round().astype(int))
+    folder = tmp / "fit"
+    for sub, cam in (("query", 1), ("bounding_box_test", 2)):
+        (folder / sub).mkdir(parents=True)
+        for j, i in enumerate(picks):
+            s = ds.train[int(i)]
+            shutil.copyfile(s.path, folder / sub / f"{max(s.pid, 1):04d}_c{cam}s1_{j:06d}{s.path.suffix.lower()}")
+    run_local(artifacts, folder, tmp / "fit_raw", threads)
+    return {key: np.load(tmp / "fit_raw" / f"{key}.npz")["query"] for key in result_keys(artifacts)}

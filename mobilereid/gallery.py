@@ -15,11 +15,16 @@ Formats (each gallery embedding is L2-normalised first, as the cosine search exp
 Search time is the time to score one query against N stored codes and take the best (top-1), on this machine with
 numpy, for N = 1k / 10k / 100k random codes of the artifact's dimension (the evaluation split is smaller than a
 real gallery); the median over a few queries. It is a host time, like every latency the report names with its CPU.
-PCA-k (fitted on a training split) is not here yet: the evaluator embeds only query and gallery.
+* ``pcaK`` (e.g. ``pca128``): the L2-normalised embedding minus the mean, projected on the first K principal
+  components, re-normalised, stored as float32 (4K bytes): PCA fitted on the artifact's own embeddings of training
+  images (`fit_pca`; `mobilereid evaluate` embeds up to 500 evenly spaced images of ``bounding_box_train`` with the
+  artifact on the host, as a deployment would fit it offline and ship the projection with the app). The query is
+  projected the same way before the search, and the search time includes that projection.
 """
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -31,19 +36,39 @@ FORMATS = ("float32", "float16", "int8", "binary")
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
+def pca_dims(fmt: str) -> int | None:
+    """K of a ``pcaK`` format, None for the others."""
+    m = re.fullmatch(r"pca(\d+)", fmt)
+    return int(m.group(1)) if m else None
+
+
 def parse_formats(text: str) -> list[str]:
-    """``"float16,int8"`` -> ["float16", "int8"]; an unknown name is a one-line error."""
+    """``"float16,int8,pca128"`` -> ["float16", "int8", "pca128"]; an unknown name is a one-line error."""
     names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in FORMATS]
+    unknown = [n for n in names if n not in FORMATS and not (pca_dims(n) or 0) > 0]
     if unknown:
         raise MobileReIDError(
-            f"--gallery-formats: unknown format(s) {', '.join(unknown)} (known: {', '.join(FORMATS)})"
+            f"--gallery-formats: unknown format(s) {', '.join(unknown)} (known: {', '.join(FORMATS)}, pcaK)"
         )
     return list(dict.fromkeys(names))
 
 
-def encode(gallery: np.ndarray, fmt: str) -> dict:
-    """The stored form of a gallery: {"codes": array, "scale": float or None}."""
+def fit_pca(embeddings: np.ndarray, k: int) -> dict:
+    """Mean and first ``k`` principal components (rows) of the L2-normalised ``embeddings``."""
+    x = l2_normalize(np.asarray(embeddings, np.float64))
+    mean = x.mean(0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    return {"mean": mean.astype(np.float32), "components": vt[:k].astype(np.float32)}
+
+
+def project(x: np.ndarray, pca: dict) -> np.ndarray:
+    return l2_normalize((l2_normalize(np.asarray(x, np.float32)) - pca["mean"]) @ pca["components"].T)
+
+
+def encode(gallery: np.ndarray, fmt: str, pca: dict | None = None) -> dict:
+    """The stored form of a gallery: {"codes": array, "scale": float or None} (and the projection for pcaK)."""
+    if pca_dims(fmt):
+        return {"codes": project(gallery, pca).astype(np.float32), "scale": None, "pca": pca}
     g = l2_normalize(np.asarray(gallery, np.float32))
     if fmt == "float32":
         return {"codes": g, "scale": None}
@@ -61,6 +86,8 @@ def similarity(query: np.ndarray, stored: dict, fmt: str, dim: int) -> np.ndarra
     """Similarity of each query to each stored gallery item (higher = more alike), as the format computes it."""
     q = l2_normalize(np.asarray(query, np.float32))
     codes = stored["codes"]
+    if pca_dims(fmt):
+        return project(q, stored["pca"]) @ codes.T
     if fmt in ("float32", "float16"):
         return q @ codes.astype(np.float32).T
     if fmt == "int8":
@@ -72,6 +99,8 @@ def similarity(query: np.ndarray, stored: dict, fmt: str, dim: int) -> np.ndarra
 
 
 def bytes_per_item(fmt: str, dim: int) -> int:
+    if pca_dims(fmt):
+        return 4 * pca_dims(fmt)
     return {"float32": 4 * dim, "float16": 2 * dim, "int8": dim, "binary": (dim + 7) // 8}[fmt]
 
 
@@ -79,8 +108,13 @@ def search_ms(fmt: str, dim: int, sizes=(1_000, 10_000, 100_000), queries: int =
     """Median milliseconds to score one query against N stored codes and take the best, for each N."""
     rng = np.random.default_rng(seed)
     out = {}
+    k = pca_dims(fmt)
+    pca = None
+    if k:  # a random orthonormal projection: the search costs the same as with a fitted one
+        basis, _ = np.linalg.qr(rng.normal(size=(dim, k)))
+        pca = {"mean": np.zeros(dim, np.float32), "components": basis.T.astype(np.float32)}
     for n in sizes:
-        stored = encode(rng.normal(size=(n, dim)).astype(np.float32), fmt)
+        stored = encode(rng.normal(size=(n, dim)).astype(np.float32), fmt, pca)
         qs = rng.normal(size=(queries + 1, dim)).astype(np.float32)
         times = []
         for q in qs:
@@ -91,14 +125,28 @@ def search_ms(fmt: str, dim: int, sizes=(1_000, 10_000, 100_000), queries: int =
     return out
 
 
-def compare_formats(q, g, q_pids, g_pids, q_cams, g_cams, formats: list[str], sizes=(1_000, 10_000, 100_000)) -> list:
+def compare_formats(
+    q, g, q_pids, g_pids, q_cams, g_cams, formats: list[str], sizes=(1_000, 10_000, 100_000), fit=None
+) -> list:
     """For each format: mAP and Rank-1 of the query/gallery search with the gallery stored that way, the change
-    against float32, bytes per gallery item, and search time per query at each gallery size."""
+    against float32, bytes per gallery item, and search time per query at each gallery size. ``fit``: the
+    artifact's embeddings of training images, which pcaK formats are fitted on (each row gets its ``pca``)."""
     dim = int(np.asarray(g).shape[1])
     labels = tuple(np.asarray(a) for a in (q_pids, g_pids, q_cams, g_cams))
     rows, base = [], None
     for fmt in ["float32"] + [f for f in formats if f != "float32"]:
-        sim = similarity(q, encode(g, fmt), fmt, dim)
+        k = pca_dims(fmt)
+        pca = None
+        if k:
+            if fit is None or len(fit) <= k:
+                raise MobileReIDError(
+                    f"--gallery-formats {fmt}: PCA needs more than {k} training images embedded by the artifact "
+                    f"(got {0 if fit is None else len(fit)})"
+                )
+            if k >= dim:
+                raise MobileReIDError(f"--gallery-formats {fmt}: K must be below the embedding size ({dim})")
+            pca = fit_pca(fit, k)
+        sim = similarity(q, encode(g, fmt, pca), fmt, dim)
         cmc, mAP, _ = evaluate_rank(-sim, *labels)
         row = {
             "format": fmt,
@@ -106,6 +154,7 @@ def compare_formats(q, g, q_pids, g_pids, q_cams, g_cams, formats: list[str], si
             "rank1": float(cmc[0]),
             "bytes_per_item": bytes_per_item(fmt, dim),
             "search_ms": search_ms(fmt, dim, sizes),
+            **({"pca": {"k": k, "fit_images": len(fit), **pca}} if k else {}),
         }
         base = base or row
         row["delta_mAP"] = row["mAP"] - base["mAP"]

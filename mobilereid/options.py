@@ -197,7 +197,8 @@ class EvaluateOptions:
     )
     gallery_formats: str = setting(
         "",
-        "Also measure gallery storage formats, a comma list of float16, int8, binary: mAP change, bytes per item, "
+        "Also measure gallery storage formats, a comma list of float16, int8, binary, pcaK (e.g. pca128; fitted on "
+        "training images): mAP change, bytes per item, "
         "search time per query at 1k / 10k / 100k stored items (docs/devices.md).",
     )
     limit: int = setting(

@@ -256,14 +256,25 @@ def test_cli_evaluate(artifacts, tiny_dataset, tmp_path):
             "-o",
             str(tmp_path / "rep"),
             "--gallery-formats",
-            "int8,binary",
+            "int8,binary,pca4",
         ],
     )
     assert r.exit_code == 0, r.output
     assert "report.md" in r.output and (tmp_path / "rep" / "accuracy_latency.png").is_file()
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
-    assert [f["format"] for f in rep["artifacts"][0]["gallery_formats"]] == ["float32", "int8", "binary"]
-    assert "## Gallery formats" in (tmp_path / "rep" / "report.md").read_text()
+    formats = rep["artifacts"][0]["gallery_formats"]
+    assert [f["format"] for f in formats] == ["float32", "int8", "binary", "pca4"]
+    assert formats[-1]["bytes_per_item"] == 16 and "## Gallery formats" in (tmp_path / "rep" / "report.md").read_text()
+    (pca_file,) = rep["pca_files"]  # the projection fitted on the artifact's embeddings of training images
+    with np.load(tmp_path / "rep" / pca_file) as z:
+        assert z["components"].shape[0] == 4 and z["mean"].shape[0] == z["components"].shape[1]
+    no_train = tmp_path / "no_train"
+    for sub in ("query", "bounding_box_test"):
+        shutil.copytree(tiny_dataset / sub, no_train / sub)
+    r = runner.invoke(
+        app, ["evaluate", str(arts[0]), "-d", str(no_train), "-o", str(tmp_path / "r2"), "--gallery-formats", "pca4"]
+    )
+    assert r.exit_code == 2 and "PCA is fitted on the training split" in r.output
 
 
 def test_write_threshold_puts_the_calibrated_threshold_into_the_sidecar(artifacts, tiny_dataset, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mobilereid.errors import MobileReIDError
-from mobilereid.gallery import bytes_per_item, compare_formats, encode, parse_formats, similarity
+from mobilereid.gallery import bytes_per_item, compare_formats, encode, fit_pca, parse_formats, similarity
 
 
 def _split(seed=0, ids=30, dim=64):
@@ -43,3 +43,33 @@ def test_unknown_format_is_one_line():
     assert parse_formats("int8, binary,int8") == ["int8", "binary"]
     with pytest.raises(MobileReIDError, match="unknown format\\(s\\) pq"):
         parse_formats("int8,pq")
+
+
+def test_pca_keeps_the_subspace_the_identities_live_in():
+    # identities differ only in the first 8 of 64 dimensions; the rest is small noise: PCA-8 finds those 8
+    rng = np.random.default_rng(0)
+    centres = np.zeros((31, 64))
+    centres[:, :8] = rng.normal(size=(31, 8)) * 3
+    q_pids, g_pids = np.repeat(np.arange(1, 31), 2), np.repeat(np.arange(1, 31), 3)
+    noise = lambda n: 0.3 * rng.normal(size=(n, 64))  # noqa: E731
+    q, g = centres[q_pids] + noise(len(q_pids)), centres[g_pids] + noise(len(g_pids))
+    fit = centres[rng.integers(1, 31, 300)] + noise(300)
+    labels = (q_pids, g_pids, np.zeros(len(q_pids), int), np.ones(len(g_pids), int))
+    rows = {r["format"]: r for r in compare_formats(q, g, *labels, ["pca8", "pca2"], sizes=(100,), fit=fit)}
+    pca = fit_pca(fit, 8)
+    assert np.abs(pca["components"][:, 8:]).max() < 0.2  # the components span the identity dimensions
+    assert rows["pca8"]["bytes_per_item"] == 32 and rows["pca8"]["storage_ratio"] == 8
+    assert rows["pca8"]["delta_mAP"] > -0.02 and rows["pca2"]["delta_mAP"] < rows["pca8"]["delta_mAP"]
+    assert rows["pca8"]["pca"]["fit_images"] == 300
+    projected = similarity(q[:1], encode(g, "pca8", pca), "pca8", 64)
+    assert projected.shape == (1, len(g)) and np.abs(projected).max() <= 1 + 1e-5  # cosines of projections
+
+
+def test_pca_needs_training_embeddings_and_a_smaller_k():
+    assert parse_formats("pca128,int8") == ["pca128", "int8"]
+    with pytest.raises(MobileReIDError, match="unknown format"):
+        parse_formats("pca0")
+    with pytest.raises(MobileReIDError, match="training images"):
+        compare_formats(*_split(), ["pca16"], sizes=(10,))
+    with pytest.raises(MobileReIDError, match="below the embedding size"):
+        compare_formats(*_split(), ["pca64"], sizes=(10,), fit=np.ones((100, 64)))
