@@ -490,7 +490,9 @@ def add_matching(row: dict, npz, summary: dict, far: float, user_embeddings=None
 def write_thresholds(report: dict, data: Path) -> list[Path]:
     """Each artifact's calibrated same-person threshold into its sidecar (``match``: threshold, FAR it was set for,
     the held-out FAR and TAR, the data, and the sha256 of the artifact it belongs to): the Android core's matcher
-    starts from it. The sidecar is rewritten atomically; everything else in it is kept."""
+    starts from it. With the int8 gallery format measured (``--gallery-formats int8``), ``match.gallery`` holds its
+    global scale and mAP change, and the app stores its templates that way. The sidecar is rewritten atomically;
+    everything else in it is kept."""
     from .filesafety import atomic_write_text
     from .runtimes import read_sidecar, sidecar_path
 
@@ -510,6 +512,9 @@ def write_thresholds(report: dict, data: Path) -> list[Path]:
             "artifact_sha256": meta.get("sha256", ""),
             "written_by": "mobilereid evaluate --write-threshold",
         }
+        int8 = next((f for f in r.get("gallery_formats") or [] if f["format"] == "int8"), None)
+        if int8 is not None:  # the app then stores templates as int8 with this scale (android_demo: GalleryFormat)
+            meta["match"]["gallery"] = {"format": "int8", "scale": int8["scale"], "delta_mAP": int8["delta_mAP"]}
         atomic_write_text(side, json.dumps(meta, indent=2))
         written.append(side)
     return written

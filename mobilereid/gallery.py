@@ -146,7 +146,8 @@ def compare_formats(
             if k >= dim:
                 raise MobileReIDError(f"--gallery-formats {fmt}: K must be below the embedding size ({dim})")
             pca = fit_pca(fit, k)
-        sim = similarity(q, encode(g, fmt, pca), fmt, dim)
+        stored = encode(g, fmt, pca)
+        sim = similarity(q, stored, fmt, dim)
         cmc, mAP, _ = evaluate_rank(-sim, *labels)
         row = {
             "format": fmt,
@@ -155,6 +156,7 @@ def compare_formats(
             "bytes_per_item": bytes_per_item(fmt, dim),
             "search_ms": search_ms(fmt, dim, sizes),
             **({"pca": {"k": k, "fit_images": len(fit), **pca}} if k else {}),
+            **({"scale": stored["scale"]} if stored.get("scale") is not None else {}),
         }
         base = base or row
         row["delta_mAP"] = row["mAP"] - base["mAP"]

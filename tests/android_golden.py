@@ -111,7 +111,37 @@ def gallery_cases(dim: int = 24, people: int = 5, probes: int = 24, threshold: f
         "probes": cases,
         "forget": forget,
         "after_forget": after,
+        "int8": int8_cases(views, [np.asarray(c["probe"], np.float32) for c in cases], threshold),
     }
+
+
+def int8_cases(views: dict, probes: list[np.ndarray], threshold: float, margin: float = 0.02) -> dict:
+    """The same gallery stored as int8 by the host's own code (`mobilereid.gallery`: one global scale fitted on the
+    templates, probe quantized alike, int32 dot): the scale, each template's codes, and per probe the best identity
+    and its score (dot x scale^2). Probes whose best score lies within ``margin`` of the threshold or of the runner-up
+    are left out, so a one-LSB rounding difference cannot flip a decision."""
+    from mobilereid.gallery import encode, similarity
+
+    names = list(views)
+    templates = np.stack([_normalised(np.mean([_normalised(v) for v in views[n]], axis=0)) for n in names])
+    stored = encode(templates, "int8")
+    scale = stored["scale"]
+    out = []
+    for probe in probes:
+        sims = similarity(probe[None], stored, "int8", templates.shape[1])[0].astype(np.float64) * scale * scale
+        order = np.argsort(-sims, kind="stable")
+        best = float(sims[order[0]])
+        if abs(best - threshold) < margin or (len(order) > 1 and best - float(sims[order[1]]) < margin):
+            continue
+        out.append(
+            {
+                "probe": probe.tolist(),
+                "best": names[order[0]],
+                "similarity": best,
+                "identity": names[order[0]] if best >= threshold else None,
+            }
+        )
+    return {"scale": scale, "codes": {n: stored["codes"][i].tolist() for i, n in enumerate(names)}, "probes": out}
 
 
 def latency_cases(seed: int = 0) -> dict:

@@ -301,12 +301,17 @@ def test_write_threshold_puts_the_calibrated_threshold_into_the_sidecar(artifact
             "--far",
             "0.01",
             "--write-threshold",
+            "--gallery-formats",
+            "int8",
         ],
     )
     assert r.exit_code == 0, r.output
     meta = json.loads(art.with_name(art.name + ".json").read_text())
-    t = json.loads((tmp_path / "rep" / "report.json").read_text())["artifacts"][0]["matching"]["threshold"]
+    row = json.loads((tmp_path / "rep" / "report.json").read_text())["artifacts"][0]
+    t = row["matching"]["threshold"]
     assert meta["match"]["threshold"] == t["value"] and meta["match"]["far"] == 0.01
+    int8 = next(f for f in row["gallery_formats"] if f["format"] == "int8")  # the app's stored format and its scale
+    assert meta["match"]["gallery"] == {"format": "int8", "scale": int8["scale"], "delta_mAP": int8["delta_mAP"]}
     assert meta["match"]["artifact_sha256"] == meta["sha256"] == before["sha256"]
     assert {k: v for k, v in meta.items() if k != "match"} == before  # nothing else in the sidecar changed
 

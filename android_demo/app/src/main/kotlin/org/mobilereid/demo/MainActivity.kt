@@ -135,7 +135,7 @@ class MainActivity : AppCompatActivity() {
         try {
             embedder = openEmbedder(m.file, m.metadata, threads = 4)
             preprocessor = Preprocessor(m.metadata)
-            gallery = Gallery(m.metadata.embeddingDim)
+            gallery = Gallery(m.metadata.embeddingDim, m.metadata.galleryFormat())  // the sidecar's stored format
             overlay.modelAspect = m.metadata.preprocess.height / m.metadata.preprocess.width.toFloat()
             threshold = m.metadata.defaultThreshold()  // the artifact's calibrated threshold; the slider overrides it
             runOnUiThread { findViewById<SeekBar>(R.id.threshold).progress = (threshold * 100).toInt() }

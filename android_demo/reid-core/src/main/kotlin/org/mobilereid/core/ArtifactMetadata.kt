@@ -65,7 +65,12 @@ data class CameraSpec(val cameras: Int, val bakedCamera: Int?) {
  * the other half), and the sha256 of the artifact it was calibrated for. INT8 shifts the score distribution, so an
  * artifact's own threshold replaces a hand-set one.
  */
-data class MatchSpec(val threshold: Double, val far: Double, val artifactSha256: String) {
+data class MatchSpec(
+    val threshold: Double,
+    val far: Double,
+    val artifactSha256: String,
+    val gallery: GalleryFormat = GalleryFormat.Float32,
+) {
     init {
         require(threshold in -1.0..1.0) { "match.threshold $threshold is not a cosine similarity in [-1, 1]" }
         require(far > 0.0 && far < 1.0) { "match.far $far is outside (0, 1)" }
@@ -97,6 +102,9 @@ data class ArtifactMetadata(
 
     /** The threshold the matcher starts from: the artifact's calibrated one, else [fallback] (a hand-set value). */
     fun defaultThreshold(fallback: Double = 0.6): Double = match?.threshold ?: fallback
+
+    /** How the gallery stores templates: the sidecar's `match.gallery`, else float32. */
+    fun galleryFormat(): GalleryFormat = match?.gallery ?: GalleryFormat.Float32
 
     companion object {
         const val FORMAT = "mobilereid-artifact"
@@ -140,7 +148,7 @@ data class ArtifactMetadata(
 
         /** A `match` block, refused when it was calibrated for another artifact (its sha256 differs). */
         private fun matchSpec(m: Map<String, Any?>, artifactSha256: String): MatchSpec {
-            val spec = MatchSpec(m.num("threshold"), m.num("far"), m.str("artifact_sha256"))
+            val spec = MatchSpec(m.num("threshold"), m.num("far"), m.str("artifact_sha256"), galleryFormat(m.objOrNull("gallery")))
             if (artifactSha256.isNotEmpty() && spec.artifactSha256 != artifactSha256) {
                 throw IllegalArgumentException(
                     "match.threshold was calibrated for another artifact (sha256 ${spec.artifactSha256.take(12)}..., " +
@@ -148,6 +156,12 @@ data class ArtifactMetadata(
                 )
             }
             return spec
+        }
+
+        private fun galleryFormat(g: Map<String, Any?>?): GalleryFormat = when (val f = g?.get("format") ?: "float32") {
+            "float32" -> GalleryFormat.Float32
+            "int8" -> GalleryFormat.Int8(g!!.num("scale").toFloat())
+            else -> throw IllegalArgumentException("match.gallery.format '$f' is not one the app stores (float32, int8)")
         }
 
         private fun tensor(m: Map<String, Any?>): TensorSpec {

@@ -6,6 +6,43 @@ data class MatchResult(val identity: String?, val bestIdentity: String?, val sim
 }
 
 /**
+ * How enrolled templates are stored and scored (`mobilereid/gallery.py` on the host, the same arithmetic):
+ * - [Float32]: the L2-normalised template, cosine = dot product;
+ * - [Int8]: the template's values divided by one global [Int8.scale], rounded half to even (numpy's rule) and
+ *   clipped to +-127, one byte per dimension; the probe is quantized the same way and the score is the int32 dot
+ *   product times scale^2, which approximates the cosine, so the artifact's calibrated threshold still applies.
+ * The scale comes from the sidecar (`match.gallery`, written by `mobilereid evaluate --write-threshold
+ * --gallery-formats int8`), fitted on the evaluation gallery. Sign-bit (binary) galleries are not offered here:
+ * their Hamming scores need a threshold of their own.
+ */
+sealed class GalleryFormat {
+    abstract val name: String
+    abstract fun bytesPerTemplate(dim: Int): Int
+
+    object Float32 : GalleryFormat() {
+        override val name = "float32"
+        override fun bytesPerTemplate(dim: Int) = 4 * dim
+    }
+
+    data class Int8(val scale: Float) : GalleryFormat() {
+        init {
+            require(scale > 0f && scale.isFinite()) { "int8 gallery scale $scale is not a positive number" }
+        }
+        override val name = "int8"
+        override fun bytesPerTemplate(dim: Int) = dim
+
+        fun encode(normalised: FloatArray): ByteArray =
+            ByteArray(normalised.size) { Math.rint((normalised[it] / scale).toDouble()).coerceIn(-127.0, 127.0).toInt().toByte() }
+
+        fun score(a: ByteArray, b: ByteArray): Double {
+            var s = 0L
+            for (i in a.indices) s += a[i].toLong() * b[i]
+            return s.toDouble() * scale.toDouble() * scale.toDouble()
+        }
+    }
+}
+
+/**
  * The demo's gallery of enrolled people.
  *
  * - [enrol] adds an L2-normalised embedding to a person (several views per person are expected: front, back);
@@ -15,9 +52,13 @@ data class MatchResult(val identity: String?, val bestIdentity: String?, val sim
  *   only if its similarity is >= the threshold (otherwise "unknown"). Ties go to the person enrolled first.
  * - [forget] removes a person.
  */
-class Gallery(val embeddingDim: Int) {
+class Gallery(val embeddingDim: Int, val format: GalleryFormat = GalleryFormat.Float32) {
     private val views = LinkedHashMap<String, MutableList<FloatArray>>()
     private val templates = LinkedHashMap<String, FloatArray>()
+    private val codes = LinkedHashMap<String, ByteArray>()  // Int8: what is stored and searched
+
+    /** Bytes the stored templates take (views are kept in float for re-averaging; a deployment would not). */
+    val storedBytes: Int get() = templates.size * format.bytesPerTemplate(embeddingDim)
 
     val identities: List<String> get() = views.keys.toList()
 
@@ -29,16 +70,22 @@ class Gallery(val embeddingDim: Int) {
         val list = views.getOrPut(identity) { mutableListOf() }
         list.add(Similarity.l2Normalised(embedding))
         templates[identity] = template(list)
+        (format as? GalleryFormat.Int8)?.let { codes[identity] = it.encode(templates.getValue(identity)) }
     }
+
+    /** The stored int8 codes of a person's template (Int8 format), null otherwise. */
+    fun codesOf(identity: String): ByteArray? = codes[identity]?.copyOf()
 
     fun forget(identity: String): Boolean {
         templates.remove(identity)
+        codes.remove(identity)
         return views.remove(identity) != null
     }
 
     fun clear() {
         views.clear()
         templates.clear()
+        codes.clear()
     }
 
     fun match(embedding: FloatArray, threshold: Double): MatchResult {
@@ -47,8 +94,10 @@ class Gallery(val embeddingDim: Int) {
         val probe = Similarity.l2Normalised(embedding)
         var best: String? = null
         var bestSim = Double.NEGATIVE_INFINITY
-        for ((name, t) in templates) {
-            val s = Similarity.dot(probe, t)
+        val int8 = format as? GalleryFormat.Int8
+        val probeCodes = int8?.encode(probe)
+        for (name in templates.keys) {
+            val s = if (int8 != null) int8.score(probeCodes!!, codes.getValue(name)) else Similarity.dot(probe, templates.getValue(name))
             if (s > bestSim) { bestSim = s; best = name }
         }
         return MatchResult(if (bestSim >= threshold) best else null, best, bestSim)

@@ -47,6 +47,35 @@ class GalleryGoldenTest {
     }
 
     @Test
+    fun `an int8 gallery stores and scores like the host's int8 format`() {
+        @Suppress("UNCHECKED_CAST")
+        val q = g["int8"] as Map<String, Any?>
+        val scale = (q["scale"] as Number).toFloat()
+        val dim = (g["dim"] as Number).toInt()
+        val gallery = Gallery(dim, GalleryFormat.Int8(scale))
+        @Suppress("UNCHECKED_CAST")
+        for ((name, views) in g["views"] as Map<String, Any?>) for (v in views as List<*>) gallery.enrol(name, Golden.floats(v))
+        @Suppress("UNCHECKED_CAST")
+        for ((name, expected) in q["codes"] as Map<String, Any?>) {
+            val got = gallery.codesOf(name)!!
+            val want = (expected as List<*>).map { (it as Number).toInt() }
+            for (i in want.indices) assertTrue(Math.abs(got[i] - want[i]) <= 1, "$name code $i: ${got[i]} vs ${want[i]}")
+        }
+        assertEquals(gallery.identities.size * dim, gallery.storedBytes)  // one byte per dimension
+        val threshold = (g["threshold"] as Number).toDouble()
+        val probes = Golden.objects(q["probes"])
+        assertTrue(probes.size >= 10 && probes.any { it["identity"] == null } && probes.any { it["identity"] != null })
+        for ((i, p) in probes.withIndex()) {
+            val r = gallery.match(Golden.floats(p["probe"]), threshold)
+            assertEquals(p["best"], r.bestIdentity, "int8 probe $i best identity")
+            assertEquals(p["identity"], r.identity, "int8 probe $i decision")
+            // a code one LSB apart moves the int dot product by at most 127 per differing position
+            assertEquals((p["similarity"] as Number).toDouble(), r.similarity, 4 * 127 * scale.toDouble() * scale, "int8 probe $i")
+        }
+        assertThrows(IllegalArgumentException::class.java) { GalleryFormat.Int8(0f) }
+    }
+
+    @Test
     fun `bad input is refused with a message`() {
         val gallery = Gallery(4)
         assertEquals(null, gallery.match(floatArrayOf(1f, 0f, 0f, 0f), 0.5).bestIdentity)

@@ -51,6 +51,18 @@ class MetadataAndJsonTest {
         assertThrows(IllegalArgumentException::class.java) {
             ArtifactMetadata.parse(sidecar(""", "match": {"threshold": 0.5, "far": 1.5, "artifact_sha256": "abc123"}"""))
         }
+        assertEquals(GalleryFormat.Float32, calibrated.galleryFormat())
+        val int8 = ArtifactMetadata.parse(
+            sidecar(""", "match": {"threshold": 0.5, "far": 0.001, "artifact_sha256": "abc123", "gallery": {"format": "int8", "scale": 0.0025}}""")
+        )
+        assertEquals(GalleryFormat.Int8(0.0025f), int8.galleryFormat())
+        val binary = assertThrows(IllegalArgumentException::class.java) {
+            ArtifactMetadata.parse(
+                sidecar(""", "match": {"threshold": 0.5, "far": 0.001, "artifact_sha256": "abc123", "gallery": {"format": "binary"}}"""),
+                "m.json",
+            )
+        }
+        assertTrue(binary.message!!.startsWith("m.json:") && "binary" in binary.message!!, binary.message)
     }
 
     @Test
