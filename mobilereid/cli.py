@@ -583,6 +583,12 @@ def evaluate_cmd(
         help="Where the torch --reference/--baseline embed: auto, cpu, cuda, cuda:N "
         "(--device is the artifacts' machine).",
     ),
+    inspect: bool = typer.Option(
+        False,
+        "--inspect",
+        help="Add per-op sections (time by op type, ops outside XNNPACK, lowest-SQNR ops) for .pte/.tflite "
+        "artifacts, measured on this host (needs --reference; `mobilereid inspect` has the full tables).",
+    ),
     *,
     settings: EvaluateOptions,
 ):
@@ -608,6 +614,7 @@ def evaluate_cmd(
         gallery_formats=settings.gallery_formats,
         force=force,
         torch_device=torch_device,
+        inspect=inspect,
     )
     console.print(eval_markdown(report), markup=False, soft_wrap=True)
     if write_threshold:

@@ -570,6 +570,7 @@ def evaluate_artifacts(
     torch_device: str = "auto",
     far: float = 1e-3,
     gallery_formats: str = "",
+    inspect: bool = False,
 ) -> dict:
     """Run every artifact through the evaluator on `device` and score it.
 
@@ -590,6 +591,8 @@ def evaluate_artifacts(
         from .compute import resolve  # torch only when there is a torch model to run
 
         compute = resolve(torch_device, "fp32", None, device_flag="--torch-device")
+    if inspect and reference is None:
+        raise MobileReIDError("--inspect compares each op with the float model: pass --reference")
     refuse_foreign_files(Path(out), REPORT_FILES, force)  # before the work, not after it
     from .gallery import parse_formats
 
@@ -694,6 +697,11 @@ def evaluate_artifacts(
                 for f in row["gallery_formats"]:
                     if "pca" in f:  # the projection travels as a file next to the report, not in the JSON
                         projections[f"{key}.{f['format']}.npz"] = f.pop("pca")
+            if inspect and m["runtime"] in ("executorch", "litert"):
+                from .inspection.run import inspect_artifact
+
+                with progress(f"inspecting {a.name} op by op", None):
+                    row["inspect"] = inspect_artifact(a, reference, data, images=2, threads=1, runs=20)
             rows.append(row)
         report = {
             **extra,

@@ -120,6 +120,7 @@ def eval_markdown(report: dict) -> str:
         ]
     lines += matching_markdown(report)
     lines += gallery_markdown(report)
+    lines += inspect_markdown(report)
     lines += arm_markdown(report)
     counts = {(r["metrics"].get("queries_scored"), r["metrics"].get("queries")) for r in report["artifacts"]}
     for scored, total in sorted(c for c in counts if c[0] is not None):
@@ -238,6 +239,39 @@ def gallery_markdown(report: dict) -> list[str]:
                 f"{f['bytes_per_item']} | {f['storage_ratio']:.0f}x | {times} |"
             )
     return lines + [""]
+
+
+def inspect_markdown(report: dict, top: int = 5) -> list[str]:
+    """`evaluate --inspect`: per artifact, where its time goes and where its error starts (inspection/)."""
+    rows = [r for r in report["artifacts"] if r.get("inspect")]
+    if not rows:
+        return []
+    from .inspection.report import by_op_type, outside_delegate
+
+    lines = ["## Per-op inspection", ""]
+    for r in rows:
+        i = r["inspect"]
+        t, n = i["time"], i["numerics"]
+        types = ", ".join(f"{g['op']} {100 * g['ms'] / t['e2e_ms']:.0f} %" for g in by_op_type(t)[:top])
+        outside = outside_delegate(t)
+        lines.append(
+            f"- `{r['name']}` ({t['method'].split(',')[0]}; rows: {100 * t['sum_over_e2e']:.0f} % of end to end): "
+            f"{types}"
+            + (
+                f"; outside XNNPACK {sum(g['ms'] for g in outside):.3f} ms ({', '.join(g['op'] for g in outside[:3])})"
+                if outside
+                else ""
+            )
+        )
+        if n.get("available"):
+            worst = sorted(n["rows"], key=lambda x: x["sqnr_db"])[:3]
+            lines.append(
+                f"  - numerics: {n['matched']}/{n['tensors']} op outputs matched; lowest SQNR "
+                + ", ".join(f"{w['op']} #{w['position']} {w['sqnr_db']:.1f} dB" for w in worst)
+            )
+        else:
+            lines.append(f"  - numerics: not available ({n['why'].split(',')[0]})")
+    return lines + ["", "Full per-op tables: `mobilereid inspect ARTIFACT --reference CKPT --data DIR`.", ""]
 
 
 def arm_markdown(report: dict) -> list[str]:

@@ -96,3 +96,17 @@ def test_bad_inputs_are_one_line_errors(sclnet_ckpt, sclnet_exports, tiny_datase
     save_checkpoint(other, build_model("sclnet_test", num_classes=6).eval())
     with pytest.raises(MobileReIDError, match="another checkpoint than --reference"):
         inspect_artifact(_artifact(sclnet_exports, "tflite", "int8"), other, tiny_dataset)
+
+
+def test_evaluate_inspect_adds_per_op_sections(sclnet_ckpt, sclnet_exports, tiny_dataset, tmp_path):
+    arts = [_artifact(sclnet_exports, "tflite", "int8"), _artifact(sclnet_exports, "executorch", "int8")]
+    args = ["evaluate", *map(str, arts), "-d", str(tiny_dataset), "-o", str(tmp_path / "e"), "--inspect"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "pass --reference" in refused.output
+    result = CliRunner().invoke(app, [*args, "--reference", str(sclnet_ckpt)])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "e" / "report.md").read_text()
+    section = md[md.index("## Per-op inspection") :]
+    assert all(f"`{a.name}`" in section for a in arts) and "op outputs matched" in section
+    rows = json.loads((tmp_path / "e" / "report.json").read_text())["artifacts"]
+    assert all(r["inspect"]["time"]["rows"] for r in rows)
