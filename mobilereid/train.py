@@ -129,8 +129,14 @@ def build_for_training(cfg: TrainConfig, num_classes: int):
     if cfg.init_checkpoint:
         model, state = load_checkpoint(cfg.init_checkpoint)
         if model.cfg.num_classes != num_classes:
-            raise CheckpointError(
-                f"{cfg.init_checkpoint}: trained for {model.cfg.num_classes} identities, this dataset has {num_classes}"
+            from .models.checkpoint import with_identity_count
+
+            before = model.cfg.num_classes
+            model, fresh = with_identity_count(model, num_classes)
+            console.print(
+                f"{cfg.init_checkpoint}: trained for {before} identities, this dataset has {num_classes}: "
+                f"new classifier ({', '.join(fresh)}), every other tensor from the checkpoint",
+                markup=False,
             )
         return model
     options = dict(cfg.model_options)

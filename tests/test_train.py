@@ -160,3 +160,28 @@ def test_torchrun_two_process_gloo(tiny_dataset, tmp_path):
     assert summary["history"][0]["epoch"] == 1 and "metrics" in summary
     assert load_checkpoint(tmp_path / "model.pt")[1]["extra"]["history"][0]["epoch"] == 1
     assert summary["history"][0]["steps"] == single // 2
+
+
+@pytest.mark.parametrize("preset", ["sclnet_test", "vit_test", "osnet_test", "resnet_test"])
+def test_another_identity_count_gets_a_new_classifier_and_keeps_everything_else(preset):
+    from mobilereid.models.checkpoint import with_identity_count
+
+    torch.manual_seed(0)
+    source = build_model(preset, num_classes=4).eval()
+    model, fresh = with_identity_count(source, 9)
+    assert model.cfg.num_classes == 9 and fresh and all("classifier" in k for k in fresh)
+    old, new = source.state_dict(), model.state_dict()
+    assert all(new[k].shape[0] == 9 for k in fresh if new[k].dim() == 2)
+    assert all(torch.equal(old[k], new[k]) for k in new if k not in fresh)  # the backbone and the neck, unchanged
+    x = torch.randn(2, 3, *source.cfg.img_size)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), source(x))  # the embedding does not use the classifier
+
+
+def test_init_from_a_checkpoint_with_another_identity_count_trains(tiny_dataset, tmp_path):
+    torch.manual_seed(0)
+    init = save_checkpoint(tmp_path / "four.pt", build_model("sclnet_test", num_classes=4).eval())
+    cfg = TrainConfig(model="sclnet_test", epochs=1, p=3, k=2, init_checkpoint=str(init))
+    train(cfg, tiny_dataset, tmp_path / "o", evaluate=False)
+    _, state = load_checkpoint(tmp_path / "o" / "model.pt")
+    assert state["config"]["num_classes"] == 6  # the tiny set's training identities

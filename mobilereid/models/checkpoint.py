@@ -182,6 +182,23 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     return model, state
 
 
+def with_identity_count(model: nn.Module, num_classes: int) -> tuple[nn.Module, list[str]]:
+    """The same model with ID classifiers for ``num_classes`` identities: every tensor is copied except the
+    classifiers' (freshly initialised, as a new model's are); returns the model and the names of the new tensors.
+    Fine-tuning an imported or trained model on another dataset needs this: its classifier is the only part tied to
+    the identities of the data it was trained on."""
+    family = model_family(model)
+    fresh = build_from_config(family, {**model.cfg.to_dict(), "num_classes": num_classes})
+    old, new = model.state_dict(), fresh.state_dict()
+    replaced = sorted(k for k in new if k not in old or old[k].shape != new[k].shape)
+    tied = [k for k in replaced if "classifier" not in k]
+    if tied:
+        raise CheckpointError(f"changing the identity count would also change {tied[:3]} (not classifier weights)")
+    fresh.load_state_dict({k: (new[k] if k in replaced else old[k]) for k in new})
+    fresh.preset = getattr(model, "preset", None)
+    return fresh, replaced
+
+
 def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     """A mobilereid checkpoint (.pt) or any torch ReID model as a torch.export program (.pt2), for export and
     evaluation; returns (eval-mode model, checkpoint dict or the program's description)."""
