@@ -99,7 +99,9 @@ def _qat_graph(model, example: torch.Tensor, family: str):
     return graph
 
 
-NECKS = {"sclnet": "head.bottleneck", "vit": "bottleneck"}  # the BN-neck whose output is the exported embedding
+# the BN-neck whose output is the exported embedding; OSNet exports fc -> BN -> ReLU, which has no separate neck:
+# its consistency acts on the training pass's feature itself (batch statistics in the fc's BN)
+NECKS = {"sclnet": "head.bottleneck", "vit": "bottleneck", "resnet": "heads.bottleneck.0", "osnet": None}
 
 
 def _deployed_neck(graph, eps: float, prefix: str):
@@ -107,11 +109,31 @@ def _deployed_neck(graph, eps: float, prefix: str):
     pass: it gives the embedding that export verification and retrieval compare. The neck subtracts the features'
     running mean, so cosine on its output measures agreement of what tells identities apart; on the raw features a
     large shared component inflates cosine (measured: 0.97-0.98 during training while the exported INT8 reached only
-    0.98). The graph's tensors are looked up once: training updates them in place."""
+    0.98). The graph's tensors are looked up once: training updates them in place. ``prefix`` None: no neck."""
+    if prefix is None:
+        return lambda feat: feat
     buffers, params = dict(graph.named_buffers()), dict(graph.named_parameters())
     mean, var = buffers[f"{prefix}.running_mean"], buffers[f"{prefix}.running_var"]
     weight, bias = params[f"{prefix}.weight"], params.get(f"{prefix}.bias", buffers.get(f"{prefix}.bias"))
     return lambda feat: (feat - mean) * torch.rsqrt(var + eps) * weight + bias
+
+
+ZERO_SCALE_FLOOR = 1e-4
+
+
+def _revive_zero_batchnorm_scales(model) -> int:
+    """BatchNorm weights that are exactly 0 set to `ZERO_SCALE_FLOOR`; returns how many. PT2E QAT simulates
+    conv-BN folding by scaling the conv weight with gamma / std and dividing the conv output by the same factor, so
+    a zero gamma gives 0 / 0 (fast-reid's ResNets zero-initialise the last BN of every block). A trained model has
+    none; the change to an untrained one is far below what the guard measures."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+            zero = m.weight.data == 0
+            if zero.any():
+                m.weight.data[zero] = ZERO_SCALE_FLOOR
+                n += int(zero.sum())
+    return n
 
 
 def _set_quantization(graph, on: bool) -> None:
@@ -145,7 +167,9 @@ def quant_finetune(
     model, _ = load_checkpoint(checkpoint)
     family = model_family(model)
     if family not in NECKS:
-        raise MobileReIDError(f"{checkpoint}: quant-finetune supports SCL-net and ViT checkpoints, not {family}")
+        raise MobileReIDError(
+            f"{checkpoint}: quant-finetune supports SCL-net, ViT, OSNet and ResNet checkpoints, not {family}"
+        )
     if getattr(model.cfg, "jpm", False):
         raise MobileReIDError(
             f"{checkpoint}: quant-finetune does not support JPM models (the embedding has five necks)"
@@ -177,8 +201,15 @@ def quant_finetune(
     loader = PKLoader(images, sampler, cfg.seed, compute.workers, pin=compute.cuda)
     say(f"quant-finetune on {compute.describe()}{f', {world} ranks' if world > 1 else ''}")
     example = torch.stack([images[i][0] for i in sampler.batches()[0]]).to(compute.device)
+    revived = _revive_zero_batchnorm_scales(model)
+    if revived:
+        say(
+            f"{revived} BatchNorm scale(s) were exactly 0 (zero-initialised residual branches): set to "
+            f"{ZERO_SCALE_FLOOR:g}, since QAT's conv-BN folding divides by them"
+        )
     graph = _qat_graph(model, example, family)
-    neck = _deployed_neck(graph, model.get_submodule(NECKS[family]).eps, NECKS[family])
+    neck_eps = model.get_submodule(NECKS[family]).eps if NECKS[family] else None
+    neck = _deployed_neck(graph, neck_eps, NECKS[family])
     guard = _Guard(model, ds, metrics_before, cfg, compute, say)
     teacher = copy.deepcopy(model).eval().requires_grad_(False)  # the starting model: the compatibility target
     opt = torch.optim.Adam([p for p in graph.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -214,3 +214,18 @@ def _float_pass(graph, x):
         out = graph(x)[1][0]
     _set_quantization(graph, True)
     return out
+
+
+@pytest.mark.parametrize("preset", ["osnet_test", "resnet_test"])
+def test_quant_finetune_takes_the_cnns_users_deploy(preset, tiny_dataset, tmp_path):
+    """OSNet (no separate neck: agreement on its fc feature) and fast-reid's ResNet (BN neck heads.bottleneck.0)."""
+    torch.manual_seed(0)
+    source = save_checkpoint(tmp_path / "src.pt", build_model(preset, num_classes=6).eval())
+    before, _ = load_checkpoint(source)
+    cfg = QuantFinetuneConfig(epochs=1, p=3, k=2, guard_every=0, compat_weight=1.0)
+    result = quant_finetune(source, tiny_dataset, tmp_path / "qft.pt", cfg)
+    h = result["history"][0]
+    assert 0.0 < h["embedding_cosine"] <= 1.0 and 0.0 < h["cosine_to_start"] <= 1.0
+    after, _ = load_checkpoint(tmp_path / "qft.pt")
+    sd0, sd1 = before.state_dict(), after.state_dict()
+    assert sd0.keys() == sd1.keys() and any(not torch.equal(sd0[k], sd1[k]) for k in sd0 if sd0[k].is_floating_point())
