@@ -100,6 +100,7 @@ CONVERT_FILES = {
     "test_evaluate.py",
     "test_hardening_eval.py",
     "test_inspect.py",
+    "test_residual_fold.py",
 }
 E2E_FILES = {"test_pipeline.py", "test_wheel.py"}
 

@@ -66,6 +66,11 @@ RECIPE_SCHEMA = {
     "micro": {
         "reorder_operators": ("bool", "true", "tflm: reorder operators to lower the peak arena"),
         "slim": ("bool", "true", "tflm: drop what the interpreter does not need from the flatbuffer"),
+        "fold_projections": (
+            "bool",
+            "false",
+            "tflm: OSNet blocks' conv3 and downsample as one conv over their concatenated inputs (residual_fold.py)",
+        ),
     },
 }
 KNOWN = {

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -350,10 +351,17 @@ def mcu_latency_estimate(board: dict, macs: int) -> dict | None:
 def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> list[dict]:
     board = load_board(board_name or recipe.get("board", "cortex-m7"))
     qcfg = dict(recipe.get("int8", {}))
-    micro = {"reorder_operators": True, "slim": True, **recipe.get("micro", {})}
+    micro = {"reorder_operators": True, "slim": True, "fold_projections": False, **recipe.get("micro", {})}
     if qcfg.get("io_dtype", "int8") != "int8" or qcfg.get("float_ops"):
         raise ExportError(f"{recipe['source']}: TFLite Micro needs full-integer int8 models with int8 IO")
     with Workdir(job.out_dir, "tflm") as tmp:
+        folded = 0
+        if micro["fold_projections"]:
+            from ..residual_fold import fold_residual_projections
+
+            model, folded = fold_residual_projections(job.model)
+            if folded:  # its own conversion: the other targets keep the model (and SavedModel) as it is
+                job = dataclasses.replace(job, model=model, saved_model=None, scratch=tmp)
         converted = build_tflite_variants(job, ["int8"], qcfg, tmp)["int8"]
         ops = check_ops(converted, job.stem)
         # the description travels inside the flatbuffer (and so inside the C array); it counts in the flash budget
@@ -406,6 +414,7 @@ def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> 
         "latency_note": "TFLite Micro interpreter on the host CPU, not an MCU",
         "mcu_latency_estimate": mcu_latency_estimate(board, macs),
         "operator_order": order,
+        "folded_projections": folded,
         "slim": slim,
         "size": size_breakdown(data),
         "arena": memory,
