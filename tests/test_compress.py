@@ -187,57 +187,10 @@ def test_statistics_cover_the_whole_training_split_unless_capped(tiny_dataset):
         check_cli(CompressConfig(stat_images=-1))
 
 
-def test_distillation_is_deit_soft_kl_teacher_to_student_per_class(monkeypatch):
-    """KL(teacher || student) summed and divided by batch x classes (DeiT's soft distillation, used by AMG's code)."""
-    import torch.nn.functional as F
-
+def _loss_of_one_step(monkeypatch, logits, feats, **kw) -> float:
+    """The loss `train_one_epoch` reports for one batch of a student whose outputs are fixed (``logits``, ``feats``)
+    with the ReID loss switched off: what the distillation and compatibility terms add alone."""
     import mobilereid.train as train_mod
-
-    torch.manual_seed(0)
-    s_logits, t_logits = torch.randn(4, 7), torch.randn(4, 7)
-    p_t = F.softmax(t_logits, 1)
-    expected = (p_t * (p_t.log() - F.log_softmax(s_logits, 1))).sum() / s_logits.numel()
-
-    class Fixed(torch.nn.Module):  # a student whose logits are s_logits
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, x, cam=None):
-            return [s_logits + self.w], []
-
-    monkeypatch.setattr(
-        train_mod, "reid_loss", lambda logits, *a: (logits[0].sum() * 0.0, {"acc": torch.zeros(())})
-    )  # only the KL left
-    batches = [(torch.zeros(4, 3, 4, 4), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))]
-    model = Fixed()
-    out = train_mod.train_one_epoch(
-        model,
-        batches,
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        lambda i: 0.0,
-        teacher=lambda x, cam: (t_logits, None),
-        distill_weight=1.0,
-    )
-    assert out["loss"] == pytest.approx(float(expected), rel=1e-5)
-
-
-def test_compatibility_term_is_one_minus_cosine_of_the_deployed_embeddings(monkeypatch):
-    """compat_weight * mean(1 - cos(student's deployed embedding, teacher's)), through the BN-neck in eval mode."""
-    import torch.nn.functional as F
-
-    import mobilereid.train as train_mod
-    from mobilereid.losses import deployed_embedding
-
-    torch.manual_seed(0)
-    feats, t_emb = torch.randn(4, 5), torch.randn(4, 5)
-    neck = torch.nn.BatchNorm1d(5)
-    neck.running_mean.normal_()
-    neck.running_var.uniform_(0.5, 2.0)
-    expected = (
-        2.0
-        * (1 - F.cosine_similarity((feats - neck.running_mean) / (neck.running_var + neck.eps).sqrt(), t_emb)).mean()
-    )
 
     class Fixed(torch.nn.Module):
         def __init__(self):
@@ -245,22 +198,50 @@ def test_compatibility_term_is_one_minus_cosine_of_the_deployed_embeddings(monke
             self.w = torch.nn.Parameter(torch.zeros(()))
 
         def forward(self, x, cam=None):
-            return [torch.zeros(4, 3) + self.w], [feats + self.w]
+            return [logits + self.w], [f + self.w for f in feats]
 
-    monkeypatch.setattr(train_mod, "reid_loss", lambda logits, *a: (logits[0].sum() * 0.0, {"acc": torch.zeros(())}))
+    monkeypatch.setattr(train_mod, "reid_loss", lambda lg, *a: (lg[0].sum() * 0.0, {"acc": torch.zeros(())}))
     batches = [(torch.zeros(4, 3, 4, 4), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))]
     model = Fixed()
-    out = train_mod.train_one_epoch(
-        model,
-        batches,
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        lambda i: 0.0,
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    return train_mod.train_one_epoch(model, batches, opt, lambda i: 0.0, **kw)["loss"]
+
+
+def test_distillation_is_deit_soft_kl_teacher_to_student_per_class(monkeypatch):
+    """KL(teacher || student) summed and divided by batch x classes (DeiT's soft distillation, used by AMG's code)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    s_logits, t_logits = torch.randn(4, 7), torch.randn(4, 7)
+    p_t = F.softmax(t_logits, 1)
+    expected = (p_t * (p_t.log() - F.log_softmax(s_logits, 1))).sum() / s_logits.numel()
+    loss = _loss_of_one_step(monkeypatch, s_logits, [], teacher=lambda x, cam: (t_logits, None), distill_weight=1.0)
+    assert loss == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_compatibility_term_is_one_minus_cosine_of_the_deployed_embeddings(monkeypatch):
+    """compat_weight * mean(1 - cos(student's deployed embedding, teacher's)), through the BN-neck in eval mode."""
+    import torch.nn.functional as F
+
+    from mobilereid.losses import deployed_embedding
+
+    torch.manual_seed(0)
+    feats, t_emb = torch.randn(4, 5), torch.randn(4, 5)
+    neck = torch.nn.BatchNorm1d(5)
+    neck.running_mean.normal_()
+    neck.running_var.uniform_(0.5, 2.0)
+    deployed = (feats - neck.running_mean) / (neck.running_var + neck.eps).sqrt()
+    expected = 2.0 * (1 - F.cosine_similarity(deployed, t_emb)).mean()
+    loss = _loss_of_one_step(
+        monkeypatch,
+        torch.zeros(4, 3),
+        [feats],
         teacher=lambda x, cam: (torch.zeros(4, 3), t_emb),
         distill_weight=0.0,
         compat_weight=2.0,
         student_embedding=lambda f: deployed_embedding(neck, f),
     )
-    assert out["loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert loss == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_architecture_changes_refuse_kv_pruned_checkpoints_and_offer_separate_windows(tmp_path, tiny_dataset):

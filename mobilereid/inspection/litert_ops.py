@@ -47,10 +47,12 @@ def op_table(path: Path) -> list[dict]:
     ]
 
 
-def _median_ms(it, x: np.ndarray, repeats: int) -> float:
+def _median_ms(it, x: np.ndarray | None, repeats: int) -> float:
+    """Median ms of ``repeats`` invokes after a warm-up; the single input is ``x`` (zeros for a one-op model's
+    inputs, whose values do not change the kernels' time)."""
     details = it.get_input_details()
     for d in details:
-        it.set_tensor(d["index"], x if len(details) == 1 else np.zeros(d["shape"], d["dtype"]))
+        it.set_tensor(d["index"], x if x is not None and len(details) == 1 else np.zeros(d["shape"], d["dtype"]))
     for _ in range(5):
         it.invoke()
     times = []
@@ -64,19 +66,6 @@ def _median_ms(it, x: np.ndarray, repeats: int) -> float:
 def _is_constant(model, graph, t: int) -> bool:
     buffer = graph.tensors[t].buffer
     return buffer != 0 and model.buffers[buffer].data is not None and len(model.buffers[buffer].data) > 0
-
-
-def _median_invoke_ms(it, repeats: int) -> float:
-    for d in it.get_input_details():
-        it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
-    for _ in range(3):
-        it.invoke()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        it.invoke()
-        times.append(1000 * (time.perf_counter() - t0))
-    return float(np.median(times))
 
 
 def profile_tflite(path: Path, x: np.ndarray, threads: int, repeats: int) -> dict:
@@ -110,7 +99,7 @@ def profile_tflite(path: Path, x: np.ndarray, threads: int, repeats: int) -> dic
                     "kind": "op",
                     "op": ops[k]["op"],
                     "name": (ops[k]["outputs"] or [""])[0],
-                    "ms": _median_invoke_ms(it, repeats),
+                    "ms": _median_ms(it, None, repeats),
                     "delegated": True,
                 }
             )
