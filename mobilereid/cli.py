@@ -638,6 +638,11 @@ def inspect_cmd(
     images: int = typer.Option(4, "--images", min=1, help="Images for the numerics (time uses the first)."),
     threads: int = typer.Option(1, "--threads", min=1, help="Runtime threads."),
     runs: int = typer.Option(50, "--runs", min=5, help="Timed runs per measurement (median)."),
+    device: str = typer.Option(
+        "local",
+        "--device",
+        help="local, or qemu-arm64[:CPU]: op outputs from the emulated arm64 board's LiteRT (time stays this host's).",
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite files in --out that mobilereid did not write."),
 ):
     """Where an artifact spends its time and loses accuracy, op by op: per-op time (ExecuTorch: ETDump; LiteRT:
@@ -647,7 +652,7 @@ def inspect_cmd(
     from .inspection.run import inspect_artifact
 
     refuse_foreign_files(out, FILES, force)
-    report = inspect_artifact(artifact, reference, data, images=images, threads=threads, runs=runs)
+    report = inspect_artifact(artifact, reference, data, images=images, threads=threads, runs=runs, device=device)
     write(report, out, force)
     console.print(markdown(report), markup=False, soft_wrap=True)
     console.print(f"report: {out / 'report.html'} (also report.md, report.json, ops.png)", markup=False)

@@ -166,3 +166,22 @@ def test_board_deletes_only_inside_a_cache_it_made(tmp_path, monkeypatch):
     with pytest.raises(BoardError, match="not inside a board cache made by mobilereid"):
         board._remove_ours(elsewhere)
     assert elsewhere.is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(board_missing, reason="the arm64 board is not set up (mobilereid board setup arm64, as root)")
+def test_inspect_on_the_board_gives_the_hosts_int8_numerics(arm_artifacts, sclnet_exports, tiny_dataset):
+    """`inspect --device qemu-arm64`: every op output computed by the board's aarch64 LiteRT reference kernels, matched
+    by name to the float model's; the int8 reference kernels give the same tensors there as on this host."""
+    from mobilereid.inspection.run import inspect_artifact
+
+    ckpt, arts = arm_artifacts
+    board = inspect_artifact(arts["int8"], ckpt, tiny_dataset, images=2, runs=5, device="qemu-arm64")
+    host = inspect_artifact(arts["int8"], ckpt, tiny_dataset, images=2, runs=5)
+    nb, nh = board["numerics"], host["numerics"]
+    assert "emulated arm64 board" in nb["computed_on"] and nb["matched_fraction"] >= 0.9
+    assert [r["name"] for r in nb["rows"]] == [r["name"] for r in nh["rows"]]
+    assert all(b["max_abs_error"] == h["max_abs_error"] for b, h in zip(nb["rows"], nh["rows"]))
+    pte = next(r["artifact"] for r in sclnet_exports[1] if r["target"] == "executorch")
+    with pytest.raises(MobileReIDError, match="LiteRT only"):
+        inspect_artifact(pte, ckpt, tiny_dataset, device="qemu-arm64")

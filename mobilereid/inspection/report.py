@@ -108,7 +108,8 @@ def markdown(report: dict, top: int = 15) -> str:
     else:
         lines += [
             f"{n['matched']} of {n['tensors']} op outputs matched ({100 * n['matched_fraction']:.0f} %): "
-            f"{n['matching']}. Worst first (mean over images; LSB: of the tensor's own int8 scale).",
+            f"{n['matching']}. The artifact's tensors computed on: {n.get('computed_on', 'host')}. Worst first "
+            "(mean over images; LSB: of the tensor's own int8 scale).",
             "",
             "| position | op | tensor | SQNR dB | cosine | max abs error | max error LSB |",
             "|---|---|---|---|---|---|---|",

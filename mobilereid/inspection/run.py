@@ -7,6 +7,8 @@ match its sidecar, and ``--reference`` must be its source checkpoint.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ..data.datasets import load_dataset
@@ -28,14 +30,26 @@ def sample_images(data, n: int) -> list:
     return [pool[i] for i in idx]
 
 
-def inspect_artifact(artifact, reference, data, images: int = 4, threads: int = 1, runs: int = 50) -> dict:
-    from ..evaluate import check_artifacts
+def inspect_artifact(
+    artifact, reference, data, images: int = 4, threads: int = 1, runs: int = 50, device: str = "local"
+) -> dict:
+    """``device``: ``local``, or ``qemu-arm64[:CPU]``: the artifact's op outputs are then computed by the ARM kernels
+    of the emulated board (LiteRT only), and the time rows stay this host's (emulated time is no latency)."""
+    from ..evaluate import check_artifacts, parse_qemu
+
+    board = device.startswith("qemu-arm64")
+    if device != "local" and not board:
+        raise MobileReIDError(f"--device {device!r}: inspect runs on local or qemu-arm64[:CPU]")
+    if board:
+        parse_qemu(device)
 
     meta = check_artifacts([artifact], reference)[0]
     if meta["runtime"] not in RUNTIMES:
         raise MobileReIDError(
             f"{artifact}: inspect reads ExecuTorch (.pte) and LiteRT (.tflite) artifacts, not {meta['runtime']}"
         )
+    if board and meta["runtime"] != "litert":
+        raise MobileReIDError(f"{artifact}: the emulated arm64 board runs LiteRT only, not {meta['runtime']}")
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     samples = sample_images(data, images)
     runner = open_runner(artifact, meta, threads=threads)
@@ -49,6 +63,7 @@ def inspect_artifact(artifact, reference, data, images: int = 4, threads: int = 
         "threads": threads,
         "images": [str(s.path) for s in samples],
         "cpu": host_cpu(),
+        "device": device,
     }
     if meta["runtime"] == "executorch":
         from .executorch_ops import profile_pte
@@ -66,7 +81,13 @@ def inspect_artifact(artifact, reference, data, images: int = 4, threads: int = 
         report["time"] = profile_tflite(artifact, inputs[0], threads, runs)
         float_model = float_tflite_like(meta, reference, data, threads)
         float_runner_input = [preprocess_file(s.path, spec, "NCHW").transpose(1, 2, 0)[None].copy() for s in samples]
-        report["numerics"] = tflite_numerics(artifact, inputs, float_model, float_runner_input)
+        computed = None
+        if board:
+            from .on_board import board_intermediates
+
+            computed, report["board"] = board_intermediates(Path(artifact), inputs, device)
+        report["numerics"] = tflite_numerics(artifact, inputs, float_model, float_runner_input, computed)
+        report["numerics"]["computed_on"] = f"emulated arm64 board ({report['board']['cpu']})" if board else "host"
     t = report["time"]
     t["sum_ms"] = float(sum(r["ms"] for r in t["rows"]))
     basis = t.get("traced_e2e_ms", t["e2e_ms"])  # ETDump: the traced runs themselves
@@ -74,14 +95,18 @@ def inspect_artifact(artifact, reference, data, images: int = 4, threads: int = 
     return report
 
 
-def tflite_numerics(artifact, inputs: list[np.ndarray], float_model: bytes, float_inputs: list[np.ndarray]) -> dict:
-    """Each op output of the artifact against the same-named tensor of the float model, over the images."""
+def tflite_numerics(
+    artifact, inputs: list[np.ndarray], float_model: bytes, float_inputs: list[np.ndarray], computed=None
+) -> dict:
+    """Each op output of the artifact against the same-named tensor of the float model, over the images.
+    ``computed``: the artifact's op outputs per input, computed elsewhere (the emulated board); else here."""
     from .litert_ops import intermediates
 
     per_tensor: dict[str, list] = {}
     order, ops, names, unmatched = [], {}, {}, set()
-    for x, xf in zip(inputs, float_inputs):
-        got, want = intermediates(artifact, x), intermediates(float_model, np.ascontiguousarray(xf, np.float32))
+    for i, (x, xf) in enumerate(zip(inputs, float_inputs)):
+        got = computed[i] if computed is not None else intermediates(artifact, x)
+        want = intermediates(float_model, np.ascontiguousarray(xf, np.float32))
         for name, t in got.items():
             if name not in per_tensor and name not in unmatched:
                 order.append(name)
