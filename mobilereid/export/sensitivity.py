@@ -587,7 +587,7 @@ def _candidate_rows(cands: list[dict], budget: float, max_map_drop: float | None
     mapped = max_map_drop is not None
     rows = [
         "| candidate | KB | p50 ms | p90 ms | cosine mean | cosine min |"
-        + (" ΔmAP search | ΔmAP held-out | rank-1 flips |" if mapped else "")
+        + (" mAP drop, search | mAP drop, held out | rank-1 flips |" if mapped else "")
         + " within budget |"
         + (" float ops left |" if integer else ""),
         "|---|---|---|---|---|---|" + ("---|---|---|" if mapped else "") + "---|" + ("---|" if integer else ""),
@@ -776,10 +776,11 @@ def _side_by_side(report: dict) -> list[str]:
         f"## Choice by retrieval (mAP drop <= {report['max_map_drop']} points) vs by cosine (>= "
         f"{report['drift_budget']})",
         "",
-        f"{report['candidates_tried']} candidates measured. Search half: even person ids (the choice); held-out half: "
+        f"{report['candidates_tried']} candidates measured. mAP drop: the float model's mAP minus the candidate's, in "
+        "points (negative: the candidate scores higher). Search half: even person ids (the choice); held-out half: "
         "odd person ids (does it hold on people it was not chosen on).",
         "",
-        "| runtime | rule | candidate | p50 ms | cosine | ΔmAP search | ΔmAP held-out | rank-1 flips |",
+        "| runtime | rule | candidate | p50 ms | cosine | mAP drop, search | mAP drop, held out | rank-1 flips |",
         "|---|---|---|---|---|---|---|---|",
     ]
     et = report.get("executorch") or {}
