@@ -223,7 +223,8 @@ def gallery_markdown(report: dict) -> list[str]:
         "## Gallery formats",
         "",
         "The gallery stored in each format and searched with the artifact's queries; search time: one query against "
-        "N random stored items, top-1, numpy on this host (no int8 or popcount kernels: device kernels are faster). "
+        "N random stored items, top-1, numpy on this host (no int8 or half GEMV kernels: int8 and float16 search "
+        "slower than float32 here). "
         "pcaK: fitted on the artifact's embeddings of training images (projection files under raw/).",
         "",
         "| artifact | format | mAP (Δ vs float32) | bytes per item | smaller | "
