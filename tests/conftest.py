@@ -101,6 +101,7 @@ CONVERT_FILES = {
     "test_hardening_eval.py",
     "test_inspect.py",
     "test_residual_fold.py",
+    "test_quant_sensitivity_map.py",
 }
 E2E_FILES = {"test_pipeline.py", "test_wheel.py"}
 
@@ -117,6 +118,8 @@ LONGEST_FIRST = [
     "test_cnn_families.py",
     "test_hardening.py",
     "test_quant_finetune.py",
+    "test_inspect.py",
+    "test_quant_sensitivity_map.py",
     "test_train.py",
     "test_compute.py",
     "test_tflm.py",
@@ -126,6 +129,7 @@ LONGEST_FIRST = [
     "test_quant_sensitivity_vit.py",
     "test_evaluate.py",
     "test_arm64.py",
+    "test_residual_fold.py",
     "test_cnn_import.py",
     "test_wheel.py",
 ]

@@ -18,7 +18,7 @@ def _artifact(exports, target: str, precision: str):
     return next(r["artifact"] for r in exports[1] if r["target"] == target and r["precision"] == precision)
 
 
-def test_int8_tflite_every_op_timed_and_matched_to_the_float_model(sclnet_ckpt, sclnet_exports, tiny_dataset):
+def test_int8_tflite_every_op_timed_and_matched_to_the_float_model(sclnet_ckpt, sclnet_exports, tiny_dataset, tmp_path):
     art = _artifact(sclnet_exports, "tflite", "int8")
     report = inspect_artifact(art, sclnet_ckpt, tiny_dataset, images=2, runs=5)
     t, n = report["time"], report["numerics"]
@@ -28,6 +28,16 @@ def test_int8_tflite_every_op_timed_and_matched_to_the_float_model(sclnet_ckpt, 
     final = max(n["rows"], key=lambda r: r["position"])  # the embedding: int8 close to float, not equal
     assert 0.9 < final["cosine"] < 1.0 and final["max_error_lsb"] > 0
     assert all(r["sqnr_db"] > 0 for r in n["rows"])
+    # Model Explorer node data: keyed by the graph's output tensor names, a gradient from 0 to 1
+    from mobilereid.inspection.litert_ops import op_table
+    from mobilereid.inspection.report import write
+
+    write(report, tmp_path / "o")
+    names = {o for op in op_table(art) for o in op["outputs"]}
+    for f in ("model_explorer_time.json", "model_explorer_sqnr.json"):
+        graph = json.loads((tmp_path / "o" / f).read_text())["main"]
+        assert graph["results"] and set(graph["results"]) <= names
+        assert {g["stop"] for g in graph["gradient"]} == {0, 1}
 
 
 def test_fp32_tflite_matches_its_float_model_exactly_enough(sclnet_ckpt, sclnet_exports, tiny_dataset):
@@ -65,20 +75,6 @@ def test_pte_profile_accounts_for_the_delegate_and_the_kernels(sclnet_ckpt, scln
     for name in ("report.md", "report.html", "ops.png"):
         assert (tmp_path / "i" / name).stat().st_size > 0
     assert not (tmp_path / "i" / "model_explorer_time.json").exists()  # no Model Explorer adapter for .pte
-
-
-def test_model_explorer_node_data_is_keyed_by_tensor_names(sclnet_ckpt, sclnet_exports, tiny_dataset, tmp_path):
-    from mobilereid.inspection.litert_ops import op_table
-    from mobilereid.inspection.report import write
-
-    art = _artifact(sclnet_exports, "tflite", "int8")
-    write(inspect_artifact(art, sclnet_ckpt, tiny_dataset, images=1, runs=5), tmp_path / "o")
-    names = {o for op in op_table(art) for o in op["outputs"]}
-    for f in ("model_explorer_time.json", "model_explorer_sqnr.json"):
-        data = json.loads((tmp_path / "o" / f).read_text())
-        graph = data["main"]
-        assert graph["results"] and set(graph["results"]) <= names
-        assert {g["stop"] for g in graph["gradient"]} == {0, 1}
 
 
 def test_bad_inputs_are_one_line_errors(sclnet_ckpt, sclnet_exports, tiny_dataset, tmp_path):
