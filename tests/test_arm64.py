@@ -173,15 +173,22 @@ def test_board_deletes_only_inside_a_cache_it_made(tmp_path, monkeypatch):
 def test_inspect_on_the_board_gives_the_hosts_int8_numerics(arm_artifacts, sclnet_exports, tiny_dataset):
     """`inspect --device qemu-arm64`: every op output computed by the board's aarch64 LiteRT reference kernels, matched
     by name to the float model's; the int8 reference kernels give the same tensors there as on this host."""
-    from mobilereid.inspection.run import inspect_artifact
+    from mobilereid.data.preprocess import PreprocessSpec, preprocess_file
+    from mobilereid.inspection.litert_ops import intermediates
+    from mobilereid.inspection.on_board import board_intermediates
+    from mobilereid.inspection.run import inspect_artifact, sample_images
+    from mobilereid.runtimes import open_runner
 
     ckpt, arts = arm_artifacts
     board = inspect_artifact(arts["int8"], ckpt, tiny_dataset, images=2, runs=5, device="qemu-arm64")
-    host = inspect_artifact(arts["int8"], ckpt, tiny_dataset, images=2, runs=5)
-    nb, nh = board["numerics"], host["numerics"]
+    nb = board["numerics"]
     assert "emulated arm64 board" in nb["computed_on"] and nb["matched_fraction"] >= 0.9
-    assert [r["name"] for r in nb["rows"]] == [r["name"] for r in nh["rows"]]
-    assert all(b["max_abs_error"] == h["max_abs_error"] for b, h in zip(nb["rows"], nh["rows"]))
+    runner = open_runner(arts["int8"], threads=1)
+    spec = PreprocessSpec.from_dict(runner.meta["preprocess"])
+    x = runner.prepare(preprocess_file(sample_images(tiny_dataset, 1)[0].path, spec, "NCHW"))
+    on_arm, host = board_intermediates(arts["int8"], [x], "qemu-arm64")[0][0], intermediates(arts["int8"], x)
+    assert on_arm.keys() == host.keys() and len(host) > 10
+    assert all(np.array_equal(on_arm[k]["value"], host[k]["value"]) for k in host)  # every op output, bit for bit
     pte = next(r["artifact"] for r in sclnet_exports[1] if r["target"] == "executorch")
     with pytest.raises(MobileReIDError, match="LiteRT only"):
         inspect_artifact(pte, ckpt, tiny_dataset, device="qemu-arm64")

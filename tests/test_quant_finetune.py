@@ -216,9 +216,16 @@ def _float_pass(graph, x):
     return out
 
 
-@pytest.mark.parametrize("preset", ["osnet_test", "resnet_test"])
+def test_osnet_has_no_separate_neck_and_its_feature_is_compared_as_it_is():
+    from mobilereid.quant_finetune import NECKS, _deployed_neck
+
+    feat = torch.randn(3, 5)
+    assert NECKS["osnet"] is None and torch.equal(_deployed_neck(None, None, None)(feat), feat)
+
+
+@pytest.mark.parametrize("preset", ["resnet_test"])
 def test_quant_finetune_takes_the_cnns_users_deploy(preset, tiny_dataset, tmp_path):
-    """OSNet (no separate neck: agreement on its fc feature) and fast-reid's ResNet (BN neck heads.bottleneck.0)."""
+    """fast-reid's ResNet (BN neck heads.bottleneck.0, zero-initialised BN scales revived for QAT's folding)."""
     torch.manual_seed(0)
     source = save_checkpoint(tmp_path / "src.pt", build_model(preset, num_classes=6).eval())
     before, _ = load_checkpoint(source)

@@ -51,7 +51,8 @@ def test_folded_osnet_exports_to_tflite_micro_and_verifies(tiny_dataset, tmp_pat
     recipe = tmp_path / "fold.toml"
     recipe.write_text(
         'target = "tflm"\nfamily = "osnet"\nvariants = ["int8"]\nboard = "stm32h7"\n\n[int8]\n'
-        'activation_ranges = "p90_minmax"\n\n[micro]\nfold_projections = true\n\n[verify]\nmin_cosine = 0.9\n'
+        'activation_ranges = "p90_minmax"\ncalibration_images = 16\n\n[micro]\nfold_projections = true\n'
+        "reorder_operators = false\n\n[verify]\nimages = 4\nmin_cosine = 0.9\n"
     )
     (r,) = export_checkpoint(ckpt, "tflm", tiny_dataset, tmp_path / "e", int8=True, recipe_path=recipe)
     assert r["tflm"]["folded_projections"] == 3 and r["verification"]["passed"]
