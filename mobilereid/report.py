@@ -247,7 +247,7 @@ def inspect_markdown(report: dict, top: int = 5) -> list[str]:
     rows = [r for r in report["artifacts"] if r.get("inspect")]
     if not rows:
         return []
-    from .inspection.report import by_op_type, outside_delegate
+    from .inspection.summary import by_op_type, outside_delegate
 
     lines = ["## Per-op inspection", ""]
     for r in rows:
