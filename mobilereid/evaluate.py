@@ -594,7 +594,7 @@ def evaluate_artifacts(
     if inspect and reference is None:
         raise MobileReIDError("--inspect compares each op with the float model: pass --reference")
     refuse_foreign_files(Path(out), REPORT_FILES, force)  # before the work, not after it
-    from .gallery import parse_formats
+    from .gallery import compare_formats, parse_formats, pca_dims
 
     formats = parse_formats(gallery_formats)
     qemu = device == "qemu-arm64" or device.startswith("qemu-arm64:")
@@ -602,8 +602,6 @@ def evaluate_artifacts(
         parse_qemu(device)
     metas = check_artifacts(artifacts, reference, allow_mismatch)
     source = load_dataset(data, need_train=False)  # fail early on a bad dataset
-    from .gallery import pca_dims
-
     pca_formats = [f for f in formats if pca_dims(f)]
     if pca_formats and not source.train:
         raise MobileReIDError(
@@ -689,8 +687,6 @@ def evaluate_artifacts(
             user = (bq, bg) if base is not None else (rq, rg) if ref is not None else None  # the model the user gave
             add_matching(row, npz, summary, far, user)
             if formats:
-                from .gallery import compare_formats
-
                 row["gallery_formats"] = compare_formats(
                     npz["query"], npz["gallery"], *npz_labels(npz), formats, fit=fit.get(key)
                 )
@@ -715,7 +711,7 @@ def evaluate_artifacts(
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         for name, pca in projections.items():
-            np.savez(raw / name, **{k: v for k, v in pca.items()})
+            np.savez(raw / name, **pca)
             report.setdefault("pca_files", []).append(f"raw/{name}")
         write_eval_report(report, out, raw, force)
     return report

@@ -11,15 +11,15 @@ Formats (each gallery embedding is L2-normalised first, as the cosine search exp
 * ``binary``: the sign of each dimension, 1 bit per dimension; similarity = dimensions minus the Hamming distance
   (sign-bit codes: Charikar 2002, "Similarity estimation techniques from rounding algorithms"), computed as a
   popcount of the XOR of 64-bit words (``np.bitwise_count``; a 256-entry table on numpy < 2).
-
-Search time is the time to score one query against N stored codes and take the best (top-1), on this machine with
-numpy, for N = 1k / 10k / 100k random codes of the artifact's dimension (the evaluation split is smaller than a
-real gallery); the median over a few queries. It is a host time, like every latency the report names with its CPU.
 * ``pcaK`` (e.g. ``pca128``): the L2-normalised embedding minus the mean, projected on the first K principal
   components, re-normalised, stored as float32 (4K bytes): PCA fitted on the artifact's own embeddings of training
   images (`fit_pca`; `mobilereid evaluate` embeds up to 500 evenly spaced images of ``bounding_box_train`` with the
   artifact on the host, as a deployment would fit it offline and ship the projection with the app). The query is
   projected the same way before the search, and the search time includes that projection.
+
+Search time is the time to score one query against N stored codes and take the best (top-1), on this machine with
+numpy, for N = 1k / 10k / 100k random codes of the artifact's dimension (the evaluation split is smaller than a
+real gallery); the median over a few queries. It is a host time, like every latency the report names with its CPU.
 """
 
 from __future__ import annotations

@@ -29,10 +29,11 @@ def reid_loss(
     return ce + tri, {"ce": ce.detach(), "triplet": tri.detach(), "acc": acc.detach()}
 
 
-def deployed_embedding(neck: torch.nn.BatchNorm1d | None, feat: torch.Tensor) -> torch.Tensor:
+def deployed_embedding(neck, feat: torch.Tensor) -> torch.Tensor:
     """The embedding a deployed model outputs, as a function of a training pass's pre-neck features: the BN-neck
     with its running statistics (eval mode, what export traces), or the features themselves when the model exports
-    them before the neck (``neck=None``). Differentiable in ``feat`` and in the neck's affine weights."""
+    them before the neck (``neck=None``). ``neck``: a BatchNorm1d, or anything with its running_mean, running_var,
+    weight, bias and eps (a QAT graph's tensors). Differentiable in ``feat`` and in the neck's affine weights."""
     if neck is None:
         return feat
     return F.batch_norm(feat, neck.running_mean, neck.running_var, neck.weight, neck.bias, False, 0.0, neck.eps)

@@ -43,7 +43,9 @@ import copy
 import time
 import warnings
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -55,7 +57,7 @@ from .data.datasets import load_dataset
 from .data.torchdata import PKBatches, PKLoader, ReIDImages, TimedBatches
 from .embeddings import evaluate_model, preprocess_spec_for
 from .errors import CheckpointError, MobileReIDError
-from .losses import compatibility_loss, reid_loss
+from .losses import compatibility_loss, deployed_embedding, reid_loss
 from .models.checkpoint import load_checkpoint, save_checkpoint
 from .models.registry import model_family
 from .options import QuantFinetuneConfig
@@ -111,11 +113,16 @@ def _deployed_neck(graph, eps: float, prefix: str):
     large shared component inflates cosine (measured: 0.97-0.98 during training while the exported INT8 reached only
     0.98). The graph's tensors are looked up once: training updates them in place. ``prefix`` None: no neck."""
     if prefix is None:
-        return lambda feat: feat
+        return partial(deployed_embedding, None)
     buffers, params = dict(graph.named_buffers()), dict(graph.named_parameters())
-    mean, var = buffers[f"{prefix}.running_mean"], buffers[f"{prefix}.running_var"]
-    weight, bias = params[f"{prefix}.weight"], params.get(f"{prefix}.bias", buffers.get(f"{prefix}.bias"))
-    return lambda feat: (feat - mean) * torch.rsqrt(var + eps) * weight + bias
+    neck = SimpleNamespace(  # the neck's tensors as a BatchNorm's attributes, for the one BN-neck formula
+        running_mean=buffers[f"{prefix}.running_mean"],
+        running_var=buffers[f"{prefix}.running_var"],
+        weight=params[f"{prefix}.weight"],
+        bias=params.get(f"{prefix}.bias", buffers.get(f"{prefix}.bias")),
+        eps=eps,
+    )
+    return partial(deployed_embedding, neck)
 
 
 ZERO_SCALE_FLOOR = 1e-4

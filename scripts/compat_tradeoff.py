@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import tomllib
-from dataclasses import fields
 from pathlib import Path
 
-import mobilereid
 from mobilereid.compress.pipeline import compress
 from mobilereid.data.datasets import load_dataset
 from mobilereid.embeddings import extract_features, preprocess_spec_for
@@ -33,14 +30,13 @@ from mobilereid.matching import compatibility
 from mobilereid.metrics import rank_summary
 from mobilereid.models.checkpoint import load_checkpoint
 from mobilereid.options import CompressConfig, QuantFinetuneConfig
+from mobilereid.pipeline import load_config
 from mobilereid.quant_finetune import quant_finetune
-
-DEFAULT_JOB = Path(mobilereid.__file__).parent / "configs" / "default.toml"
 
 
 def stage_config(cls, section: dict, **override):
-    keys = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in section.items() if k in keys}, **override)
+    """A stage's config from the default job's checked section (`pipeline.load_config`), ``override`` laid over it."""
+    return cls(**{**{k: v for k, v in section.items() if k != "model"}, **override})
 
 
 def float_scores(model_path: Path, user_path: Path, ds) -> dict:
@@ -73,7 +69,7 @@ def run_weight(family: str, weight: float, work: Path, out: Path, job: dict) -> 
         cfg = stage_config(CompressConfig, job["compress"], compat_weight=weight)
         stage = Path(compress(user, data, folder, cfg, evaluate=False)["checkpoint"])
     else:
-        cfg = stage_config(QuantFinetuneConfig, job.get("quant_finetune", {}), compat_weight=weight)
+        cfg = stage_config(QuantFinetuneConfig, job["quant_finetune"], compat_weight=weight)
         stage = folder / "model.pt"
         quant_finetune(user, data, stage, cfg)
     ds = load_dataset(data, need_train=False)
@@ -117,7 +113,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--results", type=Path, default=None, help="also write a dated table here (docs/results)")
     args = ap.parse_args()
-    job = tomllib.loads(DEFAULT_JOB.read_text())
+    job = load_config(None)  # the default job, checked as the pipeline checks it
     rows, user_map = [], {}
     for family in args.families.split(","):
         ds = load_dataset(args.workdir / "data" / "synth", need_train=False)

@@ -186,7 +186,7 @@ def test_inspect_on_the_board_gives_the_hosts_int8_numerics(arm_artifacts, sclne
     runner = open_runner(arts["int8"], threads=1)
     spec = PreprocessSpec.from_dict(runner.meta["preprocess"])
     x = runner.prepare(preprocess_file(sample_images(tiny_dataset, 1)[0].path, spec, "NCHW"))
-    on_arm, host = board_intermediates(arts["int8"], [x], "qemu-arm64")[0][0], intermediates(arts["int8"], x)
+    on_arm, host = board_intermediates(arts["int8"], [x], "qemu-arm64")[0][0], intermediates(arts["int8"], [x])[0]
     assert on_arm.keys() == host.keys() and len(host) > 10
     assert all(np.array_equal(on_arm[k]["value"], host[k]["value"]) for k in host)  # every op output, bit for bit
     pte = next(r["artifact"] for r in sclnet_exports[1] if r["target"] == "executorch")

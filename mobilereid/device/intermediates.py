@@ -31,8 +31,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     xs = np.load(args.inputs)
     arrays, index = {}, {}
-    for i, x in enumerate(xs):
-        for k, (canonical, t) in enumerate(intermediates(args.model, np.ascontiguousarray(x)).items()):
+    for i, tensors in enumerate(intermediates(args.model, list(xs))):
+        for k, (canonical, t) in enumerate(tensors.items()):
             arrays[f"t{i}_{k}"] = t["value"]
             index[str(k)] = {"canonical": canonical, "name": t["name"], "op": t["op"], "scale": t["scale"]}
     np.savez(args.out, **arrays)

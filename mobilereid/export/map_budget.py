@@ -24,6 +24,12 @@ from .calibration import load_batch
 HALVES = ("search", "held_out")
 
 
+def within_map_budget(candidate: dict, max_map_drop: float) -> bool:
+    """A scored candidate's mAP on the search half is at most ``max_map_drop`` points below the float model's."""
+    r = candidate.get("retrieval")
+    return bool(r) and r["search"]["delta_map"] <= max_map_drop
+
+
 class RetrievalBudget:
     """The float model's per-query scores on both halves, and the same numbers for any candidate runner."""
 
@@ -88,8 +94,7 @@ class RetrievalBudget:
         return out
 
     def within(self, candidate: dict) -> bool:
-        r = candidate.get("retrieval")
-        return bool(r) and r["search"]["delta_map"] <= self.max_map_drop
+        return within_map_budget(candidate, self.max_map_drop)
 
     def worst_query_images(self, candidate: dict, limit: int = 32) -> np.ndarray:
         """The worst queries of ``candidate`` and a gallery match of each (NCHW): the images a layer ranking that

@@ -45,6 +45,7 @@ import io
 import json
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -243,34 +244,40 @@ def onnx2tf_candidates(
         + [("dynamic", "dynamic", [], rule), ("fp32", "fp32", [], rule)]
     )
     results = []
+    measured = partial(onnx2tf_candidate, job, saved, calib_nhwc, qcfg, threads, repeats, retrieval)
     with progress("convert, verify and time each candidate", len(candidates)) as advance:
         for name, variant, nodes, ranges in candidates:
-            with quiet():
-                data = convert_variant(
-                    saved, variant, calib_nhwc, {**qcfg, "float_nodes": nodes, "activation_ranges": ranges}
-                )
-            left = dict(sorted(float_compute_ops(data).items())) if variant == "int8" else None
-            results.append(
-                {
-                    "name": name,
-                    "variant": variant,
-                    "float_nodes": nodes,
-                    "activation_ranges": ranges,
-                    "full_integer": left == {},
-                    "float_ops_left": left,
-                    **measure(data, job.verify, job.reference, threads, repeats, retrieval=retrieval),
-                }
-            )
+            results.append(measured(name, variant, nodes, ranges))
             advance()
     if retrieval is not None:
-        results += query_ranked_candidates(job, saved, calib_nhwc, qcfg, results, retrieval, threads, repeats, ks)
+        results += query_ranked_candidates(measured, saved, calib_nhwc, qcfg, results, retrieval, ks)
     return layers, results
 
 
-def query_ranked_candidates(job, saved, calib_nhwc, qcfg, results, retrieval, threads, repeats, ks) -> list[dict]:
+def onnx2tf_candidate(
+    job, saved, calib_nhwc, qcfg, threads, repeats, retrieval, name: str, variant: str, nodes: list, ranges: str
+) -> dict:
+    """One onnx2tf-route candidate: converted by TensorFlow's converter (``nodes`` kept float), checked for float
+    ops left, measured in LiteRT (and scored by retrieval when given)."""
+    with quiet():
+        data = convert_variant(saved, variant, calib_nhwc, {**qcfg, "float_nodes": nodes, "activation_ranges": ranges})
+    left = dict(sorted(float_compute_ops(data).items())) if variant == "int8" else None
+    return {
+        "name": name,
+        "variant": variant,
+        "float_nodes": nodes,
+        "activation_ranges": ranges,
+        "full_integer": left == {},
+        "float_ops_left": left,
+        **measure(data, job.verify, job.reference, threads, repeats, retrieval=retrieval),
+    }
+
+
+def query_ranked_candidates(measured, saved, calib_nhwc, qcfg, results, retrieval, ks) -> list[dict]:
     """ΔmAP mode, onnx2tf route: the layers ranked again on the worst queries of full INT8 (the recipe's range rule)
     and their gallery matches, then INT8 with the k worst of those layers float, k = 1, 2, 4, ... until a candidate
-    is within the mAP budget on the search half (greedy: no larger k is tried after that)."""
+    is within the mAP budget on the search half (greedy: no larger k is tried after that). ``measured``:
+    `onnx2tf_candidate` bound to the job."""
     rule = qcfg.get("activation_ranges", "default")
     base = next(c for c in results if c["name"] == f"int8, {rule} ranges")
     if "retrieval" not in base:
@@ -283,20 +290,7 @@ def query_ranked_candidates(job, saved, calib_nhwc, qcfg, results, retrieval, th
         if k > len(ranked):
             break
         nodes = [l["tensor"] for l in ranked[:k]]
-        with quiet():
-            data = convert_variant(saved, "int8", calib_nhwc, {**qcfg, "float_nodes": nodes, "activation_ranges": rule})
-        left = dict(sorted(float_compute_ops(data).items()))
-        out.append(
-            {
-                "name": f"int8, {k} worst layer(s) on the worst queries float",
-                "variant": "int8",
-                "float_nodes": nodes,
-                "activation_ranges": rule,
-                "full_integer": left == {},
-                "float_ops_left": left,
-                **measure(data, job.verify, job.reference, threads, repeats, retrieval=retrieval),
-            }
-        )
+        out.append(measured(f"int8, {k} worst layer(s) on the worst queries float", "int8", nodes, rule))
         if retrieval.within(out[-1]):
             break
     return out
@@ -570,8 +564,11 @@ def write_outputs(report: dict, out_dir: Path, base_recipes: dict) -> None:
 
 
 def _within(c: dict, budget: float, max_map_drop: float | None) -> bool:
+    """The budget rule a report was made with: the mAP budget when there was one, else the cosine budget."""
     if max_map_drop is not None:
-        return "retrieval" in c and c["retrieval"]["search"]["delta_map"] <= max_map_drop
+        from .map_budget import within_map_budget
+
+        return within_map_budget(c, max_map_drop)
     return c["cosine_mean"] >= budget
 
 

@@ -133,15 +133,24 @@ def canonical_name(name: str) -> str:
     return ";".join(re.sub(r"^model(_\d+)?/", "", part) for part in name.split(";"))
 
 
-def intermediates(path: Path | bytes, x: np.ndarray) -> dict[str, dict]:
-    """Every op output after one run on ``x`` (the artifact's prepared input): canonical name -> {value (float),
-    scale, op, name}."""
+def intermediates(path: Path | bytes, xs: list[np.ndarray]) -> list[dict[str, dict]]:
+    """Every op output after a run on each of ``xs`` (the model's prepared inputs), one interpreter for all: per
+    input, canonical name -> {value (float), scale, op, name}."""
     it = _interpreter(path, preserve=True)
-    it.set_tensor(it.get_input_details()[0]["index"], x)
-    it.invoke()
+    index = it.get_input_details()[0]["index"]
     details = {d["index"]: d for d in it.get_tensor_details()}
+    ops = it._get_ops_details()
+    out = []
+    for x in xs:
+        it.set_tensor(index, np.ascontiguousarray(x))
+        it.invoke()
+        out.append(_op_outputs(it, ops, details))
+    return out
+
+
+def _op_outputs(it, ops: list[dict], details: dict) -> dict[str, dict]:
     out = {}
-    for op in it._get_ops_details():
+    for op in ops:
         if op["op_name"] == "DELEGATE":  # XNNPACK's node for one op: that op's own entry names its outputs
             continue
         for t in op["outputs"]:

@@ -53,7 +53,8 @@ def inspect_artifact(
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     samples = sample_images(data, images)
     runner = open_runner(artifact, meta, threads=threads)
-    inputs = [runner.prepare(preprocess_file(s.path, spec, "NCHW")) for s in samples]
+    chws = [preprocess_file(s.path, spec, "NCHW") for s in samples]
+    inputs = [runner.prepare(chw) for chw in chws]
     report = {
         "artifact": str(artifact),
         "runtime": meta["runtime"],
@@ -80,13 +81,13 @@ def inspect_artifact(
 
         report["time"] = profile_tflite(artifact, inputs[0], threads, runs)
         float_model = float_tflite_like(meta, reference, data, threads)
-        float_runner_input = [preprocess_file(s.path, spec, "NCHW").transpose(1, 2, 0)[None].copy() for s in samples]
+        float_inputs = [np.ascontiguousarray(chw.transpose(1, 2, 0)[None], np.float32) for chw in chws]  # NHWC
         computed = None
         if board:
             from .on_board import board_intermediates
 
             computed, report["board"] = board_intermediates(Path(artifact), inputs, device)
-        report["numerics"] = tflite_numerics(artifact, inputs, float_model, float_runner_input, computed)
+        report["numerics"] = tflite_numerics(artifact, inputs, float_model, float_inputs, computed)
         report["numerics"]["computed_on"] = f"emulated arm64 board ({report['board']['cpu']})" if board else "host"
     t = report["time"]
     t["sum_ms"] = float(sum(r["ms"] for r in t["rows"]))
@@ -104,9 +105,8 @@ def tflite_numerics(
 
     per_tensor: dict[str, list] = {}
     order, ops, names, unmatched = [], {}, {}, set()
-    for i, (x, xf) in enumerate(zip(inputs, float_inputs)):
-        got = computed[i] if computed is not None else intermediates(artifact, x)
-        want = intermediates(float_model, np.ascontiguousarray(xf, np.float32))
+    computed = computed if computed is not None else intermediates(artifact, inputs)
+    for got, want in zip(computed, intermediates(float_model, float_inputs)):
         for name, t in got.items():
             if name not in per_tensor and name not in unmatched:
                 order.append(name)
