@@ -646,7 +646,8 @@ def inspect_cmd(
     force: bool = typer.Option(False, "--force", help="Overwrite files in --out that mobilereid did not write."),
 ):
     """Where an artifact spends its time and loses accuracy, op by op: per-op time (ExecuTorch: ETDump; LiteRT:
-    prefix cuts), what runs outside XNNPACK, and each op output against the float model (LiteRT)."""
+    one-op models), what runs outside XNNPACK, and each op output against the float model (ExecuTorch: through a
+    rebuild one op per XNNPACK partition)."""
     from .filesafety import refuse_foreign_files
     from .inspection.report import FILES, markdown, write
     from .inspection.run import inspect_artifact

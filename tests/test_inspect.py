@@ -1,5 +1,6 @@
 """`mobilereid inspect` on the shared sclnet_test exports: real ETDump profiles of .pte programs, one-op LiteRT
-timings, and every int8 op output matched by name to the float model's tensors."""
+timings, and every int8 op output (LiteRT by tensor name, ExecuTorch by torch call through a one-op-per-partition
+rebuild) matched to the float model's tensors."""
 
 from __future__ import annotations
 
@@ -71,7 +72,16 @@ def test_pte_profile_accounts_for_the_delegate_and_the_kernels(sclnet_ckpt, scln
     assert delegates and all(r["inner"] for r in delegates)  # XNNPACK's own per-op events inside each call
     assert any("GEMM" in op["name"] or "Convolution" in op["name"] for r in delegates for op in r["inner"])
     assert 0.5 < t["sum_over_e2e"] < 1.5
-    assert not report["numerics"]["available"] and "ETRecord" in report["numerics"]["why"]
+    # numerics: the program rebuilt one op per partition, bit-identical to the artifact (calibration on one thread),
+    # every op output matched to the float model's tensor of the same torch call, with its module path
+    n = report["numerics"]
+    assert n["available"] and n["rebuild"]["bit_identical"], n.get("rebuild", n)
+    assert n["matched_fraction"] >= 0.9 and n["conversions"] > 0  # the lone quantize/dequantize partitions
+    assert any(r["op"].startswith("convolution") and r["name"].split(" (")[0] for r in n["rows"])
+    quantized = [r for r in n["rows"] if "max_error_lsb" in r]
+    assert quantized and all(r["max_error_lsb"] > 0 for r in quantized)  # int8 outputs, dequantized with their scale
+    final = max(n["rows"], key=lambda r: r["position"])
+    assert 0.9 < final["cosine"] < 1.0
     for name in ("report.md", "report.html", "ops.png"):
         assert (tmp_path / "i" / name).stat().st_size > 0
     assert not (tmp_path / "i" / "model_explorer_time.json").exists()  # no Model Explorer adapter for .pte

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from contextlib import contextmanager
 
 import torch
 
@@ -101,48 +102,73 @@ def _lower(job: ExportJob, int8: bool, qcfg: dict) -> tuple[bytes, dict]:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    example = (job.example(),)
+    ep = program_to_lower(job, int8, qcfg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ep = torch.export.export(job.model, example)
-        if int8:
-            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-                XNNPACKQuantizer,
-                get_symmetric_quantization_config,
-            )
-            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-            dynamic = qcfg.get("mode", "static") == "dynamic"
-            config = get_symmetric_quantization_config(
-                is_per_channel=bool(qcfg.get("per_channel", True)), is_dynamic=dynamic
-            )
-            observer = None if dynamic else executorch_activation_observer(qcfg.get("activation_ranges", "default"))
-            if observer is not None:  # same activation range rule as the TFLite route (activation_ranges.py)
-                act = dataclasses.replace(
-                    config.input_activation, observer_or_fake_quant_ctr=observer.with_args(eps=2**-12)
-                )
-                config = dataclasses.replace(config, input_activation=act, output_activation=act)
-            quantizer = XNNPACKQuantizer()
-            n = int(qcfg.get("calibration_images", 64))
-            source = job.model
-            if not dynamic and qcfg.get("smooth_alpha") is not None:  # SmoothQuant scale migration (smoothing.py)
-                from .smoothing import smooth_layernorm_outputs
-
-                source = smooth_layernorm_outputs(job.model, job.calib[:n], float(qcfg["smooth_alpha"]))
-                ep = torch.export.export(source, example)
-            configure_quantizer(quantizer, config, qcfg, source)
-            m = torch.export.export(unshare_weights(ep.module()), example).module()  # re-exported: fresh node metadata
-            m = prepare_pt2e(m, quantizer)
-            with torch.no_grad():
-                for x in job.calib[:n]:
-                    m(torch.from_numpy(x[None].copy()))
-            batchnorms_as_affine(m)  # same numbers; spares convert_pt2e a QAT pattern search (pt2e_batchnorm.py)
-            m = convert_pt2e(m)
-            ep = torch.export.export(m, example)
         edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
         report = delegation_report(edge)
         program = edge.to_executorch()
     return program.buffer, report
+
+
+@contextmanager
+def one_torch_thread():
+    """Calibration on one torch thread. Float kernels sum in a different order on 1 and 2 threads, observers then
+    record ranges a few ULP apart and some weights or activations round to the other integer: the same checkpoint
+    gave INT8 programs with outputs up to 0.76 apart (cosine 0.987) when exported with 1 or 2 threads (pipeline
+    exports run on either). One thread makes the program a function of checkpoint and images alone, so
+    ``mobilereid inspect`` can rebuild it bit for bit."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def program_to_lower(job: ExportJob, int8: bool, qcfg: dict):
+    """The exported program handed to XNNPACK's partitioner: the float model, or its PT2E-quantized graph (Q/DQ
+    nodes, calibrated on the job's images). ``mobilereid inspect`` lowers the same program one op per partition."""
+    example = (job.example(),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(job.model, example)
+        if not int8:
+            return ep
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        dynamic = qcfg.get("mode", "static") == "dynamic"
+        config = get_symmetric_quantization_config(
+            is_per_channel=bool(qcfg.get("per_channel", True)), is_dynamic=dynamic
+        )
+        observer = None if dynamic else executorch_activation_observer(qcfg.get("activation_ranges", "default"))
+        if observer is not None:  # same activation range rule as the TFLite route (activation_ranges.py)
+            act = dataclasses.replace(
+                config.input_activation, observer_or_fake_quant_ctr=observer.with_args(eps=2**-12)
+            )
+            config = dataclasses.replace(config, input_activation=act, output_activation=act)
+        quantizer = XNNPACKQuantizer()
+        n = int(qcfg.get("calibration_images", 64))
+        source = job.model
+        if not dynamic and qcfg.get("smooth_alpha") is not None:  # SmoothQuant scale migration (smoothing.py)
+            from .smoothing import smooth_layernorm_outputs
+
+            with one_torch_thread():
+                source = smooth_layernorm_outputs(job.model, job.calib[:n], float(qcfg["smooth_alpha"]))
+            ep = torch.export.export(source, example)
+        configure_quantizer(quantizer, config, qcfg, source)
+        m = torch.export.export(unshare_weights(ep.module()), example).module()  # re-exported: fresh node metadata
+        m = prepare_pt2e(m, quantizer)
+        with torch.no_grad(), one_torch_thread():
+            for x in job.calib[:n]:
+                m(torch.from_numpy(x[None].copy()))
+        batchnorms_as_affine(m)  # same numbers; spares convert_pt2e a QAT pattern search (pt2e_batchnorm.py)
+        m = convert_pt2e(m)
+        return torch.export.export(m, example)
 
 
 def variant_settings(recipe: dict, variant: str) -> dict:

@@ -6,8 +6,7 @@ kernel call outside a delegate (``OPERATOR_CALL``: kernel plus dispatch) and eve
 IGEMM #1``), logged before the call that contains them, at 1 µs resolution. `executorch.devtools.Inspector` parses
 the dump. Per-op rows here: each kernel call outside XNNPACK (what runs on the portable kernels, and what it
 costs), and each delegate call with the XNNPACK operators inside it. Timing runs log no tensors (a debug buffer
-slows the run). Intermediate tensors are not compared here: XNNPACK logs none inside a delegate, and mapping the
-delegate outputs back to the model needs the export's ETRecord (not written by `mobilereid export`).
+slows the run); the numerics run a rebuild of the program one op per partition (executorch_numerics.py).
 """
 
 from __future__ import annotations

@@ -62,6 +62,23 @@ def markdown(report: dict, top: int = 15) -> str:
             f"{n['matching']}. The artifact's tensors computed on: {n.get('computed_on', 'host')}. Worst first "
             "(mean over images; LSB: of the tensor's own int8 scale).",
             "",
+        ]
+        if "rebuild" in n:
+            b = n["rebuild"]
+            agree = (
+                "bit-identical to the artifact's"
+                if b["bit_identical"]
+                else f"against the artifact's: cosine {b['cosine']:.6f}, max abs error {b['max_abs_error']:.3g} "
+                "(calibrated differently: the rows describe the rebuild, not exactly the artifact)"
+            )
+            lines += [
+                f"ExecuTorch: the rows come from the artifact's program rebuilt one op per XNNPACK partition from "
+                f"--reference and --data; its output on these images is {agree}. Not counted as ops: "
+                f"{n['conversions']} partitions that only quantize or dequantize, {n['parts']} that compute part of "
+                "one torch call (a matmul's reshapes, a BatchNorm's multiply), compared at the call's last partition.",
+                "",
+            ]
+        lines += [
             "| position | op | tensor | SQNR dB | cosine | max abs error | max error LSB |",
             "|---|---|---|---|---|---|---|",
         ]

@@ -70,11 +70,10 @@ def inspect_artifact(
         from .executorch_ops import profile_pte
 
         report["time"] = profile_pte(artifact, inputs, threads, runs)
-        report["numerics"] = {
-            "available": False,
-            "why": "ExecuTorch logs no tensors inside XNNPACK delegates, and mapping delegate outputs to the model "
-            "needs the export's ETRecord, which mobilereid export does not write",
-        }
+        from .executorch_numerics import pte_numerics
+
+        report["numerics"] = pte_numerics(Path(artifact), meta, Path(reference), Path(data), inputs, threads)
+        report["numerics"]["computed_on"] = "host"
     else:
         from .float_reference import float_tflite_like
         from .litert_ops import profile_tflite
