@@ -55,6 +55,7 @@ DEVICE_MODULES = [
     "mobilereid/device/__init__.py",
     "mobilereid/device/evaluator.py",
     "mobilereid/errors.py",
+    "mobilereid/gallery.py",
     "mobilereid/host.py",
     "mobilereid/metrics.py",
     "mobilereid/runtimes.py",
@@ -100,8 +101,11 @@ def stage_device_files(stage: Path, artifacts: list[Path], data: Path) -> Path:
     return stage
 
 
-def evaluator_args(where: str, artifacts: list[Path], threads: int, flip: bool) -> list[str]:
-    """The evaluator's command line (after the Python), for files staged by `stage_device_files` at ``where``."""
+def evaluator_args(
+    where: str, artifacts: list[Path], threads: int, flip: bool, gallery: tuple[list, tuple] = ([], ())
+) -> list[str]:
+    """The evaluator's command line (after the Python), for files staged by `stage_device_files` at ``where``.
+    ``gallery``: (formats, sizes) of the gallery search the device runs too (pcaK formats stay on the host)."""
     args = [
         f"{where}/mobilereid/device/evaluator.py",
         "--data",
@@ -112,6 +116,9 @@ def evaluator_args(where: str, artifacts: list[Path], threads: int, flip: bool) 
         str(threads),
     ]
     args += ["--flip"] if flip else []
+    formats, sizes = gallery
+    if formats:
+        args += ["--gallery-formats", ",".join(formats), "--gallery-sizes", ",".join(str(n) for n in sizes)]
     for i, (a, key) in enumerate(zip(artifacts, result_keys(artifacts))):
         args += ["--model", staged_model(where, i, a), "--key", key]
     return args
@@ -244,6 +251,7 @@ def run_ssh(
     python: str,
     ssh_options: list[str],
     flip: bool = False,
+    gallery: tuple[list, tuple] = ([], ()),
 ) -> None:
     target, port = parse_ssh(device)
     base = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"] + ssh_options
@@ -256,7 +264,7 @@ def run_ssh(
         with tempfile.TemporaryDirectory() as tmp:
             stage = stage_device_files(Path(tmp) / "bundle", artifacts, data)
             _run(scp + ["--"] + [str(p) for p in stage.iterdir()] + [f"{target}:{remote}/"], f"scp to {target}")
-        args = [python] + evaluator_args(remote, artifacts, threads, flip)
+        args = [python] + evaluator_args(remote, artifacts, threads, flip, gallery)
         with host_paths(remote, artifacts):
             _run(ssh + [" ".join(shlex.quote(x) for x in args)], f"evaluator on {target}", marker=MARKER)
         out.mkdir(parents=True, exist_ok=True)
@@ -358,7 +366,14 @@ def parse_qemu(device: str) -> str:
 
 
 def run_qemu_arm64(
-    device: str, artifacts: list[Path], metas: list[dict], data: Path, out: Path, threads: int, flip: bool = False
+    device: str,
+    artifacts: list[Path],
+    metas: list[dict],
+    data: Path,
+    out: Path,
+    threads: int,
+    flip: bool = False,
+    gallery: tuple[list, tuple] = ([], ()),
 ) -> dict:
     """The evaluator in the emulated arm64 root (files staged in its /tmp, removed afterwards); the board's record."""
     from .arm64 import Arm64Board
@@ -378,7 +393,7 @@ def run_qemu_arm64(
         t0 = time.perf_counter()
         where = board.guest_path(stage)
         with host_paths(where, artifacts):
-            board.run(cpu, evaluator_args(where, artifacts, threads, flip), marker=MARKER)
+            board.run(cpu, evaluator_args(where, artifacts, threads, flip, gallery), marker=MARKER)
         seconds = time.perf_counter() - t0
         out.mkdir(parents=True, exist_ok=True)
         for f in (stage / "results").iterdir():
@@ -594,7 +609,7 @@ def evaluate_artifacts(
     if inspect and reference is None:
         raise MobileReIDError("--inspect compares each op with the float model: pass --reference")
     refuse_foreign_files(Path(out), REPORT_FILES, force)  # before the work, not after it
-    from .gallery import compare_formats, parse_formats, pca_dims
+    from .gallery import compare_formats, device_agreement, parse_formats, pca_dims
 
     formats = parse_formats(gallery_formats)
     qemu = device == "qemu-arm64" or device.startswith("qemu-arm64:")
@@ -637,11 +652,13 @@ def evaluate_artifacts(
             if device == "local":
                 run_local(artifacts, data, raw, threads, flip=flip)
             elif device.startswith("ssh://"):
-                run_ssh(device, artifacts, data, raw, threads, remote_python, ssh_options or [], flip)
+                gallery = ([f for f in formats if not pca_dims(f)], (1_000, 10_000, 100_000))
+                run_ssh(device, artifacts, data, raw, threads, remote_python, ssh_options or [], flip, gallery)
             elif device == "adb" or device.startswith("adb:"):
                 run_adb(device, artifacts, data, raw, threads)
             elif qemu:
-                arm = run_qemu_arm64(device, artifacts, metas, data, raw, threads, flip)
+                gallery = ([f for f in formats if not pca_dims(f)], (1_000,))  # agreement; emulated time is no latency
+                arm = run_qemu_arm64(device, artifacts, metas, data, raw, threads, flip, gallery)
                 host_raw = Path(tmp) / "host"
                 run_local(artifacts, data, host_raw, threads, flip=flip)  # the same artifacts and images on this host
             else:
@@ -651,6 +668,7 @@ def evaluate_artifacts(
         rows, projections = [], {}
         for a, m, key in zip(artifacts, metas, result_keys(artifacts)):
             summary = completed_summary(raw, key)
+            device_formats = summary.pop("gallery_formats", None)  # the device's own search, checked below
             row = {
                 "artifact": str(a),
                 "name": a.name,
@@ -690,7 +708,10 @@ def evaluate_artifacts(
                 row["gallery_formats"] = compare_formats(
                     npz["query"], npz["gallery"], *npz_labels(npz), formats, fit=fit.get(key)
                 )
+                if device_formats:
+                    row["gallery_formats_device"] = device_agreement(row["gallery_formats"], device_formats, qemu)
                 for f in row["gallery_formats"]:
+                    f.pop("top1")
                     if "pca" in f:  # the projection travels as a file next to the report, not in the JSON
                         projections[f"{key}.{f['format']}.npz"] = f.pop("pca")
             if inspect and m["runtime"] in ("executorch", "litert"):

@@ -141,8 +141,9 @@ def compare_formats(
     q, g, q_pids, g_pids, q_cams, g_cams, formats: list[str], sizes=(1_000, 10_000, 100_000), fit=None
 ) -> list:
     """For each format: mAP and Rank-1 of the query/gallery search with the gallery stored that way, the change
-    against float32, bytes per gallery item, and search time per query at each gallery size. ``fit``: the
-    artifact's embeddings of training images, which pcaK formats are fitted on (each row gets its ``pca``)."""
+    against float32, bytes per gallery item, search time per query at each gallery size, and ``top1``: each query's
+    best gallery index (what a device's search is checked against). ``fit``: the artifact's embeddings of training
+    images, which pcaK formats are fitted on (each row gets its ``pca``)."""
     dim = int(np.asarray(g).shape[1])
     labels = tuple(np.asarray(a) for a in (q_pids, g_pids, q_cams, g_cams))
     rows, base = [], None
@@ -167,6 +168,7 @@ def compare_formats(
             "rank1": float(cmc[0]),
             "bytes_per_item": bytes_per_item(fmt, dim),
             "search_ms": search_ms(fmt, dim, sizes),
+            "top1": [int(i) for i in np.argmax(sim, axis=1)],
             **({"pca": {"k": k, "fit_images": len(fit), **pca}} if k else {}),
             **({"scale": stored["scale"]} if stored.get("scale") is not None else {}),
         }
@@ -175,3 +177,28 @@ def compare_formats(
         row["storage_ratio"] = base["bytes_per_item"] / row["bytes_per_item"]
         rows.append(row)
     return rows
+
+
+def device_agreement(host_rows: list, device_rows: list, emulated: bool) -> list:
+    """The gallery search run on the device (its evaluator, the same numpy code, on the device's own embeddings)
+    against the host's search of those embeddings: per format, the device's mAP minus the host's and the fraction
+    of queries whose best gallery item is the same; the device's search times, marked ``emulated`` on an emulated
+    board (emulation time is no latency)."""
+    host = {r["format"]: r for r in host_rows}
+    out = []
+    for d in device_rows:
+        h = host.get(d["format"])
+        if h is None:
+            continue
+        same = float(np.mean(np.asarray(d["top1"]) == np.asarray(h["top1"])))
+        out.append(
+            {
+                "format": d["format"],
+                "mAP": d["mAP"],
+                "mAP_minus_host": d["mAP"] - h["mAP"],
+                "top1_same_as_host": same,
+                "search_ms": d["search_ms"],
+                "emulated": emulated,
+            }
+        )
+    return out

@@ -239,6 +239,29 @@ def gallery_markdown(report: dict) -> list[str]:
                 f"| {r['name']} | {f['format']} | {_pct(f['mAP'])} ({100 * f['delta_mAP']:+.2f}) | "
                 f"{f['bytes_per_item']} | {f['storage_ratio']:.0f}x | {times} |"
             )
+    on_device = [r for r in rows if r.get("gallery_formats_device")]
+    if on_device:
+        first = on_device[0]["gallery_formats_device"][0]
+        where = "emulated board: emulation time, not a latency" if first["emulated"] else "the device"
+        dsizes = list(first["search_ms"])
+        lines += [
+            "",
+            "Gallery search on the device: the device's evaluator searched its own embeddings with the same code; "
+            "its results against the host's search of those embeddings, and its search times "
+            f"({where}).",
+            "",
+            "| artifact | format | device mAP − host | same top-1 as host | "
+            + " | ".join(f"device search ms @ {int(n):,}" for n in dsizes)
+            + " |",
+            "|" + "---|" * (4 + len(dsizes)),
+        ]
+        for r in on_device:
+            for f in r["gallery_formats_device"]:
+                times = " | ".join(f"{f['search_ms'][n]:.2f}" for n in dsizes)
+                lines.append(
+                    f"| {r['name']} | {f['format']} | {100 * f['mAP_minus_host']:+.2f} | "
+                    f"{100 * f['top1_same_as_host']:.0f} % | {times} |"
+                )
     return lines + [""]
 
 

@@ -117,9 +117,16 @@ def test_int8_tflite_on_arm_matches_host(arm_artifacts, tiny_dataset, tmp_path, 
         device=f"qemu-arm64:{cpu}",
         threads=1,
         limit=4,
+        gallery_formats="int8,binary",
     )
     rows = {r["precision"]: r for r in report["artifacts"]}
     static, dynamic = rows["int8"]["arm"], rows["dynamic"]["arm"]
+    # the gallery search ran on the board too (the host's numpy code, on the board's embeddings): same results
+    on_board = {f["format"]: f for f in rows["int8"]["gallery_formats_device"]}
+    assert set(on_board) == {"float32", "int8", "binary"}
+    assert all(
+        f["top1_same_as_host"] == 1.0 and f["mAP_minus_host"] == 0.0 and f["emulated"] for f in on_board.values()
+    )
     assert static["cpu"] == cpu and "qemu-aarch64 version 10" in static["qemu"]
     assert static["vs_host"]["identical_fraction"] == 1.0 and static["vs_host"]["max_output_lsb"] == 0
     assert static["vs_host"]["images"] == report["limit"]["queries"] + report["limit"]["gallery"]
@@ -129,7 +136,7 @@ def test_int8_tflite_on_arm_matches_host(arm_artifacts, tiny_dataset, tmp_path, 
         assert dynamic["vs_host"]["identical_fraction"] < 1.0 and dynamic["vs_host"]["cosine_min"] > 0.9999
     assert rows["int8"]["latency"] is None and rows["int8"]["drift"]["cosine_mean"] > 0.9
     md = (tmp_path / "r" / "report.md").read_text()
-    assert "## On the emulated arm64 board" in md
+    assert "## On the emulated arm64 board" in md and "Gallery search on the device" in md
     assert not staged() - before  # the files staged for this run are gone
     assert not (Arm64Board().root / "proc" / "self").exists()  # /proc is unmounted after the run (runs take a lock)
     json.dumps(report)

@@ -95,7 +95,11 @@ def evaluate_artifact(
     log=print,
     flip: bool = False,
     key: str | None = None,
+    gallery_formats: tuple = (),
+    gallery_sizes: tuple = (1_000, 10_000, 100_000),
 ) -> dict:
+    """``gallery_formats``: also search the gallery stored in each format here (mobilereid.gallery, the host's
+    code), for the host to check the device's search against its own and to time it on the device."""
     key = key or model.name
     meta = read_sidecar(model)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
@@ -128,6 +132,12 @@ def evaluate_artifact(
         "metrics": dataset_rank_summary(q, g, ds),
         "latency": latency_summary(np.concatenate([tq, tg])),
     }
+    if gallery_formats:
+        from mobilereid.gallery import compare_formats
+
+        labels = ([s.pid for s in ds.query], [s.pid for s in ds.gallery])
+        cams = ([s.camid for s in ds.query], [s.camid for s in ds.gallery])
+        summary["gallery_formats"] = compare_formats(q, g, *labels, *cams, list(gallery_formats), gallery_sizes)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(
         out / f"{key}.npz",
@@ -168,6 +178,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--flip", action="store_true", help="average each image's embedding with its mirror's")
+    ap.add_argument("--gallery-formats", default="", help="comma list: float32,float16,int8,binary (no pcaK here)")
+    ap.add_argument("--gallery-sizes", default="1000,10000,100000", help="gallery sizes the search is timed at")
     ap.add_argument(
         "--key",
         action="append",
@@ -180,10 +192,22 @@ def main(argv=None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    formats = tuple(f for f in args.gallery_formats.split(",") if f)
+    sizes = tuple(int(n) for n in args.gallery_sizes.split(",") if n)
     for m, key in zip(args.model, keys):
         print(f"evaluating {m}", file=sys.stderr, flush=True)  # the host names the artifact if the runtime crashes
         try:
-            s = evaluate_artifact(m, args.data, args.out, args.threads, args.warmup, flip=args.flip, key=key)
+            s = evaluate_artifact(
+                m,
+                args.data,
+                args.out,
+                args.threads,
+                args.warmup,
+                flip=args.flip,
+                key=key,
+                gallery_formats=formats,
+                gallery_sizes=sizes,
+            )
         except Exception as exc:  # one line naming the artifact, non-zero exit
             msg = " ".join(str(exc).split()) or type(exc).__name__
             print(f"error: {msg if str(m) in msg else f'{m}: {msg}'}", file=sys.stderr)

@@ -60,7 +60,10 @@ def profile_pte(path: Path, inputs: list[np.ndarray], threads: int, runs: int) -
         traced.write_etdump_result_to_file(str(dump), None)
         frame = Inspector(etdump_path=str(dump)).to_dataframe()
     rows = ops_from_events(frame)
+    execute = frame[(frame["event_block_name"] == "Execute") & (frame["event_name"] == "Method::execute")]
+    method_ms = float(execute["p50 (ms)"].iloc[0]) if len(execute) else None
     return {
+        "method_execute_ms": method_ms,  # the runtime's own span of one run: the rows plus dispatch between them
         "runtime": "executorch",
         "method": "ETDump (executorch.devtools.Inspector), median over runs",
         "e2e_ms": float(np.median(times)),

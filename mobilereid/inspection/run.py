@@ -92,6 +92,9 @@ def inspect_artifact(
     t["sum_ms"] = float(sum(r["ms"] for r in t["rows"]))
     basis = t.get("traced_e2e_ms", t["e2e_ms"])  # ETDump: the traced runs themselves
     t["sum_over_e2e"] = t["sum_ms"] / basis if basis else float("nan")
+    if t.get("method_execute_ms"):  # ExecuTorch: what the rows leave out, measured by the runtime's own events
+        t["between_calls_ms"] = t["method_execute_ms"] - t["sum_ms"]  # instruction dispatch and the tracer
+        t["outside_method_ms"] = basis - t["method_execute_ms"]  # the Python binding: inputs in, outputs out
     return report
 
 
