@@ -63,6 +63,8 @@ def test_pte_profile_accounts_for_the_delegate_and_the_kernels(sclnet_ckpt, scln
             str(tmp_path / "i"),
             "--runs",
             "10",
+            "--images",
+            "1",
         ],
     )
     assert result.exit_code == 0, result.output
