@@ -4,6 +4,7 @@ import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertThrows
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
+import org.junit.jupiter.api.io.TempDir
 import java.io.File
 
 class EvaluationRunTest {
@@ -22,8 +23,8 @@ class EvaluationRunTest {
         ArtifactMetadata.read(Golden.dir.listFiles()!!.first { it.name.endsWith(".onnx.json") })
 
     @Test
-    fun `loop embeds every image once, warms up, and times only inference`() {
-        val dir = kotlin.io.path.createTempDirectory("eval").toFile()
+    fun `loop embeds every image once, warms up, and times only inference`(@TempDir tmp: java.nio.file.Path) {
+        val dir = tmp.toFile()
         val images = listOf("query/a.png", "query/b.png", "bounding_box_test/c.png")
         images.forEach { File(dir, it).apply { parentFile.mkdirs(); writeText("x") } }
         val manifest = EvaluationManifest(dir, images.take(2).map { EvalImage(it, 1, 0) }, listOf(EvalImage(images[2], 1, 1)))
@@ -41,8 +42,8 @@ class EvaluationRunTest {
     }
 
     @Test
-    fun `an undecodable image is named`() {
-        val dir = kotlin.io.path.createTempDirectory("eval").toFile()
+    fun `an undecodable image is named`(@TempDir tmp: java.nio.file.Path) {
+        val dir = tmp.toFile()
         val manifest = EvaluationManifest(dir, listOf(EvalImage("query/bad.jpg", 1, 0)), listOf(EvalImage("query/bad.jpg", 1, 1)))
         val e = assertThrows(IllegalArgumentException::class.java) {
             EvaluationRun(ChannelMeans(meta()), { throw java.io.IOException("truncated") }).run(manifest, 0)

@@ -4,6 +4,7 @@ import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertThrows
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
+import org.junit.jupiter.api.io.TempDir
 import java.io.File
 
 class LatencyAndWriterTest {
@@ -52,8 +53,8 @@ class LatencyAndWriterTest {
     }
 
     @Test
-    fun `manifest errors name the file and the problem`() {
-        val dir = kotlin.io.path.createTempDirectory("manifest").toFile()
+    fun `manifest errors name the file and the problem`(@TempDir tmp: java.nio.file.Path) {
+        val dir = tmp.toFile()
         var e = assertThrows(IllegalArgumentException::class.java) { EvaluationManifest.read(dir) }
         assertTrue(e.message!!.contains("manifest.json") && e.message!!.contains("not found"), e.message)
         File(dir, "manifest.json").writeText("""{"format": "mobilereid-eval-manifest", "query": [{"file": "../x.jpg", "pid": 1, "camid": 0}], "gallery": []}""")
