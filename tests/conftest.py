@@ -111,13 +111,13 @@ E2E_FILES = {"test_pipeline.py", "test_wheel.py"}
 # Makefile passes --no-loadscope-reorder, else xdist reorders files by their number of tests).
 LONGEST_FIRST = [
     "test_export.py",
-    "test_quant_sensitivity.py",
-    "test_import.py",
     "test_external.py",
-    "test_pipeline.py",
     "test_cnn_families.py",
-    "test_hardening.py",
+    "test_quant_sensitivity.py",
+    "test_pipeline.py",
     "test_quant_finetune.py",
+    "test_import.py",
+    "test_hardening.py",
     "test_inspect.py",
     "test_quant_sensitivity_map.py",
     "test_train.py",

@@ -10,12 +10,25 @@ from mobilereid.runtimes import read_sidecar
 
 
 @pytest.mark.slow
-def test_quant_sensitivity_ranks_layers_and_its_recipe_exports(sclnet_ckpt, tiny_dataset, tmp_path):
+def test_quant_sensitivity_ranks_layers_and_its_recipe_exports(sclnet_ckpt, tiny_dataset, tmp_path, monkeypatch):
     """Per-layer errors from the real QuantizationDebugger, measured candidates, and a chosen recipe that export uses;
     keeping the worst layer in float gives a float-IO model that still verifies."""
     import tomllib
 
-    from mobilereid.export.sensitivity import run_sensitivity
+    from mobilereid.export import sensitivity
+    from mobilereid.export.sensitivity import executorch_plans, run_sensitivity
+
+    # ExecuTorch: every CNN plan is listed, two of them are lowered and measured here (each lowering is ExecuTorch's
+    # Python passes, ~15 s; the range rules and the dynamic mode go through the same `lower` in tests/test_export.py)
+    plans = executorch_plans("sclnet")
+    assert [p[0] for p in plans] == [
+        "int8, default ranges",
+        "int8, mean_minmax ranges",
+        "int8, p90_minmax ranges",
+        "dynamic int8",
+        "fp32",
+    ]
+    monkeypatch.setattr(sensitivity, "executorch_plans", lambda family: [plans[0], plans[-1]])
 
     report = run_sensitivity(sclnet_ckpt, tiny_dataset, tmp_path / "s", repeats=5, ks=(1,))
     layers = report["layers"]
@@ -36,16 +49,10 @@ def test_quant_sensitivity_ranks_layers_and_its_recipe_exports(sclnet_ckpt, tiny
     assert report["chosen"] == min(ok, key=lambda c: c["p50_ms"])
     # ExecuTorch candidates: lowered, run in the ExecuTorch runtime, chosen by the same rule, written as a recipe
     et = report["executorch"]
-    assert [c["name"] for c in et["candidates"]] == [
-        "int8, default ranges",
-        "int8, mean_minmax ranges",
-        "int8, p90_minmax ranges",
-        "dynamic int8",
-        "fp32",
-    ]
+    assert [c["name"] for c in et["candidates"]] == ["int8, default ranges", "fp32"]
     fp32 = et["candidates"][-1]
     assert fp32["cosine_mean"] > 0.999 and fp32["delegated_subgraphs"] >= 1
-    assert all(0 < c["size_bytes"] < fp32["size_bytes"] * 0.6 for c in et["candidates"][:3])  # static int8
+    assert 0 < et["candidates"][0]["size_bytes"] < fp32["size_bytes"] * 0.6  # static int8
     assert et["chosen"] == min(
         [c for c in et["candidates"] if c["cosine_mean"] >= report["drift_budget"]], key=lambda c: c["p50_ms"]
     )
