@@ -59,7 +59,16 @@ def osnet_ckpt(tiny_dataset, tmp_path_factory):
 def test_osnet_trains_and_every_int8_target_verifies(osnet_ckpt, tiny_dataset, tmp_path):
     model, state = load_checkpoint(osnet_ckpt)
     assert state["family"] == "osnet" and state["preset"] == "osnet_test"
-    results = export_checkpoint(osnet_ckpt, "executorch,tflite,tflm", tiny_dataset, tmp_path, int8=True, threads=1)
+    (tmp_path / "et.toml").write_text('target = "executorch"\nvariants = ["int8"]\n')  # fp32: tests/test_export.py
+    results = export_checkpoint(
+        osnet_ckpt,
+        "executorch,tflite,tflm",
+        tiny_dataset,
+        tmp_path,
+        int8=True,
+        threads=1,
+        recipe_path=tmp_path / "et.toml",
+    )
     got = {(r["target"], r["precision"]): r for r in results}
     for key in [("executorch", "int8"), ("tflite", "int8"), ("tflite", "dynamic"), ("tflm", "int8")]:
         v = got[key]["verification"]
