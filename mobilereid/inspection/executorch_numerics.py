@@ -65,7 +65,7 @@ def _output_count(node) -> int:
 
 
 def rebuild_per_op(meta: dict, reference: Path, data: Path, threads: int):
-    """(per-op ExecuTorch program manager, float ExportedProgram, job) for the artifact described by ``meta``."""
+    """(the per-op ExecuTorch program manager, the float model's ExportedProgram) for the artifact of ``meta``."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
