@@ -618,6 +618,7 @@ def evaluate_artifacts(
     metas = check_artifacts(artifacts, reference, allow_mismatch)
     source = load_dataset(data, need_train=False)  # fail early on a bad dataset
     pca_formats = [f for f in formats if pca_dims(f)]
+    searched_on_device = [f for f in formats if f not in pca_formats]  # pcaK: fitted and searched on the host
     if pca_formats and not source.train:
         raise MobileReIDError(
             f"--gallery-formats {pca_formats[0]}: PCA is fitted on the training split, and {data} has none "
@@ -652,12 +653,12 @@ def evaluate_artifacts(
             if device == "local":
                 run_local(artifacts, data, raw, threads, flip=flip)
             elif device.startswith("ssh://"):
-                gallery = ([f for f in formats if not pca_dims(f)], (1_000, 10_000, 100_000))
+                gallery = (searched_on_device, (1_000, 10_000, 100_000))
                 run_ssh(device, artifacts, data, raw, threads, remote_python, ssh_options or [], flip, gallery)
             elif device == "adb" or device.startswith("adb:"):
                 run_adb(device, artifacts, data, raw, threads)
             elif qemu:
-                gallery = ([f for f in formats if not pca_dims(f)], (1_000,))  # agreement; emulated time is no latency
+                gallery = (searched_on_device, (1_000,))  # agreement; emulated time is no latency
                 arm = run_qemu_arm64(device, artifacts, metas, data, raw, threads, flip, gallery)
                 host_raw = Path(tmp) / "host"
                 run_local(artifacts, data, host_raw, threads, flip=flip)  # the same artifacts and images on this host

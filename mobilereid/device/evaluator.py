@@ -75,10 +75,9 @@ def latency_summary(ms: np.ndarray) -> dict:
     }
 
 
-def dataset_rank_summary(q: np.ndarray, g: np.ndarray, ds) -> dict:
-    return rank_summary(
-        q,
-        g,
+def split_labels(ds) -> tuple[list, list, list, list]:
+    """(query pids, gallery pids, query cameras, gallery cameras): what scoring and the results file need."""
+    return (
         [s.pid for s in ds.query],
         [s.pid for s in ds.gallery],
         [s.camid for s in ds.query],
@@ -111,6 +110,7 @@ def evaluate_artifact(
     )
     q, tq = embed_split(runner, ds.query, spec, warmup, log, flip)
     g, tg = embed_split(runner, ds.gallery, spec, 0, log, flip)
+    labels = split_labels(ds)
     summary = {
         "artifact": model.name,
         "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
@@ -129,25 +129,20 @@ def evaluate_artifact(
             "cpus": os.cpu_count(),
             "cpu": host_cpu(),  # model and ISA flags: what the latency was measured on,
         },
-        "metrics": dataset_rank_summary(q, g, ds),
+        "metrics": rank_summary(q, g, *labels),
         "latency": latency_summary(np.concatenate([tq, tg])),
     }
     if gallery_formats:
         from mobilereid.gallery import compare_formats
 
-        labels = ([s.pid for s in ds.query], [s.pid for s in ds.gallery])
-        cams = ([s.camid for s in ds.query], [s.camid for s in ds.gallery])
-        summary["gallery_formats"] = compare_formats(q, g, *labels, *cams, list(gallery_formats), gallery_sizes)
+        summary["gallery_formats"] = compare_formats(q, g, *labels, list(gallery_formats), gallery_sizes)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(
         out / f"{key}.npz",
         query=q,
         gallery=g,
         latency_ms=np.concatenate([tq, tg]),
-        q_pids=[s.pid for s in ds.query],
-        g_pids=[s.pid for s in ds.gallery],
-        q_camids=[s.camid for s in ds.query],
-        g_camids=[s.camid for s in ds.gallery],
+        **dict(zip(("q_pids", "g_pids", "q_camids", "g_camids"), labels)),
     )
     tmp = out / f".{key}.summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))

@@ -16,8 +16,9 @@ Matching: every node of an exported graph carries ``torch_fn``, the torch call i
 ``add_7``, ``linear_12``), kept through quantization and lowering. A partition's output is matched to the float
 model's tensor made by the last call of the same name in ``torch.export`` of the float model (so a conv partition
 with its ReLU is compared after the ReLU; a BatchNorm folded into the conv is inside it). Partitions that only
-convert (a lone quantize or dequantize, XNNPACK's ``Convert``) are no op of the model and are counted apart;
-anything else without a float tensor of its name is listed as unmatched.
+convert (a lone quantize or dequantize, XNNPACK's ``Convert``) are no op of the model, and partitions computing
+part of one call (a matmul's expand/view/bmm, a BatchNorm as multiply then add) are compared at the call's last
+partition: both are counted apart; anything else without a float tensor of its name is listed as unmatched.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def instruction_nodes(program) -> list[dict]:
     return rows
 
 
-def float_tensors(float_ep, x, sources: set[str]) -> dict[str, np.ndarray]:
+def float_tensors(float_module, x, sources: set[str]) -> dict[str, np.ndarray]:
     """Per torch call name in ``sources`` (the calls the artifact's program still has), the float model's tensor on
     input ``x``: the output of the call's last node, carried forward through single-user calls the program no longer
     has (a BatchNorm folded into the conv before it), so that a conv is compared after its folded BatchNorm."""
@@ -162,7 +163,7 @@ def float_tensors(float_ep, x, sources: set[str]) -> dict[str, np.ndarray]:
             return value
 
     with torch.no_grad():
-        Recorder(float_ep.module()).run(x)
+        Recorder(float_module).run(x)
     out = {}
     for name in sources & set(last):
         node = last[name]
@@ -189,7 +190,7 @@ def _debug_buffer_bytes(program) -> int:
     return 4 * total + (8 << 20)
 
 
-def traced_outputs(pte: Path, program, x) -> tuple[list, object]:
+def traced_outputs(pte: Path, debug_buffer_size: int, x) -> tuple[list, object]:
     """The logged tensors of every delegate call (its inputs, then its outputs) and kernel call (its outputs) of one
     run, in execution order, and the program's output."""
     from executorch.devtools import Inspector
@@ -198,9 +199,7 @@ def traced_outputs(pte: Path, program, x) -> tuple[list, object]:
     from ..runtimes import _quiet_python_stderr
 
     with _quiet_python_stderr():
-        loaded = Runtime.get().load_program(
-            str(pte), enable_etdump=True, debug_buffer_size=_debug_buffer_bytes(program)
-        )
+        loaded = Runtime.get().load_program(str(pte), enable_etdump=True, debug_buffer_size=debug_buffer_size)
         result = loaded.load_method("forward").execute([x])
     with tempfile.TemporaryDirectory(prefix="mobilereid-inspect-") as tmp:
         dump, buf = Path(tmp) / "run.etdp", Path(tmp) / "debug.bin"
@@ -231,6 +230,8 @@ def pte_numerics(artifact: Path, meta: dict, reference: Path, data: Path, inputs
 
     program, float_ep = rebuild_per_op(meta, Path(reference), Path(data), threads)
     nodes = instruction_nodes(program)
+    sources = set().union(*(n["sources"] for n in nodes))
+    float_module, buffer_size = float_ep.module(), _debug_buffer_bytes(program)  # once, not per image
     per_row: dict[int, list] = {}
     agreement = []
     with tempfile.TemporaryDirectory(prefix="mobilereid-inspect-") as tmp:
@@ -239,7 +240,7 @@ def pte_numerics(artifact: Path, meta: dict, reference: Path, data: Path, inputs
         artifact_method = Runtime.get().load_program(str(artifact)).load_method("forward")
         for x_np in inputs:
             x = torch.from_numpy(x_np)
-            outs, final = traced_outputs(pte, program, x)
+            outs, final = traced_outputs(pte, buffer_size, x)
             if len(outs) != len(nodes):
                 return {
                     "available": False,
@@ -247,7 +248,7 @@ def pte_numerics(artifact: Path, meta: dict, reference: Path, data: Path, inputs
                     "be placed",
                 }
             agreement.append(tensor_error(final.numpy(), artifact_method.execute([x])[0].clone().numpy()))
-            want = float_tensors(float_ep, x, set().union(*(n["sources"] for n in nodes)))
+            want = float_tensors(float_module, x, sources)
             for i, (node, logged) in enumerate(zip(nodes, outs)):
                 got = _first_output(node, logged)
                 ref = want.get(node["source"]) if node["source"] else None
