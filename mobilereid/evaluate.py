@@ -719,7 +719,7 @@ def evaluate_artifacts(
                 from .inspection.run import inspect_artifact
 
                 with progress(f"inspecting {a.name} op by op", None):
-                    row["inspect"] = inspect_artifact(a, reference, data, images=2, threads=1, runs=20)
+                    row["inspect"] = inspect_artifact(a, reference, data, images=2, threads=threads, runs=20)
             rows.append(row)
         report = {
             **extra,

@@ -16,9 +16,11 @@ integer-input artifacts, quantized with the sidecar's scale/zero-point; integer 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -159,21 +161,65 @@ class TFLiteRunner(Runner):
         return self.interp.get_tensor(self.out_index).copy()
 
 
+_EXECUTORCH_PROGRAMS: weakref.WeakSet = weakref.WeakSet()  # loaded programs: they hold the pool they were built on
+
+
+def executorch_thread_pool(threads: int | None) -> int:
+    """Size ExecuTorch's thread pool to ``threads`` (None: leave it) and return its size.
+
+    ExecuTorch runs every XNNPACK delegate of a process on one pthreadpool, created with one thread per core when the
+    runtime starts; `torch.set_num_threads` does not reach it (measured: a ".pte at 1 thread" ran on 2 threads on a
+    2-core host, 1.9x faster than one thread). The binding's `_unsafe_reset_threadpool` replaces the pool, and the
+    XNNPACK runtimes of programs loaded before keep a pointer to the old one, so the pool is resized only while no
+    program loaded under another size is alive; otherwise this is an error, not a silent wrong thread count. Older
+    runtimes without the call leave the pool at its default (then the returned size says what was used).
+    """
+    from executorch.extension.pybindings import portable_lib
+
+    size = getattr(portable_lib, "_threadpool_get_thread_count", None)
+    reset = getattr(portable_lib, "_unsafe_reset_threadpool", None)
+    if size is None:
+        return 0
+    if threads is None or reset is None or size() == threads:
+        return size()
+    if len(_EXECUTORCH_PROGRAMS):
+        gc.collect()
+    if len(_EXECUTORCH_PROGRAMS):
+        raise RuntimeError(
+            f"ExecuTorch programs loaded on {size()} threads are still in use; one process runs every program on one "
+            f"thread pool, so {threads} threads cannot be used beside them"
+        )
+    with _quiet_python_stderr():
+        reset(threads)
+    return size()
+
+
+def load_executorch_program(path: str | Path, threads: int | None, **options):
+    """``Runtime.load_program`` on a pool of ``threads`` threads (`executorch_thread_pool`), kept track of."""
+    from executorch.runtime import Runtime
+
+    executorch_thread_pool(threads)
+    with _quiet_python_stderr():  # ExecuTorch's C++ logs (cpuinfo probe) reach Python's sys.stderr through pybind
+        program = Runtime.get().load_program(str(path), **options)
+    _EXECUTORCH_PROGRAMS.add(program)
+    return program
+
+
 class ExecuTorchRunner(Runner):
     def _load(self):
         try:
+            import executorch.runtime  # noqa: F401
             import torch
-            from executorch.runtime import Runtime
         except ImportError:
             raise RuntimeMissing("the ExecuTorch runtime is not installed (pip install executorch)") from None
         self._torch = torch
-        torch.set_num_threads(self.threads)
         with open(self.path, "rb") as f:
             head = f.read(8)
         if len(head) < 8 or head[4:6] != b"ET":  # the runtime aborts the process (C++ terminate) on foreign bytes
             raise ValueError(f"{self.path}: not an ExecuTorch program (no 'ET' flatbuffer identifier)")
-        with _quiet_python_stderr():  # ExecuTorch's C++ logs (cpuinfo probe) reach Python's sys.stderr through pybind
-            self.method = Runtime.get().load_program(str(self.path)).load_method("forward")
+        self.program = load_executorch_program(self.path, self.threads)
+        with _quiet_python_stderr():
+            self.method = self.program.load_method("forward")
 
     def _input_shape(self):
         try:

@@ -368,3 +368,21 @@ def test_random_bytes_pte_and_foreign_sidecar_are_one_line_errors(artifacts, tin
         with pytest.raises(ValueError, match=msg) as info:  # in-process: the evaluator prints this line and exits 2
             open_runner(dst, meta)
         assert str(dst) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_executorch_runs_on_the_thread_count_asked(artifacts):
+    """ExecuTorch's XNNPACK pool is its own (torch.set_num_threads does not size it): the runner sizes it, and refuses
+    a second size while a program built on the first is alive (its delegate holds the old pool)."""
+    from mobilereid.runtimes import executorch_thread_pool, open_runner
+
+    pte = next(a for a in artifacts[1] if a.suffix == ".pte")
+    one = open_runner(pte, threads=1)
+    x = np.random.default_rng(0).random((1, *one.input["shape"][1:]), np.float32)
+    out = one.embed(x)
+    assert executorch_thread_pool(None) == 1
+    with pytest.raises(RuntimeError, match="thread pool"):
+        open_runner(pte, threads=2)
+    del one
+    two = open_runner(pte, threads=2)
+    np.testing.assert_allclose(two.embed(x), out, rtol=1e-5, atol=1e-5)
+    assert executorch_thread_pool(None) == 2

@@ -194,12 +194,11 @@ def traced_outputs(pte: Path, debug_buffer_size: int, x) -> tuple[list, object]:
     """The logged tensors of every delegate call (its inputs, then its outputs) and kernel call (its outputs) of one
     run, in execution order, and the program's output."""
     from executorch.devtools import Inspector
-    from executorch.runtime import Runtime
 
-    from ..runtimes import _quiet_python_stderr
+    from ..runtimes import _quiet_python_stderr, load_executorch_program
 
+    loaded = load_executorch_program(pte, None, enable_etdump=True, debug_buffer_size=debug_buffer_size)
     with _quiet_python_stderr():
-        loaded = Runtime.get().load_program(str(pte), enable_etdump=True, debug_buffer_size=debug_buffer_size)
         result = loaded.load_method("forward").execute([x])
     with tempfile.TemporaryDirectory(prefix="mobilereid-inspect-") as tmp:
         dump, buf = Path(tmp) / "run.etdp", Path(tmp) / "debug.bin"
@@ -226,7 +225,8 @@ def _first_output(node: dict, logged: list):
 def pte_numerics(artifact: Path, meta: dict, reference: Path, data: Path, inputs: list[np.ndarray], threads: int):
     """Per-op error of the artifact's program against the float model over ``inputs`` (NCHW float32 batches)."""
     import torch
-    from executorch.runtime import Runtime
+
+    from ..runtimes import load_executorch_program
 
     program, float_ep = rebuild_per_op(meta, Path(reference), Path(data), threads)
     nodes = instruction_nodes(program)
@@ -237,7 +237,8 @@ def pte_numerics(artifact: Path, meta: dict, reference: Path, data: Path, inputs
     with tempfile.TemporaryDirectory(prefix="mobilereid-inspect-") as tmp:
         pte = Path(tmp) / "per_op.pte"
         pte.write_bytes(program.buffer)
-        artifact_method = Runtime.get().load_program(str(artifact)).load_method("forward")
+        artifact_program = load_executorch_program(artifact, None)
+        artifact_method = artifact_program.load_method("forward")
         for x_np in inputs:
             x = torch.from_numpy(x_np)
             outs, final = traced_outputs(pte, buffer_size, x)

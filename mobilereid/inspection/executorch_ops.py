@@ -27,17 +27,15 @@ def profile_pte(path: Path, inputs: list[np.ndarray], threads: int, runs: int) -
     """End-to-end latency (no tracer), load time, peak memory, and ETDump per-op rows over ``runs`` runs."""
     import torch
     from executorch.devtools import Inspector
-    from executorch.runtime import Runtime
 
-    from ..runtimes import _quiet_python_stderr
+    from ..runtimes import _quiet_python_stderr, load_executorch_program
 
-    torch.set_num_threads(threads)
     xs = [torch.from_numpy(x) for x in inputs]
     rss_before = _peak_rss_mb()
-    runtime = Runtime.get()
     t0 = time.perf_counter()
+    program = load_executorch_program(path, threads)
     with _quiet_python_stderr():
-        method = runtime.load_program(str(path)).load_method("forward")
+        method = program.load_method("forward")
     load_ms = 1000 * (time.perf_counter() - t0)
     for x in xs[:3]:
         method.execute([x])
@@ -47,8 +45,8 @@ def profile_pte(path: Path, inputs: list[np.ndarray], threads: int, runs: int) -
         method.execute([xs[i % len(xs)]])
         times.append(1000 * (time.perf_counter() - t0))
     peak = _peak_rss_mb()
+    traced = load_executorch_program(path, threads, enable_etdump=True, debug_buffer_size=0)
     with _quiet_python_stderr():
-        traced = runtime.load_program(str(path), enable_etdump=True, debug_buffer_size=0)
         traced_method = traced.load_method("forward")
     traced_times = []
     for i in range(runs + 3):
