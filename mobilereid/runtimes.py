@@ -180,18 +180,20 @@ def executorch_thread_pool(threads: int | None) -> int:
     reset = getattr(portable_lib, "_unsafe_reset_threadpool", None)
     if size is None:
         return 0
-    if threads is None or reset is None or size() == threads:
-        return size()
+    with _quiet_python_stderr():  # the pool's first use probes the CPU (cpuinfo) and logs through sys.stderr
+        current = size()
+    if threads is None or reset is None or current == threads:
+        return current
     if len(_EXECUTORCH_PROGRAMS):
         gc.collect()
     if len(_EXECUTORCH_PROGRAMS):
         raise RuntimeError(
-            f"ExecuTorch programs loaded on {size()} threads are still in use; one process runs every program on one "
-            f"thread pool, so {threads} threads cannot be used beside them"
+            f"ExecuTorch programs loaded on {current} threads are still in use; one process runs every program on "
+            f"one thread pool, so {threads} threads cannot be used beside them"
         )
     with _quiet_python_stderr():
         reset(threads)
-    return size()
+        return size()
 
 
 def load_executorch_program(path: str | Path, threads: int | None, **options):
