@@ -49,8 +49,10 @@ def test_maxpool_without_relu_is_left_alone():
 
 @pytest.fixture(scope="module")
 def osnet_ckpt(tiny_dataset, tmp_path_factory):
+    """A trained OSNet-IBN (InstanceNorm in the stem and after the stage-2 add, BatchNorm everywhere else): one
+    model covers both normalisations (the plain-BN OSNet exports in tests/test_residual_fold.py and test_export)."""
     out = tmp_path_factory.mktemp("osnet")
-    cfg = TrainConfig(model="osnet_test", epochs=2, p=4, k=2, lr=1e-3, threads=1, seed=0)
+    cfg = TrainConfig(model="osnet_ibn_test", epochs=2, p=4, k=2, lr=1e-3, threads=1, seed=0)
     summary = train(cfg, tiny_dataset, out)
     assert np.isfinite(summary["history"][-1]["loss"])
     return out / "model.pt"
@@ -58,7 +60,7 @@ def osnet_ckpt(tiny_dataset, tmp_path_factory):
 
 def test_osnet_trains_and_every_int8_target_verifies(osnet_ckpt, tiny_dataset, tmp_path):
     model, state = load_checkpoint(osnet_ckpt)
-    assert state["family"] == "osnet" and state["preset"] == "osnet_test"
+    assert state["family"] == "osnet" and state["preset"] == "osnet_ibn_test" and state["config"]["norm"] == "ibn"
     (tmp_path / "et.toml").write_text('target = "executorch"\nvariants = ["int8"]\n')  # fp32: tests/test_export.py
     results = export_checkpoint(
         osnet_ckpt,
@@ -74,7 +76,22 @@ def test_osnet_trains_and_every_int8_target_verifies(osnet_ckpt, tiny_dataset, t
         v = got[key]["verification"]
         assert v["passed"] and v["cosine_mean"] >= 0.99, (key, v)
     sidecar = json.loads((tmp_path / "model_int8.tflite.json").read_text())
-    assert sidecar["model"]["family"] == "osnet" and sidecar["model"]["preset"] == "osnet_test"
+    assert sidecar["model"]["family"] == "osnet" and sidecar["model"]["preset"] == "osnet_ibn_test"
+
+
+def test_osnet_ain_full_integer_tflite_verifies(tiny_dataset, tmp_path):
+    """OSNet-AIN's InstanceNorm inside the residual branch, in full-integer TFLite (onnx2tf decomposes it into
+    means and a reciprocal square root): verified in LiteRT like any other model."""
+    torch.manual_seed(0)
+    model = build_model("osnet_test", num_classes=6, norm="ain", layers=(2, 2, 2)).eval()
+    assert any(isinstance(m, nn.InstanceNorm2d) for m in model.conv2.modules())
+    ckpt = save_checkpoint(tmp_path / "ain.pt", model)
+    (tmp_path / "int8.toml").write_text('target = "tflite"\nvariants = ["int8"]\n')
+    results = export_checkpoint(
+        ckpt, "tflite", tiny_dataset, tmp_path / "out", int8=True, threads=1, recipe_path=tmp_path / "int8.toml"
+    )
+    assert [r["precision"] for r in results] == ["int8"]
+    assert results[0]["verification"]["passed"] and results[0]["verification"]["cosine_mean"] >= 0.99
 
 
 def test_bot_resnet_exports_int8_tflite(tiny_dataset, tmp_path):

@@ -34,6 +34,10 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "osnet_ibn_x1_0": ("osnet", dict(norm="ibn")),
     **{f"osnet_ain_{w}": ("osnet", dict(channels=c, norm="ain")) for w, c in WIDTHS.items()},
     "osnet_test": ("osnet", dict(channels=(16, 32, 48, 64), layers=(1, 1, 1), feature_dim=64, img_size=(64, 32))),
+    "osnet_ibn_test": (
+        "osnet",
+        dict(channels=(16, 32, 48, 64), layers=(1, 1, 1), feature_dim=64, img_size=(64, 32), norm="ibn"),
+    ),
     "bot_r50": ("resnet", dict()),
     "bot_r50_ibn": ("resnet", dict(ibn=True)),
     "sbs_r50": ("resnet", dict(non_local=R50_NON_LOCAL, pooling="gem")),
