@@ -57,14 +57,26 @@ def op_table(path: Path) -> list[dict]:
 
 def _median_ms(it, x: np.ndarray | None, repeats: int) -> float:
     """Median ms of ``repeats`` invokes after a warm-up; the single input is ``x`` (zeros for a one-op model's
-    inputs, whose values do not change the kernels' time)."""
+    inputs, whose values do not change the kernels' time).
+
+    The inputs are written again before every timed invoke (untimed), as in a whole-model run where the op before
+    has just written them and pushed the op's own weights out of L1. Timed on an untouched input, the 677 ops of
+    `make run`'s compressed ViT (about 1 µs each) summed to 76-86 % of the whole model over repeated runs; written
+    before each invoke, 85-107 % (docs/results/2026-12-06-6fc7b2e-executorch-threads.md): ops this short are at
+    the limit of timing them one by one from Python."""
     details = it.get_input_details()
-    for d in details:
-        it.set_tensor(d["index"], x if x is not None and len(details) == 1 else np.zeros(d["shape"], d["dtype"]))
+    values = [x if x is not None and len(details) == 1 else np.zeros(d["shape"], d["dtype"]) for d in details]
+
+    def write_inputs():
+        for d, v in zip(details, values):
+            it.set_tensor(d["index"], v)
+
+    write_inputs()
     for _ in range(5):
         it.invoke()
     times = []
     for _ in range(repeats):
+        write_inputs()
         t0 = time.perf_counter()
         it.invoke()
         times.append(1000 * (time.perf_counter() - t0))

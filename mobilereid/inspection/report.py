@@ -27,7 +27,12 @@ def markdown(report: dict, top: int = 15) -> str:
         + (f", peak resident memory {t['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in t else "")
         + f". Per-op method: {t['method']}. Sum of the rows {t['sum_ms']:.3f} ms = "
         f"{100 * t['sum_over_e2e']:.0f} % of end-to-end"
-        + (f" of the traced runs ({t['traced_e2e_ms']:.3f} ms)." if "traced_e2e_ms" in t else ".")
+        + (
+            f" of the traced runs ({t['traced_e2e_ms']:.3f} ms), {100 * t['sum_over_untraced_e2e']:.0f} % of the "
+            "untraced end-to-end."
+            if "traced_e2e_ms" in t
+            else "."
+        )
         + (
             f" The rest, from the runtime's own `Method::execute` event: {t['between_calls_ms']:.3f} ms between the "
             f"calls (instruction dispatch and the tracer) and {t['outside_method_ms']:.3f} ms outside the method "

@@ -92,6 +92,8 @@ def inspect_artifact(
     t["sum_ms"] = float(sum(r["ms"] for r in t["rows"]))
     basis = t.get("traced_e2e_ms", t["e2e_ms"])  # ETDump: the traced runs themselves
     t["sum_over_e2e"] = t["sum_ms"] / basis if basis else float("nan")
+    if "traced_e2e_ms" in t:  # against the latency a user gets (no tracer): the tracer's cost sits in the rows too
+        t["sum_over_untraced_e2e"] = t["sum_ms"] / t["e2e_ms"] if t["e2e_ms"] else float("nan")
     if t.get("method_execute_ms"):  # ExecuTorch: what the rows leave out, measured by the runtime's own events
         t["between_calls_ms"] = t["method_execute_ms"] - t["sum_ms"]  # instruction dispatch and the tracer
         t["outside_method_ms"] = basis - t["method_execute_ms"]  # the Python binding: inputs in, outputs out
