@@ -577,6 +577,13 @@ def evaluate_cmd(
         help="Write each artifact's calibrated same-person threshold (at --far) into its sidecar (`match`), where the "
         "Android demo's matcher reads it.",
     ),
+    app_gallery: str = typer.Option(
+        "auto",
+        "--app-gallery",
+        help="With --write-threshold: how the Android app stores templates, written into the sidecar "
+        "(`match.gallery`): float32, int8 or pcaK, measured with --gallery-formats (pcaK gets its projection and "
+        "its own threshold); auto = int8 when measured, else float32.",
+    ),
     torch_device: str = typer.Option(
         "auto",
         "--torch-device",
@@ -595,9 +602,11 @@ def evaluate_cmd(
     """Accuracy drift, latency and size of artifacts, measured by the on-device evaluator.
 
     --reference takes a mobilereid checkpoint or a torch.export program (.pt2)."""
-    from .evaluate import evaluate_artifacts
+    from .evaluate import check_app_gallery, evaluate_artifacts
+    from .gallery import parse_formats
     from .report import eval_markdown
 
+    check_app_gallery(app_gallery, parse_formats(settings.gallery_formats))
     report = evaluate_artifacts(
         artifacts,
         data,
@@ -620,7 +629,7 @@ def evaluate_cmd(
     if write_threshold:
         from .evaluate import write_thresholds
 
-        for side in write_thresholds(report, data):
+        for side in write_thresholds(report, data, out, app_gallery):
             console.print(f"threshold written: {side}", markup=False)
     console.print(
         f"report: {out / 'report.html'} (also report.md, report.json; plots: "

@@ -483,6 +483,16 @@ def npz_labels(npz) -> tuple:
     return npz["q_pids"], npz["g_pids"], npz["q_camids"], npz["g_camids"]
 
 
+def projected_threshold(npz, pca: dict, far: float) -> dict:
+    """The same-person threshold of a pcaK gallery: calibrated like the artifact's own (`matching.verification`) on
+    the projected embeddings, whose cosine is not the full one's."""
+    from .gallery import project
+    from .matching import verification
+
+    t = verification(project(npz["query"], pca), project(npz["gallery"], pca), *npz_labels(npz), target_far=far)
+    return {k: t["threshold"][k] for k in ("value", "target_far", "held_out_far", "held_out_tar")}
+
+
 def add_matching(row: dict, npz, summary: dict, far: float, user_embeddings=None) -> None:
     """The deployment numbers of one artifact (matching.py): same-person decision metrics with a threshold calibrated
     on half of the identities and measured on the other; compatibility with the user's model (``user_embeddings``:
@@ -502,12 +512,49 @@ def add_matching(row: dict, npz, summary: dict, far: float, user_embeddings=None
         err_console.print(f"warning: {row['name']}: {problem}", markup=False)
 
 
-def write_thresholds(report: dict, data: Path) -> list[Path]:
+APP_GALLERIES = ("auto", "float32", "int8", "pcaK")  # what the Android core stores (android_demo: GalleryFormat)
+
+
+def check_app_gallery(app_gallery: str, measured: list[str]) -> None:
+    """``--app-gallery``: a format the app stores, measured by this evaluation (its scale or projection and threshold
+    come from the measurement); a one-line error otherwise."""
+    from .gallery import pca_dims
+
+    if app_gallery in ("auto", "float32"):
+        return
+    if app_gallery != "int8" and not pca_dims(app_gallery):
+        raise MobileReIDError(f"--app-gallery {app_gallery}: the app stores {', '.join(APP_GALLERIES)}")
+    if app_gallery not in measured:
+        raise MobileReIDError(f"--app-gallery {app_gallery}: not measured; add it to --gallery-formats")
+
+
+def app_gallery_block(row: dict, fmt: str, raw: Path | None) -> dict | None:
+    """``match.gallery`` for the format the app stores: int8's global scale, or pcaK's projection (mean and
+    components, from the evaluation's ``raw/KEY.pcaK.npz``) with its own threshold; None for float32."""
+    measured = next((f for f in row.get("gallery_formats") or [] if f["format"] == fmt), None)
+    if measured is None:
+        return None
+    if fmt == "int8":
+        return {"format": "int8", "scale": measured["scale"], "delta_mAP": measured["delta_mAP"]}
+    with np.load(raw / f"{row['result_key']}.{fmt}.npz") as pca:
+        mean, components = pca["mean"].astype(np.float32), pca["components"].astype(np.float32)
+    return {
+        "format": fmt,
+        "threshold": measured["threshold"]["value"],
+        "held_out_far": measured["threshold"]["held_out_far"],
+        "held_out_tar": measured["threshold"]["held_out_tar"],
+        "delta_mAP": measured["delta_mAP"],
+        "mean": mean.tolist(),
+        "components": components.tolist(),
+    }
+
+
+def write_thresholds(report: dict, data: Path, out: Path | None = None, app_gallery: str = "auto") -> list[Path]:
     """Each artifact's calibrated same-person threshold into its sidecar (``match``: threshold, FAR it was set for,
     the held-out FAR and TAR, the data, and the sha256 of the artifact it belongs to): the Android core's matcher
-    starts from it. With the int8 gallery format measured (``--gallery-formats int8``), ``match.gallery`` holds its
-    global scale and mAP change, and the app stores its templates that way. The sidecar is rewritten atomically;
-    everything else in it is kept."""
+    starts from it. ``match.gallery`` says how the app stores templates (``app_gallery``; ``auto``: int8 when it was
+    measured, else float32): int8 with its global scale, or pcaK with its projection and its own threshold (the
+    projected cosine is not the full one). The sidecar is rewritten atomically; everything else in it is kept."""
     from .filesafety import atomic_write_text
     from .runtimes import read_sidecar, sidecar_path
 
@@ -527,9 +574,10 @@ def write_thresholds(report: dict, data: Path) -> list[Path]:
             "artifact_sha256": meta.get("sha256", ""),
             "written_by": "mobilereid evaluate --write-threshold",
         }
-        int8 = next((f for f in r.get("gallery_formats") or [] if f["format"] == "int8"), None)
-        if int8 is not None:  # the app then stores templates as int8 with this scale (android_demo: GalleryFormat)
-            meta["match"]["gallery"] = {"format": "int8", "scale": int8["scale"], "delta_mAP": int8["delta_mAP"]}
+        fmt = "int8" if app_gallery == "auto" else app_gallery
+        gallery = app_gallery_block(r, fmt, Path(out) / "raw" if out else None) if fmt != "float32" else None
+        if gallery is not None:
+            meta["match"]["gallery"] = gallery
         atomic_write_text(side, json.dumps(meta, indent=2))
         written.append(side)
     return written
@@ -714,6 +762,7 @@ def evaluate_artifacts(
                 for f in row["gallery_formats"]:
                     f.pop("top1")
                     if "pca" in f:  # the projection travels as a file next to the report, not in the JSON
+                        f["threshold"] = projected_threshold(npz, f["pca"], far)
                         projections[f"{key}.{f['format']}.npz"] = f.pop("pca")
             if inspect and m["runtime"] in ("executorch", "litert"):
                 from .inspection.run import inspect_artifact

@@ -239,6 +239,21 @@ def gallery_markdown(report: dict) -> list[str]:
                 f"| {r['name']} | {f['format']} | {_pct(f['mAP'])} ({100 * f['delta_mAP']:+.2f}) | "
                 f"{f['bytes_per_item']} | {f['storage_ratio']:.0f}x | {times} |"
             )
+    own = [(r, f) for r in rows for f in r["gallery_formats"] if f.get("threshold")]
+    if own:  # pcaK: the projected cosine is not the full one, so the format gets its own threshold
+        lines += [
+            "",
+            "Same-person thresholds of the projected (pcaK) galleries, calibrated like the artifact's own:",
+            "",
+            "| artifact | format | threshold | target FAR | held-out FAR | held-out TAR |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r, f in own:
+            t = f["threshold"]
+            lines.append(
+                f"| {r['name']} | {f['format']} | {t['value']:.3f} | {t['target_far']:g} | {t['held_out_far']:.4f} | "
+                f"{100 * t['held_out_tar']:.1f}% |"
+            )
     on_device = [r for r in rows if r.get("gallery_formats_device")]
     if on_device:
         first = on_device[0]["gallery_formats_device"][0]

@@ -112,6 +112,7 @@ def gallery_cases(dim: int = 24, people: int = 5, probes: int = 24, threshold: f
         "forget": forget,
         "after_forget": after,
         "int8": int8_cases(views, [np.asarray(c["probe"], np.float32) for c in cases], threshold),
+        "pca": pca_cases(views, [np.asarray(c["probe"], np.float32) for c in cases], rng),
     }
 
 
@@ -142,6 +143,43 @@ def int8_cases(views: dict, probes: list[np.ndarray], threshold: float, margin: 
             }
         )
     return {"scale": scale, "codes": {n: stored["codes"][i].tolist() for i, n in enumerate(names)}, "probes": out}
+
+
+def pca_cases(views: dict, probes: list[np.ndarray], rng, k: int = 8, threshold: float = 0.5, margin=0.01) -> dict:
+    """The gallery stored as pcaK by the host's own code (`mobilereid.gallery`: projection fitted on embeddings like
+    the gallery's, each template projected and re-normalised): the projection, each template's stored projection,
+    and per probe the best identity and its projected cosine; probes within ``margin`` of the threshold or of the
+    runner-up are left out."""
+    from mobilereid.gallery import encode, fit_pca, similarity
+
+    names = list(views)
+    templates = np.stack([_normalised(np.mean([_normalised(v) for v in views[n]], axis=0)) for n in names])
+    enrolled = np.concatenate([np.stack(v) for v in views.values()])
+    fit = np.concatenate([enrolled, rng.normal(size=(40, templates.shape[1]))])
+    pca = fit_pca(fit, k)
+    stored = encode(templates.astype(np.float32), f"pca{k}", pca)
+    out = []
+    for probe in probes:
+        sims = similarity(probe[None], stored, f"pca{k}", templates.shape[1])[0].astype(np.float64)
+        order = np.argsort(-sims, kind="stable")
+        best = float(sims[order[0]])
+        if abs(best - threshold) < margin or (len(order) > 1 and best - float(sims[order[1]]) < margin):
+            continue
+        out.append(
+            {
+                "probe": probe.tolist(),
+                "best": names[order[0]],
+                "similarity": best,
+                "identity": names[order[0]] if best >= threshold else None,
+            }
+        )
+    return {
+        "threshold": threshold,
+        "mean": pca["mean"].tolist(),
+        "components": pca["components"].tolist(),
+        "projections": {n: stored["codes"][i].tolist() for i, n in enumerate(names)},
+        "probes": out,
+    }
 
 
 def latency_cases(seed: int = 0) -> dict:

@@ -302,7 +302,9 @@ def test_write_threshold_puts_the_calibrated_threshold_into_the_sidecar(artifact
             "0.01",
             "--write-threshold",
             "--gallery-formats",
-            "int8",
+            "int8,pca4",
+            "--app-gallery",
+            "pca4",
         ],
     )
     assert r.exit_code == 0, r.output
@@ -310,10 +312,35 @@ def test_write_threshold_puts_the_calibrated_threshold_into_the_sidecar(artifact
     row = json.loads((tmp_path / "rep" / "report.json").read_text())["artifacts"][0]
     t = row["matching"]["threshold"]
     assert meta["match"]["threshold"] == t["value"] and meta["match"]["far"] == 0.01
-    int8 = next(f for f in row["gallery_formats"] if f["format"] == "int8")  # the app's stored format and its scale
-    assert meta["match"]["gallery"] == {"format": "int8", "scale": int8["scale"], "delta_mAP": int8["delta_mAP"]}
+    pca = next(f for f in row["gallery_formats"] if f["format"] == "pca4")  # the app's stored format
+    stored = meta["match"]["gallery"]
+    assert stored["format"] == "pca4" and stored["threshold"] == pca["threshold"]["value"] != t["value"]
+    with np.load(tmp_path / "rep" / "raw" / f"{row['result_key']}.pca4.npz") as fitted:
+        assert np.array_equal(np.asarray(stored["components"], np.float32), fitted["components"])
+        assert np.array_equal(np.asarray(stored["mean"], np.float32), fitted["mean"])
+    assert np.asarray(stored["components"]).shape == (4, meta["model"]["embedding_dim"])
     assert meta["match"]["artifact_sha256"] == meta["sha256"] == before["sha256"]
     assert {k: v for k, v in meta.items() if k != "match"} == before  # nothing else in the sidecar changed
+    assert "Same-person thresholds of the projected" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_app_gallery_choices_and_errors(artifacts, tiny_dataset, tmp_path):
+    """`--app-gallery`: int8 keeps its global scale; a format the app does not store, or one not measured, is a
+    one-line error before anything runs."""
+    from mobilereid.evaluate import app_gallery_block
+
+    row = {"gallery_formats": [{"format": "int8", "scale": 0.01, "delta_mAP": -0.001}], "result_key": "k"}
+    assert app_gallery_block(row, "int8", None) == {"format": "int8", "scale": 0.01, "delta_mAP": -0.001}
+    art = artifacts[1][0]
+    for fmt, formats, says in [
+        ("binary", "binary", "the app stores"),
+        ("pca8", "int8", "not measured"),
+    ]:
+        out = tmp_path / fmt
+        args = ["evaluate", str(art), "-d", str(tiny_dataset), "-o", str(out), "--write-threshold"]
+        r = runner.invoke(app, args + ["--gallery-formats", formats, "--app-gallery", fmt])
+        assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, r.output
+        assert not out.exists()
 
 
 def test_cli_benchmark_one_table(artifacts, tiny_dataset, tmp_path):

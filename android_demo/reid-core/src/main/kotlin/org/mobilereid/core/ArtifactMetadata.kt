@@ -100,8 +100,10 @@ data class ArtifactMetadata(
 ) {
     val layout: String get() = input.layout ?: "NCHW"
 
-    /** The threshold the matcher starts from: the artifact's calibrated one, else [fallback] (a hand-set value). */
-    fun defaultThreshold(fallback: Double = 0.6): Double = match?.threshold ?: fallback
+    /** The threshold the matcher starts from: the stored format's own (a PCA gallery's projected cosine), else the
+     *  artifact's calibrated one, else [fallback] (a hand-set value). */
+    fun defaultThreshold(fallback: Double = 0.6): Double =
+        (match?.gallery as? GalleryFormat.Pca)?.threshold ?: match?.threshold ?: fallback
 
     /** How the gallery stores templates: the sidecar's `match.gallery`, else float32. */
     fun galleryFormat(): GalleryFormat = match?.gallery ?: GalleryFormat.Float32
@@ -132,7 +134,12 @@ data class ArtifactMetadata(
                     input = input, output = tensor(m.obj("output")),
                     camera = m.objOrNull("camera")?.let { CameraSpec(it.int("cameras"), (it["baked_camera"] as? Number)?.toInt()) },
                     match = m.objOrNull("match")?.let { matchSpec(it, (m["sha256"] as? String) ?: "") },
-                )
+                ).also { meta ->
+                    val pca = meta.match?.gallery as? GalleryFormat.Pca
+                    if (pca != null && pca.mean.size != meta.embeddingDim) {
+                        throw IllegalArgumentException("match.gallery projects ${pca.mean.size} values, the model embeds ${meta.embeddingDim}")
+                    }
+                }
             } catch (e: IllegalArgumentException) {
                 throw IllegalArgumentException("$source: ${e.message}")
             }
@@ -161,7 +168,17 @@ data class ArtifactMetadata(
         private fun galleryFormat(g: Map<String, Any?>?): GalleryFormat = when (val f = g?.get("format") ?: "float32") {
             "float32" -> GalleryFormat.Float32
             "int8" -> GalleryFormat.Int8(g!!.num("scale").toFloat())
-            else -> throw IllegalArgumentException("match.gallery.format '$f' is not one the app stores (float32, int8)")
+            else -> if (f is String && Regex("pca[1-9][0-9]*").matches(f)) pcaFormat(f, g!!)
+                else throw IllegalArgumentException("match.gallery.format '$f' is not one the app stores (float32, int8, pcaK)")
+        }
+
+        private fun pcaFormat(name: String, g: Map<String, Any?>): GalleryFormat.Pca {
+            fun floats(v: Any?) = (v as? List<*>)?.map { (it as? Number)?.toFloat() ?: throw IllegalArgumentException("match.gallery: a value is not a number") }?.toFloatArray()
+                ?: throw IllegalArgumentException("match.gallery: expected a list of numbers")
+            val components = g.list("components").map { floats(it) }.toTypedArray()
+            val pca = GalleryFormat.Pca(floats(g["mean"]), components, g.num("threshold"))
+            if (pca.name != name) throw IllegalArgumentException("match.gallery.format is $name but it holds ${components.size} components")
+            return pca
         }
 
         private fun tensor(m: Map<String, Any?>): TensorSpec {

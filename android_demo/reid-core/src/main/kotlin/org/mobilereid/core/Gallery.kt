@@ -11,9 +11,12 @@ data class MatchResult(val identity: String?, val bestIdentity: String?, val sim
  * - [Int8]: the template's values divided by one global [Int8.scale], rounded half to even (numpy's rule) and
  *   clipped to +-127, one byte per dimension; the probe is quantized the same way and the score is the int32 dot
  *   product times scale^2, which approximates the cosine, so the artifact's calibrated threshold still applies.
- * The scale comes from the sidecar (`match.gallery`, written by `mobilereid evaluate --write-threshold
- * --gallery-formats int8`), fitted on the evaluation gallery. Sign-bit (binary) galleries are not offered here:
- * their Hamming scores need a threshold of their own.
+ * - [Pca]: the L2-normalised embedding minus the mean, projected on K principal components and re-normalised, K
+ *   floats per template (`pcaK` on the host: fitted there on training images); the score is the dot product of two
+ *   projections, a cosine of its own, so the format carries its own calibrated threshold.
+ * The scale or projection comes from the sidecar (`match.gallery`, written by `mobilereid evaluate --write-threshold
+ * --gallery-formats int8,pca64 --app-gallery ...`). Sign-bit (binary) galleries are not offered here: their Hamming
+ * scores would need a calibration of their own.
  */
 sealed class GalleryFormat {
     abstract val name: String
@@ -40,6 +43,24 @@ sealed class GalleryFormat {
             return s.toDouble() * scale.toDouble() * scale.toDouble()
         }
     }
+
+    /** [components]: K rows of the embedding size; [threshold]: the same-person threshold on projected cosines. */
+    class Pca(val mean: FloatArray, val components: Array<FloatArray>, val threshold: Double) : GalleryFormat() {
+        init {
+            require(components.isNotEmpty()) { "pca gallery has no components" }
+            require(components.all { it.size == mean.size }) { "pca components and mean have different sizes" }
+            require(threshold in -1.0..1.0) { "pca gallery threshold $threshold is not a cosine similarity in [-1, 1]" }
+        }
+        override val name = "pca${components.size}"
+        override fun bytesPerTemplate(dim: Int) = 4 * components.size
+
+        /** An L2-normalised embedding -> its normalised projection (host: `mobilereid.gallery.project`). */
+        fun project(normalised: FloatArray): FloatArray {
+            require(normalised.size == mean.size) { "embedding has ${normalised.size} values, the projection takes ${mean.size}" }
+            val centred = FloatArray(mean.size) { normalised[it] - mean[it] }
+            return Similarity.l2Normalised(FloatArray(components.size) { Similarity.dot(centred, components[it]).toFloat() })
+        }
+    }
 }
 
 /**
@@ -56,6 +77,7 @@ class Gallery(val embeddingDim: Int, val format: GalleryFormat = GalleryFormat.F
     private val views = LinkedHashMap<String, MutableList<FloatArray>>()
     private val templates = LinkedHashMap<String, FloatArray>()
     private val codes = LinkedHashMap<String, ByteArray>()  // Int8: what is stored and searched
+    private val projections = LinkedHashMap<String, FloatArray>()  // Pca: what is stored and searched
 
     /** Bytes the stored templates take (views are kept in float for re-averaging; a deployment would not). */
     val storedBytes: Int get() = templates.size * format.bytesPerTemplate(embeddingDim)
@@ -71,14 +93,19 @@ class Gallery(val embeddingDim: Int, val format: GalleryFormat = GalleryFormat.F
         list.add(Similarity.l2Normalised(embedding))
         templates[identity] = template(list)
         (format as? GalleryFormat.Int8)?.let { codes[identity] = it.encode(templates.getValue(identity)) }
+        (format as? GalleryFormat.Pca)?.let { projections[identity] = it.project(templates.getValue(identity)) }
     }
 
     /** The stored int8 codes of a person's template (Int8 format), null otherwise. */
     fun codesOf(identity: String): ByteArray? = codes[identity]?.copyOf()
 
+    /** The stored projection of a person's template (Pca format), null otherwise. */
+    fun projectionOf(identity: String): FloatArray? = projections[identity]?.copyOf()
+
     fun forget(identity: String): Boolean {
         templates.remove(identity)
         codes.remove(identity)
+        projections.remove(identity)
         return views.remove(identity) != null
     }
 
@@ -86,6 +113,7 @@ class Gallery(val embeddingDim: Int, val format: GalleryFormat = GalleryFormat.F
         views.clear()
         templates.clear()
         codes.clear()
+        projections.clear()
     }
 
     fun match(embedding: FloatArray, threshold: Double): MatchResult {
@@ -95,9 +123,15 @@ class Gallery(val embeddingDim: Int, val format: GalleryFormat = GalleryFormat.F
         var best: String? = null
         var bestSim = Double.NEGATIVE_INFINITY
         val int8 = format as? GalleryFormat.Int8
+        val pca = format as? GalleryFormat.Pca
         val probeCodes = int8?.encode(probe)
+        val probeProjection = pca?.project(probe)
         for (name in templates.keys) {
-            val s = if (int8 != null) int8.score(probeCodes!!, codes.getValue(name)) else Similarity.dot(probe, templates.getValue(name))
+            val s = when {
+                int8 != null -> int8.score(probeCodes!!, codes.getValue(name))
+                pca != null -> Similarity.dot(probeProjection!!, projections.getValue(name))
+                else -> Similarity.dot(probe, templates.getValue(name))
+            }
             if (s > bestSim) { bestSim = s; best = name }
         }
         return MatchResult(if (bestSim >= threshold) best else null, best, bestSim)

@@ -76,6 +76,35 @@ class GalleryGoldenTest {
     }
 
     @Test
+    fun `a pca gallery stores and scores like the host's pcaK format`() {
+        @Suppress("UNCHECKED_CAST")
+        val q = g["pca"] as Map<String, Any?>
+        val components = (q["components"] as List<*>).map { Golden.floats(it) }.toTypedArray()
+        val format = GalleryFormat.Pca(Golden.floats(q["mean"]), components, (q["threshold"] as Number).toDouble())
+        assertEquals("pca${components.size}", format.name)
+        val dim = (g["dim"] as Number).toInt()
+        val gallery = Gallery(dim, format)
+        @Suppress("UNCHECKED_CAST")
+        for ((name, views) in g["views"] as Map<String, Any?>) for (v in views as List<*>) gallery.enrol(name, Golden.floats(v))
+        @Suppress("UNCHECKED_CAST")
+        for ((name, expected) in q["projections"] as Map<String, Any?>) {
+            val got = gallery.projectionOf(name)!!
+            val want = Golden.floats(expected)
+            for (i in want.indices) assertEquals(want[i].toDouble(), got[i].toDouble(), 1e-5, "$name projection $i")
+        }
+        assertEquals(gallery.identities.size * 4 * components.size, gallery.storedBytes)  // K floats per template
+        val probes = Golden.objects(q["probes"])
+        assertTrue(probes.size >= 10 && probes.any { it["identity"] == null } && probes.any { it["identity"] != null })
+        for ((i, p) in probes.withIndex()) {
+            val r = gallery.match(Golden.floats(p["probe"]), format.threshold)
+            assertEquals(p["best"], r.bestIdentity, "pca probe $i best identity")
+            assertEquals(p["identity"], r.identity, "pca probe $i decision")
+            assertEquals((p["similarity"] as Number).toDouble(), r.similarity, 1e-5, "pca probe $i similarity")
+        }
+        assertThrows(IllegalArgumentException::class.java) { GalleryFormat.Pca(FloatArray(3), arrayOf(FloatArray(4)), 0.5) }
+    }
+
+    @Test
     fun `bad input is refused with a message`() {
         val gallery = Gallery(4)
         assertEquals(null, gallery.match(floatArrayOf(1f, 0f, 0f, 0f), 0.5).bestIdentity)

@@ -63,6 +63,18 @@ class MetadataAndJsonTest {
             )
         }
         assertTrue(binary.message!!.startsWith("m.json:") && "binary" in binary.message!!, binary.message)
+        fun pca(name: String, mean: String) = sidecar(
+            """, "match": {"threshold": 0.5, "far": 0.001, "artifact_sha256": "abc123", "gallery": {"format": "$name",
+            "threshold": 0.375, "mean": $mean, "components": [[1, 0, 0, 0], [0, 0.5, 0.5, 0]]}}"""
+        )
+        val projected = ArtifactMetadata.parse(pca("pca2", "[0, 0, 0, 0.25]"))
+        val format = projected.galleryFormat() as GalleryFormat.Pca
+        assertEquals("pca2", format.name)
+        assertEquals(0.375, projected.defaultThreshold())  // the projected cosine's own threshold, not match.threshold
+        for ((name, mean, what) in listOf(Triple("pca3", "[0, 0, 0, 0]", "components"), Triple("pca2", "[0, 0, 0]", "different sizes"))) {
+            val e = assertThrows(IllegalArgumentException::class.java) { ArtifactMetadata.parse(pca(name, mean), "m.json") }
+            assertTrue(e.message!!.startsWith("m.json:") && what in e.message!!, e.message)
+        }
     }
 
     @Test
