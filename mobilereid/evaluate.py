@@ -544,9 +544,15 @@ def app_gallery_block(row: dict, fmt: str, raw: Path | None) -> dict | None:
         "held_out_far": measured["threshold"]["held_out_far"],
         "held_out_tar": measured["threshold"]["held_out_tar"],
         "delta_mAP": measured["delta_mAP"],
-        "mean": mean.tolist(),
-        "components": components.tolist(),
+        "mean": _shortest_floats(mean),
+        "components": [_shortest_floats(row) for row in components],
     }
+
+
+def _shortest_floats(values: np.ndarray) -> list[float]:
+    """float32 values as the shortest decimals that narrow back to the same float32 (numpy's repr): about half the
+    JSON of their float64 expansions, and the same bits in the app (Kotlin's toFloat)."""
+    return [float(str(v)) for v in np.asarray(values, np.float32)]
 
 
 def write_thresholds(report: dict, data: Path, out: Path | None = None, app_gallery: str = "auto") -> list[Path]:
