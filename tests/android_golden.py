@@ -127,9 +127,20 @@ def int8_cases(views: dict, probes: list[np.ndarray], threshold: float, margin: 
     templates = np.stack([_normalised(np.mean([_normalised(v) for v in views[n]], axis=0)) for n in names])
     stored = encode(templates, "int8")
     scale = stored["scale"]
+
+    def score(probe):
+        return similarity(probe[None], stored, "int8", templates.shape[1])[0].astype(np.float64) * scale * scale
+
+    out = clear_decisions(names, probes, score, threshold, margin)
+    return {"scale": scale, "codes": {n: stored["codes"][i].tolist() for i, n in enumerate(names)}, "probes": out}
+
+
+def clear_decisions(names: list[str], probes: list[np.ndarray], score, threshold: float, margin: float) -> list:
+    """Per probe: the best identity under ``score`` (probe -> a similarity per name), its similarity and the decision
+    at ``threshold``; probes whose best lies within ``margin`` of the threshold or of the runner-up are left out."""
     out = []
     for probe in probes:
-        sims = similarity(probe[None], stored, "int8", templates.shape[1])[0].astype(np.float64) * scale * scale
+        sims = score(probe)
         order = np.argsort(-sims, kind="stable")
         best = float(sims[order[0]])
         if abs(best - threshold) < margin or (len(order) > 1 and best - float(sims[order[1]]) < margin):
@@ -142,7 +153,7 @@ def int8_cases(views: dict, probes: list[np.ndarray], threshold: float, margin: 
                 "identity": names[order[0]] if best >= threshold else None,
             }
         )
-    return {"scale": scale, "codes": {n: stored["codes"][i].tolist() for i, n in enumerate(names)}, "probes": out}
+    return out
 
 
 def pca_cases(views: dict, probes: list[np.ndarray], rng, k: int = 8, threshold: float = 0.5, margin=0.01) -> dict:
@@ -158,21 +169,11 @@ def pca_cases(views: dict, probes: list[np.ndarray], rng, k: int = 8, threshold:
     fit = np.concatenate([enrolled, rng.normal(size=(40, templates.shape[1]))])
     pca = fit_pca(fit, k)
     stored = encode(templates.astype(np.float32), f"pca{k}", pca)
-    out = []
-    for probe in probes:
-        sims = similarity(probe[None], stored, f"pca{k}", templates.shape[1])[0].astype(np.float64)
-        order = np.argsort(-sims, kind="stable")
-        best = float(sims[order[0]])
-        if abs(best - threshold) < margin or (len(order) > 1 and best - float(sims[order[1]]) < margin):
-            continue
-        out.append(
-            {
-                "probe": probe.tolist(),
-                "best": names[order[0]],
-                "similarity": best,
-                "identity": names[order[0]] if best >= threshold else None,
-            }
-        )
+
+    def score(probe):
+        return similarity(probe[None], stored, f"pca{k}", templates.shape[1])[0].astype(np.float64)
+
+    out = clear_decisions(names, probes, score, threshold, margin)
     return {
         "threshold": threshold,
         "mean": pca["mean"].tolist(),
