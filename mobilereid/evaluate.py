@@ -483,13 +483,17 @@ def npz_labels(npz) -> tuple:
     return npz["q_pids"], npz["g_pids"], npz["q_camids"], npz["g_camids"]
 
 
-def projected_threshold(npz, pca: dict, far: float) -> dict:
-    """The same-person threshold of a pcaK gallery: calibrated like the artifact's own (`matching.verification`) on
-    the projected embeddings, whose cosine is not the full one's."""
-    from .gallery import project
+def format_threshold(npz, far: float, pca: dict | None = None) -> dict:
+    """The same-person threshold of a gallery format whose score is not the full cosine, calibrated like the
+    artifact's own (`matching.verification`): pcaK (``pca`` given) on the projected embeddings; binary on the +-1
+    sign vectors, whose cosine is (D - 2 x Hamming) / D."""
+    from .gallery import project, sign_vectors
     from .matching import verification
 
-    t = verification(project(npz["query"], pca), project(npz["gallery"], pca), *npz_labels(npz), target_far=far)
+    def code(x):
+        return project(x, pca) if pca is not None else sign_vectors(x)
+
+    t = verification(code(npz["query"]), code(npz["gallery"]), *npz_labels(npz), target_far=far)
     return {k: t["threshold"][k] for k in ("value", "target_far", "held_out_far", "held_out_tar")}
 
 
@@ -512,7 +516,8 @@ def add_matching(row: dict, npz, summary: dict, far: float, user_embeddings=None
         err_console.print(f"warning: {row['name']}: {problem}", markup=False)
 
 
-APP_GALLERIES = ("auto", "float32", "int8", "pcaK")  # what the Android core stores (android_demo: GalleryFormat)
+# what the Android core stores (android_demo: GalleryFormat)
+APP_GALLERIES = ("auto", "float32", "int8", "binary", "pcaK")
 
 
 def check_app_gallery(app_gallery: str, measured: list[str]) -> None:
@@ -522,31 +527,33 @@ def check_app_gallery(app_gallery: str, measured: list[str]) -> None:
 
     if app_gallery in ("auto", "float32"):
         return
-    if app_gallery != "int8" and not pca_dims(app_gallery):
+    if app_gallery not in ("int8", "binary") and not pca_dims(app_gallery):
         raise MobileReIDError(f"--app-gallery {app_gallery}: the app stores {', '.join(APP_GALLERIES)}")
     if app_gallery not in measured:
         raise MobileReIDError(f"--app-gallery {app_gallery}: not measured; add it to --gallery-formats")
 
 
 def app_gallery_block(row: dict, fmt: str, raw: Path | None) -> dict | None:
-    """``match.gallery`` for the format the app stores: int8's global scale, or pcaK's projection (mean and
-    components, from the evaluation's ``raw/KEY.pcaK.npz``) with its own threshold; None for float32."""
+    """``match.gallery`` for the format the app stores: int8's global scale; binary's threshold on (D - 2 x Hamming)
+    / D; pcaK's projection (mean and components, from the evaluation's ``raw/KEY.pcaK.npz``) with its own threshold;
+    None for float32."""
     measured = next((f for f in row.get("gallery_formats") or [] if f["format"] == fmt), None)
     if measured is None:
         return None
     if fmt == "int8":
         return {"format": "int8", "scale": measured["scale"], "delta_mAP": measured["delta_mAP"]}
-    with np.load(raw / f"{row['result_key']}.{fmt}.npz") as pca:
-        mean, components = pca["mean"].astype(np.float32), pca["components"].astype(np.float32)
-    return {
+    block = {
         "format": fmt,
         "threshold": measured["threshold"]["value"],
         "held_out_far": measured["threshold"]["held_out_far"],
         "held_out_tar": measured["threshold"]["held_out_tar"],
         "delta_mAP": measured["delta_mAP"],
-        "mean": _shortest_floats(mean),
-        "components": [_shortest_floats(row) for row in components],
     }
+    if fmt == "binary":
+        return block
+    with np.load(raw / f"{row['result_key']}.{fmt}.npz") as pca:
+        mean, components = pca["mean"].astype(np.float32), pca["components"].astype(np.float32)
+    return {**block, "mean": _shortest_floats(mean), "components": [_shortest_floats(row) for row in components]}
 
 
 def _shortest_floats(values: np.ndarray) -> list[float]:
@@ -767,8 +774,9 @@ def evaluate_artifacts(
                     row["gallery_formats_device"] = device_agreement(row["gallery_formats"], device_formats, qemu)
                 for f in row["gallery_formats"]:
                     f.pop("top1")
+                    if "pca" in f or f["format"] == "binary":  # scores of their own: thresholds of their own
+                        f["threshold"] = format_threshold(npz, far, f.get("pca"))
                     if "pca" in f:  # the projection travels as a file next to the report, not in the JSON
-                        f["threshold"] = projected_threshold(npz, f["pca"], far)
                         projections[f"{key}.{f['format']}.npz"] = f.pop("pca")
             if inspect and m["runtime"] in ("executorch", "litert"):
                 from .inspection.run import inspect_artifact

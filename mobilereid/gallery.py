@@ -74,6 +74,12 @@ def project(x: np.ndarray, pca: dict) -> np.ndarray:
     return l2_normalize((l2_normalize(np.asarray(x, np.float32)) - pca["mean"]) @ pca["components"].T)
 
 
+def sign_vectors(x: np.ndarray) -> np.ndarray:
+    """The binary code as a vector of +-1 (+1 where the value is > 0, as ``encode`` sets a bit): the cosine of two
+    such vectors is (D - 2 x Hamming) / D, the binary format's similarity on the cosine's scale."""
+    return np.where(np.asarray(x) > 0, 1.0, -1.0).astype(np.float32)
+
+
 def encode(gallery: np.ndarray, fmt: str, pca: dict | None = None) -> dict:
     """The stored form of a gallery: {"codes": array, "scale": float or None} (and the projection for pcaK)."""
     if pca_dims(fmt):

@@ -240,10 +240,11 @@ def gallery_markdown(report: dict) -> list[str]:
                 f"{f['bytes_per_item']} | {f['storage_ratio']:.0f}x | {times} |"
             )
     own = [(r, f) for r in rows for f in r["gallery_formats"] if f.get("threshold")]
-    if own:  # pcaK: the projected cosine is not the full one, so the format gets its own threshold
+    if own:  # pcaK and binary score on scales of their own, so each gets its own threshold
         lines += [
             "",
-            "Same-person thresholds of the projected (pcaK) galleries, calibrated like the artifact's own:",
+            "Same-person thresholds of the formats that score on a scale of their own (pcaK: the projected cosine; "
+            "binary: (D - 2 x Hamming) / D), calibrated like the artifact's own:",
             "",
             "| artifact | format | threshold | target FAR | held-out FAR | held-out TAR |",
             "|---|---|---|---|---|---|",

@@ -113,6 +113,7 @@ def gallery_cases(dim: int = 24, people: int = 5, probes: int = 24, threshold: f
         "after_forget": after,
         "int8": int8_cases(views, [np.asarray(c["probe"], np.float32) for c in cases], threshold),
         "pca": pca_cases(views, [np.asarray(c["probe"], np.float32) for c in cases], rng),
+        "binary": binary_cases(views, [np.asarray(c["probe"], np.float32) for c in cases]),
     }
 
 
@@ -181,6 +182,23 @@ def pca_cases(views: dict, probes: list[np.ndarray], rng, k: int = 8, threshold:
         "projections": {n: stored["codes"][i].tolist() for i, n in enumerate(names)},
         "probes": out,
     }
+
+
+def binary_cases(views: dict, probes: list[np.ndarray], threshold: float = 0.3) -> dict:
+    """The gallery stored as sign bits by the host's own code (`mobilereid.gallery`), scored as (D - 2 x Hamming) /
+    D: per probe the best identity and its score. Scores are exact multiples of 2 / D on both sides; probes with a tie
+    for the best are left out (both sides give ties to the person enrolled first, but the margin rule is shared)."""
+    from mobilereid.gallery import encode, similarity
+
+    names = list(views)
+    templates = np.stack([_normalised(np.mean([_normalised(v) for v in views[n]], axis=0)) for n in names])
+    dim = templates.shape[1]
+    stored = encode(templates.astype(np.float32), "binary")
+
+    def score(probe):
+        return 2.0 * similarity(probe[None], stored, "binary", dim)[0].astype(np.float64) / dim - 1.0
+
+    return {"threshold": threshold, "probes": clear_decisions(names, probes, score, threshold, 1e-9)}
 
 
 def latency_cases(seed: int = 0) -> dict:

@@ -126,6 +126,7 @@ def test_kotlin_core_reproduces_python_golden_vectors(golden, tmp_path):
     assert any("bit-identical" in n for n in names) and any("numpy" in n for n in names)
     assert any("int8 gallery" in n for n in names)  # the app's int8 template store against the host's int8 format
     assert any("pca gallery" in n for n in names)  # and its PCA store against the host's pcaK format
+    assert any("binary gallery" in n for n in names)  # and its sign-bit store against the host's binary format
 
     # what the Kotlin evaluation writer stored, read back by numpy as the host does after `adb pull`
     want = json.loads((golden / "npz.json").read_text())

@@ -321,19 +321,31 @@ def test_write_threshold_puts_the_calibrated_threshold_into_the_sidecar(artifact
     assert np.asarray(stored["components"]).shape == (4, meta["model"]["embedding_dim"])
     assert meta["match"]["artifact_sha256"] == meta["sha256"] == before["sha256"]
     assert {k: v for k, v in meta.items() if k != "match"} == before  # nothing else in the sidecar changed
-    assert "Same-person thresholds of the projected" in (tmp_path / "rep" / "report.md").read_text()
+    assert (
+        "Same-person thresholds of the formats that score on a scale of their own"
+        in (tmp_path / "rep" / "report.md").read_text()
+    )
 
 
 def test_app_gallery_choices_and_errors(artifacts, tiny_dataset, tmp_path):
-    """`--app-gallery`: int8 keeps its global scale; a format the app does not store, or one not measured, is a
-    one-line error before anything runs."""
+    """`--app-gallery`: int8 keeps its global scale, binary its own threshold; a format the app does not store, or
+    one not measured, is a one-line error before anything runs."""
     from mobilereid.evaluate import app_gallery_block
 
     row = {"gallery_formats": [{"format": "int8", "scale": 0.01, "delta_mAP": -0.001}], "result_key": "k"}
     assert app_gallery_block(row, "int8", None) == {"format": "int8", "scale": 0.01, "delta_mAP": -0.001}
     art = artifacts[1][0]
+    threshold = {"value": 0.5, "held_out_far": 0.001, "held_out_tar": 0.2}
+    row["gallery_formats"].append({"format": "binary", "delta_mAP": -0.01, "threshold": threshold})
+    assert app_gallery_block(row, "binary", None) == {
+        "format": "binary",
+        "threshold": 0.5,
+        "held_out_far": 0.001,
+        "held_out_tar": 0.2,
+        "delta_mAP": -0.01,
+    }
     for fmt, formats, says in [
-        ("binary", "binary", "the app stores"),
+        ("float16", "float16", "the app stores"),
         ("pca8", "int8", "not measured"),
     ]:
         out = tmp_path / fmt

@@ -100,10 +100,9 @@ data class ArtifactMetadata(
 ) {
     val layout: String get() = input.layout ?: "NCHW"
 
-    /** The threshold the matcher starts from: the stored format's own (a PCA gallery's projected cosine), else the
-     *  artifact's calibrated one, else [fallback] (a hand-set value). */
-    fun defaultThreshold(fallback: Double = 0.6): Double =
-        (match?.gallery as? GalleryFormat.Pca)?.threshold ?: match?.threshold ?: fallback
+    /** The threshold the matcher starts from: the stored format's own (binary and PCA galleries score on scales of
+     *  their own), else the artifact's calibrated one, else [fallback] (a hand-set value). */
+    fun defaultThreshold(fallback: Double = 0.6): Double = match?.gallery?.ownThreshold ?: match?.threshold ?: fallback
 
     /** How the gallery stores templates: the sidecar's `match.gallery`, else float32. */
     fun galleryFormat(): GalleryFormat = match?.gallery ?: GalleryFormat.Float32
@@ -168,8 +167,9 @@ data class ArtifactMetadata(
         private fun galleryFormat(g: Map<String, Any?>?): GalleryFormat = when (val f = g?.get("format") ?: "float32") {
             "float32" -> GalleryFormat.Float32
             "int8" -> GalleryFormat.Int8(g!!.num("scale").toFloat())
+            "binary" -> GalleryFormat.Binary(g!!.num("threshold"))
             else -> if (f is String && Regex("pca[1-9][0-9]*").matches(f)) pcaFormat(f, g!!)
-                else throw IllegalArgumentException("match.gallery.format '$f' is not one the app stores (float32, int8, pcaK)")
+                else throw IllegalArgumentException("match.gallery.format '$f' is not one the app stores (float32, int8, binary, pcaK)")
         }
 
         private fun pcaFormat(name: String, g: Map<String, Any?>): GalleryFormat.Pca {

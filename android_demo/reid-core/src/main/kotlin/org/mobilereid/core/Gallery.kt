@@ -11,16 +11,20 @@ data class MatchResult(val identity: String?, val bestIdentity: String?, val sim
  * - [Int8]: the template's values divided by one global [Int8.scale], rounded half to even (numpy's rule) and
  *   clipped to +-127, one byte per dimension; the probe is quantized the same way and the score is the int32 dot
  *   product times scale^2, which approximates the cosine, so the artifact's calibrated threshold still applies.
+ * - [Binary]: the sign of each value (bit set where > 0), 64 per Long; the score is (D - 2 x Hamming) / D (the
+ *   cosine of the +-1 vectors), with its own calibrated threshold.
  * - [Pca]: the L2-normalised embedding minus the mean, projected on K principal components and re-normalised, K
  *   floats per template (`pcaK` on the host: fitted there on training images); the score is the dot product of two
  *   projections, a cosine of its own, so the format carries its own calibrated threshold.
- * The scale or projection comes from the sidecar (`match.gallery`, written by `mobilereid evaluate --write-threshold
- * --gallery-formats int8,pca64 --app-gallery ...`). Sign-bit (binary) galleries are not offered here: their Hamming
- * scores would need a calibration of their own.
+ * The scale, projection or threshold comes from the sidecar (`match.gallery`, written by `mobilereid evaluate
+ * --write-threshold --gallery-formats int8,binary,pca64 --app-gallery ...`).
  */
 sealed class GalleryFormat {
     abstract val name: String
     abstract fun bytesPerTemplate(dim: Int): Int
+
+    /** The same-person threshold of a format that scores on a scale of its own (null: the artifact's cosine one). */
+    open val ownThreshold: Double? get() = null
 
     object Float32 : GalleryFormat() {
         override val name = "float32"
@@ -44,8 +48,31 @@ sealed class GalleryFormat {
         }
     }
 
+    data class Binary(val threshold: Double) : GalleryFormat() {
+        init {
+            require(threshold in -1.0..1.0) { "binary gallery threshold $threshold is outside [-1, 1]" }
+        }
+        override val name = "binary"
+        override val ownThreshold: Double get() = threshold
+        override fun bytesPerTemplate(dim: Int) = 8 * ((dim + 63) / 64)
+
+        fun encode(values: FloatArray): LongArray {
+            val words = LongArray((values.size + 63) / 64)
+            for (i in values.indices) if (values[i] > 0f) words[i / 64] = words[i / 64] or (1L shl (i % 64))
+            return words
+        }
+
+        fun score(a: LongArray, b: LongArray, dim: Int): Double {
+            var hamming = 0
+            for (w in a.indices) hamming += java.lang.Long.bitCount(a[w] xor b[w])
+            return (dim - 2.0 * hamming) / dim
+        }
+    }
+
     /** [components]: K rows of the embedding size; [threshold]: the same-person threshold on projected cosines. */
     class Pca(val mean: FloatArray, val components: Array<FloatArray>, val threshold: Double) : GalleryFormat() {
+        override val ownThreshold: Double get() = threshold
+
         init {
             require(components.isNotEmpty()) { "pca gallery has no components" }
             require(components.all { it.size == mean.size }) { "pca components and mean have different sizes" }
@@ -78,6 +105,7 @@ class Gallery(val embeddingDim: Int, val format: GalleryFormat = GalleryFormat.F
     private val templates = LinkedHashMap<String, FloatArray>()
     private val codes = LinkedHashMap<String, ByteArray>()  // Int8: what is stored and searched
     private val projections = LinkedHashMap<String, FloatArray>()  // Pca: what is stored and searched
+    private val bits = LinkedHashMap<String, LongArray>()  // Binary: what is stored and searched
 
     /** Bytes the stored templates take (views are kept in float for re-averaging; a deployment would not). */
     val storedBytes: Int get() = templates.size * format.bytesPerTemplate(embeddingDim)
@@ -94,6 +122,7 @@ class Gallery(val embeddingDim: Int, val format: GalleryFormat = GalleryFormat.F
         templates[identity] = template(list)
         (format as? GalleryFormat.Int8)?.let { codes[identity] = it.encode(templates.getValue(identity)) }
         (format as? GalleryFormat.Pca)?.let { projections[identity] = it.project(templates.getValue(identity)) }
+        (format as? GalleryFormat.Binary)?.let { bits[identity] = it.encode(templates.getValue(identity)) }
     }
 
     /** The stored int8 codes of a person's template (Int8 format), null otherwise. */
@@ -106,6 +135,7 @@ class Gallery(val embeddingDim: Int, val format: GalleryFormat = GalleryFormat.F
         templates.remove(identity)
         codes.remove(identity)
         projections.remove(identity)
+        bits.remove(identity)
         return views.remove(identity) != null
     }
 
@@ -114,6 +144,7 @@ class Gallery(val embeddingDim: Int, val format: GalleryFormat = GalleryFormat.F
         templates.clear()
         codes.clear()
         projections.clear()
+        bits.clear()
     }
 
     fun match(embedding: FloatArray, threshold: Double): MatchResult {
@@ -126,10 +157,13 @@ class Gallery(val embeddingDim: Int, val format: GalleryFormat = GalleryFormat.F
         val pca = format as? GalleryFormat.Pca
         val probeCodes = int8?.encode(probe)
         val probeProjection = pca?.project(probe)
+        val binary = format as? GalleryFormat.Binary
+        val probeBits = binary?.encode(probe)
         for (name in templates.keys) {
             val s = when {
                 int8 != null -> int8.score(probeCodes!!, codes.getValue(name))
                 pca != null -> Similarity.dot(probeProjection!!, projections.getValue(name))
+                binary != null -> binary.score(probeBits!!, bits.getValue(name), embeddingDim)
                 else -> Similarity.dot(probe, templates.getValue(name))
             }
             if (s > bestSim) { bestSim = s; best = name }

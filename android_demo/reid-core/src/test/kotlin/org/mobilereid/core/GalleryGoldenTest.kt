@@ -105,6 +105,27 @@ class GalleryGoldenTest {
     }
 
     @Test
+    fun `a binary gallery scores like the host's sign-bit format`() {
+        @Suppress("UNCHECKED_CAST")
+        val q = g["binary"] as Map<String, Any?>
+        val format = GalleryFormat.Binary((q["threshold"] as Number).toDouble())
+        val dim = (g["dim"] as Number).toInt()
+        val gallery = Gallery(dim, format)
+        @Suppress("UNCHECKED_CAST")
+        for ((name, views) in g["views"] as Map<String, Any?>) for (v in views as List<*>) gallery.enrol(name, Golden.floats(v))
+        assertEquals(gallery.identities.size * 8 * ((dim + 63) / 64), gallery.storedBytes)
+        val probes = Golden.objects(q["probes"])
+        assertTrue(probes.size >= 10 && probes.any { it["identity"] == null } && probes.any { it["identity"] != null })
+        for ((i, p) in probes.withIndex()) {
+            val r = gallery.match(Golden.floats(p["probe"]), format.threshold)
+            assertEquals(p["best"], r.bestIdentity, "binary probe $i best identity")
+            assertEquals(p["identity"], r.identity, "binary probe $i decision")
+            assertEquals((p["similarity"] as Number).toDouble(), r.similarity, 1e-12, "binary probe $i score")
+        }
+        assertThrows(IllegalArgumentException::class.java) { GalleryFormat.Binary(1.5) }
+    }
+
+    @Test
     fun `bad input is refused with a message`() {
         val gallery = Gallery(4)
         assertEquals(null, gallery.match(floatArrayOf(1f, 0f, 0f, 0f), 0.5).bestIdentity)

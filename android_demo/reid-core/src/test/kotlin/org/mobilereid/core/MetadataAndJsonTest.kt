@@ -56,13 +56,17 @@ class MetadataAndJsonTest {
             sidecar(""", "match": {"threshold": 0.5, "far": 0.001, "artifact_sha256": "abc123", "gallery": {"format": "int8", "scale": 0.0025}}""")
         )
         assertEquals(GalleryFormat.Int8(0.0025f), int8.galleryFormat())
-        val binary = assertThrows(IllegalArgumentException::class.java) {
-            ArtifactMetadata.parse(
-                sidecar(""", "match": {"threshold": 0.5, "far": 0.001, "artifact_sha256": "abc123", "gallery": {"format": "binary"}}"""),
-                "m.json",
-            )
+        val binary = ArtifactMetadata.parse(
+            sidecar(""", "match": {"threshold": 0.5, "far": 0.001, "artifact_sha256": "abc123", "gallery": {"format": "binary", "threshold": 0.25}}""")
+        )
+        assertEquals(GalleryFormat.Binary(0.25), binary.galleryFormat())
+        assertEquals(0.25, binary.defaultThreshold())  // (D - 2 x Hamming) / D has its own threshold
+        for (bad in listOf("""{"format": "binary"}""", """{"format": "float16"}""")) {
+            val e = assertThrows(IllegalArgumentException::class.java) {
+                ArtifactMetadata.parse(sidecar(""", "match": {"threshold": 0.5, "far": 0.001, "artifact_sha256": "abc123", "gallery": $bad}"""), "m.json")
+            }
+            assertTrue(e.message!!.startsWith("m.json:") && ("threshold" in e.message!! || "float16" in e.message!!), e.message)
         }
-        assertTrue(binary.message!!.startsWith("m.json:") && "binary" in binary.message!!, binary.message)
         fun pca(name: String, mean: String) = sidecar(
             """, "match": {"threshold": 0.5, "far": 0.001, "artifact_sha256": "abc123", "gallery": {"format": "$name",
             "threshold": 0.375, "mean": $mean, "components": [[1, 0, 0, 0], [0, 0.5, 0.5, 0]]}}"""
