@@ -551,6 +551,8 @@ def app_gallery_block(row: dict, fmt: str, raw: Path | None) -> dict | None:
     }
     if fmt == "binary":
         return block
+    if raw is None:
+        raise MobileReIDError(f"--app-gallery {fmt}: the projection is read from the evaluation's raw/ folder")
     with np.load(raw / f"{row['result_key']}.{fmt}.npz") as pca:
         mean, components = pca["mean"].astype(np.float32), pca["components"].astype(np.float32)
     return {**block, "mean": _shortest_floats(mean), "components": [_shortest_floats(row) for row in components]}
@@ -566,8 +568,9 @@ def write_thresholds(report: dict, data: Path, out: Path | None = None, app_gall
     """Each artifact's calibrated same-person threshold into its sidecar (``match``: threshold, FAR it was set for,
     the held-out FAR and TAR, the data, and the sha256 of the artifact it belongs to): the Android core's matcher
     starts from it. ``match.gallery`` says how the app stores templates (``app_gallery``; ``auto``: int8 when it was
-    measured, else float32): int8 with its global scale, or pcaK with its projection and its own threshold (the
-    projected cosine is not the full one). The sidecar is rewritten atomically; everything else in it is kept."""
+    measured, else float32): int8 with its global scale, binary with its own threshold, or pcaK with its projection
+    (read from ``out``/raw) and its own threshold (their scores are not the full cosine). The sidecar is rewritten
+    atomically; everything else in it is kept."""
     from .filesafety import atomic_write_text
     from .runtimes import read_sidecar, sidecar_path
 
