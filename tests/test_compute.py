@@ -213,7 +213,8 @@ def test_torchrun_compress_and_quant_finetune_on_two_gloo_ranks(tiny_dataset, tm
         tmp_path / "t",
         evaluate=False,
     )
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    (tmp_path / "tmp").mkdir()  # torchrun's log folders (torchelastic_*) go there, not into the system's /tmp
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path / "tmp"))
     run = [
         sys.executable,
         "-m",

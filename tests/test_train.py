@@ -128,7 +128,8 @@ def test_cli_train_bad_option(tiny_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_process_gloo(tiny_dataset, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    (tmp_path / "tmp").mkdir()  # torchrun's log folders (torchelastic_*) go there, not into the system's /tmp
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path / "tmp"))
     cmd = [
         sys.executable,
         "-m",
