@@ -9,11 +9,31 @@ import org.junit.jupiter.api.Test
 class GalleryGoldenTest {
     private val g = Golden.json("gallery.json")
 
-    private fun enrolled(): Gallery {
-        val gallery = Gallery((g["dim"] as Number).toInt())
+    private val dim = (g["dim"] as Number).toInt()
+
+    /** The golden views enrolled into a gallery that stores templates as [format]. */
+    private fun enrolled(format: GalleryFormat = GalleryFormat.Float32): Gallery {
+        val gallery = Gallery(dim, format)
         @Suppress("UNCHECKED_CAST")
         for ((name, views) in g["views"] as Map<String, Any?>) for (v in views as List<*>) gallery.enrol(name, Golden.floats(v))
         return gallery
+    }
+
+    /** Every golden probe's best identity, decision at [threshold] and similarity (within [tolerance]). */
+    private fun assertDecisions(gallery: Gallery, probes: List<Map<String, Any?>>, threshold: Double, tolerance: Double, label: String) {
+        for ((i, p) in probes.withIndex()) {
+            val r = gallery.match(Golden.floats(p["probe"]), threshold)
+            assertEquals(p["best"], r.bestIdentity, "$label probe $i best identity")
+            assertEquals(p["identity"], r.identity, "$label probe $i decision")
+            assertEquals((p["similarity"] as Number).toDouble(), r.similarity, tolerance, "$label probe $i similarity")
+        }
+    }
+
+    /** A format's golden probes: at least 10, with matches and unknowns. */
+    private fun formatProbes(q: Map<String, Any?>): List<Map<String, Any?>> {
+        val probes = Golden.objects(q["probes"])
+        assertTrue(probes.size >= 10 && probes.any { it["identity"] == null } && probes.any { it["identity"] != null })
+        return probes
     }
 
     @Test
@@ -22,12 +42,7 @@ class GalleryGoldenTest {
         val threshold = (g["threshold"] as Number).toDouble()
         val probes = Golden.objects(g["probes"])
         assertTrue(probes.any { it["identity"] == null } && probes.any { it["identity"] != null }, "golden set needs matches and unknowns")
-        for ((i, p) in probes.withIndex()) {
-            val r = gallery.match(Golden.floats(p["probe"]), threshold)
-            assertEquals(p["best"], r.bestIdentity, "probe $i best identity")
-            assertEquals(p["identity"], r.identity, "probe $i decision")
-            assertEquals((p["similarity"] as Number).toDouble(), r.similarity, 1e-6, "probe $i similarity")
-        }
+        assertDecisions(gallery, probes, threshold, 1e-6, "float32")
     }
 
     @Test
@@ -51,10 +66,7 @@ class GalleryGoldenTest {
         @Suppress("UNCHECKED_CAST")
         val q = g["int8"] as Map<String, Any?>
         val scale = (q["scale"] as Number).toFloat()
-        val dim = (g["dim"] as Number).toInt()
-        val gallery = Gallery(dim, GalleryFormat.Int8(scale))
-        @Suppress("UNCHECKED_CAST")
-        for ((name, views) in g["views"] as Map<String, Any?>) for (v in views as List<*>) gallery.enrol(name, Golden.floats(v))
+        val gallery = enrolled(GalleryFormat.Int8(scale))
         @Suppress("UNCHECKED_CAST")
         for ((name, expected) in q["codes"] as Map<String, Any?>) {
             val got = gallery.codesOf(name)!!
@@ -62,16 +74,9 @@ class GalleryGoldenTest {
             for (i in want.indices) assertTrue(Math.abs(got[i] - want[i]) <= 1, "$name code $i: ${got[i]} vs ${want[i]}")
         }
         assertEquals(gallery.identities.size * dim, gallery.storedBytes)  // one byte per dimension
-        val threshold = (g["threshold"] as Number).toDouble()
-        val probes = Golden.objects(q["probes"])
-        assertTrue(probes.size >= 10 && probes.any { it["identity"] == null } && probes.any { it["identity"] != null })
-        for ((i, p) in probes.withIndex()) {
-            val r = gallery.match(Golden.floats(p["probe"]), threshold)
-            assertEquals(p["best"], r.bestIdentity, "int8 probe $i best identity")
-            assertEquals(p["identity"], r.identity, "int8 probe $i decision")
-            // a code one LSB apart moves the int dot product by at most 127 per differing position
-            assertEquals((p["similarity"] as Number).toDouble(), r.similarity, 4 * 127 * scale.toDouble() * scale, "int8 probe $i")
-        }
+        // a code one LSB apart moves the int dot product by at most 127 per differing position
+        val tolerance = 4 * 127 * scale.toDouble() * scale
+        assertDecisions(gallery, formatProbes(q), (g["threshold"] as Number).toDouble(), tolerance, "int8")
         assertThrows(IllegalArgumentException::class.java) { GalleryFormat.Int8(0f) }
     }
 
@@ -82,10 +87,7 @@ class GalleryGoldenTest {
         val components = (q["components"] as List<*>).map { Golden.floats(it) }.toTypedArray()
         val format = GalleryFormat.Pca(Golden.floats(q["mean"]), components, (q["threshold"] as Number).toDouble())
         assertEquals("pca${components.size}", format.name)
-        val dim = (g["dim"] as Number).toInt()
-        val gallery = Gallery(dim, format)
-        @Suppress("UNCHECKED_CAST")
-        for ((name, views) in g["views"] as Map<String, Any?>) for (v in views as List<*>) gallery.enrol(name, Golden.floats(v))
+        val gallery = enrolled(format)
         @Suppress("UNCHECKED_CAST")
         for ((name, expected) in q["projections"] as Map<String, Any?>) {
             val got = gallery.projectionOf(name)!!
@@ -93,14 +95,7 @@ class GalleryGoldenTest {
             for (i in want.indices) assertEquals(want[i].toDouble(), got[i].toDouble(), 1e-5, "$name projection $i")
         }
         assertEquals(gallery.identities.size * 4 * components.size, gallery.storedBytes)  // K floats per template
-        val probes = Golden.objects(q["probes"])
-        assertTrue(probes.size >= 10 && probes.any { it["identity"] == null } && probes.any { it["identity"] != null })
-        for ((i, p) in probes.withIndex()) {
-            val r = gallery.match(Golden.floats(p["probe"]), format.threshold)
-            assertEquals(p["best"], r.bestIdentity, "pca probe $i best identity")
-            assertEquals(p["identity"], r.identity, "pca probe $i decision")
-            assertEquals((p["similarity"] as Number).toDouble(), r.similarity, 1e-5, "pca probe $i similarity")
-        }
+        assertDecisions(gallery, formatProbes(q), format.threshold, 1e-5, "pca")
         assertThrows(IllegalArgumentException::class.java) { GalleryFormat.Pca(FloatArray(3), arrayOf(FloatArray(4)), 0.5) }
     }
 
@@ -109,19 +104,9 @@ class GalleryGoldenTest {
         @Suppress("UNCHECKED_CAST")
         val q = g["binary"] as Map<String, Any?>
         val format = GalleryFormat.Binary((q["threshold"] as Number).toDouble())
-        val dim = (g["dim"] as Number).toInt()
-        val gallery = Gallery(dim, format)
-        @Suppress("UNCHECKED_CAST")
-        for ((name, views) in g["views"] as Map<String, Any?>) for (v in views as List<*>) gallery.enrol(name, Golden.floats(v))
+        val gallery = enrolled(format)
         assertEquals(gallery.identities.size * 8 * ((dim + 63) / 64), gallery.storedBytes)
-        val probes = Golden.objects(q["probes"])
-        assertTrue(probes.size >= 10 && probes.any { it["identity"] == null } && probes.any { it["identity"] != null })
-        for ((i, p) in probes.withIndex()) {
-            val r = gallery.match(Golden.floats(p["probe"]), format.threshold)
-            assertEquals(p["best"], r.bestIdentity, "binary probe $i best identity")
-            assertEquals(p["identity"], r.identity, "binary probe $i decision")
-            assertEquals((p["similarity"] as Number).toDouble(), r.similarity, 1e-12, "binary probe $i score")
-        }
+        assertDecisions(gallery, formatProbes(q), format.threshold, 1e-12, "binary")
         assertThrows(IllegalArgumentException::class.java) { GalleryFormat.Binary(1.5) }
     }
 
