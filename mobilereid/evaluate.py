@@ -485,16 +485,16 @@ def npz_labels(npz) -> tuple:
 
 def format_threshold(npz, far: float, pca: dict | None = None) -> dict:
     """The same-person threshold of a gallery format whose score is not the full cosine, calibrated like the
-    artifact's own (`matching.verification`): pcaK (``pca`` given) on the projected embeddings; binary on the +-1
+    artifact's own (`matching.held_out_threshold`): pcaK (``pca`` given) on the projected embeddings; binary on the +-1
     sign vectors, whose cosine is (D - 2 x Hamming) / D."""
     from .gallery import project, sign_vectors
-    from .matching import verification
+    from .matching import held_out_threshold
 
     def code(x):
         return project(x, pca) if pca is not None else sign_vectors(x)
 
-    t = verification(code(npz["query"]), code(npz["gallery"]), *npz_labels(npz), target_far=far)
-    return {k: t["threshold"][k] for k in ("value", "target_far", "held_out_far", "held_out_tar")}
+    t = held_out_threshold(code(npz["query"]), code(npz["gallery"]), *npz_labels(npz), target_far=far)
+    return {k: t[k] for k in ("value", "target_far", "held_out_far", "held_out_tar")}
 
 
 def add_matching(row: dict, npz, summary: dict, far: float, user_embeddings=None) -> None:

@@ -78,9 +78,28 @@ def verification(q, g, q_pids, g_pids, q_cams, g_cams, target_far: float = 1e-3)
         "tar_at_far": {str(f): rates(pos, neg, threshold_at_far(neg, f))[0] for f in FARS},
         "roc": roc_curve(pos, neg),
     }
+    threshold = held_out_threshold(q, g, q_pids, g_pids, q_cams, g_cams, target_far)
+    qp, gp = np.asarray(q_pids), np.asarray(g_pids)
+    odd_q, odd_g = qp % 2 == 1, gp % 2 == 1
+    out["open_set"] = open_set(
+        np.asarray(q)[odd_q],
+        np.asarray(g)[odd_g],
+        qp[odd_q],
+        gp[odd_g],
+        np.asarray(q_cams)[odd_q],
+        np.asarray(g_cams)[odd_g],
+        threshold["value"],
+    )
+    out["threshold"] = threshold
+    return out
+
+
+def held_out_threshold(q, g, q_pids, g_pids, q_cams, g_cams, target_far: float) -> dict:
+    """The threshold at ``target_far`` fitted on the even person ids' negative pairs, and the FAR and TAR it gives on
+    the odd ones (identities by pid parity; the distractors, pid 0, fall in the even half)."""
     qp, gp = np.asarray(q_pids), np.asarray(g_pids)
     halves = []
-    for parity in (0, 1):  # identities by pid parity (the distractors, pid 0, fall in the even half)
+    for parity in (0, 1):
         qs, gs = qp % 2 == parity, gp % 2 == parity
         halves.append(
             pair_scores(
@@ -90,17 +109,7 @@ def verification(q, g, q_pids, g_pids, q_cams, g_cams, target_far: float = 1e-3)
     (fit_pos, fit_neg), (test_pos, test_neg) = halves
     threshold = threshold_at_far(fit_neg, target_far)
     tar, far = rates(test_pos, test_neg, threshold)
-    odd_q, odd_g = qp % 2 == 1, gp % 2 == 1
-    out["open_set"] = open_set(
-        np.asarray(q)[odd_q],
-        np.asarray(g)[odd_g],
-        qp[odd_q],
-        gp[odd_g],
-        np.asarray(q_cams)[odd_q],
-        np.asarray(g_cams)[odd_g],
-        threshold,
-    )
-    out["threshold"] = {
+    return {
         "target_far": target_far,
         "value": threshold,
         "fitted_on": f"even person ids ({len(fit_pos)} positive, {len(fit_neg)} negative pairs)",
@@ -108,7 +117,6 @@ def verification(q, g, q_pids, g_pids, q_cams, g_cams, target_far: float = 1e-3)
         "held_out_tar": tar,
         "held_out_pairs": {"positive": int(len(test_pos)), "negative": int(len(test_neg))},
     }
-    return out
 
 
 def open_set(q, g, q_pids, g_pids, q_cams, g_cams, threshold: float) -> dict:
