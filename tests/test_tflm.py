@@ -53,6 +53,8 @@ def test_tflm_runs_in_real_interpreter_and_matches_litert(tflm_export):
     order = t["operator_order"]
     assert order["arena_bytes"] == t["arena_bytes"]
     assert not order["reordered"] or order["arena_bytes_converter_order"] >= t["arena_bytes"]
+    plan = t["offline_plan"]
+    assert not plan["planned"] or plan["arena_bytes_without_plan"] >= t["arena_bytes"]
     assert "estimate, not measured" in t["mcu_latency_estimate"]["note"]
 
 
@@ -142,15 +144,18 @@ def test_slim_and_reordered_artifact_is_smaller_and_bit_identical(tflm_export):
     root, ckpt, r = tflm_export
     t = r["tflm"]
     s = t["slim"]
-    assert t["slim_outputs_identical"] and s["bytes_after"] == t["flash_bytes"] < s["bytes_before"]
+    plan = t["offline_plan"]
+    assert plan["planned"] and plan["inplace_adds"] > 0  # SC-units sum their fuse convolutions
+    assert t["slim_outputs_identical"] and s["bytes_after"] + plan["flash_bytes_added"] == t["flash_bytes"]
+    assert t["flash_bytes"] < s["bytes_before"]
     assert s["zero_point_entries"] > 0 and s["bias_quantization_entries"] > 0
     assert size_breakdown(r["artifact"].read_bytes())["quantization_parameter_bytes"] < 0.5 * s["bytes_before"]
     slim = r["artifact"].read_bytes()
     # slimming is idempotent: nothing left to drop
     again, rec = slim_for_micro(slim)
     assert rec["zero_point_entries"] == rec["bias_quantization_entries"] == rec["unused_buffers"] == 0
-    # reordering an already reordered model finds nothing better
-    assert reorder_for_memory(slim)[1]["reordered"] is False
+    # reordering an already reordered model finds nothing better (counting in-place ADDs, as the export did)
+    assert reorder_for_memory(slim, inplace_add=True)[1]["reordered"] is False
     # the slim model against a TFLM run of the same model with every zero point restored (the full quantization)
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -231,6 +236,89 @@ def test_slim_keeps_nonzero_zero_points_and_reorder_keeps_dependencies():
         if t.quantization is not None and t.quantization.zeroPoint is not None and len(t.quantization.zeroPoint) > 1
     ]
     assert len(kept) == 1 and list(kept[0].quantization.zeroPoint)[-1] == 1
+
+
+def _residual_int8_model() -> bytes:
+    """A full-integer model with two residual ADDs (a 1x1 projection, then twice a bottleneck conv-relu-conv added
+    back, so that each ADD, holding its two inputs and its sum, is where live memory peaks)."""
+    import numpy as np
+    import tensorflow as tf
+
+    class Residual(tf.Module):
+        def __init__(self):
+            rng = np.random.default_rng(1)
+            shapes = [(3, 3, 16, 4), (3, 3, 4, 16)] * 2
+            self.w = [tf.constant(rng.normal(size=shape).astype(np.float32) * 0.2) for shape in shapes]
+            self.proj = tf.constant(rng.normal(size=(1, 1, 8, 16)).astype(np.float32) * 0.3)
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 24, 16, 8], tf.float32)])
+        def __call__(self, x):
+            y = tf.nn.conv2d(x, self.proj, 1, "SAME")
+            for i in (0, 2):
+                branch = tf.nn.conv2d(tf.nn.relu(tf.nn.conv2d(y, self.w[i], 1, "SAME")), self.w[i + 1], 1, "SAME")
+                y = tf.nn.relu(y + branch)
+            return tf.reduce_mean(y, axis=[1, 2])
+
+    m = Residual()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([m.__call__.get_concrete_function()], m)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: (
+        [np.random.default_rng(i).normal(size=(1, 24, 16, 8)).astype(np.float32)] for i in range(8)
+    )
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def test_offline_plan_writes_adds_in_place_with_the_same_outputs(tmp_path):
+    """The offline arena plan: each ADD that is the last reader of a same-shape input shares its memory, no two
+    tensors live at the same time overlap in the arena otherwise, TFLite Micro follows the plan (a smaller measured
+    arena) and gives bit-identical outputs to its own plan."""
+    import struct
+
+    import numpy as np
+    from tensorflow.lite.tools import flatbuffer_utils
+    from tflite_micro.python.tflite_micro import runtime
+
+    from mobilereid.export.tflm.memory import _Graph
+    from mobilereid.export.tflm.offline_plan import METADATA_NAME, _lifetimes, plan_offline
+    from mobilereid.export.tflm.target import find_arena
+
+    data = _residual_int8_model()
+    planned, rec = plan_offline(data)
+    assert rec["planned"] and rec["inplace_adds"] == 2
+    assert rec["planned_bytes"] < rec["peak_bytes_without_inplace"]
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(planned))
+    (entry,) = [m for m in model.metadata if m.name in (METADATA_NAME, METADATA_NAME.encode())]
+    words = bytes(model.buffers[entry.buffer].data)
+    version, subgraphs, n, *offsets = struct.unpack(f"<{len(words) // 4}i", words)
+    g = _Graph(data)
+    assert (version, subgraphs, n) == (0, 1, len(g.subgraph.tensors))
+    first, last = _lifetimes(g)
+    adds = {(g.writes[k][0], t) for k in range(g.n_ops) if g.ops[k] == "ADD" for t in g.reads[k]}
+    arena_tensors = sorted(first)
+    assert all(offsets[t] >= 0 for t in arena_tensors) and all(offsets[t] == -1 for t in range(n) if t not in first)
+    for i, a in enumerate(arena_tensors):
+        for b in arena_tensors[i + 1 :]:
+            same_time = first[a] <= last[b] and first[b] <= last[a]
+            same_memory = offsets[a] < offsets[b] + g.bytes[b] and offsets[b] < offsets[a] + g.bytes[a]
+            if same_time and same_memory:  # only an ADD's output over the input it is the last reader of
+                assert offsets[a] == offsets[b] and ((a, b) in adds or (b, a) in adds)
+    paths = {name: tmp_path / f"{name}.tflite" for name in ("tflm_plan", "offline_plan")}
+    paths["tflm_plan"].write_bytes(data)
+    paths["offline_plan"].write_bytes(planned)
+    arenas = {name: find_arena(path) for name, path in paths.items()}
+    assert arenas["offline_plan"] < arenas["tflm_plan"]
+    own = runtime.Interpreter.from_bytes(data, arena_size=arenas["tflm_plan"])
+    ours = runtime.Interpreter.from_bytes(planned, arena_size=arenas["offline_plan"])
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        x = rng.integers(-128, 128, (1, 24, 16, 8)).astype(np.int8)
+        own.set_input(x, 0)
+        own.invoke()
+        ours.set_input(x, 0)
+        ours.invoke()
+        assert np.array_equal(own.get_output(0), ours.get_output(0))
 
 
 def test_board_profiles_carry_estimate_assumptions():

@@ -66,6 +66,11 @@ RECIPE_SCHEMA = {
     "micro": {
         "reorder_operators": ("bool", "true", "tflm: reorder operators to lower the peak arena"),
         "slim": ("bool", "true", "tflm: drop what the interpreter does not need from the flatbuffer"),
+        "inplace_add": (
+            "bool",
+            "true",
+            "tflm: residual ADDs write over a dying input, through an offline arena plan (offline_plan.py)",
+        ),
         "fold_projections": (
             "bool",
             "false",

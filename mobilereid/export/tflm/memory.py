@@ -16,6 +16,13 @@ hold all three fuse outputs at once. `reorder_for_memory` searches the orders al
 the one with the smallest peak, exactly (dynamic programming over the sets of already executed operators, as in the
 paper), and falls back to a greedy choice when the graph is too branchy for the exact search. The order changes
 no arithmetic: the reordered model gives bit-identical outputs (checked in the TFLM interpreter by the exporter).
+
+**In-place adds.** TFLM's planner never lets an operator write into one of its inputs, so a residual ADD holds its two
+inputs and its sum at once (three 128 KiB tensors in OSNet x0.25's stage 2 at 256x128). An elementwise ADD of two
+same-shape int8 tensors can write its sum over an input that nobody reads afterwards: element i of the output
+depends on element i of each input only. With `inplace_add` the analysis here (and the search for an order)
+counts such an ADD's output in the memory of the input it replaces; `offline_plan.py` then writes the arena offsets
+that make TFLM do it.
 """
 
 from __future__ import annotations
@@ -61,8 +68,11 @@ def _dtype_sizes() -> dict[int, int]:
 class _Graph:
     """The main subgraph's operators as producer/consumer sets over the arena (non-constant) tensors."""
 
-    def __init__(self, model_bytes: bytes):
+    def __init__(self, model_bytes: bytes, inplace_add: bool = False):
+        from ..tflite.ops import op_names
+
         model = _model(model_bytes)
+        self.ops = op_names(model_bytes)
         sg = model.subgraphs[0]
         sizes = _dtype_sizes()
         self.model, self.subgraph = model, sg
@@ -98,6 +108,30 @@ class _Graph:
             for t in ins:
                 self.consumers[t].add(k)
         self.deps = [{self.producer[t] for t in ins if t in self.producer} for ins in self.reads]
+        self.inplace_inputs = [self._inplace_inputs(k) if inplace_add else [] for k in range(self.n_ops)]
+
+    def _inplace_inputs(self, k: int) -> list[int]:
+        """The inputs op k may write its output over (when it is their last reader): an ADD's inputs of the output's
+        shape and type that are neither graph inputs (the caller's buffer) nor graph outputs."""
+        if self.ops[k] != "ADD" or len(self.writes[k]) != 1:
+            return []
+        out = self.writes[k][0]
+        types = lambda t: self.subgraph.tensors[t].type  # noqa: E731
+        return [
+            t
+            for t in self.reads[k]
+            if self.shapes[t] == self.shapes[out]
+            and types(t) == types(out)
+            and t not in self.inputs
+            and t not in self.outputs
+        ]
+
+    def inplace_target(self, k: int, done: set[int]) -> int | None:
+        """The input op k writes over, given the ops `done` once it has run (None: it needs memory of its own)."""
+        for t in self.inplace_inputs[k]:
+            if self.consumers[t] <= done:
+                return t
+        return None
 
     def live_per_step(self, order: list[int]) -> list[tuple[int, list[int]]]:
         """For each step of `order`: (bytes live while that op runs, the live tensors)."""
@@ -106,8 +140,9 @@ class _Graph:
         steps = []
         for k in order:
             live |= set(self.writes[k])
-            steps.append((sum(self.bytes[t] for t in live), sorted(live)))
             done.add(k)
+            shared = self.bytes[self.writes[k][0]] if self.inplace_target(k, done) is not None else 0
+            steps.append((sum(self.bytes[t] for t in live) - shared, sorted(live)))
             live = {t for t in live if t in self.outputs or not self.consumers[t] <= done}
         return steps
 
@@ -115,11 +150,14 @@ class _Graph:
         return max((b for b, _ in self.live_per_step(order)), default=0)
 
 
-def peak_breakdown(model_bytes: bytes, names_from: bytes | None = None, top: int = 8) -> dict:
+def peak_breakdown(
+    model_bytes: bytes, names_from: bytes | None = None, top: int = 8, inplace_add: bool = False
+) -> dict:
     """The operator step with the most live arena bytes and the tensors live there (largest first).
 
-    ``names_from``: the same graph before its strings were stripped, to name the tensors."""
-    g = _Graph(model_bytes)
+    ``names_from``: the same graph before its strings were stripped, to name the tensors. With ``inplace_add`` an
+    ADD that writes over an input counts that memory once."""
+    g = _Graph(model_bytes, inplace_add)
     named = _Graph(names_from) if names_from is not None else g
     order = list(range(g.n_ops))
     steps = g.live_per_step(order)
@@ -145,13 +183,14 @@ def peak_breakdown(model_bytes: bytes, names_from: bytes | None = None, top: int
     return {"peak_bytes": int(total), "step": step, "op": ops[step], "live_tensors": len(rows), "live": rows[:top]}
 
 
-def reorder_for_memory(model_bytes: bytes, max_states: int = 200_000) -> tuple[bytes, dict]:
-    """The model with its operators in the dependency-respecting order of least peak live memory.
+def reorder_for_memory(model_bytes: bytes, max_states: int = 200_000, inplace_add: bool = False) -> tuple[bytes, dict]:
+    """The model with its operators in the dependency-respecting order of least peak live memory (with
+    ``inplace_add``: counting an ADD that writes over a dying input once, as the offline plan will place it).
 
     Returns the new flatbuffer and a record: peak before/after (analysis bytes) and the search used."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    g = _Graph(model_bytes)
+    g = _Graph(model_bytes, inplace_add)
     before = g.peak(list(range(g.n_ops)))
     order, method = _best_order(g, max_states)
     after = g.peak(order)
@@ -184,6 +223,12 @@ def _best_order(g: _Graph, max_states: int) -> tuple[list[int], str]:
         freed = sum(g.bytes[t] for t in touched[k] if t not in g.outputs and cons_mask[t] & ~now == 0)
         return live + out_bytes[k] - freed
 
+    def during(done: int, k: int, live: int) -> int:
+        """Live bytes while op k runs: its outputs join the live set, unless it writes over a dying input."""
+        now = done | 1 << k
+        shared = any(cons_mask[t] & ~now == 0 for t in g.inplace_inputs[k])
+        return live + (0 if shared else out_bytes[k])
+
     states = 0
     memo: dict[int, tuple[int, tuple[int, ...]]] = {}
 
@@ -200,7 +245,7 @@ def _best_order(g: _Graph, max_states: int) -> tuple[list[int], str]:
         for k in range(n):
             if not done >> k & 1 and dep_mask[k] & ~done == 0:
                 rest, tail = best(done | 1 << k, after(done, k, live))
-                cand = (max(live + out_bytes[k], rest), (k,) + tail)
+                cand = (max(during(done, k, live), rest), (k,) + tail)
                 if result is None or cand[0] < result[0]:
                     result = cand
         memo[done] = result

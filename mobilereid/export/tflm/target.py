@@ -6,9 +6,10 @@
   the smallest arena, to 1 KB, with which it allocates *and* runs; outputs are compared with LiteRT on the same
   inputs: with LiteRT's reference kernels they must agree within 1 LSB (TFLM uses the same reference maths);
   the difference to LiteRT's default XNNPACK kernels (a few LSB: different rounding) is reported.
-* Memory: the operators are put in the order of least peak live memory (memory.py, Liberis & Lane 2019) and
-  the flatbuffer is slimmed of what TFLM never reads (slim.py); both keep the outputs bit-identical, which is
-  checked in the TFLM interpreter. The report names the tensors live at the arena's peak, TFLM's own split of the
+* Memory: the operators are put in the order of least peak live memory (memory.py, Liberis & Lane 2019), the
+  flatbuffer is slimmed of what TFLM never reads (slim.py) and given an offline arena plan in which residual ADDs
+  write over a dying input (offline_plan.py); all three keep the outputs bit-identical, which is checked in the
+  TFLM interpreter. The report names the tensors live at the arena's peak, TFLM's own split of the
   arena (planned tensors vs persistent op data) and the arena the converter's order would have needed.
 * Fit: the board profile (mobilereid/recipes/boards.toml) gives flash and RAM minus reserves; export fails when the
   model or the arena does not fit, saying by how much.
@@ -37,6 +38,7 @@ from ..tflite.ops import op_names
 from ..tflite.size import size_breakdown
 from ..tflite.target import build_tflite_variants, self_describing
 from .memory import measured_arena_sections, peak_breakdown, reorder_for_memory
+from .offline_plan import plan_offline
 from .plot import plot_tflm_memory
 from .slim import slim_for_micro
 
@@ -313,8 +315,8 @@ def compare_runtimes(
         times.append((time.perf_counter() - t0) * 1000)
         if unslimmed is not None and not np.array_equal(a, _run_micro(unslimmed, x)):
             raise ExportError(
-                f"{job.stem}: the slimmed TFLite Micro model gives different outputs from the full one; "
-                "set [micro] slim = false in the recipe and report this"
+                f"{job.stem}: the slimmed / offline-planned TFLite Micro model gives different outputs from the "
+                "converted one; set [micro] slim = false or inplace_add = false in the recipe and report this"
             )
         max_lsb = max(max_lsb, int(np.abs(a - _run_litert(lite, x)).max()))
         if ref is not None:
@@ -351,7 +353,13 @@ def mcu_latency_estimate(board: dict, macs: int) -> dict | None:
 def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> list[dict]:
     board = load_board(board_name or recipe.get("board", "cortex-m7"))
     qcfg = dict(recipe.get("int8", {}))
-    micro = {"reorder_operators": True, "slim": True, "fold_projections": False, **recipe.get("micro", {})}
+    micro = {
+        "reorder_operators": True,
+        "slim": True,
+        "fold_projections": False,
+        "inplace_add": True,
+        **recipe.get("micro", {}),
+    }
     if qcfg.get("io_dtype", "int8") != "int8" or qcfg.get("float_ops"):
         raise ExportError(f"{recipe['source']}: TFLite Micro needs full-integer int8 models with int8 IO")
     with Workdir(job.out_dir, "tflm") as tmp:
@@ -369,16 +377,37 @@ def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> 
             job, converted, target="tflm", runtime="tflite-micro", precision="int8", recipe=recipe
         )
         in_spec, out_spec = description["input"], description["output"]
-        full, order = reorder_for_memory(converted) if micro["reorder_operators"] else (converted, {"reordered": False})
-        data, slim = slim_for_micro(full) if micro["slim"] else (full, None)
+        inplace = bool(micro["inplace_add"])
+        full, order = (
+            reorder_for_memory(converted, inplace_add=inplace)
+            if micro["reorder_operators"]
+            else (converted, {"reordered": False})
+        )
+
+        def finish(model: bytes) -> tuple[bytes, dict | None, dict | None]:
+            """Slimmed and planned as the recipe asks."""
+            slimmed, slim_record = slim_for_micro(model) if micro["slim"] else (model, None)
+            planned, plan_record = plan_offline(slimmed, names_from=model) if inplace else (slimmed, None)
+            return planned, slim_record, plan_record
+
+        data, slim, plan = finish(full)
         final_path = tmp / "final.tflite"
         final_path.write_bytes(data)
         arena = find_arena(final_path)
         checks = compare_runtimes(job, full, data, final_path, arena, _quantized_inputs(job, in_spec))
-        memory = {"peak": peak_breakdown(data, names_from=full), "measured": measured_arena_sections(final_path, arena)}
-        if order.get("reordered"):  # the converter's order, slimmed alike: what the reordering saved, measured
+        planned = bool(plan and plan["planned"])
+        memory = {
+            "peak": plan["peak"] if planned else peak_breakdown(data, names_from=full),
+            "measured": measured_arena_sections(final_path, arena),
+        }
+        if planned:  # the same model left to TFLM's own planner: what writing the ADDs in place saved, measured
+            unplanned = tmp / "unplanned.tflite"
+            unplanned.write_bytes(slim_for_micro(full)[0] if slim else full)
+            plan["arena_bytes_without_plan"] = find_arena(unplanned, start=arena)
+            plan["arena_bytes"] = arena
+        if order.get("reordered"):  # the converter's order, slimmed and planned alike: what reordering saved
             as_converted = tmp / "converter_order.tflite"
-            as_converted.write_bytes(slim_for_micro(converted)[0] if slim else converted)
+            as_converted.write_bytes(finish(converted)[0])
             order["arena_bytes_converter_order"] = find_arena(as_converted, start=arena)
         order["arena_bytes"] = arena
     flash_budget = (board["flash_kb"] - board["reserve_flash_kb"]) * 1024
@@ -416,6 +445,7 @@ def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> 
         "operator_order": order,
         "folded_projections": folded,
         "slim": slim,
+        "offline_plan": plan,
         "size": size_breakdown(data),
         "arena": memory,
     }
@@ -451,6 +481,13 @@ def tflm_notes(t: dict) -> list[str]:
         )
         lines.append(
             f"  peak at op #{p['step']} {p['op']}: {p['live_tensors']} tensors live, {kb(p['peak_bytes'])}: {live}"
+        )
+    plan = t.get("offline_plan") or {}
+    if plan.get("planned"):
+        lines.append(
+            f"  in-place adds: {plan['inplace_adds']} ADDs write over a dying input (offline arena plan): arena "
+            f"{kb(plan['arena_bytes_without_plan'])} with TFLM's own plan -> {kb(plan['arena_bytes'])} (same outputs; "
+            f"the plan adds {plan['flash_bytes_added']} bytes of flash)"
         )
     order = t.get("operator_order") or {}
     if order.get("reordered"):
