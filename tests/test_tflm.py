@@ -203,15 +203,7 @@ def test_slim_keeps_nonzero_zero_points_and_reorder_keeps_dependencies():
             parts = [tf.nn.relu(tf.nn.conv2d(x, w, 1, "SAME")) for w in self.w]
             return tf.reduce_mean(parts[0] + parts[1] + parts[2], axis=[1, 2])
 
-    m = Branchy()
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([m.__call__.get_concrete_function()], m)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: (
-        [np.random.default_rng(i).normal(size=(1, 16, 16, 8)).astype(np.float32)] for i in range(8)
-    )
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = conv.inference_output_type = tf.int8
-    data = conv.convert()
+    data = _full_integer(Branchy(), (1, 16, 16, 8))
     reordered, rec = reorder_for_memory(data)
     g = _Graph(reordered)
     assert all(d < k for k in range(g.n_ops) for d in g.deps[k])  # every producer runs before its readers
@@ -259,11 +251,18 @@ def _residual_int8_model() -> bytes:
                 y = tf.nn.relu(y + branch)
             return tf.reduce_mean(y, axis=[1, 2])
 
-    m = Residual()
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([m.__call__.get_concrete_function()], m)
+    return _full_integer(Residual(), (1, 24, 16, 8))
+
+
+def _full_integer(module, input_shape: tuple) -> bytes:
+    """A tf.Module converted to a full-integer int8 .tflite, calibrated on 8 random inputs."""
+    import numpy as np
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([module.__call__.get_concrete_function()], module)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = lambda: (
-        [np.random.default_rng(i).normal(size=(1, 24, 16, 8)).astype(np.float32)] for i in range(8)
+        [np.random.default_rng(i).normal(size=input_shape).astype(np.float32)] for i in range(8)
     )
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = conv.inference_output_type = tf.int8
