@@ -7,7 +7,10 @@ Formats (each gallery embedding is L2-normalised first, as the cosine search exp
 * ``float16``: 2 bytes per dimension; scores computed in float32 from the stored halves.
 * ``int8``: one global symmetric scale (the largest magnitude of the enrolled set / 127), 1 byte per dimension plus
   the scale; the query is quantized the same way and scored with an int32 dot product, as an int8 matcher on a
-  phone or MCU would.
+  phone or MCU would. The codes are kept as offset binary (uint8 = value + 128, zero point 128), the layout integer
+  GEMM kernels take fast (unsigned gallery x signed query: VNNI on x86, dot-product instructions on ARM): with
+  onnxruntime installed the search is its ``MatMulInteger`` (exact int32, 3.5x faster than float32's BLAS at 100k x
+  256 here); without it (the arm64 board's evaluator) numpy sums the same integers, exactly, more slowly.
 * ``binary``: the sign of each dimension, 1 bit per dimension; similarity = dimensions minus the Hamming distance
   (sign-bit codes: Charikar 2002, "Similarity estimation techniques from rounding algorithms"), computed as a
   popcount of the XOR of 64-bit words (``np.bitwise_count``; a 256-entry table on numpy < 2).
@@ -24,6 +27,7 @@ real gallery); the median over a few queries. It is a host time, like every late
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 
@@ -33,6 +37,7 @@ from .errors import MobileReIDError
 from .metrics import evaluate_rank, l2_normalize
 
 FORMATS = ("float32", "float16", "int8", "binary")
+INT8_ZERO_POINT = 128  # int8 codes are stored as offset binary: uint8 = value + 128
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
@@ -91,7 +96,8 @@ def encode(gallery: np.ndarray, fmt: str, pca: dict | None = None) -> dict:
         return {"codes": g.astype(np.float16), "scale": None}
     if fmt == "int8":
         scale = float(np.abs(g).max()) / 127 or 1.0
-        return {"codes": np.clip(np.round(g / scale), -127, 127).astype(np.int8), "scale": scale}
+        codes = np.clip(np.round(g / scale), -127, 127).astype(np.int8)
+        return {"codes": codes.view(np.uint8) ^ np.uint8(INT8_ZERO_POINT), "scale": scale}
     if fmt == "binary":
         return {"codes": _words(np.packbits(g > 0, axis=1)), "scale": None}
     raise MobileReIDError(f"unknown gallery format {fmt!r}")
@@ -107,15 +113,56 @@ def similarity(query: np.ndarray, stored: dict, fmt: str, dim: int) -> np.ndarra
         return q @ codes.T  # BLAS, no copy of the gallery
     if fmt == "float16":  # halves read as they are, summed in float32 (no copy of the gallery: 2x faster than one)
         return np.einsum("qd,nd->qn", q, codes, dtype=np.float32)
-    if fmt == "int8":  # int8 codes read as they are, summed in int32 (exact; 5x faster than an int32 copy)
+    if fmt == "int8":
         qi = np.clip(np.round(q / stored["scale"]), -127, 127).astype(np.int8)
-        return np.einsum("qd,nd->qn", qi, codes, dtype=np.int32).astype(np.float32)
+        return _int8_dot(qi, codes).astype(np.float32)
     x = np.bitwise_xor(_words(np.packbits(q > 0, axis=1))[:, None, :], codes[None, :, :])
     if hasattr(np, "bitwise_count"):  # numpy >= 2.0: a popcount per 64-bit word
         hamming = np.bitwise_count(x).sum(-1, dtype=np.int32)
     else:
         hamming = _POPCOUNT[x.view(np.uint8)].sum(-1, dtype=np.int32)
     return (dim - hamming).astype(np.float32)
+
+
+def int8_values(codes: np.ndarray) -> np.ndarray:
+    """The signed int8 values of stored ``int8`` codes (offset binary)."""
+    return (codes ^ np.uint8(INT8_ZERO_POINT)).view(np.int8)
+
+
+def _int8_dot(qi: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Exact int32 dot products of int8 queries (Q x D) with offset-binary codes (N x D), Q x N."""
+    session = _int8_gemm(codes.shape[1])
+    if session is not None:  # gallery as A (N x D, zero point 128), queries as B (D x Q): one pass over the gallery
+        return session.run(None, {"gallery": codes, "queries": np.ascontiguousarray(qi.T)})[0].T
+    # numpy: the codes read as they are, summed in int32 (no int32 copy of the gallery), the zero point taken out
+    raw = np.einsum("qd,nd->qn", qi, codes, dtype=np.int32)
+    return raw - INT8_ZERO_POINT * qi.sum(1, dtype=np.int32)[:, None]
+
+
+@functools.lru_cache(maxsize=8)
+def _int8_gemm(dim: int):
+    """An onnxruntime session computing ``MatMulInteger(gallery uint8 - 128, queries int8)`` in int32, or None where
+    onnx or onnxruntime is not installed."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["gallery", "queries", "zero_point"], ["scores"])],
+        "int8_gallery_search",
+        [
+            helper.make_tensor_value_info("gallery", TensorProto.UINT8, ["N", dim]),
+            helper.make_tensor_value_info("queries", TensorProto.INT8, [dim, "Q"]),
+        ],
+        [helper.make_tensor_value_info("scores", TensorProto.INT32, ["N", "Q"])],
+        initializer=[helper.make_tensor("zero_point", TensorProto.UINT8, [], [INT8_ZERO_POINT])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def bytes_per_item(fmt: str, dim: int) -> int:

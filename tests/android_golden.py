@@ -122,7 +122,7 @@ def int8_cases(views: dict, probes: list[np.ndarray], threshold: float, margin: 
     templates, probe quantized alike, int32 dot): the scale, each template's codes, and per probe the best identity
     and its score (dot x scale^2). Probes whose best score lies within ``margin`` of the threshold or of the runner-up
     are left out, so a one-LSB rounding difference cannot flip a decision."""
-    from mobilereid.gallery import encode, similarity
+    from mobilereid.gallery import encode, int8_values, similarity
 
     names = list(views)
     templates = np.stack([_normalised(np.mean([_normalised(v) for v in views[n]], axis=0)) for n in names])
@@ -133,7 +133,8 @@ def int8_cases(views: dict, probes: list[np.ndarray], threshold: float, margin: 
         return similarity(probe[None], stored, "int8", templates.shape[1])[0].astype(np.float64) * scale * scale
 
     out = clear_decisions(names, probes, score, threshold, margin)
-    return {"scale": scale, "codes": {n: stored["codes"][i].tolist() for i, n in enumerate(names)}, "probes": out}
+    codes = int8_values(stored["codes"])
+    return {"scale": scale, "codes": {n: codes[i].tolist() for i, n in enumerate(names)}, "probes": out}
 
 
 def clear_decisions(names: list[str], probes: list[np.ndarray], score, threshold: float, margin: float) -> list:

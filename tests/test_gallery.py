@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from mobilereid.errors import MobileReIDError
-from mobilereid.gallery import bytes_per_item, compare_formats, encode, fit_pca, parse_formats, similarity
+from mobilereid.gallery import (
+    bytes_per_item,
+    compare_formats,
+    encode,
+    fit_pca,
+    int8_values,
+    parse_formats,
+    similarity,
+)
 
 
 def _split(seed=0, ids=30, dim=64):
@@ -18,13 +26,32 @@ def _split(seed=0, ids=30, dim=64):
     return q, g, q_pids, g_pids, np.zeros(len(q_pids), int), np.ones(len(g_pids), int)
 
 
+def test_int8_search_is_exact_with_and_without_onnxruntime(monkeypatch):
+    """The int8 scores are the exact int32 dot products of the signed codes, whichever engine computes them
+    (onnxruntime's MatMulInteger here; numpy where onnxruntime is missing, as on the arm64 board)."""
+    import mobilereid.gallery as gallery
+
+    rng = np.random.default_rng(3)
+    g, q = rng.normal(size=(2000, 96)), rng.normal(size=(7, 96))
+    stored = encode(g, "int8")
+    qi = np.clip(np.round(q / np.linalg.norm(q, axis=1, keepdims=True) / stored["scale"]), -127, 127)
+    expected = qi.astype(np.int64) @ int8_values(stored["codes"]).astype(np.int64).T
+    assert gallery._int8_gemm(96) is not None  # the host's stack has onnxruntime
+    with_ort = similarity(q, stored, "int8", 96)
+    monkeypatch.setattr(gallery, "_int8_gemm", lambda dim: None)
+    with_numpy = similarity(q, stored, "int8", 96)
+    assert np.array_equal(with_ort, expected) and np.array_equal(with_numpy, expected)
+
+
 def test_each_format_scores_like_its_definition():
     q, g = np.array([[1.0, -2.0, 0.5, 3.0]]), np.array([[2.0, 1.0, -1.0, 0.5], [-1.0, -1.0, 1.0, 1.0]])
     qn, gn = q / np.linalg.norm(q), g / np.linalg.norm(g, axis=1, keepdims=True)
     assert similarity(q, encode(g, "float32"), "float32", 4) == pytest.approx(qn @ gn.T, abs=1e-6)
     assert similarity(q, encode(g, "float16"), "float16", 4) == pytest.approx(qn @ gn.T, abs=2e-3)
     stored = encode(g, "int8")
-    assert stored["codes"].dtype == np.int8 and np.abs(stored["codes"]).max() == 127
+    values = int8_values(stored["codes"])
+    assert stored["codes"].dtype == np.uint8 and np.abs(values.astype(int)).max() == 127
+    assert np.array_equal(stored["codes"].astype(int) - 128, values)  # offset binary
     assert similarity(q, stored, "int8", 4) * stored["scale"] ** 2 == pytest.approx(qn @ gn.T, abs=0.03)
     # binary: dimensions minus the Hamming distance of the sign patterns (+-++ vs ++-+: 2; vs --++: 1)
     assert similarity(q, encode(g, "binary"), "binary", 4).tolist() == [[2.0, 3.0]]
