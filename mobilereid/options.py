@@ -163,6 +163,12 @@ class SynthOptions:
     data/synth.py."""
 
     ids: int = setting(100, "Number of identities (half train, half test; training needs 2 per batch).", minimum=4)
+    test_ids: int = setting(
+        0,
+        "Identities in the test split (query and gallery), the rest train; 0 = half of ids. More test identities "
+        "make the evaluation (thresholds, open-set rates) steadier without making training longer.",
+        minimum=0,
+    )
     cameras: int = setting(6, "Number of cameras (queries need a match from another camera).", minimum=2)
     seed: int = setting(0, "Random seed; the same seed gives byte-identical files.")
     height: int = setting(256, "Image height in pixels.", minimum=32)

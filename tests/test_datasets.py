@@ -5,7 +5,7 @@ import pytest
 
 from mobilereid.data.datasets import check_dataset, load_dataset, parse_market_name, verify_images
 from mobilereid.data.synth import SynthConfig, generate, plan
-from mobilereid.errors import DatasetError
+from mobilereid.errors import DatasetError, MobileReIDError
 
 
 def copy_dataset(src: Path, dst: Path) -> Path:
@@ -35,6 +35,20 @@ def test_synthetic_generation_is_deterministic(tmp_path):
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files_a)
     other = plan(SynthConfig(ids=4, cameras=2, seed=8))
     assert [i[1] for i in other] != [i[1] for i in plan(cfg)]
+
+
+def test_more_test_identities_leave_the_train_split_as_it_was():
+    """--test-ids grows the test split only: the train split's files and render keys are those of the default
+    half-and-half set with the same train identities; a split with fewer than 2 identities is refused."""
+    default = plan(SynthConfig(ids=8, cameras=3, seed=5))
+    grown = plan(SynthConfig(ids=14, test_ids=10, cameras=3, seed=5))
+    train = lambda items: [i for i in items if i[0] == "bounding_box_train"]  # noqa: E731
+    assert train(grown) == train(default) and len(train(default)) > 0
+    test_pids = {i[2][1] for i in grown if i[0] == "query"}
+    assert test_pids == set(range(5, 15))
+    for ids, test_ids in ((8, 7), (8, 8)):
+        with pytest.raises(MobileReIDError, match="2 identities each"):
+            plan(SynthConfig(ids=ids, test_ids=test_ids, cameras=3))
 
 
 def test_synthetic_refuses_non_empty_output(tmp_path):

@@ -9,8 +9,10 @@ of the time, a partial occluder. The person never fills the frame: empty margins
 patches that patch elimination should drop. Like Market-1501 the gallery also holds distractors (pid 0000:
 background and body fragments) and junk images (pid -1), which the readers skip.
 
-Splits: identities 1..N/2 train, the rest test. Each test identity is seen by 2..C cameras with 2..4 images each;
-the first image of every camera is a query and the rest go to the gallery, so every query has cross-camera matches.
+Splits: identities 1..N/2 train, the rest test (or the last ``test_ids`` test: the train split, and so training, stays
+the same while the test split grows, which steadies threshold and open-set estimates). Each test identity is seen by
+2..C cameras with 2..4 images each; the first image of every camera is a query and the rest go to the gallery, so
+every query has cross-camera matches.
 
 Determinism: every image draws from ``numpy.random.default_rng([seed, role, pid, cam, k])``; output is
 byte-identical for a seed. Rendering is 2x supersampled with Pillow and box-downsampled.
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..errors import write_failure
+from ..errors import MobileReIDError, write_failure
 from ..options import SynthOptions
 from ..settings import check_cli
 from .datasets import MARKET_SPLITS
@@ -362,7 +364,11 @@ def plan(cfg: SynthConfig) -> list[tuple[str, str, tuple]]:
     """The list of (split folder, file name, render key) the generator writes; cheap, deterministic."""
     check_cli(cfg)  # ranges declared in options.SynthOptions
     items = []
-    num_train = cfg.ids // 2
+    num_train = cfg.ids - cfg.test_ids if cfg.test_ids else cfg.ids // 2
+    if num_train < 2 or cfg.ids - num_train < 2:
+        raise MobileReIDError(
+            f"--test-ids {cfg.test_ids} of --ids {cfg.ids}: the train and the test split need 2 identities each"
+        )
     frame = 0
     for pid in range(1, cfg.ids + 1):
         rng = np.random.default_rng([cfg.seed, 1, pid])
