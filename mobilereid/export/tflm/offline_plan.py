@@ -113,6 +113,8 @@ def plan_offline(model_bytes: bytes, names_from: bytes | None = None, top: int =
     from tensorflow.lite.tools import flatbuffer_utils
 
     g = _Graph(model_bytes, inplace_add=True)
+    if len(g.model.subgraphs) != 1:  # TFLM reads one offset list for all subgraphs; plan only single-graph models
+        return model_bytes, {"planned": False, "reason": f"{len(g.model.subgraphs)} subgraphs"}
     without_inplace = _Graph(model_bytes).peak(list(range(g.n_ops)))
     buffers, inplace = _buffers(g)
     planned = _place(buffers)

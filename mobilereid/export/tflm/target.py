@@ -350,6 +350,46 @@ def mcu_latency_estimate(board: dict, macs: int) -> dict | None:
     }
 
 
+def _arrange_memory(job: ExportJob, converted: bytes, micro: dict, tmp: Path, in_spec: dict):
+    """Operator order, slimming and the offline arena plan as the recipe's ``[micro]`` asks; the arena measured with
+    and without each step that changes it; the outputs checked against the converted model. Returns (artifact
+    bytes, arena, runtime checks, memory breakdown, order record, slim record, plan record)."""
+    inplace = bool(micro["inplace_add"])
+    full, order = (
+        reorder_for_memory(converted, inplace_add=inplace)
+        if micro["reorder_operators"]
+        else (converted, {"reordered": False})
+    )
+
+    def finish(model: bytes) -> tuple[bytes, dict | None, dict | None]:
+        """Slimmed and planned as the recipe asks."""
+        slimmed, slim_record = slim_for_micro(model) if micro["slim"] else (model, None)
+        planned, plan_record = plan_offline(slimmed, names_from=model) if inplace else (slimmed, None)
+        return planned, slim_record, plan_record
+
+    data, slim, plan = finish(full)
+    final_path = tmp / "final.tflite"
+    final_path.write_bytes(data)
+    arena = find_arena(final_path)
+    checks = compare_runtimes(job, full, data, final_path, arena, _quantized_inputs(job, in_spec))
+    planned = bool(plan and plan["planned"])
+    memory = {
+        "peak": plan["peak"] if planned else peak_breakdown(data, names_from=full),
+        "measured": measured_arena_sections(final_path, arena),
+    }
+    if planned:  # the same model left to TFLM's own planner: what writing the ADDs in place saved, measured
+        unplanned = tmp / "unplanned.tflite"
+        unplanned.write_bytes(slim_for_micro(full)[0] if slim else full)
+        plan["arena_bytes_without_plan"] = find_arena(unplanned, start=arena)
+        plan["arena_bytes"] = arena
+    if order.get("reordered"):  # the converter's order, slimmed and planned alike: what reordering saved
+        as_converted = tmp / "converter_order.tflite"
+        as_converted.write_bytes(finish(converted)[0])
+        order["arena_bytes_converter_order"] = find_arena(as_converted, start=arena)
+    order["arena_bytes"] = arena
+    return data, arena, checks, memory, order, slim, plan
+
+
 def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> list[dict]:
     board = load_board(board_name or recipe.get("board", "cortex-m7"))
     qcfg = dict(recipe.get("int8", {}))
@@ -377,39 +417,7 @@ def export_tflm(job: ExportJob, recipe: dict, board_name: str | None = None) -> 
             job, converted, target="tflm", runtime="tflite-micro", precision="int8", recipe=recipe
         )
         in_spec, out_spec = description["input"], description["output"]
-        inplace = bool(micro["inplace_add"])
-        full, order = (
-            reorder_for_memory(converted, inplace_add=inplace)
-            if micro["reorder_operators"]
-            else (converted, {"reordered": False})
-        )
-
-        def finish(model: bytes) -> tuple[bytes, dict | None, dict | None]:
-            """Slimmed and planned as the recipe asks."""
-            slimmed, slim_record = slim_for_micro(model) if micro["slim"] else (model, None)
-            planned, plan_record = plan_offline(slimmed, names_from=model) if inplace else (slimmed, None)
-            return planned, slim_record, plan_record
-
-        data, slim, plan = finish(full)
-        final_path = tmp / "final.tflite"
-        final_path.write_bytes(data)
-        arena = find_arena(final_path)
-        checks = compare_runtimes(job, full, data, final_path, arena, _quantized_inputs(job, in_spec))
-        planned = bool(plan and plan["planned"])
-        memory = {
-            "peak": plan["peak"] if planned else peak_breakdown(data, names_from=full),
-            "measured": measured_arena_sections(final_path, arena),
-        }
-        if planned:  # the same model left to TFLM's own planner: what writing the ADDs in place saved, measured
-            unplanned = tmp / "unplanned.tflite"
-            unplanned.write_bytes(slim_for_micro(full)[0] if slim else full)
-            plan["arena_bytes_without_plan"] = find_arena(unplanned, start=arena)
-            plan["arena_bytes"] = arena
-        if order.get("reordered"):  # the converter's order, slimmed and planned alike: what reordering saved
-            as_converted = tmp / "converter_order.tflite"
-            as_converted.write_bytes(finish(converted)[0])
-            order["arena_bytes_converter_order"] = find_arena(as_converted, start=arena)
-        order["arena_bytes"] = arena
+        data, arena, checks, memory, order, slim, plan = _arrange_memory(job, converted, micro, tmp, in_spec)
     flash_budget = (board["flash_kb"] - board["reserve_flash_kb"]) * 1024
     ram_budget = (board["ram_kb"] - board["reserve_ram_kb"]) * 1024
     problems = []
