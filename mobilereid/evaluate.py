@@ -517,7 +517,7 @@ def add_matching(row: dict, npz, summary: dict, far: float, user_embeddings=None
 
 
 # what the Android core stores (android_demo: GalleryFormat)
-APP_GALLERIES = ("auto", "float32", "int8", "binary", "pcaK")
+APP_GALLERIES = ("auto", "float32", "float16", "int8", "binary", "pcaK")
 
 
 def check_app_gallery(app_gallery: str, measured: list[str]) -> None:
@@ -527,19 +527,22 @@ def check_app_gallery(app_gallery: str, measured: list[str]) -> None:
 
     if app_gallery in ("auto", "float32"):
         return
-    if app_gallery not in ("int8", "binary") and not pca_dims(app_gallery):
+    if app_gallery not in ("float16", "int8", "binary") and not pca_dims(app_gallery):
         raise MobileReIDError(f"--app-gallery {app_gallery}: the app stores {', '.join(APP_GALLERIES)}")
     if app_gallery not in measured:
         raise MobileReIDError(f"--app-gallery {app_gallery}: not measured; add it to --gallery-formats")
 
 
 def app_gallery_block(row: dict, fmt: str, raw: Path | None) -> dict | None:
-    """``match.gallery`` for the format the app stores: int8's global scale; binary's threshold on (D - 2 x Hamming)
+    """``match.gallery`` for the format the app stores: float16 (scored as the cosine, the artifact's threshold);
+    int8's global scale; binary's threshold on (D - 2 x Hamming)
     / D; pcaK's projection (mean and components, from the evaluation's ``raw/KEY.pcaK.npz``) with its own threshold;
     None for float32."""
     measured = next((f for f in row.get("gallery_formats") or [] if f["format"] == fmt), None)
     if measured is None:
         return None
+    if fmt == "float16":
+        return {"format": "float16", "delta_mAP": measured["delta_mAP"]}
     if fmt == "int8":
         return {"format": "int8", "scale": measured["scale"], "delta_mAP": measured["delta_mAP"]}
     block = {

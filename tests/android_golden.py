@@ -114,6 +114,7 @@ def gallery_cases(dim: int = 24, people: int = 5, probes: int = 24, threshold: f
         "int8": int8_cases(views, [np.asarray(c["probe"], np.float32) for c in cases], threshold),
         "pca": pca_cases(views, [np.asarray(c["probe"], np.float32) for c in cases], rng),
         "binary": binary_cases(views, [np.asarray(c["probe"], np.float32) for c in cases]),
+        "float16": float16_cases(views, [np.asarray(c["probe"], np.float32) for c in cases], threshold),
     }
 
 
@@ -200,6 +201,32 @@ def binary_cases(views: dict, probes: list[np.ndarray], threshold: float = 0.3) 
         return 2.0 * similarity(probe[None], stored, "binary", dim)[0].astype(np.float64) / dim - 1.0
 
     return {"threshold": threshold, "probes": clear_decisions(names, probes, score, threshold, 1e-9)}
+
+
+def float16_cases(views: dict, probes: list[np.ndarray], threshold: float, margin: float = 0.01) -> dict:
+    """The gallery stored as float16 by the host's own code (`mobilereid.gallery`): each template's halves as IEEE
+    binary16 bit patterns, per probe the best identity and its score (the float32 probe against the halves), and
+    float32 -> binary16 conversions that exercise round-half-to-even, subnormals, overflow and signed zero."""
+    from mobilereid.gallery import encode, similarity
+
+    names = list(views)
+    templates = np.stack([_normalised(np.mean([_normalised(v) for v in views[n]], axis=0)) for n in names])
+    stored = encode(templates.astype(np.float32), "float16")
+
+    def score(probe):
+        return similarity(probe[None], stored, "float16", templates.shape[1])[0].astype(np.float64)
+
+    edge = np.array(
+        [0.0, -0.0, 1.0, -1.0, 1 / 3, 0.1, 1 + 2**-11, 1 + 3 * 2**-11, 65504.0, 65519.0, 65520.0, 1e6, 2**-14,
+         2**-15 * 1.5, 2**-24, 2**-25, 2**-25 * 1.5, 3 * 2**-26, 1e-9, -6.1e-5, 0.7071068],
+        dtype=np.float32,
+    )  # fmt: skip
+    return {
+        "threshold": threshold,
+        "halves": {n: stored["codes"][i].view(np.uint16).tolist() for i, n in enumerate(names)},
+        "conversions": [[float(f), int(h)] for f, h in zip(edge, edge.astype(np.float16).view(np.uint16))],
+        "probes": clear_decisions(names, probes, score, threshold, margin),
+    }
 
 
 def latency_cases(seed: int = 0) -> dict:

@@ -328,8 +328,8 @@ def test_write_threshold_puts_the_calibrated_threshold_into_the_sidecar(artifact
 
 
 def test_app_gallery_choices_and_errors(artifacts, tiny_dataset, tmp_path):
-    """`--app-gallery`: int8 keeps its global scale, binary its own threshold; a format the app does not store, or
-    one not measured, is a one-line error before anything runs."""
+    """`--app-gallery`: float16 scores the cosine, int8 keeps its global scale, binary its own threshold; a format the
+    app does not store, or one not measured, is a one-line error before anything runs."""
     from mobilereid.evaluate import app_gallery_block
 
     row = {"gallery_formats": [{"format": "int8", "scale": 0.01, "delta_mAP": -0.001}], "result_key": "k"}
@@ -344,8 +344,11 @@ def test_app_gallery_choices_and_errors(artifacts, tiny_dataset, tmp_path):
         "held_out_tar": 0.2,
         "delta_mAP": -0.01,
     }
+    row["gallery_formats"].append({"format": "float16", "delta_mAP": 0.0})
+    assert app_gallery_block(row, "float16", None) == {"format": "float16", "delta_mAP": 0.0}  # the cosine's threshold
     for fmt, formats, says in [
-        ("float16", "float16", "the app stores"),
+        ("bfloat16", "float16", "the app stores"),
+        ("float16", "int8", "not measured"),
         ("pca8", "int8", "not measured"),
     ]:
         out = tmp_path / fmt

@@ -166,10 +166,11 @@ data class ArtifactMetadata(
 
         private fun galleryFormat(g: Map<String, Any?>?): GalleryFormat = when (val f = g?.get("format") ?: "float32") {
             "float32" -> GalleryFormat.Float32
+            "float16" -> GalleryFormat.Float16
             "int8" -> GalleryFormat.Int8(g!!.num("scale").toFloat())
             "binary" -> GalleryFormat.Binary(g!!.num("threshold"))
             else -> if (f is String && Regex("pca[1-9][0-9]*").matches(f)) pcaFormat(f, g!!)
-                else throw IllegalArgumentException("match.gallery.format '$f' is not one the app stores (float32, int8, binary, pcaK)")
+                else throw IllegalArgumentException("match.gallery.format '$f' is not one the app stores (float32, float16, int8, binary, pcaK)")
         }
 
         private fun pcaFormat(name: String, g: Map<String, Any?>): GalleryFormat.Pca {

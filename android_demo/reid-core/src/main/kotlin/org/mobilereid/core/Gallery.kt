@@ -8,6 +8,8 @@ data class MatchResult(val identity: String?, val bestIdentity: String?, val sim
 /**
  * How enrolled templates are stored and scored (`mobilereid/gallery.py` on the host, the same arithmetic):
  * - [Float32]: the L2-normalised template, cosine = dot product;
+ * - [Float16]: the same template as IEEE halves (2 bytes per dimension, [Half]); the probe stays float and the
+ *   score is its dot product with the halves, the cosine to within the halves' rounding (the artifact's threshold);
  * - [Int8]: the template's values divided by one global [Int8.scale], rounded half to even (numpy's rule) and
  *   clipped to +-127, one byte per dimension; the probe is quantized the same way and the score is the int32 dot
  *   product times scale^2, which approximates the cosine, so the artifact's calibrated threshold still applies.
@@ -29,6 +31,19 @@ sealed class GalleryFormat {
     object Float32 : GalleryFormat() {
         override val name = "float32"
         override fun bytesPerTemplate(dim: Int) = 4 * dim
+    }
+
+    object Float16 : GalleryFormat() {
+        override val name = "float16"
+        override fun bytesPerTemplate(dim: Int) = 2 * dim
+
+        fun encode(normalised: FloatArray): ShortArray = ShortArray(normalised.size) { Half.fromFloat(normalised[it]) }
+
+        fun score(probe: FloatArray, halves: ShortArray): Double {
+            var s = 0.0
+            for (i in probe.indices) s += probe[i].toDouble() * Half.toFloat(halves[i])
+            return s
+        }
     }
 
     data class Int8(val scale: Float) : GalleryFormat() {
@@ -106,6 +121,7 @@ class Gallery(val embeddingDim: Int, val format: GalleryFormat = GalleryFormat.F
     private val codes = LinkedHashMap<String, ByteArray>()  // Int8: what is stored and searched
     private val projections = LinkedHashMap<String, FloatArray>()  // Pca: what is stored and searched
     private val bits = LinkedHashMap<String, LongArray>()  // Binary: what is stored and searched
+    private val halves = LinkedHashMap<String, ShortArray>()  // Float16: what is stored and searched
 
     /** Bytes the stored templates take (views are kept in float for re-averaging; a deployment would not). */
     val storedBytes: Int get() = templates.size * format.bytesPerTemplate(embeddingDim)
@@ -123,7 +139,11 @@ class Gallery(val embeddingDim: Int, val format: GalleryFormat = GalleryFormat.F
         (format as? GalleryFormat.Int8)?.let { codes[identity] = it.encode(templates.getValue(identity)) }
         (format as? GalleryFormat.Pca)?.let { projections[identity] = it.project(templates.getValue(identity)) }
         (format as? GalleryFormat.Binary)?.let { bits[identity] = it.encode(templates.getValue(identity)) }
+        if (format == GalleryFormat.Float16) halves[identity] = GalleryFormat.Float16.encode(templates.getValue(identity))
     }
+
+    /** The stored halves of a person's template (Float16 format), null otherwise. */
+    fun halvesOf(identity: String): ShortArray? = halves[identity]?.copyOf()
 
     /** The stored int8 codes of a person's template (Int8 format), null otherwise. */
     fun codesOf(identity: String): ByteArray? = codes[identity]?.copyOf()
@@ -136,6 +156,7 @@ class Gallery(val embeddingDim: Int, val format: GalleryFormat = GalleryFormat.F
         codes.remove(identity)
         projections.remove(identity)
         bits.remove(identity)
+        halves.remove(identity)
         return views.remove(identity) != null
     }
 
@@ -145,6 +166,7 @@ class Gallery(val embeddingDim: Int, val format: GalleryFormat = GalleryFormat.F
         codes.clear()
         projections.clear()
         bits.clear()
+        halves.clear()
     }
 
     fun match(embedding: FloatArray, threshold: Double): MatchResult {
@@ -164,6 +186,7 @@ class Gallery(val embeddingDim: Int, val format: GalleryFormat = GalleryFormat.F
                 int8 != null -> int8.score(probeCodes!!, codes.getValue(name))
                 pca != null -> Similarity.dot(probeProjection!!, projections.getValue(name))
                 binary != null -> binary.score(probeBits!!, bits.getValue(name), embeddingDim)
+                format == GalleryFormat.Float16 -> GalleryFormat.Float16.score(probe, halves.getValue(name))
                 else -> Similarity.dot(probe, templates.getValue(name))
             }
             if (s > bestSim) { bestSim = s; best = name }

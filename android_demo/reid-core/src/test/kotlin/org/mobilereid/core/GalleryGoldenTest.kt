@@ -100,6 +100,36 @@ class GalleryGoldenTest {
     }
 
     @Test
+    fun `a float16 gallery stores the host's halves and scores like its float16 format`() {
+        @Suppress("UNCHECKED_CAST")
+        val q = g["float16"] as Map<String, Any?>
+        for (pair in q["conversions"] as List<*>) {  // numpy's astype(float16): ties to even, subnormals, overflow
+            val (value, bits) = (pair as List<*>).map { it as Number }
+            val half = Half.fromFloat(value.toFloat())
+            assertEquals(bits.toInt(), half.toInt() and 0xFFFF, "half of $value")
+            if (bits.toInt() and 0x7C00 != 0x7C00) {
+                assertEquals(numpyHalfToDouble(bits.toInt()), Half.toFloat(half).toDouble(), 0.0, "float of half $bits")
+            }
+        }
+        val gallery = enrolled(GalleryFormat.Float16)
+        @Suppress("UNCHECKED_CAST")
+        for ((name, expected) in q["halves"] as Map<String, Any?>) {
+            val got = gallery.halvesOf(name)!!.map { it.toInt() and 0xFFFF }
+            assertEquals((expected as List<*>).map { (it as Number).toInt() }, got, "$name halves")
+        }
+        assertEquals(gallery.identities.size * 2 * dim, gallery.storedBytes)
+        assertDecisions(gallery, formatProbes(q), (q["threshold"] as Number).toDouble(), 1e-5, "float16")
+    }
+
+    /** A binary16 pattern's value computed from its fields (no conversion code shared with [Half]). */
+    private fun numpyHalfToDouble(bits: Int): Double {
+        val sign = if (bits and 0x8000 != 0) -1.0 else 1.0
+        val exponent = (bits ushr 10) and 0x1F
+        val mantissa = (bits and 0x3FF).toDouble()
+        return sign * if (exponent == 0) mantissa * Math.pow(2.0, -24.0) else (1 + mantissa / 1024) * Math.pow(2.0, exponent - 15.0)
+    }
+
+    @Test
     fun `a binary gallery scores like the host's sign-bit format`() {
         @Suppress("UNCHECKED_CAST")
         val q = g["binary"] as Map<String, Any?>

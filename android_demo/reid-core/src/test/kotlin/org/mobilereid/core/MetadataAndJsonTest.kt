@@ -61,11 +61,16 @@ class MetadataAndJsonTest {
         )
         assertEquals(GalleryFormat.Binary(0.25), binary.galleryFormat())
         assertEquals(0.25, binary.defaultThreshold())  // (D - 2 x Hamming) / D has its own threshold
-        for (bad in listOf("""{"format": "binary"}""", """{"format": "float16"}""")) {
+        val half = ArtifactMetadata.parse(
+            sidecar(""", "match": {"threshold": 0.5, "far": 0.001, "artifact_sha256": "abc123", "gallery": {"format": "float16"}}""")
+        )
+        assertEquals(GalleryFormat.Float16, half.galleryFormat())
+        assertEquals(0.5, half.defaultThreshold())  // halves score the cosine: the artifact's threshold
+        for (bad in listOf("""{"format": "binary"}""", """{"format": "bfloat16"}""")) {
             val e = assertThrows(IllegalArgumentException::class.java) {
                 ArtifactMetadata.parse(sidecar(""", "match": {"threshold": 0.5, "far": 0.001, "artifact_sha256": "abc123", "gallery": $bad}"""), "m.json")
             }
-            assertTrue(e.message!!.startsWith("m.json:") && ("threshold" in e.message!! || "float16" in e.message!!), e.message)
+            assertTrue(e.message!!.startsWith("m.json:") && ("threshold" in e.message!! || "bfloat16" in e.message!!), e.message)
         }
         fun pca(name: String, mean: String) = sidecar(
             """, "match": {"threshold": 0.5, "far": 0.001, "artifact_sha256": "abc123", "gallery": {"format": "$name",
