@@ -581,8 +581,8 @@ def evaluate_cmd(
         "auto",
         "--app-gallery",
         help="With --write-threshold: how the Android app stores templates, written into the sidecar "
-        "(`match.gallery`): float32, float16, int8, binary or pcaK, measured with --gallery-formats (binary and pcaK get "
-        "thresholds of their own, pcaK its projection); auto = int8 when measured, else float32.",
+        "(`match.gallery`): float32, float16, int8, binary or pcaK, measured with --gallery-formats (binary and pcaK "
+        "get thresholds of their own, pcaK its projection); auto = int8 when measured, else float32.",
     ),
     torch_device: str = typer.Option(
         "auto",
