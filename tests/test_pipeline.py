@@ -157,6 +157,18 @@ def test_tiny_config_is_valid(tmp_path):
     assert load_config(tmp_path / "tiny.toml")["models"]["vit"]["model"] == "vit_test"
 
 
+def test_shipped_compatible_config_keeps_the_default_chains_with_its_changes():
+    """`mobilereid pipeline compatible`: the default job with the compressed ViT pulled towards your model and no
+    quantization fine-tuning (measured: docs/results/2026-12-07-compatible-job.md)."""
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "mobilereid" / "configs"
+    cfg, default = load_config(configs / "compatible.toml"), load_config(None)
+    assert cfg["compress"]["compat_weight"] == 10 and cfg["compress"]["token_rate"] == 0.0
+    assert cfg["compress"]["keep_ratio"] == 0.9 and cfg["quant_finetune"]["model"] == ""
+    assert cfg["models"] == default["models"] and cfg["export"] == default["export"]
+
+
 def test_shipped_mcu_config_is_valid_and_runs_only_its_chain(tmp_path):
     from pathlib import Path
 
