@@ -150,14 +150,12 @@ class _Graph:
         return max((b for b, _ in self.live_per_step(order)), default=0)
 
 
-def peak_breakdown(
-    model_bytes: bytes, names_from: bytes | None = None, top: int = 8, inplace_add: bool = False
-) -> dict:
-    """The operator step with the most live arena bytes and the tensors live there (largest first).
+def peak_breakdown(model_bytes: bytes, names_from: bytes | None = None, top: int = 8) -> dict:
+    """The operator step with the most live arena bytes and the tensors live there (largest first), as TFLM's own
+    planner keeps them (an offline plan reports its own peak: offline_plan.py).
 
-    ``names_from``: the same graph before its strings were stripped, to name the tensors. With ``inplace_add`` an
-    ADD that writes over an input counts that memory once."""
-    g = _Graph(model_bytes, inplace_add)
+    ``names_from``: the same graph before its strings were stripped, to name the tensors."""
+    g = _Graph(model_bytes)
     named = _Graph(names_from) if names_from is not None else g
     order = list(range(g.n_ops))
     steps = g.live_per_step(order)
