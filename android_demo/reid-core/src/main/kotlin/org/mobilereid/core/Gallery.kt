@@ -28,9 +28,20 @@ sealed class GalleryFormat {
     /** The same-person threshold of a format that scores on a scale of its own (null: the artifact's cosine one). */
     open val ownThreshold: Double? get() = null
 
+    /** What the gallery keeps, and searches, for one L2-normalised template. */
+    internal abstract fun stored(normalised: FloatArray): Any
+
+    /** A probe in the form [similarity] takes: the stored form, except where the format scores the float probe. */
+    internal open fun probe(normalised: FloatArray): Any = stored(normalised)
+
+    /** Similarity of a [probe] form to a [stored] template, on this format's scale. */
+    internal abstract fun similarity(probe: Any, template: Any, dim: Int): Double
+
     object Float32 : GalleryFormat() {
         override val name = "float32"
         override fun bytesPerTemplate(dim: Int) = 4 * dim
+        override fun stored(normalised: FloatArray): Any = normalised
+        override fun similarity(probe: Any, template: Any, dim: Int) = Similarity.dot(probe as FloatArray, template as FloatArray)
     }
 
     object Float16 : GalleryFormat() {
@@ -44,6 +55,10 @@ sealed class GalleryFormat {
             for (i in probe.indices) s += probe[i].toDouble() * Half.toFloat(halves[i])
             return s
         }
+
+        override fun stored(normalised: FloatArray): Any = encode(normalised)
+        override fun probe(normalised: FloatArray): Any = normalised  // the probe stays float
+        override fun similarity(probe: Any, template: Any, dim: Int) = score(probe as FloatArray, template as ShortArray)
     }
 
     data class Int8(val scale: Float) : GalleryFormat() {
@@ -61,6 +76,9 @@ sealed class GalleryFormat {
             for (i in a.indices) s += a[i].toLong() * b[i]
             return s.toDouble() * scale.toDouble() * scale.toDouble()
         }
+
+        override fun stored(normalised: FloatArray): Any = encode(normalised)
+        override fun similarity(probe: Any, template: Any, dim: Int) = score(probe as ByteArray, template as ByteArray)
     }
 
     data class Binary(val threshold: Double) : GalleryFormat() {
@@ -82,6 +100,9 @@ sealed class GalleryFormat {
             for (w in a.indices) hamming += java.lang.Long.bitCount(a[w] xor b[w])
             return (dim - 2.0 * hamming) / dim
         }
+
+        override fun stored(normalised: FloatArray): Any = encode(normalised)
+        override fun similarity(probe: Any, template: Any, dim: Int) = score(probe as LongArray, template as LongArray, dim)
     }
 
     /** [components]: K rows of the embedding size; [threshold]: the same-person threshold on projected cosines. */
@@ -102,6 +123,9 @@ sealed class GalleryFormat {
             val centred = FloatArray(mean.size) { normalised[it] - mean[it] }
             return Similarity.l2Normalised(FloatArray(components.size) { Similarity.dot(centred, components[it]).toFloat() })
         }
+
+        override fun stored(normalised: FloatArray): Any = project(normalised)
+        override fun similarity(probe: Any, template: Any, dim: Int) = Similarity.dot(probe as FloatArray, template as FloatArray)
     }
 }
 
@@ -111,17 +135,13 @@ sealed class GalleryFormat {
  * - [enrol] adds an L2-normalised embedding to a person (several views per person are expected: front, back);
  *   the person's template is the L2-normalised mean of its normalised embeddings, the usual way ReID systems pool
  *   several gallery images of one identity into one feature.
- * - [match] compares a probe with every template by cosine similarity; the best one is reported, and it is a match
+ * - [match] compares a probe with every template by the format's similarity; the best one is reported, and it is a match
  *   only if its similarity is >= the threshold (otherwise "unknown"). Ties go to the person enrolled first.
  * - [forget] removes a person.
  */
 class Gallery(val embeddingDim: Int, val format: GalleryFormat = GalleryFormat.Float32) {
     private val views = LinkedHashMap<String, MutableList<FloatArray>>()
-    private val templates = LinkedHashMap<String, FloatArray>()
-    private val codes = LinkedHashMap<String, ByteArray>()  // Int8: what is stored and searched
-    private val projections = LinkedHashMap<String, FloatArray>()  // Pca: what is stored and searched
-    private val bits = LinkedHashMap<String, LongArray>()  // Binary: what is stored and searched
-    private val halves = LinkedHashMap<String, ShortArray>()  // Float16: what is stored and searched
+    private val templates = LinkedHashMap<String, Any>()  // each person's template as the format stores and searches it
 
     /** Bytes the stored templates take (views are kept in float for re-averaging; a deployment would not). */
     val storedBytes: Int get() = templates.size * format.bytesPerTemplate(embeddingDim)
@@ -135,38 +155,26 @@ class Gallery(val embeddingDim: Int, val format: GalleryFormat = GalleryFormat.F
         require(embedding.size == embeddingDim) { "embedding has ${embedding.size} values, the gallery holds $embeddingDim" }
         val list = views.getOrPut(identity) { mutableListOf() }
         list.add(Similarity.l2Normalised(embedding))
-        templates[identity] = template(list)
-        (format as? GalleryFormat.Int8)?.let { codes[identity] = it.encode(templates.getValue(identity)) }
-        (format as? GalleryFormat.Pca)?.let { projections[identity] = it.project(templates.getValue(identity)) }
-        (format as? GalleryFormat.Binary)?.let { bits[identity] = it.encode(templates.getValue(identity)) }
-        if (format == GalleryFormat.Float16) halves[identity] = GalleryFormat.Float16.encode(templates.getValue(identity))
+        templates[identity] = format.stored(template(list))
     }
 
     /** The stored halves of a person's template (Float16 format), null otherwise. */
-    fun halvesOf(identity: String): ShortArray? = halves[identity]?.copyOf()
+    fun halvesOf(identity: String): ShortArray? = if (format == GalleryFormat.Float16) (templates[identity] as ShortArray?)?.copyOf() else null
 
     /** The stored int8 codes of a person's template (Int8 format), null otherwise. */
-    fun codesOf(identity: String): ByteArray? = codes[identity]?.copyOf()
+    fun codesOf(identity: String): ByteArray? = if (format is GalleryFormat.Int8) (templates[identity] as ByteArray?)?.copyOf() else null
 
     /** The stored projection of a person's template (Pca format), null otherwise. */
-    fun projectionOf(identity: String): FloatArray? = projections[identity]?.copyOf()
+    fun projectionOf(identity: String): FloatArray? = if (format is GalleryFormat.Pca) (templates[identity] as FloatArray?)?.copyOf() else null
 
     fun forget(identity: String): Boolean {
         templates.remove(identity)
-        codes.remove(identity)
-        projections.remove(identity)
-        bits.remove(identity)
-        halves.remove(identity)
         return views.remove(identity) != null
     }
 
     fun clear() {
         views.clear()
         templates.clear()
-        codes.clear()
-        projections.clear()
-        bits.clear()
-        halves.clear()
     }
 
     fun match(embedding: FloatArray, threshold: Double): MatchResult {
@@ -175,20 +183,9 @@ class Gallery(val embeddingDim: Int, val format: GalleryFormat = GalleryFormat.F
         val probe = Similarity.l2Normalised(embedding)
         var best: String? = null
         var bestSim = Double.NEGATIVE_INFINITY
-        val int8 = format as? GalleryFormat.Int8
-        val pca = format as? GalleryFormat.Pca
-        val probeCodes = int8?.encode(probe)
-        val probeProjection = pca?.project(probe)
-        val binary = format as? GalleryFormat.Binary
-        val probeBits = binary?.encode(probe)
-        for (name in templates.keys) {
-            val s = when {
-                int8 != null -> int8.score(probeCodes!!, codes.getValue(name))
-                pca != null -> Similarity.dot(probeProjection!!, projections.getValue(name))
-                binary != null -> binary.score(probeBits!!, bits.getValue(name), embeddingDim)
-                format == GalleryFormat.Float16 -> GalleryFormat.Float16.score(probe, halves.getValue(name))
-                else -> Similarity.dot(probe, templates.getValue(name))
-            }
+        val encoded = format.probe(probe)
+        for ((name, template) in templates) {
+            val s = format.similarity(encoded, template, embeddingDim)
             if (s > bestSim) { bestSim = s; best = name }
         }
         return MatchResult(if (bestSim >= threshold) best else null, best, bestSim)
