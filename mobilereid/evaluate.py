@@ -535,9 +535,8 @@ def check_app_gallery(app_gallery: str, measured: list[str]) -> None:
 
 def app_gallery_block(row: dict, fmt: str, raw: Path | None) -> dict | None:
     """``match.gallery`` for the format the app stores: float16 (scored as the cosine, the artifact's threshold);
-    int8's global scale; binary's threshold on (D - 2 x Hamming)
-    / D; pcaK's projection (mean and components, from the evaluation's ``raw/KEY.pcaK.npz``) with its own threshold;
-    None for float32."""
+    int8's global scale; binary's threshold on (D - 2 x Hamming) / D; pcaK's projection (mean and components, from
+    the evaluation's ``raw/KEY.pcaK.npz``) with its own threshold; None for float32."""
     measured = next((f for f in row.get("gallery_formats") or [] if f["format"] == fmt), None)
     if measured is None:
         return None
@@ -571,9 +570,9 @@ def write_thresholds(report: dict, data: Path, out: Path | None = None, app_gall
     """Each artifact's calibrated same-person threshold into its sidecar (``match``: threshold, FAR it was set for,
     the held-out FAR and TAR, the data, and the sha256 of the artifact it belongs to): the Android core's matcher
     starts from it. ``match.gallery`` says how the app stores templates (``app_gallery``; ``auto``: int8 when it was
-    measured, else float32): int8 with its global scale, binary with its own threshold, or pcaK with its projection
-    (read from ``out``/raw) and its own threshold (their scores are not the full cosine). The sidecar is rewritten
-    atomically; everything else in it is kept."""
+    measured, else float32): float16, int8 with its global scale, binary with its own threshold, or pcaK with its
+    projection (read from ``out``/raw) and its own threshold (their scores are not the full cosine). The sidecar is
+    rewritten atomically; everything else in it is kept."""
     from .filesafety import atomic_write_text
     from .runtimes import read_sidecar, sidecar_path
 

@@ -60,10 +60,10 @@ def _median_ms(it, x: np.ndarray | None, repeats: int) -> float:
     inputs, whose values do not change the kernels' time).
 
     The inputs are written again before every timed invoke (untimed), as in a whole-model run where the op before
-    has just written them and pushed the op's own weights out of L1. Timed on an untouched input, the 677 ops of
-    `make run`'s compressed ViT (about 1 µs each) summed to 76-86 % of the whole model over repeated runs; written
-    before each invoke, 85-107 % (docs/results/2026-12-06-6fc7b2e-executorch-threads.md): ops this short are at
-    the limit of timing them one by one from Python."""
+    has just written them and pushed the op's own weights out of L1: timed on an untouched input, short ops come out
+    faster than they run inside the model, and their sum falls short of the whole (measured in
+    docs/results/2026-12-06-6fc7b2e-executorch-threads.md; ops of about 1 µs are at the limit of timing them one by
+    one from Python)."""
     details = it.get_input_details()
     values = [x if x is not None and len(details) == 1 else np.zeros(d["shape"], d["dtype"]) for d in details]
 
