@@ -361,13 +361,13 @@ def _arrange_memory(job: ExportJob, converted: bytes, micro: dict, tmp: Path, in
         else (converted, {"reordered": False})
     )
 
-    def finish(model: bytes) -> tuple[bytes, dict | None, dict | None]:
-        """Slimmed and planned as the recipe asks."""
+    def finish(model: bytes) -> tuple[bytes, bytes, dict | None, dict | None]:
+        """Slimmed and planned as the recipe asks: (planned, slimmed only, slim record, plan record)."""
         slimmed, slim_record = slim_for_micro(model) if micro["slim"] else (model, None)
         planned, plan_record = plan_offline(slimmed, names_from=model) if inplace else (slimmed, None)
-        return planned, slim_record, plan_record
+        return planned, slimmed, slim_record, plan_record
 
-    data, slim, plan = finish(full)
+    data, unplanned_data, slim, plan = finish(full)
     final_path = tmp / "final.tflite"
     final_path.write_bytes(data)
     arena = find_arena(final_path)
@@ -379,7 +379,7 @@ def _arrange_memory(job: ExportJob, converted: bytes, micro: dict, tmp: Path, in
     }
     if planned:  # the same model left to TFLM's own planner: what writing the ADDs in place saved, measured
         unplanned = tmp / "unplanned.tflite"
-        unplanned.write_bytes(slim_for_micro(full)[0] if slim else full)
+        unplanned.write_bytes(unplanned_data)
         plan["arena_bytes_without_plan"] = find_arena(unplanned, start=arena)
         plan["arena_bytes"] = arena
     if order.get("reordered"):  # the converter's order, slimmed and planned alike: what reordering saved
