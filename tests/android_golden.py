@@ -66,9 +66,14 @@ def _normalised(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
+def _templates(views: dict) -> np.ndarray:
+    """Each person's template as the Kotlin gallery makes it: the normalised mean of the normalised views."""
+    return np.stack([_normalised(np.mean([_normalised(v) for v in vs], axis=0)) for vs in views.values()])
+
+
 def reference_gallery(views: dict[str, list[np.ndarray]], probe: np.ndarray) -> tuple[list[str], np.ndarray]:
     names = list(views)
-    templates = np.stack([_normalised(np.mean([_normalised(v) for v in views[n]], axis=0)) for n in names])
+    templates = _templates(views)
     return names, templates @ _normalised(probe)
 
 
@@ -104,6 +109,7 @@ def gallery_cases(dim: int = 24, people: int = 5, probes: int = 24, threshold: f
         names, sims = reference_gallery(rest, np.asarray(c["probe"], dtype=np.float32))
         order = np.argsort(-sims, kind="stable")
         after.append({"best": names[order[0]], "similarity": float(sims[order[0]])})
+    vectors = [np.asarray(c["probe"], np.float32) for c in cases]
     return {
         "dim": dim,
         "threshold": threshold,
@@ -111,10 +117,10 @@ def gallery_cases(dim: int = 24, people: int = 5, probes: int = 24, threshold: f
         "probes": cases,
         "forget": forget,
         "after_forget": after,
-        "int8": int8_cases(views, [np.asarray(c["probe"], np.float32) for c in cases], threshold),
-        "pca": pca_cases(views, [np.asarray(c["probe"], np.float32) for c in cases], rng),
-        "binary": binary_cases(views, [np.asarray(c["probe"], np.float32) for c in cases]),
-        "float16": float16_cases(views, [np.asarray(c["probe"], np.float32) for c in cases], threshold),
+        "int8": int8_cases(views, vectors, threshold),
+        "pca": pca_cases(views, vectors, rng),
+        "binary": binary_cases(views, vectors),
+        "float16": float16_cases(views, vectors, threshold),
     }
 
 
@@ -126,7 +132,7 @@ def int8_cases(views: dict, probes: list[np.ndarray], threshold: float, margin: 
     from mobilereid.gallery import encode, int8_values, similarity
 
     names = list(views)
-    templates = np.stack([_normalised(np.mean([_normalised(v) for v in views[n]], axis=0)) for n in names])
+    templates = _templates(views)
     stored = encode(templates, "int8")
     scale = stored["scale"]
 
@@ -167,7 +173,7 @@ def pca_cases(views: dict, probes: list[np.ndarray], rng, k: int = 8, threshold:
     from mobilereid.gallery import encode, fit_pca, similarity
 
     names = list(views)
-    templates = np.stack([_normalised(np.mean([_normalised(v) for v in views[n]], axis=0)) for n in names])
+    templates = _templates(views)
     enrolled = np.concatenate([np.stack(v) for v in views.values()])
     fit = np.concatenate([enrolled, rng.normal(size=(40, templates.shape[1]))])
     pca = fit_pca(fit, k)
@@ -193,7 +199,7 @@ def binary_cases(views: dict, probes: list[np.ndarray], threshold: float = 0.3) 
     from mobilereid.gallery import encode, similarity
 
     names = list(views)
-    templates = np.stack([_normalised(np.mean([_normalised(v) for v in views[n]], axis=0)) for n in names])
+    templates = _templates(views)
     dim = templates.shape[1]
     stored = encode(templates.astype(np.float32), "binary")
 
@@ -210,7 +216,7 @@ def float16_cases(views: dict, probes: list[np.ndarray], threshold: float, margi
     from mobilereid.gallery import encode, similarity
 
     names = list(views)
-    templates = np.stack([_normalised(np.mean([_normalised(v) for v in views[n]], axis=0)) for n in names])
+    templates = _templates(views)
     stored = encode(templates.astype(np.float32), "float16")
 
     def score(probe):
