@@ -24,6 +24,7 @@ def test_synthetic_set_loads_with_market_conventions(tiny_dataset):
     assert min(s.camid for s in ds.gallery) == 0  # 0-based cameras
     assert check_dataset(ds) == []
     verify_images(ds.query)
+    assert " test_ids=6 " in (Path(tiny_dataset) / "SYNTHETIC.txt").read_text()  # the options are recorded
 
 
 def test_synthetic_generation_is_deterministic(tmp_path):

@@ -360,15 +360,21 @@ class SynthConfig(SynthOptions):
     junk_fraction: float = 0.03
 
 
-def plan(cfg: SynthConfig) -> list[tuple[str, str, tuple]]:
-    """The list of (split folder, file name, render key) the generator writes; cheap, deterministic."""
-    check_cli(cfg)  # ranges declared in options.SynthOptions
-    items = []
+def train_identities(cfg: SynthOptions) -> int:
+    """How many of the identities (the first ones) are train identities: all but ``test_ids``, or half."""
     num_train = cfg.ids - cfg.test_ids if cfg.test_ids else cfg.ids // 2
     if num_train < 2 or cfg.ids - num_train < 2:
         raise MobileReIDError(
             f"--test-ids {cfg.test_ids} of --ids {cfg.ids}: the train and the test split need 2 identities each"
         )
+    return num_train
+
+
+def plan(cfg: SynthConfig) -> list[tuple[str, str, tuple]]:
+    """The list of (split folder, file name, render key) the generator writes; cheap, deterministic."""
+    check_cli(cfg)  # ranges declared in options.SynthOptions
+    items = []
+    num_train = train_identities(cfg)
     frame = 0
     for pid in range(1, cfg.ids + 1):
         rng = np.random.default_rng([cfg.seed, 1, pid])
@@ -438,7 +444,8 @@ def generate(out: str | Path, cfg: SynthConfig, on_step: Callable[[int], None] |
                 on_step(1)
         current = out / "SYNTHETIC.txt"
         (tmp / "SYNTHETIC.txt").write_text(
-            f"mobilereid synthetic ReID dataset: ids={cfg.ids} cameras={cfg.cameras} seed={cfg.seed} "
+            f"mobilereid synthetic ReID dataset: ids={cfg.ids} test_ids={cfg.ids - train_identities(cfg)} "
+            f"cameras={cfg.cameras} seed={cfg.seed} "
             f"size={cfg.height}x{cfg.width}\n"
         )
         current = out
