@@ -499,13 +499,16 @@ def format_threshold(npz, far: float, pca: dict | None = None) -> dict:
 
 def add_matching(row: dict, npz, summary: dict, far: float, user_embeddings=None) -> None:
     """The deployment numbers of one artifact (matching.py): same-person decision metrics with a threshold calibrated
-    on half of the identities and measured on the other; compatibility with the user's model (``user_embeddings``:
+    on half of the identities and measured on the other (a one-line warning when a few look-alike people set it);
+    compatibility with the user's model (``user_embeddings``:
     its query and gallery embeddings), with a one-line warning when a gallery enrolled with that model would not
     work."""
     from .matching import compatibility, compatibility_problem, verification
 
     labels = npz_labels(npz)
     row["matching"] = verification(npz["query"], npz["gallery"], *labels, target_far=far)
+    if row["matching"]["threshold"].get("warning"):
+        err_console.print(f"warning: {row['name']}: {row['matching']['threshold']['warning']}", markup=False)
     if user_embeddings is None or user_embeddings[0].shape[1] != npz["query"].shape[1]:
         return
     uq, ug = user_embeddings
@@ -588,6 +591,8 @@ def write_thresholds(report: dict, data: Path, out: Path | None = None, app_gall
             "held_out_far": t["held_out_far"],
             "held_out_tar": t["held_out_tar"],
             "fitted_on": t["fitted_on"],
+            "tail_identity_pairs": t.get("tail_identity_pairs"),
+            "far_spread": t.get("far_spread"),
             "data": str(data),
             "artifact_sha256": meta.get("sha256", ""),
             "written_by": "mobilereid evaluate --write-threshold",

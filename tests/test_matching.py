@@ -9,6 +9,8 @@ from mobilereid.matching import (
     compatibility,
     compatibility_problem,
     equal_error_rate,
+    far_spread,
+    negative_identity_pairs,
     open_set,
     pair_scores,
     rates,
@@ -60,6 +62,43 @@ def test_threshold_fitted_on_one_half_is_measured_on_the_other():
     assert 0 <= t["held_out_far"] <= 0.1 and t["held_out_tar"] > 0.5
     assert 0 <= v["eer"] < 0.2 and v["tar_at_far"]["0.01"] >= v["tar_at_far"]["0.001"]
     assert len(v["roc"]["far"]) == len(v["roc"]["tar"])
+
+
+def test_negative_identity_pairs_follow_pair_scores_and_count_each_distractor_apart():
+    q, g = np.eye(4)[:3], np.eye(4)
+    qp, gp, qc, gc = [1, 2, 0], [1, 2, 0, 0], [0, 0, 0], [1, 1, 1, 1]
+    _, neg = pair_scores(q, g, qp, gp, qc, gc)
+    ids = negative_identity_pairs(qp, gp, qc, gc)
+    assert len(ids) == len(neg) == 8  # 12 pairs but q1-g1, q2-g2 and distractor x distractor (pid 0 on both sides)
+    # q1-g2 and q2-g1 are the same identity pair; the distractor query and the two distractor crops are three people
+    assert ids.tolist().count([1, 2]) == 2 and len(np.unique(ids, axis=0)) == 7
+    assert (ids[:, 0] <= ids[:, 1]).all()
+
+
+def test_far_spread_is_narrow_for_many_people_and_wide_when_one_pair_makes_the_tail():
+    rng = np.random.default_rng(0)
+    ids = np.array([(a, b) for a in range(1, 41) for b in range(1, 41) if a != b for _ in range(20)])
+    scores = rng.normal(size=len(ids))
+    threshold = threshold_at_far(scores, 1e-2)
+    low, high = far_spread(scores, ids, threshold)
+    assert 0.5e-2 < low < 1e-2 < high < 2e-2  # every pair of people adds to the tail alike
+    clumped = np.where((ids[:, 0] == 1) & (ids[:, 1] == 2), 5.0, np.minimum(scores, 2.0))  # 1 and 2 look alike
+    low, high = far_spread(clumped, ids, 3.0)  # only the look-alikes' 20 pairs are above: FAR 20/31200 ~ 6e-4
+    assert low == 0.0 and high > 2 * 6.4e-4  # half the resamples leave one of the two out, others draw them twice
+
+
+def test_a_threshold_set_by_one_look_alike_pair_warns():
+    q, g, qp, gp, qc, gc = _split(ids=100, noise=0.5)
+    spread = verification(q, g, qp, gp, qc, gc, target_far=1e-2)["threshold"]
+    assert spread["tail_identity_pairs"] >= 10 and "warning" not in spread
+    assert 0.5e-2 <= spread["far_spread"][0] < spread["far_spread"][1] <= 2e-2
+    natural = verification(q, g, qp, gp, qc, gc, target_far=1e-3)["threshold"]["tail_identity_pairs"]
+    g = g.copy()
+    look_alike = q[qp == 2][0] + 0.01 * np.random.default_rng(2).normal(size=(3, q.shape[1]))
+    g[gp == 4] = look_alike  # even ids 2 and 4 look alike
+    clumped = verification(q, g, qp, gp, qc, gc, target_far=1e-3)["threshold"]
+    assert natural > 7 and clumped["tail_identity_pairs"] < natural / 1.5
+    assert "rests on few people" in clumped["warning"] and clumped["far_spread"][1] > 2e-3
 
 
 def test_compatibility_of_the_same_space_and_of_a_rotated_one():
