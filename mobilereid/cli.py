@@ -754,7 +754,7 @@ def compress_cmd(
 def pipeline(
     config: Path | None = typer.Argument(
         None,
-        help="Pipeline config: a TOML file, or the name of a shipped one (mcu, compatible); default: the built-in "
+        help="Pipeline config: a TOML file, or the name of a shipped one (mcu, compact); default: the built-in "
         "synthetic run.",
     ),
     workdir: Path = typer.Option(Path("runs/default"), "--workdir", "-w", help="Where every stage writes its outputs."),

@@ -174,6 +174,19 @@ class SynthOptions:
     height: int = setting(256, "Image height in pixels.", minimum=32)
     width: int = setting(128, "Image width in pixels.", minimum=16)
 
+    def train_ids(self) -> int:
+        """How many of the identities (the first ones) are train identities: all but ``test_ids``, or half."""
+        return self.ids - self.test_ids if self.test_ids else self.ids // 2
+
+    def split_problem(self) -> str | None:
+        """What is wrong with ids and test_ids together (None when they fit): ``key = value: expected ...``."""
+        if self.train_ids() < 2 or self.ids - self.train_ids() < 2:
+            return (
+                f"test_ids = {self.test_ids} of ids = {self.ids}: expected a train and a test split of at least 2 "
+                f"identities each (test_ids 0 = half of ids)"
+            )
+        return None
+
 
 @dataclass
 class ExportOptions:

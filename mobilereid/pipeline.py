@@ -119,6 +119,9 @@ def check_config(cfg: dict, where: str) -> dict:
     guard = QuantFinetuneConfig(**{k: v for k, v in out["quant_finetune"].items() if k != "model"}).guard_problem()
     if guard:
         raise MobileReIDError(f"{where}: [quant_finetune] {guard}")
+    split = SynthOptions(**{k: v for k, v in out["data"].items() if k not in ("synthetic", "root")}).split_problem()
+    if out["data"]["synthetic"] and split:  # test_ids may be the default job's (100) under a config's smaller ids
+        raise MobileReIDError(f"{where}: [data] {split}")
     chains = out["pipeline"]["chains"]
     if not all(isinstance(n, str) and n in out["models"] for n in chains):
         raise MobileReIDError(

@@ -140,6 +140,7 @@ def test_a_helper_whose_parent_died_before_it_armed_ends_at_once(tmp_path, monke
 TWO_CHAINS = """
 [data]
 ids = 8
+test_ids = 0
 cameras = 2
 height = 64
 width = 32

@@ -66,7 +66,7 @@ def test_wheel_ships_the_package_data(wheel_venv):
         "mobilereid/recipes/tflite_sclnet.toml",
         "mobilereid/recipes/boards.toml",
         "mobilereid/configs/mcu.toml",
-        "mobilereid/configs/compatible.toml",
+        "mobilereid/configs/compact.toml",
         "mobilereid/configs/default.toml",  # the default pipeline job is a config file
         "mobilereid/device/evaluator.py",
     ):

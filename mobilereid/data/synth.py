@@ -362,12 +362,11 @@ class SynthConfig(SynthOptions):
 
 def train_identities(cfg: SynthOptions) -> int:
     """How many of the identities (the first ones) are train identities: all but ``test_ids``, or half."""
-    num_train = cfg.ids - cfg.test_ids if cfg.test_ids else cfg.ids // 2
-    if num_train < 2 or cfg.ids - num_train < 2:
+    if cfg.split_problem():
         raise MobileReIDError(
             f"--test-ids {cfg.test_ids} of --ids {cfg.ids}: the train and the test split need 2 identities each"
         )
-    return num_train
+    return cfg.train_ids()
 
 
 def plan(cfg: SynthConfig) -> list[tuple[str, str, tuple]]:
