@@ -168,7 +168,7 @@ def matching_markdown(report: dict) -> list[str]:
         f"Same person when the cosine similarity is above the threshold; cross-camera query x gallery pairs. The "
         f"threshold for FAR {far:g} is fitted on even person ids and measured on odd ones (held out); in brackets, "
         f"the effective number of identity pairs that set it, and the FAR it would give on other people drawn like "
-        f"the fitting ones (5th-95th percentile of identity resamples)."
+        f"the fitting ones (10th-90th percentile of identity resamples)."
         + (" Mixed search: queries embedded by the artifact, gallery by your float model." if compat else ""),
         "",
         "| artifact | EER | TAR @ FAR 1e-2 | TAR @ FAR 1e-3 | threshold | held-out FAR | held-out TAR |"
