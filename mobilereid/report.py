@@ -226,8 +226,9 @@ def gallery_markdown(report: dict) -> list[str]:
         "## Gallery formats",
         "",
         "The gallery stored in each format and searched with the artifact's queries; search time: one query against "
-        "N random stored items, top-1, numpy on this host (no int8 or half GEMV kernels: int8 and float16 search "
-        "slower than float32 here). "
+        "N random stored items, top-1, on the device that ran the evaluation (float32 and float16: numpy, float32 "
+        "sums; int8: onnxruntime's integer GEMM where it is installed, else numpy; binary: popcount). float16 is "
+        "smaller, not faster, where no half-precision GEMV is at hand (x86 hosts: docs/devices.md). "
         "pcaK: fitted on the artifact's embeddings of training images (projection files under raw/).",
         "",
         "| artifact | format | mAP (Δ vs float32) | bytes per item | smaller | "
