@@ -40,7 +40,13 @@ class MetadataAndJsonTest {
             "target": "tflite", "runtime": "litert", "precision": "int8", "model": {"embedding_dim": 4},
             "preprocess": {"height": 8, "width": 4, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "scale": 0.00392156862745098},
             "input": {"shape": [1, 8, 4, 3], "dtype": "float32", "layout": "NHWC"}, "output": {"shape": [1, 4], "dtype": "float32"}$match}"""
-        val calibrated = ArtifactMetadata.parse(sidecar(""", "match": {"threshold": 0.8125, "far": 0.001, "artifact_sha256": "abc123"}"""))
+        // what `evaluate --write-threshold` writes besides (held-out rates, the spread, the data): read past, not needed
+        val calibrated = ArtifactMetadata.parse(
+            sidecar(
+                """, "match": {"threshold": 0.8125, "far": 0.001, "held_out_far": 0.0013, "tail_identity_pairs": 56.4, """ +
+                    """"far_spread": [0.0055, 0.0166], "artifact_sha256": "abc123"}""",
+            ),
+        )
         assertEquals(MatchSpec(0.8125, 0.001, "abc123"), calibrated.match)
         assertEquals(0.8125, calibrated.defaultThreshold())
         assertEquals(0.6, ArtifactMetadata.parse(sidecar("")).defaultThreshold())  // no calibration: the hand-set value
