@@ -33,49 +33,75 @@ FAR_SPREAD_FACTOR = 2.0
 
 def pair_scores(q, g, q_pids, g_pids, q_cams, g_cams) -> tuple[np.ndarray, np.ndarray]:
     """Cosine similarities of cross-camera query x gallery pairs: (positives, negatives)."""
+    sim, positive, negative = _scored_pairs(q, g, q_pids, g_pids, q_cams, g_cams)
+    return sim[positive], sim[negative]
+
+
+def _scored_pairs(q, g, q_pids, g_pids, q_cams, g_cams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The query x gallery cosine matrix and the masks of its positive and negative pairs (cross-camera, no junk)."""
     qp, gp, qc, gc = (np.asarray(a) for a in (q_pids, g_pids, q_cams, g_cams))
     sim = l2_normalize(np.asarray(q, np.float64)) @ l2_normalize(np.asarray(g, np.float64)).T
     usable = (qc[:, None] != gc[None, :]) & (gp[None, :] != -1) & (qp[:, None] != -1)
     same = qp[:, None] == gp[None, :]
-    return sim[usable & same], sim[usable & ~same]
+    return sim, usable & same, usable & ~same
 
 
-def negative_identity_pairs(q_pids, g_pids, q_cams, g_cams) -> np.ndarray:
-    """The unordered identity pair of each negative of ``pair_scores`` (same order), as two columns (low, high).
+def person_keys(q_pids, g_pids) -> tuple[np.ndarray, np.ndarray]:
+    """Each query and gallery image's person: its pid, or for a distractor (pid 0) a key of its own (negative; queries
+    and gallery apart), so that a thousand distractor crops count as a thousand people, not one."""
+    qp, gp = np.asarray(q_pids), np.asarray(g_pids)
+    return np.where(qp == 0, -1 - np.arange(len(qp)), qp), np.where(gp == 0, -1 - len(qp) - np.arange(len(gp)), gp)
 
-    A distractor image (pid 0) is a person of its own, keyed by its image (-1 - index; queries and gallery apart), so
-    that a thousand distractor crops count as a thousand people, not one."""
+
+def far_spread(q_pids, g_pids, q_cams, g_cams, accepted: tuple, draws: int = 400, percentiles=(10, 90)) -> list[float]:
+    """The 10th and 90th percentile (``percentiles``) of the false accept rate over populations drawn like this one:
+    the people (``person_keys``) are resampled with replacement, an identity bootstrap, and every negative pair of
+    ``pair_scores`` counts once per way its two people were drawn. ``accepted``: the (query, gallery) index arrays of
+    the negative pairs the threshold accepts. Pairs of one identity pair are not independent samples, so a tail made
+    by a few look-alike people shows here as a wide spread where resampling pairs would not. Seeded.
+
+    Computed per draw without listing the negatives: the weighted count of all negatives is the weighted count of
+    the cross-camera pairs, (sum w_i)(sum w_j) minus the same-camera terms, minus that of the same-pid pairs (again
+    with their same-camera terms), so time and memory grow with draws x images, not with the pairs."""
     qp, gp, qc, gc = (np.asarray(a) for a in (q_pids, g_pids, q_cams, g_cams))
-    q_key = np.where(qp == 0, -1 - np.arange(len(qp)), qp)
-    g_key = np.where(gp == 0, -1 - len(qp) - np.arange(len(gp)), gp)
-    usable = (qc[:, None] != gc[None, :]) & (gp[None, :] != -1) & (qp[:, None] != -1)
-    negative = usable & (qp[:, None] != gp[None, :])
-    a = np.broadcast_to(q_key[:, None], negative.shape)[negative]
-    b = np.broadcast_to(g_key[None, :], negative.shape)[negative]
-    return np.stack([np.minimum(a, b), np.maximum(a, b)], 1)
+    q_key, g_key = person_keys(qp, gp)
+    people, person = np.unique(np.concatenate([q_key, g_key]), return_inverse=True)
+    w = np.random.default_rng(0).multinomial(len(people), np.full(len(people), 1 / len(people)), size=draws)
+    wq, wg = w[:, person[: len(qp)]].astype(np.float64), w[:, person[len(qp) :]].astype(np.float64)
+    wq[:, qp == -1], wg[:, gp == -1] = 0.0, 0.0  # junk pairs are no pairs
 
+    def cross_camera(qs: np.ndarray, gs: np.ndarray) -> np.ndarray:
+        """Weighted count of the cross-camera pairs between queries and gallery items that share a label."""
+        labels = np.unique(np.concatenate([qs, gs]))
+        qa, ga = (
+            _group_sums(wq, np.searchsorted(labels, qs), len(labels)),
+            _group_sums(wg, np.searchsorted(labels, gs), len(labels)),
+        )
+        cams = np.unique(np.concatenate([qc, gc]))
+        qcam = np.searchsorted(labels, qs) * len(cams) + np.searchsorted(cams, qc)
+        gcam = np.searchsorted(labels, gs) * len(cams) + np.searchsorted(cams, gc)
+        n = len(labels) * len(cams)
+        return (qa * ga).sum(1) - (_group_sums(wq, qcam, n) * _group_sums(wg, gcam, n)).sum(1)
 
-def far_spread(
-    negatives: np.ndarray, identity_pairs: np.ndarray, threshold: float, draws: int = 400, percentiles=(10, 90)
-) -> list[float]:
-    """The 10th and 90th percentile (``percentiles``) of the false accept rate at ``threshold`` over populations drawn
-    like this one: the people are resampled with replacement (an identity bootstrap; each of ``identity_pairs``' keys
-    is a person) and every negative pair counts once per way its two people were drawn. Pairs of one identity pair
-    are not independent samples, so a tail made by a few look-alike people shows here as a wide spread where
-    resampling pairs would not. Seeded: the same scores give the same spread."""
-    if len(negatives) == 0:
-        return [float("nan"), float("nan")]
-    people, index = np.unique(identity_pairs.ravel(), return_inverse=True)
-    a, b = index.reshape(-1, 2).T
-    pair = a * len(people) + b
-    total = np.bincount(pair, minlength=len(people) ** 2).reshape(len(people), -1).astype(np.float64)
-    above = np.bincount(pair, weights=negatives > threshold, minlength=len(people) ** 2).reshape(len(people), -1)
-    counts = np.random.default_rng(0).multinomial(len(people), np.full(len(people), 1 / len(people)), size=draws)
-    w = counts.astype(np.float64)
-    accepted = ((w @ above) * w).sum(1)
-    scored = ((w @ total) * w).sum(1)
-    rates_drawn = accepted / np.maximum(scored, 1)
+    scored = cross_camera(np.zeros(len(qp), int), np.zeros(len(gp), int)) - cross_camera(qp, gp)
+    i, j = accepted
+    above = np.zeros(draws)
+    step = max(1, 2**24 // max(len(i), 1))  # draws at a time: a few hundred MB at most
+    for d in range(0, draws, step):
+        above[d : d + step] = (wq[d : d + step, i] * wg[d : d + step, j]).sum(1)
+    rates_drawn = above / np.maximum(scored, 1)
     return [float(np.percentile(rates_drawn, q)) for q in percentiles]
+
+
+def _group_sums(weights: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
+    """Per row of ``weights`` (draws x items), the sum over the items of each group (0..n-1): draws x n."""
+    order = np.argsort(groups, kind="stable")
+    sorted_groups = groups[order]
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]]) if len(groups) else np.array([], int)
+    out = np.zeros((weights.shape[0], n))
+    if len(starts):
+        out[:, sorted_groups[starts]] = np.add.reduceat(weights[:, order], starts, axis=1)
+    return out
 
 
 def threshold_at_far(negatives: np.ndarray, far: float) -> float:
@@ -149,23 +175,24 @@ def held_out_threshold(q, g, q_pids, g_pids, q_cams, g_cams, target_far: float) 
     negative each count 10, one pair with 90 negatives beside nine with one count about 1.2). ``far_spread`` is the
     range of false accept rates the threshold gives over identity resamples of the fitting half (``far_spread``);
     when it leaves ``FAR_SPREAD_FACTOR`` of the target, a ``warning`` says so."""
-    qp, gp = np.asarray(q_pids), np.asarray(g_pids)
-    halves = []
-    for parity in (0, 1):
-        qs, gs = qp % 2 == parity, gp % 2 == parity
-        halves.append(
-            pair_scores(
-                np.asarray(q)[qs], np.asarray(g)[gs], qp[qs], gp[gs], np.asarray(q_cams)[qs], np.asarray(g_cams)[gs]
-            )
-        )
-    (fit_pos, fit_neg), (test_pos, test_neg) = halves
+    qp, gp, qc, gc = (np.asarray(a) for a in (q_pids, g_pids, q_cams, g_cams))
+    fit_q, fit_g = qp % 2 == 0, gp % 2 == 0
+    sim, positive, negative = _scored_pairs(
+        np.asarray(q)[fit_q], np.asarray(g)[fit_g], qp[fit_q], gp[fit_g], qc[fit_q], gc[fit_g]
+    )
+    fit_pos, fit_neg = sim[positive], sim[negative]
+    test_pos, test_neg = pair_scores(
+        np.asarray(q)[~fit_q], np.asarray(g)[~fit_g], qp[~fit_q], gp[~fit_g], qc[~fit_q], gc[~fit_g]
+    )
     threshold = threshold_at_far(fit_neg, target_far)
     tar, far = rates(test_pos, test_neg, threshold)
-    even_q, even_g = qp % 2 == 0, gp % 2 == 0
-    fit_ids = negative_identity_pairs(qp[even_q], gp[even_g], np.asarray(q_cams)[even_q], np.asarray(g_cams)[even_g])
-    _, per_pair = np.unique(fit_ids[fit_neg >= threshold], axis=0, return_counts=True)
+    q_key, g_key = person_keys(qp[fit_q], gp[fit_g])
+    ti, tj = np.nonzero(negative & (sim >= threshold))  # the tail that sets the threshold
+    tail_pairs = np.stack([np.minimum(q_key[ti], g_key[tj]), np.maximum(q_key[ti], g_key[tj])], 1)
+    _, per_pair = np.unique(tail_pairs, axis=0, return_counts=True)
     tail = float(per_pair.sum() ** 2 / (per_pair**2).sum()) if len(per_pair) else 0.0  # Kish's effective size
-    spread = far_spread(fit_neg, fit_ids, threshold)
+    accepted = np.nonzero(negative & (sim > threshold))
+    spread = far_spread(qp[fit_q], gp[fit_g], qc[fit_q], gc[fit_g], accepted)
     out = {
         "target_far": target_far,
         "value": threshold,

@@ -10,9 +10,9 @@ from mobilereid.matching import (
     compatibility_problem,
     equal_error_rate,
     far_spread,
-    negative_identity_pairs,
     open_set,
     pair_scores,
+    person_keys,
     rates,
     threshold_at_far,
     verification,
@@ -64,27 +64,47 @@ def test_threshold_fitted_on_one_half_is_measured_on_the_other():
     assert len(v["roc"]["far"]) == len(v["roc"]["tar"])
 
 
-def test_negative_identity_pairs_follow_pair_scores_and_count_each_distractor_apart():
-    q, g = np.eye(4)[:3], np.eye(4)
-    qp, gp, qc, gc = [1, 2, 0], [1, 2, 0, 0], [0, 0, 0], [1, 1, 1, 1]
-    _, neg = pair_scores(q, g, qp, gp, qc, gc)
-    ids = negative_identity_pairs(qp, gp, qc, gc)
-    assert len(ids) == len(neg) == 8  # 12 pairs but q1-g1, q2-g2 and distractor x distractor (pid 0 on both sides)
-    # q1-g2 and q2-g1 are the same identity pair; the distractor query and the two distractor crops are three people
-    assert ids.tolist().count([1, 2]) == 2 and len(np.unique(ids, axis=0)) == 7
-    assert (ids[:, 0] <= ids[:, 1]).all()
+def _far_spread_pair_by_pair(sim, qp, gp, qc, gc, threshold, draws=400):
+    """far_spread's FARs written out pair by pair: every negative pair weighted by its two people's draw counts."""
+    q_key, g_key = person_keys(qp, gp)
+    people, person = np.unique(np.concatenate([q_key, g_key]), return_inverse=True)
+    w = np.random.default_rng(0).multinomial(len(people), np.full(len(people), 1 / len(people)), size=draws)
+    wq, wg = w[:, person[: len(qp)]], w[:, person[len(qp) :]]
+    usable = (qc[:, None] != gc[None, :]) & (gp[None, :] != -1) & (qp[:, None] != -1)
+    negative = usable & (qp[:, None] != gp[None, :])
+    weight = wq[:, :, None] * wg[:, None, :] * negative
+    return (weight * (sim > threshold)).sum((1, 2)) / weight.sum((1, 2))
+
+
+def test_far_spread_counts_every_negative_pair_once_per_way_its_people_were_drawn():
+    rng = np.random.default_rng(3)
+    qp = rng.integers(-1, 12, 60)  # junk (-1), distractors (0) and 11 people, on both sides
+    gp = rng.integers(-1, 12, 90)
+    qc, gc = rng.integers(0, 3, 60), rng.integers(0, 3, 90)
+    sim = rng.uniform(-1, 1, (60, 90))
+    usable = (qc[:, None] != gc[None, :]) & (gp[None, :] != -1) & (qp[:, None] != -1)
+    negative = usable & (qp[:, None] != gp[None, :])
+    threshold = threshold_at_far(sim[negative], 0.05)
+    drawn = _far_spread_pair_by_pair(sim, qp, gp, qc, gc, threshold)
+    low, high = far_spread(qp, gp, qc, gc, np.nonzero(negative & (sim > threshold)))
+    assert low == pytest.approx(np.percentile(drawn, 10)) and high == pytest.approx(np.percentile(drawn, 90))
+    q_key, g_key = person_keys(qp, gp)  # each distractor image is a person of its own, queries and gallery apart
+    assert len(set(q_key[qp == 0]) | set(g_key[gp == 0])) == (qp == 0).sum() + (gp == 0).sum()
+    assert set(q_key[qp > 0]) <= set(range(1, 12)) and (g_key[gp == 0] < 0).all()
 
 
 def test_far_spread_is_narrow_for_many_people_and_wide_when_one_pair_makes_the_tail():
     rng = np.random.default_rng(0)
-    ids = np.array([(a, b) for a in range(1, 41) for b in range(1, 41) if a != b for _ in range(20)])
-    scores = rng.normal(size=len(ids))
-    threshold = threshold_at_far(scores, 1e-2)
-    low, high = far_spread(scores, ids, threshold)
+    qp, gp = np.repeat(np.arange(1, 41), 4), np.repeat(np.arange(1, 41), 5)
+    qc, gc = np.zeros(len(qp), int), np.ones(len(gp), int)
+    sim = rng.normal(size=(len(qp), len(gp)))
+    negative = qp[:, None] != gp[None, :]
+    threshold = threshold_at_far(sim[negative], 1e-2)
+    low, high = far_spread(qp, gp, qc, gc, np.nonzero(negative & (sim > threshold)))
     assert 0.5e-2 < low < 1e-2 < high < 2e-2  # every pair of people adds to the tail alike
-    clumped = np.where((ids[:, 0] == 1) & (ids[:, 1] == 2), 5.0, np.minimum(scores, 2.0))  # 1 and 2 look alike
-    low, high = far_spread(clumped, ids, 3.0)  # only the look-alikes' 20 pairs are above: FAR 20/31200 ~ 6e-4
-    assert low == 0.0 and high > 2 * 6.4e-4  # half the resamples leave one of the two out, others draw them twice
+    look_alikes = negative & (((qp[:, None] == 1) & (gp[None, :] == 2)) | ((qp[:, None] == 2) & (gp[None, :] == 1)))
+    low, high = far_spread(qp, gp, qc, gc, np.nonzero(look_alikes))  # only people 1 and 2's 40 pairs are accepted
+    assert low == 0.0 and high > 2 * 40 / negative.sum()  # resamples leave one of the two out, or draw them twice
 
 
 def test_a_threshold_set_by_one_look_alike_pair_warns():
