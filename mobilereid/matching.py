@@ -70,18 +70,19 @@ def far_spread(q_pids, g_pids, q_cams, g_cams, accepted: tuple, draws: int = 400
     wq, wg = w[:, person[: len(qp)]].astype(np.float64), w[:, person[len(qp) :]].astype(np.float64)
     wq[:, qp == -1], wg[:, gp == -1] = 0.0, 0.0  # junk pairs are no pairs
 
+    cams = np.unique(np.concatenate([qc, gc]))
+    q_cam, g_cam = np.searchsorted(cams, qc), np.searchsorted(cams, gc)
+
     def cross_camera(qs: np.ndarray, gs: np.ndarray) -> np.ndarray:
-        """Weighted count of the cross-camera pairs between queries and gallery items that share a label."""
+        """Weighted count of the cross-camera pairs between queries and gallery items that share a label: the pairs
+        of each label minus those of each (label, camera)."""
         labels = np.unique(np.concatenate([qs, gs]))
-        qa, ga = (
-            _group_sums(wq, np.searchsorted(labels, qs), len(labels)),
-            _group_sums(wg, np.searchsorted(labels, gs), len(labels)),
-        )
-        cams = np.unique(np.concatenate([qc, gc]))
-        qcam = np.searchsorted(labels, qs) * len(cams) + np.searchsorted(cams, qc)
-        gcam = np.searchsorted(labels, gs) * len(cams) + np.searchsorted(cams, gc)
+        q_label, g_label = np.searchsorted(labels, qs), np.searchsorted(labels, gs)
         n = len(labels) * len(cams)
-        return (qa * ga).sum(1) - (_group_sums(wq, qcam, n) * _group_sums(wg, gcam, n)).sum(1)
+        every = (_group_sums(wq, q_label, len(labels)) * _group_sums(wg, g_label, len(labels))).sum(1)
+        return every - (
+            _group_sums(wq, q_label * len(cams) + q_cam, n) * _group_sums(wg, g_label * len(cams) + g_cam, n)
+        ).sum(1)
 
     scored = cross_camera(np.zeros(len(qp), int), np.zeros(len(gp), int)) - cross_camera(qp, gp)
     i, j = accepted
